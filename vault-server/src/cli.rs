@@ -1,0 +1,138 @@
+//! The command line. Every flag also reads an environment variable; the passphrase is never a
+//! flag value, only a file (`--passphrase-file`) or `$VAULT_PASSPHRASE`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::probe::ResolveOverride;
+
+/// authcode-vault: keeps mail-provider client auth codes, one per (mailbox, client), encrypted
+/// at rest and checked against the provider's IMAP server before every change.
+#[derive(Debug, Parser)]
+#[command(name = "vault-server", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+
+    /// Log filter (tracing-subscriber syntax), e.g. `info` or `vault_server=debug`.
+    #[arg(long, env = "VAULT_LOG", default_value = "info", global = true)]
+    pub log_level: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a data dir: a new database and keyring sealed under the master passphrase.
+    Init(InitArgs),
+    /// Unlock a data dir and serve the gRPC API.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PassphraseArgs {
+    /// File holding the master passphrase (trailing newline ignored). Without it, the
+    /// passphrase is read from $VAULT_PASSPHRASE.
+    #[arg(long, env = "VAULT_PASSPHRASE_FILE", value_name = "FILE")]
+    pub passphrase_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Data dir to create (mode 0700); must not hold a vault yet.
+    #[arg(long, env = "VAULT_DATA_DIR", value_name = "DIR")]
+    pub data_dir: PathBuf,
+
+    #[command(flatten)]
+    pub passphrase: PassphraseArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Data dir made by `init`. With --dev it defaults to ./vault-dev.
+    #[arg(
+        long,
+        env = "VAULT_DATA_DIR",
+        value_name = "DIR",
+        required_unless_present = "dev"
+    )]
+    pub data_dir: Option<PathBuf>,
+
+    /// Quick start: use ./vault-dev (or --data-dir), generate a passphrase file (0600) in it
+    /// and initialise on first run.
+    #[arg(long, env = "VAULT_DEV")]
+    pub dev: bool,
+
+    #[command(flatten)]
+    pub passphrase: PassphraseArgs,
+
+    /// Address to listen on.
+    #[arg(
+        long,
+        env = "VAULT_LISTEN",
+        default_value = "127.0.0.1:50051",
+        value_name = "ADDR:PORT"
+    )]
+    pub listen: SocketAddr,
+
+    /// Serve plaintext gRPC on a non-loopback address. Without it, only loopback is allowed.
+    #[arg(long, env = "VAULT_ALLOW_PLAINTEXT")]
+    pub allow_plaintext: bool,
+
+    /// Connect probes for HOST:PORT to ADDR:PORT instead, still verifying the certificate
+    /// for HOST (like curl --resolve). Repeatable; comma-separated in the env var.
+    #[arg(
+        long,
+        env = "VAULT_PROBE_RESOLVE",
+        value_name = "HOST:PORT=ADDR:PORT",
+        value_delimiter = ','
+    )]
+    pub probe_resolve: Vec<ResolveOverride>,
+
+    /// Extra PEM CA certificates trusted for probes, besides the public roots.
+    #[arg(long, env = "VAULT_PROBE_CA_FILE", value_name = "FILE")]
+    pub probe_ca_file: Option<PathBuf>,
+
+    /// Seconds to wait for a probe's TCP connect.
+    #[arg(long, env = "VAULT_PROBE_CONNECT_TIMEOUT", default_value_t = 5, value_name = "SECS",
+          value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub probe_connect_timeout: u64,
+
+    /// Seconds a whole probe (connect, TLS, login, logout) may take.
+    #[arg(long, env = "VAULT_PROBE_TIMEOUT", default_value_t = 15, value_name = "SECS",
+          value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub probe_timeout: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn serve_needs_a_data_dir_unless_dev() {
+        assert!(Cli::try_parse_from(["vault-server", "serve"]).is_err());
+        assert!(Cli::try_parse_from(["vault-server", "serve", "--dev"]).is_ok());
+        let cli = Cli::try_parse_from([
+            "vault-server",
+            "serve",
+            "--data-dir",
+            "d",
+            "--probe-resolve",
+            "imap.sina.com:993=127.0.0.1:1",
+            "--probe-resolve",
+            "smtp.sina.com:465=127.0.0.1:2",
+        ])
+        .unwrap();
+        let Command::Serve(s) = cli.command else {
+            panic!("not serve")
+        };
+        assert_eq!(s.probe_resolve.len(), 2);
+        assert_eq!(s.listen, "127.0.0.1:50051".parse().unwrap());
+    }
+}

@@ -1,0 +1,172 @@
+//! The keyring: data-encryption keys (DEKs) by id, each wrapped by the KEK. Codes are sealed
+//! under the active DEK with an AAD that binds the ciphertext to its row.
+
+use std::collections::BTreeMap;
+
+use super::CryptoError;
+use super::envelope::{self, Key, Sealed};
+
+/// Domain tags keep a wrapped key from ever opening as a code, and the other way round.
+const DEK_TAG: &[u8] = b"authcode-vault/dek";
+const CODE_TAG: &[u8] = b"authcode-vault/code";
+/// Format version of the code AAD layout.
+const CODE_FORMAT: u8 = 1;
+
+pub type KeyId = u32;
+
+/// A DEK as stored: sealed under the KEK.
+#[derive(Debug, Clone)]
+pub struct WrappedKey {
+    pub key_id: KeyId,
+    pub sealed: Sealed,
+}
+
+/// The unlocked DEKs. Its Debug shows key ids only.
+#[derive(Debug)]
+pub struct Keyring {
+    keys: BTreeMap<KeyId, Key>,
+    active: KeyId,
+}
+
+fn dek_aad(key_id: KeyId) -> Vec<u8> {
+    [DEK_TAG, &key_id.to_be_bytes()].concat()
+}
+
+/// AAD for a code: tag, format, key id, mailbox, client (length-prefixed) and version.
+fn code_aad(key_id: KeyId, mailbox: &str, client: &str, version: u64) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(CODE_TAG.len() + 1 + 4 + 8 + mailbox.len() + client.len() + 8);
+    aad.extend_from_slice(CODE_TAG);
+    aad.push(CODE_FORMAT);
+    aad.extend_from_slice(&key_id.to_be_bytes());
+    for part in [mailbox, client] {
+        aad.extend_from_slice(&(part.len() as u32).to_be_bytes());
+        aad.extend_from_slice(part.as_bytes());
+    }
+    aad.extend_from_slice(&version.to_be_bytes());
+    aad
+}
+
+impl Keyring {
+    /// A new keyring with one random DEK (id 1), and that DEK wrapped for storage.
+    pub fn generate(kek: &Key) -> (Self, WrappedKey) {
+        let dek = Key::random();
+        let wrapped = WrappedKey {
+            key_id: 1,
+            sealed: envelope::seal(kek, &dek_aad(1), dek.as_bytes()),
+        };
+        (
+            Self {
+                keys: BTreeMap::from([(1, dek)]),
+                active: 1,
+            },
+            wrapped,
+        )
+    }
+
+    /// Unwraps every stored DEK. Fails with `Decrypt` on a wrong passphrase; the highest id is
+    /// the active key.
+    pub fn unlock(kek: &Key, wrapped: &[WrappedKey]) -> Result<Self, CryptoError> {
+        let mut keys = BTreeMap::new();
+        for w in wrapped {
+            let bytes = envelope::open(
+                kek,
+                &dek_aad(w.key_id),
+                &w.sealed.nonce,
+                &w.sealed.ciphertext,
+            )?;
+            let arr: [u8; 32] = bytes
+                .as_slice()
+                .try_into()
+                .map_err(|_| CryptoError::Decrypt)?;
+            keys.insert(w.key_id, Key::from_bytes(arr));
+        }
+        let active = *keys.keys().next_back().ok_or(CryptoError::Decrypt)?;
+        Ok(Self { keys, active })
+    }
+
+    pub fn active_key_id(&self) -> KeyId {
+        self.active
+    }
+
+    /// Seals a code under the active DEK, bound to (mailbox, client, version).
+    pub fn seal_code(
+        &self,
+        mailbox: &str,
+        client: &str,
+        version: u64,
+        code: &[u8],
+    ) -> (KeyId, Sealed) {
+        let key_id = self.active;
+        let key = &self.keys[&key_id];
+        (
+            key_id,
+            envelope::seal(key, &code_aad(key_id, mailbox, client, version), code),
+        )
+    }
+
+    /// Opens a code; a ciphertext moved to another row, key id or version fails with `Decrypt`.
+    pub fn open_code(
+        &self,
+        key_id: KeyId,
+        mailbox: &str,
+        client: &str,
+        version: u64,
+        nonce: &[u8],
+        ciphertext: &[u8],
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, CryptoError> {
+        let key = self
+            .keys
+            .get(&key_id)
+            .ok_or(CryptoError::UnknownKey(key_id))?;
+        envelope::open(
+            key,
+            &code_aad(key_id, mailbox, client, version),
+            nonce,
+            ciphertext,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrong_kek_fails_to_unlock() {
+        let kek = Key::random();
+        let (_, wrapped) = Keyring::generate(&kek);
+        assert!(Keyring::unlock(&kek, std::slice::from_ref(&wrapped)).is_ok());
+        assert!(matches!(
+            Keyring::unlock(&Key::random(), &[wrapped]),
+            Err(CryptoError::Decrypt)
+        ));
+    }
+
+    #[test]
+    fn code_is_bound_to_its_row() {
+        let (ring, _) = Keyring::generate(&Key::random());
+        let (kid, s) = ring.seal_code("a@sina.com", "x", 1, b"abcdefghijklmnop");
+        let ok = ring
+            .open_code(kid, "a@sina.com", "x", 1, &s.nonce, &s.ciphertext)
+            .unwrap();
+        assert_eq!(ok.as_slice(), b"abcdefghijklmnop");
+        assert!(
+            ring.open_code(kid, "b@sina.com", "x", 1, &s.nonce, &s.ciphertext)
+                .is_err()
+        );
+        assert!(
+            ring.open_code(kid, "a@sina.com", "y", 1, &s.nonce, &s.ciphertext)
+                .is_err()
+        );
+        assert!(
+            ring.open_code(kid, "a@sina.com", "x", 2, &s.nonce, &s.ciphertext)
+                .is_err()
+        );
+        // Length prefixes stop ("ab","c") from colliding with ("a","bc").
+        let (kid, s) = ring.seal_code("ab", "c", 1, b"k");
+        assert!(
+            ring.open_code(kid, "a", "bc", 1, &s.nonce, &s.ciphertext)
+                .is_err()
+        );
+    }
+}

@@ -1,0 +1,21 @@
+//! Envelope encryption: Argon2id KEK → keyring of random DEKs → XChaCha20-Poly1305 per code.
+
+mod envelope;
+mod kdf;
+mod keyring;
+
+pub use envelope::{Key, Sealed};
+pub use kdf::{KdfParams, Salt, derive_kek};
+pub use keyring::{KeyId, Keyring, WrappedKey};
+
+/// Every crypto failure. All decryption failures are one variant on purpose: the caller learns
+/// that authentication failed, never why.
+#[derive(Debug, thiserror::Error)]
+pub enum CryptoError {
+    #[error("decryption failed: wrong key or tampered data")]
+    Decrypt,
+    #[error("key derivation parameters are invalid: {0}")]
+    KdfParams(String),
+    #[error("no key with id {0} in the keyring")]
+    UnknownKey(u32),
+}

@@ -1,0 +1,165 @@
+//! gRPC handlers: decode and canonicalise, authorise, call the vault, encode the reply.
+
+mod page_token;
+mod status;
+
+pub use status::ERROR_DOMAIN;
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+use tracing::instrument;
+
+use crate::ids::{ClientId, Mailbox};
+use crate::proto::{self, auth_code_vault_server::AuthCodeVault};
+use crate::secret::AuthCode;
+use crate::store::ListQuery;
+use crate::vault::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Vault, VaultError};
+
+/// Who the audit trail names while there is no caller authentication.
+const ANONYMOUS: &str = "anonymous";
+
+/// The `vault.v1.AuthCodeVault` service.
+pub struct VaultService {
+    vault: Arc<Vault>,
+}
+
+impl VaultService {
+    pub fn new(vault: Arc<Vault>) -> Self {
+        Self { vault }
+    }
+}
+
+fn pair(mailbox: &str, client: &str) -> Result<(Mailbox, ClientId), VaultError> {
+    Ok((Mailbox::parse(mailbox)?, ClientId::parse(client)?))
+}
+
+/// An empty filter matches all; a non-empty one must be a valid identifier.
+fn filter<T>(
+    raw: &str,
+    parse: impl FnOnce(&str) -> Result<T, crate::ids::InvalidId>,
+) -> Result<Option<T>, VaultError> {
+    if raw.trim().is_empty() {
+        Ok(None)
+    } else {
+        Ok(Some(parse(raw)?))
+    }
+}
+
+fn page_size(requested: u32) -> Result<usize, VaultError> {
+    match usize::try_from(requested).unwrap_or(usize::MAX) {
+        0 => Ok(DEFAULT_PAGE_SIZE),
+        n if n <= MAX_PAGE_SIZE => Ok(n),
+        _ => Err(VaultError::InvalidField {
+            field: "page_size",
+            reason: format!("must be at most {MAX_PAGE_SIZE}"),
+        }),
+    }
+}
+
+fn unimplemented(rpc: &str) -> Status {
+    Status::unimplemented(format!("{rpc} is not implemented in this version"))
+}
+
+#[tonic::async_trait]
+impl AuthCodeVault for VaultService {
+    #[instrument(skip_all, fields(rpc = "Bind", mailbox, client))]
+    async fn bind(
+        &self,
+        request: Request<proto::BindRequest>,
+    ) -> Result<Response<proto::BindResponse>, Status> {
+        let req = request.into_inner();
+        let (mailbox, client) = pair(&req.mailbox, &req.client)?;
+        tracing::Span::current()
+            .record("mailbox", mailbox.as_str())
+            .record("client", client.as_str());
+        let code = AuthCode::new(&req.auth_code);
+        drop(req);
+        let (row, probe) = self.vault.bind(ANONYMOUS, mailbox, client, code).await?;
+        tracing::info!("bound");
+        Ok(Response::new(proto::BindResponse {
+            credential: Some(row.into()),
+            probe: Some(probe.into()),
+        }))
+    }
+
+    async fn rotate(
+        &self,
+        _: Request<proto::RotateRequest>,
+    ) -> Result<Response<proto::RotateResponse>, Status> {
+        Err(unimplemented("Rotate"))
+    }
+
+    async fn revoke(
+        &self,
+        _: Request<proto::RevokeRequest>,
+    ) -> Result<Response<proto::RevokeResponse>, Status> {
+        Err(unimplemented("Revoke"))
+    }
+
+    async fn verify(
+        &self,
+        _: Request<proto::VerifyRequest>,
+    ) -> Result<Response<proto::VerifyResponse>, Status> {
+        Err(unimplemented("Verify"))
+    }
+
+    #[instrument(skip_all, fields(rpc = "Reveal", mailbox, client))]
+    async fn reveal(
+        &self,
+        request: Request<proto::RevealRequest>,
+    ) -> Result<Response<proto::RevealResponse>, Status> {
+        let req = request.into_inner();
+        let (mailbox, client) = pair(&req.mailbox, &req.client)?;
+        tracing::Span::current()
+            .record("mailbox", mailbox.as_str())
+            .record("client", client.as_str());
+        let revealed = self.vault.reveal(&mailbox, &client)?;
+        let p = &revealed.provider;
+        Ok(Response::new(proto::RevealResponse {
+            auth_code: revealed.code.expose().to_owned(),
+            version: revealed.version,
+            imap_host: p.imap.host.clone(),
+            imap_port: p.imap.port.into(),
+            smtp_host: p.smtp.host.clone(),
+            smtp_port: p.smtp.port.into(),
+        }))
+    }
+
+    #[instrument(skip_all, fields(rpc = "GetCredential", mailbox, client))]
+    async fn get_credential(
+        &self,
+        request: Request<proto::GetCredentialRequest>,
+    ) -> Result<Response<proto::Credential>, Status> {
+        let req = request.into_inner();
+        let (mailbox, client) = pair(&req.mailbox, &req.client)?;
+        Ok(Response::new(self.vault.get(&mailbox, &client)?.into()))
+    }
+
+    #[instrument(skip_all, fields(rpc = "ListCredentials"))]
+    async fn list_credentials(
+        &self,
+        request: Request<proto::ListCredentialsRequest>,
+    ) -> Result<Response<proto::ListCredentialsResponse>, Status> {
+        let req = request.into_inner();
+        let query = ListQuery {
+            mailbox: filter(&req.mailbox, Mailbox::parse)?.map(|m| m.as_str().to_owned()),
+            client: filter(&req.client, ClientId::parse)?.map(|c| c.as_str().to_owned()),
+            include_revoked: req.include_revoked,
+            after: page_token::decode(&req.page_token)?,
+            limit: page_size(req.page_size)?,
+        };
+        let (rows, next) = self.vault.list(query).await?;
+        Ok(Response::new(proto::ListCredentialsResponse {
+            credentials: rows.into_iter().map(Into::into).collect(),
+            next_page_token: next.map(|k| page_token::encode(&k)).unwrap_or_default(),
+        }))
+    }
+
+    async fn list_unused_clients(
+        &self,
+        _: Request<proto::ListUnusedClientsRequest>,
+    ) -> Result<Response<proto::ListUnusedClientsResponse>, Status> {
+        Err(unimplemented("ListUnusedClients"))
+    }
+}

@@ -1,0 +1,102 @@
+//! The one mapping from `VaultError` to a gRPC `Status`. Every variant is matched; messages are
+//! safe for clients (never a code or token), and the cause is logged here.
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::probe::ProbeOutcome;
+use crate::vault::VaultError;
+
+/// ErrorInfo domain for this service's reasons.
+pub const ERROR_DOMAIN: &str = "authcode-vault";
+
+fn error_info(code: Code, message: String, reason: &str, meta: Vec<(&str, String)>) -> Status {
+    let meta: std::collections::HashMap<String, String> =
+        meta.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+    Status::with_error_details(
+        code,
+        message,
+        ErrorDetails::with_error_info(reason, ERROR_DOMAIN, meta),
+    )
+}
+
+fn bad_request(field: &str, description: String) -> Status {
+    Status::with_error_details(
+        Code::InvalidArgument,
+        format!("invalid {field}: {description}"),
+        ErrorDetails::with_bad_request_violation(field, description),
+    )
+}
+
+impl From<VaultError> for Status {
+    fn from(e: VaultError) -> Self {
+        match e {
+            VaultError::InvalidId(id) => bad_request(id.field, id.reason.to_owned()),
+            VaultError::InvalidField { field, reason } => bad_request(field, reason),
+            VaultError::BadCodeFormat { hint, .. } => bad_request("auth_code", hint),
+            VaultError::UnknownProvider { domain } => bad_request(
+                "mailbox",
+                format!(
+                    "no provider is configured for the domain {domain}; add it to the --providers file"
+                ),
+            ),
+            VaultError::NotFound => Status::not_found("no such binding"),
+            VaultError::AlreadyExists => Status::already_exists(
+                "the pair already has an active code; use Rotate to replace it or Revoke it first",
+            ),
+            VaultError::Revoked => error_info(
+                Code::FailedPrecondition,
+                "the binding is revoked; Bind a new code to use it again".into(),
+                "REVOKED",
+                vec![],
+            ),
+            VaultError::ProbeFailed(report) => {
+                let (code, reason) = match report.outcome {
+                    ProbeOutcome::Rejected => (Code::FailedPrecondition, "PROBE_REJECTED"),
+                    ProbeOutcome::Unreachable => (Code::Unavailable, "PROBE_UNREACHABLE"),
+                    ProbeOutcome::TimedOut => (Code::Unavailable, "PROBE_TIMED_OUT"),
+                    ProbeOutcome::TlsFailed => (Code::Unavailable, "PROBE_TLS_FAILED"),
+                    ProbeOutcome::ProtocolError => (Code::Unavailable, "PROBE_PROTOCOL_ERROR"),
+                    // Not a failure; mapped for completeness, never constructed.
+                    ProbeOutcome::Accepted => (Code::Internal, "PROBE_ACCEPTED"),
+                };
+                tracing::info!(outcome = report.outcome.as_str(), server = %report.server, "probe did not accept the code");
+                let message = format!(
+                    "{} answered {}: {} {}",
+                    report.server,
+                    report.outcome.as_str(),
+                    report.server_response,
+                    report.hint
+                );
+                error_info(
+                    code,
+                    message,
+                    reason,
+                    vec![
+                        ("outcome", report.outcome.as_str().to_owned()),
+                        ("server", report.server),
+                        ("server_response", report.server_response),
+                        ("hint", report.hint),
+                        ("latency_ms", report.latency.as_millis().to_string()),
+                    ],
+                )
+            }
+            VaultError::DataLoss => {
+                tracing::error!(
+                    "a stored ciphertext failed authentication (tampering or corruption)"
+                );
+                Status::data_loss(
+                    "the stored code failed authentication; the row was altered or corrupted",
+                )
+            }
+            VaultError::Store(err) => {
+                tracing::error!(error = %err, "storage failure");
+                Status::internal("storage failure; see the server log")
+            }
+            VaultError::Internal(msg) => {
+                tracing::error!(error = %msg, "internal error");
+                Status::internal("internal error; see the server log")
+            }
+        }
+    }
+}

@@ -1,0 +1,31 @@
+//! authcode-vault's server: a gRPC vault for mail-provider client auth codes.
+//!
+//! A request flows handler ([`grpc`]) → domain service ([`vault`]) → provider registry
+//! ([`provider`]) and login probe ([`probe`]) → encrypted store ([`crypto`], [`store`]).
+
+/// The command line.
+pub mod cli;
+/// Envelope encryption: Argon2id KEK, DEK keyring, XChaCha20-Poly1305 codes.
+pub mod crypto;
+/// Creating and unlocking a data dir.
+pub mod datadir;
+/// gRPC handlers and the error-to-Status mapping.
+pub mod grpc;
+/// Canonical mailbox and client identifiers.
+pub mod ids;
+/// Login probes against providers' IMAP servers.
+pub mod probe;
+/// Generated protobuf types and conversions.
+pub mod proto;
+/// Mail providers: servers, code formats, hints.
+pub mod provider;
+/// Process start-up: passphrase input, dev mode, running the server.
+pub mod run;
+/// Secret-bearing types with redacted Debug.
+pub mod secret;
+/// Serving the gRPC API with health and reflection.
+pub mod server;
+/// Persistence behind a trait; SQLite today.
+pub mod store;
+/// The domain service.
+pub mod vault;

@@ -1,0 +1,142 @@
+//! The generated `vault.v1` types, their redacted Debug impls and the conversions from domain
+//! types.
+
+#![allow(clippy::pedantic, missing_docs)]
+
+use std::fmt;
+
+use prost_types::Timestamp;
+
+use crate::probe::{ProbeOutcome as DomainOutcome, ProbeReport as DomainReport};
+use crate::store::{CredentialRow, CredentialState as DomainState};
+
+tonic::include_proto!("vault.v1");
+
+/// The encoded descriptor set served by reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/vault_descriptor.bin"));
+
+impl fmt::Debug for BindRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BindRequest")
+            .field("mailbox", &self.mailbox)
+            .field("client", &self.client)
+            .field("auth_code", &"[redacted]")
+            .finish()
+    }
+}
+
+impl fmt::Debug for RotateRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RotateRequest")
+            .field("mailbox", &self.mailbox)
+            .field("client", &self.client)
+            .field("new_auth_code", &"[redacted]")
+            .field("expected_version", &self.expected_version)
+            .finish()
+    }
+}
+
+impl fmt::Debug for RevealResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RevealResponse")
+            .field("auth_code", &"[redacted]")
+            .field("version", &self.version)
+            .field("imap_host", &self.imap_host)
+            .field("imap_port", &self.imap_port)
+            .field("smtp_host", &self.smtp_host)
+            .field("smtp_port", &self.smtp_port)
+            .finish()
+    }
+}
+
+/// Unix milliseconds to a protobuf timestamp.
+pub fn timestamp(millis: i64) -> Timestamp {
+    Timestamp {
+        seconds: millis.div_euclid(1000),
+        nanos: i32::try_from(millis.rem_euclid(1000) * 1_000_000).unwrap_or(0),
+    }
+}
+
+impl From<DomainOutcome> for ProbeOutcome {
+    fn from(o: DomainOutcome) -> Self {
+        match o {
+            DomainOutcome::Accepted => Self::Accepted,
+            DomainOutcome::Rejected => Self::Rejected,
+            DomainOutcome::Unreachable => Self::Unreachable,
+            DomainOutcome::TlsFailed => Self::TlsFailed,
+            DomainOutcome::TimedOut => Self::TimedOut,
+            DomainOutcome::ProtocolError => Self::ProtocolError,
+        }
+    }
+}
+
+impl From<DomainReport> for ProbeReport {
+    fn from(r: DomainReport) -> Self {
+        Self {
+            outcome: ProbeOutcome::from(r.outcome).into(),
+            server: r.server,
+            server_response: r.server_response,
+            hint: r.hint,
+            latency: prost_types::Duration::try_from(r.latency).ok(),
+        }
+    }
+}
+
+impl From<CredentialRow> for Credential {
+    fn from(r: CredentialRow) -> Self {
+        Self {
+            mailbox: r.mailbox,
+            client: r.client,
+            provider: r.provider,
+            state: match r.state {
+                DomainState::Active => CredentialState::Active,
+                DomainState::Revoked => CredentialState::Revoked,
+            }
+            .into(),
+            version: r.version,
+            created_at: Some(timestamp(r.created_at)),
+            rotated_at: r.rotated_at.map(timestamp),
+            revoked_at: r.revoked_at.map(timestamp),
+            revoke_reason: r.revoke_reason.unwrap_or_default(),
+            last_used_at: r.last_used_at.map(timestamp),
+            last_verified_at: r.last_verified_at.map(timestamp),
+            last_probe_outcome: r
+                .last_probe_outcome
+                .map_or(ProbeOutcome::Unspecified, ProbeOutcome::from)
+                .into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_fields_never_debug_print() {
+        let req = BindRequest {
+            mailbox: "a@sina.com".into(),
+            client: "x".into(),
+            auth_code: "CANARYCODE123456".into(),
+        };
+        let rot = RotateRequest {
+            new_auth_code: "CANARYCODE123456".into(),
+            ..Default::default()
+        };
+        let rev = RevealResponse {
+            auth_code: "CANARYCODE123456".into(),
+            ..Default::default()
+        };
+        for s in [format!("{req:?}"), format!("{rot:?}"), format!("{rev:?}")] {
+            assert!(!s.contains("CANARY"), "{s}");
+            assert!(s.contains("[redacted]"));
+        }
+    }
+
+    #[test]
+    fn timestamps_split_millis() {
+        let t = timestamp(1_700_000_000_123);
+        assert_eq!((t.seconds, t.nanos), (1_700_000_000, 123_000_000));
+    }
+}

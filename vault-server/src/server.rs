@@ -1,0 +1,62 @@
+//! Serving: the vault service, health and reflection on one listener, until a shutdown signal.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::grpc::VaultService;
+use crate::proto::{FILE_DESCRIPTOR_SET, auth_code_vault_server::AuthCodeVaultServer};
+use crate::vault::Vault;
+
+/// Largest request accepted; the biggest legitimate one is a few hundred bytes.
+const MAX_REQUEST_BYTES: usize = 16 * 1024;
+/// Longest an RPC may run, probes included.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("reflection setup failed: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("transport failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Serves on `listener` until `shutdown` resolves, then stops accepting and drains.
+pub async fn serve(
+    listener: TcpListener,
+    vault: Arc<Vault>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<AuthCodeVaultServer<VaultService>>()
+        .await;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+    let service = AuthCodeVaultServer::new(VaultService::new(vault))
+        .max_decoding_message_size(MAX_REQUEST_BYTES);
+
+    tonic::transport::Server::builder()
+        .timeout(REQUEST_TIMEOUT)
+        .http2_max_header_list_size(16 * 1024)
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(service)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            shutdown.await;
+            health
+                .set_not_serving::<AuthCodeVaultServer<VaultService>>()
+                .await;
+        })
+        .await?;
+    Ok(())
+}

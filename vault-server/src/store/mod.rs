@@ -1,0 +1,120 @@
+//! Persistence behind a small trait, so that another backend (PostgreSQL for several stateless
+//! replicas) can follow. SQLite is the one backend today.
+
+mod migrate;
+mod sqlite;
+
+pub use sqlite::SqliteStore;
+
+use crate::crypto::{KdfParams, Salt, Sealed, WrappedKey};
+use crate::ids::{ClientId, Mailbox};
+use crate::probe::ProbeOutcome;
+
+/// Unix time in milliseconds.
+pub type Millis = i64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("no such binding")]
+    NotFound,
+    #[error("the pair already has an active code")]
+    AlreadyExists,
+    #[error("the binding changed concurrently")]
+    Conflict,
+    #[error("the data dir is not initialised")]
+    NotInitialised,
+    #[error("the database is damaged: {0}")]
+    Corrupt(String),
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+/// Whether a binding holds a code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialState {
+    Active = 1,
+    Revoked = 2,
+}
+
+/// What Argon2id needs to re-derive the KEK, plus the wrapped DEKs.
+#[derive(Debug, Clone)]
+pub struct UnlockMaterial {
+    pub salt: Salt,
+    pub params: KdfParams,
+    pub keys: Vec<WrappedKey>,
+}
+
+/// A code as stored: the key that sealed it, and the sealed bytes.
+#[derive(Debug, Clone)]
+pub struct StoredCode {
+    pub key_id: u32,
+    pub sealed: Sealed,
+}
+
+/// One binding's row.
+#[derive(Debug, Clone)]
+pub struct CredentialRow {
+    pub mailbox: String,
+    pub client: String,
+    pub provider: String,
+    pub state: CredentialState,
+    pub version: u64,
+    pub code: Option<StoredCode>,
+    pub created_at: Millis,
+    pub rotated_at: Option<Millis>,
+    pub revoked_at: Option<Millis>,
+    pub revoke_reason: Option<String>,
+    pub last_used_at: Option<Millis>,
+    pub last_verified_at: Option<Millis>,
+    pub last_probe_outcome: Option<ProbeOutcome>,
+}
+
+/// A fresh binding to insert after its probe was accepted.
+#[derive(Debug)]
+pub struct NewBinding<'a> {
+    pub mailbox: &'a Mailbox,
+    pub client: &'a ClientId,
+    pub provider: &'a str,
+    pub code: StoredCode,
+    pub now: Millis,
+    pub probe_outcome: ProbeOutcome,
+}
+
+/// One audit event, written in the same transaction as the change it records.
+#[derive(Debug, Clone)]
+pub struct AuditEvent<'a> {
+    pub at: Millis,
+    pub caller: &'a str,
+    pub rpc: &'a str,
+    pub mailbox: &'a str,
+    pub client: &'a str,
+    pub outcome: &'a str,
+    pub probe_outcome: Option<ProbeOutcome>,
+}
+
+/// Filters and keyset position for listing credentials, ordered by (mailbox, client).
+#[derive(Debug, Default, Clone)]
+pub struct ListQuery {
+    pub mailbox: Option<String>,
+    pub client: Option<String>,
+    pub include_revoked: bool,
+    pub after: Option<(String, String)>,
+    pub limit: usize,
+}
+
+/// The operations the vault needs from storage. Implementations make each write one
+/// transaction, including its audit event.
+pub trait Store: Send + Sync + 'static {
+    /// Salt, KDF parameters and wrapped keys; `NotInitialised` if there are none.
+    fn unlock_material(&self) -> Result<UnlockMaterial, StoreError>;
+    /// One binding; `NotFound` if the pair was never bound.
+    fn get(&self, mailbox: &str, client: &str) -> Result<CredentialRow, StoreError>;
+    /// Inserts a binding, or re-binds a revoked pair at version 1. `AlreadyExists` if active.
+    fn bind(
+        &self,
+        new: NewBinding<'_>,
+        audit: &AuditEvent<'_>,
+    ) -> Result<CredentialRow, StoreError>;
+    /// A page of bindings.
+    fn list(&self, query: &ListQuery) -> Result<Vec<CredentialRow>, StoreError>;
+}

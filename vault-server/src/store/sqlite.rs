@@ -1,0 +1,302 @@
+//! The SQLite store: one writer connection (IMMEDIATE transactions) and a small pool of readers.
+//! WAL with `synchronous=FULL`, so an acknowledged write survives power loss.
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior, params};
+
+use super::{
+    AuditEvent, CredentialRow, CredentialState, ListQuery, NewBinding, Store, StoreError,
+    StoredCode, UnlockMaterial, migrate,
+};
+use crate::crypto::{KdfParams, Salt, Sealed, WrappedKey};
+use crate::probe::ProbeOutcome;
+
+/// Readers kept open for reuse; more are opened on demand under load.
+const MAX_IDLE_READERS: usize = 8;
+
+const COLUMNS: &str = "mailbox, client, provider, state, version, key_id, nonce, ciphertext, created_at, \
+     rotated_at, revoked_at, revoke_reason, last_used_at, last_verified_at, last_probe_outcome";
+
+pub struct SqliteStore {
+    path: std::path::PathBuf,
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+fn configure(conn: &Connection) -> Result<(), StoreError> {
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    Ok(())
+}
+
+fn open_conn(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    configure(&conn)?;
+    Ok(conn)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding the lock cannot leave a half-done SQLite transaction behind (it rolls
+    // back on drop), so the connection is still usable.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl SqliteStore {
+    /// Creates a new database file (mode 0600) holding the unlock material. Fails if it exists.
+    pub fn create(path: &Path, material: &UnlockMaterial, now: i64) -> Result<Self, StoreError> {
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| StoreError::Corrupt(format!("cannot create {}: {e}", path.display())))?;
+        let mut conn = open_conn(path)?;
+        migrate::apply(&mut conn)?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
+            "INSERT INTO vault_meta (id, kdf_salt, kdf_m_kib, kdf_t, kdf_p, created_at) VALUES (1, ?1, ?2, ?3, ?4, ?5)",
+            params![&material.salt.0[..], material.params.m_kib, material.params.t, material.params.p, now],
+        )?;
+        for k in &material.keys {
+            tx.execute(
+                "INSERT INTO keyring (key_id, nonce, wrapped_dek, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![k.key_id, &k.sealed.nonce[..], &k.sealed.ciphertext, now],
+            )?;
+        }
+        tx.commit()?;
+        Ok(Self {
+            path: path.to_owned(),
+            writer: Mutex::new(conn),
+            readers: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Opens an existing database and applies pending migrations.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        if !path.exists() {
+            return Err(StoreError::NotInitialised);
+        }
+        let mut conn = open_conn(path)?;
+        migrate::apply(&mut conn)?;
+        Ok(Self {
+            path: path.to_owned(),
+            writer: Mutex::new(conn),
+            readers: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn with_reader<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let conn = lock(&self.readers).pop();
+        let conn = match conn {
+            Some(c) => c,
+            None => open_conn(&self.path)?,
+        };
+        let out = f(&conn);
+        let mut idle = lock(&self.readers);
+        if idle.len() < MAX_IDLE_READERS {
+            idle.push(conn);
+        }
+        out
+    }
+
+    /// Checkpoints the WAL into the main file; used at shutdown.
+    pub fn checkpoint(&self) -> Result<(), StoreError> {
+        lock(&self.writer).execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")?;
+        Ok(())
+    }
+}
+
+fn blob_array<const N: usize>(v: Vec<u8>, what: &str) -> Result<[u8; N], StoreError> {
+    v.try_into()
+        .map_err(|_| StoreError::Corrupt(format!("{what} has the wrong length")))
+}
+
+fn outcome_from(v: Option<i64>) -> Option<ProbeOutcome> {
+    v.and_then(|v| i32::try_from(v).ok())
+        .and_then(ProbeOutcome::from_i32)
+}
+
+fn read_row(r: &Row<'_>) -> rusqlite::Result<CredentialRow> {
+    let state = match r.get::<_, i64>(3)? {
+        1 => CredentialState::Active,
+        _ => CredentialState::Revoked,
+    };
+    let key_id: Option<u32> = r.get(5)?;
+    let nonce: Option<Vec<u8>> = r.get(6)?;
+    let ciphertext: Option<Vec<u8>> = r.get(7)?;
+    let code = match (key_id, nonce, ciphertext) {
+        (Some(key_id), Some(nonce), Some(ciphertext)) => {
+            // A nonce of the wrong length cannot authenticate; an all-zero one makes that explicit.
+            let nonce = nonce.try_into().unwrap_or([0u8; 24]);
+            Some(StoredCode {
+                key_id,
+                sealed: Sealed { nonce, ciphertext },
+            })
+        }
+        _ => None,
+    };
+    Ok(CredentialRow {
+        mailbox: r.get(0)?,
+        client: r.get(1)?,
+        provider: r.get(2)?,
+        state,
+        version: r.get::<_, i64>(4)?.try_into().unwrap_or(0),
+        code,
+        created_at: r.get(8)?,
+        rotated_at: r.get(9)?,
+        revoked_at: r.get(10)?,
+        revoke_reason: r.get(11)?,
+        last_used_at: r.get(12)?,
+        last_verified_at: r.get(13)?,
+        last_probe_outcome: outcome_from(r.get(14)?),
+    })
+}
+
+fn get_row(
+    conn: &Connection,
+    mailbox: &str,
+    client: &str,
+) -> Result<Option<CredentialRow>, StoreError> {
+    let sql = format!("SELECT {COLUMNS} FROM credentials WHERE mailbox = ?1 AND client = ?2");
+    Ok(conn
+        .prepare_cached(&sql)?
+        .query_row(params![mailbox, client], read_row)
+        .optional()?)
+}
+
+fn insert_audit(tx: &rusqlite::Transaction<'_>, e: &AuditEvent<'_>) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "INSERT INTO audit_events (at, caller, rpc, mailbox, client, outcome, probe_outcome) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        e.at,
+        e.caller,
+        e.rpc,
+        e.mailbox,
+        e.client,
+        e.outcome,
+        e.probe_outcome.map(|o| o as i32)
+    ])?;
+    Ok(())
+}
+
+impl Store for SqliteStore {
+    fn unlock_material(&self) -> Result<UnlockMaterial, StoreError> {
+        self.with_reader(|conn| {
+            let meta = conn
+                .query_row(
+                    "SELECT kdf_salt, kdf_m_kib, kdf_t, kdf_p FROM vault_meta WHERE id = 1",
+                    [],
+                    |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                )
+                .optional()?
+                .ok_or(StoreError::NotInitialised)?;
+            let mut keys = Vec::new();
+            let mut stmt =
+                conn.prepare("SELECT key_id, nonce, wrapped_dek FROM keyring ORDER BY key_id")?;
+            let mut rows = stmt.query([])?;
+            while let Some(r) = rows.next()? {
+                let nonce = blob_array(r.get::<_, Vec<u8>>(1)?, "a keyring nonce")?;
+                keys.push(WrappedKey {
+                    key_id: r.get(0)?,
+                    sealed: Sealed {
+                        nonce,
+                        ciphertext: r.get(2)?,
+                    },
+                });
+            }
+            Ok(UnlockMaterial {
+                salt: Salt(blob_array(meta.0, "the KDF salt")?),
+                params: KdfParams {
+                    m_kib: meta.1,
+                    t: meta.2,
+                    p: meta.3,
+                },
+                keys,
+            })
+        })
+    }
+
+    fn get(&self, mailbox: &str, client: &str) -> Result<CredentialRow, StoreError> {
+        self.with_reader(|conn| get_row(conn, mailbox, client)?.ok_or(StoreError::NotFound))
+    }
+
+    fn bind(
+        &self,
+        new: NewBinding<'_>,
+        audit: &AuditEvent<'_>,
+    ) -> Result<CredentialRow, StoreError> {
+        let mut conn = lock(&self.writer);
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let (mailbox, client) = (new.mailbox.as_str(), new.client.as_str());
+        match get_row(&tx, mailbox, client)? {
+            Some(row) if row.state == CredentialState::Active => {
+                return Err(StoreError::AlreadyExists);
+            }
+            Some(_) => {
+                tx.execute(
+                    "DELETE FROM credentials WHERE mailbox = ?1 AND client = ?2",
+                    params![mailbox, client],
+                )?;
+            }
+            None => {}
+        }
+        tx.execute(
+            "INSERT INTO credentials (mailbox, client, provider, state, version, key_id, nonce, ciphertext, \
+             created_at, last_verified_at, last_probe_outcome) VALUES (?1, ?2, ?3, 1, 1, ?4, ?5, ?6, ?7, ?7, ?8)",
+            params![
+                mailbox,
+                client,
+                new.provider,
+                new.code.key_id,
+                &new.code.sealed.nonce[..],
+                &new.code.sealed.ciphertext,
+                new.now,
+                new.probe_outcome as i32
+            ],
+        )?;
+        insert_audit(&tx, audit)?;
+        let row = get_row(&tx, mailbox, client)?.ok_or(StoreError::NotFound)?;
+        tx.commit()?;
+        Ok(row)
+    }
+
+    fn list(&self, q: &ListQuery) -> Result<Vec<CredentialRow>, StoreError> {
+        self.with_reader(|conn| {
+            let (after_m, after_c) = q.after.clone().unwrap_or_default();
+            let sql = format!(
+                "SELECT {COLUMNS} FROM credentials \
+                 WHERE (?1 IS NULL OR mailbox = ?1) AND (?2 IS NULL OR client = ?2) AND (?3 OR state = 1) \
+                 AND (mailbox, client) > (?4, ?5) ORDER BY mailbox, client LIMIT ?6"
+            );
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let limit = i64::try_from(q.limit).unwrap_or(i64::MAX);
+            let rows = stmt.query_map(
+                params![q.mailbox, q.client, q.include_revoked, after_m, after_c, limit],
+                read_row,
+            )?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+}

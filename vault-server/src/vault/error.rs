@@ -1,0 +1,55 @@
+//! The domain error. `grpc::status` maps every variant to a `Status`.
+
+use crate::crypto::CryptoError;
+use crate::ids::InvalidId;
+use crate::probe::ProbeReport;
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VaultError {
+    #[error("invalid {}: {}", .0.field, .0.reason)]
+    InvalidId(#[from] InvalidId),
+    /// A field other than an identifier is malformed.
+    #[error("invalid {field}: {reason}")]
+    InvalidField { field: &'static str, reason: String },
+    /// The code cannot be this provider's; the hint says what the user probably did.
+    #[error("the auth code has the wrong format for {provider}")]
+    BadCodeFormat { provider: String, hint: String },
+    #[error("no provider is configured for the domain {domain}")]
+    UnknownProvider { domain: String },
+    #[error("no such binding")]
+    NotFound,
+    #[error("the pair already has an active code")]
+    AlreadyExists,
+    #[error("the binding is revoked")]
+    Revoked,
+    /// The probe did not accept the code; nothing was changed.
+    #[error("the provider did not accept the code: {}", .0.outcome.as_str())]
+    ProbeFailed(ProbeReport),
+    /// A stored ciphertext failed authentication.
+    #[error("a stored code failed authentication")]
+    DataLoss,
+    #[error("storage failed: {0}")]
+    Store(StoreError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for VaultError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound => Self::NotFound,
+            StoreError::AlreadyExists => Self::AlreadyExists,
+            other => Self::Store(other),
+        }
+    }
+}
+
+impl From<CryptoError> for VaultError {
+    fn from(e: CryptoError) -> Self {
+        match e {
+            CryptoError::Decrypt | CryptoError::UnknownKey(_) => Self::DataLoss,
+            CryptoError::KdfParams(m) => Self::Internal(m),
+        }
+    }
+}
