@@ -1,1 +1,12 @@
-fn main() {}
+//! End-to-end tests: the real `vault-server` binary, a real Dovecot playing imap.sina.com
+//! (reached through `--probe-resolve`, certificate from a test CA), the `vault-client` crate and
+//! the real grpcurl.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::pedantic)]
+
+mod harness;
+
+mod bind_reveal;
+mod command_line;
+mod grpcurl;
+mod storage;

@@ -1,1 +1,111 @@
-//! x
+//! Client for authcode-vault.
+//!
+//! [`VaultClient`] wraps the generated stubs in [`proto`]; auth codes travel as
+//! [`secrecy::SecretString`] and never appear in a Debug print.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), vault_client::Error> {
+//! use secrecy::{ExposeSecret, SecretString};
+//! let mut vault = vault_client::VaultClient::connect("http://127.0.0.1:50051").await?;
+//! vault.bind("alice@sina.com", "sender", SecretString::from("abcd1234efgh5678")).await?;
+//! let revealed = vault.reveal("alice@sina.com", "sender").await?;
+//! println!("log in to {}:{}", revealed.imap_host, revealed.imap_port);
+//! let _code: &str = revealed.code.expose_secret();
+//! # Ok(()) }
+//! ```
+
+mod error;
+pub mod proto;
+
+pub use error::Error;
+pub use secrecy::SecretString;
+
+use secrecy::ExposeSecret;
+use tonic::transport::Channel;
+
+use proto::auth_code_vault_client::AuthCodeVaultClient;
+
+/// A revealed code and where to use it.
+#[derive(Debug)]
+pub struct Revealed {
+    /// The plaintext auth code.
+    pub code: SecretString,
+    /// The binding's version.
+    pub version: u64,
+    /// The provider's IMAP host (implicit TLS).
+    pub imap_host: String,
+    /// The provider's IMAP port.
+    pub imap_port: u16,
+    /// The provider's SMTP host (implicit TLS).
+    pub smtp_host: String,
+    /// The provider's SMTP port.
+    pub smtp_port: u16,
+}
+
+/// A connection to the vault.
+#[derive(Debug, Clone)]
+pub struct VaultClient {
+    inner: AuthCodeVaultClient<Channel>,
+}
+
+impl VaultClient {
+    /// Connects to `endpoint`, e.g. `http://127.0.0.1:50051`.
+    pub async fn connect(endpoint: impl Into<String>) -> Result<Self, Error> {
+        let channel = Channel::from_shared(endpoint.into())
+            .map_err(|e| Error::InvalidArgument {
+                message: format!("bad endpoint: {e}"),
+            })?
+            .connect()
+            .await?;
+        Ok(Self {
+            inner: AuthCodeVaultClient::new(channel),
+        })
+    }
+
+    /// The generated client, for calls this wrapper does not cover.
+    pub fn raw(&mut self) -> &mut AuthCodeVaultClient<Channel> {
+        &mut self.inner
+    }
+
+    /// Binds `code` to (mailbox, client) after the provider accepted it.
+    pub async fn bind(
+        &mut self,
+        mailbox: &str,
+        client: &str,
+        code: SecretString,
+    ) -> Result<proto::BindResponse, Error> {
+        let req = proto::BindRequest {
+            mailbox: mailbox.to_owned(),
+            client: client.to_owned(),
+            auth_code: code.expose_secret().to_owned(),
+        };
+        Ok(self.inner.bind(req).await?.into_inner())
+    }
+
+    /// Fetches the plaintext code for (mailbox, client).
+    pub async fn reveal(&mut self, mailbox: &str, client: &str) -> Result<Revealed, Error> {
+        let req = proto::RevealRequest {
+            mailbox: mailbox.to_owned(),
+            client: client.to_owned(),
+        };
+        let r = self.inner.reveal(req).await?.into_inner();
+        let port = |p: u32| u16::try_from(p).unwrap_or(0);
+        Ok(Revealed {
+            code: SecretString::from(r.auth_code),
+            version: r.version,
+            imap_port: port(r.imap_port),
+            imap_host: r.imap_host,
+            smtp_port: port(r.smtp_port),
+            smtp_host: r.smtp_host,
+        })
+    }
+
+    /// A binding's metadata.
+    pub async fn get(&mut self, mailbox: &str, client: &str) -> Result<proto::Credential, Error> {
+        let req = proto::GetCredentialRequest {
+            mailbox: mailbox.to_owned(),
+            client: client.to_owned(),
+        };
+        Ok(self.inner.get_credential(req).await?.into_inner())
+    }
+}

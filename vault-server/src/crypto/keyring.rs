@@ -39,7 +39,8 @@ fn code_aad(key_id: KeyId, mailbox: &str, client: &str, version: u64) -> Vec<u8>
     aad.push(CODE_FORMAT);
     aad.extend_from_slice(&key_id.to_be_bytes());
     for part in [mailbox, client] {
-        aad.extend_from_slice(&(part.len() as u32).to_be_bytes());
+        // Canonical ids are at most 254 bytes, so the length always fits.
+        aad.extend_from_slice(&u32::try_from(part.len()).unwrap_or(u32::MAX).to_be_bytes());
         aad.extend_from_slice(part.as_bytes());
     }
     aad.extend_from_slice(&version.to_be_bytes());

@@ -162,7 +162,7 @@ impl Prober for ImapProber {
             outcome,
             server: req.endpoint.to_string(),
             server_response: sanitize(&text, req.code.expose()),
-            hint: req.provider.hint(outcome).to_owned(),
+            hint: req.provider.hint(outcome),
             latency: started.elapsed(),
         }
     }

@@ -22,20 +22,12 @@ use crate::store::{
 pub const DEFAULT_PAGE_SIZE: usize = 100;
 pub const MAX_PAGE_SIZE: usize = 1000;
 
-/// A revealed code with where to use it.
+/// A revealed code with where to use it. Debug shows the code redacted.
+#[derive(Debug)]
 pub struct Revealed {
     pub code: AuthCode,
     pub version: u64,
     pub provider: Arc<Provider>,
-}
-
-impl std::fmt::Debug for Revealed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Revealed")
-            .field("version", &self.version)
-            .field("provider", &self.provider.id)
-            .finish()
-    }
 }
 
 /// The vault: store, keys, providers and prober.

@@ -1,5 +1,7 @@
 //! Serving: the vault service, health and reflection on one listener, until a shutdown signal.
 
+mod in_flight;
+
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,11 +12,14 @@ use tokio_stream::wrappers::TcpListenerStream;
 use crate::grpc::VaultService;
 use crate::proto::{FILE_DESCRIPTOR_SET, auth_code_vault_server::AuthCodeVaultServer};
 use crate::vault::Vault;
+use in_flight::InFlight;
 
 /// Largest request accepted; the biggest legitimate one is a few hundred bytes.
 const MAX_REQUEST_BYTES: usize = 16 * 1024;
 /// Longest an RPC may run, probes included.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest a shutdown waits for RPCs in flight.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -24,7 +29,8 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
-/// Serves on `listener` until `shutdown` resolves, then stops accepting and drains.
+/// Serves on `listener` until `shutdown` resolves; then stops accepting, reports NOT_SERVING
+/// and waits (at most [`DRAIN_TIMEOUT`]) for the RPCs in flight.
 pub async fn serve(
     listener: TcpListener,
     vault: Arc<Vault>,
@@ -43,20 +49,33 @@ pub async fn serve(
     let reflection_v1alpha = reflection().build_v1alpha()?;
     let service = AuthCodeVaultServer::new(VaultService::new(vault))
         .max_decoding_message_size(MAX_REQUEST_BYTES);
+    let in_flight = InFlight::default();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
 
-    tonic::transport::Server::builder()
+    let server = tonic::transport::Server::builder()
         .timeout(REQUEST_TIMEOUT)
         .http2_max_header_list_size(16 * 1024)
+        .layer(in_flight.clone())
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(service)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-            shutdown.await;
-            health
-                .set_not_serving::<AuthCodeVaultServer<VaultService>>()
-                .await;
-        })
-        .await?;
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            let _ = stop_rx.await;
+        });
+    tokio::pin!(server);
+    tokio::select! {
+        result = &mut server => return Ok(result?),
+        () = shutdown => {}
+    }
+    health
+        .set_not_serving::<AuthCodeVaultServer<VaultService>>()
+        .await;
+    let _ = stop_tx.send(());
+    tokio::select! {
+        result = &mut server => result?,
+        () = in_flight.idle() => tracing::debug!("no RPC in flight"),
+        () = tokio::time::sleep(DRAIN_TIMEOUT) => tracing::warn!("RPCs still in flight after {DRAIN_TIMEOUT:?}; stopping anyway"),
+    }
     Ok(())
 }

@@ -1,0 +1,206 @@
+//! The operator's contract: exit codes and one-line messages.
+
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+
+use crate::harness::vault::{BIN, DataDir, VaultServer, path_str, run};
+use crate::harness::{PASSPHRASE, grpcurl};
+
+fn one_line_error(out: &std::process::Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("error")).collect();
+    assert_eq!(errors.len(), 1, "expected one error line, got:\n{stderr}");
+    errors[0].to_owned()
+}
+
+#[test]
+fn a_wrong_passphrase_refuses_to_start_and_touches_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = DataDir::init(tmp.path(), PASSPHRASE);
+    let before = std::fs::read(data.db()).unwrap();
+    let wrong = tmp.path().join("wrong");
+    std::fs::write(&wrong, "not the passphrase at all").unwrap();
+    let out = run(
+        &[
+            "serve",
+            "--data-dir",
+            path_str(&data.dir),
+            "--passphrase-file",
+            path_str(&wrong),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        &[],
+    );
+    assert!(!out.status.success());
+    let line = one_line_error(&out);
+    assert!(line.contains("wrong passphrase"), "{line}");
+    assert!(!line.contains("not the passphrase"));
+    assert_eq!(
+        std::fs::read(data.db()).unwrap(),
+        before,
+        "the database changed"
+    );
+
+    // The same through the environment variable.
+    let out = run(
+        &[
+            "serve",
+            "--data-dir",
+            path_str(&data.dir),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        &[("VAULT_PASSPHRASE", "still not the passphrase")],
+    );
+    assert!(!out.status.success());
+    assert!(one_line_error(&out).contains("wrong passphrase"));
+}
+
+#[test]
+fn serve_on_an_uninitialised_dir_names_init() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("never");
+    let out = run(
+        &[
+            "serve",
+            "--data-dir",
+            path_str(&dir),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        &[("VAULT_PASSPHRASE", PASSPHRASE)],
+    );
+    assert!(!out.status.success());
+    let line = one_line_error(&out);
+    assert!(
+        line.contains("not initialised") && line.contains("vault-server init"),
+        "{line}"
+    );
+    assert!(!dir.exists(), "serve must not create the data dir");
+}
+
+#[test]
+fn init_refuses_an_initialised_dir_and_a_missing_passphrase() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = DataDir::init(tmp.path(), PASSPHRASE);
+    assert_eq!(
+        std::fs::metadata(&data.dir).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    assert_eq!(
+        std::fs::metadata(data.db()).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let out = run(
+        &["init", "--data-dir", path_str(&data.dir)],
+        &[("VAULT_PASSPHRASE", PASSPHRASE)],
+    );
+    assert!(!out.status.success());
+    assert!(one_line_error(&out).contains("already initialised"));
+    let out = run(
+        &["init", "--data-dir", path_str(&tmp.path().join("other"))],
+        &[],
+    );
+    assert!(!out.status.success());
+    assert!(one_line_error(&out).contains("VAULT_PASSPHRASE"));
+}
+
+#[test]
+fn bad_flags_busy_ports_and_public_plaintext_each_fail_with_one_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = DataDir::init(tmp.path(), PASSPHRASE);
+    let dir = path_str(&data.dir);
+    let pf = path_str(&data.passphrase_file);
+
+    let out = run(
+        &[
+            "serve",
+            "--data-dir",
+            dir,
+            "--passphrase-file",
+            pf,
+            "--listen",
+            "nonsense",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2), "clap usage errors exit 2");
+    assert!(one_line_error(&out).contains("--listen"));
+
+    let out = run(
+        &[
+            "serve",
+            "--data-dir",
+            dir,
+            "--passphrase-file",
+            pf,
+            "--probe-resolve",
+            "imap.sina.com",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(one_line_error(&out).contains("HOST:PORT=ADDR:PORT"));
+
+    let busy = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap().to_string();
+    let out = run(
+        &[
+            "serve",
+            "--data-dir",
+            dir,
+            "--passphrase-file",
+            pf,
+            "--listen",
+            &addr,
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(one_line_error(&out).contains(&format!("cannot listen on {addr}")));
+
+    let out = run(
+        &[
+            "serve",
+            "--data-dir",
+            dir,
+            "--passphrase-file",
+            pf,
+            "--listen",
+            "0.0.0.0:0",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(one_line_error(&out).contains("--allow-plaintext"));
+}
+
+#[test]
+fn serve_dev_initialises_once_and_answers_health_and_reflection() {
+    let tmp = tempfile::tempdir().unwrap();
+    let args: Vec<String> = ["serve", "--dev", "--listen", "127.0.0.1:0"]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+    let mut server = VaultServer::spawn(&args, Some(tmp.path())).expect("dev server starts");
+    let pf = tmp.path().join("vault-dev/passphrase");
+    assert_eq!(
+        std::fs::metadata(&pf).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(tmp.path().join("vault-dev/vault.db").exists());
+    let health = grpcurl::run(&server, &["grpc.health.v1.Health/Check"]);
+    assert!(health.contains("SERVING"), "{health}");
+    let list = grpcurl::run(&server, &["list"]);
+    assert!(list.contains("vault.v1.AuthCodeVault"), "{list}");
+    assert!(server.stop().success());
+
+    // Second start reuses the same vault and passphrase.
+    let passphrase = std::fs::read(&pf).unwrap();
+    let mut again = VaultServer::spawn(&args, Some(tmp.path())).expect("dev server restarts");
+    assert_eq!(std::fs::read(&pf).unwrap(), passphrase);
+    assert!(!again.log().contains("initialised a new vault"));
+    assert!(again.stop().success());
+    let _ = BIN;
+}

