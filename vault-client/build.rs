@@ -9,11 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .build_server(false)
         // Secret-bearing messages get hand-written, redacted Debug impls (src/proto.rs).
-        .skip_debug([
-            ".vault.v1.BindRequest",
-            ".vault.v1.RotateRequest",
-            ".vault.v1.RevealResponse",
-        ])
+        .skip_debug([".vault.v1.BindRequest", ".vault.v1.RotateRequest", ".vault.v1.RevealResponse"])
         .compile_fds(fds)?;
     Ok(())
 }

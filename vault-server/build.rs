@@ -14,11 +14,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(false)
         .build_server(true)
         // Secret-bearing messages get hand-written, redacted Debug impls (src/proto.rs).
-        .skip_debug([
-            ".vault.v1.BindRequest",
-            ".vault.v1.RotateRequest",
-            ".vault.v1.RevealResponse",
-        ])
+        .skip_debug([".vault.v1.BindRequest", ".vault.v1.RotateRequest", ".vault.v1.RevealResponse"])
         .compile_fds(fds)?;
     let migrations = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?).join("../migrations");
     println!("cargo:rerun-if-changed={}", migrations.display());

@@ -11,18 +11,9 @@ fn code(s: &str) -> SecretString {
     SecretString::from(s)
 }
 
-async fn raw_bind(
-    server: &VaultServer,
-    mailbox: &str,
-    client: &str,
-    auth_code: &str,
-) -> tonic::Status {
+async fn raw_bind(server: &VaultServer, mailbox: &str, client: &str, auth_code: &str) -> tonic::Status {
     let mut c = server.client().await;
-    let req = proto::BindRequest {
-        mailbox: mailbox.into(),
-        client: client.into(),
-        auth_code: auth_code.into(),
-    };
+    let req = proto::BindRequest { mailbox: mailbox.into(), client: client.into(), auth_code: auth_code.into() };
     c.raw().bind(req).await.expect_err("bind should fail")
 }
 
@@ -31,39 +22,21 @@ async fn bind_with_the_right_code_then_reveal_returns_it_also_after_restart() {
     let mut stack = Stack::start();
     let mut c = stack.server.client().await;
     // Mixed case and spaces are canonicalised/stripped.
-    let resp = c
-        .bind(" Alice@Sina.com ", "Sender", code("CANA RYal ice0 0001"))
-        .await
-        .unwrap();
+    let resp = c.bind(" Alice@Sina.com ", "Sender", code("CANA RYal ice0 0001")).await.unwrap();
     let cred = resp.credential.unwrap();
-    assert_eq!(
-        (
-            cred.mailbox.as_str(),
-            cred.client.as_str(),
-            cred.provider.as_str()
-        ),
-        (ALICE, "sender", "sina")
-    );
+    assert_eq!((cred.mailbox.as_str(), cred.client.as_str(), cred.provider.as_str()), (ALICE, "sender", "sina"));
     assert_eq!(cred.version, 1);
     assert_eq!(cred.state(), proto::CredentialState::Active);
     let probe = resp.probe.unwrap();
     assert_eq!(probe.outcome(), ProbeOutcome::Accepted);
     assert_eq!(probe.server, "imap.sina.com:993");
-    stack
-        .dovecot
-        .wait_for_log(&format!("Login: user=<{ALICE}>"));
+    stack.dovecot.wait_for_log(&format!("Login: user=<{ALICE}>"));
 
     let revealed = c.reveal(ALICE, "sender").await.unwrap();
     assert_eq!(revealed.code.expose_secret(), ALICE_CODE);
     assert_eq!(revealed.version, 1);
-    assert_eq!(
-        (revealed.imap_host.as_str(), revealed.imap_port),
-        ("imap.sina.com", 993)
-    );
-    assert_eq!(
-        (revealed.smtp_host.as_str(), revealed.smtp_port),
-        ("smtp.sina.com", 465)
-    );
+    assert_eq!((revealed.imap_host.as_str(), revealed.imap_port), ("imap.sina.com", 993));
+    assert_eq!((revealed.smtp_host.as_str(), revealed.smtp_port), ("smtp.sina.com", 465));
 
     // A second Bind of the active pair is refused before any probe.
     let err = raw_bind(&stack.server, ALICE, "sender", ALICE_CODE).await;
@@ -87,31 +60,14 @@ async fn bind_with_a_wrong_code_is_probe_rejected_and_stores_nothing() {
     assert_eq!(info.reason, "PROBE_REJECTED");
     assert_eq!(info.metadata["outcome"], "REJECTED");
     assert_eq!(info.metadata["server"], "imap.sina.com:993");
-    assert!(
-        info.metadata["server_response"].contains("AUTHENTICATIONFAILED"),
-        "{:?}",
-        info.metadata
-    );
-    assert!(
-        info.metadata["hint"].contains("not the login password"),
-        "{:?}",
-        info.metadata
-    );
+    assert!(info.metadata["server_response"].contains("AUTHENTICATIONFAILED"), "{:?}", info.metadata);
+    assert!(info.metadata["hint"].contains("not the login password"), "{:?}", info.metadata);
     assert!(!status.message().contains("WRONGwrong"));
 
     let mut c = stack.server.client().await;
-    assert!(matches!(
-        c.get(ALICE, "sender").await,
-        Err(vault_client::Error::NotFound)
-    ));
-    assert!(matches!(
-        c.reveal(ALICE, "sender").await,
-        Err(vault_client::Error::NotFound)
-    ));
-    let err = c
-        .bind(ALICE, "sender", code("WRONGwrong123456"))
-        .await
-        .unwrap_err();
+    assert!(matches!(c.get(ALICE, "sender").await, Err(vault_client::Error::NotFound)));
+    assert!(matches!(c.reveal(ALICE, "sender").await, Err(vault_client::Error::NotFound)));
+    let err = c.bind(ALICE, "sender", code("WRONGwrong123456")).await.unwrap_err();
     assert!(
         matches!(err, vault_client::Error::ProbeRejected { ref hint } if hint.contains("client auth code")),
         "{err:?}"
@@ -126,33 +82,17 @@ async fn bind_with_a_code_of_the_wrong_format_is_invalid_and_never_reaches_the_s
         assert_eq!(status.code(), Code::InvalidArgument, "{bad}: {status:?}");
         let br = status.get_details_bad_request().expect("BadRequest");
         assert_eq!(br.field_violations[0].field, "auth_code");
-        assert!(
-            status.message().contains("login password"),
-            "{}",
-            status.message()
-        );
+        assert!(status.message().contains("login password"), "{}", status.message());
         assert!(!status.message().contains(bad));
     }
     // A login Dovecot does see, to know its log is current before checking what it did not see.
     let mut c = stack.server.client().await;
-    c.bind(BOB, "sender", code(crate::harness::BOB_CODE))
-        .await
-        .unwrap();
+    c.bind(BOB, "sender", code(crate::harness::BOB_CODE)).await.unwrap();
     stack.dovecot.wait_for_log(&format!("Login: user=<{BOB}>"));
     let log = stack.dovecot.log();
-    assert!(
-        !log.contains("short@sina.com"),
-        "Dovecot saw the refused mailbox:\n{log}"
-    );
-    assert_eq!(
-        log.matches("Login: user=").count(),
-        1,
-        "exactly one login expected:\n{log}"
-    );
-    assert!(
-        !log.contains("auth failed"),
-        "a refused code reached Dovecot:\n{log}"
-    );
+    assert!(!log.contains("short@sina.com"), "Dovecot saw the refused mailbox:\n{log}");
+    assert_eq!(log.matches("Login: user=").count(), 1, "exactly one login expected:\n{log}");
+    assert!(!log.contains("auth failed"), "a refused code reached Dovecot:\n{log}");
 }
 
 #[tokio::test]
@@ -171,11 +111,7 @@ async fn malformed_identifiers_and_unknown_domains_are_invalid_arguments() {
         assert_eq!(br.field_violations[0].field, field);
     }
     let status = raw_bind(&stack.server, "alice@example.org", "sender", ALICE_CODE).await;
-    assert!(
-        status.message().contains("--providers"),
-        "{}",
-        status.message()
-    );
+    assert!(status.message().contains("--providers"), "{}", status.message());
 }
 
 #[tokio::test]
@@ -184,15 +120,9 @@ async fn bind_when_the_server_is_unreachable_is_unavailable_and_stores_nothing()
     stack.dovecot.stop();
     let status = raw_bind(&stack.server, ALICE, "sender", ALICE_CODE).await;
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-    assert_eq!(
-        status.get_details_error_info().unwrap().reason,
-        "PROBE_UNREACHABLE"
-    );
+    assert_eq!(status.get_details_error_info().unwrap().reason, "PROBE_UNREACHABLE");
     let mut c = stack.server.client().await;
-    assert!(matches!(
-        c.get(ALICE, "sender").await,
-        Err(vault_client::Error::NotFound)
-    ));
+    assert!(matches!(c.get(ALICE, "sender").await, Err(vault_client::Error::NotFound)));
 }
 
 #[tokio::test]
@@ -200,10 +130,7 @@ async fn a_certificate_for_another_name_is_tls_failed() {
     let stack = Stack::start();
     // Point the VIP host at the same Dovecot: its certificate names imap.sina.com only.
     let mut args = Stack::probe_args(&stack.pki, &stack.dovecot);
-    args.extend([
-        "--probe-resolve".into(),
-        format!("imap.vip.sina.com:993={}", stack.dovecot.imaps),
-    ]);
+    args.extend(["--probe-resolve".into(), format!("imap.vip.sina.com:993={}", stack.dovecot.imaps)]);
     let server = VaultServer::start(&stack.data, &args);
     let status = raw_bind(&server, "carol@vip.sina.com", "sender", ALICE_CODE).await;
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");

@@ -21,36 +21,18 @@ fn a_wrong_passphrase_refuses_to_start_and_touches_nothing() {
     let wrong = tmp.path().join("wrong");
     std::fs::write(&wrong, "not the passphrase at all").unwrap();
     let out = run(
-        &[
-            "serve",
-            "--data-dir",
-            path_str(&data.dir),
-            "--passphrase-file",
-            path_str(&wrong),
-            "--listen",
-            "127.0.0.1:0",
-        ],
+        &["serve", "--data-dir", path_str(&data.dir), "--passphrase-file", path_str(&wrong), "--listen", "127.0.0.1:0"],
         &[],
     );
     assert!(!out.status.success());
     let line = one_line_error(&out);
     assert!(line.contains("wrong passphrase"), "{line}");
     assert!(!line.contains("not the passphrase"));
-    assert_eq!(
-        std::fs::read(data.db()).unwrap(),
-        before,
-        "the database changed"
-    );
+    assert_eq!(std::fs::read(data.db()).unwrap(), before, "the database changed");
 
     // The same through the environment variable.
     let out = run(
-        &[
-            "serve",
-            "--data-dir",
-            path_str(&data.dir),
-            "--listen",
-            "127.0.0.1:0",
-        ],
+        &["serve", "--data-dir", path_str(&data.dir), "--listen", "127.0.0.1:0"],
         &[("VAULT_PASSPHRASE", "still not the passphrase")],
     );
     assert!(!out.status.success());
@@ -61,22 +43,11 @@ fn a_wrong_passphrase_refuses_to_start_and_touches_nothing() {
 fn serve_on_an_uninitialised_dir_names_init() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("never");
-    let out = run(
-        &[
-            "serve",
-            "--data-dir",
-            path_str(&dir),
-            "--listen",
-            "127.0.0.1:0",
-        ],
-        &[("VAULT_PASSPHRASE", PASSPHRASE)],
-    );
+    let out =
+        run(&["serve", "--data-dir", path_str(&dir), "--listen", "127.0.0.1:0"], &[("VAULT_PASSPHRASE", PASSPHRASE)]);
     assert!(!out.status.success());
     let line = one_line_error(&out);
-    assert!(
-        line.contains("not initialised") && line.contains("vault-server init"),
-        "{line}"
-    );
+    assert!(line.contains("not initialised") && line.contains("vault-server init"), "{line}");
     assert!(!dir.exists(), "serve must not create the data dir");
 }
 
@@ -84,24 +55,12 @@ fn serve_on_an_uninitialised_dir_names_init() {
 fn init_refuses_an_initialised_dir_and_a_missing_passphrase() {
     let tmp = tempfile::tempdir().unwrap();
     let data = DataDir::init(tmp.path(), PASSPHRASE);
-    assert_eq!(
-        std::fs::metadata(&data.dir).unwrap().permissions().mode() & 0o777,
-        0o700
-    );
-    assert_eq!(
-        std::fs::metadata(data.db()).unwrap().permissions().mode() & 0o777,
-        0o600
-    );
-    let out = run(
-        &["init", "--data-dir", path_str(&data.dir)],
-        &[("VAULT_PASSPHRASE", PASSPHRASE)],
-    );
+    assert_eq!(std::fs::metadata(&data.dir).unwrap().permissions().mode() & 0o777, 0o700);
+    assert_eq!(std::fs::metadata(data.db()).unwrap().permissions().mode() & 0o777, 0o600);
+    let out = run(&["init", "--data-dir", path_str(&data.dir)], &[("VAULT_PASSPHRASE", PASSPHRASE)]);
     assert!(!out.status.success());
     assert!(one_line_error(&out).contains("already initialised"));
-    let out = run(
-        &["init", "--data-dir", path_str(&tmp.path().join("other"))],
-        &[],
-    );
+    let out = run(&["init", "--data-dir", path_str(&tmp.path().join("other"))], &[]);
     assert!(!out.status.success());
     assert!(one_line_error(&out).contains("VAULT_PASSPHRASE"));
 }
@@ -113,65 +72,21 @@ fn bad_flags_busy_ports_and_public_plaintext_each_fail_with_one_line() {
     let dir = path_str(&data.dir);
     let pf = path_str(&data.passphrase_file);
 
-    let out = run(
-        &[
-            "serve",
-            "--data-dir",
-            dir,
-            "--passphrase-file",
-            pf,
-            "--listen",
-            "nonsense",
-        ],
-        &[],
-    );
+    let out = run(&["serve", "--data-dir", dir, "--passphrase-file", pf, "--listen", "nonsense"], &[]);
     assert_eq!(out.status.code(), Some(2), "clap usage errors exit 2");
     assert!(one_line_error(&out).contains("--listen"));
 
-    let out = run(
-        &[
-            "serve",
-            "--data-dir",
-            dir,
-            "--passphrase-file",
-            pf,
-            "--probe-resolve",
-            "imap.sina.com",
-        ],
-        &[],
-    );
+    let out = run(&["serve", "--data-dir", dir, "--passphrase-file", pf, "--probe-resolve", "imap.sina.com"], &[]);
     assert_eq!(out.status.code(), Some(2));
     assert!(one_line_error(&out).contains("HOST:PORT=ADDR:PORT"));
 
     let busy = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = busy.local_addr().unwrap().to_string();
-    let out = run(
-        &[
-            "serve",
-            "--data-dir",
-            dir,
-            "--passphrase-file",
-            pf,
-            "--listen",
-            &addr,
-        ],
-        &[],
-    );
+    let out = run(&["serve", "--data-dir", dir, "--passphrase-file", pf, "--listen", &addr], &[]);
     assert_eq!(out.status.code(), Some(1));
     assert!(one_line_error(&out).contains(&format!("cannot listen on {addr}")));
 
-    let out = run(
-        &[
-            "serve",
-            "--data-dir",
-            dir,
-            "--passphrase-file",
-            pf,
-            "--listen",
-            "0.0.0.0:0",
-        ],
-        &[],
-    );
+    let out = run(&["serve", "--data-dir", dir, "--passphrase-file", pf, "--listen", "0.0.0.0:0"], &[]);
     assert_eq!(out.status.code(), Some(1));
     assert!(one_line_error(&out).contains("--allow-plaintext"));
 }
@@ -179,16 +94,10 @@ fn bad_flags_busy_ports_and_public_plaintext_each_fail_with_one_line() {
 #[test]
 fn serve_dev_initialises_once_and_answers_health_and_reflection() {
     let tmp = tempfile::tempdir().unwrap();
-    let args: Vec<String> = ["serve", "--dev", "--listen", "127.0.0.1:0"]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
+    let args: Vec<String> = ["serve", "--dev", "--listen", "127.0.0.1:0"].iter().map(|s| (*s).to_owned()).collect();
     let mut server = VaultServer::spawn(&args, Some(tmp.path())).expect("dev server starts");
     let pf = tmp.path().join("vault-dev/passphrase");
-    assert_eq!(
-        std::fs::metadata(&pf).unwrap().permissions().mode() & 0o777,
-        0o600
-    );
+    assert_eq!(std::fs::metadata(&pf).unwrap().permissions().mode() & 0o777, 0o600);
     assert!(tmp.path().join("vault-dev/vault.db").exists());
     let health = grpcurl::run(&server, &["grpc.health.v1.Health/Check"]);
     assert!(health.contains("SERVING"), "{health}");

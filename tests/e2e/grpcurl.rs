@@ -10,30 +10,17 @@ use crate::harness::{ALICE, ALICE_CODE, Stack, grpcurl};
 #[tokio::test]
 async fn reflection_v1_lists_the_vault_service() {
     let stack = Stack::start();
-    let channel = tonic::transport::Channel::from_shared(stack.server.endpoint())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = tonic::transport::Channel::from_shared(stack.server.endpoint()).unwrap().connect().await.unwrap();
     let mut client = ServerReflectionClient::new(channel);
     let req = ServerReflectionRequest {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),
     };
-    let mut stream = client
-        .server_reflection_info(tokio_stream::iter([req]))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = client.server_reflection_info(tokio_stream::iter([req])).await.unwrap().into_inner();
     let resp = stream.message().await.unwrap().expect("one response");
-    let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else {
-        panic!("{resp:?}")
-    };
+    let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else { panic!("{resp:?}") };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    assert!(
-        names.iter().any(|n| n == "vault.v1.AuthCodeVault"),
-        "{names:?}"
-    );
+    assert!(names.iter().any(|n| n == "vault.v1.AuthCodeVault"), "{names:?}");
 }
 
 #[test]
@@ -42,49 +29,26 @@ fn grpcurl_lists_by_reflection_and_calls_bind_and_reveal() {
     let s = &stack.server;
     let services = grpcurl::run(s, &["list"]);
     // grpcurl 1.8 speaks reflection v1alpha; v1 is checked with tonic's client below.
-    for name in [
-        "vault.v1.AuthCodeVault",
-        "grpc.health.v1.Health",
-        "grpc.reflection.v1alpha.ServerReflection",
-    ] {
+    for name in ["vault.v1.AuthCodeVault", "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"] {
         assert!(services.contains(name), "{name} missing from:\n{services}");
     }
     let methods = grpcurl::run(s, &["list", "vault.v1.AuthCodeVault"]);
-    for m in [
-        "Bind",
-        "Rotate",
-        "Revoke",
-        "Verify",
-        "Reveal",
-        "GetCredential",
-        "ListCredentials",
-        "ListUnusedClients",
-    ] {
-        assert!(
-            methods.contains(&format!("vault.v1.AuthCodeVault.{m}")),
-            "{m} missing"
-        );
+    for m in ["Bind", "Rotate", "Revoke", "Verify", "Reveal", "GetCredential", "ListCredentials", "ListUnusedClients"] {
+        assert!(methods.contains(&format!("vault.v1.AuthCodeVault.{m}")), "{m} missing");
     }
     let described = grpcurl::run(s, &["describe", "vault.v1.BindRequest"]);
     assert!(described.contains("auth_code"), "{described}");
     let health = grpcurl::run(s, &["grpc.health.v1.Health/Check"]);
     assert!(health.contains("\"SERVING\""), "{health}");
 
-    let bind =
-        format!(r#"{{"mailbox":"{ALICE}","client":"thunderbird","auth_code":"{ALICE_CODE}"}}"#);
+    let bind = format!(r#"{{"mailbox":"{ALICE}","client":"thunderbird","auth_code":"{ALICE_CODE}"}}"#);
     let out = grpcurl::call(s, &["-d", &bind], &["vault.v1.AuthCodeVault/Bind"]);
-    assert!(
-        out.contains("\"PROBE_OUTCOME_ACCEPTED\"") && out.contains("\"CREDENTIAL_STATE_ACTIVE\""),
-        "{out}"
-    );
+    assert!(out.contains("\"PROBE_OUTCOME_ACCEPTED\"") && out.contains("\"CREDENTIAL_STATE_ACTIVE\""), "{out}");
     assert!(!out.contains(ALICE_CODE), "Bind echoed the code:\n{out}");
 
     let pair = format!(r#"{{"mailbox":"{ALICE}","client":"thunderbird"}}"#);
     let out = grpcurl::call(s, &["-d", &pair], &["vault.v1.AuthCodeVault/Reveal"]);
-    assert!(
-        out.contains(&format!("\"authCode\": \"{ALICE_CODE}\"")),
-        "{out}"
-    );
+    assert!(out.contains(&format!("\"authCode\": \"{ALICE_CODE}\"")), "{out}");
     assert!(out.contains("\"imapHost\": \"imap.sina.com\""), "{out}");
 
     // Errors come back as gRPC statuses grpcurl can show.

@@ -44,9 +44,7 @@ impl From<tonic::Status> for Error {
             (Code::AlreadyExists, _) => Self::AlreadyBound,
             (Code::NotFound, _) => Self::NotFound,
             (Code::FailedPrecondition, Some((r, meta))) if r == "PROBE_REJECTED" => {
-                Self::ProbeRejected {
-                    hint: meta.get("hint").cloned().unwrap_or(message),
-                }
+                Self::ProbeRejected { hint: meta.get("hint").cloned().unwrap_or(message) }
             }
             (Code::FailedPrecondition, Some((r, _))) if r == "REVOKED" => Self::Revoked,
             (Code::Unavailable, _) => Self::ProviderUnavailable { message },

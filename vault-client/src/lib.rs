@@ -52,14 +52,10 @@ impl VaultClient {
     /// Connects to `endpoint`, e.g. `http://127.0.0.1:50051`.
     pub async fn connect(endpoint: impl Into<String>) -> Result<Self, Error> {
         let channel = Channel::from_shared(endpoint.into())
-            .map_err(|e| Error::InvalidArgument {
-                message: format!("bad endpoint: {e}"),
-            })?
+            .map_err(|e| Error::InvalidArgument { message: format!("bad endpoint: {e}") })?
             .connect()
             .await?;
-        Ok(Self {
-            inner: AuthCodeVaultClient::new(channel),
-        })
+        Ok(Self { inner: AuthCodeVaultClient::new(channel) })
     }
 
     /// The generated client, for calls this wrapper does not cover.
@@ -84,10 +80,7 @@ impl VaultClient {
 
     /// Fetches the plaintext code for (mailbox, client).
     pub async fn reveal(&mut self, mailbox: &str, client: &str) -> Result<Revealed, Error> {
-        let req = proto::RevealRequest {
-            mailbox: mailbox.to_owned(),
-            client: client.to_owned(),
-        };
+        let req = proto::RevealRequest { mailbox: mailbox.to_owned(), client: client.to_owned() };
         let r = self.inner.reveal(req).await?.into_inner();
         let port = |p: u32| u16::try_from(p).unwrap_or(0);
         Ok(Revealed {
@@ -102,10 +95,7 @@ impl VaultClient {
 
     /// A binding's metadata.
     pub async fn get(&mut self, mailbox: &str, client: &str) -> Result<proto::Credential, Error> {
-        let req = proto::GetCredentialRequest {
-            mailbox: mailbox.to_owned(),
-            client: client.to_owned(),
-        };
+        let req = proto::GetCredentialRequest { mailbox: mailbox.to_owned(), client: client.to_owned() };
         Ok(self.inner.get_credential(req).await?.into_inner())
     }
 }

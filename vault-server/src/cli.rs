@@ -50,12 +50,7 @@ pub struct InitArgs {
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Data dir made by `init`. With --dev it defaults to ./vault-dev.
-    #[arg(
-        long,
-        env = "VAULT_DATA_DIR",
-        value_name = "DIR",
-        required_unless_present = "dev"
-    )]
+    #[arg(long, env = "VAULT_DATA_DIR", value_name = "DIR", required_unless_present = "dev")]
     pub data_dir: Option<PathBuf>,
 
     /// Quick start: use ./vault-dev (or --data-dir), generate a passphrase file (0600) in it
@@ -67,26 +62,20 @@ pub struct ServeArgs {
     pub passphrase: PassphraseArgs,
 
     /// Address to listen on.
-    #[arg(
-        long,
-        env = "VAULT_LISTEN",
-        default_value = "127.0.0.1:50051",
-        value_name = "ADDR:PORT"
-    )]
+    #[arg(long, env = "VAULT_LISTEN", default_value = "127.0.0.1:50051", value_name = "ADDR:PORT")]
     pub listen: SocketAddr,
 
     /// Serve plaintext gRPC on a non-loopback address. Without it, only loopback is allowed.
     #[arg(long, env = "VAULT_ALLOW_PLAINTEXT")]
     pub allow_plaintext: bool,
 
+    /// TOML file that adds providers or overrides fields of the built-in ones (see README).
+    #[arg(long, env = "VAULT_PROVIDERS", value_name = "FILE")]
+    pub providers: Option<PathBuf>,
+
     /// Connect probes for HOST:PORT to ADDR:PORT instead, still verifying the certificate
     /// for HOST (like curl --resolve). Repeatable; comma-separated in the env var.
-    #[arg(
-        long,
-        env = "VAULT_PROBE_RESOLVE",
-        value_name = "HOST:PORT=ADDR:PORT",
-        value_delimiter = ','
-    )]
+    #[arg(long, env = "VAULT_PROBE_RESOLVE", value_name = "HOST:PORT=ADDR:PORT", value_delimiter = ',')]
     pub probe_resolve: Vec<ResolveOverride>,
 
     /// Extra PEM CA certificates trusted for probes, besides the public roots.
@@ -102,6 +91,26 @@ pub struct ServeArgs {
     #[arg(long, env = "VAULT_PROBE_TIMEOUT", default_value_t = 15, value_name = "SECS",
           value_parser = clap::value_parser!(u64).range(1..=300))]
     pub probe_timeout: u64,
+
+    /// Probes a mailbox may spend at once (token-bucket size), to keep providers from blocking it.
+    #[arg(long, env = "VAULT_PROBE_BURST", default_value_t = 3, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub probe_burst: u32,
+
+    /// Probes per hour a mailbox's budget refills by.
+    #[arg(long, env = "VAULT_PROBE_PER_HOUR", default_value_t = 10, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub probe_per_hour: u32,
+
+    /// Probes at once against one provider host.
+    #[arg(long, env = "VAULT_PROBE_HOST_CONCURRENCY", default_value_t = 4, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub probe_host_concurrency: u32,
+
+    /// Also probe SMTP AUTH (implicit TLS) after IMAP, for every provider; per provider, set
+    /// `smtp_probe = true` in the --providers file instead.
+    #[arg(long, env = "VAULT_PROBE_SMTP")]
+    pub probe_smtp: bool,
 }
 
 #[cfg(test)]
@@ -129,9 +138,7 @@ mod tests {
             "smtp.sina.com:465=127.0.0.1:2",
         ])
         .unwrap();
-        let Command::Serve(s) = cli.command else {
-            panic!("not serve")
-        };
+        let Command::Serve(s) = cli.command else { panic!("not serve") };
         assert_eq!(s.probe_resolve.len(), 2);
         assert_eq!(s.listen, "127.0.0.1:50051".parse().unwrap());
     }

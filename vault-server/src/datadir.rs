@@ -55,16 +55,10 @@ pub fn init(dir: &Path, passphrase: &Passphrase, now: i64) -> Result<(), DataDir
         .map_err(|e| DataDirError::Create(dir.to_owned(), e))?;
     let salt = Salt::random();
     let params = KdfParams::FLOOR;
-    let kek = derive_kek(passphrase, &salt, params)
-        .map_err(|e| DataDirError::Crypto(dir.to_owned(), e))?;
+    let kek = derive_kek(passphrase, &salt, params).map_err(|e| DataDirError::Crypto(dir.to_owned(), e))?;
     let (_, wrapped) = Keyring::generate(&kek);
-    let material = UnlockMaterial {
-        salt,
-        params,
-        keys: vec![wrapped],
-    };
-    SqliteStore::create(&db_path(dir), &material, now)
-        .map_err(|e| DataDirError::Store(dir.to_owned(), e))?;
+    let material = UnlockMaterial { salt, params, keys: vec![wrapped] };
+    SqliteStore::create(&db_path(dir), &material, now).map_err(|e| DataDirError::Store(dir.to_owned(), e))?;
     Ok(())
 }
 
@@ -80,8 +74,8 @@ pub fn unlock(dir: &Path, passphrase: &Passphrase) -> Result<(SqliteStore, Keyri
     }
     let store = SqliteStore::open(&db_path(dir)).map_err(store_err)?;
     let material = store.unlock_material().map_err(store_err)?;
-    let kek = derive_kek(passphrase, &material.salt, material.params)
-        .map_err(|e| DataDirError::Crypto(dir.to_owned(), e))?;
+    let kek =
+        derive_kek(passphrase, &material.salt, material.params).map_err(|e| DataDirError::Crypto(dir.to_owned(), e))?;
     let keyring = Keyring::unlock(&kek, &material.keys).map_err(|e| match e {
         CryptoError::Decrypt => DataDirError::WrongPassphrase(dir.to_owned()),
         e => DataDirError::Crypto(dir.to_owned(), e),
@@ -99,28 +93,13 @@ mod tests {
         let dir = tmp.path().join("data");
         let good = Passphrase::new("correct horse battery");
         init(&dir, &good, 0).unwrap();
-        assert_eq!(
-            fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
-            0o700
-        );
-        assert_eq!(
-            fs::metadata(db_path(&dir)).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
-        assert!(matches!(
-            init(&dir, &good, 0),
-            Err(DataDirError::AlreadyInitialised(_))
-        ));
+        assert_eq!(fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
+        assert_eq!(fs::metadata(db_path(&dir)).unwrap().permissions().mode() & 0o777, 0o600);
+        assert!(matches!(init(&dir, &good, 0), Err(DataDirError::AlreadyInitialised(_))));
         assert!(unlock(&dir, &good).is_ok());
         let bad = unlock(&dir, &Passphrase::new("wrong horse battery"));
         assert!(matches!(bad, Err(DataDirError::WrongPassphrase(_))));
-        assert!(matches!(
-            unlock(&tmp.path().join("none"), &good),
-            Err(DataDirError::NotInitialised(_))
-        ));
-        assert!(matches!(
-            init(&tmp.path().join("x"), &Passphrase::new("short"), 0),
-            Err(DataDirError::WeakPassphrase)
-        ));
+        assert!(matches!(unlock(&tmp.path().join("none"), &good), Err(DataDirError::NotInitialised(_))));
+        assert!(matches!(init(&tmp.path().join("x"), &Passphrase::new("short"), 0), Err(DataDirError::WeakPassphrase)));
     }
 }

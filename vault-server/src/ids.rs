@@ -19,10 +19,7 @@ pub struct Mailbox(String);
 
 impl Mailbox {
     pub fn parse(raw: &str) -> Result<Self, InvalidId> {
-        let bad = |reason| InvalidId {
-            field: "mailbox",
-            reason,
-        };
+        let bad = |reason| InvalidId { field: "mailbox", reason };
         let s = raw.trim().to_lowercase();
         if s.is_empty() {
             return Err(bad("must not be empty"));
@@ -64,10 +61,7 @@ pub struct ClientId(String);
 
 impl ClientId {
     pub fn parse(raw: &str) -> Result<Self, InvalidId> {
-        let bad = |reason| InvalidId {
-            field: "client",
-            reason,
-        };
+        let bad = |reason| InvalidId { field: "client", reason };
         let s = raw.to_ascii_lowercase();
         let mut chars = s.chars();
         match chars.next() {
@@ -110,14 +104,7 @@ mod tests {
 
     #[test]
     fn mailbox_rejects_bad_forms() {
-        for raw in [
-            "",
-            "alice",
-            "al ice@sina.com",
-            "a\u{7}@sina.com",
-            "@sina.com",
-            "alice@",
-        ] {
+        for raw in ["", "alice", "al ice@sina.com", "a\u{7}@sina.com", "@sina.com", "alice@"] {
             assert!(Mailbox::parse(raw).is_err(), "{raw:?} accepted");
         }
     }

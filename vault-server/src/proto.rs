@@ -13,8 +13,7 @@ use crate::store::{CredentialRow, CredentialState as DomainState};
 tonic::include_proto!("vault.v1");
 
 /// The encoded descriptor set served by reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/vault_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/vault_descriptor.bin"));
 
 impl fmt::Debug for BindRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -101,10 +100,7 @@ impl From<CredentialRow> for Credential {
             revoke_reason: r.revoke_reason.unwrap_or_default(),
             last_used_at: r.last_used_at.map(timestamp),
             last_verified_at: r.last_verified_at.map(timestamp),
-            last_probe_outcome: r
-                .last_probe_outcome
-                .map_or(ProbeOutcome::Unspecified, ProbeOutcome::from)
-                .into(),
+            last_probe_outcome: r.last_probe_outcome.map_or(ProbeOutcome::Unspecified, ProbeOutcome::from).into(),
         }
     }
 }
@@ -115,19 +111,10 @@ mod tests {
 
     #[test]
     fn secret_fields_never_debug_print() {
-        let req = BindRequest {
-            mailbox: "a@sina.com".into(),
-            client: "x".into(),
-            auth_code: "CANARYCODE123456".into(),
-        };
-        let rot = RotateRequest {
-            new_auth_code: "CANARYCODE123456".into(),
-            ..Default::default()
-        };
-        let rev = RevealResponse {
-            auth_code: "CANARYCODE123456".into(),
-            ..Default::default()
-        };
+        let req =
+            BindRequest { mailbox: "a@sina.com".into(), client: "x".into(), auth_code: "CANARYCODE123456".into() };
+        let rot = RotateRequest { new_auth_code: "CANARYCODE123456".into(), ..Default::default() };
+        let rev = RevealResponse { auth_code: "CANARYCODE123456".into(), ..Default::default() };
         for s in [format!("{req:?}"), format!("{rot:?}"), format!("{rev:?}")] {
             assert!(!s.contains("CANARY"), "{s}");
             assert!(s.contains("[redacted]"));

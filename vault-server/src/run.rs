@@ -14,11 +14,11 @@ use tokio::net::TcpListener;
 
 use crate::cli::{Cli, Command, InitArgs, PassphraseArgs, ServeArgs};
 use crate::datadir::{self, DataDirError};
-use crate::probe::{ImapProber, ProbeTls};
-use crate::provider::Registry;
+use crate::probe::{NetworkProber, ProbeSettings, ProbeTls};
+use crate::provider::{ProviderFileError, Registry};
 use crate::secret::Passphrase;
 use crate::server::{self, ServeError};
-use crate::vault::{Clock, SystemClock, Vault};
+use crate::vault::{Clock, ProbeBudget, SystemClock, Vault};
 
 /// Where `serve --dev` keeps its data and its generated passphrase.
 pub const DEV_DATA_DIR: &str = "vault-dev";
@@ -35,12 +35,12 @@ pub enum RunError {
     LogFilter(String),
     #[error("cannot listen on {0}: {1}")]
     Listen(SocketAddr, std::io::Error),
-    #[error(
-        "refusing plaintext gRPC on non-loopback address {0}; pass --allow-plaintext to opt in"
-    )]
+    #[error("refusing plaintext gRPC on non-loopback address {0}; pass --allow-plaintext to opt in")]
     PlaintextNotLoopback(SocketAddr),
     #[error("{0}")]
     Probe(String),
+    #[error(transparent)]
+    Providers(#[from] ProviderFileError),
     #[error("{0}")]
     Dev(String),
     #[error("cannot start the async runtime: {0}")]
@@ -54,22 +54,16 @@ pub fn main(cli: Cli) -> Result<(), RunError> {
     match cli.command {
         Command::Init(args) => init(&args),
         Command::Serve(args) => {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .map_err(RunError::Runtime)?;
+            let runtime =
+                tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(RunError::Runtime)?;
             runtime.block_on(serve(args))
         }
     }
 }
 
 fn init_logging(filter: &str) -> Result<(), RunError> {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .map_err(|e| RunError::LogFilter(e.to_string()))?;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).map_err(|e| RunError::LogFilter(e.to_string()))?;
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     Ok(())
 }
 
@@ -81,12 +75,8 @@ fn now() -> i64 {
 fn read_passphrase(args: &PassphraseArgs) -> Result<Passphrase, RunError> {
     let passphrase = match &args.passphrase_file {
         Some(path) => {
-            let text = fs::read_to_string(path).map_err(|e| {
-                RunError::Passphrase(format!(
-                    "cannot read passphrase file {}: {e}",
-                    path.display()
-                ))
-            })?;
+            let text = fs::read_to_string(path)
+                .map_err(|e| RunError::Passphrase(format!("cannot read passphrase file {}: {e}", path.display())))?;
             if fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o004 != 0) {
                 tracing::warn!(file = %path.display(), "the passphrase file is world-readable; chmod 600 it");
             }
@@ -116,31 +106,24 @@ fn init(args: &InitArgs) -> Result<(), RunError> {
 
 /// Dev mode: makes the data dir and a random passphrase file (0600) on first run, then inits.
 fn prepare_dev(dir: &Path, passphrase_file: Option<PathBuf>) -> Result<PathBuf, RunError> {
-    let dev_err =
-        |what: &str, e: std::io::Error| RunError::Dev(format!("dev mode: cannot {what}: {e}"));
+    let dev_err = |what: &str, e: std::io::Error| RunError::Dev(format!("dev mode: cannot {what}: {e}"));
     let file = passphrase_file.unwrap_or_else(|| dir.join(DEV_PASSPHRASE_FILE));
     if !datadir::is_initialised(dir) {
         fs::create_dir_all(dir).map_err(|e| dev_err("create the data dir", e))?;
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
-            .map_err(|e| dev_err("chmod the data dir", e))?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|e| dev_err("chmod the data dir", e))?;
         if !file.exists() {
             let mut bytes = [0u8; 32];
             rand::rngs::OsRng.fill_bytes(&mut bytes);
-            let text = zeroize::Zeroizing::new(
-                base64::engine::general_purpose::STANDARD_NO_PAD.encode(bytes),
-            );
+            let text = zeroize::Zeroizing::new(base64::engine::general_purpose::STANDARD_NO_PAD.encode(bytes));
             let mut f = fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .mode(0o600)
                 .open(&file)
                 .map_err(|e| dev_err("create the passphrase file", e))?;
-            f.write_all(text.as_bytes())
-                .map_err(|e| dev_err("write the passphrase file", e))?;
+            f.write_all(text.as_bytes()).map_err(|e| dev_err("write the passphrase file", e))?;
         }
-        let passphrase = read_passphrase(&PassphraseArgs {
-            passphrase_file: Some(file.clone()),
-        })?;
+        let passphrase = read_passphrase(&PassphraseArgs { passphrase_file: Some(file.clone()) })?;
         datadir::init(dir, &passphrase, now())?;
         tracing::info!(data_dir = %dir.display(), passphrase_file = %file.display(), "dev mode: initialised a new vault");
     }
@@ -168,57 +151,39 @@ async fn shutdown_signal() {
 
 async fn serve(args: ServeArgs) -> Result<(), RunError> {
     let (dir, passphrase_args) = if args.dev {
-        let dir = args
-            .data_dir
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(DEV_DATA_DIR));
+        let dir = args.data_dir.clone().unwrap_or_else(|| PathBuf::from(DEV_DATA_DIR));
         let file = prepare_dev(&dir, args.passphrase.passphrase_file.clone())?;
-        (
-            dir,
-            PassphraseArgs {
-                passphrase_file: Some(file),
-            },
-        )
+        (dir, PassphraseArgs { passphrase_file: Some(file) })
     } else {
         // clap guarantees --data-dir without --dev.
-        let dir = args
-            .data_dir
-            .clone()
-            .ok_or_else(|| RunError::Dev("--data-dir is required".into()))?;
-        (
-            dir,
-            PassphraseArgs {
-                passphrase_file: args.passphrase.passphrase_file.clone(),
-            },
-        )
+        let dir = args.data_dir.clone().ok_or_else(|| RunError::Dev("--data-dir is required".into()))?;
+        (dir, PassphraseArgs { passphrase_file: args.passphrase.passphrase_file.clone() })
     };
     if !args.listen.ip().is_loopback() && !args.allow_plaintext {
         return Err(RunError::PlaintextNotLoopback(args.listen));
     }
-    let tls = ProbeTls::new(args.probe_ca_file.as_deref(), &args.probe_resolve)
-        .map_err(RunError::Probe)?;
+    let tls = ProbeTls::new(args.probe_ca_file.as_deref(), &args.probe_resolve).map_err(RunError::Probe)?;
+    let registry = match &args.providers {
+        Some(path) => Registry::with_file(path)?,
+        None => Registry::builtin(),
+    };
     let passphrase = read_passphrase(&passphrase_args)?;
     let (store, keyring) = datadir::unlock(&dir, &passphrase)?;
     drop(passphrase);
     let store = Arc::new(store);
-    let prober = ImapProber::new(
+    let prober = NetworkProber::new(
         tls,
-        Duration::from_secs(args.probe_connect_timeout),
-        Duration::from_secs(args.probe_timeout),
+        ProbeSettings {
+            connect_timeout: Duration::from_secs(args.probe_connect_timeout),
+            overall_timeout: Duration::from_secs(args.probe_timeout),
+            per_host_concurrency: usize::try_from(args.probe_host_concurrency).unwrap_or(1),
+            smtp_for_all: args.probe_smtp,
+        },
     );
-    let vault = Arc::new(Vault::new(
-        store.clone(),
-        keyring,
-        Registry::builtin(),
-        Arc::new(prober),
-        Arc::new(SystemClock),
-    ));
-    let listener = TcpListener::bind(args.listen)
-        .await
-        .map_err(|e| RunError::Listen(args.listen, e))?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| RunError::Listen(args.listen, e))?;
+    let budget = ProbeBudget::new(args.probe_burst, args.probe_per_hour);
+    let vault = Arc::new(Vault::new(store.clone(), keyring, registry, Arc::new(prober), budget, Arc::new(SystemClock)));
+    let listener = TcpListener::bind(args.listen).await.map_err(|e| RunError::Listen(args.listen, e))?;
+    let addr = listener.local_addr().map_err(|e| RunError::Listen(args.listen, e))?;
     tracing::info!(data_dir = %dir.display(), "listening on {addr}");
     server::serve(listener, vault, shutdown_signal()).await?;
     if let Err(e) = store.checkpoint() {

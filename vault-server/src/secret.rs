@@ -11,8 +11,7 @@ pub struct AuthCode(SecretString);
 impl AuthCode {
     /// Takes the code as typed; spaces (Gmail shows app passwords in groups) are removed.
     pub fn new(raw: &str) -> Self {
-        let stripped: Zeroizing<String> =
-            Zeroizing::new(raw.chars().filter(|c| *c != ' ').collect());
+        let stripped: Zeroizing<String> = Zeroizing::new(raw.chars().filter(|c| *c != ' ').collect());
         Self(SecretString::from(stripped.as_str()))
     }
 

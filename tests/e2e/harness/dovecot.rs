@@ -19,10 +19,7 @@ pub struct Dovecot {
 
 /// A port nothing listens on right now.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
 
 fn make_readable(path: &Path, mode: u32) {
@@ -120,29 +117,17 @@ service anvil {{
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while TcpStream::connect(self.imaps).is_err() {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 panic!("dovecot exited with {status}; log:\n{}", self.log());
             }
-            assert!(
-                Instant::now() < deadline,
-                "dovecot did not listen on {}; log:\n{}",
-                self.imaps,
-                self.log()
-            );
+            assert!(Instant::now() < deadline, "dovecot did not listen on {}; log:\n{}", self.imaps, self.log());
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
     fn write_passdb(&self, name: &str, codes: &[(&str, &str)]) {
         let path = self.dir.join("passdb").join(name);
-        let body: String = codes
-            .iter()
-            .map(|(user, code)| format!("{user}:{code}\n"))
-            .collect();
+        let body: String = codes.iter().map(|(user, code)| format!("{user}:{code}\n")).collect();
         let tmp = path.with_extension("tmp");
         fs::write(&tmp, body).expect("passdb");
         make_readable(&tmp, 0o644);
@@ -167,11 +152,7 @@ service anvil {{
     pub fn wait_for_log(&self, needle: &str) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while !self.log().contains(needle) {
-            assert!(
-                Instant::now() < deadline,
-                "dovecot log never showed {needle:?}:\n{}",
-                self.log()
-            );
+            assert!(Instant::now() < deadline, "dovecot log never showed {needle:?}:\n{}", self.log());
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -179,10 +160,7 @@ service anvil {{
     /// Stops the server; the port then refuses connections.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(child.id().to_string())
-                .status();
+            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
             let _ = child.wait();
         }
     }
@@ -201,7 +179,5 @@ pub fn which(program: &str) -> PathBuf {
         .chain(["/usr/sbin".into(), "/sbin".into()])
         .map(|p| p.join(program))
         .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!("{program} is not installed; run ./tests/run.sh, which installs it")
-        })
+        .unwrap_or_else(|| panic!("{program} is not installed; run ./tests/run.sh, which installs it"))
 }

@@ -19,11 +19,7 @@ pub fn output(server: &VaultServer, flags: &[&str], rest: &[&str]) -> Output {
 /// Like [`output`], but panics with stderr unless grpcurl succeeds; returns stdout.
 pub fn call(server: &VaultServer, flags: &[&str], rest: &[&str]) -> String {
     let out = output(server, flags, rest);
-    assert!(
-        out.status.success(),
-        "grpcurl {flags:?} {rest:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "grpcurl {flags:?} {rest:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 

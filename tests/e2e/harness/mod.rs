@@ -29,21 +29,12 @@ pub struct Stack {
 impl Stack {
     /// Dovecot knows alice's and bob's codes; the vault probes it as imap.sina.com:993.
     pub fn start() -> Self {
-        let tmp = tempfile::Builder::new()
-            .prefix("vault-e2e")
-            .tempdir()
-            .expect("tempdir");
+        let tmp = tempfile::Builder::new().prefix("vault-e2e").tempdir().expect("tempdir");
         let pki = TestPki::generate(tmp.path(), &["imap.sina.com", "smtp.sina.com"]);
         let dovecot = Dovecot::start(tmp.path(), &pki, &[(ALICE, ALICE_CODE), (BOB, BOB_CODE)]);
         let data = DataDir::init(tmp.path(), PASSPHRASE);
         let server = VaultServer::start(&data, &Self::probe_args(&pki, &dovecot));
-        Self {
-            _tmp: tmp,
-            pki,
-            dovecot,
-            data,
-            server,
-        }
+        Self { _tmp: tmp, pki, dovecot, data, server }
     }
 
     pub fn probe_args(pki: &TestPki, dovecot: &Dovecot) -> Vec<String> {

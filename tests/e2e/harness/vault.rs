@@ -21,30 +21,11 @@ impl DataDir {
         let dir = root.join("data");
         let passphrase_file = root.join("passphrase");
         std::fs::write(&passphrase_file, passphrase).expect("passphrase file");
-        std::fs::set_permissions(
-            &passphrase_file,
-            std::os::unix::fs::PermissionsExt::from_mode(0o600),
-        )
-        .expect("chmod passphrase");
-        let out = run(
-            &[
-                "init",
-                "--data-dir",
-                path_str(&dir),
-                "--passphrase-file",
-                path_str(&passphrase_file),
-            ],
-            &[],
-        );
-        assert!(
-            out.status.success(),
-            "init failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Self {
-            dir,
-            passphrase_file,
-        }
+        std::fs::set_permissions(&passphrase_file, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .expect("chmod passphrase");
+        let out = run(&["init", "--data-dir", path_str(&dir), "--passphrase-file", path_str(&passphrase_file)], &[]);
+        assert!(out.status.success(), "init failed: {}", String::from_utf8_lossy(&out.stderr));
+        Self { dir, passphrase_file }
     }
 
     pub fn db(&self) -> PathBuf {
@@ -106,14 +87,8 @@ impl VaultServer {
         let mut child = cmd.spawn().expect("spawn vault-server");
         let log = Arc::new(Mutex::new(Vec::new()));
         for stream in [
-            child
-                .stderr
-                .take()
-                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-            child
-                .stdout
-                .take()
-                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
         ]
         .into_iter()
         .flatten()
@@ -128,23 +103,14 @@ impl VaultServer {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let found = log.lock().expect("log lock").iter().find_map(|l| {
-                l.split("listening on ")
-                    .nth(1)
-                    .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+                l.split("listening on ").nth(1).and_then(|rest| rest.split_whitespace().next()?.parse().ok())
             });
             if let Some(addr) = found {
-                return Ok(Self {
-                    child: Some(child),
-                    addr,
-                    log,
-                });
+                return Ok(Self { child: Some(child), addr, log });
             }
             if let Ok(Some(status)) = child.try_wait() {
                 std::thread::sleep(Duration::from_millis(100));
-                return Err(format!(
-                    "exited with {status}:\n{}",
-                    log.lock().expect("log lock").join("\n")
-                ));
+                return Err(format!("exited with {status}:\n{}", log.lock().expect("log lock").join("\n")));
             }
             assert!(Instant::now() < deadline, "server never listened");
             std::thread::sleep(Duration::from_millis(20));
@@ -156,9 +122,7 @@ impl VaultServer {
     }
 
     pub async fn client(&self) -> vault_client::VaultClient {
-        vault_client::VaultClient::connect(self.endpoint())
-            .await
-            .expect("connect")
+        vault_client::VaultClient::connect(self.endpoint()).await.expect("connect")
     }
 
     /// Everything the server printed so far.
@@ -169,11 +133,7 @@ impl VaultServer {
     /// Sends SIGTERM and waits for the exit.
     pub fn stop(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("server already stopped");
-        let ok = Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status()
-            .expect("kill");
+        let ok = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().expect("kill");
         assert!(ok.success());
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {

@@ -51,37 +51,18 @@ pub fn seal(key: &Key, aad: &[u8], plaintext: &[u8]) -> Sealed {
     OsRng.fill_bytes(&mut nonce);
     let cipher = XChaCha20Poly1305::new(key.as_bytes().into());
     // Encryption fails only for inputs over ~256 GiB; codes and keys are tiny.
-    let ciphertext = cipher
-        .encrypt(
-            XNonce::from_slice(&nonce),
-            Payload {
-                msg: plaintext,
-                aad,
-            },
-        )
-        .unwrap_or_default();
+    let ciphertext = cipher.encrypt(XNonce::from_slice(&nonce), Payload { msg: plaintext, aad }).unwrap_or_default();
     Sealed { nonce, ciphertext }
 }
 
 /// Decrypts and authenticates; any mismatch of key, nonce, AAD or bytes is `Decrypt`.
-pub fn open(
-    key: &Key,
-    aad: &[u8],
-    nonce: &[u8],
-    ciphertext: &[u8],
-) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+pub fn open(key: &Key, aad: &[u8], nonce: &[u8], ciphertext: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
     if nonce.len() != NONCE_LEN {
         return Err(CryptoError::Decrypt);
     }
     let cipher = XChaCha20Poly1305::new(key.as_bytes().into());
     cipher
-        .decrypt(
-            XNonce::from_slice(nonce),
-            Payload {
-                msg: ciphertext,
-                aad,
-            },
-        )
+        .decrypt(XNonce::from_slice(nonce), Payload { msg: ciphertext, aad })
         .map(Zeroizing::new)
         .map_err(|_| CryptoError::Decrypt)
 }
@@ -94,12 +75,7 @@ mod tests {
     fn round_trip_and_tamper() {
         let key = Key::random();
         let sealed = seal(&key, b"aad", b"secret");
-        assert_eq!(
-            open(&key, b"aad", &sealed.nonce, &sealed.ciphertext)
-                .unwrap()
-                .as_slice(),
-            b"secret"
-        );
+        assert_eq!(open(&key, b"aad", &sealed.nonce, &sealed.ciphertext).unwrap().as_slice(), b"secret");
         assert!(open(&key, b"other", &sealed.nonce, &sealed.ciphertext).is_err());
         assert!(open(&Key::random(), b"aad", &sealed.nonce, &sealed.ciphertext).is_err());
         let mut ct = sealed.ciphertext.clone();
@@ -116,11 +92,10 @@ mod tests {
     /// Known-answer test from draft-irtf-cfrg-xchacha-03, appendix A.3.1.
     #[test]
     fn xchacha_known_vector() {
-        let key: [u8; 32] =
-            hex::decode("808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9f")
-                .unwrap()
-                .try_into()
-                .unwrap();
+        let key: [u8; 32] = hex::decode("808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9f")
+            .unwrap()
+            .try_into()
+            .unwrap();
         let nonce = hex::decode("404142434445464748494a4b4c4d4e4f5051525354555657").unwrap();
         let aad = hex::decode("50515253c0c1c2c3c4c5c6c7").unwrap();
         let pt = b"Ladies and Gentlemen of the class of '99: If I could offer you only one tip for the future, sunscreen would be it.";

@@ -16,11 +16,7 @@ pub struct KdfParams {
 
 impl KdfParams {
     /// The floor: 64 MiB, three passes, one lane (about 0.1 s here, optimised).
-    pub const FLOOR: Self = Self {
-        m_kib: 64 * 1024,
-        t: 3,
-        p: 1,
-    };
+    pub const FLOOR: Self = Self { m_kib: 64 * 1024, t: 3, p: 1 };
 
     /// Refuses parameters below the floor, so a tampered meta row cannot weaken the KDF.
     pub fn check(self) -> Result<Self, CryptoError> {
@@ -47,17 +43,12 @@ impl Salt {
 }
 
 /// Derives the 256-bit KEK.
-pub fn derive_kek(
-    passphrase: &Passphrase,
-    salt: &Salt,
-    params: KdfParams,
-) -> Result<Key, CryptoError> {
+pub fn derive_kek(passphrase: &Passphrase, salt: &Salt, params: KdfParams) -> Result<Key, CryptoError> {
     let params = params.check()?;
     let argon = Argon2::new(
         Algorithm::Argon2id,
         Version::V0x13,
-        Params::new(params.m_kib, params.t, params.p, Some(32))
-            .map_err(|e| CryptoError::KdfParams(e.to_string()))?,
+        Params::new(params.m_kib, params.t, params.p, Some(32)).map_err(|e| CryptoError::KdfParams(e.to_string()))?,
     );
     let mut out = [0u8; 32];
     argon
@@ -72,15 +63,7 @@ mod tests {
 
     #[test]
     fn floor_is_enforced() {
-        assert!(
-            KdfParams {
-                m_kib: 1024,
-                t: 3,
-                p: 1
-            }
-            .check()
-            .is_err()
-        );
+        assert!(KdfParams { m_kib: 1024, t: 3, p: 1 }.check().is_err());
         assert!(KdfParams::FLOOR.check().is_ok());
     }
 

@@ -51,17 +51,8 @@ impl Keyring {
     /// A new keyring with one random DEK (id 1), and that DEK wrapped for storage.
     pub fn generate(kek: &Key) -> (Self, WrappedKey) {
         let dek = Key::random();
-        let wrapped = WrappedKey {
-            key_id: 1,
-            sealed: envelope::seal(kek, &dek_aad(1), dek.as_bytes()),
-        };
-        (
-            Self {
-                keys: BTreeMap::from([(1, dek)]),
-                active: 1,
-            },
-            wrapped,
-        )
+        let wrapped = WrappedKey { key_id: 1, sealed: envelope::seal(kek, &dek_aad(1), dek.as_bytes()) };
+        (Self { keys: BTreeMap::from([(1, dek)]), active: 1 }, wrapped)
     }
 
     /// Unwraps every stored DEK. Fails with `Decrypt` on a wrong passphrase; the highest id is
@@ -69,16 +60,8 @@ impl Keyring {
     pub fn unlock(kek: &Key, wrapped: &[WrappedKey]) -> Result<Self, CryptoError> {
         let mut keys = BTreeMap::new();
         for w in wrapped {
-            let bytes = envelope::open(
-                kek,
-                &dek_aad(w.key_id),
-                &w.sealed.nonce,
-                &w.sealed.ciphertext,
-            )?;
-            let arr: [u8; 32] = bytes
-                .as_slice()
-                .try_into()
-                .map_err(|_| CryptoError::Decrypt)?;
+            let bytes = envelope::open(kek, &dek_aad(w.key_id), &w.sealed.nonce, &w.sealed.ciphertext)?;
+            let arr: [u8; 32] = bytes.as_slice().try_into().map_err(|_| CryptoError::Decrypt)?;
             keys.insert(w.key_id, Key::from_bytes(arr));
         }
         let active = *keys.keys().next_back().ok_or(CryptoError::Decrypt)?;
@@ -90,19 +73,10 @@ impl Keyring {
     }
 
     /// Seals a code under the active DEK, bound to (mailbox, client, version).
-    pub fn seal_code(
-        &self,
-        mailbox: &str,
-        client: &str,
-        version: u64,
-        code: &[u8],
-    ) -> (KeyId, Sealed) {
+    pub fn seal_code(&self, mailbox: &str, client: &str, version: u64, code: &[u8]) -> (KeyId, Sealed) {
         let key_id = self.active;
         let key = &self.keys[&key_id];
-        (
-            key_id,
-            envelope::seal(key, &code_aad(key_id, mailbox, client, version), code),
-        )
+        (key_id, envelope::seal(key, &code_aad(key_id, mailbox, client, version), code))
     }
 
     /// Opens a code; a ciphertext moved to another row, key id or version fails with `Decrypt`.
@@ -115,16 +89,8 @@ impl Keyring {
         nonce: &[u8],
         ciphertext: &[u8],
     ) -> Result<zeroize::Zeroizing<Vec<u8>>, CryptoError> {
-        let key = self
-            .keys
-            .get(&key_id)
-            .ok_or(CryptoError::UnknownKey(key_id))?;
-        envelope::open(
-            key,
-            &code_aad(key_id, mailbox, client, version),
-            nonce,
-            ciphertext,
-        )
+        let key = self.keys.get(&key_id).ok_or(CryptoError::UnknownKey(key_id))?;
+        envelope::open(key, &code_aad(key_id, mailbox, client, version), nonce, ciphertext)
     }
 }
 
@@ -137,37 +103,20 @@ mod tests {
         let kek = Key::random();
         let (_, wrapped) = Keyring::generate(&kek);
         assert!(Keyring::unlock(&kek, std::slice::from_ref(&wrapped)).is_ok());
-        assert!(matches!(
-            Keyring::unlock(&Key::random(), &[wrapped]),
-            Err(CryptoError::Decrypt)
-        ));
+        assert!(matches!(Keyring::unlock(&Key::random(), &[wrapped]), Err(CryptoError::Decrypt)));
     }
 
     #[test]
     fn code_is_bound_to_its_row() {
         let (ring, _) = Keyring::generate(&Key::random());
         let (kid, s) = ring.seal_code("a@sina.com", "x", 1, b"abcdefghijklmnop");
-        let ok = ring
-            .open_code(kid, "a@sina.com", "x", 1, &s.nonce, &s.ciphertext)
-            .unwrap();
+        let ok = ring.open_code(kid, "a@sina.com", "x", 1, &s.nonce, &s.ciphertext).unwrap();
         assert_eq!(ok.as_slice(), b"abcdefghijklmnop");
-        assert!(
-            ring.open_code(kid, "b@sina.com", "x", 1, &s.nonce, &s.ciphertext)
-                .is_err()
-        );
-        assert!(
-            ring.open_code(kid, "a@sina.com", "y", 1, &s.nonce, &s.ciphertext)
-                .is_err()
-        );
-        assert!(
-            ring.open_code(kid, "a@sina.com", "x", 2, &s.nonce, &s.ciphertext)
-                .is_err()
-        );
+        assert!(ring.open_code(kid, "b@sina.com", "x", 1, &s.nonce, &s.ciphertext).is_err());
+        assert!(ring.open_code(kid, "a@sina.com", "y", 1, &s.nonce, &s.ciphertext).is_err());
+        assert!(ring.open_code(kid, "a@sina.com", "x", 2, &s.nonce, &s.ciphertext).is_err());
         // Length prefixes stop ("ab","c") from colliding with ("a","bc").
         let (kid, s) = ring.seal_code("ab", "c", 1, b"k");
-        assert!(
-            ring.open_code(kid, "a", "bc", 1, &s.nonce, &s.ciphertext)
-                .is_err()
-        );
+        assert!(ring.open_code(kid, "a", "bc", 1, &s.nonce, &s.ciphertext).is_err());
     }
 }

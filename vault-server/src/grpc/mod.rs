@@ -34,26 +34,21 @@ fn pair(mailbox: &str, client: &str) -> Result<(Mailbox, ClientId), VaultError> 
     Ok((Mailbox::parse(mailbox)?, ClientId::parse(client)?))
 }
 
+/// Adds the canonical pair to the RPC's span (safe fields only).
+fn record_pair(mailbox: &Mailbox, client: &ClientId) {
+    tracing::Span::current().record("mailbox", mailbox.as_str()).record("client", client.as_str());
+}
+
 /// An empty filter matches all; a non-empty one must be a valid identifier.
-fn filter<T>(
-    raw: &str,
-    parse: impl FnOnce(&str) -> Result<T, crate::ids::InvalidId>,
-) -> Result<Option<T>, VaultError> {
-    if raw.trim().is_empty() {
-        Ok(None)
-    } else {
-        Ok(Some(parse(raw)?))
-    }
+fn filter<T>(raw: &str, parse: impl FnOnce(&str) -> Result<T, crate::ids::InvalidId>) -> Result<Option<T>, VaultError> {
+    if raw.trim().is_empty() { Ok(None) } else { Ok(Some(parse(raw)?)) }
 }
 
 fn page_size(requested: u32) -> Result<usize, VaultError> {
     match usize::try_from(requested).unwrap_or(usize::MAX) {
         0 => Ok(DEFAULT_PAGE_SIZE),
         n if n <= MAX_PAGE_SIZE => Ok(n),
-        _ => Err(VaultError::InvalidField {
-            field: "page_size",
-            reason: format!("must be at most {MAX_PAGE_SIZE}"),
-        }),
+        _ => Err(VaultError::InvalidField { field: "page_size", reason: format!("must be at most {MAX_PAGE_SIZE}") }),
     }
 }
 
@@ -64,56 +59,34 @@ fn unimplemented(rpc: &str) -> Status {
 #[tonic::async_trait]
 impl AuthCodeVault for VaultService {
     #[instrument(skip_all, fields(rpc = "Bind", mailbox, client))]
-    async fn bind(
-        &self,
-        request: Request<proto::BindRequest>,
-    ) -> Result<Response<proto::BindResponse>, Status> {
+    async fn bind(&self, request: Request<proto::BindRequest>) -> Result<Response<proto::BindResponse>, Status> {
         let req = request.into_inner();
         let (mailbox, client) = pair(&req.mailbox, &req.client)?;
-        tracing::Span::current()
-            .record("mailbox", mailbox.as_str())
-            .record("client", client.as_str());
+        record_pair(&mailbox, &client);
         let code = AuthCode::new(&req.auth_code);
         drop(req);
         let (row, probe) = self.vault.bind(ANONYMOUS, mailbox, client, code).await?;
         tracing::info!("bound");
-        Ok(Response::new(proto::BindResponse {
-            credential: Some(row.into()),
-            probe: Some(probe.into()),
-        }))
+        Ok(Response::new(proto::BindResponse { credential: Some(row.into()), probe: Some(probe.into()) }))
     }
 
-    async fn rotate(
-        &self,
-        _: Request<proto::RotateRequest>,
-    ) -> Result<Response<proto::RotateResponse>, Status> {
+    async fn rotate(&self, _: Request<proto::RotateRequest>) -> Result<Response<proto::RotateResponse>, Status> {
         Err(unimplemented("Rotate"))
     }
 
-    async fn revoke(
-        &self,
-        _: Request<proto::RevokeRequest>,
-    ) -> Result<Response<proto::RevokeResponse>, Status> {
+    async fn revoke(&self, _: Request<proto::RevokeRequest>) -> Result<Response<proto::RevokeResponse>, Status> {
         Err(unimplemented("Revoke"))
     }
 
-    async fn verify(
-        &self,
-        _: Request<proto::VerifyRequest>,
-    ) -> Result<Response<proto::VerifyResponse>, Status> {
+    async fn verify(&self, _: Request<proto::VerifyRequest>) -> Result<Response<proto::VerifyResponse>, Status> {
         Err(unimplemented("Verify"))
     }
 
     #[instrument(skip_all, fields(rpc = "Reveal", mailbox, client))]
-    async fn reveal(
-        &self,
-        request: Request<proto::RevealRequest>,
-    ) -> Result<Response<proto::RevealResponse>, Status> {
+    async fn reveal(&self, request: Request<proto::RevealRequest>) -> Result<Response<proto::RevealResponse>, Status> {
         let req = request.into_inner();
         let (mailbox, client) = pair(&req.mailbox, &req.client)?;
-        tracing::Span::current()
-            .record("mailbox", mailbox.as_str())
-            .record("client", client.as_str());
+        record_pair(&mailbox, &client);
         let revealed = self.vault.reveal(&mailbox, &client)?;
         let p = &revealed.provider;
         Ok(Response::new(proto::RevealResponse {

@@ -15,16 +15,10 @@ pub fn decode(token: &str) -> Result<Option<(String, String)>, VaultError> {
     if token.is_empty() {
         return Ok(None);
     }
-    let bad = || VaultError::InvalidField {
-        field: "page_token",
-        reason: "not a token from this service".into(),
-    };
+    let bad = || VaultError::InvalidField { field: "page_token", reason: "not a token from this service".into() };
     let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
     let text = String::from_utf8(bytes).map_err(|_| bad())?;
-    let (mailbox, client) = text
-        .strip_prefix(PREFIX)
-        .and_then(|t| t.split_once('\n'))
-        .ok_or_else(bad)?;
+    let (mailbox, client) = text.strip_prefix(PREFIX).and_then(|t| t.split_once('\n')).ok_or_else(bad)?;
     Ok(Some((mailbox.to_owned(), client.to_owned())))
 }
 

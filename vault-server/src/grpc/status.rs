@@ -11,13 +11,8 @@ use crate::vault::VaultError;
 pub const ERROR_DOMAIN: &str = "authcode-vault";
 
 fn error_info(code: Code, message: String, reason: &str, meta: Vec<(&str, String)>) -> Status {
-    let meta: std::collections::HashMap<String, String> =
-        meta.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
-    Status::with_error_details(
-        code,
-        message,
-        ErrorDetails::with_error_info(reason, ERROR_DOMAIN, meta),
-    )
+    let meta: std::collections::HashMap<String, String> = meta.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+    Status::with_error_details(code, message, ErrorDetails::with_error_info(reason, ERROR_DOMAIN, meta))
 }
 
 fn bad_request(field: &str, description: String) -> Status {
@@ -36,9 +31,7 @@ impl From<VaultError> for Status {
             VaultError::BadCodeFormat { hint, .. } => bad_request("auth_code", hint),
             VaultError::UnknownProvider { domain } => bad_request(
                 "mailbox",
-                format!(
-                    "no provider is configured for the domain {domain}; add it to the --providers file"
-                ),
+                format!("no provider is configured for the domain {domain}; add it to the --providers file"),
             ),
             VaultError::NotFound => Status::not_found("no such binding"),
             VaultError::AlreadyExists => Status::already_exists(
@@ -81,13 +74,23 @@ impl From<VaultError> for Status {
                     ],
                 )
             }
-            VaultError::DataLoss => {
-                tracing::error!(
-                    "a stored ciphertext failed authentication (tampering or corruption)"
-                );
-                Status::data_loss(
-                    "the stored code failed authentication; the row was altered or corrupted",
+            VaultError::Aborted(why) => Status::aborted(format!("{why}; nothing was changed")),
+            VaultError::RateLimited { retry_after } => {
+                tracing::info!(retry_after_secs = retry_after.as_secs(), "probe budget exhausted");
+                let mut details = ErrorDetails::with_retry_info(Some(retry_after));
+                details.set_error_info("PROBE_BUDGET_EXHAUSTED", ERROR_DOMAIN, std::collections::HashMap::new());
+                Status::with_error_details(
+                    Code::ResourceExhausted,
+                    format!(
+                        "the probe budget for this mailbox is spent (protecting it from a provider block); retry in {} s",
+                        retry_after.as_secs()
+                    ),
+                    details,
                 )
+            }
+            VaultError::DataLoss => {
+                tracing::error!("a stored ciphertext failed authentication (tampering or corruption)");
+                Status::data_loss("the stored code failed authentication; the row was altered or corrupted")
             }
             VaultError::Store(err) => {
                 tracing::error!(error = %err, "storage failure");

@@ -1,21 +1,23 @@
-//! Login probes against a provider's real server. Hosts come only from the provider registry.
+//! Login probes against a provider's real servers. Hosts come only from the provider registry.
 
+mod connect;
 mod imap;
+mod network;
 mod report;
+mod smtp;
 mod tls;
 
-pub use imap::ImapProber;
+pub use network::{NetworkProber, ProbeSettings};
 pub use report::{ProbeOutcome, ProbeReport, sanitize};
 pub use tls::{ProbeTls, ResolveOverride};
 
-use crate::provider::{Endpoint, Provider};
+use crate::provider::Provider;
 use crate::secret::AuthCode;
 
-/// What a probe needs: where to connect, as whom, with which code.
+/// What a probe needs: which provider, as whom, with which code.
 #[derive(Debug)]
 pub struct ProbeRequest<'a> {
     pub provider: &'a Provider,
-    pub endpoint: &'a Endpoint,
     pub login: &'a str,
     pub code: &'a AuthCode,
 }
@@ -24,4 +26,18 @@ pub struct ProbeRequest<'a> {
 #[tonic::async_trait]
 pub trait Prober: Send + Sync + 'static {
     async fn probe(&self, req: ProbeRequest<'_>) -> ProbeReport;
+}
+
+/// One protocol step's result, before sanitising. `hint` overrides the provider's default.
+#[derive(Debug)]
+struct Step {
+    outcome: ProbeOutcome,
+    text: String,
+    hint: Option<String>,
+}
+
+impl Step {
+    fn new(outcome: ProbeOutcome, text: impl Into<String>) -> Self {
+        Self { outcome, text: text.into(), hint: None }
+    }
 }

@@ -55,15 +55,8 @@ const MAX_RESPONSE_CHARS: usize = 200;
 /// Makes server text safe to show: no control characters, bounded length, and the secret
 /// replaced if a server ever echoes it.
 pub fn sanitize(text: &str, secret: &str) -> String {
-    let text = if secret.is_empty() {
-        text.to_owned()
-    } else {
-        text.replace(secret, "[redacted]")
-    };
-    let cleaned: String = text
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
+    let text = if secret.is_empty() { text.to_owned() } else { text.replace(secret, "[redacted]") };
+    let cleaned: String = text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
     let trimmed = cleaned.trim();
     if trimmed.chars().count() > MAX_RESPONSE_CHARS {
         let mut s: String = trimmed.chars().take(MAX_RESPONSE_CHARS).collect();
@@ -82,10 +75,7 @@ mod tests {
     fn sanitize_strips_controls_secret_and_length() {
         assert_eq!(sanitize("NO bad\r\n", "x"), "NO bad");
         assert_eq!(sanitize("echo s3cr3t!", "s3cr3t"), "echo [redacted]!");
-        assert_eq!(
-            sanitize(&"a".repeat(500), "").chars().count(),
-            MAX_RESPONSE_CHARS + 1
-        );
+        assert_eq!(sanitize(&"a".repeat(500), "").chars().count(), MAX_RESPONSE_CHARS + 1);
     }
 
     #[test]

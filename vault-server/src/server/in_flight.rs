@@ -49,10 +49,7 @@ impl<S> Layer<S> for InFlight {
     type Service = InFlightService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        InFlightService {
-            inner,
-            shared: self.0.clone(),
-        }
+        InFlightService { inner, shared: self.0.clone() }
     }
 }
 

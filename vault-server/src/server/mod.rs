@@ -37,9 +37,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<AuthCodeVaultServer<VaultService>>()
-        .await;
+    health.set_serving::<AuthCodeVaultServer<VaultService>>().await;
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
@@ -47,8 +45,7 @@ pub async fn serve(
     };
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
-    let service = AuthCodeVaultServer::new(VaultService::new(vault))
-        .max_decoding_message_size(MAX_REQUEST_BYTES);
+    let service = AuthCodeVaultServer::new(VaultService::new(vault)).max_decoding_message_size(MAX_REQUEST_BYTES);
     let in_flight = InFlight::default();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
 
@@ -68,9 +65,7 @@ pub async fn serve(
         result = &mut server => return Ok(result?),
         () = shutdown => {}
     }
-    health
-        .set_not_serving::<AuthCodeVaultServer<VaultService>>()
-        .await;
+    health.set_not_serving::<AuthCodeVaultServer<VaultService>>().await;
     let _ = stop_tx.send(());
     tokio::select! {
         result = &mut server => result?,

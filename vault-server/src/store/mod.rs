@@ -21,6 +21,8 @@ pub enum StoreError {
     AlreadyExists,
     #[error("the binding changed concurrently")]
     Conflict,
+    #[error("the binding is revoked")]
+    Revoked,
     #[error("the data dir is not initialised")]
     NotInitialised,
     #[error("the database is damaged: {0}")]
@@ -80,6 +82,16 @@ pub struct NewBinding<'a> {
     pub probe_outcome: ProbeOutcome,
 }
 
+/// A rotate: the row must still be active at `from_version`; it moves to `from_version + 1`.
+#[derive(Debug)]
+pub struct RotateChange<'a> {
+    pub mailbox: &'a str,
+    pub client: &'a str,
+    pub from_version: u64,
+    pub code: StoredCode,
+    pub now: Millis,
+}
+
 /// One audit event, written in the same transaction as the change it records.
 #[derive(Debug, Clone)]
 pub struct AuditEvent<'a> {
@@ -110,9 +122,27 @@ pub trait Store: Send + Sync + 'static {
     /// One binding; `NotFound` if the pair was never bound.
     fn get(&self, mailbox: &str, client: &str) -> Result<CredentialRow, StoreError>;
     /// Inserts a binding, or re-binds a revoked pair at version 1. `AlreadyExists` if active.
-    fn bind(
+    fn bind(&self, new: NewBinding<'_>, audit: &AuditEvent<'_>) -> Result<CredentialRow, StoreError>;
+    /// Swaps in a new code (version + 1), overwriting the old ciphertext. `Conflict` if the
+    /// version moved, `Revoked` if revoked.
+    fn rotate(&self, change: RotateChange<'_>, audit: &AuditEvent<'_>) -> Result<CredentialRow, StoreError>;
+    /// Destroys the ciphertext and keeps a tombstone. `Revoked` if already revoked.
+    fn revoke(
         &self,
-        new: NewBinding<'_>,
+        mailbox: &str,
+        client: &str,
+        reason: &str,
+        now: Millis,
+        audit: &AuditEvent<'_>,
+    ) -> Result<CredentialRow, StoreError>;
+    /// Records a probe of the code at `version`; `Conflict` if the row moved on meanwhile.
+    fn record_probe(
+        &self,
+        mailbox: &str,
+        client: &str,
+        version: u64,
+        outcome: ProbeOutcome,
+        now: Millis,
         audit: &AuditEvent<'_>,
     ) -> Result<CredentialRow, StoreError>;
     /// A page of bindings.

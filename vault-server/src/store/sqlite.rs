@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior, params};
 
 use super::{
-    AuditEvent, CredentialRow, CredentialState, ListQuery, NewBinding, Store, StoreError,
+    AuditEvent, CredentialRow, CredentialState, ListQuery, Millis, NewBinding, RotateChange, Store, StoreError,
     StoredCode, UnlockMaterial, migrate,
 };
 use crate::crypto::{KdfParams, Salt, Sealed, WrappedKey};
@@ -29,9 +29,7 @@ pub struct SqliteStore {
 
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqliteStore")
-            .field("path", &self.path)
-            .finish_non_exhaustive()
+        f.debug_struct("SqliteStore").field("path", &self.path).finish_non_exhaustive()
     }
 }
 
@@ -39,15 +37,14 @@ fn configure(conn: &Connection) -> Result<(), StoreError> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    // Freed pages are zeroed, so a revoked or rotated ciphertext does not linger in the file.
+    conn.pragma_update(None, "secure_delete", "ON")?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     Ok(())
 }
 
 fn open_conn(path: &Path) -> Result<Connection, StoreError> {
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
     configure(&conn)?;
     Ok(conn)
 }
@@ -81,11 +78,7 @@ impl SqliteStore {
             )?;
         }
         tx.commit()?;
-        Ok(Self {
-            path: path.to_owned(),
-            writer: Mutex::new(conn),
-            readers: Mutex::new(Vec::new()),
-        })
+        Ok(Self { path: path.to_owned(), writer: Mutex::new(conn), readers: Mutex::new(Vec::new()) })
     }
 
     /// Opens an existing database and applies pending migrations.
@@ -95,17 +88,10 @@ impl SqliteStore {
         }
         let mut conn = open_conn(path)?;
         migrate::apply(&mut conn)?;
-        Ok(Self {
-            path: path.to_owned(),
-            writer: Mutex::new(conn),
-            readers: Mutex::new(Vec::new()),
-        })
+        Ok(Self { path: path.to_owned(), writer: Mutex::new(conn), readers: Mutex::new(Vec::new()) })
     }
 
-    fn with_reader<T>(
-        &self,
-        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
+    fn with_reader<T>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
         let conn = lock(&self.readers).pop();
         let conn = match conn {
             Some(c) => c,
@@ -119,6 +105,23 @@ impl SqliteStore {
         out
     }
 
+    /// One IMMEDIATE transaction on an existing row: `change` sees the row as it is now, writes,
+    /// and the row is read back before commit.
+    fn write(
+        &self,
+        mailbox: &str,
+        client: &str,
+        change: impl FnOnce(&rusqlite::Transaction<'_>, &CredentialRow) -> Result<(), StoreError>,
+    ) -> Result<CredentialRow, StoreError> {
+        let mut conn = lock(&self.writer);
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let row = get_row(&tx, mailbox, client)?.ok_or(StoreError::NotFound)?;
+        change(&tx, &row)?;
+        let row = get_row(&tx, mailbox, client)?.ok_or(StoreError::NotFound)?;
+        tx.commit()?;
+        Ok(row)
+    }
+
     /// Checkpoints the WAL into the main file; used at shutdown.
     pub fn checkpoint(&self) -> Result<(), StoreError> {
         lock(&self.writer).execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")?;
@@ -127,13 +130,11 @@ impl SqliteStore {
 }
 
 fn blob_array<const N: usize>(v: Vec<u8>, what: &str) -> Result<[u8; N], StoreError> {
-    v.try_into()
-        .map_err(|_| StoreError::Corrupt(format!("{what} has the wrong length")))
+    v.try_into().map_err(|_| StoreError::Corrupt(format!("{what} has the wrong length")))
 }
 
 fn outcome_from(v: Option<i64>) -> Option<ProbeOutcome> {
-    v.and_then(|v| i32::try_from(v).ok())
-        .and_then(ProbeOutcome::from_i32)
+    v.and_then(|v| i32::try_from(v).ok()).and_then(ProbeOutcome::from_i32)
 }
 
 fn read_row(r: &Row<'_>) -> rusqlite::Result<CredentialRow> {
@@ -148,10 +149,7 @@ fn read_row(r: &Row<'_>) -> rusqlite::Result<CredentialRow> {
         (Some(key_id), Some(nonce), Some(ciphertext)) => {
             // A nonce of the wrong length cannot authenticate; an all-zero one makes that explicit.
             let nonce = nonce.try_into().unwrap_or([0u8; 24]);
-            Some(StoredCode {
-                key_id,
-                sealed: Sealed { nonce, ciphertext },
-            })
+            Some(StoredCode { key_id, sealed: Sealed { nonce, ciphertext } })
         }
         _ => None,
     };
@@ -172,16 +170,9 @@ fn read_row(r: &Row<'_>) -> rusqlite::Result<CredentialRow> {
     })
 }
 
-fn get_row(
-    conn: &Connection,
-    mailbox: &str,
-    client: &str,
-) -> Result<Option<CredentialRow>, StoreError> {
+fn get_row(conn: &Connection, mailbox: &str, client: &str) -> Result<Option<CredentialRow>, StoreError> {
     let sql = format!("SELECT {COLUMNS} FROM credentials WHERE mailbox = ?1 AND client = ?2");
-    Ok(conn
-        .prepare_cached(&sql)?
-        .query_row(params![mailbox, client], read_row)
-        .optional()?)
+    Ok(conn.prepare_cached(&sql)?.query_row(params![mailbox, client], read_row).optional()?)
 }
 
 fn insert_audit(tx: &rusqlite::Transaction<'_>, e: &AuditEvent<'_>) -> Result<(), StoreError> {
@@ -189,15 +180,7 @@ fn insert_audit(tx: &rusqlite::Transaction<'_>, e: &AuditEvent<'_>) -> Result<()
         "INSERT INTO audit_events (at, caller, rpc, mailbox, client, outcome, probe_outcome) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?
-    .execute(params![
-        e.at,
-        e.caller,
-        e.rpc,
-        e.mailbox,
-        e.client,
-        e.outcome,
-        e.probe_outcome.map(|o| o as i32)
-    ])?;
+    .execute(params![e.at, e.caller, e.rpc, e.mailbox, e.client, e.outcome, e.probe_outcome.map(|o| o as i32)])?;
     Ok(())
 }
 
@@ -205,34 +188,21 @@ impl Store for SqliteStore {
     fn unlock_material(&self) -> Result<UnlockMaterial, StoreError> {
         self.with_reader(|conn| {
             let meta = conn
-                .query_row(
-                    "SELECT kdf_salt, kdf_m_kib, kdf_t, kdf_p FROM vault_meta WHERE id = 1",
-                    [],
-                    |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-                )
+                .query_row("SELECT kdf_salt, kdf_m_kib, kdf_t, kdf_p FROM vault_meta WHERE id = 1", [], |r| {
+                    Ok((r.get::<_, Vec<u8>>(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                })
                 .optional()?
                 .ok_or(StoreError::NotInitialised)?;
             let mut keys = Vec::new();
-            let mut stmt =
-                conn.prepare("SELECT key_id, nonce, wrapped_dek FROM keyring ORDER BY key_id")?;
+            let mut stmt = conn.prepare("SELECT key_id, nonce, wrapped_dek FROM keyring ORDER BY key_id")?;
             let mut rows = stmt.query([])?;
             while let Some(r) = rows.next()? {
                 let nonce = blob_array(r.get::<_, Vec<u8>>(1)?, "a keyring nonce")?;
-                keys.push(WrappedKey {
-                    key_id: r.get(0)?,
-                    sealed: Sealed {
-                        nonce,
-                        ciphertext: r.get(2)?,
-                    },
-                });
+                keys.push(WrappedKey { key_id: r.get(0)?, sealed: Sealed { nonce, ciphertext: r.get(2)? } });
             }
             Ok(UnlockMaterial {
                 salt: Salt(blob_array(meta.0, "the KDF salt")?),
-                params: KdfParams {
-                    m_kib: meta.1,
-                    t: meta.2,
-                    p: meta.3,
-                },
+                params: KdfParams { m_kib: meta.1, t: meta.2, p: meta.3 },
                 keys,
             })
         })
@@ -242,11 +212,7 @@ impl Store for SqliteStore {
         self.with_reader(|conn| get_row(conn, mailbox, client)?.ok_or(StoreError::NotFound))
     }
 
-    fn bind(
-        &self,
-        new: NewBinding<'_>,
-        audit: &AuditEvent<'_>,
-    ) -> Result<CredentialRow, StoreError> {
+    fn bind(&self, new: NewBinding<'_>, audit: &AuditEvent<'_>) -> Result<CredentialRow, StoreError> {
         let mut conn = lock(&self.writer);
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let (mailbox, client) = (new.mailbox.as_str(), new.client.as_str());
@@ -255,10 +221,7 @@ impl Store for SqliteStore {
                 return Err(StoreError::AlreadyExists);
             }
             Some(_) => {
-                tx.execute(
-                    "DELETE FROM credentials WHERE mailbox = ?1 AND client = ?2",
-                    params![mailbox, client],
-                )?;
+                tx.execute("DELETE FROM credentials WHERE mailbox = ?1 AND client = ?2", params![mailbox, client])?;
             }
             None => {}
         }
@@ -282,6 +245,78 @@ impl Store for SqliteStore {
         Ok(row)
     }
 
+    fn rotate(&self, c: RotateChange<'_>, audit: &AuditEvent<'_>) -> Result<CredentialRow, StoreError> {
+        self.write(c.mailbox, c.client, |tx, row| {
+            if row.state != CredentialState::Active {
+                return Err(StoreError::Revoked);
+            }
+            if row.version != c.from_version {
+                return Err(StoreError::Conflict);
+            }
+            let next = i64::try_from(c.from_version + 1).map_err(|_| StoreError::Conflict)?;
+            tx.execute(
+                "UPDATE credentials SET version = ?3, key_id = ?4, nonce = ?5, ciphertext = ?6, rotated_at = ?7, \
+                 last_verified_at = ?7, last_probe_outcome = ?8 WHERE mailbox = ?1 AND client = ?2",
+                params![
+                    c.mailbox,
+                    c.client,
+                    next,
+                    c.code.key_id,
+                    &c.code.sealed.nonce[..],
+                    &c.code.sealed.ciphertext,
+                    c.now,
+                    ProbeOutcome::Accepted as i32
+                ],
+            )?;
+            insert_audit(tx, audit)
+        })
+    }
+
+    fn revoke(
+        &self,
+        mailbox: &str,
+        client: &str,
+        reason: &str,
+        now: Millis,
+        audit: &AuditEvent<'_>,
+    ) -> Result<CredentialRow, StoreError> {
+        self.write(mailbox, client, |tx, row| {
+            if row.state != CredentialState::Active {
+                return Err(StoreError::Revoked);
+            }
+            tx.execute(
+                "UPDATE credentials SET state = 2, key_id = NULL, nonce = NULL, ciphertext = NULL, revoked_at = ?3, \
+                 revoke_reason = ?4 WHERE mailbox = ?1 AND client = ?2",
+                params![mailbox, client, now, reason],
+            )?;
+            insert_audit(tx, audit)
+        })
+    }
+
+    fn record_probe(
+        &self,
+        mailbox: &str,
+        client: &str,
+        version: u64,
+        outcome: ProbeOutcome,
+        now: Millis,
+        audit: &AuditEvent<'_>,
+    ) -> Result<CredentialRow, StoreError> {
+        self.write(mailbox, client, |tx, row| {
+            if row.state != CredentialState::Active {
+                return Err(StoreError::Revoked);
+            }
+            if row.version != version {
+                return Err(StoreError::Conflict);
+            }
+            tx.execute(
+                "UPDATE credentials SET last_verified_at = ?3, last_probe_outcome = ?4 WHERE mailbox = ?1 AND client = ?2",
+                params![mailbox, client, now, outcome as i32],
+            )?;
+            insert_audit(tx, audit)
+        })
+    }
+
     fn list(&self, q: &ListQuery) -> Result<Vec<CredentialRow>, StoreError> {
         self.with_reader(|conn| {
             let (after_m, after_c) = q.after.clone().unwrap_or_default();
@@ -292,10 +327,8 @@ impl Store for SqliteStore {
             );
             let mut stmt = conn.prepare_cached(&sql)?;
             let limit = i64::try_from(q.limit).unwrap_or(i64::MAX);
-            let rows = stmt.query_map(
-                params![q.mailbox, q.client, q.include_revoked, after_m, after_c, limit],
-                read_row,
-            )?;
+            let rows =
+                stmt.query_map(params![q.mailbox, q.client, q.include_revoked, after_m, after_c, limit], read_row)?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
     }

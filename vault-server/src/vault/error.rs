@@ -23,6 +23,12 @@ pub enum VaultError {
     AlreadyExists,
     #[error("the binding is revoked")]
     Revoked,
+    /// `expected_version` did not match, or the binding changed concurrently.
+    #[error("version conflict: {0}")]
+    Aborted(String),
+    /// The mailbox's probe budget is spent; nothing was sent to the provider.
+    #[error("probe budget for this mailbox exhausted; retry in {retry_after:?}")]
+    RateLimited { retry_after: std::time::Duration },
     /// The probe did not accept the code; nothing was changed.
     #[error("the provider did not accept the code: {}", .0.outcome.as_str())]
     ProbeFailed(ProbeReport),
@@ -40,6 +46,8 @@ impl From<StoreError> for VaultError {
         match e {
             StoreError::NotFound => Self::NotFound,
             StoreError::AlreadyExists => Self::AlreadyExists,
+            StoreError::Revoked => Self::Revoked,
+            StoreError::Conflict => Self::Aborted("the binding changed concurrently; read it again and retry".into()),
             other => Self::Store(other),
         }
     }

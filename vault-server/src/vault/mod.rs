@@ -1,22 +1,29 @@
-//! The vault's domain service: validate → probe → short write transaction. No database
-//! transaction is ever open while a probe runs.
+//! The vault's domain service. Every change runs validate → probe → one short write
+//! transaction that re-checks state and version. No database transaction is open during a
+//! probe.
 
+mod budget;
 mod clock;
 mod error;
+mod lifecycle;
+mod locks;
 
+pub use budget::ProbeBudget;
 pub use clock::{Clock, SystemClock};
 pub use error::VaultError;
+pub use lifecycle::{Revoked, Rotated};
 
 use std::sync::Arc;
+
+use zeroize::Zeroizing;
 
 use crate::crypto::Keyring;
 use crate::ids::{ClientId, Mailbox};
 use crate::probe::{ProbeOutcome, ProbeReport, ProbeRequest, Prober};
 use crate::provider::{Provider, Registry};
 use crate::secret::AuthCode;
-use crate::store::{
-    AuditEvent, CredentialRow, CredentialState, ListQuery, NewBinding, Store, StoredCode,
-};
+use crate::store::{CredentialRow, CredentialState, ListQuery, Store, StoreError};
+use locks::PairLocks;
 
 /// Default and largest page sizes for listings.
 pub const DEFAULT_PAGE_SIZE: usize = 100;
@@ -30,25 +37,23 @@ pub struct Revealed {
     pub provider: Arc<Provider>,
 }
 
-/// The vault: store, keys, providers and prober.
+/// The vault: store, keys, providers, prober and probe budget.
 pub struct Vault {
     store: Arc<dyn Store>,
     keyring: Keyring,
     registry: Registry,
     prober: Arc<dyn Prober>,
+    budget: ProbeBudget,
     clock: Arc<dyn Clock>,
+    locks: PairLocks,
 }
 
 /// Runs blocking storage work off the async workers; a panic there is re-raised here.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, VaultError> {
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, VaultError> {
     match tokio::task::spawn_blocking(f).await {
         Ok(v) => Ok(v),
         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-        Err(e) => Err(VaultError::Internal(format!(
-            "blocking task cancelled: {e}"
-        ))),
+        Err(e) => Err(VaultError::Internal(format!("blocking task cancelled: {e}"))),
     }
 }
 
@@ -58,130 +63,88 @@ impl Vault {
         keyring: Keyring,
         registry: Registry,
         prober: Arc<dyn Prober>,
+        budget: ProbeBudget,
         clock: Arc<dyn Clock>,
     ) -> Self {
-        Self {
-            store,
-            keyring,
-            registry,
-            prober,
-            clock,
-        }
-    }
-
-    pub fn store(&self) -> &Arc<dyn Store> {
-        &self.store
+        Self { store, keyring, registry, prober, budget, clock, locks: PairLocks::default() }
     }
 
     fn provider_for(&self, mailbox: &Mailbox) -> Result<Arc<Provider>, VaultError> {
         self.registry
             .lookup(mailbox.domain())
             .cloned()
-            .ok_or_else(|| VaultError::UnknownProvider {
-                domain: mailbox.domain().to_owned(),
-            })
+            .ok_or_else(|| VaultError::UnknownProvider { domain: mailbox.domain().to_owned() })
     }
 
-    /// Checks the format, probes, and stores the code only if the provider accepted it.
-    pub async fn bind(
-        &self,
-        caller: &str,
-        mailbox: Mailbox,
-        client: ClientId,
-        code: AuthCode,
-    ) -> Result<(CredentialRow, ProbeReport), VaultError> {
-        let provider = self.provider_for(&mailbox)?;
-        if !provider.code_format.accepts(&code) {
-            return Err(VaultError::BadCodeFormat {
-                provider: provider.name.clone(),
-                hint: provider.format_hint(),
-            });
-        }
-        // Cheap check first: an active pair needs no probe to be refused.
-        match self.store.get(mailbox.as_str(), client.as_str()) {
-            Ok(row) if row.state == CredentialState::Active => {
-                return Err(VaultError::AlreadyExists);
-            }
-            Ok(_) | Err(crate::store::StoreError::NotFound) => {}
-            Err(e) => return Err(e.into()),
-        }
-        let report = self
-            .prober
-            .probe(ProbeRequest {
-                provider: &provider,
-                endpoint: &provider.imap,
-                login: mailbox.as_str(),
-                code: &code,
-            })
-            .await;
-        if report.outcome != ProbeOutcome::Accepted {
-            return Err(VaultError::ProbeFailed(report));
-        }
-        let (key_id, sealed) = self.keyring.seal_code(
-            mailbox.as_str(),
-            client.as_str(),
-            1,
-            code.expose().as_bytes(),
-        );
-        drop(code);
-        let store = self.store.clone();
-        let caller = caller.to_owned();
-        let now = self.clock.now_millis();
-        let provider_id = provider.id.clone();
-        let row = blocking(move || {
-            let audit = AuditEvent {
-                at: now,
-                caller: &caller,
-                rpc: "Bind",
-                mailbox: mailbox.as_str(),
-                client: client.as_str(),
-                outcome: "OK",
-                probe_outcome: Some(ProbeOutcome::Accepted),
-            };
-            let new = NewBinding {
-                mailbox: &mailbox,
-                client: &client,
-                provider: &provider_id,
-                code: StoredCode { key_id, sealed },
-                now,
-                probe_outcome: ProbeOutcome::Accepted,
-            };
-            store.bind(new, &audit)
+    fn provider_of(&self, row: &CredentialRow) -> Result<Arc<Provider>, VaultError> {
+        self.registry.by_id(&row.provider).cloned().ok_or_else(|| {
+            VaultError::Internal(format!("binding refers to provider {} that is no longer configured", row.provider))
         })
-        .await??;
-        Ok((row, report))
+    }
+
+    /// Rejects a code that cannot be this provider's, before any network.
+    fn check_format(provider: &Provider, code: &AuthCode) -> Result<(), VaultError> {
+        if provider.code_format.accepts(code) {
+            Ok(())
+        } else {
+            Err(VaultError::BadCodeFormat { provider: provider.name.clone(), hint: provider.format_hint() })
+        }
+    }
+
+    /// Spends one probe from the mailbox's budget and probes.
+    async fn probe(&self, provider: &Provider, mailbox: &Mailbox, code: &AuthCode) -> Result<ProbeReport, VaultError> {
+        self.budget
+            .take(mailbox.as_str(), std::time::Instant::now())
+            .map_err(|retry_after| VaultError::RateLimited { retry_after })?;
+        let report = self.prober.probe(ProbeRequest { provider, login: mailbox.as_str(), code }).await;
+        tracing::info!(
+            outcome = report.outcome.as_str(),
+            server = %report.server,
+            latency_ms = u64::try_from(report.latency.as_millis()).unwrap_or(u64::MAX),
+            "probe"
+        );
+        Ok(report)
+    }
+
+    /// Probes a code that was just replaced or revoked; skipped when the budget is spent,
+    /// because the change itself already happened.
+    async fn probe_previous(
+        &self,
+        provider: &Provider,
+        mailbox: &Mailbox,
+        code: Option<AuthCode>,
+    ) -> Option<ProbeReport> {
+        let code = code?;
+        let Ok(mut report) = self.probe(provider, mailbox, &code).await else {
+            tracing::info!("probe budget spent; previous code not probed");
+            return None;
+        };
+        report.hint = provider.previous_code_hint(report.outcome);
+        Some(report)
+    }
+
+    /// Decrypts the code held by `row`.
+    fn open(&self, row: &CredentialRow) -> Result<AuthCode, VaultError> {
+        let Some(stored) = row.code.as_ref().filter(|_| row.state == CredentialState::Active) else {
+            return Err(VaultError::Revoked);
+        };
+        let plain = self.keyring.open_code(
+            stored.key_id,
+            &row.mailbox,
+            &row.client,
+            row.version,
+            &stored.sealed.nonce,
+            &stored.sealed.ciphertext,
+        )?;
+        let text = Zeroizing::new(std::str::from_utf8(&plain).map_err(|_| VaultError::DataLoss)?.to_owned());
+        Ok(AuthCode::new(&text))
     }
 
     /// Decrypts a pair's code. Runs on the caller's thread: a point read and a decrypt.
     pub fn reveal(&self, mailbox: &Mailbox, client: &ClientId) -> Result<Revealed, VaultError> {
         let row = self.store.get(mailbox.as_str(), client.as_str())?;
-        let Some(stored) = row
-            .code
-            .as_ref()
-            .filter(|_| row.state == CredentialState::Active)
-        else {
-            return Err(VaultError::Revoked);
-        };
-        let plain = self.keyring.open_code(
-            stored.key_id,
-            mailbox.as_str(),
-            client.as_str(),
-            row.version,
-            &stored.sealed.nonce,
-            &stored.sealed.ciphertext,
-        )?;
-        let text = std::str::from_utf8(&plain).map_err(|_| VaultError::DataLoss)?;
-        let provider = self.registry.by_id(&row.provider).cloned().ok_or_else(|| {
-            VaultError::Internal(format!(
-                "binding refers to unknown provider {}",
-                row.provider
-            ))
-        })?;
-        Ok(Revealed {
-            code: AuthCode::new(text),
-            version: row.version,
-            provider,
-        })
+        let code = self.open(&row)?;
+        Ok(Revealed { code, version: row.version, provider: self.provider_of(&row)? })
     }
 
     /// One binding's metadata.
@@ -206,4 +169,18 @@ impl Vault {
         };
         Ok((rows, next))
     }
+
+    /// The row if it exists; `None` when the pair was never bound.
+    fn find(&self, mailbox: &Mailbox, client: &ClientId) -> Result<Option<CredentialRow>, VaultError> {
+        match self.store.get(mailbox.as_str(), client.as_str()) {
+            Ok(row) => Ok(Some(row)),
+            Err(StoreError::NotFound) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// Maps a probe that did not accept a new code to the error that stops the change.
+fn require_accepted(report: ProbeReport) -> Result<ProbeReport, VaultError> {
+    if report.outcome == ProbeOutcome::Accepted { Ok(report) } else { Err(VaultError::ProbeFailed(report)) }
 }

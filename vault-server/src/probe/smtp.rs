@@ -1,0 +1,78 @@
+//! The SMTP AUTH probe (lettre) on implicit TLS: EHLO, AUTH, QUIT. A `535` is a refused code.
+
+use lettre::transport::smtp::authentication::{Credentials, Mechanism};
+use lettre::transport::smtp::client::{AsyncSmtpConnection, AsyncTokioStream};
+use lettre::transport::smtp::extension::ClientId;
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+use super::{ProbeOutcome, Step};
+use crate::provider::Provider;
+use crate::secret::AuthCode;
+
+/// Lets lettre drive a TLS stream we opened and verified ourselves.
+#[derive(Debug)]
+struct Stream(TlsStream<TcpStream>);
+
+impl tokio::io::AsyncRead for Stream {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Stream {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+impl AsyncTokioStream for Stream {
+    fn peer_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.0.get_ref().0.peer_addr()
+    }
+}
+
+/// Runs EHLO and AUTH on an open TLS stream.
+pub async fn probe(stream: TlsStream<TcpStream>, provider: &Provider, login: &str, code: &AuthCode) -> Step {
+    let hello = ClientId::Domain("authcode-vault.invalid".into());
+    let mut conn = match AsyncSmtpConnection::connect_with_transport(Box::new(Stream(stream)), &hello).await {
+        Ok(c) => c,
+        Err(e) => return Step::new(ProbeOutcome::ProtocolError, format!("SMTP greeting/EHLO failed: {e}")),
+    };
+    let credentials = Credentials::new(login.to_owned(), code.expose().to_owned());
+    let step = match conn.auth(&[Mechanism::Plain, Mechanism::Login], &credentials).await {
+        Ok(resp) => Step::new(ProbeOutcome::Accepted, format!("AUTH: {}", resp.code())),
+        Err(e) if e.status().is_some_and(|c| c.to_string() == "535") => {
+            let mut s = Step::new(ProbeOutcome::Rejected, format!("AUTH: {e}"));
+            s.hint = Some(provider.smtp_rejected_hint());
+            s
+        }
+        Err(e) if e.is_permanent() => Step::new(ProbeOutcome::Rejected, format!("AUTH: {e}")),
+        Err(e) => Step::new(ProbeOutcome::ProtocolError, format!("AUTH: {e}")),
+    };
+    drop(credentials);
+    let _ = conn.quit().await;
+    step
+}

@@ -1,0 +1,210 @@
+//! The operator's `--providers` TOML file. Each table is a provider id: an existing id overrides
+//! fields of that preset (and `domains` adds to its domains); a new id defines a provider and
+//! must give `name`, `domains`, `imap`, `smtp`, `code_format` and `settings_path`.
+//!
+//! ```toml
+//! [sina]
+//! smtp_probe = true                  # also check SMTP AUTH on smtp.sina.com:465
+//!
+//! [corp]
+//! name = "Corp Mail"
+//! domains = ["corp.example"]
+//! imap = "imap.corp.example:993"
+//! smtp = "smtp.corp.example:465"
+//! code_format = { kind = "alphanumeric", len = 16 }
+//! settings_path = "Settings → Security → Client codes"
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::{CodeFormat, Endpoint, ImapSteps, Provider};
+
+/// A providers file that cannot be used; displays as one line naming the file.
+#[derive(Debug, thiserror::Error)]
+#[error("providers file {}: {reason}", path.display())]
+pub struct ProviderFileError {
+    path: PathBuf,
+    reason: String,
+}
+
+impl ProviderFileError {
+    pub fn new(path: &Path, reason: impl Into<String>) -> Self {
+        Self { path: path.to_owned(), reason: reason.into() }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Patch {
+    name: Option<String>,
+    domains: Option<Vec<String>>,
+    imap: Option<String>,
+    smtp: Option<String>,
+    code_format: Option<CodeFormat>,
+    settings_path: Option<String>,
+    imap_steps: Option<ImapSteps>,
+    smtp_probe: Option<bool>,
+}
+
+fn endpoint(id: &str, field: &str, v: Option<String>) -> Result<Option<Endpoint>, String> {
+    v.map(|s| s.parse::<Endpoint>().map_err(|e| format!("[{id}] {field}: {e}"))).transpose()
+}
+
+fn domains(id: &str, v: Vec<String>) -> Result<Vec<String>, String> {
+    v.into_iter()
+        .map(|d| {
+            let d = d.trim().to_ascii_lowercase();
+            let ok = !d.is_empty()
+                && d.contains('.')
+                && d.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
+            if ok { Ok(d) } else { Err(format!("[{id}] domains: '{d}' is not a domain name")) }
+        })
+        .collect()
+}
+
+fn valid_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 32 && id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+fn apply_patch(id: &str, patch: Patch, existing: Option<Provider>) -> Result<Provider, String> {
+    let imap = endpoint(id, "imap", patch.imap)?;
+    let smtp = endpoint(id, "smtp", patch.smtp)?;
+    let new_domains = patch.domains.map(|d| domains(id, d)).transpose()?;
+    if let Some(CodeFormat::Printable { min, max }) = patch.code_format
+        && (min == 0 || min > max)
+    {
+        return Err(format!("[{id}] code_format: need 0 < min <= max"));
+    }
+    if let Some(mut p) = existing {
+        if let Some(n) = patch.name {
+            p.name = n;
+        }
+        if let Some(d) = new_domains {
+            p.domains.extend(d.into_iter().filter(|d| !p.domains.contains(d)).collect::<Vec<_>>());
+        }
+        p.imap = imap.unwrap_or(p.imap);
+        p.smtp = smtp.unwrap_or(p.smtp);
+        p.code_format = patch.code_format.unwrap_or(p.code_format);
+        p.settings_path = patch.settings_path.unwrap_or(p.settings_path);
+        p.imap_steps = patch.imap_steps.unwrap_or(p.imap_steps);
+        p.smtp_probe = patch.smtp_probe.unwrap_or(p.smtp_probe);
+        return Ok(p);
+    }
+    let missing = |field: &str| format!("[{id}] is a new provider and needs `{field}`");
+    let domains = new_domains.filter(|d| !d.is_empty()).ok_or_else(|| missing("domains"))?;
+    Ok(Provider {
+        id: id.to_owned(),
+        name: patch.name.ok_or_else(|| missing("name"))?,
+        domains,
+        imap: imap.ok_or_else(|| missing("imap"))?,
+        smtp: smtp.ok_or_else(|| missing("smtp"))?,
+        code_format: patch.code_format.ok_or_else(|| missing("code_format"))?,
+        settings_path: patch.settings_path.ok_or_else(|| missing("settings_path"))?,
+        imap_steps: patch.imap_steps.unwrap_or(ImapSteps::Login),
+        smtp_probe: patch.smtp_probe.unwrap_or(false),
+    })
+}
+
+/// Reads `path` and applies it to `providers`.
+pub fn apply(path: &Path, mut providers: Vec<Provider>) -> Result<Vec<Provider>, ProviderFileError> {
+    let err = |reason: String| ProviderFileError::new(path, reason);
+    let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
+    parse_into(&text, &mut providers).map_err(err)?;
+    Ok(providers)
+}
+
+fn parse_into(text: &str, providers: &mut Vec<Provider>) -> Result<(), String> {
+    let patches: BTreeMap<String, Patch> = toml::from_str(text).map_err(|e| {
+        let line = e.span().map_or(0, |span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+        format!("invalid TOML at line {line}: {}", e.message().trim())
+    })?;
+    for (id, patch) in patches {
+        if !valid_id(&id) {
+            return Err(format!("[{id}]: provider ids are 1-32 of a-z, 0-9 and '-'"));
+        }
+        // A domain moved to this provider leaves the one that had it.
+        let pos = providers.iter().position(|p| p.id == id);
+        let existing = pos.map(|i| providers.remove(i));
+        let updated = apply_patch(&id, patch, existing)?;
+        for other in providers.iter_mut() {
+            other.domains.retain(|d| !updated.domains.contains(d));
+        }
+        providers.push(updated);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provider::presets;
+
+    fn parse(text: &str) -> Result<Vec<Provider>, String> {
+        let mut p = presets::builtin();
+        parse_into(text, &mut p).map(|()| p)
+    }
+
+    fn find<'a>(ps: &'a [Provider], id: &str) -> &'a Provider {
+        ps.iter().find(|p| p.id == id).unwrap()
+    }
+
+    #[test]
+    fn overrides_and_adds() {
+        let ps = parse(
+            r#"
+            [sina]
+            smtp_probe = true
+            imap = "imap2.sina.com:1993"
+            domains = ["sina-alias.example"]
+
+            [corp]
+            name = "Corp Mail"
+            domains = ["Corp.Example"]
+            imap = "imap.corp.example:993"
+            smtp = "smtp.corp.example:465"
+            code_format = { kind = "letters", len = 20 }
+            settings_path = "Settings"
+            imap_steps = "netease"
+            "#,
+        )
+        .unwrap();
+        let sina = find(&ps, "sina");
+        assert!(sina.smtp_probe);
+        assert_eq!(sina.imap.to_string(), "imap2.sina.com:1993");
+        assert_eq!(sina.smtp.to_string(), "smtp.sina.com:465");
+        assert!(
+            sina.domains.contains(&"sina.cn".to_owned()) && sina.domains.contains(&"sina-alias.example".to_owned())
+        );
+        let corp = find(&ps, "corp");
+        assert_eq!(corp.domains, ["corp.example"]);
+        assert_eq!(corp.code_format, CodeFormat::Letters { len: 20 });
+        assert_eq!(corp.imap_steps, ImapSteps::NetEase);
+    }
+
+    #[test]
+    fn a_domain_can_move_to_another_provider() {
+        let ps = parse("[sina-vip]\ndomains = [\"sina.cn\"]\n").unwrap();
+        assert!(find(&ps, "sina-vip").domains.contains(&"sina.cn".to_owned()));
+        assert!(!find(&ps, "sina").domains.contains(&"sina.cn".to_owned()));
+    }
+
+    #[test]
+    fn bad_files_say_what_is_wrong() {
+        for (text, needle) in [
+            ("[corp]\nname = \"x\"\n", "needs `domains`"),
+            ("[sina]\nimap = \"nohost\"\n", "[sina] imap"),
+            ("[sina]\ncolour = \"red\"\n", "unknown field"),
+            ("[sina]\ncode_format = { kind = \"printable\", min = 9, max = 3 }\n", "min <= max"),
+            ("[Bad_Id]\nsmtp_probe = true\n", "provider ids"),
+            ("[sina]\ndomains = [\"not a domain\"]\n", "not a domain name"),
+            ("[sina\n", "TOML"),
+        ] {
+            let e = parse(text).unwrap_err();
+            assert!(e.contains(needle), "{text}: {e}");
+            assert!(!e.contains('\n'), "one line: {e}");
+        }
+    }
+}

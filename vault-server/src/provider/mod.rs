@@ -1,0 +1,220 @@
+//! The provider registry: which servers serve a mailbox domain, what its codes look like, how
+//! to probe them, and what to tell an admin when a probe fails. Probe hosts come only from here
+//! (built-in presets plus the operator's `--providers` file), never from a request.
+
+mod file;
+mod presets;
+mod registry;
+
+pub use file::ProviderFileError;
+pub use registry::Registry;
+
+use std::fmt;
+
+use crate::probe::ProbeOutcome;
+use crate::secret::AuthCode;
+
+/// A server as `host:port`, implicit TLS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+}
+
+impl Endpoint {
+    fn new(host: &str, port: u16) -> Self {
+        Self { host: host.to_owned(), port }
+    }
+}
+
+impl std::str::FromStr for Endpoint {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("'{s}' is not host:port");
+        let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        if host.is_empty() || port == 0 || !host.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-') {
+            return Err(bad());
+        }
+        Ok(Self::new(&host.to_ascii_lowercase(), port))
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
+}
+
+/// What a provider's client auth codes look like, after spaces are stripped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum CodeFormat {
+    /// Exactly `len` ASCII letters or digits.
+    Alphanumeric { len: usize },
+    /// Exactly `len` ASCII letters.
+    Letters { len: usize },
+    /// Between `min` and `max` printable ASCII characters (providers with free-form codes).
+    Printable { min: usize, max: usize },
+}
+
+impl CodeFormat {
+    pub fn accepts(self, code: &AuthCode) -> bool {
+        let c = code.expose();
+        match self {
+            Self::Alphanumeric { len } => c.len() == len && c.bytes().all(|b| b.is_ascii_alphanumeric()),
+            Self::Letters { len } => c.len() == len && c.bytes().all(|b| b.is_ascii_alphabetic()),
+            Self::Printable { min, max } => (min..=max).contains(&c.len()) && c.bytes().all(|b| b.is_ascii_graphic()),
+        }
+    }
+
+    /// How hints name the code: "16-character client auth code".
+    pub fn noun(self) -> String {
+        match self {
+            Self::Alphanumeric { len } | Self::Letters { len } => format!("{len}-character client auth code"),
+            Self::Printable { .. } => "client auth code".to_owned(),
+        }
+    }
+
+    pub fn describe(self) -> String {
+        match self {
+            Self::Alphanumeric { len } => format!("{len} letters or digits"),
+            Self::Letters { len } => format!("{len} letters"),
+            Self::Printable { min, max } => format!("{min} to {max} printable characters"),
+        }
+    }
+}
+
+/// Which IMAP commands a probe runs after LOGIN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImapSteps {
+    /// LOGIN → LOGOUT.
+    Login,
+    /// LOGIN → ID → EXAMINE INBOX → LOGOUT: NetEase accepts LOGIN from any client, then refuses
+    /// mailbox access ("Unsafe Login") to clients that did not send ID (RFC 2971).
+    NetEase,
+}
+
+/// One mail provider.
+#[derive(Debug, Clone)]
+pub struct Provider {
+    /// Short id stored with each binding, e.g. `sina`.
+    pub id: String,
+    /// Name used in messages, e.g. `Sina Mail`.
+    pub name: String,
+    /// Mailbox domains it serves, lower case.
+    pub domains: Vec<String>,
+    pub imap: Endpoint,
+    pub smtp: Endpoint,
+    pub code_format: CodeFormat,
+    /// Where in webmail the user creates and deletes client codes.
+    pub settings_path: String,
+    pub imap_steps: ImapSteps,
+    /// Also probe SMTP AUTH after a successful IMAP login.
+    pub smtp_probe: bool,
+}
+
+impl Provider {
+    /// The hint for a probe outcome of a new or stored code, in the provider's own terms.
+    pub fn hint(&self, outcome: ProbeOutcome) -> String {
+        match outcome {
+            ProbeOutcome::Accepted => format!("{} accepted the code.", self.name),
+            ProbeOutcome::Rejected => format!(
+                "{} refused the code. Use the client auth code from webmail ({}), not the login password, \
+                 and make sure IMAP/SMTP access is enabled there; a code stops working after a password \
+                 change or when it is deleted in webmail.",
+                self.name, self.settings_path
+            ),
+            ProbeOutcome::Unreachable => {
+                format!("Could not reach {}; check DNS, routing and firewalls, then retry.", self.imap)
+            }
+            ProbeOutcome::TlsFailed => {
+                format!("The TLS handshake with {} failed; check the certificate and the probe CA settings.", self.imap)
+            }
+            ProbeOutcome::TimedOut => format!("{} did not answer in time; retry later.", self.imap),
+            ProbeOutcome::ProtocolError => {
+                format!("{} answered unexpectedly; check that it is an IMAP server with implicit TLS.", self.imap)
+            }
+        }
+    }
+
+    /// The hint when SMTP AUTH answered 535.
+    pub fn smtp_rejected_hint(&self) -> String {
+        format!(
+            "{} refused SMTP AUTH (535): use the {}, not the login password; make sure IMAP/SMTP is enabled in \
+             webmail ({}).",
+            self.name,
+            self.code_format.noun(),
+            self.settings_path
+        )
+    }
+
+    /// The hint when NetEase refused mailbox access after LOGIN.
+    pub fn unsafe_login_hint(&self) -> String {
+        format!(
+            "{} accepted the login but refused mailbox access as an \"Unsafe Login\", although the probe identified \
+             itself with IMAP ID. Make sure IMAP is enabled and the code is a client authorization code ({}); if it \
+             persists, the account is blocking third-party clients.",
+            self.name, self.settings_path
+        )
+    }
+
+    /// The hint for a probe of a code that was just replaced or revoked.
+    pub fn previous_code_hint(&self, outcome: ProbeOutcome) -> String {
+        match outcome {
+            ProbeOutcome::Accepted => format!(
+                "{} still accepts the previous code. Delete it in webmail ({}) so that it cannot be used any more.",
+                self.name, self.settings_path
+            ),
+            ProbeOutcome::Rejected => format!("{} no longer accepts the previous code; nothing more to do.", self.name),
+            other => format!(
+                "Could not tell whether {} still accepts the previous code ({}); check in webmail ({}) and delete it there.",
+                self.name,
+                other.as_str(),
+                self.settings_path
+            ),
+        }
+    }
+
+    /// The message for a code that cannot be this provider's, naming the usual mistake.
+    pub fn format_hint(&self) -> String {
+        format!(
+            "{} client auth codes are {} (spaces are ignored); this looks like a login password or a \
+             mistyped code. Create a client auth code in webmail ({}).",
+            self.name,
+            self.code_format.describe(),
+            self.settings_path
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn code_formats() {
+        let f = CodeFormat::Alphanumeric { len: 16 };
+        assert!(f.accepts(&AuthCode::new("abcd1234EFGH5678")));
+        assert!(f.accepts(&AuthCode::new("abcd 1234 EFGH 5678")));
+        assert!(!f.accepts(&AuthCode::new("short")));
+        assert!(!f.accepts(&AuthCode::new("abcd1234EFGH567!")));
+        let l = CodeFormat::Letters { len: 16 };
+        assert!(l.accepts(&AuthCode::new("abcd efgh ijkl mnop")));
+        assert!(!l.accepts(&AuthCode::new("abcd1234EFGH5678")));
+        let p = CodeFormat::Printable { min: 8, max: 64 };
+        assert!(p.accepts(&AuthCode::new("pa$$w0rd!")));
+        assert!(!p.accepts(&AuthCode::new("short")));
+    }
+
+    #[test]
+    fn endpoints_parse() {
+        let e: Endpoint = "IMAP.corp.example:993".parse().unwrap();
+        assert_eq!(e.to_string(), "imap.corp.example:993");
+        for bad in ["imap.corp.example", "host:0", ":993", "a b:1", "h:99999"] {
+            assert!(bad.parse::<Endpoint>().is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,73 @@
+//! The per-mailbox probe budget: a token bucket, so the vault never gets a mailbox
+//! rate-limited or blocked (providers block for about 24 h after heavy login activity).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Buckets kept before idle full ones are dropped.
+const PRUNE_AT: usize = 10_000;
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+#[derive(Debug)]
+pub struct ProbeBudget {
+    burst: f64,
+    per_sec: f64,
+    buckets: Mutex<HashMap<String, Bucket>>,
+}
+
+impl ProbeBudget {
+    /// `burst` probes at once, refilled at `per_hour`.
+    pub fn new(burst: u32, per_hour: u32) -> Self {
+        Self { burst: f64::from(burst), per_sec: f64::from(per_hour) / 3600.0, buckets: Mutex::new(HashMap::new()) }
+    }
+
+    fn refill(&self, b: Bucket, now: Instant) -> f64 {
+        (b.tokens + now.saturating_duration_since(b.at).as_secs_f64() * self.per_sec).min(self.burst)
+    }
+
+    /// Takes one probe for `mailbox`, or says how long until one is available.
+    pub fn take(&self, mailbox: &str, now: Instant) -> Result<(), Duration> {
+        let mut buckets = self.buckets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if buckets.len() >= PRUNE_AT {
+            buckets.retain(|_, b| self.refill(*b, now) < self.burst);
+        }
+        let bucket = buckets.entry(mailbox.to_owned()).or_insert(Bucket { tokens: self.burst, at: now });
+        let tokens = self.refill(*bucket, now);
+        if tokens >= 1.0 {
+            *bucket = Bucket { tokens: tokens - 1.0, at: now };
+            return Ok(());
+        }
+        *bucket = Bucket { tokens, at: now };
+        if self.per_sec <= 0.0 {
+            return Err(Duration::from_secs(3600));
+        }
+        Err(Duration::from_secs_f64(((1.0 - tokens) / self.per_sec).ceil()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn burst_then_refill() {
+        let b = ProbeBudget::new(3, 10);
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            assert!(b.take("a@sina.com", t0).is_ok());
+        }
+        let wait = b.take("a@sina.com", t0).unwrap_err();
+        assert_eq!(wait, Duration::from_secs(360));
+        // Other mailboxes have their own bucket.
+        assert!(b.take("b@sina.com", t0).is_ok());
+        assert!(b.take("a@sina.com", t0 + Duration::from_secs(359)).is_err());
+        assert!(b.take("a@sina.com", t0 + Duration::from_secs(361)).is_ok());
+        assert!(b.take("a@sina.com", t0 + Duration::from_secs(362)).is_err());
+    }
+}

@@ -1,0 +1,185 @@
+//! The changes: Bind, Rotate, Revoke, Verify. Each holds its pair's lock, does the cheap checks
+//! first (format, state, version: they cost no probe budget), probes, then commits one short
+//! transaction with its audit event.
+
+use super::{Vault, VaultError, blocking, require_accepted};
+use crate::ids::{ClientId, Mailbox};
+use crate::probe::{ProbeOutcome, ProbeReport};
+use crate::secret::AuthCode;
+use crate::store::{AuditEvent, CredentialRow, CredentialState, NewBinding, RotateChange, StoredCode};
+
+/// Longest revoke reason kept.
+const MAX_REASON_CHARS: usize = 500;
+
+/// The result of a rotate: the new row, the probe that admitted the new code, and whether the
+/// provider still accepts the old one (unset if it could not be probed).
+#[derive(Debug)]
+pub struct Rotated {
+    pub row: CredentialRow,
+    pub probe: ProbeReport,
+    pub previous_code_probe: Option<ProbeReport>,
+}
+
+/// The result of a revoke: the tombstone, and whether the provider still accepts the destroyed
+/// code (unset if it could not be probed).
+#[derive(Debug)]
+pub struct Revoked {
+    pub row: CredentialRow,
+    pub probe: Option<ProbeReport>,
+}
+
+fn audit<'a>(
+    at: i64,
+    caller: &'a str,
+    rpc: &'a str,
+    row: (&'a str, &'a str),
+    outcome: &'a str,
+    probe: Option<ProbeOutcome>,
+) -> AuditEvent<'a> {
+    AuditEvent { at, caller, rpc, mailbox: row.0, client: row.1, outcome, probe_outcome: probe }
+}
+
+impl Vault {
+    /// Checks the format, probes, and stores the code only if the provider accepted it.
+    pub async fn bind(
+        &self,
+        caller: &str,
+        mailbox: Mailbox,
+        client: ClientId,
+        code: AuthCode,
+    ) -> Result<(CredentialRow, ProbeReport), VaultError> {
+        let provider = self.provider_for(&mailbox)?;
+        Self::check_format(&provider, &code)?;
+        let _pair = self.locks.lock(mailbox.as_str(), client.as_str()).await;
+        if self.find(&mailbox, &client)?.is_some_and(|r| r.state == CredentialState::Active) {
+            return Err(VaultError::AlreadyExists);
+        }
+        let report = require_accepted(self.probe(&provider, &mailbox, &code).await?)?;
+        let (key_id, sealed) = self.keyring.seal_code(mailbox.as_str(), client.as_str(), 1, code.expose().as_bytes());
+        drop(code);
+        let (store, caller, now, provider_id) =
+            (self.store.clone(), caller.to_owned(), self.clock.now_millis(), provider.id.clone());
+        let row = blocking(move || {
+            let event =
+                audit(now, &caller, "Bind", (mailbox.as_str(), client.as_str()), "OK", Some(ProbeOutcome::Accepted));
+            let new = NewBinding {
+                mailbox: &mailbox,
+                client: &client,
+                provider: &provider_id,
+                code: StoredCode { key_id, sealed },
+                now,
+                probe_outcome: ProbeOutcome::Accepted,
+            };
+            store.bind(new, &event)
+        })
+        .await??;
+        Ok((row, report))
+    }
+
+    /// Probes the new code and swaps it in (version + 1) only if accepted; then probes the old.
+    pub async fn rotate(
+        &self,
+        caller: &str,
+        mailbox: Mailbox,
+        client: ClientId,
+        new_code: AuthCode,
+        expected_version: Option<u64>,
+    ) -> Result<Rotated, VaultError> {
+        let pair = self.locks.lock(mailbox.as_str(), client.as_str()).await;
+        let row = self.store.get(mailbox.as_str(), client.as_str())?;
+        if row.state != CredentialState::Active {
+            return Err(VaultError::Revoked);
+        }
+        if let Some(expected) = expected_version.filter(|v| *v != row.version) {
+            return Err(VaultError::Aborted(format!("expected version {expected}, the binding is at {}", row.version)));
+        }
+        let provider = self.provider_of(&row)?;
+        Self::check_format(&provider, &new_code)?;
+        // A tampered old ciphertext must not block replacing it; it just cannot be probed.
+        let old_code = self.open(&row).ok();
+        let probe = require_accepted(self.probe(&provider, &mailbox, &new_code).await?)?;
+        let next = row.version + 1;
+        let (key_id, sealed) =
+            self.keyring.seal_code(mailbox.as_str(), client.as_str(), next, new_code.expose().as_bytes());
+        drop(new_code);
+        let (store, who, now) = (self.store.clone(), caller.to_owned(), self.clock.now_millis());
+        let (m, c) = (mailbox.as_str().to_owned(), client.as_str().to_owned());
+        let row = blocking(move || {
+            let event = audit(now, &who, "Rotate", (&m, &c), "OK", Some(ProbeOutcome::Accepted));
+            let change = RotateChange {
+                mailbox: &m,
+                client: &c,
+                from_version: row.version,
+                code: StoredCode { key_id, sealed },
+                now,
+            };
+            store.rotate(change, &event)
+        })
+        .await??;
+        drop(pair);
+        let previous_code_probe = self.probe_previous(&provider, &mailbox, old_code).await;
+        Ok(Rotated { row, probe, previous_code_probe })
+    }
+
+    /// Always commits the tombstone first; then probes the destroyed code.
+    pub async fn revoke(
+        &self,
+        caller: &str,
+        mailbox: Mailbox,
+        client: ClientId,
+        reason: &str,
+    ) -> Result<Revoked, VaultError> {
+        let reason = reason.trim();
+        if reason.chars().count() > MAX_REASON_CHARS || reason.chars().any(char::is_control) {
+            return Err(VaultError::InvalidField {
+                field: "reason",
+                reason: format!("must be at most {MAX_REASON_CHARS} characters without control characters"),
+            });
+        }
+        let pair = self.locks.lock(mailbox.as_str(), client.as_str()).await;
+        let row = self.store.get(mailbox.as_str(), client.as_str())?;
+        if row.state != CredentialState::Active {
+            return Err(VaultError::Revoked);
+        }
+        let provider = self.provider_of(&row).ok();
+        let old_code = self.open(&row).ok();
+        let (store, who, now, why) =
+            (self.store.clone(), caller.to_owned(), self.clock.now_millis(), reason.to_owned());
+        let (m, c) = (mailbox.as_str().to_owned(), client.as_str().to_owned());
+        let row = blocking(move || {
+            let event = audit(now, &who, "Revoke", (&m, &c), "OK", None);
+            store.revoke(&m, &c, &why, now, &event)
+        })
+        .await??;
+        drop(pair);
+        let probe = match provider {
+            Some(p) => self.probe_previous(&p, &mailbox, old_code).await,
+            None => None,
+        };
+        Ok(Revoked { row, probe })
+    }
+
+    /// Re-probes the stored code and records the outcome, whatever it is.
+    pub async fn verify(
+        &self,
+        caller: &str,
+        mailbox: Mailbox,
+        client: ClientId,
+    ) -> Result<(CredentialRow, ProbeReport), VaultError> {
+        let _pair = self.locks.lock(mailbox.as_str(), client.as_str()).await;
+        let row = self.store.get(mailbox.as_str(), client.as_str())?;
+        let code = self.open(&row)?;
+        let provider = self.provider_of(&row)?;
+        let report = self.probe(&provider, &mailbox, &code).await?;
+        drop(code);
+        let (store, who, now, outcome, version) =
+            (self.store.clone(), caller.to_owned(), self.clock.now_millis(), report.outcome, row.version);
+        let (m, c) = (mailbox.as_str().to_owned(), client.as_str().to_owned());
+        let row = blocking(move || {
+            let event = audit(now, &who, "Verify", (&m, &c), outcome.as_str(), Some(outcome));
+            store.record_probe(&m, &c, version, outcome, now, &event)
+        })
+        .await??;
+        Ok((row, report))
+    }
+}
