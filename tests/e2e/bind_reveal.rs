@@ -129,7 +129,7 @@ async fn bind_when_the_server_is_unreachable_is_unavailable_and_stores_nothing()
 async fn a_certificate_for_another_name_is_tls_failed() {
     let stack = Stack::start();
     // Point the VIP host at the same Dovecot: its certificate names imap.sina.com only.
-    let mut args = Stack::probe_args(&stack.pki, &stack.dovecot);
+    let mut args = Stack::default_args(&stack.pki, &stack.dovecot);
     args.extend(["--probe-resolve".into(), format!("imap.vip.sina.com:993={}", stack.dovecot.imaps)]);
     let server = VaultServer::start(&stack.data, &args);
     let status = raw_bind(&server, "carol@vip.sina.com", "sender", ALICE_CODE).await;

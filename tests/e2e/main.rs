@@ -9,4 +9,6 @@ mod harness;
 mod bind_reveal;
 mod command_line;
 mod grpcurl;
+mod lifecycle;
+mod providers;
 mod storage;

@@ -27,6 +27,12 @@ pub enum Error {
     /// The provider could not be reached; nothing was changed, retry later.
     #[error("the provider is unavailable: {message}")]
     ProviderUnavailable { message: String },
+    /// `expected_version` did not match, or the binding changed concurrently.
+    #[error("version conflict: {message}")]
+    VersionConflict { message: String },
+    /// The mailbox's probe budget is spent; retry after the delay (if the server gave one).
+    #[error("probe budget exhausted; retry after {retry_after:?}")]
+    RateLimited { retry_after: Option<std::time::Duration> },
     /// A stored ciphertext failed authentication (tampering or corruption).
     #[error("the stored code failed authentication")]
     Tampered,
@@ -48,6 +54,10 @@ impl From<tonic::Status> for Error {
             }
             (Code::FailedPrecondition, Some((r, _))) if r == "REVOKED" => Self::Revoked,
             (Code::Unavailable, _) => Self::ProviderUnavailable { message },
+            (Code::Aborted, _) => Self::VersionConflict { message },
+            (Code::ResourceExhausted, _) => {
+                Self::RateLimited { retry_after: s.get_details_retry_info().and_then(|r| r.retry_delay) }
+            }
             (Code::DataLoss, _) => Self::Tampered,
             (code, _) => Self::Other { code, message },
         }

@@ -93,6 +93,45 @@ impl VaultClient {
         })
     }
 
+    /// Replaces the code after the provider accepted `new_code`. `expected_version` 0 skips the
+    /// version check. The response says whether the provider still accepts the old code.
+    pub async fn rotate(
+        &mut self,
+        mailbox: &str,
+        client: &str,
+        new_code: SecretString,
+        expected_version: u64,
+    ) -> Result<proto::RotateResponse, Error> {
+        let req = proto::RotateRequest {
+            mailbox: mailbox.to_owned(),
+            client: client.to_owned(),
+            new_auth_code: new_code.expose_secret().to_owned(),
+            expected_version,
+        };
+        Ok(self.inner.rotate(req).await?.into_inner())
+    }
+
+    /// Destroys the code and keeps a tombstone; then says whether the provider still accepts it.
+    pub async fn revoke(&mut self, mailbox: &str, client: &str, reason: &str) -> Result<proto::RevokeResponse, Error> {
+        let req =
+            proto::RevokeRequest { mailbox: mailbox.to_owned(), client: client.to_owned(), reason: reason.to_owned() };
+        Ok(self.inner.revoke(req).await?.into_inner())
+    }
+
+    /// Re-probes the stored code and records the outcome.
+    pub async fn verify(&mut self, mailbox: &str, client: &str) -> Result<proto::VerifyResponse, Error> {
+        let req = proto::VerifyRequest { mailbox: mailbox.to_owned(), client: client.to_owned() };
+        Ok(self.inner.verify(req).await?.into_inner())
+    }
+
+    /// One page of bindings' metadata; pass the returned `next_page_token` for the next page.
+    pub async fn list(
+        &mut self,
+        request: proto::ListCredentialsRequest,
+    ) -> Result<proto::ListCredentialsResponse, Error> {
+        Ok(self.inner.list_credentials(request).await?.into_inner())
+    }
+
     /// A binding's metadata.
     pub async fn get(&mut self, mailbox: &str, client: &str) -> Result<proto::Credential, Error> {
         let req = proto::GetCredentialRequest { mailbox: mailbox.to_owned(), client: client.to_owned() };

@@ -43,6 +43,8 @@ pub enum RunError {
     Providers(#[from] ProviderFileError),
     #[error("{0}")]
     Dev(String),
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
     #[error("server failed: {0}")]
@@ -130,23 +132,19 @@ fn prepare_dev(dir: &Path, passphrase_file: Option<PathBuf>) -> Result<PathBuf, 
     Ok(file)
 }
 
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot watch SIGTERM; only SIGINT stops the server");
-                std::future::pending::<()>().await;
-            }
+/// Registers SIGTERM and SIGINT now (so a signal right after start-up is not lost), and
+/// resolves when either arrives.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, RunError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = term => {}
-    }
-    tracing::info!("shutdown signal received; draining");
+        tracing::info!("shutdown signal received; draining");
+    })
 }
 
 async fn serve(args: ServeArgs) -> Result<(), RunError> {
@@ -184,8 +182,9 @@ async fn serve(args: ServeArgs) -> Result<(), RunError> {
     let vault = Arc::new(Vault::new(store.clone(), keyring, registry, Arc::new(prober), budget, Arc::new(SystemClock)));
     let listener = TcpListener::bind(args.listen).await.map_err(|e| RunError::Listen(args.listen, e))?;
     let addr = listener.local_addr().map_err(|e| RunError::Listen(args.listen, e))?;
+    let shutdown = shutdown_signal()?;
     tracing::info!(data_dir = %dir.display(), "listening on {addr}");
-    server::serve(listener, vault, shutdown_signal()).await?;
+    server::serve(listener, vault, shutdown).await?;
     if let Err(e) = store.checkpoint() {
         tracing::warn!(error = %e, "WAL checkpoint at shutdown failed; the WAL will be replayed at next start");
     }

@@ -1,5 +1,7 @@
-//! A real Dovecot IMAP server on loopback, implicit TLS, with passwd-file "auth codes".
-//! Started per test with its own config, state and log; stopped on drop.
+//! A real Dovecot on loopback: IMAP and submission (SMTP), both implicit TLS, with passwd-file
+//! "auth codes". Each service reads its own passdb files (`codes-imap`, `codes-submission`), so
+//! a test can make SMTP refuse a code that IMAP accepts. Started per test with its own config,
+//! state and log; stopped on drop.
 
 use std::fs;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -15,6 +17,8 @@ pub struct Dovecot {
     config: PathBuf,
     child: Option<Child>,
     pub imaps: SocketAddr,
+    pub submissions: SocketAddr,
+    passdb_writes: std::sync::atomic::AtomicU64,
 }
 
 /// A port nothing listens on right now.
@@ -40,22 +44,31 @@ impl Dovecot {
         make_readable(&dir.join("passdb"), 0o755);
         make_readable(&dir.join("mail"), 0o777);
         let port = free_port();
+        let smtp_port = free_port();
         let mut d = Self {
             config: dir.join("dovecot.conf"),
             imaps: SocketAddr::from(([127, 0, 0, 1], port)),
+            submissions: SocketAddr::from(([127, 0, 0, 1], smtp_port)),
             dir,
             child: None,
+            passdb_writes: std::sync::atomic::AtomicU64::new(0),
         };
-        d.set_codes(codes);
-        d.set_extra_codes(&[]);
+        for service in ["imap", "submission"] {
+            d.write_passdb(&format!("codes-{service}"), codes);
+            d.write_passdb(&format!("extra-{service}"), &[]);
+        }
         let config = format!(
             r#"
 instance_name = vault-test-{port}
 base_dir = {dir}/run
 state_dir = {dir}/state
 log_path = {dir}/dovecot.log
-protocols = imap
+protocols = imap submission
 listen = 127.0.0.1
+hostname = smtp.sina.com
+# Never used: the tests only authenticate.
+submission_relay_host = 127.0.0.1
+submission_relay_port = 9
 ssl = required
 ssl_cert = <{cert}
 ssl_key = <{key}
@@ -68,11 +81,11 @@ auth_cache_size = 0
 mail_location = maildir:{dir}/mail/%u
 passdb {{
   driver = passwd-file
-  args = scheme=PLAIN username_format=%u {dir}/passdb/codes
+  args = scheme=PLAIN username_format=%u {dir}/passdb/codes-%s
 }}
 passdb {{
   driver = passwd-file
-  args = scheme=PLAIN username_format=%u {dir}/passdb/extra
+  args = scheme=PLAIN username_format=%u {dir}/passdb/extra-%s
 }}
 userdb {{
   driver = static
@@ -84,6 +97,15 @@ service imap-login {{
   }}
   inet_listener imaps {{
     port = {port}
+    ssl = yes
+  }}
+}}
+service submission-login {{
+  inet_listener submission {{
+    port = 0
+  }}
+  inet_listener submissions {{
+    port = {smtp_port}
     ssl = yes
   }}
 }}
@@ -116,7 +138,7 @@ service anvil {{
             .expect("start dovecot");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(self.imaps).is_err() {
+        while TcpStream::connect(self.imaps).is_err() || TcpStream::connect(self.submissions).is_err() {
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 panic!("dovecot exited with {status}; log:\n{}", self.log());
             }
@@ -131,17 +153,38 @@ service anvil {{
         let tmp = path.with_extension("tmp");
         fs::write(&tmp, body).expect("passdb");
         make_readable(&tmp, 0o644);
+        // Dovecot reloads a passwd-file when its mtime or size changes; a same-size rewrite
+        // within the same second would go unnoticed, so give every version its own mtime.
+        let version = self.passdb_writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mtime = std::time::UNIX_EPOCH + Duration::from_secs(1_000_000_000 + version);
+        fs::File::options().write(true).open(&tmp).and_then(|f| f.set_modified(mtime)).expect("passdb mtime");
         fs::rename(&tmp, &path).expect("passdb rename");
     }
 
-    /// Replaces the current codes (as if the user changed them in webmail).
-    pub fn set_codes(&self, codes: &[(&str, &str)]) {
-        self.write_passdb("codes", codes);
+    /// Dovecot looks at a passwd-file's stat at most once a second; wait that out so the next
+    /// login sees the change.
+    fn settle() {
+        std::thread::sleep(Duration::from_millis(1100));
     }
 
-    /// Replaces the further codes that are still accepted.
+    /// Replaces the current codes of IMAP and SMTP (as if the user changed them in webmail).
+    pub fn set_codes(&self, codes: &[(&str, &str)]) {
+        self.write_passdb("codes-imap", codes);
+        self.write_passdb("codes-submission", codes);
+        Self::settle();
+    }
+
+    /// Replaces the codes SMTP alone accepts.
+    pub fn set_smtp_codes(&self, codes: &[(&str, &str)]) {
+        self.write_passdb("codes-submission", codes);
+        Self::settle();
+    }
+
+    /// Replaces the further codes that are still accepted besides the current ones.
     pub fn set_extra_codes(&self, codes: &[(&str, &str)]) {
-        self.write_passdb("extra", codes);
+        self.write_passdb("extra-imap", codes);
+        self.write_passdb("extra-submission", codes);
+        Self::settle();
     }
 
     pub fn log(&self) -> String {
@@ -155,6 +198,11 @@ service anvil {{
             assert!(Instant::now() < deadline, "dovecot log never showed {needle:?}:\n{}", self.log());
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Starts the server again after [`Dovecot::stop`].
+    pub fn start_again(&mut self) {
+        self.spawn();
     }
 
     /// Stops the server; the port then refuses connections.

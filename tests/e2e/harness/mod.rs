@@ -30,17 +30,35 @@ impl Stack {
     /// Dovecot knows alice's and bob's codes; the vault probes it as imap.sina.com:993.
     pub fn start() -> Self {
         let tmp = tempfile::Builder::new().prefix("vault-e2e").tempdir().expect("tempdir");
-        let pki = TestPki::generate(tmp.path(), &["imap.sina.com", "smtp.sina.com"]);
+        let pki = TestPki::generate(
+            tmp.path(),
+            &["imap.sina.com", "smtp.sina.com", "imap.corp.example", "smtp.corp.example"],
+        );
         let dovecot = Dovecot::start(tmp.path(), &pki, &[(ALICE, ALICE_CODE), (BOB, BOB_CODE)]);
         let data = DataDir::init(tmp.path(), PASSPHRASE);
-        let server = VaultServer::start(&data, &Self::probe_args(&pki, &dovecot));
+        let server = VaultServer::start(&data, &Self::default_args(&pki, &dovecot));
         Self { _tmp: tmp, pki, dovecot, data, server }
     }
 
+    /// The probe flags plus a large probe budget: tests probe one mailbox many times, and the
+    /// budget has its own test.
+    pub fn default_args(pki: &TestPki, dovecot: &Dovecot) -> Vec<String> {
+        let mut args = Self::probe_args(pki, dovecot);
+        args.extend(["--probe-burst".into(), "100".into()]);
+        args
+    }
+
+    /// Points the Sina and corp.example hosts at Dovecot and trusts the test CA.
     pub fn probe_args(pki: &TestPki, dovecot: &Dovecot) -> Vec<String> {
         vec![
             "--probe-resolve".into(),
             format!("imap.sina.com:993={}", dovecot.imaps),
+            "--probe-resolve".into(),
+            format!("smtp.sina.com:465={}", dovecot.submissions),
+            "--probe-resolve".into(),
+            format!("imap.corp.example:993={}", dovecot.imaps),
+            "--probe-resolve".into(),
+            format!("smtp.corp.example:465={}", dovecot.submissions),
             "--probe-ca-file".into(),
             vault::path_str(&pki.ca_cert).into(),
             "--probe-timeout".into(),
@@ -55,8 +73,16 @@ impl Stack {
         self.restart_after_stop();
     }
 
+    /// Stops the server and starts it again with the probe flags and `extra` (no default budget).
+    pub fn restart_with(&mut self, extra: &[String]) {
+        assert!(self.server.stop().success());
+        let mut args = Self::probe_args(&self.pki, &self.dovecot);
+        args.extend_from_slice(extra);
+        self.server = VaultServer::start(&self.data, &args);
+    }
+
     /// Starts the server again after a test stopped it.
     pub fn restart_after_stop(&mut self) {
-        self.server = VaultServer::start(&self.data, &Self::probe_args(&self.pki, &self.dovecot));
+        self.server = VaultServer::start(&self.data, &Self::default_args(&self.pki, &self.dovecot));
     }
 }

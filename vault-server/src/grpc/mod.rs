@@ -70,16 +70,40 @@ impl AuthCodeVault for VaultService {
         Ok(Response::new(proto::BindResponse { credential: Some(row.into()), probe: Some(probe.into()) }))
     }
 
-    async fn rotate(&self, _: Request<proto::RotateRequest>) -> Result<Response<proto::RotateResponse>, Status> {
-        Err(unimplemented("Rotate"))
+    #[instrument(skip_all, fields(rpc = "Rotate", mailbox, client))]
+    async fn rotate(&self, request: Request<proto::RotateRequest>) -> Result<Response<proto::RotateResponse>, Status> {
+        let req = request.into_inner();
+        let (mailbox, client) = pair(&req.mailbox, &req.client)?;
+        record_pair(&mailbox, &client);
+        let code = AuthCode::new(&req.new_auth_code);
+        let expected = (req.expected_version != 0).then_some(req.expected_version);
+        drop(req);
+        let r = self.vault.rotate(ANONYMOUS, mailbox, client, code, expected).await?;
+        tracing::info!(version = r.row.version, "rotated");
+        Ok(Response::new(proto::RotateResponse {
+            credential: Some(r.row.into()),
+            probe: Some(r.probe.into()),
+            previous_code_probe: r.previous_code_probe.map(Into::into),
+        }))
     }
 
-    async fn revoke(&self, _: Request<proto::RevokeRequest>) -> Result<Response<proto::RevokeResponse>, Status> {
-        Err(unimplemented("Revoke"))
+    #[instrument(skip_all, fields(rpc = "Revoke", mailbox, client))]
+    async fn revoke(&self, request: Request<proto::RevokeRequest>) -> Result<Response<proto::RevokeResponse>, Status> {
+        let req = request.into_inner();
+        let (mailbox, client) = pair(&req.mailbox, &req.client)?;
+        record_pair(&mailbox, &client);
+        let r = self.vault.revoke(ANONYMOUS, mailbox, client, &req.reason).await?;
+        tracing::info!("revoked");
+        Ok(Response::new(proto::RevokeResponse { credential: Some(r.row.into()), probe: r.probe.map(Into::into) }))
     }
 
-    async fn verify(&self, _: Request<proto::VerifyRequest>) -> Result<Response<proto::VerifyResponse>, Status> {
-        Err(unimplemented("Verify"))
+    #[instrument(skip_all, fields(rpc = "Verify", mailbox, client))]
+    async fn verify(&self, request: Request<proto::VerifyRequest>) -> Result<Response<proto::VerifyResponse>, Status> {
+        let req = request.into_inner();
+        let (mailbox, client) = pair(&req.mailbox, &req.client)?;
+        record_pair(&mailbox, &client);
+        let (row, probe) = self.vault.verify(ANONYMOUS, mailbox, client).await?;
+        Ok(Response::new(proto::VerifyResponse { credential: Some(row.into()), probe: Some(probe.into()) }))
     }
 
     #[instrument(skip_all, fields(rpc = "Reveal", mailbox, client))]
@@ -106,6 +130,7 @@ impl AuthCodeVault for VaultService {
     ) -> Result<Response<proto::Credential>, Status> {
         let req = request.into_inner();
         let (mailbox, client) = pair(&req.mailbox, &req.client)?;
+        record_pair(&mailbox, &client);
         Ok(Response::new(self.vault.get(&mailbox, &client)?.into()))
     }
 

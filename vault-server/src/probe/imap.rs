@@ -76,7 +76,15 @@ fn tidy_status(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::tidy_status;
+    use std::sync::{Arc, Mutex};
+
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::{probe, tidy_status};
+    use crate::probe::ProbeOutcome;
+    use crate::provider::Registry;
+    use crate::secret::AuthCode;
 
     #[test]
     fn tidies_async_imap_status_text() {
@@ -86,5 +94,83 @@ mod tests {
         );
         assert_eq!(tidy_status("code: None, info: Some(\"Unsafe Login\")"), "Unsafe Login");
         assert_eq!(tidy_status("plain"), "plain");
+    }
+
+    /// A scripted fake of NetEase's IMAP server (stock Dovecot cannot reproduce it): LOGIN
+    /// always succeeds; EXAMINE is refused as "Unsafe Login" unless the client sent ID first
+    /// (or always, with `refuse_always`). Returns its address and the commands it saw.
+    async fn fake_netease(refuse_always: bool) -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (read, mut write) = stream.into_split();
+            let mut lines = BufReader::new(read).lines();
+            write.write_all(b"* OK Coremail System IMap Server Ready\r\n").await.unwrap();
+            let mut id_seen = false;
+            while let Ok(Some(line)) = lines.next_line().await {
+                let mut parts = line.splitn(3, ' ');
+                let (tag, cmd) =
+                    (parts.next().unwrap_or("*").to_owned(), parts.next().unwrap_or("").to_ascii_uppercase());
+                log.lock().unwrap().push(cmd.clone());
+                let reply = match cmd.as_str() {
+                    "LOGIN" => format!("{tag} OK LOGIN completed\r\n"),
+                    "ID" => {
+                        id_seen = true;
+                        format!("* ID (\"name\" \"Coremail Imap\")\r\n{tag} OK ID completed\r\n")
+                    }
+                    "EXAMINE" if id_seen && !refuse_always => format!(
+                        "* 3 EXISTS\r\n* 0 RECENT\r\n* OK [UIDVALIDITY 1] UIDs valid\r\n* FLAGS (\\Seen)\r\n\
+                         {tag} OK [READ-ONLY] EXAMINE completed\r\n"
+                    ),
+                    "EXAMINE" => format!("{tag} NO EXAMINE Unsafe Login. Please contact kefu@188.com for help\r\n"),
+                    "LOGOUT" => format!("* BYE LOGOUT received\r\n{tag} OK LOGOUT Completed\r\n"),
+                    _ => format!("{tag} BAD unknown command\r\n"),
+                };
+                write.write_all(reply.as_bytes()).await.unwrap();
+                if cmd == "LOGOUT" {
+                    break;
+                }
+            }
+        });
+        (addr, seen)
+    }
+
+    async fn run(domain: &str, refuse_always: bool) -> (super::Step, Vec<String>) {
+        let (addr, seen) = fake_netease(refuse_always).await;
+        let registry = Registry::builtin();
+        let provider = registry.lookup(domain).unwrap();
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let step = probe(stream, provider, "dave@163.com", &AuthCode::new("ABCDEFGH12345678")).await;
+        let seen = seen.lock().unwrap().clone();
+        (step, seen)
+    }
+
+    #[tokio::test]
+    async fn netease_probe_sends_id_before_examine_scripted_fake_imap_server() {
+        let (step, seen) = run("163.com", false).await;
+        assert_eq!(step.outcome, ProbeOutcome::Accepted, "{}", step.text);
+        assert_eq!(seen, ["LOGIN", "ID", "EXAMINE", "LOGOUT"]);
+    }
+
+    #[tokio::test]
+    async fn netease_unsafe_login_is_rejected_with_a_netease_hint_scripted_fake_imap_server() {
+        let (step, seen) = run("126.com", true).await;
+        assert_eq!(step.outcome, ProbeOutcome::Rejected);
+        assert!(step.text.contains("Unsafe Login"), "{}", step.text);
+        let hint = step.hint.expect("NetEase hint");
+        assert!(hint.contains("NetEase 126 Mail") && hint.contains("Unsafe Login"), "{hint}");
+        assert_eq!(seen, ["LOGIN", "ID", "EXAMINE", "LOGOUT"]);
+    }
+
+    #[tokio::test]
+    async fn plain_providers_only_log_in_scripted_fake_imap_server() {
+        // A LOGIN-only probe would call this NetEase account fine: exactly the false positive
+        // that the NetEase steps exist to avoid.
+        let (step, seen) = run("sina.com", true).await;
+        assert_eq!(step.outcome, ProbeOutcome::Accepted);
+        assert_eq!(seen, ["LOGIN", "LOGOUT"]);
     }
 }

@@ -1,0 +1,128 @@
+//! The provider registry from the operator's side: a TOML file, and the SMTP AUTH probe.
+
+use secrecy::{ExposeSecret, SecretString};
+use tonic::Code;
+use tonic_types::StatusExt;
+use vault_client::proto::{self, ProbeOutcome};
+
+use crate::harness::vault::{path_str, run};
+use crate::harness::{ALICE, ALICE_CODE, BOB, BOB_CODE, PASSPHRASE, Stack};
+
+const CAROL: &str = "carol@corp.example";
+const CAROL_CODE: &str = "CANARYcarol00003";
+
+fn write(stack: &Stack, name: &str, text: &str) -> String {
+    let path = stack.data.dir.parent().unwrap().join(name);
+    std::fs::write(&path, text).unwrap();
+    path_str(&path).to_owned()
+}
+
+#[tokio::test]
+async fn a_providers_file_adds_a_provider_whose_hosts_the_probe_uses() {
+    let mut stack = Stack::start();
+    stack.dovecot.set_codes(&[(ALICE, ALICE_CODE), (CAROL, CAROL_CODE)]);
+    let file = write(
+        &stack,
+        "providers.toml",
+        r#"
+[corp]
+name = "Corp Mail"
+domains = ["corp.example"]
+imap = "imap.corp.example:993"
+smtp = "smtp.corp.example:465"
+code_format = { kind = "alphanumeric", len = 16 }
+settings_path = "Settings → Security → Client codes"
+"#,
+    );
+    let mut c = stack.server.client().await;
+    // Without the file the domain is unknown.
+    assert!(matches!(
+        c.bind(CAROL, "sender", SecretString::from(CAROL_CODE)).await,
+        Err(vault_client::Error::InvalidArgument { .. })
+    ));
+
+    stack.restart_with(&["--providers".into(), file]);
+    let mut c = stack.server.client().await;
+    let r = c.bind(CAROL, "sender", SecretString::from(CAROL_CODE)).await.unwrap();
+    assert_eq!(r.credential.unwrap().provider, "corp");
+    assert_eq!(r.probe.unwrap().server, "imap.corp.example:993");
+    let revealed = c.reveal(CAROL, "sender").await.unwrap();
+    assert_eq!(revealed.code.expose_secret(), CAROL_CODE);
+    assert_eq!((revealed.imap_host.as_str(), revealed.smtp_host.as_str()), ("imap.corp.example", "smtp.corp.example"));
+    // The rejected hint names the file's settings path.
+    let status = c
+        .raw()
+        .bind(proto::BindRequest {
+            mailbox: CAROL.into(),
+            client: "other".into(),
+            auth_code: "WRONGwrong123456".into(),
+        })
+        .await
+        .unwrap_err();
+    let hint = &status.get_details_error_info().unwrap().metadata["hint"];
+    assert!(hint.contains("Corp Mail") && hint.contains("Settings → Security → Client codes"), "{hint}");
+}
+
+#[tokio::test]
+async fn smtp_auth_535_is_rejected_with_the_advice_users_need() {
+    let mut stack = Stack::start();
+    // IMAP takes the code, SMTP does not (as when SMTP was left disabled in webmail).
+    stack.dovecot.set_smtp_codes(&[(BOB, BOB_CODE)]);
+    let file = write(&stack, "providers.toml", "[sina]\nsmtp_probe = true\n");
+    stack.restart_with(&["--providers".into(), file]);
+    let mut c = stack.server.client().await;
+
+    let req = proto::BindRequest { mailbox: ALICE.into(), client: "sender".into(), auth_code: ALICE_CODE.into() };
+    let status = c.raw().bind(req).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    let info = status.get_details_error_info().unwrap();
+    assert_eq!(info.reason, "PROBE_REJECTED");
+    assert_eq!(info.metadata["server"], "smtp.sina.com:465");
+    assert!(info.metadata["server_response"].contains("535"), "{:?}", info.metadata);
+    let hint = &info.metadata["hint"];
+    assert!(hint.contains("use the 16-character client auth code, not the login password"), "{hint}");
+    assert!(hint.contains("make sure IMAP/SMTP is enabled"), "{hint}");
+    assert!(matches!(c.get(ALICE, "sender").await, Err(vault_client::Error::NotFound)));
+
+    // Bob's code works on both: the report names both servers.
+    let r = c.bind(BOB, "sender", SecretString::from(BOB_CODE)).await.unwrap();
+    let probe = r.probe.unwrap();
+    assert_eq!(probe.outcome(), ProbeOutcome::Accepted);
+    assert_eq!(probe.server, "imap.sina.com:993, smtp.sina.com:465");
+
+    // The server-wide flag turns SMTP probing on without a file.
+    stack.restart_with(&["--probe-smtp".into()]);
+    let mut c = stack.server.client().await;
+    let err = c.bind(ALICE, "sender", SecretString::from(ALICE_CODE)).await.unwrap_err();
+    assert!(
+        matches!(err, vault_client::Error::ProbeRejected { ref hint } if hint.contains("SMTP AUTH (535)")),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn a_bad_providers_file_stops_start_up_with_one_line_naming_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = crate::harness::vault::DataDir::init(tmp.path(), PASSPHRASE);
+    let file = tmp.path().join("providers.toml");
+    std::fs::write(&file, "[corp]\nname = \"Corp\"\n").unwrap();
+    let out = run(
+        &[
+            "serve",
+            "--data-dir",
+            path_str(&data.dir),
+            "--passphrase-file",
+            path_str(&data.passphrase_file),
+            "--listen",
+            "127.0.0.1:0",
+            "--providers",
+            path_str(&file),
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.contains("error")).collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(lines[0].contains(path_str(&file)) && lines[0].contains("needs `domains`"), "{}", lines[0]);
+}
