@@ -11,8 +11,8 @@ fn code(s: &str) -> SecretString {
     SecretString::from(s)
 }
 
-async fn raw_bind(server: &VaultServer, mailbox: &str, client: &str, auth_code: &str) -> tonic::Status {
-    let mut c = server.client().await;
+async fn raw_bind(server: &VaultServer, token: &str, mailbox: &str, client: &str, auth_code: &str) -> tonic::Status {
+    let mut c = server.client_with(Some(token)).await;
     let req = proto::BindRequest { mailbox: mailbox.into(), client: client.into(), auth_code: auth_code.into() };
     c.raw().bind(req).await.expect_err("bind should fail")
 }
@@ -20,7 +20,7 @@ async fn raw_bind(server: &VaultServer, mailbox: &str, client: &str, auth_code: 
 #[tokio::test]
 async fn bind_with_the_right_code_then_reveal_returns_it_also_after_restart() {
     let mut stack = Stack::start();
-    let mut c = stack.server.client().await;
+    let mut c = stack.admin().await;
     // Mixed case and spaces are canonicalised/stripped.
     let resp = c.bind(" Alice@Sina.com ", "Sender", code("CANA RYal ice0 0001")).await.unwrap();
     let cred = resp.credential.unwrap();
@@ -32,19 +32,19 @@ async fn bind_with_the_right_code_then_reveal_returns_it_also_after_restart() {
     assert_eq!(probe.server, "imap.sina.com:993");
     stack.dovecot.wait_for_log(&format!("Login: user=<{ALICE}>"));
 
-    let revealed = c.reveal(ALICE, "sender").await.unwrap();
+    let revealed = stack.as_client("sender").await.reveal(ALICE, "sender").await.unwrap();
     assert_eq!(revealed.code.expose_secret(), ALICE_CODE);
     assert_eq!(revealed.version, 1);
     assert_eq!((revealed.imap_host.as_str(), revealed.imap_port), ("imap.sina.com", 993));
     assert_eq!((revealed.smtp_host.as_str(), revealed.smtp_port), ("smtp.sina.com", 465));
 
     // A second Bind of the active pair is refused before any probe.
-    let err = raw_bind(&stack.server, ALICE, "sender", ALICE_CODE).await;
+    let err = raw_bind(&stack.server, &stack.admin_token, ALICE, "sender", ALICE_CODE).await;
     assert_eq!(err.code(), Code::AlreadyExists);
 
     stack.restart_server();
-    let mut c = stack.server.client().await;
-    let revealed = c.reveal("ALICE@sina.com", "SENDER").await.unwrap();
+    let mut c = stack.admin().await;
+    let revealed = stack.as_client("SENDER").await.reveal("ALICE@sina.com", "SENDER").await.unwrap();
     assert_eq!(revealed.code.expose_secret(), ALICE_CODE);
     let cred = c.get(ALICE, "sender").await.unwrap();
     assert_eq!(cred.last_probe_outcome(), ProbeOutcome::Accepted);
@@ -54,7 +54,7 @@ async fn bind_with_the_right_code_then_reveal_returns_it_also_after_restart() {
 #[tokio::test]
 async fn bind_with_a_wrong_code_is_probe_rejected_and_stores_nothing() {
     let stack = Stack::start();
-    let status = raw_bind(&stack.server, ALICE, "sender", "WRONGwrong123456").await;
+    let status = raw_bind(&stack.server, &stack.admin_token, ALICE, "sender", "WRONGwrong123456").await;
     assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
     let info = status.get_details_error_info().expect("ErrorInfo");
     assert_eq!(info.reason, "PROBE_REJECTED");
@@ -64,9 +64,12 @@ async fn bind_with_a_wrong_code_is_probe_rejected_and_stores_nothing() {
     assert!(info.metadata["hint"].contains("not the login password"), "{:?}", info.metadata);
     assert!(!status.message().contains("WRONGwrong"));
 
-    let mut c = stack.server.client().await;
+    let mut c = stack.admin().await;
     assert!(matches!(c.get(ALICE, "sender").await, Err(vault_client::Error::NotFound)));
-    assert!(matches!(c.reveal(ALICE, "sender").await, Err(vault_client::Error::NotFound)));
+    assert!(matches!(
+        stack.as_client("sender").await.reveal(ALICE, "sender").await,
+        Err(vault_client::Error::NotFound)
+    ));
     let err = c.bind(ALICE, "sender", code("WRONGwrong123456")).await.unwrap_err();
     assert!(
         matches!(err, vault_client::Error::ProbeRejected { ref hint } if hint.contains("client auth code")),
@@ -78,7 +81,7 @@ async fn bind_with_a_wrong_code_is_probe_rejected_and_stores_nothing() {
 async fn bind_with_a_code_of_the_wrong_format_is_invalid_and_never_reaches_the_server() {
     let stack = Stack::start();
     for bad in ["myLoginPassword", "abcd1234efgh567!", "abcd1234efgh56789"] {
-        let status = raw_bind(&stack.server, "short@sina.com", "sender", bad).await;
+        let status = raw_bind(&stack.server, &stack.admin_token, "short@sina.com", "sender", bad).await;
         assert_eq!(status.code(), Code::InvalidArgument, "{bad}: {status:?}");
         let br = status.get_details_bad_request().expect("BadRequest");
         assert_eq!(br.field_violations[0].field, "auth_code");
@@ -86,7 +89,7 @@ async fn bind_with_a_code_of_the_wrong_format_is_invalid_and_never_reaches_the_s
         assert!(!status.message().contains(bad));
     }
     // A login Dovecot does see, to know its log is current before checking what it did not see.
-    let mut c = stack.server.client().await;
+    let mut c = stack.admin().await;
     c.bind(BOB, "sender", code(crate::harness::BOB_CODE)).await.unwrap();
     stack.dovecot.wait_for_log(&format!("Login: user=<{BOB}>"));
     let log = stack.dovecot.log();
@@ -105,12 +108,12 @@ async fn malformed_identifiers_and_unknown_domains_are_invalid_arguments() {
         ("alice@sina.com", "", "client"),
         ("alice@example.org", "sender", "mailbox"),
     ] {
-        let status = raw_bind(&stack.server, mailbox, client, ALICE_CODE).await;
+        let status = raw_bind(&stack.server, &stack.admin_token, mailbox, client, ALICE_CODE).await;
         assert_eq!(status.code(), Code::InvalidArgument, "{mailbox} {client}");
         let br = status.get_details_bad_request().expect("BadRequest");
         assert_eq!(br.field_violations[0].field, field);
     }
-    let status = raw_bind(&stack.server, "alice@example.org", "sender", ALICE_CODE).await;
+    let status = raw_bind(&stack.server, &stack.admin_token, "alice@example.org", "sender", ALICE_CODE).await;
     assert!(status.message().contains("--providers"), "{}", status.message());
 }
 
@@ -118,10 +121,10 @@ async fn malformed_identifiers_and_unknown_domains_are_invalid_arguments() {
 async fn bind_when_the_server_is_unreachable_is_unavailable_and_stores_nothing() {
     let mut stack = Stack::start();
     stack.dovecot.stop();
-    let status = raw_bind(&stack.server, ALICE, "sender", ALICE_CODE).await;
+    let status = raw_bind(&stack.server, &stack.admin_token, ALICE, "sender", ALICE_CODE).await;
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert_eq!(status.get_details_error_info().unwrap().reason, "PROBE_UNREACHABLE");
-    let mut c = stack.server.client().await;
+    let mut c = stack.admin().await;
     assert!(matches!(c.get(ALICE, "sender").await, Err(vault_client::Error::NotFound)));
 }
 
@@ -132,7 +135,7 @@ async fn a_certificate_for_another_name_is_tls_failed() {
     let mut args = Stack::default_args(&stack.pki, &stack.dovecot);
     args.extend(["--probe-resolve".into(), format!("imap.vip.sina.com:993={}", stack.dovecot.imaps)]);
     let server = VaultServer::start(&stack.data, &args);
-    let status = raw_bind(&server, "carol@vip.sina.com", "sender", ALICE_CODE).await;
+    let status = raw_bind(&server, &stack.admin_token, "carol@vip.sina.com", "sender", ALICE_CODE).await;
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     let info = status.get_details_error_info().unwrap();
     assert_eq!(info.reason, "PROBE_TLS_FAILED");

@@ -97,6 +97,9 @@ fn serve_dev_initialises_once_and_answers_health_and_reflection() {
     let args: Vec<String> = ["serve", "--dev", "--listen", "127.0.0.1:0"].iter().map(|s| (*s).to_owned()).collect();
     let mut server = VaultServer::spawn(&args, Some(tmp.path())).expect("dev server starts");
     let pf = tmp.path().join("vault-dev/passphrase");
+    let token_lines: Vec<String> =
+        server.log().lines().filter(|l| l.starts_with("admin token (shown once): avt_")).map(str::to_owned).collect();
+    assert_eq!(token_lines.len(), 1, "{}", server.log());
     assert_eq!(std::fs::metadata(&pf).unwrap().permissions().mode() & 0o777, 0o600);
     assert!(tmp.path().join("vault-dev/vault.db").exists());
     let health = grpcurl::run(&server, &["grpc.health.v1.Health/Check"]);
@@ -110,6 +113,7 @@ fn serve_dev_initialises_once_and_answers_health_and_reflection() {
     let mut again = VaultServer::spawn(&args, Some(tmp.path())).expect("dev server restarts");
     assert_eq!(std::fs::read(&pf).unwrap(), passphrase);
     assert!(!again.log().contains("initialised a new vault"));
+    assert!(!again.log().contains("avt_"), "the admin token is printed once only");
     assert!(again.stop().success());
     let _ = BIN;
 }

@@ -41,13 +41,15 @@ fn grpcurl_lists_by_reflection_and_calls_bind_and_reveal() {
     let health = grpcurl::run(s, &["grpc.health.v1.Health/Check"]);
     assert!(health.contains("\"SERVING\""), "{health}");
 
+    let admin = format!("authorization: Bearer {}", stack.admin_token);
+    let thunderbird = format!("authorization: Bearer {}", stack.client_token("thunderbird"));
     let bind = format!(r#"{{"mailbox":"{ALICE}","client":"thunderbird","auth_code":"{ALICE_CODE}"}}"#);
-    let out = grpcurl::call(s, &["-d", &bind], &["vault.v1.AuthCodeVault/Bind"]);
+    let out = grpcurl::call(s, &["-H", &admin, "-d", &bind], &["vault.v1.AuthCodeVault/Bind"]);
     assert!(out.contains("\"PROBE_OUTCOME_ACCEPTED\"") && out.contains("\"CREDENTIAL_STATE_ACTIVE\""), "{out}");
     assert!(!out.contains(ALICE_CODE), "Bind echoed the code:\n{out}");
 
     let pair = format!(r#"{{"mailbox":"{ALICE}","client":"thunderbird"}}"#);
-    let out = grpcurl::call(s, &["-d", &pair], &["vault.v1.AuthCodeVault/Reveal"]);
+    let out = grpcurl::call(s, &["-H", &thunderbird, "-d", &pair], &["vault.v1.AuthCodeVault/Reveal"]);
     assert!(out.contains(&format!("\"authCode\": \"{ALICE_CODE}\"")), "{out}");
     assert!(out.contains("\"imapHost\": \"imap.sina.com\""), "{out}");
 
@@ -55,24 +57,31 @@ fn grpcurl_lists_by_reflection_and_calls_bind_and_reveal() {
     let rotate = format!(
         r#"{{"mailbox":"{ALICE}","client":"thunderbird","new_auth_code":"{ALICE_CODE}","expected_version":1}}"#
     );
-    let out = grpcurl::call(s, &["-d", &rotate], &["vault.v1.AuthCodeVault/Rotate"]);
+    let out = grpcurl::call(s, &["-H", &admin, "-d", &rotate], &["vault.v1.AuthCodeVault/Rotate"]);
     assert!(out.contains("\"version\": \"2\"") && out.contains("previousCodeProbe"), "{out}");
-    let out = grpcurl::call(s, &["-d", &pair], &["vault.v1.AuthCodeVault/Verify"]);
+    let out = grpcurl::call(s, &["-H", &admin, "-d", &pair], &["vault.v1.AuthCodeVault/Verify"]);
     assert!(out.contains("PROBE_OUTCOME_ACCEPTED"), "{out}");
-    let out = grpcurl::call(s, &["-d", &pair], &["vault.v1.AuthCodeVault/GetCredential"]);
+    let out = grpcurl::call(s, &["-H", &admin, "-d", &pair], &["vault.v1.AuthCodeVault/GetCredential"]);
     assert!(out.contains("\"provider\": \"sina\""), "{out}");
-    let out = grpcurl::call(s, &["-d", r#"{"include_revoked":true}"#], &["vault.v1.AuthCodeVault/ListCredentials"]);
+    let out = grpcurl::call(
+        s,
+        &["-H", &admin, "-d", r#"{"include_revoked":true}"#],
+        &["vault.v1.AuthCodeVault/ListCredentials"],
+    );
     assert!(out.contains("thunderbird") && !out.contains(ALICE_CODE), "{out}");
     let revoke = format!(r#"{{"mailbox":"{ALICE}","client":"thunderbird","reason":"left the team"}}"#);
-    let out = grpcurl::call(s, &["-d", &revoke], &["vault.v1.AuthCodeVault/Revoke"]);
+    let out = grpcurl::call(s, &["-H", &admin, "-d", &revoke], &["vault.v1.AuthCodeVault/Revoke"]);
     assert!(out.contains("CREDENTIAL_STATE_REVOKED") && out.contains("left the team"), "{out}");
-    let out = grpcurl::output(s, &["-d", &pair], &["vault.v1.AuthCodeVault/Reveal"]);
+    let out = grpcurl::output(s, &["-H", &thunderbird, "-d", &pair], &["vault.v1.AuthCodeVault/Reveal"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("FailedPrecondition"));
 
     // Errors come back as gRPC statuses grpcurl can show.
     let short = format!(r#"{{"mailbox":"{ALICE}","client":"thunderbird","auth_code":"hunter2"}}"#);
-    let out = grpcurl::output(s, &["-d", &short], &["vault.v1.AuthCodeVault/Bind"]);
+    let out = grpcurl::output(s, &["-H", &admin, "-d", &short], &["vault.v1.AuthCodeVault/Bind"]);
     assert!(!out.status.success());
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(text.contains("InvalidArgument") && text.contains("login password") && !text.contains("hunter2"), "{text}");
+    // Without a token the vault answers Unauthenticated; list and describe above needed none.
+    let out = grpcurl::output(s, &["-d", &bind], &["vault.v1.AuthCodeVault/Bind"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Unauthenticated"));
 }

@@ -21,7 +21,7 @@ fn rotate_req(new: &str, expected_version: u64) -> proto::RotateRequest {
 #[tokio::test]
 async fn rotate_swaps_the_code_and_reports_that_the_old_one_still_works() {
     let stack = Stack::start();
-    let mut c = stack.server.client().await;
+    let mut c = stack.admin().await;
     c.bind(ALICE, "sender", code(ALICE_CODE)).await.unwrap();
     // In webmail the user made a new code; the old one was not deleted yet.
     stack.dovecot.set_codes(&[(ALICE, ALICE_NEW), (BOB, BOB_CODE)]);
@@ -35,7 +35,7 @@ async fn rotate_swaps_the_code_and_reports_that_the_old_one_still_works() {
     let prev = r.previous_code_probe.expect("old code probed");
     assert_eq!(prev.outcome(), ProbeOutcome::Accepted);
     assert!(prev.hint.contains("Delete it in webmail") && prev.hint.contains("Client POP/IMAP/SMTP"), "{}", prev.hint);
-    let revealed = c.reveal(ALICE, "sender").await.unwrap();
+    let revealed = stack.as_client("sender").await.reveal(ALICE, "sender").await.unwrap();
     assert_eq!((revealed.code.expose_secret(), revealed.version), (ALICE_NEW, 2));
 
     // Once the old code is deleted upstream, the next rotate says so.
@@ -51,7 +51,7 @@ async fn rotate_swaps_the_code_and_reports_that_the_old_one_still_works() {
 #[tokio::test]
 async fn a_failed_rotate_changes_nothing_and_the_old_code_keeps_working() {
     let stack = Stack::start();
-    let mut c = stack.server.client().await;
+    let mut c = stack.admin().await;
     c.bind(ALICE, "sender", code(ALICE_CODE)).await.unwrap();
 
     let status = c.raw().rotate(rotate_req("WRONGwrong123456", 1)).await.unwrap_err();
@@ -60,7 +60,7 @@ async fn a_failed_rotate_changes_nothing_and_the_old_code_keeps_working() {
     let status = c.raw().rotate(rotate_req("too short", 1)).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
 
-    let revealed = c.reveal(ALICE, "sender").await.unwrap();
+    let revealed = stack.as_client("sender").await.reveal(ALICE, "sender").await.unwrap();
     assert_eq!((revealed.code.expose_secret(), revealed.version), (ALICE_CODE, 1));
     let v = c.raw().verify(proto::VerifyRequest { mailbox: ALICE.into(), client: "sender".into() }).await.unwrap();
     assert_eq!(v.into_inner().probe.unwrap().outcome(), ProbeOutcome::Accepted);
@@ -69,7 +69,7 @@ async fn a_failed_rotate_changes_nothing_and_the_old_code_keeps_working() {
 #[tokio::test]
 async fn rotate_with_a_stale_version_is_aborted_before_any_probe() {
     let stack = Stack::start();
-    let mut c = stack.server.client().await;
+    let mut c = stack.admin().await;
     c.bind(ALICE, "sender", code(ALICE_CODE)).await.unwrap();
     stack.dovecot.wait_for_log(&format!("Login: user=<{ALICE}>"));
     let logins = stack.dovecot.log().matches("Login: user=").count();
@@ -86,7 +86,7 @@ async fn rotate_with_a_stale_version_is_aborted_before_any_probe() {
 #[tokio::test]
 async fn revoke_commits_while_the_provider_is_down_and_the_pair_can_be_bound_again() {
     let mut stack = Stack::start();
-    let mut c = stack.server.client().await;
+    let mut c = stack.admin().await;
     c.bind(ALICE, "sender", code(ALICE_CODE)).await.unwrap();
     c.bind(ALICE, "foxmail", code(ALICE_CODE)).await.unwrap();
     stack.dovecot.stop();
@@ -102,11 +102,19 @@ async fn revoke_commits_while_the_provider_is_down_and_the_pair_can_be_bound_aga
     assert!(probe.hint.contains("delete it there"), "{}", probe.hint);
 
     // The tombstone answers Reveal with FAILED_PRECONDITION; the other client is untouched.
-    let status =
-        c.raw().reveal(proto::RevealRequest { mailbox: ALICE.into(), client: "sender".into() }).await.unwrap_err();
+    let status = stack
+        .as_client("sender")
+        .await
+        .raw()
+        .reveal(proto::RevealRequest { mailbox: ALICE.into(), client: "sender".into() })
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition);
-    assert!(matches!(c.reveal(ALICE, "sender").await, Err(vault_client::Error::Revoked)));
-    assert_eq!(c.reveal(ALICE, "foxmail").await.unwrap().code.expose_secret(), ALICE_CODE);
+    assert!(matches!(stack.as_client("sender").await.reveal(ALICE, "sender").await, Err(vault_client::Error::Revoked)));
+    assert_eq!(
+        stack.as_client("foxmail").await.reveal(ALICE, "foxmail").await.unwrap().code.expose_secret(),
+        ALICE_CODE
+    );
     // Revoking twice is refused; the tombstone stays.
     assert_eq!(c.raw().revoke(req).await.unwrap_err().code(), Code::FailedPrecondition);
 
@@ -114,13 +122,13 @@ async fn revoke_commits_while_the_provider_is_down_and_the_pair_can_be_bound_aga
     let r = c.bind(ALICE, "sender", code(ALICE_CODE)).await.unwrap();
     let cred = r.credential.unwrap();
     assert_eq!((cred.state(), cred.version), (CredentialState::Active, 1));
-    assert_eq!(c.reveal(ALICE, "sender").await.unwrap().code.expose_secret(), ALICE_CODE);
+    assert_eq!(stack.as_client("sender").await.reveal(ALICE, "sender").await.unwrap().code.expose_secret(), ALICE_CODE);
 }
 
 #[tokio::test]
 async fn revoke_says_when_the_provider_still_accepts_the_destroyed_code() {
     let stack = Stack::start();
-    let mut c = stack.server.client().await;
+    let mut c = stack.admin().await;
     c.bind(ALICE, "sender", code(ALICE_CODE)).await.unwrap();
     let probe = c.revoke(ALICE, "sender", "").await.unwrap().probe.unwrap();
     assert_eq!(probe.outcome(), ProbeOutcome::Accepted);
@@ -130,7 +138,7 @@ async fn revoke_says_when_the_provider_still_accepts_the_destroyed_code() {
 #[tokio::test]
 async fn verify_records_a_code_that_stopped_working_and_keeps_it() {
     let stack = Stack::start();
-    let mut c = stack.server.client().await;
+    let mut c = stack.admin().await;
     c.bind(ALICE, "sender", code(ALICE_CODE)).await.unwrap();
     // The user changed the password in webmail: every client code died.
     stack.dovecot.set_codes(&[(ALICE, "SOMETHINGelse123")]);
@@ -143,13 +151,13 @@ async fn verify_records_a_code_that_stopped_working_and_keeps_it() {
     let got = c.get(ALICE, "sender").await.unwrap();
     assert_eq!(got.last_probe_outcome(), ProbeOutcome::Rejected);
     assert!(got.last_verified_at.unwrap().seconds >= got.created_at.unwrap().seconds);
-    assert_eq!(c.reveal(ALICE, "sender").await.unwrap().code.expose_secret(), ALICE_CODE);
+    assert_eq!(stack.as_client("sender").await.reveal(ALICE, "sender").await.unwrap().code.expose_secret(), ALICE_CODE);
 }
 
 #[tokio::test]
 async fn concurrent_binds_and_rotates_of_one_pair_are_serialised() {
     let stack = Stack::start();
-    let (mut a, mut b) = (stack.server.client().await, stack.server.client().await);
+    let (mut a, mut b) = (stack.admin().await, stack.admin().await);
     let (r1, r2) = tokio::join!(a.bind(ALICE, "sender", code(ALICE_CODE)), b.bind(ALICE, "sender", code(ALICE_CODE)));
     let (ok, exists): (Vec<_>, Vec<_>) = [r1, r2].into_iter().partition(Result::is_ok);
     assert_eq!(ok.len(), 1);
@@ -167,7 +175,7 @@ async fn concurrent_binds_and_rotates_of_one_pair_are_serialised() {
 async fn the_probe_budget_refuses_without_touching_the_network_and_cheap_checks_are_free() {
     let mut stack = Stack::start();
     stack.restart_with(&["--probe-burst".into(), "2".into(), "--probe-per-hour".into(), "1".into()]);
-    let mut c = stack.server.client().await;
+    let mut c = stack.admin().await;
     // Format errors cost nothing.
     for _ in 0..5 {
         assert!(matches!(
@@ -197,7 +205,7 @@ async fn the_probe_budget_refuses_without_touching_the_network_and_cheap_checks_
 #[tokio::test]
 async fn list_credentials_pages_filters_and_never_shows_a_code() {
     let stack = Stack::start();
-    let mut c = stack.server.client().await;
+    let mut c = stack.admin().await;
     for (mailbox, client, secret) in
         [(ALICE, "sender", ALICE_CODE), (ALICE, "foxmail", ALICE_CODE), (BOB, "sender", BOB_CODE)]
     {

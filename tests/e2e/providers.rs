@@ -34,7 +34,7 @@ code_format = { kind = "alphanumeric", len = 16 }
 settings_path = "Settings → Security → Client codes"
 "#,
     );
-    let mut c = stack.server.client().await;
+    let mut c = stack.admin().await;
     // Without the file the domain is unknown.
     assert!(matches!(
         c.bind(CAROL, "sender", SecretString::from(CAROL_CODE)).await,
@@ -42,11 +42,11 @@ settings_path = "Settings → Security → Client codes"
     ));
 
     stack.restart_with(&["--providers".into(), file]);
-    let mut c = stack.server.client().await;
+    let mut c = stack.admin().await;
     let r = c.bind(CAROL, "sender", SecretString::from(CAROL_CODE)).await.unwrap();
     assert_eq!(r.credential.unwrap().provider, "corp");
     assert_eq!(r.probe.unwrap().server, "imap.corp.example:993");
-    let revealed = c.reveal(CAROL, "sender").await.unwrap();
+    let revealed = stack.as_client("sender").await.reveal(CAROL, "sender").await.unwrap();
     assert_eq!(revealed.code.expose_secret(), CAROL_CODE);
     assert_eq!((revealed.imap_host.as_str(), revealed.smtp_host.as_str()), ("imap.corp.example", "smtp.corp.example"));
     // The rejected hint names the file's settings path.
@@ -70,7 +70,7 @@ async fn smtp_auth_535_is_rejected_with_the_advice_users_need() {
     stack.dovecot.set_smtp_codes(&[(BOB, BOB_CODE)]);
     let file = write(&stack, "providers.toml", "[sina]\nsmtp_probe = true\n");
     stack.restart_with(&["--providers".into(), file]);
-    let mut c = stack.server.client().await;
+    let mut c = stack.admin().await;
 
     let req = proto::BindRequest { mailbox: ALICE.into(), client: "sender".into(), auth_code: ALICE_CODE.into() };
     let status = c.raw().bind(req).await.unwrap_err();
@@ -92,7 +92,7 @@ async fn smtp_auth_535_is_rejected_with_the_advice_users_need() {
 
     // The server-wide flag turns SMTP probing on without a file.
     stack.restart_with(&["--probe-smtp".into()]);
-    let mut c = stack.server.client().await;
+    let mut c = stack.admin().await;
     let err = c.bind(ALICE, "sender", SecretString::from(ALICE_CODE)).await.unwrap_err();
     assert!(
         matches!(err, vault_client::Error::ProbeRejected { ref hint } if hint.contains("SMTP AUTH (535)")),

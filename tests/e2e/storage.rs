@@ -20,10 +20,10 @@ fn contains(haystack: &[u8], needle: &str) -> bool {
 #[tokio::test]
 async fn database_wal_and_shm_hold_neither_code_nor_passphrase() {
     let mut stack = Stack::start();
-    let mut c = stack.server.client().await;
+    let mut c = stack.admin().await;
     c.bind(ALICE, "sender", SecretString::from(ALICE_CODE)).await.unwrap();
     c.bind(BOB, "sender", SecretString::from(BOB_CODE)).await.unwrap();
-    c.reveal(ALICE, "sender").await.unwrap();
+    stack.as_client("sender").await.reveal(ALICE, "sender").await.unwrap();
     // Check while running (data in the WAL) and after a graceful stop (checkpointed).
     let running = files_of(&stack);
     assert!(running.iter().any(|(n, _)| n == "vault.db-wal"), "expected a WAL while running");
@@ -42,7 +42,7 @@ async fn database_wal_and_shm_hold_neither_code_nor_passphrase() {
 #[tokio::test]
 async fn a_ciphertext_copied_onto_another_row_is_data_loss_never_the_other_code() {
     let mut stack = Stack::start();
-    let mut c = stack.server.client().await;
+    let mut c = stack.admin().await;
     c.bind(ALICE, "sender", SecretString::from(ALICE_CODE)).await.unwrap();
     c.bind(BOB, "sender", SecretString::from(BOB_CODE)).await.unwrap();
     assert_eq!(stack.server.stop().code(), Some(0));
@@ -59,13 +59,12 @@ async fn a_ciphertext_copied_onto_another_row_is_data_loss_never_the_other_code(
     drop(db);
 
     stack.restart_after_stop();
-    let mut raw = stack.server.client().await;
     let req = proto::RevealRequest { mailbox: BOB.into(), client: "sender".into() };
-    let status = raw.raw().reveal(req).await.expect_err("tampered row must not reveal");
+    let status = stack.as_client("sender").await.raw().reveal(req).await.expect_err("tampered row must not reveal");
     assert_eq!(status.code(), Code::DataLoss, "{status:?}");
     assert!(!status.message().contains("CANARY"));
     // The untouched row still opens.
-    let alice = raw.reveal(ALICE, "sender").await.unwrap();
+    let alice = stack.as_client("sender").await.reveal(ALICE, "sender").await.unwrap();
     assert_eq!(secrecy::ExposeSecret::expose_secret(&alice.code), ALICE_CODE);
     assert!(!stack.server.log().contains("CANARY"));
 }

@@ -6,7 +6,9 @@
 //! ```no_run
 //! # async fn demo() -> Result<(), vault_client::Error> {
 //! use secrecy::{ExposeSecret, SecretString};
-//! let mut vault = vault_client::VaultClient::connect("http://127.0.0.1:50051").await?;
+//! use vault_client::{ConnectOptions, VaultClient};
+//! let token = SecretString::from(std::env::var("VAULT_TOKEN").unwrap_or_default());
+//! let mut vault = VaultClient::connect("http://127.0.0.1:50051", ConnectOptions::with_token(token)).await?;
 //! vault.bind("alice@sina.com", "sender", SecretString::from("abcd1234efgh5678")).await?;
 //! let revealed = vault.reveal("alice@sina.com", "sender").await?;
 //! println!("log in to {}:{}", revealed.imap_host, revealed.imap_port);
@@ -14,16 +16,22 @@
 //! # Ok(()) }
 //! ```
 
+mod connect;
 mod error;
 pub mod proto;
 
+pub use connect::{ConnectOptions, TlsOptions};
 pub use error::Error;
 pub use secrecy::SecretString;
 
 use secrecy::ExposeSecret;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
+use connect::BearerToken;
 use proto::auth_code_vault_client::AuthCodeVaultClient;
+
+type Inner = AuthCodeVaultClient<InterceptedService<Channel, BearerToken>>;
 
 /// A revealed code and where to use it.
 #[derive(Debug)]
@@ -45,21 +53,19 @@ pub struct Revealed {
 /// A connection to the vault.
 #[derive(Debug, Clone)]
 pub struct VaultClient {
-    inner: AuthCodeVaultClient<Channel>,
+    inner: Inner,
 }
 
 impl VaultClient {
-    /// Connects to `endpoint`, e.g. `http://127.0.0.1:50051`.
-    pub async fn connect(endpoint: impl Into<String>) -> Result<Self, Error> {
-        let channel = Channel::from_shared(endpoint.into())
-            .map_err(|e| Error::InvalidArgument { message: format!("bad endpoint: {e}") })?
-            .connect()
-            .await?;
-        Ok(Self { inner: AuthCodeVaultClient::new(channel) })
+    /// Connects to `endpoint` (`http://...` or, with [`TlsOptions`], `https://...`). The token,
+    /// if any, is sent as `authorization: Bearer ...` on every call.
+    pub async fn connect(endpoint: impl Into<String>, options: ConnectOptions) -> Result<Self, Error> {
+        let (channel, token) = options.channel(endpoint.into()).await?;
+        Ok(Self { inner: AuthCodeVaultClient::with_interceptor(channel, token) })
     }
 
-    /// The generated client, for calls this wrapper does not cover.
-    pub fn raw(&mut self) -> &mut AuthCodeVaultClient<Channel> {
+    /// The generated client (with the token attached), for calls this wrapper does not cover.
+    pub fn raw(&mut self) -> &mut Inner {
         &mut self.inner
     }
 

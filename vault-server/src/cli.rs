@@ -27,6 +27,43 @@ pub enum Command {
     Init(InitArgs),
     /// Unlock a data dir and serve the gRPC API.
     Serve(ServeArgs),
+    /// Manage caller tokens.
+    Token(TokenArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    #[command(subcommand)]
+    pub command: TokenCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Mint a token and print it alone on stdout, once. Needs the passphrase.
+    Create {
+        #[arg(long, env = "VAULT_DATA_DIR", value_name = "DIR")]
+        data_dir: PathBuf,
+        #[command(flatten)]
+        passphrase: PassphraseArgs,
+        /// An admin token: every RPC except Reveal.
+        #[arg(long, conflicts_with = "client", required_unless_present = "client")]
+        admin: bool,
+        /// A client token: Reveal and GetCredential for this client id's pairs only.
+        #[arg(long, value_name = "ID")]
+        client: Option<String>,
+    },
+    /// List tokens: id, role, created, last used (Unix seconds), state. Never the tokens.
+    List {
+        #[arg(long, env = "VAULT_DATA_DIR", value_name = "DIR")]
+        data_dir: PathBuf,
+    },
+    /// Revoke a token by id; a running server refuses it within a second.
+    Revoke {
+        #[arg(long, env = "VAULT_DATA_DIR", value_name = "DIR")]
+        data_dir: PathBuf,
+        /// The token id, as `token list` shows it (tk_...).
+        id: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -65,9 +102,22 @@ pub struct ServeArgs {
     #[arg(long, env = "VAULT_LISTEN", default_value = "127.0.0.1:50051", value_name = "ADDR:PORT")]
     pub listen: SocketAddr,
 
-    /// Serve plaintext gRPC on a non-loopback address. Without it, only loopback is allowed.
+    /// Serve plaintext gRPC on a non-loopback address. Without it (and without TLS), only
+    /// loopback is allowed.
     #[arg(long, env = "VAULT_ALLOW_PLAINTEXT")]
     pub allow_plaintext: bool,
+
+    /// PEM certificate chain for TLS on the gRPC listener.
+    #[arg(long, env = "VAULT_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "VAULT_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA: require every client to present a certificate it signed (mTLS).
+    #[arg(long, env = "VAULT_TLS_CLIENT_CA", value_name = "FILE", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
 
     /// TOML file that adds providers or overrides fields of the built-in ones (see README).
     #[arg(long, env = "VAULT_PROVIDERS", value_name = "FILE")]

@@ -3,6 +3,8 @@
 //! A request flows handler ([`grpc`]) → domain service ([`vault`]) → provider registry
 //! ([`provider`]) and login probe ([`probe`]) → encrypted store ([`crypto`], [`store`]).
 
+/// Caller tokens, roles and the authentication interceptor.
+pub mod auth;
 /// The command line.
 pub mod cli;
 /// Envelope encryption: Argon2id KEK, DEK keyring, XChaCha20-Poly1305 codes.
@@ -11,6 +13,8 @@ pub mod crypto;
 pub mod datadir;
 /// gRPC handlers and the error-to-Status mapping.
 pub mod grpc;
+/// Process hygiene (no core dumps).
+pub mod hygiene;
 /// Canonical mailbox and client identifiers.
 pub mod ids;
 /// Login probes against providers' IMAP servers.

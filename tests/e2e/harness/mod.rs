@@ -24,6 +24,8 @@ pub struct Stack {
     pub dovecot: Dovecot,
     pub data: DataDir,
     pub server: VaultServer,
+    pub admin_token: String,
+    client_tokens: std::sync::Mutex<std::collections::HashMap<String, String>>,
 }
 
 impl Stack {
@@ -37,7 +39,24 @@ impl Stack {
         let dovecot = Dovecot::start(tmp.path(), &pki, &[(ALICE, ALICE_CODE), (BOB, BOB_CODE)]);
         let data = DataDir::init(tmp.path(), PASSPHRASE);
         let server = VaultServer::start(&data, &Self::default_args(&pki, &dovecot));
-        Self { _tmp: tmp, pki, dovecot, data, server }
+        let admin_token = data.mint_token(&["--admin"]);
+        Self { _tmp: tmp, pki, dovecot, data, server, admin_token, client_tokens: Default::default() }
+    }
+
+    /// A vault-client with the admin token.
+    pub async fn admin(&self) -> vault_client::VaultClient {
+        self.server.client_with(Some(&self.admin_token)).await
+    }
+
+    /// The token of client `id`, minted on first use.
+    pub fn client_token(&self, id: &str) -> String {
+        let mut tokens = self.client_tokens.lock().unwrap();
+        tokens.entry(id.to_owned()).or_insert_with(|| self.data.mint_token(&["--client", id])).clone()
+    }
+
+    /// A vault-client with client `id`'s token (for Reveal).
+    pub async fn as_client(&self, id: &str) -> vault_client::VaultClient {
+        self.server.client_with(Some(&self.client_token(id))).await
     }
 
     /// The probe flags plus a large probe budget: tests probe one mailbox many times, and the

@@ -31,6 +31,18 @@ impl DataDir {
     pub fn db(&self) -> PathBuf {
         self.dir.join("vault.db")
     }
+
+    /// `vault-server token create` with `role` (`["--admin"]` or `["--client", ID]`); the token.
+    pub fn mint_token(&self, role: &[&str]) -> String {
+        let mut args = vec!["token", "create", "--data-dir", path_str(&self.dir), "--passphrase-file"];
+        args.push(path_str(&self.passphrase_file));
+        args.extend_from_slice(role);
+        let out = run(&args, &[]);
+        assert!(out.status.success(), "token create failed: {}", String::from_utf8_lossy(&out.stderr));
+        let stdout = String::from_utf8(out.stdout).expect("utf-8");
+        assert_eq!(stdout.lines().count(), 1, "the token alone on stdout: {stdout:?}");
+        stdout.trim().to_owned()
+    }
 }
 
 pub fn path_str(p: &Path) -> &str {
@@ -121,8 +133,11 @@ impl VaultServer {
         format!("http://{}", self.addr)
     }
 
-    pub async fn client(&self) -> vault_client::VaultClient {
-        vault_client::VaultClient::connect(self.endpoint()).await.expect("connect")
+    /// A plaintext client sending `token`.
+    pub async fn client_with(&self, token: Option<&str>) -> vault_client::VaultClient {
+        let options =
+            vault_client::ConnectOptions { token: token.map(vault_client::SecretString::from), ..Default::default() };
+        vault_client::VaultClient::connect(self.endpoint(), options).await.expect("connect")
     }
 
     /// Everything the server printed so far.

@@ -9,6 +9,8 @@ use super::envelope::{self, Key, Sealed};
 /// Domain tags keep a wrapped key from ever opening as a code, and the other way round.
 const DEK_TAG: &[u8] = b"authcode-vault/dek";
 const CODE_TAG: &[u8] = b"authcode-vault/code";
+/// Label of the key that MACs token rows.
+const TOKEN_MAC_LABEL: &[u8] = b"authcode-vault/token-mac/v1";
 /// Format version of the code AAD layout.
 const CODE_FORMAT: u8 = 1;
 
@@ -70,6 +72,17 @@ impl Keyring {
 
     pub fn active_key_id(&self) -> KeyId {
         self.active
+    }
+
+    pub fn key_ids(&self) -> impl Iterator<Item = KeyId> + '_ {
+        self.keys.keys().copied()
+    }
+
+    /// The key that MACs token rows, derived from DEK `key_id` (HMAC-SHA256 as a PRF, RFC 2104),
+    /// so minting a token needs the unlocked keyring, hence the passphrase.
+    pub fn token_mac_key(&self, key_id: KeyId) -> Result<Key, CryptoError> {
+        let dek = self.keys.get(&key_id).ok_or(CryptoError::UnknownKey(key_id))?;
+        Ok(Key::from_bytes(super::mac::hmac(dek, &[TOKEN_MAC_LABEL])))
     }
 
     /// Seals a code under the active DEK, bound to (mailbox, client, version).

@@ -3,10 +3,12 @@
 mod envelope;
 mod kdf;
 mod keyring;
+mod mac;
 
 pub use envelope::{Key, Sealed};
 pub use kdf::{KdfParams, Salt, derive_kek};
 pub use keyring::{KeyId, Keyring, WrappedKey};
+pub use mac::{hmac, verify_hmac};
 
 /// Every crypto failure. All decryption failures are one variant on purpose: the caller learns
 /// that authentication failed, never why.

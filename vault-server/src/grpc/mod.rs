@@ -10,14 +10,12 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
+use crate::auth::caller;
 use crate::ids::{ClientId, Mailbox};
 use crate::proto::{self, auth_code_vault_server::AuthCodeVault};
 use crate::secret::AuthCode;
 use crate::store::ListQuery;
 use crate::vault::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Vault, VaultError};
-
-/// Who the audit trail names while there is no caller authentication.
-const ANONYMOUS: &str = "anonymous";
 
 /// The `vault.v1.AuthCodeVault` service.
 pub struct VaultService {
@@ -60,25 +58,29 @@ fn unimplemented(rpc: &str) -> Status {
 impl AuthCodeVault for VaultService {
     #[instrument(skip_all, fields(rpc = "Bind", mailbox, client))]
     async fn bind(&self, request: Request<proto::BindRequest>) -> Result<Response<proto::BindResponse>, Status> {
+        let who = caller(&request)?;
+        who.require_admin("Bind")?;
         let req = request.into_inner();
         let (mailbox, client) = pair(&req.mailbox, &req.client)?;
         record_pair(&mailbox, &client);
         let code = AuthCode::new(&req.auth_code);
         drop(req);
-        let (row, probe) = self.vault.bind(ANONYMOUS, mailbox, client, code).await?;
+        let (row, probe) = self.vault.bind(&who.audit_name(), mailbox, client, code).await?;
         tracing::info!("bound");
         Ok(Response::new(proto::BindResponse { credential: Some(row.into()), probe: Some(probe.into()) }))
     }
 
     #[instrument(skip_all, fields(rpc = "Rotate", mailbox, client))]
     async fn rotate(&self, request: Request<proto::RotateRequest>) -> Result<Response<proto::RotateResponse>, Status> {
+        let who = caller(&request)?;
+        who.require_admin("Rotate")?;
         let req = request.into_inner();
         let (mailbox, client) = pair(&req.mailbox, &req.client)?;
         record_pair(&mailbox, &client);
         let code = AuthCode::new(&req.new_auth_code);
         let expected = (req.expected_version != 0).then_some(req.expected_version);
         drop(req);
-        let r = self.vault.rotate(ANONYMOUS, mailbox, client, code, expected).await?;
+        let r = self.vault.rotate(&who.audit_name(), mailbox, client, code, expected).await?;
         tracing::info!(version = r.row.version, "rotated");
         Ok(Response::new(proto::RotateResponse {
             credential: Some(r.row.into()),
@@ -89,28 +91,34 @@ impl AuthCodeVault for VaultService {
 
     #[instrument(skip_all, fields(rpc = "Revoke", mailbox, client))]
     async fn revoke(&self, request: Request<proto::RevokeRequest>) -> Result<Response<proto::RevokeResponse>, Status> {
+        let who = caller(&request)?;
+        who.require_admin("Revoke")?;
         let req = request.into_inner();
         let (mailbox, client) = pair(&req.mailbox, &req.client)?;
         record_pair(&mailbox, &client);
-        let r = self.vault.revoke(ANONYMOUS, mailbox, client, &req.reason).await?;
+        let r = self.vault.revoke(&who.audit_name(), mailbox, client, &req.reason).await?;
         tracing::info!("revoked");
         Ok(Response::new(proto::RevokeResponse { credential: Some(r.row.into()), probe: r.probe.map(Into::into) }))
     }
 
     #[instrument(skip_all, fields(rpc = "Verify", mailbox, client))]
     async fn verify(&self, request: Request<proto::VerifyRequest>) -> Result<Response<proto::VerifyResponse>, Status> {
+        let who = caller(&request)?;
+        who.require_admin("Verify")?;
         let req = request.into_inner();
         let (mailbox, client) = pair(&req.mailbox, &req.client)?;
         record_pair(&mailbox, &client);
-        let (row, probe) = self.vault.verify(ANONYMOUS, mailbox, client).await?;
+        let (row, probe) = self.vault.verify(&who.audit_name(), mailbox, client).await?;
         Ok(Response::new(proto::VerifyResponse { credential: Some(row.into()), probe: Some(probe.into()) }))
     }
 
     #[instrument(skip_all, fields(rpc = "Reveal", mailbox, client))]
     async fn reveal(&self, request: Request<proto::RevealRequest>) -> Result<Response<proto::RevealResponse>, Status> {
+        let who = caller(&request)?;
         let req = request.into_inner();
         let (mailbox, client) = pair(&req.mailbox, &req.client)?;
         record_pair(&mailbox, &client);
+        who.require_client("Reveal", &client)?;
         let revealed = self.vault.reveal(&mailbox, &client)?;
         let p = &revealed.provider;
         Ok(Response::new(proto::RevealResponse {
@@ -128,9 +136,11 @@ impl AuthCodeVault for VaultService {
         &self,
         request: Request<proto::GetCredentialRequest>,
     ) -> Result<Response<proto::Credential>, Status> {
+        let who = caller(&request)?;
         let req = request.into_inner();
         let (mailbox, client) = pair(&req.mailbox, &req.client)?;
         record_pair(&mailbox, &client);
+        who.require_admin_or_client("GetCredential", &client)?;
         Ok(Response::new(self.vault.get(&mailbox, &client)?.into()))
     }
 
@@ -139,6 +149,7 @@ impl AuthCodeVault for VaultService {
         &self,
         request: Request<proto::ListCredentialsRequest>,
     ) -> Result<Response<proto::ListCredentialsResponse>, Status> {
+        caller(&request)?.require_admin("ListCredentials")?;
         let req = request.into_inner();
         let query = ListQuery {
             mailbox: filter(&req.mailbox, Mailbox::parse)?.map(|m| m.as_str().to_owned()),
@@ -156,8 +167,9 @@ impl AuthCodeVault for VaultService {
 
     async fn list_unused_clients(
         &self,
-        _: Request<proto::ListUnusedClientsRequest>,
+        request: Request<proto::ListUnusedClientsRequest>,
     ) -> Result<Response<proto::ListUnusedClientsResponse>, Status> {
+        caller(&request)?.require_admin("ListUnusedClients")?;
         Err(unimplemented("ListUnusedClients"))
     }
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
+use crate::auth::{Authenticate, RELOAD_EVERY, Tokens};
 use crate::grpc::VaultService;
 use crate::proto::{FILE_DESCRIPTOR_SET, auth_code_vault_server::AuthCodeVaultServer};
 use crate::vault::Vault;
@@ -29,11 +30,41 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
+/// How the listener is secured and limited.
+#[derive(Debug, Clone, Default)]
+pub struct ServeOptions {
+    /// TLS (and, with a client CA, mTLS); plaintext when `None`.
+    pub tls: Option<tonic::transport::ServerTlsConfig>,
+}
+
+/// Largest number of RPCs handled at once; more wait (HTTP/2 flow control pushes back).
+const MAX_CONCURRENT_RPCS: usize = 1024;
+/// Largest HTTP/2 header list accepted.
+const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
+
+/// Re-reads tokens (so revocations apply within a second) and flushes their last-used times.
+async fn upkeep(tokens: Arc<Tokens>) {
+    let mut tick = tokio::time::interval(RELOAD_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let t = tokens.clone();
+        let result = tokio::task::spawn_blocking(move || t.reload().and_then(|()| t.flush_uses())).await;
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "token table refresh failed"),
+            Err(e) => tracing::warn!(error = %e, "token table refresh task failed"),
+        }
+    }
+}
+
 /// Serves on `listener` until `shutdown` resolves; then stops accepting, reports NOT_SERVING
 /// and waits (at most [`DRAIN_TIMEOUT`]) for the RPCs in flight.
 pub async fn serve(
     listener: TcpListener,
     vault: Arc<Vault>,
+    tokens: Arc<Tokens>,
+    options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -45,13 +76,22 @@ pub async fn serve(
     };
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
-    let service = AuthCodeVaultServer::new(VaultService::new(vault)).max_decoding_message_size(MAX_REQUEST_BYTES);
+    let service = tonic::service::interceptor::InterceptedService::new(
+        AuthCodeVaultServer::new(VaultService::new(vault)).max_decoding_message_size(MAX_REQUEST_BYTES),
+        Authenticate(tokens.clone()),
+    );
     let in_flight = InFlight::default();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
 
-    let server = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = options.tls {
+        builder = builder.tls_config(tls)?;
+    }
+    let upkeep = tokio::spawn(upkeep(tokens.clone()));
+    let server = builder
         .timeout(REQUEST_TIMEOUT)
-        .http2_max_header_list_size(16 * 1024)
+        .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(MAX_CONCURRENT_RPCS))
         .layer(in_flight.clone())
         .add_service(health_service)
         .add_service(reflection_v1)
@@ -62,7 +102,10 @@ pub async fn serve(
         });
     tokio::pin!(server);
     tokio::select! {
-        result = &mut server => return Ok(result?),
+        result = &mut server => {
+            upkeep.abort();
+            return Ok(result?);
+        }
         () = shutdown => {}
     }
     health.set_not_serving::<AuthCodeVaultServer<VaultService>>().await;
@@ -71,6 +114,10 @@ pub async fn serve(
         result = &mut server => result?,
         () = in_flight.idle() => tracing::debug!("no RPC in flight"),
         () = tokio::time::sleep(DRAIN_TIMEOUT) => tracing::warn!("RPCs still in flight after {DRAIN_TIMEOUT:?}; stopping anyway"),
+    }
+    upkeep.abort();
+    if let Err(e) = tokio::task::spawn_blocking(move || tokens.flush_uses()).await.unwrap_or(Ok(())) {
+        tracing::warn!(error = %e, "could not record token use at shutdown");
     }
     Ok(())
 }

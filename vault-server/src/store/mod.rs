@@ -104,6 +104,19 @@ pub struct AuditEvent<'a> {
     pub probe_outcome: Option<ProbeOutcome>,
 }
 
+/// A caller token as stored: never the token, only its digest, and a MAC over the row.
+#[derive(Debug, Clone)]
+pub struct TokenRow {
+    pub id: String,
+    pub role: String,
+    pub digest: Vec<u8>,
+    pub key_id: u32,
+    pub mac: Vec<u8>,
+    pub created_at: Millis,
+    pub last_used_at: Option<Millis>,
+    pub revoked_at: Option<Millis>,
+}
+
 /// Filters and keyset position for listing credentials, ordered by (mailbox, client).
 #[derive(Debug, Default, Clone)]
 pub struct ListQuery {
@@ -147,4 +160,12 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<CredentialRow, StoreError>;
     /// A page of bindings.
     fn list(&self, query: &ListQuery) -> Result<Vec<CredentialRow>, StoreError>;
+    /// Stores a new token row.
+    fn insert_token(&self, row: &TokenRow) -> Result<(), StoreError>;
+    /// Every token row, revoked ones included.
+    fn tokens(&self) -> Result<Vec<TokenRow>, StoreError>;
+    /// Marks a token revoked; `NotFound` if there is no such id, `Revoked` if it already is.
+    fn revoke_token(&self, id: &str, now: Millis) -> Result<(), StoreError>;
+    /// Records when tokens were last used (coalesced by the caller).
+    fn record_token_use(&self, uses: &[(String, Millis)]) -> Result<(), StoreError>;
 }

@@ -10,7 +10,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, TransactionBehavio
 
 use super::{
     AuditEvent, CredentialRow, CredentialState, ListQuery, Millis, NewBinding, RotateChange, Store, StoreError,
-    StoredCode, UnlockMaterial, migrate,
+    StoredCode, TokenRow, UnlockMaterial, migrate,
 };
 use crate::crypto::{KdfParams, Salt, Sealed, WrappedKey};
 use crate::probe::ProbeOutcome;
@@ -331,5 +331,66 @@ impl Store for SqliteStore {
                 stmt.query_map(params![q.mailbox, q.client, q.include_revoked, after_m, after_c, limit], read_row)?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
+    }
+
+    fn insert_token(&self, t: &TokenRow) -> Result<(), StoreError> {
+        let mut conn = lock(&self.writer);
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
+            "INSERT INTO tokens (id, role, digest, key_id, mac, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![t.id, t.role, t.digest, t.key_id, t.mac, t.created_at],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn tokens(&self) -> Result<Vec<TokenRow>, StoreError> {
+        self.with_reader(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, role, digest, key_id, mac, created_at, last_used_at, revoked_at FROM tokens ORDER BY created_at, id",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok(TokenRow {
+                    id: r.get(0)?,
+                    role: r.get(1)?,
+                    digest: r.get(2)?,
+                    key_id: r.get(3)?,
+                    mac: r.get(4)?,
+                    created_at: r.get(5)?,
+                    last_used_at: r.get(6)?,
+                    revoked_at: r.get(7)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    fn revoke_token(&self, id: &str, now: Millis) -> Result<(), StoreError> {
+        let mut conn = lock(&self.writer);
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let revoked: Option<Option<i64>> =
+            tx.query_row("SELECT revoked_at FROM tokens WHERE id = ?1", [id], |r| r.get(0)).optional()?;
+        match revoked {
+            None => return Err(StoreError::NotFound),
+            Some(Some(_)) => return Err(StoreError::Revoked),
+            Some(None) => {}
+        }
+        tx.execute("UPDATE tokens SET revoked_at = ?2 WHERE id = ?1", params![id, now])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn record_token_use(&self, uses: &[(String, Millis)]) -> Result<(), StoreError> {
+        let mut conn = lock(&self.writer);
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        {
+            let mut stmt =
+                tx.prepare_cached("UPDATE tokens SET last_used_at = max(coalesce(last_used_at, 0), ?2) WHERE id = ?1")?;
+            for (id, at) in uses {
+                stmt.execute(params![id, at])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
     }
 }

@@ -1,8 +1,7 @@
-//! Process start-up: logging, passphrase input, dev mode, unlocking and serving until a signal.
+//! `serve`: unlock, wire the vault together, listen until SIGTERM/SIGINT.
 
 use std::fs;
 use std::io::Write as _;
-use std::net::SocketAddr;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,103 +10,52 @@ use std::time::Duration;
 use base64::Engine as _;
 use rand::RngCore as _;
 use tokio::net::TcpListener;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
-use crate::cli::{Cli, Command, InitArgs, PassphraseArgs, ServeArgs};
-use crate::datadir::{self, DataDirError};
+use super::{RunError, now, read_passphrase};
+use crate::auth::{Role, Tokens};
+use crate::cli::{PassphraseArgs, ServeArgs};
+use crate::datadir;
 use crate::probe::{NetworkProber, ProbeSettings, ProbeTls};
-use crate::provider::{ProviderFileError, Registry};
-use crate::secret::Passphrase;
-use crate::server::{self, ServeError};
-use crate::vault::{Clock, ProbeBudget, SystemClock, Vault};
+use crate::provider::Registry;
+use crate::server::{self, ServeOptions};
+use crate::vault::{ProbeBudget, SystemClock, Vault};
 
 /// Where `serve --dev` keeps its data and its generated passphrase.
 pub const DEV_DATA_DIR: &str = "vault-dev";
 const DEV_PASSPHRASE_FILE: &str = "passphrase";
 
-/// Everything that stops the process; each displays as one line.
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    #[error(transparent)]
-    DataDir(#[from] DataDirError),
-    #[error("{0}")]
-    Passphrase(String),
-    #[error("invalid --log-level: {0}")]
-    LogFilter(String),
-    #[error("cannot listen on {0}: {1}")]
-    Listen(SocketAddr, std::io::Error),
-    #[error("refusing plaintext gRPC on non-loopback address {0}; pass --allow-plaintext to opt in")]
-    PlaintextNotLoopback(SocketAddr),
-    #[error("{0}")]
-    Probe(String),
-    #[error(transparent)]
-    Providers(#[from] ProviderFileError),
-    #[error("{0}")]
-    Dev(String),
-    #[error("cannot install signal handlers: {0}")]
-    Signals(std::io::Error),
-    #[error("cannot start the async runtime: {0}")]
-    Runtime(std::io::Error),
-    #[error("server failed: {0}")]
-    Serve(#[from] ServeError),
-}
-
-pub fn main(cli: Cli) -> Result<(), RunError> {
-    init_logging(&cli.log_level)?;
-    match cli.command {
-        Command::Init(args) => init(&args),
-        Command::Serve(args) => {
-            let runtime =
-                tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(RunError::Runtime)?;
-            runtime.block_on(serve(args))
-        }
-    }
-}
-
-fn init_logging(filter: &str) -> Result<(), RunError> {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter).map_err(|e| RunError::LogFilter(e.to_string()))?;
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
-    Ok(())
-}
-
-fn now() -> i64 {
-    SystemClock.now_millis()
-}
-
-/// Reads the passphrase from `--passphrase-file`, else `$VAULT_PASSPHRASE`.
-fn read_passphrase(args: &PassphraseArgs) -> Result<Passphrase, RunError> {
-    let passphrase = match &args.passphrase_file {
-        Some(path) => {
-            let text = fs::read_to_string(path)
-                .map_err(|e| RunError::Passphrase(format!("cannot read passphrase file {}: {e}", path.display())))?;
-            if fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o004 != 0) {
-                tracing::warn!(file = %path.display(), "the passphrase file is world-readable; chmod 600 it");
-            }
-            Passphrase::new(&text)
-        }
-        None => match std::env::var("VAULT_PASSPHRASE") {
-            Ok(v) => Passphrase::new(&v),
-            Err(_) => {
-                return Err(RunError::Passphrase(
-                    "no passphrase: pass --passphrase-file FILE or set VAULT_PASSPHRASE".into(),
-                ));
-            }
-        },
+/// The listener's TLS settings from `--tls-cert`, `--tls-key` and `--tls-client-ca`.
+fn server_tls(args: &ServeArgs) -> Result<Option<ServerTlsConfig>, RunError> {
+    let read = |flag: &str, path: &Path| {
+        fs::read(path).map_err(|e| RunError::Tls(format!("cannot read {flag} {}: {e}", path.display())))
     };
-    if passphrase.is_empty() {
-        return Err(RunError::Passphrase("the passphrase is empty".into()));
+    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
+        return Ok(None);
+    };
+    let (cert_pem, key_pem) = (read("--tls-cert", cert)?, read("--tls-key", key)?);
+    for (flag, path, pem, marker) in
+        [("--tls-cert", cert, &cert_pem, "CERTIFICATE"), ("--tls-key", key, &key_pem, "PRIVATE KEY")]
+    {
+        if !String::from_utf8_lossy(pem).contains(marker) {
+            return Err(RunError::Tls(format!("{flag} {} holds no PEM {marker}", path.display())));
+        }
     }
-    Ok(passphrase)
-}
-
-fn init(args: &InitArgs) -> Result<(), RunError> {
-    let passphrase = read_passphrase(&args.passphrase)?;
-    datadir::init(&args.data_dir, &passphrase, now())?;
-    println!("initialised {}", args.data_dir.display());
-    Ok(())
+    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(cert_pem, key_pem));
+    if let Some(ca) = &args.tls_client_ca {
+        let ca_pem = read("--tls-client-ca", ca)?;
+        if !String::from_utf8_lossy(&ca_pem).contains("CERTIFICATE") {
+            return Err(RunError::Tls(format!("--tls-client-ca {} holds no PEM CERTIFICATE", ca.display())));
+        }
+        // With a client CA, every connection must present a certificate it signed (mTLS).
+        tls = tls.client_ca_root(Certificate::from_pem(ca_pem));
+    }
+    Ok(Some(tls))
 }
 
 /// Dev mode: makes the data dir and a random passphrase file (0600) on first run, then inits.
-fn prepare_dev(dir: &Path, passphrase_file: Option<PathBuf>) -> Result<PathBuf, RunError> {
+/// Returns the passphrase file and whether the vault is new.
+fn prepare_dev(dir: &Path, passphrase_file: Option<PathBuf>) -> Result<(PathBuf, bool), RunError> {
     let dev_err = |what: &str, e: std::io::Error| RunError::Dev(format!("dev mode: cannot {what}: {e}"));
     let file = passphrase_file.unwrap_or_else(|| dir.join(DEV_PASSPHRASE_FILE));
     if !datadir::is_initialised(dir) {
@@ -128,8 +76,9 @@ fn prepare_dev(dir: &Path, passphrase_file: Option<PathBuf>) -> Result<PathBuf, 
         let passphrase = read_passphrase(&PassphraseArgs { passphrase_file: Some(file.clone()) })?;
         datadir::init(dir, &passphrase, now())?;
         tracing::info!(data_dir = %dir.display(), passphrase_file = %file.display(), "dev mode: initialised a new vault");
+        return Ok((file, true));
     }
-    Ok(file)
+    Ok((file, false))
 }
 
 /// Registers SIGTERM and SIGINT now (so a signal right after start-up is not lost), and
@@ -147,17 +96,18 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, RunError> 
     })
 }
 
-async fn serve(args: ServeArgs) -> Result<(), RunError> {
-    let (dir, passphrase_args) = if args.dev {
+pub async fn serve(args: ServeArgs) -> Result<(), RunError> {
+    let (dir, passphrase_args, new_dev_vault) = if args.dev {
         let dir = args.data_dir.clone().unwrap_or_else(|| PathBuf::from(DEV_DATA_DIR));
-        let file = prepare_dev(&dir, args.passphrase.passphrase_file.clone())?;
-        (dir, PassphraseArgs { passphrase_file: Some(file) })
+        let (file, new) = prepare_dev(&dir, args.passphrase.passphrase_file.clone())?;
+        (dir, PassphraseArgs { passphrase_file: Some(file) }, new)
     } else {
         // clap guarantees --data-dir without --dev.
         let dir = args.data_dir.clone().ok_or_else(|| RunError::Dev("--data-dir is required".into()))?;
-        (dir, PassphraseArgs { passphrase_file: args.passphrase.passphrase_file.clone() })
+        (dir, PassphraseArgs { passphrase_file: args.passphrase.passphrase_file.clone() }, false)
     };
-    if !args.listen.ip().is_loopback() && !args.allow_plaintext {
+    let listener_tls = server_tls(&args)?;
+    if listener_tls.is_none() && !args.listen.ip().is_loopback() && !args.allow_plaintext {
         return Err(RunError::PlaintextNotLoopback(args.listen));
     }
     let tls = ProbeTls::new(args.probe_ca_file.as_deref(), &args.probe_resolve).map_err(RunError::Probe)?;
@@ -169,6 +119,13 @@ async fn serve(args: ServeArgs) -> Result<(), RunError> {
     let (store, keyring) = datadir::unlock(&dir, &passphrase)?;
     drop(passphrase);
     let store = Arc::new(store);
+    let tokens = Arc::new(Tokens::new(store.clone(), &keyring)?);
+    if new_dev_vault {
+        let (token, id) = tokens.mint(&Role::Admin, now())?;
+        tracing::info!(token_id = %id, "dev mode: minted an admin token; it is printed once on stdout");
+        println!("admin token (shown once): {}", token.expose());
+    }
+    tokens.reload()?;
     let prober = NetworkProber::new(
         tls,
         ProbeSettings {
@@ -183,8 +140,9 @@ async fn serve(args: ServeArgs) -> Result<(), RunError> {
     let listener = TcpListener::bind(args.listen).await.map_err(|e| RunError::Listen(args.listen, e))?;
     let addr = listener.local_addr().map_err(|e| RunError::Listen(args.listen, e))?;
     let shutdown = shutdown_signal()?;
-    tracing::info!(data_dir = %dir.display(), "listening on {addr}");
-    server::serve(listener, vault, shutdown).await?;
+    let scheme = if args.tls_cert.is_some() { "TLS" } else { "plaintext" };
+    tracing::info!(data_dir = %dir.display(), "listening on {addr} ({scheme})");
+    server::serve(listener, vault, tokens, ServeOptions { tls: listener_tls }, shutdown).await?;
     if let Err(e) = store.checkpoint() {
         tracing::warn!(error = %e, "WAL checkpoint at shutdown failed; the WAL will be replayed at next start");
     }

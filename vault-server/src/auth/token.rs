@@ -1,0 +1,84 @@
+//! Bearer tokens: `avt_<id>_<secret>`. The id finds the row; the SHA-256 digest of the whole
+//! token is what is stored and compared (in constant time). Shown once at creation.
+
+use std::fmt;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use rand::RngCore as _;
+use secrecy::{ExposeSecret, SecretString};
+use sha2::{Digest, Sha256};
+
+const PREFIX: &str = "avt_";
+/// Hex characters in a token id.
+const ID_HEX: usize = 12;
+
+/// A full bearer token. Debug is redacted.
+pub struct Token(SecretString);
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Token([redacted])")
+    }
+}
+
+impl Token {
+    /// A fresh token: a random id (48 bits) and a 256-bit secret.
+    pub fn generate() -> Self {
+        let mut id = [0u8; ID_HEX / 2];
+        let mut secret = zeroize::Zeroizing::new([0u8; 32]);
+        rand::rngs::OsRng.fill_bytes(&mut id);
+        rand::rngs::OsRng.fill_bytes(secret.as_mut());
+        let text =
+            zeroize::Zeroizing::new(format!("{PREFIX}{}_{}", hex::encode(id), URL_SAFE_NO_PAD.encode(secret.as_ref())));
+        Self(SecretString::from(text.as_str()))
+    }
+
+    /// Accepts the wire form; anything else is `None` (and is never echoed).
+    pub fn parse(raw: &str) -> Option<Self> {
+        let (id, secret) = raw.strip_prefix(PREFIX)?.split_once('_')?;
+        let id_ok = id.len() == ID_HEX && id.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
+        let secret_ok =
+            secret.len() == 43 && secret.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        (id_ok && secret_ok).then(|| Self(SecretString::from(raw)))
+    }
+
+    /// The public id (`tk_` plus the hex part), as shown by `token list`.
+    pub fn id(&self) -> String {
+        let hex = &self.0.expose_secret()[PREFIX.len()..PREFIX.len() + ID_HEX];
+        format!("tk_{hex}")
+    }
+
+    pub fn digest(&self) -> [u8; 32] {
+        Sha256::digest(self.0.expose_secret().as_bytes()).into()
+    }
+
+    pub fn expose(&self) -> &str {
+        self.0.expose_secret()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generate_parse_round_trip() {
+        let t = Token::generate();
+        let again = Token::parse(t.expose()).unwrap();
+        assert_eq!(t.id(), again.id());
+        assert_eq!(t.digest(), again.digest());
+        assert!(t.id().starts_with("tk_") && t.id().len() == 15);
+        assert!(!format!("{t:?}").contains(&t.expose()[4..]));
+        assert_ne!(Token::generate().expose(), t.expose());
+    }
+
+    #[test]
+    fn parse_rejects_malformed() {
+        let t = Token::generate();
+        let s = t.expose();
+        for bad in ["", "avt_", "Bearer x", &s[..s.len() - 1], &s.replace("avt_", "avx_"), &format!("{s}x")] {
+            assert!(Token::parse(bad).is_none(), "{bad}");
+        }
+    }
+}
