@@ -6,6 +6,7 @@
 
 mod harness;
 
+mod access;
 mod bind_reveal;
 mod command_line;
 mod grpcurl;

@@ -1,10 +1,49 @@
-//! A throwaway test CA and a server certificate for the Sina hosts, written as PEM files.
+//! Throwaway test CAs and the certificates they sign, written as PEM files.
 
 use std::path::{Path, PathBuf};
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 
-/// PEM files of a test CA and of one server certificate it signed.
+/// A CA that can issue server and client certificates.
+pub struct TestCa {
+    issuer: Issuer<'static, KeyPair>,
+    pub cert: PathBuf,
+}
+
+/// A certificate and its key, as PEM files.
+pub struct Issued {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TestCa {
+    /// A new CA whose certificate is written to `dir/<name>-ca.pem`.
+    pub fn new(dir: &Path, name: &str) -> Self {
+        let key = KeyPair::generate().expect("CA key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, format!("authcode-vault test CA {name}"));
+        let cert = params.self_signed(&key).expect("CA cert");
+        let path = dir.join(format!("{name}-ca.pem"));
+        std::fs::write(&path, cert.pem()).expect("write CA");
+        Self { issuer: Issuer::new(params, key), cert: path }
+    }
+
+    /// A certificate for `names` (DNS names or IP addresses), written under `dir`.
+    pub fn issue(&self, dir: &Path, file_stem: &str, names: &[&str]) -> Issued {
+        let key = KeyPair::generate().expect("key");
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>()).expect("params");
+        params.distinguished_name.push(DnType::CommonName, names[0]);
+        let cert = params.signed_by(&key, &self.issuer).expect("cert");
+        let issued = Issued { cert: dir.join(format!("{file_stem}.pem")), key: dir.join(format!("{file_stem}.key")) };
+        std::fs::write(&issued.cert, cert.pem()).expect("write cert");
+        std::fs::write(&issued.key, key.serialize_pem()).expect("write key");
+        issued
+    }
+}
+
+/// The provider side: a CA and Dovecot's certificate for the provider hosts.
 pub struct TestPki {
     pub ca_cert: PathBuf,
     pub server_cert: PathBuf,
@@ -14,27 +53,8 @@ pub struct TestPki {
 impl TestPki {
     /// A CA, and a certificate for `hosts` signed by it, all under `dir`.
     pub fn generate(dir: &Path, hosts: &[&str]) -> Self {
-        let ca_key = KeyPair::generate().expect("CA key");
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params.distinguished_name.push(DnType::CommonName, "authcode-vault test CA");
-        let ca_cert = ca_params.self_signed(&ca_key).expect("CA cert");
-        let issuer = Issuer::new(ca_params, ca_key);
-
-        let key = KeyPair::generate().expect("server key");
-        let names: Vec<String> = hosts.iter().map(|h| (*h).to_owned()).collect();
-        let mut params = CertificateParams::new(names).expect("server params");
-        params.distinguished_name.push(DnType::CommonName, hosts[0]);
-        let cert = params.signed_by(&key, &issuer).expect("server cert");
-
-        let pki = Self {
-            ca_cert: dir.join("ca.pem"),
-            server_cert: dir.join("server.pem"),
-            server_key: dir.join("server.key"),
-        };
-        std::fs::write(&pki.ca_cert, ca_cert.pem()).expect("write CA");
-        std::fs::write(&pki.server_cert, cert.pem()).expect("write cert");
-        std::fs::write(&pki.server_key, key.serialize_pem()).expect("write key");
-        pki
+        let ca = TestCa::new(dir, "provider");
+        let issued = ca.issue(dir, "provider-server", hosts);
+        Self { ca_cert: ca.cert, server_cert: issued.cert, server_key: issued.key }
     }
 }

@@ -70,6 +70,11 @@ pub struct VaultServer {
 impl VaultServer {
     /// `serve` for `data` with extra flags; waits until it listens.
     pub fn start(data: &DataDir, extra: &[String]) -> Self {
+        Self::start_logging(data, extra, "vault_server=trace,info")
+    }
+
+    /// Like [`VaultServer::start`] with the log filter `log` (e.g. `trace` for everything).
+    pub fn start_logging(data: &DataDir, extra: &[String], log: &str) -> Self {
         let mut args: Vec<String> = vec![
             "serve".into(),
             "--data-dir".into(),
@@ -80,15 +85,19 @@ impl VaultServer {
             "127.0.0.1:0".into(),
         ];
         args.extend_from_slice(extra);
-        Self::spawn(&args, None).unwrap_or_else(|log| panic!("server did not start:\n{log}"))
+        Self::spawn_logging(&args, None, log).unwrap_or_else(|log| panic!("server did not start:\n{log}"))
     }
 
     /// Spawns `vault-server ARGS` in `cwd`; `Err(log)` if it exits before listening.
     pub fn spawn(args: &[String], cwd: Option<&Path>) -> Result<Self, String> {
+        Self::spawn_logging(args, cwd, "vault_server=trace,info")
+    }
+
+    fn spawn_logging(args: &[String], cwd: Option<&Path>, log_filter: &str) -> Result<Self, String> {
         let mut cmd = Command::new(BIN);
         cmd.args(args)
             .env_remove("VAULT_PASSPHRASE")
-            .env("VAULT_LOG", "vault_server=trace,info")
+            .env("VAULT_LOG", log_filter)
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -138,6 +147,10 @@ impl VaultServer {
         let options =
             vault_client::ConnectOptions { token: token.map(vault_client::SecretString::from), ..Default::default() };
         vault_client::VaultClient::connect(self.endpoint(), options).await.expect("connect")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
     }
 
     /// Everything the server printed so far.
