@@ -8,6 +8,7 @@ mod harness;
 
 mod access;
 mod bind_reveal;
+mod canary;
 mod command_line;
 mod grpcurl;
 mod lifecycle;

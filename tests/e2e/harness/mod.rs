@@ -94,10 +94,15 @@ impl Stack {
 
     /// Stops the server and starts it again with the probe flags and `extra` (no default budget).
     pub fn restart_with(&mut self, extra: &[String]) {
+        self.restart_logging(extra, "vault_server=trace,info");
+    }
+
+    /// Like [`Stack::restart_with`], with the log filter `log`.
+    pub fn restart_logging(&mut self, extra: &[String], log: &str) {
         assert!(self.server.stop().success());
         let mut args = Self::probe_args(&self.pki, &self.dovecot);
         args.extend_from_slice(extra);
-        self.server = VaultServer::start(&self.data, &args);
+        self.server = VaultServer::start_logging(&self.data, &args, log);
     }
 
     /// Starts the server again after a test stopped it.

@@ -127,6 +127,7 @@ impl Tokens {
             };
             table.insert(t.id, Entry { digest, role });
         }
+        tracing::trace!(active = table.len(), "token table loaded");
         *self.table.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(table);
         Ok(())
     }
@@ -174,9 +175,11 @@ impl Tokens {
             .lookup(&id, &digest)
             .or_else(|| if self.reload_on_miss(arrived) { self.lookup(&id, &digest) } else { None });
         let Some(role) = role else {
+            tracing::debug!(token_id = %id, "unknown or revoked token");
             return Err(Status::unauthenticated("unknown or revoked token"));
         };
         self.uses.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(id.clone(), now);
+        tracing::trace!(token_id = %id, %role, "caller authenticated");
         Ok(Caller { token_id: id, role })
     }
 

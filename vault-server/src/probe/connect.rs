@@ -32,6 +32,7 @@ impl Connector {
         };
         let mut last = format!("{host} resolved to no address");
         for addr in addrs {
+            tracing::debug!(host, port, %addr, "probe connecting");
             match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
                 Ok(Ok(stream)) => return Ok(stream),
                 Ok(Err(e)) => last = format!("connect to {addr} failed: {e}"),
@@ -44,6 +45,7 @@ impl Connector {
     /// TCP connect (with the connect timeout), then the TLS handshake for `endpoint.host`.
     pub async fn connect(&self, endpoint: &Endpoint) -> Result<TlsStream<TcpStream>, Step> {
         let tcp = self.tcp(&endpoint.host, endpoint.port).await?;
+        tracing::trace!(host = %endpoint.host, "TCP connected; TLS handshake");
         let name = ServerName::try_from(endpoint.host.clone())
             .map_err(|_| Step::new(ProbeOutcome::TlsFailed, format!("{} is not a valid TLS name", endpoint.host)))?;
         TlsConnector::from(self.tls.config.clone())

@@ -26,6 +26,7 @@ where
         Ok(None) => return Step::new(ProbeOutcome::ProtocolError, "connection closed before the greeting"),
         Err(e) => return Step::new(ProbeOutcome::ProtocolError, format!("reading the greeting failed: {e}")),
     }
+    tracing::debug!(steps = ?provider.imap_steps, "IMAP greeting received; sending LOGIN");
     let mut session = match client.login(login, code.expose()).await {
         Ok(session) => session,
         Err((e, _)) => return failure("LOGIN", &e),
@@ -34,6 +35,7 @@ where
     if provider.imap_steps == ImapSteps::NetEase {
         // NetEase accepts LOGIN from any client, then refuses mailbox access with
         // "NO ... Unsafe Login" unless the client identified itself with ID first.
+        tracing::debug!("LOGIN accepted; sending ID and EXAMINE INBOX");
         if let Err(e) = session.id(ID_FIELDS).await {
             step = failure("ID", &e);
         } else if let Err(e) = session.examine("INBOX").await {
@@ -45,6 +47,7 @@ where
             step = Step::new(ProbeOutcome::Accepted, "OK LOGIN, ID and EXAMINE INBOX completed");
         }
     }
+    tracing::debug!(outcome = step.outcome.as_str(), "IMAP probe done; LOGOUT");
     // The answer is already known; a failed LOGOUT changes nothing.
     let _ = session.logout().await;
     step

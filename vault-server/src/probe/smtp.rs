@@ -61,6 +61,7 @@ pub async fn probe(stream: TlsStream<TcpStream>, provider: &Provider, login: &st
         Ok(c) => c,
         Err(e) => return Step::new(ProbeOutcome::ProtocolError, format!("SMTP greeting/EHLO failed: {e}")),
     };
+    tracing::debug!("SMTP EHLO done; sending AUTH");
     let credentials = Credentials::new(login.to_owned(), code.expose().to_owned());
     let step = match conn.auth(&[Mechanism::Plain, Mechanism::Login], &credentials).await {
         Ok(resp) => Step::new(ProbeOutcome::Accepted, format!("AUTH: {}", resp.code())),

@@ -55,6 +55,7 @@ impl Vault {
             return Err(VaultError::AlreadyExists);
         }
         let report = require_accepted(self.probe(&provider, &mailbox, &code).await?)?;
+        tracing::debug!("code accepted; committing the binding");
         let (key_id, sealed) = self.keyring.seal_code(mailbox.as_str(), client.as_str(), 1, code.expose().as_bytes());
         drop(code);
         let (store, caller, now, provider_id) =
