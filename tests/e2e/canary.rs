@@ -93,7 +93,6 @@ async fn canaries_never_appear_in_logs_statuses_or_the_database() {
         dbg(admin.raw().get_credential(proto::GetCredentialRequest { mailbox: BOB.into(), client: "x".into() }).await),
         Code::NotFound,
     );
-    drop(expect);
 
     assert!(stack.server.stop().success());
     let log = stack.server.log();
