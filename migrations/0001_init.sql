@@ -41,16 +41,26 @@ CREATE TABLE credentials (
 
 CREATE INDEX credentials_by_client ON credentials (client, mailbox);
 
--- Every mutating RPC writes one event here, in the same transaction as its change.
+-- The quarterly review walks active bindings by their last activity (last use, else binding
+-- time), oldest first; this index makes each page a range scan, even at a million rows.
+CREATE INDEX credentials_unused ON credentials (coalesce(last_used_at, created_at), mailbox, client)
+    WHERE state = 1;
+
+-- Every mutating RPC writes one event here, in the same transaction as its change. Reveals are
+-- aggregated: one row per (caller, pair) and flush window, with a count and first/last time.
 CREATE TABLE audit_events (
     id            INTEGER PRIMARY KEY AUTOINCREMENT,
     at            INTEGER NOT NULL,
     caller        TEXT    NOT NULL,
+    caller_role   TEXT    NOT NULL,
     rpc           TEXT    NOT NULL,
     mailbox       TEXT    NOT NULL,
     client        TEXT    NOT NULL,
     outcome       TEXT    NOT NULL,
-    probe_outcome INTEGER
+    probe_outcome INTEGER,
+    count         INTEGER NOT NULL DEFAULT 1,
+    first_at      INTEGER NOT NULL
 ) STRICT;
 
 CREATE INDEX audit_events_by_pair ON audit_events (mailbox, client, id);
+CREATE INDEX audit_events_by_caller ON audit_events (caller, id);

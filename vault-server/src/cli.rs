@@ -19,6 +19,19 @@ pub struct Cli {
     /// Log filter (tracing-subscriber syntax), e.g. `info` or `vault_server=debug`.
     #[arg(long, env = "VAULT_LOG", default_value = "info", global = true)]
     pub log_level: String,
+
+    /// Log line format.
+    #[arg(long, env = "VAULT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, with the RPC span's fields.
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -26,7 +39,7 @@ pub enum Command {
     /// Create a data dir: a new database and keyring sealed under the master passphrase.
     Init(InitArgs),
     /// Unlock a data dir and serve the gRPC API.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Manage caller tokens.
     Token(TokenArgs),
 }
@@ -156,6 +169,16 @@ pub struct ServeArgs {
     #[arg(long, env = "VAULT_PROBE_HOST_CONCURRENCY", default_value_t = 4, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub probe_host_concurrency: u32,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics (off by default).
+    #[arg(long, env = "VAULT_METRICS_LISTEN", value_name = "ADDR:PORT")]
+    pub metrics_listen: Option<SocketAddr>,
+
+    /// Seconds between writes of coalesced Reveal usage (last-used times and aggregated audit
+    /// events). A crash loses at most this much usage precision, never a credential.
+    #[arg(long, env = "VAULT_USAGE_FLUSH_INTERVAL", default_value_t = 30, value_name = "SECS",
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub usage_flush_interval: u64,
 
     /// Also probe SMTP AUTH (implicit TLS) after IMAP, for every provider; per provider, set
     /// `smtp_probe = true` in the --providers file instead.

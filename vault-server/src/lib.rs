@@ -17,6 +17,8 @@ pub mod grpc;
 pub mod hygiene;
 /// Canonical mailbox and client identifiers.
 pub mod ids;
+/// Prometheus metrics and their endpoint.
+pub mod metrics;
 /// Login probes against providers' IMAP servers.
 pub mod probe;
 /// Generated protobuf types and conversions.

@@ -8,7 +8,7 @@ use std::fmt;
 use prost_types::Timestamp;
 
 use crate::probe::{ProbeOutcome as DomainOutcome, ProbeReport as DomainReport};
-use crate::store::{CredentialRow, CredentialState as DomainState};
+use crate::store::{AuditRecord, CredentialRow, CredentialState as DomainState};
 
 tonic::include_proto!("vault.v1");
 
@@ -101,6 +101,25 @@ impl From<CredentialRow> for Credential {
             last_used_at: r.last_used_at.map(timestamp),
             last_verified_at: r.last_verified_at.map(timestamp),
             last_probe_outcome: r.last_probe_outcome.map_or(ProbeOutcome::Unspecified, ProbeOutcome::from).into(),
+        }
+    }
+}
+
+impl From<AuditRecord> for AuditEvent {
+    fn from(r: AuditRecord) -> Self {
+        let e = r.event;
+        Self {
+            id: u64::try_from(r.id).unwrap_or(0),
+            at: Some(timestamp(e.at)),
+            caller: e.caller,
+            caller_role: e.caller_role,
+            rpc: e.rpc,
+            mailbox: e.mailbox,
+            client: e.client,
+            outcome: e.outcome,
+            probe_outcome: e.probe_outcome.map_or(ProbeOutcome::Unspecified, ProbeOutcome::from).into(),
+            count: e.count,
+            first_at: Some(timestamp(e.first_at)),
         }
     }
 }

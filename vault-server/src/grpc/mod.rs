@@ -1,5 +1,6 @@
 //! gRPC handlers: decode and canonicalise, authorise, call the vault, encode the reply.
 
+mod listing;
 mod page_token;
 mod status;
 
@@ -14,8 +15,7 @@ use crate::auth::caller;
 use crate::ids::{ClientId, Mailbox};
 use crate::proto::{self, auth_code_vault_server::AuthCodeVault};
 use crate::secret::AuthCode;
-use crate::store::ListQuery;
-use crate::vault::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Vault, VaultError};
+use crate::vault::{Vault, VaultError};
 
 /// The `vault.v1.AuthCodeVault` service.
 pub struct VaultService {
@@ -37,23 +37,6 @@ fn record_pair(mailbox: &Mailbox, client: &ClientId) {
     tracing::Span::current().record("mailbox", mailbox.as_str()).record("client", client.as_str());
 }
 
-/// An empty filter matches all; a non-empty one must be a valid identifier.
-fn filter<T>(raw: &str, parse: impl FnOnce(&str) -> Result<T, crate::ids::InvalidId>) -> Result<Option<T>, VaultError> {
-    if raw.trim().is_empty() { Ok(None) } else { Ok(Some(parse(raw)?)) }
-}
-
-fn page_size(requested: u32) -> Result<usize, VaultError> {
-    match usize::try_from(requested).unwrap_or(usize::MAX) {
-        0 => Ok(DEFAULT_PAGE_SIZE),
-        n if n <= MAX_PAGE_SIZE => Ok(n),
-        _ => Err(VaultError::InvalidField { field: "page_size", reason: format!("must be at most {MAX_PAGE_SIZE}") }),
-    }
-}
-
-fn unimplemented(rpc: &str) -> Status {
-    Status::unimplemented(format!("{rpc} is not implemented in this version"))
-}
-
 #[tonic::async_trait]
 impl AuthCodeVault for VaultService {
     #[instrument(skip_all, fields(rpc = "Bind", mailbox, client))]
@@ -65,7 +48,7 @@ impl AuthCodeVault for VaultService {
         record_pair(&mailbox, &client);
         let code = AuthCode::new(&req.auth_code);
         drop(req);
-        let (row, probe) = self.vault.bind(&who.audit_name(), mailbox, client, code).await?;
+        let (row, probe) = self.vault.bind(&who, mailbox, client, code).await?;
         tracing::info!("bound");
         Ok(Response::new(proto::BindResponse { credential: Some(row.into()), probe: Some(probe.into()) }))
     }
@@ -80,7 +63,7 @@ impl AuthCodeVault for VaultService {
         let code = AuthCode::new(&req.new_auth_code);
         let expected = (req.expected_version != 0).then_some(req.expected_version);
         drop(req);
-        let r = self.vault.rotate(&who.audit_name(), mailbox, client, code, expected).await?;
+        let r = self.vault.rotate(&who, mailbox, client, code, expected).await?;
         tracing::info!(version = r.row.version, "rotated");
         Ok(Response::new(proto::RotateResponse {
             credential: Some(r.row.into()),
@@ -96,7 +79,7 @@ impl AuthCodeVault for VaultService {
         let req = request.into_inner();
         let (mailbox, client) = pair(&req.mailbox, &req.client)?;
         record_pair(&mailbox, &client);
-        let r = self.vault.revoke(&who.audit_name(), mailbox, client, &req.reason).await?;
+        let r = self.vault.revoke(&who, mailbox, client, &req.reason).await?;
         tracing::info!("revoked");
         Ok(Response::new(proto::RevokeResponse { credential: Some(r.row.into()), probe: r.probe.map(Into::into) }))
     }
@@ -108,7 +91,7 @@ impl AuthCodeVault for VaultService {
         let req = request.into_inner();
         let (mailbox, client) = pair(&req.mailbox, &req.client)?;
         record_pair(&mailbox, &client);
-        let (row, probe) = self.vault.verify(&who.audit_name(), mailbox, client).await?;
+        let (row, probe) = self.vault.verify(&who, mailbox, client).await?;
         Ok(Response::new(proto::VerifyResponse { credential: Some(row.into()), probe: Some(probe.into()) }))
     }
 
@@ -119,7 +102,7 @@ impl AuthCodeVault for VaultService {
         let (mailbox, client) = pair(&req.mailbox, &req.client)?;
         record_pair(&mailbox, &client);
         who.require_client("Reveal", &client)?;
-        let revealed = self.vault.reveal(&mailbox, &client)?;
+        let revealed = self.vault.reveal(&who, &mailbox, &client)?;
         let p = &revealed.provider;
         Ok(Response::new(proto::RevealResponse {
             auth_code: revealed.code.expose().to_owned(),
@@ -150,26 +133,24 @@ impl AuthCodeVault for VaultService {
         request: Request<proto::ListCredentialsRequest>,
     ) -> Result<Response<proto::ListCredentialsResponse>, Status> {
         caller(&request)?.require_admin("ListCredentials")?;
-        let req = request.into_inner();
-        let query = ListQuery {
-            mailbox: filter(&req.mailbox, Mailbox::parse)?.map(|m| m.as_str().to_owned()),
-            client: filter(&req.client, ClientId::parse)?.map(|c| c.as_str().to_owned()),
-            include_revoked: req.include_revoked,
-            after: page_token::decode(&req.page_token)?,
-            limit: page_size(req.page_size)?,
-        };
-        let (rows, next) = self.vault.list(query).await?;
-        Ok(Response::new(proto::ListCredentialsResponse {
-            credentials: rows.into_iter().map(Into::into).collect(),
-            next_page_token: next.map(|k| page_token::encode(&k)).unwrap_or_default(),
-        }))
+        Ok(Response::new(listing::credentials(&self.vault, request.into_inner()).await?))
     }
 
+    #[instrument(skip_all, fields(rpc = "ListUnusedClients"))]
     async fn list_unused_clients(
         &self,
         request: Request<proto::ListUnusedClientsRequest>,
     ) -> Result<Response<proto::ListUnusedClientsResponse>, Status> {
         caller(&request)?.require_admin("ListUnusedClients")?;
-        Err(unimplemented("ListUnusedClients"))
+        Ok(Response::new(listing::unused(&self.vault, request.into_inner()).await?))
+    }
+
+    #[instrument(skip_all, fields(rpc = "ListAuditEvents"))]
+    async fn list_audit_events(
+        &self,
+        request: Request<proto::ListAuditEventsRequest>,
+    ) -> Result<Response<proto::ListAuditEventsResponse>, Status> {
+        caller(&request)?.require_admin("ListAuditEvents")?;
+        Ok(Response::new(listing::audit(&self.vault, request.into_inner()).await?))
     }
 }

@@ -1,25 +1,36 @@
-//! Opaque page tokens: the last (mailbox, client) of a page, base64url-encoded with a version tag.
+//! Opaque page tokens: a listing's name and its keyset position, base64url-encoded. Each
+//! listing checks that a token is its own.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use crate::vault::VaultError;
 
-const PREFIX: &str = "v1\n";
+const VERSION: &str = "v1";
 
-pub fn encode((mailbox, client): &(String, String)) -> String {
-    URL_SAFE_NO_PAD.encode(format!("{PREFIX}{mailbox}\n{client}"))
+/// Encodes `fields` (which must not contain newlines) for listing `kind`.
+pub fn encode(kind: &str, fields: &[&str]) -> String {
+    let mut text = format!("{VERSION}\n{kind}");
+    for f in fields {
+        text.push('\n');
+        text.push_str(f);
+    }
+    URL_SAFE_NO_PAD.encode(text)
 }
 
-pub fn decode(token: &str) -> Result<Option<(String, String)>, VaultError> {
+/// The `n` fields of a token for listing `kind`; `None` for the empty token.
+pub fn decode(kind: &str, token: &str, n: usize) -> Result<Option<Vec<String>>, VaultError> {
     if token.is_empty() {
         return Ok(None);
     }
-    let bad = || VaultError::InvalidField { field: "page_token", reason: "not a token from this service".into() };
-    let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
-    let text = String::from_utf8(bytes).map_err(|_| bad())?;
-    let (mailbox, client) = text.strip_prefix(PREFIX).and_then(|t| t.split_once('\n')).ok_or_else(bad)?;
-    Ok(Some((mailbox.to_owned(), client.to_owned())))
+    let bad = || VaultError::InvalidField { field: "page_token", reason: "not a token from this listing".into() };
+    let text = String::from_utf8(URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?).map_err(|_| bad())?;
+    let mut parts = text.split('\n');
+    if parts.next() != Some(VERSION) || parts.next() != Some(kind) {
+        return Err(bad());
+    }
+    let fields: Vec<String> = parts.map(str::to_owned).collect();
+    if fields.len() == n { Ok(Some(fields)) } else { Err(bad()) }
 }
 
 #[cfg(test)]
@@ -28,10 +39,11 @@ mod tests {
 
     #[test]
     fn round_trip_and_garbage() {
-        let key = ("a@sina.com".to_owned(), "sender".to_owned());
-        assert_eq!(decode(&encode(&key)).unwrap(), Some(key));
-        assert_eq!(decode("").unwrap(), None);
-        assert!(decode("!!!").is_err());
-        assert!(decode(&URL_SAFE_NO_PAD.encode("v2\nx\ny")).is_err());
+        let t = encode("creds", &["a@sina.com", "sender"]);
+        assert_eq!(decode("creds", &t, 2).unwrap(), Some(vec!["a@sina.com".to_owned(), "sender".to_owned()]));
+        assert_eq!(decode("creds", "", 2).unwrap(), None);
+        assert!(decode("creds", "!!!", 2).is_err());
+        assert!(decode("audit", &t, 2).is_err(), "another listing's token");
+        assert!(decode("creds", &t, 3).is_err());
     }
 }

@@ -7,7 +7,7 @@ use std::fs;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 
-use crate::cli::{Cli, Command, InitArgs, PassphraseArgs};
+use crate::cli::{Cli, Command, InitArgs, LogFormat, PassphraseArgs};
 use crate::datadir::{self, DataDirError};
 use crate::provider::ProviderFileError;
 use crate::secret::Passphrase;
@@ -56,7 +56,7 @@ pub enum RunError {
 }
 
 pub fn main(cli: Cli) -> Result<(), RunError> {
-    init_logging(&cli.log_level)?;
+    init_logging(&cli.log_level, cli.log_format)?;
     match cli.command {
         Command::Init(args) => init(&args),
         Command::Token(args) => tokens::run(args),
@@ -64,18 +64,22 @@ pub fn main(cli: Cli) -> Result<(), RunError> {
             crate::hygiene::disable_core_dumps();
             let runtime =
                 tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(RunError::Runtime)?;
-            runtime.block_on(serve::serve(args))
+            runtime.block_on(serve::serve(*args))
         }
     }
 }
 
-fn init_logging(filter: &str) -> Result<(), RunError> {
+fn init_logging(filter: &str, format: LogFormat) -> Result<(), RunError> {
     let mut filter = tracing_subscriber::EnvFilter::try_new(filter).map_err(|e| RunError::LogFilter(e.to_string()))?;
     for target in CAPPED_TARGETS {
         filter =
             filter.add_directive(format!("{target}=info").parse().map_err(|e| RunError::LogFilter(format!("{e}")))?);
     }
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().with_current_span(true).init(),
+    }
     Ok(())
 }
 

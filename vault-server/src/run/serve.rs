@@ -16,6 +16,7 @@ use super::{RunError, now, read_passphrase};
 use crate::auth::{Role, Tokens};
 use crate::cli::{PassphraseArgs, ServeArgs};
 use crate::datadir;
+use crate::metrics::{Metrics, serve_metrics};
 use crate::probe::{NetworkProber, ProbeSettings, ProbeTls};
 use crate::provider::Registry;
 use crate::server::{self, ServeOptions};
@@ -136,13 +137,45 @@ pub async fn serve(args: ServeArgs) -> Result<(), RunError> {
         },
     );
     let budget = ProbeBudget::new(args.probe_burst, args.probe_per_hour);
-    let vault = Arc::new(Vault::new(store.clone(), keyring, registry, Arc::new(prober), budget, Arc::new(SystemClock)));
+    let registry_metrics = Arc::new(Metrics::default());
+    let vault = Arc::new(Vault::new(
+        store.clone(),
+        keyring,
+        registry,
+        Arc::new(prober),
+        budget,
+        Arc::new(SystemClock),
+        registry_metrics.clone(),
+    ));
     let listener = TcpListener::bind(args.listen).await.map_err(|e| RunError::Listen(args.listen, e))?;
     let addr = listener.local_addr().map_err(|e| RunError::Listen(args.listen, e))?;
+    let metrics_task = match args.metrics_listen {
+        Some(addr) => {
+            let l = TcpListener::bind(addr).await.map_err(|e| RunError::Listen(addr, e))?;
+            let bound = l.local_addr().map_err(|e| RunError::Listen(addr, e))?;
+            tracing::info!("metrics on http://{bound}/metrics");
+            Some(tokio::spawn(serve_metrics(l, registry_metrics.clone(), store.clone())))
+        }
+        None => None,
+    };
     let shutdown = shutdown_signal()?;
     let scheme = if args.tls_cert.is_some() { "TLS" } else { "plaintext" };
     tracing::info!(data_dir = %dir.display(), "listening on {addr} ({scheme})");
-    server::serve(listener, vault, tokens, ServeOptions { tls: listener_tls }, shutdown).await?;
+    server::serve(
+        listener,
+        vault,
+        tokens,
+        ServeOptions {
+            tls: listener_tls,
+            usage_flush: Duration::from_secs(args.usage_flush_interval),
+            metrics: registry_metrics,
+        },
+        shutdown,
+    )
+    .await?;
+    if let Some(task) = metrics_task {
+        task.abort();
+    }
     if let Err(e) = store.checkpoint() {
         tracing::warn!(error = %e, "WAL checkpoint at shutdown failed; the WAL will be replayed at next start");
     }

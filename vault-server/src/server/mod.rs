@@ -1,6 +1,7 @@
 //! Serving: the vault service, health and reflection on one listener, until a shutdown signal.
 
 mod in_flight;
+mod observe;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -11,9 +12,11 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::auth::{Authenticate, RELOAD_EVERY, Tokens};
 use crate::grpc::VaultService;
+use crate::metrics::Metrics;
 use crate::proto::{FILE_DESCRIPTOR_SET, auth_code_vault_server::AuthCodeVaultServer};
 use crate::vault::Vault;
 use in_flight::InFlight;
+use observe::Observe;
 
 /// Largest request accepted; the biggest legitimate one is a few hundred bytes.
 const MAX_REQUEST_BYTES: usize = 16 * 1024;
@@ -30,11 +33,15 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
-/// How the listener is secured and limited.
-#[derive(Debug, Clone, Default)]
+/// How the listener is secured, and how often usage is written.
+#[derive(Debug, Clone)]
 pub struct ServeOptions {
     /// TLS (and, with a client CA, mTLS); plaintext when `None`.
     pub tls: Option<tonic::transport::ServerTlsConfig>,
+    /// How often coalesced Reveal usage is written.
+    pub usage_flush: Duration,
+    /// Where RPCs are counted.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Largest number of RPCs handled at once; more wait (HTTP/2 flow control pushes back).
@@ -42,19 +49,36 @@ const MAX_CONCURRENT_RPCS: usize = 1024;
 /// Largest HTTP/2 header list accepted.
 const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 
-/// Re-reads tokens (so revocations apply within a second) and flushes their last-used times.
-async fn upkeep(tokens: Arc<Tokens>) {
-    let mut tick = tokio::time::interval(RELOAD_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+/// Re-reads tokens (so revocations apply within a second); writes coalesced usage every
+/// `usage_flush`.
+async fn upkeep(vault: Arc<Vault>, tokens: Arc<Tokens>, usage_flush: Duration) {
+    let mut reload = tokio::time::interval(RELOAD_EVERY);
+    reload.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut flush = tokio::time::interval_at(tokio::time::Instant::now() + usage_flush, usage_flush);
+    flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
-        let t = tokens.clone();
-        let result = tokio::task::spawn_blocking(move || t.reload().and_then(|()| t.flush_uses())).await;
-        match result {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "token table refresh failed"),
-            Err(e) => tracing::warn!(error = %e, "token table refresh task failed"),
+        tokio::select! {
+            _ = reload.tick() => {
+                let t = tokens.clone();
+                match tokio::task::spawn_blocking(move || t.reload()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::warn!(error = %e, "token table refresh failed"),
+                    Err(e) => tracing::warn!(error = %e, "token table refresh task failed"),
+                }
+            }
+            _ = flush.tick() => flush_usage(&vault, &tokens).await,
         }
+    }
+}
+
+/// Writes Reveal usage and token last-used times; failures keep them for the next try.
+async fn flush_usage(vault: &Vault, tokens: &Arc<Tokens>) {
+    if let Err(e) = vault.flush_usage().await {
+        tracing::warn!(error = %e, "could not write usage; keeping it for the next flush");
+    }
+    let t = tokens.clone();
+    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || t.flush_uses()).await {
+        tracing::warn!(error = %e, "could not record token use");
     }
 }
 
@@ -77,7 +101,7 @@ pub async fn serve(
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
     let service = tonic::service::interceptor::InterceptedService::new(
-        AuthCodeVaultServer::new(VaultService::new(vault)).max_decoding_message_size(MAX_REQUEST_BYTES),
+        AuthCodeVaultServer::new(VaultService::new(vault.clone())).max_decoding_message_size(MAX_REQUEST_BYTES),
         Authenticate(tokens.clone()),
     );
     let in_flight = InFlight::default();
@@ -87,12 +111,13 @@ pub async fn serve(
     if let Some(tls) = options.tls {
         builder = builder.tls_config(tls)?;
     }
-    let upkeep = tokio::spawn(upkeep(tokens.clone()));
+    let upkeep = tokio::spawn(upkeep(vault.clone(), tokens.clone(), options.usage_flush));
     let server = builder
         .timeout(REQUEST_TIMEOUT)
         .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(MAX_CONCURRENT_RPCS))
         .layer(in_flight.clone())
+        .layer(Observe(options.metrics.clone()))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -104,6 +129,7 @@ pub async fn serve(
     tokio::select! {
         result = &mut server => {
             upkeep.abort();
+            flush_usage(&vault, &tokens).await;
             return Ok(result?);
         }
         () = shutdown => {}
@@ -116,8 +142,6 @@ pub async fn serve(
         () = tokio::time::sleep(DRAIN_TIMEOUT) => tracing::warn!("RPCs still in flight after {DRAIN_TIMEOUT:?}; stopping anyway"),
     }
     upkeep.abort();
-    if let Err(e) = tokio::task::spawn_blocking(move || tokens.flush_uses()).await.unwrap_or(Ok(())) {
-        tracing::warn!(error = %e, "could not record token use at shutdown");
-    }
+    flush_usage(&vault, &tokens).await;
     Ok(())
 }

@@ -92,16 +92,21 @@ pub struct RotateChange<'a> {
     pub now: Millis,
 }
 
-/// One audit event, written in the same transaction as the change it records.
+/// One audit event, written in the same transaction as the change it records. Reveals are
+/// aggregated: `count` uses between `first_at` and `at`.
 #[derive(Debug, Clone)]
-pub struct AuditEvent<'a> {
+pub struct AuditEvent {
     pub at: Millis,
-    pub caller: &'a str,
-    pub rpc: &'a str,
-    pub mailbox: &'a str,
-    pub client: &'a str,
-    pub outcome: &'a str,
+    /// Token id of the caller.
+    pub caller: String,
+    pub caller_role: String,
+    pub rpc: String,
+    pub mailbox: String,
+    pub client: String,
+    pub outcome: String,
     pub probe_outcome: Option<ProbeOutcome>,
+    pub count: u64,
+    pub first_at: Millis,
 }
 
 /// A caller token as stored: never the token, only its digest, and a MAC over the row.
@@ -115,6 +120,37 @@ pub struct TokenRow {
     pub created_at: Millis,
     pub last_used_at: Option<Millis>,
     pub revoked_at: Option<Millis>,
+}
+
+/// An audit event as read back.
+#[derive(Debug, Clone)]
+pub struct AuditRecord {
+    pub id: i64,
+    pub event: AuditEvent,
+}
+
+/// Filters and keyset position for the audit trail, newest first.
+#[derive(Debug, Default, Clone)]
+pub struct AuditQuery {
+    pub mailbox: Option<String>,
+    pub client: Option<String>,
+    pub caller: Option<String>,
+    pub since: Option<Millis>,
+    pub until: Option<Millis>,
+    /// Only ids below this (the keyset position).
+    pub before_id: Option<i64>,
+    pub limit: usize,
+}
+
+/// The quarterly review: active bindings whose last activity (last use, else binding time) is
+/// before `cutoff`, ordered by that activity, then mailbox and client.
+#[derive(Debug, Clone)]
+pub struct UnusedQuery {
+    pub cutoff: Millis,
+    pub mailbox: Option<String>,
+    /// Only rows after this (activity, mailbox, client) position.
+    pub after: Option<(Millis, String, String)>,
+    pub limit: usize,
 }
 
 /// Filters and keyset position for listing credentials, ordered by (mailbox, client).
@@ -135,10 +171,10 @@ pub trait Store: Send + Sync + 'static {
     /// One binding; `NotFound` if the pair was never bound.
     fn get(&self, mailbox: &str, client: &str) -> Result<CredentialRow, StoreError>;
     /// Inserts a binding, or re-binds a revoked pair at version 1. `AlreadyExists` if active.
-    fn bind(&self, new: NewBinding<'_>, audit: &AuditEvent<'_>) -> Result<CredentialRow, StoreError>;
+    fn bind(&self, new: NewBinding<'_>, audit: &AuditEvent) -> Result<CredentialRow, StoreError>;
     /// Swaps in a new code (version + 1), overwriting the old ciphertext. `Conflict` if the
     /// version moved, `Revoked` if revoked.
-    fn rotate(&self, change: RotateChange<'_>, audit: &AuditEvent<'_>) -> Result<CredentialRow, StoreError>;
+    fn rotate(&self, change: RotateChange<'_>, audit: &AuditEvent) -> Result<CredentialRow, StoreError>;
     /// Destroys the ciphertext and keeps a tombstone. `Revoked` if already revoked.
     fn revoke(
         &self,
@@ -146,7 +182,7 @@ pub trait Store: Send + Sync + 'static {
         client: &str,
         reason: &str,
         now: Millis,
-        audit: &AuditEvent<'_>,
+        audit: &AuditEvent,
     ) -> Result<CredentialRow, StoreError>;
     /// Records a probe of the code at `version`; `Conflict` if the row moved on meanwhile.
     fn record_probe(
@@ -156,10 +192,21 @@ pub trait Store: Send + Sync + 'static {
         version: u64,
         outcome: ProbeOutcome,
         now: Millis,
-        audit: &AuditEvent<'_>,
+        audit: &AuditEvent,
     ) -> Result<CredentialRow, StoreError>;
+    /// Writes an audit event that goes with no change (a refused probe).
+    fn audit(&self, event: &AuditEvent) -> Result<(), StoreError>;
     /// A page of bindings.
     fn list(&self, query: &ListQuery) -> Result<Vec<CredentialRow>, StoreError>;
+    /// A page of the quarterly review.
+    fn list_unused(&self, query: &UnusedQuery) -> Result<Vec<CredentialRow>, StoreError>;
+    /// Records aggregated Reveals: one audit event each, and the pairs' `last_used_at`, in one
+    /// transaction.
+    fn record_reveals(&self, events: &[AuditEvent]) -> Result<(), StoreError>;
+    /// A page of the audit trail.
+    fn audit_events(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError>;
+    /// Numbers of (active, revoked) bindings.
+    fn count_by_state(&self) -> Result<(u64, u64), StoreError>;
     /// Stores a new token row.
     fn insert_token(&self, row: &TokenRow) -> Result<(), StoreError>;
     /// Every token row, revoked ones included.

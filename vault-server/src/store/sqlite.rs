@@ -9,8 +9,8 @@ use std::sync::Mutex;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior, params};
 
 use super::{
-    AuditEvent, CredentialRow, CredentialState, ListQuery, Millis, NewBinding, RotateChange, Store, StoreError,
-    StoredCode, TokenRow, UnlockMaterial, migrate,
+    AuditEvent, AuditQuery, AuditRecord, CredentialRow, CredentialState, ListQuery, Millis, NewBinding, RotateChange,
+    Store, StoreError, StoredCode, TokenRow, UnlockMaterial, UnusedQuery, migrate,
 };
 use crate::crypto::{KdfParams, Salt, Sealed, WrappedKey};
 use crate::probe::ProbeOutcome;
@@ -175,12 +175,23 @@ fn get_row(conn: &Connection, mailbox: &str, client: &str) -> Result<Option<Cred
     Ok(conn.prepare_cached(&sql)?.query_row(params![mailbox, client], read_row).optional()?)
 }
 
-fn insert_audit(tx: &rusqlite::Transaction<'_>, e: &AuditEvent<'_>) -> Result<(), StoreError> {
+fn insert_audit(tx: &rusqlite::Transaction<'_>, e: &AuditEvent) -> Result<(), StoreError> {
     tx.prepare_cached(
-        "INSERT INTO audit_events (at, caller, rpc, mailbox, client, outcome, probe_outcome) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO audit_events (at, caller, caller_role, rpc, mailbox, client, outcome, probe_outcome, count, \
+         first_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     )?
-    .execute(params![e.at, e.caller, e.rpc, e.mailbox, e.client, e.outcome, e.probe_outcome.map(|o| o as i32)])?;
+    .execute(params![
+        e.at,
+        e.caller,
+        e.caller_role,
+        e.rpc,
+        e.mailbox,
+        e.client,
+        e.outcome,
+        e.probe_outcome.map(|o| o as i32),
+        i64::try_from(e.count).unwrap_or(i64::MAX),
+        e.first_at
+    ])?;
     Ok(())
 }
 
@@ -212,7 +223,7 @@ impl Store for SqliteStore {
         self.with_reader(|conn| get_row(conn, mailbox, client)?.ok_or(StoreError::NotFound))
     }
 
-    fn bind(&self, new: NewBinding<'_>, audit: &AuditEvent<'_>) -> Result<CredentialRow, StoreError> {
+    fn bind(&self, new: NewBinding<'_>, audit: &AuditEvent) -> Result<CredentialRow, StoreError> {
         let mut conn = lock(&self.writer);
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let (mailbox, client) = (new.mailbox.as_str(), new.client.as_str());
@@ -245,7 +256,7 @@ impl Store for SqliteStore {
         Ok(row)
     }
 
-    fn rotate(&self, c: RotateChange<'_>, audit: &AuditEvent<'_>) -> Result<CredentialRow, StoreError> {
+    fn rotate(&self, c: RotateChange<'_>, audit: &AuditEvent) -> Result<CredentialRow, StoreError> {
         self.write(c.mailbox, c.client, |tx, row| {
             if row.state != CredentialState::Active {
                 return Err(StoreError::Revoked);
@@ -278,7 +289,7 @@ impl Store for SqliteStore {
         client: &str,
         reason: &str,
         now: Millis,
-        audit: &AuditEvent<'_>,
+        audit: &AuditEvent,
     ) -> Result<CredentialRow, StoreError> {
         self.write(mailbox, client, |tx, row| {
             if row.state != CredentialState::Active {
@@ -300,7 +311,7 @@ impl Store for SqliteStore {
         version: u64,
         outcome: ProbeOutcome,
         now: Millis,
-        audit: &AuditEvent<'_>,
+        audit: &AuditEvent,
     ) -> Result<CredentialRow, StoreError> {
         self.write(mailbox, client, |tx, row| {
             if row.state != CredentialState::Active {
@@ -330,6 +341,89 @@ impl Store for SqliteStore {
             let rows =
                 stmt.query_map(params![q.mailbox, q.client, q.include_revoked, after_m, after_c, limit], read_row)?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    fn audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
+        let mut conn = lock(&self.writer);
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        insert_audit(&tx, event)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn list_unused(&self, q: &UnusedQuery) -> Result<Vec<CredentialRow>, StoreError> {
+        self.with_reader(|conn| {
+            // The ORDER BY and the range match the partial index credentials_unused.
+            let sql = format!(
+                "SELECT {COLUMNS} FROM credentials \
+                 WHERE state = 1 AND coalesce(last_used_at, created_at) < ?1 AND (?2 IS NULL OR mailbox = ?2) \
+                 AND (coalesce(last_used_at, created_at), mailbox, client) > (?3, ?4, ?5) \
+                 ORDER BY coalesce(last_used_at, created_at), mailbox, client LIMIT ?6"
+            );
+            let (k, m, c) = q.after.clone().unwrap_or((i64::MIN, String::new(), String::new()));
+            let limit = i64::try_from(q.limit).unwrap_or(i64::MAX);
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let rows = stmt.query_map(params![q.cutoff, q.mailbox, k, m, c, limit], read_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    fn record_reveals(&self, events: &[AuditEvent]) -> Result<(), StoreError> {
+        let mut conn = lock(&self.writer);
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        for e in events {
+            insert_audit(&tx, e)?;
+            tx.prepare_cached(
+                "UPDATE credentials SET last_used_at = max(coalesce(last_used_at, 0), ?3) \
+                 WHERE mailbox = ?1 AND client = ?2",
+            )?
+            .execute(params![e.mailbox, e.client, e.at])?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn audit_events(&self, q: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {
+        self.with_reader(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, at, caller, caller_role, rpc, mailbox, client, outcome, probe_outcome, count, first_at \
+                 FROM audit_events WHERE id < ?1 AND (?2 IS NULL OR mailbox = ?2) AND (?3 IS NULL OR client = ?3) \
+                 AND (?4 IS NULL OR caller = ?4) AND (?5 IS NULL OR at >= ?5) AND (?6 IS NULL OR at < ?6) \
+                 ORDER BY id DESC LIMIT ?7",
+            )?;
+            let limit = i64::try_from(q.limit).unwrap_or(i64::MAX);
+            let before = q.before_id.unwrap_or(i64::MAX);
+            let rows =
+                stmt.query_map(params![before, q.mailbox, q.client, q.caller, q.since, q.until, limit], |r| {
+                    Ok(AuditRecord {
+                        id: r.get(0)?,
+                        event: AuditEvent {
+                            at: r.get(1)?,
+                            caller: r.get(2)?,
+                            caller_role: r.get(3)?,
+                            rpc: r.get(4)?,
+                            mailbox: r.get(5)?,
+                            client: r.get(6)?,
+                            outcome: r.get(7)?,
+                            probe_outcome: outcome_from(r.get(8)?),
+                            count: r.get::<_, i64>(9)?.try_into().unwrap_or(0),
+                            first_at: r.get(10)?,
+                        },
+                    })
+                })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    fn count_by_state(&self) -> Result<(u64, u64), StoreError> {
+        self.with_reader(|conn| {
+            let (a, r): (i64, i64) = conn.query_row(
+                "SELECT count(*) FILTER (WHERE state = 1), count(*) FILTER (WHERE state = 2) FROM credentials",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            Ok((a.try_into().unwrap_or(0), r.try_into().unwrap_or(0)))
         })
     }
 

@@ -1,8 +1,9 @@
 //! The changes: Bind, Rotate, Revoke, Verify. Each holds its pair's lock, does the cheap checks
 //! first (format, state, version: they cost no probe budget), probes, then commits one short
-//! transaction with its audit event.
+//! transaction with its audit event. A code the provider refused is audited too (no change).
 
-use super::{Vault, VaultError, blocking, require_accepted};
+use super::{Vault, VaultError, blocking};
+use crate::auth::Caller;
 use crate::ids::{ClientId, Mailbox};
 use crate::probe::{ProbeOutcome, ProbeReport};
 use crate::secret::AuthCode;
@@ -28,22 +29,47 @@ pub struct Revoked {
     pub probe: Option<ProbeReport>,
 }
 
-fn audit<'a>(
-    at: i64,
-    caller: &'a str,
-    rpc: &'a str,
-    row: (&'a str, &'a str),
-    outcome: &'a str,
-    probe: Option<ProbeOutcome>,
-) -> AuditEvent<'a> {
-    AuditEvent { at, caller, rpc, mailbox: row.0, client: row.1, outcome, probe_outcome: probe }
-}
-
 impl Vault {
+    fn event(
+        &self,
+        caller: &Caller,
+        rpc: &str,
+        pair: (&Mailbox, &ClientId),
+        outcome: &str,
+        probe: Option<ProbeOutcome>,
+    ) -> AuditEvent {
+        let at = self.clock.now_millis();
+        AuditEvent {
+            at,
+            caller: caller.token_id.clone(),
+            caller_role: caller.role.to_string(),
+            rpc: rpc.to_owned(),
+            mailbox: pair.0.as_str().to_owned(),
+            client: pair.1.as_str().to_owned(),
+            outcome: outcome.to_owned(),
+            probe_outcome: probe,
+            count: 1,
+            first_at: at,
+        }
+    }
+
+    /// Passes an accepted report through; audits a refused one (no change was made) and fails.
+    async fn require_accepted(&self, event: AuditEvent, report: ProbeReport) -> Result<ProbeReport, VaultError> {
+        if report.outcome == ProbeOutcome::Accepted {
+            return Ok(report);
+        }
+        let event = AuditEvent { outcome: format!("PROBE_{}", report.outcome.as_str()), ..event };
+        let store = self.store.clone();
+        if let Err(e) = blocking(move || store.audit(&event)).await? {
+            tracing::warn!(error = %e, "could not audit a refused probe");
+        }
+        Err(VaultError::ProbeFailed(report))
+    }
+
     /// Checks the format, probes, and stores the code only if the provider accepted it.
     pub async fn bind(
         &self,
-        caller: &str,
+        caller: &Caller,
         mailbox: Mailbox,
         client: ClientId,
         code: AuthCode,
@@ -54,15 +80,13 @@ impl Vault {
         if self.find(&mailbox, &client)?.is_some_and(|r| r.state == CredentialState::Active) {
             return Err(VaultError::AlreadyExists);
         }
-        let report = require_accepted(self.probe(&provider, &mailbox, &code).await?)?;
-        tracing::debug!("code accepted; committing the binding");
+        let report = self.probe(&provider, &mailbox, &code).await?;
+        let event = self.event(caller, "Bind", (&mailbox, &client), "OK", Some(report.outcome));
+        let report = self.require_accepted(event.clone(), report).await?;
         let (key_id, sealed) = self.keyring.seal_code(mailbox.as_str(), client.as_str(), 1, code.expose().as_bytes());
         drop(code);
-        let (store, caller, now, provider_id) =
-            (self.store.clone(), caller.to_owned(), self.clock.now_millis(), provider.id.clone());
+        let (store, now, provider_id) = (self.store.clone(), event.at, provider.id.clone());
         let row = blocking(move || {
-            let event =
-                audit(now, &caller, "Bind", (mailbox.as_str(), client.as_str()), "OK", Some(ProbeOutcome::Accepted));
             let new = NewBinding {
                 mailbox: &mailbox,
                 client: &client,
@@ -80,7 +104,7 @@ impl Vault {
     /// Probes the new code and swaps it in (version + 1) only if accepted; then probes the old.
     pub async fn rotate(
         &self,
-        caller: &str,
+        caller: &Caller,
         mailbox: Mailbox,
         client: ClientId,
         new_code: AuthCode,
@@ -98,21 +122,21 @@ impl Vault {
         Self::check_format(&provider, &new_code)?;
         // A tampered old ciphertext must not block replacing it; it just cannot be probed.
         let old_code = self.open(&row).ok();
-        let probe = require_accepted(self.probe(&provider, &mailbox, &new_code).await?)?;
+        let report = self.probe(&provider, &mailbox, &new_code).await?;
+        let event = self.event(caller, "Rotate", (&mailbox, &client), "OK", Some(report.outcome));
+        let probe = self.require_accepted(event.clone(), report).await?;
         let next = row.version + 1;
         let (key_id, sealed) =
             self.keyring.seal_code(mailbox.as_str(), client.as_str(), next, new_code.expose().as_bytes());
         drop(new_code);
-        let (store, who, now) = (self.store.clone(), caller.to_owned(), self.clock.now_millis());
-        let (m, c) = (mailbox.as_str().to_owned(), client.as_str().to_owned());
+        let store = self.store.clone();
         let row = blocking(move || {
-            let event = audit(now, &who, "Rotate", (&m, &c), "OK", Some(ProbeOutcome::Accepted));
             let change = RotateChange {
-                mailbox: &m,
-                client: &c,
+                mailbox: &event.mailbox,
+                client: &event.client,
                 from_version: row.version,
                 code: StoredCode { key_id, sealed },
-                now,
+                now: event.at,
             };
             store.rotate(change, &event)
         })
@@ -125,7 +149,7 @@ impl Vault {
     /// Always commits the tombstone first; then probes the destroyed code.
     pub async fn revoke(
         &self,
-        caller: &str,
+        caller: &Caller,
         mailbox: Mailbox,
         client: ClientId,
         reason: &str,
@@ -144,14 +168,9 @@ impl Vault {
         }
         let provider = self.provider_of(&row).ok();
         let old_code = self.open(&row).ok();
-        let (store, who, now, why) =
-            (self.store.clone(), caller.to_owned(), self.clock.now_millis(), reason.to_owned());
-        let (m, c) = (mailbox.as_str().to_owned(), client.as_str().to_owned());
-        let row = blocking(move || {
-            let event = audit(now, &who, "Revoke", (&m, &c), "OK", None);
-            store.revoke(&m, &c, &why, now, &event)
-        })
-        .await??;
+        let event = self.event(caller, "Revoke", (&mailbox, &client), "OK", None);
+        let (store, why) = (self.store.clone(), reason.to_owned());
+        let row = blocking(move || store.revoke(&event.mailbox, &event.client, &why, event.at, &event)).await??;
         drop(pair);
         let probe = match provider {
             Some(p) => self.probe_previous(&p, &mailbox, old_code).await,
@@ -163,7 +182,7 @@ impl Vault {
     /// Re-probes the stored code and records the outcome, whatever it is.
     pub async fn verify(
         &self,
-        caller: &str,
+        caller: &Caller,
         mailbox: Mailbox,
         client: ClientId,
     ) -> Result<(CredentialRow, ProbeReport), VaultError> {
@@ -173,14 +192,12 @@ impl Vault {
         let provider = self.provider_of(&row)?;
         let report = self.probe(&provider, &mailbox, &code).await?;
         drop(code);
-        let (store, who, now, outcome, version) =
-            (self.store.clone(), caller.to_owned(), self.clock.now_millis(), report.outcome, row.version);
-        let (m, c) = (mailbox.as_str().to_owned(), client.as_str().to_owned());
-        let row = blocking(move || {
-            let event = audit(now, &who, "Verify", (&m, &c), outcome.as_str(), Some(outcome));
-            store.record_probe(&m, &c, version, outcome, now, &event)
-        })
-        .await??;
+        let outcome = report.outcome;
+        let event = self.event(caller, "Verify", (&mailbox, &client), outcome.as_str(), Some(outcome));
+        let (store, version) = (self.store.clone(), row.version);
+        let row =
+            blocking(move || store.record_probe(&event.mailbox, &event.client, version, outcome, event.at, &event))
+                .await??;
         Ok((row, report))
     }
 }

@@ -7,6 +7,7 @@ mod clock;
 mod error;
 mod lifecycle;
 mod locks;
+mod usage;
 
 pub use budget::ProbeBudget;
 pub use clock::{Clock, SystemClock};
@@ -17,13 +18,18 @@ use std::sync::Arc;
 
 use zeroize::Zeroizing;
 
+use crate::auth::Caller;
 use crate::crypto::Keyring;
 use crate::ids::{ClientId, Mailbox};
-use crate::probe::{ProbeOutcome, ProbeReport, ProbeRequest, Prober};
+use crate::metrics::Metrics;
+use crate::probe::{ProbeReport, ProbeRequest, Prober};
 use crate::provider::{Provider, Registry};
 use crate::secret::AuthCode;
-use crate::store::{CredentialRow, CredentialState, ListQuery, Store, StoreError};
+use crate::store::{
+    AuditQuery, AuditRecord, CredentialRow, CredentialState, ListQuery, Store, StoreError, UnusedQuery,
+};
 use locks::PairLocks;
+use usage::Usage;
 
 /// Default and largest page sizes for listings.
 pub const DEFAULT_PAGE_SIZE: usize = 100;
@@ -46,6 +52,8 @@ pub struct Vault {
     budget: ProbeBudget,
     clock: Arc<dyn Clock>,
     locks: PairLocks,
+    usage: Usage,
+    metrics: Arc<Metrics>,
 }
 
 /// Runs blocking storage work off the async workers; a panic there is re-raised here.
@@ -65,8 +73,19 @@ impl Vault {
         prober: Arc<dyn Prober>,
         budget: ProbeBudget,
         clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
     ) -> Self {
-        Self { store, keyring, registry, prober, budget, clock, locks: PairLocks::default() }
+        Self {
+            store,
+            keyring,
+            registry,
+            prober,
+            budget,
+            clock,
+            locks: PairLocks::default(),
+            usage: Usage::default(),
+            metrics,
+        }
     }
 
     fn provider_for(&self, mailbox: &Mailbox) -> Result<Arc<Provider>, VaultError> {
@@ -97,6 +116,7 @@ impl Vault {
             .take(mailbox.as_str(), std::time::Instant::now())
             .map_err(|retry_after| VaultError::RateLimited { retry_after })?;
         let report = self.prober.probe(ProbeRequest { provider, login: mailbox.as_str(), code }).await;
+        self.metrics.observe_probe(&provider.id, report.outcome.as_str());
         tracing::info!(
             outcome = report.outcome.as_str(),
             server = %report.server,
@@ -140,11 +160,59 @@ impl Vault {
         Ok(AuthCode::new(&text))
     }
 
-    /// Decrypts a pair's code. Runs on the caller's thread: a point read and a decrypt.
-    pub fn reveal(&self, mailbox: &Mailbox, client: &ClientId) -> Result<Revealed, VaultError> {
+    /// Decrypts a pair's code and counts the use in memory. Runs on the caller's thread: a
+    /// point read and a decrypt, no disk write.
+    pub fn reveal(&self, caller: &Caller, mailbox: &Mailbox, client: &ClientId) -> Result<Revealed, VaultError> {
         let row = self.store.get(mailbox.as_str(), client.as_str())?;
         let code = self.open(&row)?;
-        Ok(Revealed { code, version: row.version, provider: self.provider_of(&row)? })
+        let revealed = Revealed { code, version: row.version, provider: self.provider_of(&row)? };
+        self.usage.record(caller, mailbox, client, self.clock.now_millis());
+        Ok(revealed)
+    }
+
+    /// Writes the coalesced Reveal usage (audit events and `last_used_at`). On failure the
+    /// usage is kept for the next flush.
+    pub async fn flush_usage(&self) -> Result<(), VaultError> {
+        let events = self.usage.take();
+        if events.is_empty() {
+            return Ok(());
+        }
+        let store = self.store.clone();
+        let (result, events) = blocking(move || (store.record_reveals(&events), events)).await?;
+        if let Err(e) = result {
+            self.usage.restore(events);
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// A page of the quarterly review. Pending usage is flushed first, so the page is exact.
+    pub async fn list_unused(&self, mut query: UnusedQuery) -> Result<(Vec<CredentialRow>, bool), VaultError> {
+        self.flush_usage().await?;
+        let page = query.limit;
+        query.limit = page + 1;
+        let store = self.store.clone();
+        let mut rows = blocking(move || store.list_unused(&query)).await??;
+        let more = rows.len() > page;
+        rows.truncate(page);
+        Ok((rows, more))
+    }
+
+    /// A page of the audit trail, newest first; `true` if more follow. Pending Reveal usage is
+    /// flushed first, so the page is current.
+    pub async fn audit_events(&self, mut query: AuditQuery) -> Result<(Vec<AuditRecord>, bool), VaultError> {
+        self.flush_usage().await?;
+        let page = query.limit;
+        query.limit = page + 1;
+        let store = self.store.clone();
+        let mut rows = blocking(move || store.audit_events(&query)).await??;
+        let more = rows.len() > page;
+        rows.truncate(page);
+        Ok((rows, more))
+    }
+
+    pub fn now_millis(&self) -> i64 {
+        self.clock.now_millis()
     }
 
     /// One binding's metadata.
@@ -178,9 +246,4 @@ impl Vault {
             Err(e) => Err(e.into()),
         }
     }
-}
-
-/// Maps a probe that did not accept a new code to the error that stops the change.
-fn require_accepted(report: ProbeReport) -> Result<ProbeReport, VaultError> {
-    if report.outcome == ProbeOutcome::Accepted { Ok(report) } else { Err(VaultError::ProbeFailed(report)) }
 }
