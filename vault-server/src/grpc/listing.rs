@@ -128,3 +128,157 @@ pub async fn audit(
     };
     Ok(proto::ListAuditEventsResponse { events: records.into_iter().map(Into::into).collect(), next_page_token })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::ids::{ClientId, Mailbox};
+    use crate::secret::AuthCode;
+    use crate::vault::testkit::{self, DAY, FakeClock};
+
+    const NOW: i64 = 1_000 * DAY;
+
+    fn ids(m: &str, c: &str) -> (Mailbox, ClientId) {
+        (Mailbox::parse(m).unwrap(), ClientId::parse(c).unwrap())
+    }
+
+    async fn bind_at(vault: &Vault, clock: &FakeClock, at: i64, m: &str, c: &str) {
+        clock.set(at);
+        let (m, c) = ids(m, c);
+        vault.bind(&testkit::admin(), m, c, AuthCode::new("abcd1234efgh5678")).await.unwrap();
+    }
+
+    fn reveal_at(vault: &Vault, clock: &FakeClock, at: i64, m: &str, c: &str) {
+        clock.set(at);
+        let (m, c) = ids(m, c);
+        vault.reveal(&testkit::client(c.as_str()), &m, &c).unwrap();
+    }
+
+    async fn page(vault: &Vault, token: &str, size: u32, unused_for: Option<i64>) -> proto::ListUnusedClientsResponse {
+        let req = proto::ListUnusedClientsRequest {
+            unused_for: unused_for.map(|ms| prost_types::Duration { seconds: ms / 1000, nanos: 0 }),
+            mailbox: String::new(),
+            page_size: size,
+            page_token: token.to_owned(),
+        };
+        unused(vault, req).await.unwrap()
+    }
+
+    fn names(r: &proto::ListUnusedClientsResponse) -> Vec<String> {
+        r.clients.iter().map(|c| format!("{}/{}", c.mailbox, c.client)).collect()
+    }
+
+    #[tokio::test]
+    async fn the_ninety_day_boundary_is_exact_and_revoked_pairs_are_excluded() {
+        let clock = Arc::new(FakeClock::default());
+        let (_tmp, vault) = testkit::vault(clock.clone());
+        let cutoff = NOW - 90 * DAY;
+        bind_at(&vault, &clock, NOW - 200 * DAY, "never@sina.com", "old").await;
+        bind_at(&vault, &clock, cutoff - 1, "never@sina.com", "justbefore").await;
+        bind_at(&vault, &clock, cutoff, "never@sina.com", "atcutoff").await;
+        bind_at(&vault, &clock, NOW - DAY, "never@sina.com", "new").await;
+        bind_at(&vault, &clock, NOW - 300 * DAY, "used@sina.com", "stale").await;
+        reveal_at(&vault, &clock, cutoff - 1, "used@sina.com", "stale");
+        bind_at(&vault, &clock, NOW - 300 * DAY, "used@sina.com", "fresh").await;
+        reveal_at(&vault, &clock, cutoff, "used@sina.com", "fresh");
+        bind_at(&vault, &clock, NOW - 300 * DAY, "gone@sina.com", "revoked").await;
+        let (m, c) = ids("gone@sina.com", "revoked");
+        vault.revoke(&testkit::admin(), m, c, "left").await.unwrap();
+        clock.set(NOW);
+
+        // Default window: 90 days. Oldest activity first; never-used pairs count from binding.
+        let r = page(&vault, "", 0, None).await;
+        assert_eq!(names(&r), ["never@sina.com/old", "never@sina.com/justbefore", "used@sina.com/stale"]);
+        assert!(r.next_page_token.is_empty());
+        let stale = &r.clients[2];
+        assert_eq!(stale.last_used_at.as_ref().map(|t| t.seconds * 1000), Some((cutoff - 1) / 1000 * 1000));
+        assert!(r.clients[0].last_used_at.is_none());
+        assert_eq!(r.clients[0].created_at.as_ref().unwrap().seconds, (NOW - 200 * DAY) / 1000);
+        assert_eq!(r.clients[0].last_probe_outcome(), proto::ProbeOutcome::Accepted);
+
+        // One millisecond later, the pairs at the cut-off fall out of the window too.
+        clock.set(NOW + 1);
+        let r = page(&vault, "", 0, None).await;
+        assert_eq!(r.clients.len(), 5);
+        // A shorter window lists more: with half a day, even the pair bound yesterday.
+        clock.set(NOW);
+        assert_eq!(page(&vault, "", 0, Some(2 * DAY)).await.clients.len(), 5);
+        assert_eq!(page(&vault, "", 0, Some(DAY / 2)).await.clients.len(), 6);
+    }
+
+    #[tokio::test]
+    async fn paging_is_stable_while_rows_change() {
+        let clock = Arc::new(FakeClock::default());
+        let (_tmp, vault) = testkit::vault(clock.clone());
+        for i in 0..7 {
+            bind_at(&vault, &clock, NOW - (200 - i) * DAY, &format!("u{i}@sina.com"), "sender").await;
+        }
+        clock.set(NOW);
+        let first = page(&vault, "", 3, None).await;
+        assert_eq!(names(&first), ["u0@sina.com/sender", "u1@sina.com/sender", "u2@sina.com/sender"]);
+        assert!(!first.next_page_token.is_empty());
+        // Between pages: u1 (already listed) and u4 (not yet) are used; u5 is revoked; u9 is bound
+        // long ago by a clock jump backwards (it sorts before the token and is not re-listed).
+        reveal_at(&vault, &clock, NOW, "u1@sina.com", "sender");
+        reveal_at(&vault, &clock, NOW, "u4@sina.com", "sender");
+        let (m, c) = ids("u5@sina.com", "sender");
+        vault.revoke(&testkit::admin(), m, c, "").await.unwrap();
+        bind_at(&vault, &clock, NOW - 300 * DAY, "u9@sina.com", "sender").await;
+        clock.set(NOW + 30 * DAY);
+        let second = page(&vault, &first.next_page_token, 3, None).await;
+        assert_eq!(names(&second), ["u3@sina.com/sender", "u6@sina.com/sender"]);
+        assert!(second.next_page_token.is_empty());
+        // A token from another listing, or garbage, is refused.
+        let bad = proto::ListUnusedClientsRequest { page_token: "bm9wZQ".into(), ..Default::default() };
+        assert!(matches!(unused(&vault, bad).await, Err(VaultError::InvalidField { field: "page_token", .. })));
+        let negative = proto::ListUnusedClientsRequest {
+            unused_for: Some(prost_types::Duration { seconds: -1, nanos: 0 }),
+            ..Default::default()
+        };
+        assert!(matches!(unused(&vault, negative).await, Err(VaultError::InvalidField { field: "unused_for", .. })));
+    }
+
+    #[tokio::test]
+    async fn the_mailbox_filter_and_the_audit_listing() {
+        let clock = Arc::new(FakeClock::default());
+        let (_tmp, vault) = testkit::vault(clock.clone());
+        bind_at(&vault, &clock, NOW - 200 * DAY, "a@sina.com", "sender").await;
+        bind_at(&vault, &clock, NOW - 200 * DAY, "b@sina.com", "sender").await;
+        reveal_at(&vault, &clock, NOW - 100 * DAY, "a@sina.com", "sender");
+        reveal_at(&vault, &clock, NOW - 99 * DAY, "a@sina.com", "sender");
+        clock.set(NOW);
+        let req = proto::ListUnusedClientsRequest { mailbox: "A@sina.com".into(), ..Default::default() };
+        assert_eq!(names(&unused(&vault, req).await.unwrap()), ["a@sina.com/sender"]);
+
+        let all = audit(&vault, proto::ListAuditEventsRequest::default()).await.unwrap();
+        let rpcs: Vec<&str> = all.events.iter().map(|e| e.rpc.as_str()).collect();
+        assert_eq!(rpcs, ["Reveal", "Bind", "Bind"], "newest first");
+        let reveal = &all.events[0];
+        assert_eq!(
+            (reveal.count, reveal.caller.as_str(), reveal.caller_role.as_str()),
+            (2, "tk_sender", "client:sender")
+        );
+        assert_eq!(reveal.first_at.as_ref().unwrap().seconds, (NOW - 100 * DAY) / 1000);
+        assert_eq!(reveal.at.as_ref().unwrap().seconds, (NOW - 99 * DAY) / 1000);
+        let paged = audit(&vault, proto::ListAuditEventsRequest { page_size: 2, ..Default::default() }).await.unwrap();
+        assert_eq!(paged.events.len(), 2);
+        let rest = audit(
+            &vault,
+            proto::ListAuditEventsRequest { page_size: 2, page_token: paged.next_page_token, ..Default::default() },
+        )
+        .await
+        .unwrap();
+        assert_eq!(rest.events.len(), 1);
+        assert!(rest.next_page_token.is_empty());
+        let since = prost_types::Timestamp { seconds: (NOW - 150 * DAY) / 1000, nanos: 0 };
+        let recent =
+            audit(&vault, proto::ListAuditEventsRequest { since: Some(since), ..Default::default() }).await.unwrap();
+        assert_eq!(recent.events.len(), 1);
+        let by_admin = audit(&vault, proto::ListAuditEventsRequest { caller: "tk_admin".into(), ..Default::default() })
+            .await
+            .unwrap();
+        assert!(by_admin.events.iter().all(|e| e.rpc == "Bind") && by_admin.events.len() == 2);
+    }
+}

@@ -18,6 +18,11 @@ use crate::probe::ProbeOutcome;
 /// Readers kept open for reuse; more are opened on demand under load.
 const MAX_IDLE_READERS: usize = 8;
 
+/// The review's page: the range and the ORDER BY match the partial index credentials_unused.
+const UNUSED_PAGE: &str = "WHERE state = 1 AND coalesce(last_used_at, created_at) < ?1 AND (?2 IS NULL OR mailbox = ?2) \
+     AND (coalesce(last_used_at, created_at), mailbox, client) > (?3, ?4, ?5) \
+     ORDER BY coalesce(last_used_at, created_at), mailbox, client LIMIT ?6";
+
 const COLUMNS: &str = "mailbox, client, provider, state, version, key_id, nonce, ciphertext, created_at, \
      rotated_at, revoked_at, revoke_reason, last_used_at, last_verified_at, last_probe_outcome";
 
@@ -354,13 +359,7 @@ impl Store for SqliteStore {
 
     fn list_unused(&self, q: &UnusedQuery) -> Result<Vec<CredentialRow>, StoreError> {
         self.with_reader(|conn| {
-            // The ORDER BY and the range match the partial index credentials_unused.
-            let sql = format!(
-                "SELECT {COLUMNS} FROM credentials \
-                 WHERE state = 1 AND coalesce(last_used_at, created_at) < ?1 AND (?2 IS NULL OR mailbox = ?2) \
-                 AND (coalesce(last_used_at, created_at), mailbox, client) > (?3, ?4, ?5) \
-                 ORDER BY coalesce(last_used_at, created_at), mailbox, client LIMIT ?6"
-            );
+            let sql = format!("SELECT {COLUMNS} FROM credentials {UNUSED_PAGE}");
             let (k, m, c) = q.after.clone().unwrap_or((i64::MIN, String::new(), String::new()));
             let limit = i64::try_from(q.limit).unwrap_or(i64::MAX);
             let mut stmt = conn.prepare_cached(&sql)?;
@@ -486,5 +485,30 @@ impl Store for SqliteStore {
         }
         tx.commit()?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::{Key, Keyring};
+
+    #[test]
+    fn the_review_query_walks_its_index() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (_, wrapped) = Keyring::generate(&Key::random());
+        let material = UnlockMaterial { salt: Salt([0; 16]), params: KdfParams::FLOOR, keys: vec![wrapped] };
+        let store = SqliteStore::create(&tmp.path().join("v.db"), &material, 0).unwrap();
+        let conn = lock(&store.writer);
+        let plan: Vec<String> = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN SELECT mailbox FROM credentials {UNUSED_PAGE}"))
+            .unwrap()
+            .query_map(params![0, None::<String>, 0, "", "", 10], |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let plan = plan.join("; ");
+        assert!(plan.contains("credentials_unused"), "{plan}");
+        assert!(!plan.contains("TEMP B-TREE"), "the ORDER BY must come from the index: {plan}");
     }
 }

@@ -7,6 +7,8 @@ mod clock;
 mod error;
 mod lifecycle;
 mod locks;
+#[cfg(test)]
+pub mod testkit;
 mod usage;
 
 pub use budget::ProbeBudget;

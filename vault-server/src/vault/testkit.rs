@@ -1,0 +1,76 @@
+//! Test doubles for the vault: a clock the test moves and a prober that accepts every code.
+//! Unit tests only; end-to-end tests use the real binary and a real Dovecot.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use super::{Clock, ProbeBudget, Vault};
+use crate::auth::{Caller, Role};
+use crate::crypto::{KdfParams, Key, Keyring, Salt};
+use crate::ids::ClientId;
+use crate::metrics::Metrics;
+use crate::probe::{ProbeOutcome, ProbeReport, ProbeRequest, Prober};
+use crate::provider::Registry;
+use crate::store::{SqliteStore, UnlockMaterial};
+
+pub const DAY: i64 = 24 * 3600 * 1000;
+
+/// A clock set by the test, in Unix milliseconds.
+#[derive(Debug, Default)]
+pub struct FakeClock(AtomicI64);
+
+impl FakeClock {
+    pub fn set(&self, millis: i64) {
+        self.0.store(millis, Ordering::SeqCst);
+    }
+}
+
+impl Clock for FakeClock {
+    fn now_millis(&self) -> i64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Accepts every code, as a provider would a correct one.
+#[derive(Debug)]
+pub struct AcceptAll;
+
+#[tonic::async_trait]
+impl Prober for AcceptAll {
+    async fn probe(&self, req: ProbeRequest<'_>) -> ProbeReport {
+        ProbeReport {
+            outcome: ProbeOutcome::Accepted,
+            server: req.provider.imap.to_string(),
+            server_response: "OK scripted".into(),
+            hint: String::new(),
+            latency: Duration::ZERO,
+        }
+    }
+}
+
+/// A vault on a fresh SQLite file, with the fake clock and prober and a generous budget.
+pub fn vault(clock: Arc<FakeClock>) -> (tempfile::TempDir, Arc<Vault>) {
+    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let (keyring, wrapped) = Keyring::generate(&Key::random());
+    let material = UnlockMaterial { salt: Salt([1; 16]), params: KdfParams::FLOOR, keys: vec![wrapped] };
+    let store = SqliteStore::create(&tmp.path().join("vault.db"), &material, 0).unwrap_or_else(|e| panic!("{e}"));
+    let vault = Vault::new(
+        Arc::new(store),
+        keyring,
+        Registry::builtin(),
+        Arc::new(AcceptAll),
+        ProbeBudget::new(1000, 1000),
+        clock,
+        Arc::new(Metrics::default()),
+    );
+    (tmp, Arc::new(vault))
+}
+
+pub fn admin() -> Caller {
+    Caller { token_id: "tk_admin".into(), role: Role::Admin }
+}
+
+pub fn client(id: &str) -> Caller {
+    Caller { token_id: format!("tk_{id}"), role: Role::Client(ClientId::parse(id).unwrap_or_else(|e| panic!("{e}"))) }
+}
