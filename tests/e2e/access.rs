@@ -134,7 +134,7 @@ async fn a_revoked_token_is_refused_within_a_second_and_list_never_shows_tokens(
     let revoked_at = Instant::now();
     loop {
         match c.reveal(ALICE, "sender").await {
-            Err(vault_client::Error::Other { code: Code::Unauthenticated, .. }) => break,
+            Err(vault_client::Error::Unauthenticated { .. }) => break,
             Ok(_) => assert!(revoked_at.elapsed() < Duration::from_secs(1), "still accepted a second after revoke"),
             Err(e) => panic!("{e:?}"),
         }
@@ -167,7 +167,7 @@ async fn a_token_row_inserted_by_hand_is_refused() {
     drop(db);
     let mut c = stack.server.client_with(Some(forged)).await;
     let err = c.list(proto::ListCredentialsRequest::default()).await.unwrap_err();
-    assert!(matches!(err, vault_client::Error::Other { code: Code::Unauthenticated, .. }), "{err:?}");
+    assert!(matches!(err, vault_client::Error::Unauthenticated { .. }), "{err:?}");
     assert!(stack.server.log().contains("no valid MAC"), "{}", stack.server.log());
     // The real admin token still works.
     stack.admin().await.list(proto::ListCredentialsRequest::default()).await.unwrap();

@@ -13,4 +13,5 @@ mod command_line;
 mod grpcurl;
 mod lifecycle;
 mod providers;
+mod review;
 mod storage;

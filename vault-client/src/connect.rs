@@ -34,6 +34,13 @@ pub struct ConnectOptions {
 
 impl ConnectOptions {
     /// Plaintext with a bearer token.
+    ///
+    /// ```
+    /// use vault_client::{ConnectOptions, SecretString};
+    /// let options = ConnectOptions::with_token(SecretString::from("avt_..."));
+    /// assert!(options.tls.is_none());
+    /// assert!(!format!("{options:?}").contains("avt_"));
+    /// ```
     pub fn with_token(token: SecretString) -> Self {
         Self { token: Some(token), ..Self::default() }
     }

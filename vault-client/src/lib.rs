@@ -1,7 +1,12 @@
-//! Client for authcode-vault.
+//! Client for authcode-vault, the gRPC vault for mail-provider client auth codes.
 //!
-//! [`VaultClient`] wraps the generated stubs in [`proto`]; auth codes travel as
-//! [`secrecy::SecretString`] and never appear in a Debug print.
+//! [`VaultClient`] wraps the generated stubs in [`proto`] with one method per RPC and a typed
+//! [`Error`]. Auth codes travel as [`SecretString`] and never appear in a Debug print. A
+//! sync worker reveals its own code with a client token; admin tools bind, rotate, revoke,
+//! verify and review with an admin token.
+//!
+//! The channel reconnects by itself after a dropped connection; set per-call and connect
+//! timeouts and TLS in [`ConnectOptions`].
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), vault_client::Error> {
@@ -15,6 +20,8 @@
 //! let _code: &str = revealed.code.expose_secret();
 //! # Ok(()) }
 //! ```
+
+#![warn(missing_docs)]
 
 mod connect;
 mod error;
@@ -31,9 +38,10 @@ use tonic::transport::Channel;
 use connect::BearerToken;
 use proto::auth_code_vault_client::AuthCodeVaultClient;
 
-type Inner = AuthCodeVaultClient<InterceptedService<Channel, BearerToken>>;
+/// The generated client with the bearer-token interceptor.
+pub type Inner = AuthCodeVaultClient<InterceptedService<Channel, BearerToken>>;
 
-/// A revealed code and where to use it.
+/// A revealed code and where to use it. Debug shows the code redacted.
 #[derive(Debug)]
 pub struct Revealed {
     /// The plaintext auth code.
@@ -50,7 +58,7 @@ pub struct Revealed {
     pub smtp_port: u16,
 }
 
-/// A connection to the vault.
+/// A connection to the vault. Cheap to clone; clones share the connection.
 #[derive(Debug, Clone)]
 pub struct VaultClient {
     inner: Inner,
@@ -59,17 +67,41 @@ pub struct VaultClient {
 impl VaultClient {
     /// Connects to `endpoint` (`http://...` or, with [`TlsOptions`], `https://...`). The token,
     /// if any, is sent as `authorization: Bearer ...` on every call.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), vault_client::Error> {
+    /// use vault_client::{ConnectOptions, SecretString, TlsOptions, VaultClient};
+    /// let options = ConnectOptions {
+    ///     token: Some(SecretString::from("avt_...")),
+    ///     tls: Some(TlsOptions { ca_pem: Some(std::fs::read("vault-ca.pem").unwrap()), ..Default::default() }),
+    ///     timeout: Some(std::time::Duration::from_secs(30)),
+    ///     ..Default::default()
+    /// };
+    /// let vault = VaultClient::connect("https://vault.example.net:50051", options).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn connect(endpoint: impl Into<String>, options: ConnectOptions) -> Result<Self, Error> {
         let (channel, token) = options.channel(endpoint.into()).await?;
         Ok(Self { inner: AuthCodeVaultClient::with_interceptor(channel, token) })
     }
 
-    /// The generated client (with the token attached), for calls this wrapper does not cover.
+    /// The generated client (with the token attached), for raw `tonic::Status` handling.
     pub fn raw(&mut self) -> &mut Inner {
         &mut self.inner
     }
 
-    /// Binds `code` to (mailbox, client) after the provider accepted it.
+    /// Binds `code` to (mailbox, client) after the provider accepted it (admin).
+    ///
+    /// ```no_run
+    /// # async fn demo(vault: &mut vault_client::VaultClient) -> Result<(), vault_client::Error> {
+    /// use vault_client::{Error, SecretString};
+    /// match vault.bind("alice@sina.com", "sender", SecretString::from("abcd1234efgh5678")).await {
+    ///     Ok(r) => println!("bound, version {}", r.credential.map_or(0, |c| c.version)),
+    ///     Err(Error::ProbeRejected { hint }) => eprintln!("Sina refused it: {hint}"),
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn bind(
         &mut self,
         mailbox: &str,
@@ -84,7 +116,16 @@ impl VaultClient {
         Ok(self.inner.bind(req).await?.into_inner())
     }
 
-    /// Fetches the plaintext code for (mailbox, client).
+    /// Fetches the plaintext code for (mailbox, client) and the provider's servers (client
+    /// token of that client).
+    ///
+    /// ```no_run
+    /// # async fn demo(vault: &mut vault_client::VaultClient) -> Result<(), vault_client::Error> {
+    /// use secrecy::ExposeSecret;
+    /// let r = vault.reveal("alice@sina.com", "sender").await?;
+    /// let (host, port, password) = (r.imap_host, r.imap_port, r.code.expose_secret().to_owned());
+    /// # Ok(()) }
+    /// ```
     pub async fn reveal(&mut self, mailbox: &str, client: &str) -> Result<Revealed, Error> {
         let req = proto::RevealRequest { mailbox: mailbox.to_owned(), client: client.to_owned() };
         let r = self.inner.reveal(req).await?.into_inner();
@@ -99,8 +140,19 @@ impl VaultClient {
         })
     }
 
-    /// Replaces the code after the provider accepted `new_code`. `expected_version` 0 skips the
-    /// version check. The response says whether the provider still accepts the old code.
+    /// Replaces the code after the provider accepted `new_code` (admin). `expected_version` 0
+    /// skips the version check. The response says whether the provider still accepts the old
+    /// code.
+    ///
+    /// ```no_run
+    /// # async fn demo(vault: &mut vault_client::VaultClient) -> Result<(), vault_client::Error> {
+    /// use vault_client::{SecretString, proto::ProbeOutcome};
+    /// let r = vault.rotate("alice@sina.com", "sender", SecretString::from("ijkl9012mnop3456"), 1).await?;
+    /// if r.previous_code_probe.is_some_and(|p| p.outcome() == ProbeOutcome::Accepted) {
+    ///     println!("delete the old code in webmail");
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn rotate(
         &mut self,
         mailbox: &str,
@@ -117,20 +169,49 @@ impl VaultClient {
         Ok(self.inner.rotate(req).await?.into_inner())
     }
 
-    /// Destroys the code and keeps a tombstone; then says whether the provider still accepts it.
+    /// Destroys the code and keeps a tombstone (admin); then says whether the provider still
+    /// accepts it.
+    ///
+    /// ```no_run
+    /// # async fn demo(vault: &mut vault_client::VaultClient) -> Result<(), vault_client::Error> {
+    /// let r = vault.revoke("alice@sina.com", "foxmail", "laptop retired").await?;
+    /// if let Some(p) = r.probe { println!("{}", p.hint); }
+    /// # Ok(()) }
+    /// ```
     pub async fn revoke(&mut self, mailbox: &str, client: &str, reason: &str) -> Result<proto::RevokeResponse, Error> {
         let req =
             proto::RevokeRequest { mailbox: mailbox.to_owned(), client: client.to_owned(), reason: reason.to_owned() };
         Ok(self.inner.revoke(req).await?.into_inner())
     }
 
-    /// Re-probes the stored code and records the outcome.
+    /// Re-probes the stored code and records the outcome (admin).
+    ///
+    /// ```no_run
+    /// # async fn demo(vault: &mut vault_client::VaultClient) -> Result<(), vault_client::Error> {
+    /// let r = vault.verify("alice@sina.com", "sender").await?;
+    /// println!("{:?}: {}", r.probe.as_ref().map(|p| p.outcome()), r.probe.map(|p| p.hint).unwrap_or_default());
+    /// # Ok(()) }
+    /// ```
     pub async fn verify(&mut self, mailbox: &str, client: &str) -> Result<proto::VerifyResponse, Error> {
         let req = proto::VerifyRequest { mailbox: mailbox.to_owned(), client: client.to_owned() };
         Ok(self.inner.verify(req).await?.into_inner())
     }
 
-    /// One page of bindings' metadata; pass the returned `next_page_token` for the next page.
+    /// One page of bindings' metadata (admin); pass the returned `next_page_token` for the next
+    /// page.
+    ///
+    /// ```no_run
+    /// # async fn demo(vault: &mut vault_client::VaultClient) -> Result<(), vault_client::Error> {
+    /// use vault_client::proto::ListCredentialsRequest;
+    /// let mut token = String::new();
+    /// loop {
+    ///     let page = vault.list(ListCredentialsRequest { page_token: token, ..Default::default() }).await?;
+    ///     for c in &page.credentials { println!("{} {}", c.mailbox, c.client); }
+    ///     if page.next_page_token.is_empty() { break; }
+    ///     token = page.next_page_token;
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn list(
         &mut self,
         request: proto::ListCredentialsRequest,
@@ -138,7 +219,63 @@ impl VaultClient {
         Ok(self.inner.list_credentials(request).await?.into_inner())
     }
 
-    /// A binding's metadata.
+    /// One page of the quarterly review (admin): active bindings with no Reveal within
+    /// `unused_for` (`None`: 90 days), oldest activity first. `mailbox` empty for all. Pass
+    /// `next_page_token` back for the next page.
+    ///
+    /// ```no_run
+    /// # async fn demo(vault: &mut vault_client::VaultClient) -> Result<(), vault_client::Error> {
+    /// let page = vault.list_unused(None, "", "").await?;
+    /// for c in page.clients {
+    ///     println!("{} {} last used {:?}", c.mailbox, c.client, c.last_used_at);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn list_unused(
+        &mut self,
+        unused_for: Option<std::time::Duration>,
+        mailbox: &str,
+        page_token: &str,
+    ) -> Result<proto::ListUnusedClientsResponse, Error> {
+        let unused_for = unused_for
+            .map(prost_types::Duration::try_from)
+            .transpose()
+            .map_err(|_| Error::InvalidArgument { message: "unused_for is out of range".into() })?;
+        let req = proto::ListUnusedClientsRequest {
+            unused_for,
+            mailbox: mailbox.to_owned(),
+            page_size: 0,
+            page_token: page_token.to_owned(),
+        };
+        Ok(self.inner.list_unused_clients(req).await?.into_inner())
+    }
+
+    /// One page of the audit trail, newest first (admin).
+    ///
+    /// ```no_run
+    /// # async fn demo(vault: &mut vault_client::VaultClient) -> Result<(), vault_client::Error> {
+    /// use vault_client::proto::ListAuditEventsRequest;
+    /// let req = ListAuditEventsRequest { mailbox: "alice@sina.com".into(), ..Default::default() };
+    /// for e in vault.audit_events(req).await?.events {
+    ///     println!("{} {} by {} ({}): {}", e.id, e.rpc, e.caller, e.caller_role, e.outcome);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn audit_events(
+        &mut self,
+        request: proto::ListAuditEventsRequest,
+    ) -> Result<proto::ListAuditEventsResponse, Error> {
+        Ok(self.inner.list_audit_events(request).await?.into_inner())
+    }
+
+    /// A binding's metadata, never its code (admin, or the client for its own pairs).
+    ///
+    /// ```no_run
+    /// # async fn demo(vault: &mut vault_client::VaultClient) -> Result<(), vault_client::Error> {
+    /// let c = vault.get("alice@sina.com", "sender").await?;
+    /// println!("version {} last verified {:?}", c.version, c.last_verified_at);
+    /// # Ok(()) }
+    /// ```
     pub async fn get(&mut self, mailbox: &str, client: &str) -> Result<proto::Credential, Error> {
         let req = proto::GetCredentialRequest { mailbox: mailbox.to_owned(), client: client.to_owned() };
         Ok(self.inner.get_credential(req).await?.into_inner())

@@ -80,8 +80,6 @@ impl Stack {
             format!("smtp.corp.example:465={}", dovecot.submissions),
             "--probe-ca-file".into(),
             vault::path_str(&pki.ca_cert).into(),
-            "--probe-timeout".into(),
-            "10".into(),
         ]
     }
 

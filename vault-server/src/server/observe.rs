@@ -31,9 +31,29 @@ pub struct ObserveService<S> {
     metrics: Arc<Metrics>,
 }
 
-fn code_name(status: Option<&http::HeaderValue>) -> String {
-    let code = status.and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<i32>().ok()).unwrap_or(0);
-    format!("{:?}", tonic::Code::from_i32(code))
+/// The canonical name of a `grpc-status` value (absent means OK).
+fn code_name(status: Option<&http::HeaderValue>) -> &'static str {
+    const NAMES: [&str; 17] = [
+        "OK",
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
+        "UNAUTHENTICATED",
+    ];
+    let code = status.and_then(|v| v.to_str().ok()).map_or(Some(0), |v| v.parse::<usize>().ok());
+    code.and_then(|c| NAMES.get(c)).copied().unwrap_or("UNKNOWN")
 }
 
 impl<S, B, RB> Service<http::Request<B>> for ObserveService<S>
@@ -57,9 +77,9 @@ where
             let out = fut.await;
             let code = match &out {
                 Ok(resp) => code_name(resp.headers().get("grpc-status")),
-                Err(_) => "Unknown".to_owned(),
+                Err(_) => "UNKNOWN",
             };
-            metrics.observe_rpc(&method, &code, started.elapsed());
+            metrics.observe_rpc(&method, code, started.elapsed());
             out
         })
     }
