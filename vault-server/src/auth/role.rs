@@ -42,11 +42,6 @@ pub struct Caller {
 }
 
 impl Caller {
-    /// How the audit trail names this caller.
-    pub fn audit_name(&self) -> String {
-        format!("{} ({})", self.token_id, self.role)
-    }
-
     /// Admin-only RPCs.
     pub fn require_admin(&self, rpc: &str) -> Result<(), Status> {
         match self.role {

@@ -1,30 +1,26 @@
 //! The SQLite store: one writer connection (IMMEDIATE transactions) and a small pool of readers.
 //! WAL with `synchronous=FULL`, so an acknowledged write survives power loss.
 
+mod rows;
+mod tokens;
+
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Mutex;
 
-use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
 use super::{
     AuditEvent, AuditQuery, AuditRecord, CredentialRow, CredentialState, ListQuery, Millis, NewBinding, RotateChange,
-    Store, StoreError, StoredCode, TokenRow, UnlockMaterial, UnusedQuery, migrate,
+    Store, StoreError, TokenRow, UnlockMaterial, UnusedQuery, migrate,
 };
 use crate::crypto::{KdfParams, Salt, Sealed, WrappedKey};
 use crate::probe::ProbeOutcome;
+use rows::{get_row, insert_audit};
 
 /// Readers kept open for reuse; more are opened on demand under load.
 const MAX_IDLE_READERS: usize = 8;
-
-/// The review's page: the range and the ORDER BY match the partial index credentials_unused.
-const UNUSED_PAGE: &str = "WHERE state = 1 AND coalesce(last_used_at, created_at) < ?1 AND (?2 IS NULL OR mailbox = ?2) \
-     AND (coalesce(last_used_at, created_at), mailbox, client) > (?3, ?4, ?5) \
-     ORDER BY coalesce(last_used_at, created_at), mailbox, client LIMIT ?6";
-
-const COLUMNS: &str = "mailbox, client, provider, state, version, key_id, nonce, ciphertext, created_at, \
-     rotated_at, revoked_at, revoke_reason, last_used_at, last_verified_at, last_probe_outcome";
 
 pub struct SqliteStore {
     path: std::path::PathBuf,
@@ -136,68 +132,6 @@ impl SqliteStore {
 
 fn blob_array<const N: usize>(v: Vec<u8>, what: &str) -> Result<[u8; N], StoreError> {
     v.try_into().map_err(|_| StoreError::Corrupt(format!("{what} has the wrong length")))
-}
-
-fn outcome_from(v: Option<i64>) -> Option<ProbeOutcome> {
-    v.and_then(|v| i32::try_from(v).ok()).and_then(ProbeOutcome::from_i32)
-}
-
-fn read_row(r: &Row<'_>) -> rusqlite::Result<CredentialRow> {
-    let state = match r.get::<_, i64>(3)? {
-        1 => CredentialState::Active,
-        _ => CredentialState::Revoked,
-    };
-    let key_id: Option<u32> = r.get(5)?;
-    let nonce: Option<Vec<u8>> = r.get(6)?;
-    let ciphertext: Option<Vec<u8>> = r.get(7)?;
-    let code = match (key_id, nonce, ciphertext) {
-        (Some(key_id), Some(nonce), Some(ciphertext)) => {
-            // A nonce of the wrong length cannot authenticate; an all-zero one makes that explicit.
-            let nonce = nonce.try_into().unwrap_or([0u8; 24]);
-            Some(StoredCode { key_id, sealed: Sealed { nonce, ciphertext } })
-        }
-        _ => None,
-    };
-    Ok(CredentialRow {
-        mailbox: r.get(0)?,
-        client: r.get(1)?,
-        provider: r.get(2)?,
-        state,
-        version: r.get::<_, i64>(4)?.try_into().unwrap_or(0),
-        code,
-        created_at: r.get(8)?,
-        rotated_at: r.get(9)?,
-        revoked_at: r.get(10)?,
-        revoke_reason: r.get(11)?,
-        last_used_at: r.get(12)?,
-        last_verified_at: r.get(13)?,
-        last_probe_outcome: outcome_from(r.get(14)?),
-    })
-}
-
-fn get_row(conn: &Connection, mailbox: &str, client: &str) -> Result<Option<CredentialRow>, StoreError> {
-    let sql = format!("SELECT {COLUMNS} FROM credentials WHERE mailbox = ?1 AND client = ?2");
-    Ok(conn.prepare_cached(&sql)?.query_row(params![mailbox, client], read_row).optional()?)
-}
-
-fn insert_audit(tx: &rusqlite::Transaction<'_>, e: &AuditEvent) -> Result<(), StoreError> {
-    tx.prepare_cached(
-        "INSERT INTO audit_events (at, caller, caller_role, rpc, mailbox, client, outcome, probe_outcome, count, \
-         first_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-    )?
-    .execute(params![
-        e.at,
-        e.caller,
-        e.caller_role,
-        e.rpc,
-        e.mailbox,
-        e.client,
-        e.outcome,
-        e.probe_outcome.map(|o| o as i32),
-        i64::try_from(e.count).unwrap_or(i64::MAX),
-        e.first_at
-    ])?;
-    Ok(())
 }
 
 impl Store for SqliteStore {
@@ -333,39 +267,12 @@ impl Store for SqliteStore {
         })
     }
 
-    fn list(&self, q: &ListQuery) -> Result<Vec<CredentialRow>, StoreError> {
-        self.with_reader(|conn| {
-            let (after_m, after_c) = q.after.clone().unwrap_or_default();
-            let sql = format!(
-                "SELECT {COLUMNS} FROM credentials \
-                 WHERE (?1 IS NULL OR mailbox = ?1) AND (?2 IS NULL OR client = ?2) AND (?3 OR state = 1) \
-                 AND (mailbox, client) > (?4, ?5) ORDER BY mailbox, client LIMIT ?6"
-            );
-            let mut stmt = conn.prepare_cached(&sql)?;
-            let limit = i64::try_from(q.limit).unwrap_or(i64::MAX);
-            let rows =
-                stmt.query_map(params![q.mailbox, q.client, q.include_revoked, after_m, after_c, limit], read_row)?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
-        })
-    }
-
     fn audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
         let mut conn = lock(&self.writer);
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         insert_audit(&tx, event)?;
         tx.commit()?;
         Ok(())
-    }
-
-    fn list_unused(&self, q: &UnusedQuery) -> Result<Vec<CredentialRow>, StoreError> {
-        self.with_reader(|conn| {
-            let sql = format!("SELECT {COLUMNS} FROM credentials {UNUSED_PAGE}");
-            let (k, m, c) = q.after.clone().unwrap_or((i64::MIN, String::new(), String::new()));
-            let limit = i64::try_from(q.limit).unwrap_or(i64::MAX);
-            let mut stmt = conn.prepare_cached(&sql)?;
-            let rows = stmt.query_map(params![q.cutoff, q.mailbox, k, m, c, limit], read_row)?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
-        })
     }
 
     fn record_reveals(&self, events: &[AuditEvent]) -> Result<(), StoreError> {
@@ -383,108 +290,36 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    fn list(&self, q: &ListQuery) -> Result<Vec<CredentialRow>, StoreError> {
+        self.with_reader(|conn| rows::list(conn, q))
+    }
+
+    fn list_unused(&self, q: &UnusedQuery) -> Result<Vec<CredentialRow>, StoreError> {
+        self.with_reader(|conn| rows::list_unused(conn, q))
+    }
+
     fn audit_events(&self, q: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {
-        self.with_reader(|conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT id, at, caller, caller_role, rpc, mailbox, client, outcome, probe_outcome, count, first_at \
-                 FROM audit_events WHERE id < ?1 AND (?2 IS NULL OR mailbox = ?2) AND (?3 IS NULL OR client = ?3) \
-                 AND (?4 IS NULL OR caller = ?4) AND (?5 IS NULL OR at >= ?5) AND (?6 IS NULL OR at < ?6) \
-                 ORDER BY id DESC LIMIT ?7",
-            )?;
-            let limit = i64::try_from(q.limit).unwrap_or(i64::MAX);
-            let before = q.before_id.unwrap_or(i64::MAX);
-            let rows =
-                stmt.query_map(params![before, q.mailbox, q.client, q.caller, q.since, q.until, limit], |r| {
-                    Ok(AuditRecord {
-                        id: r.get(0)?,
-                        event: AuditEvent {
-                            at: r.get(1)?,
-                            caller: r.get(2)?,
-                            caller_role: r.get(3)?,
-                            rpc: r.get(4)?,
-                            mailbox: r.get(5)?,
-                            client: r.get(6)?,
-                            outcome: r.get(7)?,
-                            probe_outcome: outcome_from(r.get(8)?),
-                            count: r.get::<_, i64>(9)?.try_into().unwrap_or(0),
-                            first_at: r.get(10)?,
-                        },
-                    })
-                })?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
-        })
+        self.with_reader(|conn| rows::audit_events(conn, q))
     }
 
     fn count_by_state(&self) -> Result<(u64, u64), StoreError> {
-        self.with_reader(|conn| {
-            let (a, r): (i64, i64) = conn.query_row(
-                "SELECT count(*) FILTER (WHERE state = 1), count(*) FILTER (WHERE state = 2) FROM credentials",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )?;
-            Ok((a.try_into().unwrap_or(0), r.try_into().unwrap_or(0)))
-        })
+        self.with_reader(rows::count_by_state)
     }
 
     fn insert_token(&self, t: &TokenRow) -> Result<(), StoreError> {
-        let mut conn = lock(&self.writer);
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        tx.execute(
-            "INSERT INTO tokens (id, role, digest, key_id, mac, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![t.id, t.role, t.digest, t.key_id, t.mac, t.created_at],
-        )?;
-        tx.commit()?;
-        Ok(())
+        tokens::insert(&mut lock(&self.writer), t)
     }
 
     fn tokens(&self) -> Result<Vec<TokenRow>, StoreError> {
-        self.with_reader(|conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT id, role, digest, key_id, mac, created_at, last_used_at, revoked_at FROM tokens ORDER BY created_at, id",
-            )?;
-            let rows = stmt.query_map([], |r| {
-                Ok(TokenRow {
-                    id: r.get(0)?,
-                    role: r.get(1)?,
-                    digest: r.get(2)?,
-                    key_id: r.get(3)?,
-                    mac: r.get(4)?,
-                    created_at: r.get(5)?,
-                    last_used_at: r.get(6)?,
-                    revoked_at: r.get(7)?,
-                })
-            })?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
-        })
+        self.with_reader(tokens::all)
     }
 
     fn revoke_token(&self, id: &str, now: Millis) -> Result<(), StoreError> {
-        let mut conn = lock(&self.writer);
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let revoked: Option<Option<i64>> =
-            tx.query_row("SELECT revoked_at FROM tokens WHERE id = ?1", [id], |r| r.get(0)).optional()?;
-        match revoked {
-            None => return Err(StoreError::NotFound),
-            Some(Some(_)) => return Err(StoreError::Revoked),
-            Some(None) => {}
-        }
-        tx.execute("UPDATE tokens SET revoked_at = ?2 WHERE id = ?1", params![id, now])?;
-        tx.commit()?;
-        Ok(())
+        tokens::revoke(&mut lock(&self.writer), id, now)
     }
 
     fn record_token_use(&self, uses: &[(String, Millis)]) -> Result<(), StoreError> {
-        let mut conn = lock(&self.writer);
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        {
-            let mut stmt =
-                tx.prepare_cached("UPDATE tokens SET last_used_at = max(coalesce(last_used_at, 0), ?2) WHERE id = ?1")?;
-            for (id, at) in uses {
-                stmt.execute(params![id, at])?;
-            }
-        }
-        tx.commit()?;
-        Ok(())
+        tokens::record_use(&mut lock(&self.writer), uses)
     }
 }
 
@@ -501,7 +336,7 @@ mod tests {
         let store = SqliteStore::create(&tmp.path().join("v.db"), &material, 0).unwrap();
         let conn = lock(&store.writer);
         let plan: Vec<String> = conn
-            .prepare(&format!("EXPLAIN QUERY PLAN SELECT mailbox FROM credentials {UNUSED_PAGE}"))
+            .prepare(&format!("EXPLAIN QUERY PLAN SELECT mailbox FROM credentials {}", rows::UNUSED_PAGE"))
             .unwrap()
             .query_map(params![0, None::<String>, 0, "", "", 10], |r| r.get::<_, String>(3))
             .unwrap()

@@ -1,0 +1,136 @@
+//! Row mapping and the read queries of the SQLite store.
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+use crate::crypto::Sealed;
+use crate::probe::ProbeOutcome;
+use crate::store::{
+    AuditEvent, AuditQuery, AuditRecord, CredentialRow, CredentialState, ListQuery, StoreError, StoredCode, UnusedQuery,
+};
+
+/// The review's page: the range and the ORDER BY match the partial index credentials_unused.
+pub(super) const UNUSED_PAGE: &str = "WHERE state = 1 AND coalesce(last_used_at, created_at) < ?1 AND (?2 IS NULL OR mailbox = ?2) \
+     AND (coalesce(last_used_at, created_at), mailbox, client) > (?3, ?4, ?5) \
+     ORDER BY coalesce(last_used_at, created_at), mailbox, client LIMIT ?6";
+
+pub(super) const COLUMNS: &str = "mailbox, client, provider, state, version, key_id, nonce, ciphertext, created_at, \
+     rotated_at, revoked_at, revoke_reason, last_used_at, last_verified_at, last_probe_outcome";
+
+pub(super) fn outcome_from(v: Option<i64>) -> Option<ProbeOutcome> {
+    v.and_then(|v| i32::try_from(v).ok()).and_then(ProbeOutcome::from_i32)
+}
+
+pub(super) fn read_row(r: &Row<'_>) -> rusqlite::Result<CredentialRow> {
+    let state = match r.get::<_, i64>(3)? {
+        1 => CredentialState::Active,
+        _ => CredentialState::Revoked,
+    };
+    let key_id: Option<u32> = r.get(5)?;
+    let nonce: Option<Vec<u8>> = r.get(6)?;
+    let ciphertext: Option<Vec<u8>> = r.get(7)?;
+    let code = match (key_id, nonce, ciphertext) {
+        (Some(key_id), Some(nonce), Some(ciphertext)) => {
+            // A nonce of the wrong length cannot authenticate; an all-zero one makes that explicit.
+            let nonce = nonce.try_into().unwrap_or([0u8; 24]);
+            Some(StoredCode { key_id, sealed: Sealed { nonce, ciphertext } })
+        }
+        _ => None,
+    };
+    Ok(CredentialRow {
+        mailbox: r.get(0)?,
+        client: r.get(1)?,
+        provider: r.get(2)?,
+        state,
+        version: r.get::<_, i64>(4)?.try_into().unwrap_or(0),
+        code,
+        created_at: r.get(8)?,
+        rotated_at: r.get(9)?,
+        revoked_at: r.get(10)?,
+        revoke_reason: r.get(11)?,
+        last_used_at: r.get(12)?,
+        last_verified_at: r.get(13)?,
+        last_probe_outcome: outcome_from(r.get(14)?),
+    })
+}
+
+pub(super) fn get_row(conn: &Connection, mailbox: &str, client: &str) -> Result<Option<CredentialRow>, StoreError> {
+    let sql = format!("SELECT {COLUMNS} FROM credentials WHERE mailbox = ?1 AND client = ?2");
+    Ok(conn.prepare_cached(&sql)?.query_row(params![mailbox, client], read_row).optional()?)
+}
+
+pub(super) fn insert_audit(tx: &rusqlite::Transaction<'_>, e: &AuditEvent) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "INSERT INTO audit_events (at, caller, caller_role, rpc, mailbox, client, outcome, probe_outcome, count, \
+         first_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?
+    .execute(params![
+        e.at,
+        e.caller,
+        e.caller_role,
+        e.rpc,
+        e.mailbox,
+        e.client,
+        e.outcome,
+        e.probe_outcome.map(|o| o as i32),
+        i64::try_from(e.count).unwrap_or(i64::MAX),
+        e.first_at
+    ])?;
+    Ok(())
+}
+
+pub(super) fn list(conn: &Connection, q: &ListQuery) -> Result<Vec<CredentialRow>, StoreError> {
+    let (after_m, after_c) = q.after.clone().unwrap_or_default();
+    let sql = format!(
+        "SELECT {COLUMNS} FROM credentials \
+                 WHERE (?1 IS NULL OR mailbox = ?1) AND (?2 IS NULL OR client = ?2) AND (?3 OR state = 1) \
+                 AND (mailbox, client) > (?4, ?5) ORDER BY mailbox, client LIMIT ?6"
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let limit = i64::try_from(q.limit).unwrap_or(i64::MAX);
+    let rows = stmt.query_map(params![q.mailbox, q.client, q.include_revoked, after_m, after_c, limit], read_row)?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+pub(super) fn list_unused(conn: &Connection, q: &UnusedQuery) -> Result<Vec<CredentialRow>, StoreError> {
+    let sql = format!("SELECT {COLUMNS} FROM credentials {UNUSED_PAGE}");
+    let (k, m, c) = q.after.clone().unwrap_or((i64::MIN, String::new(), String::new()));
+    let limit = i64::try_from(q.limit).unwrap_or(i64::MAX);
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(params![q.cutoff, q.mailbox, k, m, c, limit], read_row)?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+pub(super) fn audit_events(conn: &Connection, q: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, at, caller, caller_role, rpc, mailbox, client, outcome, probe_outcome, count, first_at \
+                 FROM audit_events WHERE id < ?1 AND (?2 IS NULL OR mailbox = ?2) AND (?3 IS NULL OR client = ?3) \
+                 AND (?4 IS NULL OR caller = ?4) AND (?5 IS NULL OR at >= ?5) AND (?6 IS NULL OR at < ?6) \
+                 ORDER BY id DESC LIMIT ?7",
+    )?;
+    let limit = i64::try_from(q.limit).unwrap_or(i64::MAX);
+    let before = q.before_id.unwrap_or(i64::MAX);
+    let rows = stmt.query_map(params![before, q.mailbox, q.client, q.caller, q.since, q.until, limit], |r| {
+        Ok(AuditRecord {
+            id: r.get(0)?,
+            event: AuditEvent {
+                at: r.get(1)?,
+                caller: r.get(2)?,
+                caller_role: r.get(3)?,
+                rpc: r.get(4)?,
+                mailbox: r.get(5)?,
+                client: r.get(6)?,
+                outcome: r.get(7)?,
+                probe_outcome: outcome_from(r.get(8)?),
+                count: r.get::<_, i64>(9)?.try_into().unwrap_or(0),
+                first_at: r.get(10)?,
+            },
+        })
+    })?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+pub(super) fn count_by_state(conn: &Connection) -> Result<(u64, u64), StoreError> {
+    let (a, r): (i64, i64) = conn.query_row(
+        "SELECT count(*) FILTER (WHERE state = 1), count(*) FILTER (WHERE state = 2) FROM credentials",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    Ok((a.try_into().unwrap_or(0), r.try_into().unwrap_or(0)))
+}
