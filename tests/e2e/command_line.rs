@@ -3,7 +3,7 @@
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 
-use crate::harness::vault::{BIN, DataDir, VaultServer, path_str, run};
+use crate::harness::vault::{DataDir, VaultServer, path_str, run};
 use crate::harness::{PASSPHRASE, grpcurl};
 
 fn one_line_error(out: &std::process::Output) -> String {
@@ -97,6 +97,7 @@ fn serve_dev_initialises_once_and_answers_health_and_reflection() {
     let args: Vec<String> = ["serve", "--dev", "--listen", "127.0.0.1:0"].iter().map(|s| (*s).to_owned()).collect();
     let mut server = VaultServer::spawn(&args, Some(tmp.path())).expect("dev server starts");
     let pf = tmp.path().join("vault-dev/passphrase");
+    server.wait_for_log("admin token (shown once): avt_");
     let token_lines: Vec<String> =
         server.log().lines().filter(|l| l.starts_with("admin token (shown once): avt_")).map(str::to_owned).collect();
     assert_eq!(token_lines.len(), 1, "{}", server.log());
@@ -112,8 +113,7 @@ fn serve_dev_initialises_once_and_answers_health_and_reflection() {
     let passphrase = std::fs::read(&pf).unwrap();
     let mut again = VaultServer::spawn(&args, Some(tmp.path())).expect("dev server restarts");
     assert_eq!(std::fs::read(&pf).unwrap(), passphrase);
+    assert!(again.stop().success());
     assert!(!again.log().contains("initialised a new vault"));
     assert!(!again.log().contains("avt_"), "the admin token is printed once only");
-    assert!(again.stop().success());
-    let _ = BIN;
 }

@@ -148,6 +148,8 @@ async fn json_logs_and_prometheus_metrics() {
     assert!(admin.bind(ALICE, "sender", code(ALICE_CODE)).await.is_err());
     assert!(stack.admin().await.reveal(ALICE, "sender").await.is_err());
 
+    stack.server.wait_for_log("metrics on http://");
+    stack.server.wait_for_log("\"rpc\":\"Bind\"");
     let log = stack.server.log();
     let mut rpc_lines = 0;
     for line in log.lines() {

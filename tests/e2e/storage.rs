@@ -66,5 +66,6 @@ async fn a_ciphertext_copied_onto_another_row_is_data_loss_never_the_other_code(
     // The untouched row still opens.
     let alice = stack.as_client("sender").await.reveal(ALICE, "sender").await.unwrap();
     assert_eq!(secrecy::ExposeSecret::expose_secret(&alice.code), ALICE_CODE);
+    assert!(stack.server.stop().success());
     assert!(!stack.server.log().contains("CANARY"));
 }

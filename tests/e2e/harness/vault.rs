@@ -65,6 +65,7 @@ pub struct VaultServer {
     child: Option<Child>,
     pub addr: SocketAddr,
     log: Arc<Mutex<Vec<String>>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl VaultServer {
@@ -107,6 +108,7 @@ impl VaultServer {
         }
         let mut child = cmd.spawn().expect("spawn vault-server");
         let log = Arc::new(Mutex::new(Vec::new()));
+        let mut readers = Vec::new();
         for stream in [
             child.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
             child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
@@ -115,11 +117,11 @@ impl VaultServer {
         .flatten()
         {
             let log = log.clone();
-            std::thread::spawn(move || {
+            readers.push(std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
                     log.lock().expect("log lock").push(line);
                 }
-            });
+            }));
         }
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -127,7 +129,7 @@ impl VaultServer {
                 l.split("listening on ").nth(1).and_then(|rest| rest.split_whitespace().next()?.parse().ok())
             });
             if let Some(addr) = found {
-                return Ok(Self { child: Some(child), addr, log });
+                return Ok(Self { child: Some(child), addr, log, readers });
             }
             if let Ok(Some(status)) = child.try_wait() {
                 std::thread::sleep(Duration::from_millis(100));
@@ -151,11 +153,21 @@ impl VaultServer {
 
     /// A stand-in for a server that was moved out (for stopping it on another thread).
     pub fn placeholder() -> Self {
-        Self { child: None, addr: SocketAddr::from(([127, 0, 0, 1], 0)), log: Arc::default() }
+        Self { child: None, addr: SocketAddr::from(([127, 0, 0, 1], 0)), log: Arc::default(), readers: Vec::new() }
     }
 
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
+    }
+
+    /// Waits (up to 10 s) until the server has printed a line containing `needle`; its output
+    /// is read on another thread, so a line may arrive just after the event that caused it.
+    pub fn wait_for_log(&self, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.log().contains(needle) {
+            assert!(Instant::now() < deadline, "the server never logged {needle:?}:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Everything the server printed so far.
@@ -163,7 +175,7 @@ impl VaultServer {
         self.log.lock().expect("log lock").join("\n")
     }
 
-    /// Sends SIGTERM and waits for the exit.
+    /// Sends SIGTERM and waits for the exit and for the last line of output.
     pub fn stop(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("server already stopped");
         let ok = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().expect("kill");
@@ -171,6 +183,9 @@ impl VaultServer {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = child.try_wait().expect("wait") {
+                for reader in self.readers.drain(..) {
+                    let _ = reader.join();
+                }
                 return status;
             }
             assert!(Instant::now() < deadline, "server ignored SIGTERM");

@@ -336,7 +336,7 @@ mod tests {
         let store = SqliteStore::create(&tmp.path().join("v.db"), &material, 0).unwrap();
         let conn = lock(&store.writer);
         let plan: Vec<String> = conn
-            .prepare(&format!("EXPLAIN QUERY PLAN SELECT mailbox FROM credentials {}", rows::UNUSED_PAGE"))
+            .prepare(&format!("EXPLAIN QUERY PLAN SELECT mailbox FROM credentials {}", rows::UNUSED_PAGE))
             .unwrap()
             .query_map(params![0, None::<String>, 0, "", "", 10], |r| r.get::<_, String>(3))
             .unwrap()
