@@ -172,6 +172,9 @@ pub trait Store: Send + Sync + 'static {
     fn get(&self, mailbox: &str, client: &str) -> Result<CredentialRow, StoreError>;
     /// Inserts a binding, or re-binds a revoked pair at version 1. `AlreadyExists` if active.
     fn bind(&self, new: NewBinding<'_>, audit: &AuditEvent) -> Result<CredentialRow, StoreError>;
+    /// Inserts many new pairs in one transaction, with one audit event for the batch (bulk
+    /// import and benchmarks; no probe). Fails, changing nothing, if any pair exists.
+    fn import(&self, rows: &[NewBinding<'_>], audit: &AuditEvent) -> Result<(), StoreError>;
     /// Swaps in a new code (version + 1), overwriting the old ciphertext. `Conflict` if the
     /// version moved, `Revoked` if revoked.
     fn rotate(&self, change: RotateChange<'_>, audit: &AuditEvent) -> Result<CredentialRow, StoreError>;

@@ -134,6 +134,24 @@ fn blob_array<const N: usize>(v: Vec<u8>, what: &str) -> Result<[u8; N], StoreEr
     v.try_into().map_err(|_| StoreError::Corrupt(format!("{what} has the wrong length")))
 }
 
+fn insert_binding(tx: &rusqlite::Transaction<'_>, new: &NewBinding<'_>) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "INSERT INTO credentials (mailbox, client, provider, state, version, key_id, nonce, ciphertext, \
+         created_at, last_verified_at, last_probe_outcome) VALUES (?1, ?2, ?3, 1, 1, ?4, ?5, ?6, ?7, ?7, ?8)",
+    )?
+    .execute(params![
+        new.mailbox.as_str(),
+        new.client.as_str(),
+        new.provider,
+        new.code.key_id,
+        &new.code.sealed.nonce[..],
+        &new.code.sealed.ciphertext,
+        new.now,
+        new.probe_outcome as i32
+    ])?;
+    Ok(())
+}
+
 impl Store for SqliteStore {
     fn unlock_material(&self) -> Result<UnlockMaterial, StoreError> {
         self.with_reader(|conn| {
@@ -162,6 +180,24 @@ impl Store for SqliteStore {
         self.with_reader(|conn| get_row(conn, mailbox, client)?.ok_or(StoreError::NotFound))
     }
 
+    fn import(&self, rows: &[NewBinding<'_>], audit: &AuditEvent) -> Result<(), StoreError> {
+        let mut conn = lock(&self.writer);
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        for new in rows {
+            insert_binding(&tx, new).map_err(|e| match e {
+                StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, _))
+                    if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+                {
+                    StoreError::AlreadyExists
+                }
+                e => e,
+            })?;
+        }
+        insert_audit(&tx, audit)?;
+        tx.commit()?;
+        Ok(())
+    }
+
     fn bind(&self, new: NewBinding<'_>, audit: &AuditEvent) -> Result<CredentialRow, StoreError> {
         let mut conn = lock(&self.writer);
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -175,20 +211,7 @@ impl Store for SqliteStore {
             }
             None => {}
         }
-        tx.execute(
-            "INSERT INTO credentials (mailbox, client, provider, state, version, key_id, nonce, ciphertext, \
-             created_at, last_verified_at, last_probe_outcome) VALUES (?1, ?2, ?3, 1, 1, ?4, ?5, ?6, ?7, ?7, ?8)",
-            params![
-                mailbox,
-                client,
-                new.provider,
-                new.code.key_id,
-                &new.code.sealed.nonce[..],
-                &new.code.sealed.ciphertext,
-                new.now,
-                new.probe_outcome as i32
-            ],
-        )?;
+        insert_binding(&tx, &new)?;
         insert_audit(&tx, audit)?;
         let row = get_row(&tx, mailbox, client)?.ok_or(StoreError::NotFound)?;
         tx.commit()?;
