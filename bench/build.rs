@@ -6,6 +6,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto_root = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?).join("../proto");
     println!("cargo:rerun-if-changed={}", proto_root.display());
     let fds = protox::compile(["vault/v1/vault.proto"], [&proto_root])?;
-    tonic_prost_build::configure().build_client(false).build_server(true).generate_default_stubs(true).compile_fds(fds)?;
+    tonic_prost_build::configure()
+        .build_client(false)
+        .build_server(true)
+        .generate_default_stubs(true)
+        .compile_fds(fds)?;
     Ok(())
 }

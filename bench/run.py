@@ -123,14 +123,15 @@ class System:
         self.counter = counter  # () -> served so far, or None
         self.good_bytes = None
 
-    def calibrate(self):
+    def calibrate(self, pilot_conns=16):
         r = h2load(self.url, self.body, self.headers, 1, 1, 200, self.h1)
         if r["succeeded"] != 200 or r["failed"]:
             sys.exit(f"{self.name}: calibration failed:\n{r['raw']}")
         self.good_bytes = r["data"] // 200
         if r["data"] != 200 * self.good_bytes or self.good_bytes == 0:
             sys.exit(f"{self.name}: uneven responses in calibration:\n{r['raw']}")
-        pilot = h2load(self.url, self.body, self.headers, 16, 10 if not self.h1 else 1, 3000, self.h1)
+        pilot = h2load(self.url, self.body, self.headers, pilot_conns, 10 if pilot_conns > 1 and not self.h1 else 1,
+                       3000 if pilot_conns > 1 else 50, self.h1)
         self.rate_guess = pilot["rate"]
 
     def run(self, conns, streams, tmp):
@@ -139,7 +140,7 @@ class System:
         n -= n % conns
         before_served = self.counter() if self.counter else None
         before_cpu = cpu_ticks(self.proc.pid)
-        log = os.path.join(tmp, f"{self.name}.log")
+        log = os.path.join(tmp, f"{self.name}-{conns}x{streams}-{time.monotonic_ns()}.log")
         r = h2load(self.url, self.body, self.headers, conns, streams, n, self.h1, log)
         cpu = (cpu_ticks(self.proc.pid) - before_cpu) / TICK
         ok = r["succeeded"] == n and r["failed"] == 0 and r["data"] == n * self.good_bytes
@@ -242,7 +243,9 @@ def compare(tmp):
         System("vault", f"http://127.0.0.1:{port}/vault.v1.AuthCodeVault/Reveal", body,
                GRPC + [f"authorization: Bearer {client}"], False, vault,
                lambda: metric(mport, 'vault_rpc_requests_total{method="Reveal",code="OK"}')),
-        System("bare", f"http://127.0.0.1:{bare_port}/vault.v1.AuthCodeVault/Reveal", body, GRPC, False, bare, None),
+        # The very same request, token header included: the baseline decodes it and ignores it.
+        System("bare", f"http://127.0.0.1:{bare_port}/vault.v1.AuthCodeVault/Reveal", body,
+               GRPC + [f"authorization: Bearer {client}"], False, bare, None),
         System("openbao", f"http://127.0.0.1:{bao_port}/v1/secret/data/bench", None, ["X-Vault-Token: root"], True, bao, None),
     ]
     for s in systems:
@@ -286,7 +289,7 @@ def scale(tmp):
         f.write(grpc_frame(varint(3 << 3) + varint(100)))  # page_size = 100
     review = System("review", f"http://127.0.0.1:{port}/vault.v1.AuthCodeVault/ListUnusedClients", page,
                     GRPC + [f"authorization: Bearer {admin}"], False, vault, None)
-    review.calibrate()
+    review.calibrate(pilot_conns=1)
     review.rate_guess = min(review.rate_guess, 500)
     pages = review.run(1, 1, tmp)
     rss = rss_mib(vault.pid)

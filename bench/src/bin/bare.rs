@@ -1,13 +1,16 @@
 //! The baseline: a bare tonic 0.14 server whose one real RPC (`vault.v1.AuthCodeVault/Reveal`)
 //! returns a precomputed response from a HashMap. Same tonic and tokio settings as the vault;
-//! no auth, no crypto, no storage. Prints how many Reveals it answered when it stops.
+//! no auth, no crypto, no storage. TCP_NODELAY as in the vault. Prints how many Reveals it answered when it stops.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use tonic::{Request, Response, Status};
-use vault_bench::proto::{RevealRequest, RevealResponse, auth_code_vault_server::{AuthCodeVault, AuthCodeVaultServer}};
+use vault_bench::proto::{
+    RevealRequest, RevealResponse,
+    auth_code_vault_server::{AuthCodeVault, AuthCodeVaultServer},
+};
 
 struct Bare {
     values: HashMap<(String, String), RevealResponse>,
@@ -18,7 +21,8 @@ struct Bare {
 impl AuthCodeVault for Bare {
     async fn reveal(&self, request: Request<RevealRequest>) -> Result<Response<RevealResponse>, Status> {
         let req = request.into_inner();
-        let value = self.values.get(&(req.mailbox, req.client)).cloned().ok_or_else(|| Status::not_found("no such key"))?;
+        let value =
+            self.values.get(&(req.mailbox, req.client)).cloned().ok_or_else(|| Status::not_found("no such key"))?;
         self.served.fetch_add(1, Ordering::Relaxed);
         Ok(Response::new(value))
     }
@@ -47,9 +51,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tonic::transport::Server::builder()
         .add_service(AuthCodeVaultServer::new(service))
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async move {
-            term.recv().await;
-        })
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            async move {
+                term.recv().await;
+            },
+        )
         .await?;
     println!("served {}", served.load(Ordering::Relaxed));
     Ok(())

@@ -30,6 +30,6 @@ impl tonic::service::Interceptor for Authenticate {
 }
 
 /// The caller the interceptor attached.
-pub fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
-    request.extensions().get::<Caller>().cloned().ok_or_else(|| Status::unauthenticated("no authenticated caller"))
+pub fn caller<T>(request: &Request<T>) -> Result<Arc<Caller>, Status> {
+    request.extensions().get::<Arc<Caller>>().cloned().ok_or_else(|| Status::unauthenticated("no authenticated caller"))
 }

@@ -13,6 +13,19 @@ const PREFIX: &str = "avt_";
 /// Hex characters in a token id.
 const ID_HEX: usize = 12;
 
+/// Checks the wire form without copying the token; returns the id's hex part.
+pub fn check(raw: &str) -> Option<&str> {
+    let (id, secret) = raw.strip_prefix(PREFIX)?.split_once('_')?;
+    let id_ok = id.len() == ID_HEX && id.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
+    let secret_ok = secret.len() == 43 && secret.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    (id_ok && secret_ok).then_some(id)
+}
+
+/// The SHA-256 digest of a token's wire form: what is stored and compared.
+pub fn digest(raw: &str) -> [u8; 32] {
+    Sha256::digest(raw.as_bytes()).into()
+}
+
 /// A full bearer token. Debug is redacted.
 pub struct Token(SecretString);
 
@@ -50,7 +63,7 @@ impl Token {
     }
 
     pub fn digest(&self) -> [u8; 32] {
-        Sha256::digest(self.0.expose_secret().as_bytes()).into()
+        digest(self.0.expose_secret())
     }
 
     pub fn expose(&self) -> &str {

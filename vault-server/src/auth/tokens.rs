@@ -3,12 +3,14 @@
 //! a second), checked on every call without touching the disk.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use subtle::ConstantTimeEq;
 use tonic::Status;
 
+use super::token::{check, digest};
 use super::{Caller, Role, Token};
 use crate::crypto::{Key, KeyId, Keyring, hmac, verify_hmac};
 use crate::store::{Millis, Store, StoreError, TokenRow};
@@ -27,10 +29,13 @@ struct ReloadState {
     misses_in_window: u32,
 }
 
+/// A verified token: its digest, its caller, and its last use (written out by `flush_uses`).
 #[derive(Debug)]
 struct Entry {
     digest: [u8; 32],
-    role: Role,
+    caller: Arc<Caller>,
+    last_used: AtomicI64,
+    flushed: AtomicI64,
 }
 
 /// The verified, unrevoked tokens and their recent uses.
@@ -38,8 +43,7 @@ pub struct Tokens {
     store: Arc<dyn Store>,
     mac_keys: HashMap<KeyId, Key>,
     active_key: KeyId,
-    table: RwLock<Arc<HashMap<String, Entry>>>,
-    uses: Mutex<HashMap<String, Millis>>,
+    table: RwLock<HashMap<String, Arc<Entry>>>,
     reloads: Mutex<ReloadState>,
 }
 
@@ -70,8 +74,7 @@ impl Tokens {
             store,
             mac_keys,
             active_key: keyring.active_key_id(),
-            table: RwLock::new(Arc::new(HashMap::new())),
-            uses: Mutex::new(HashMap::new()),
+            table: RwLock::new(HashMap::new()),
             reloads: Mutex::new(ReloadState::default()),
         })
     }
@@ -125,10 +128,21 @@ impl Tokens {
                 tracing::warn!(token_id = %t.id, "token row is malformed; refusing it");
                 continue;
             };
-            table.insert(t.id, Entry { digest, role });
+            let stored = t.last_used_at.unwrap_or(0);
+            let caller = Arc::new(Caller { token_id: t.id.clone(), role });
+            let entry = Entry { digest, caller, last_used: AtomicI64::new(stored), flushed: AtomicI64::new(stored) };
+            table.insert(t.id, Arc::new(entry));
         }
         tracing::trace!(active = table.len(), "token table loaded");
-        *self.table.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(table);
+        let mut current = self.table.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Uses recorded since the last flush carry over to the fresh entries.
+        for (id, old) in current.iter() {
+            if let Some(new) = table.get(id) {
+                new.last_used.fetch_max(old.last_used.load(Ordering::Relaxed), Ordering::Relaxed);
+                new.flushed.fetch_max(old.flushed.load(Ordering::Relaxed), Ordering::Relaxed);
+            }
+        }
+        *current = table;
         Ok(())
     }
 
@@ -158,38 +172,56 @@ impl Tokens {
         }
     }
 
-    fn lookup(&self, id: &str, digest: &[u8; 32]) -> Option<Role> {
-        let table = self.table.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
-        table.get(id).filter(|e| bool::from(e.digest.ct_eq(digest))).map(|e| e.role.clone())
+    fn lookup(&self, id: &str, digest: &[u8; 32], now: Millis) -> Option<Arc<Caller>> {
+        let table = self.table.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let entry = table.get(id).filter(|e| bool::from(e.digest.ct_eq(digest)))?;
+        entry.last_used.fetch_max(now, Ordering::Relaxed);
+        Some(entry.caller.clone())
     }
 
-    /// Checks an `authorization` header value; the token is never logged or echoed.
-    pub fn authenticate(&self, header: Option<&str>, now: Millis) -> Result<Caller, Status> {
+    /// Checks an `authorization` header value; the token is never logged or echoed, nor copied.
+    pub fn authenticate(&self, header: Option<&str>, now: Millis) -> Result<Arc<Caller>, Status> {
         let raw = header.ok_or_else(|| Status::unauthenticated("missing authorization: Bearer <token>"))?;
-        let token = raw
-            .strip_prefix("Bearer ")
-            .and_then(|t| Token::parse(t.trim()))
+        let token = raw.strip_prefix("Bearer ").map(str::trim).unwrap_or_default();
+        let hex = check(token)
             .ok_or_else(|| Status::unauthenticated("malformed authorization header; expected Bearer avt_..."))?;
-        let (id, digest, arrived) = (token.id(), token.digest(), Instant::now());
-        let role = self
-            .lookup(&id, &digest)
-            .or_else(|| if self.reload_on_miss(arrived) { self.lookup(&id, &digest) } else { None });
-        let Some(role) = role else {
+        let mut id_buf = [0u8; 15];
+        id_buf[..3].copy_from_slice(b"tk_");
+        id_buf[3..].copy_from_slice(hex.as_bytes());
+        let id = std::str::from_utf8(&id_buf).unwrap_or_default();
+        let (digest, arrived) = (digest(token), Instant::now());
+        let caller = self
+            .lookup(id, &digest, now)
+            .or_else(|| if self.reload_on_miss(arrived) { self.lookup(id, &digest, now) } else { None });
+        let Some(caller) = caller else {
             tracing::debug!(token_id = %id, "unknown or revoked token");
             return Err(Status::unauthenticated("unknown or revoked token"));
         };
-        self.uses.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(id.clone(), now);
-        tracing::trace!(token_id = %id, %role, "caller authenticated");
-        Ok(Caller { token_id: id, role })
+        tracing::trace!(token_id = %id, role = %caller.role, "caller authenticated");
+        Ok(caller)
     }
 
-    /// Writes the coalesced last-used times.
+    /// Writes the last-used times that changed since the previous flush.
     pub fn flush_uses(&self) -> Result<(), StoreError> {
-        let uses: Vec<(String, Millis)> =
-            std::mem::take(&mut *self.uses.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
-                .into_iter()
-                .collect();
-        if uses.is_empty() { Ok(()) } else { self.store.record_token_use(&uses) }
+        let changed: Vec<(Arc<Entry>, Millis)> = self
+            .table
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .filter_map(|e| {
+                let used = e.last_used.load(Ordering::Relaxed);
+                (used > e.flushed.load(Ordering::Relaxed)).then(|| (e.clone(), used))
+            })
+            .collect();
+        if changed.is_empty() {
+            return Ok(());
+        }
+        let uses: Vec<(String, Millis)> = changed.iter().map(|(e, used)| (e.caller.token_id.clone(), *used)).collect();
+        self.store.record_token_use(&uses)?;
+        for (e, used) in changed {
+            e.flushed.fetch_max(used, Ordering::Relaxed);
+        }
+        Ok(())
     }
 }
 
@@ -216,7 +248,7 @@ mod tests {
         tokens.reload().unwrap();
         let header = format!("Bearer {}", token.expose());
         let caller = tokens.authenticate(Some(&header), 5).unwrap();
-        assert_eq!((caller.token_id.as_str(), caller.role.clone()), (id.as_str(), Role::Admin));
+        assert_eq!((caller.token_id.as_str(), &caller.role), (id.as_str(), &Role::Admin));
         tokens.flush_uses().unwrap();
         assert_eq!(store.tokens().unwrap()[0].last_used_at, Some(5));
         store.revoke_token(&id, 9).unwrap();

@@ -20,6 +20,7 @@ use crate::metrics::{Metrics, serve_metrics};
 use crate::probe::{NetworkProber, ProbeSettings, ProbeTls};
 use crate::provider::Registry;
 use crate::server::{self, ServeOptions};
+use crate::store::{CachedStore, DEFAULT_CAPACITY};
 use crate::vault::{ProbeBudget, SystemClock, Vault};
 
 /// Where `serve --dev` keeps its data and its generated passphrase.
@@ -119,7 +120,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), RunError> {
     let passphrase = read_passphrase(&passphrase_args)?;
     let (store, keyring) = datadir::unlock(&dir, &passphrase)?;
     drop(passphrase);
-    let store = Arc::new(store);
+    let store = Arc::new(CachedStore::new(store, DEFAULT_CAPACITY));
     let tokens = Arc::new(Tokens::new(store.clone(), &keyring)?);
     if new_dev_vault {
         let (token, id) = tokens.mint(&Role::Admin, now())?;
@@ -176,7 +177,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), RunError> {
     if let Some(task) = metrics_task {
         task.abort();
     }
-    if let Err(e) = store.checkpoint() {
+    if let Err(e) = store.inner().checkpoint() {
         tracing::warn!(error = %e, "WAL checkpoint at shutdown failed; the WAL will be replayed at next start");
     }
     tracing::info!("stopped");

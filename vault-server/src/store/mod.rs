@@ -1,9 +1,11 @@
 //! Persistence behind a small trait, so that another backend (PostgreSQL for several stateless
 //! replicas) can follow. SQLite is the one backend today.
 
+mod cached;
 mod migrate;
 mod sqlite;
 
+pub use cached::{CachedStore, DEFAULT_CAPACITY};
 pub use sqlite::SqliteStore;
 
 use crate::crypto::{KdfParams, Salt, Sealed, WrappedKey};
@@ -169,7 +171,7 @@ pub trait Store: Send + Sync + 'static {
     /// Salt, KDF parameters and wrapped keys; `NotInitialised` if there are none.
     fn unlock_material(&self) -> Result<UnlockMaterial, StoreError>;
     /// One binding; `NotFound` if the pair was never bound.
-    fn get(&self, mailbox: &str, client: &str) -> Result<CredentialRow, StoreError>;
+    fn get(&self, mailbox: &str, client: &str) -> Result<std::sync::Arc<CredentialRow>, StoreError>;
     /// Inserts a binding, or re-binds a revoked pair at version 1. `AlreadyExists` if active.
     fn bind(&self, new: NewBinding<'_>, audit: &AuditEvent) -> Result<CredentialRow, StoreError>;
     /// Inserts many new pairs in one transaction, with one audit event for the batch (bulk

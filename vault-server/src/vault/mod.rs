@@ -218,7 +218,7 @@ impl Vault {
     }
 
     /// One binding's metadata.
-    pub fn get(&self, mailbox: &Mailbox, client: &ClientId) -> Result<CredentialRow, VaultError> {
+    pub fn get(&self, mailbox: &Mailbox, client: &ClientId) -> Result<Arc<CredentialRow>, VaultError> {
         Ok(self.store.get(mailbox.as_str(), client.as_str())?)
     }
 
@@ -241,7 +241,7 @@ impl Vault {
     }
 
     /// The row if it exists; `None` when the pair was never bound.
-    fn find(&self, mailbox: &Mailbox, client: &ClientId) -> Result<Option<CredentialRow>, VaultError> {
+    fn find(&self, mailbox: &Mailbox, client: &ClientId) -> Result<Option<Arc<CredentialRow>>, VaultError> {
         match self.store.get(mailbox.as_str(), client.as_str()) {
             Ok(row) => Ok(Some(row)),
             Err(StoreError::NotFound) => Ok(None),

@@ -2,23 +2,60 @@
 //! periodically and at shutdown as one audit event per (caller, pair) and window, together with
 //! the pairs' `last_used_at`. A crash loses at most one window of usage, never a credential.
 
-use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::sync::Mutex;
+
+use hashbrown::{Equivalent, HashMap};
 
 use crate::auth::Caller;
 use crate::ids::{ClientId, Mailbox};
 use crate::store::{AuditEvent, Millis};
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// (caller, pair). The role is not part of the key: a token has one role.
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Key {
     caller: String,
-    caller_role: String,
     mailbox: String,
     client: String,
 }
 
+/// The same key, borrowed, so that a repeated use allocates nothing.
 #[derive(Debug, Clone, Copy)]
+struct KeyRef<'a> {
+    caller: &'a str,
+    mailbox: &'a str,
+    client: &'a str,
+}
+
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        KeyRef { caller: &self.caller, mailbox: &self.mailbox, client: &self.client }.hash(state);
+    }
+}
+
+impl Hash for KeyRef<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.caller.hash(state);
+        self.mailbox.hash(state);
+        self.client.hash(state);
+    }
+}
+
+impl Equivalent<Key> for KeyRef<'_> {
+    fn equivalent(&self, key: &Key) -> bool {
+        self.caller == key.caller && self.mailbox == key.mailbox && self.client == key.client
+    }
+}
+
+impl From<&KeyRef<'_>> for Key {
+    fn from(k: &KeyRef<'_>) -> Self {
+        Self { caller: k.caller.to_owned(), mailbox: k.mailbox.to_owned(), client: k.client.to_owned() }
+    }
+}
+
+#[derive(Debug, Clone)]
 struct Window {
+    caller_role: String,
     count: u64,
     first: Millis,
     last: Millis,
@@ -32,21 +69,16 @@ pub struct Usage {
 impl Usage {
     /// Counts one Reveal.
     pub fn record(&self, caller: &Caller, mailbox: &Mailbox, client: &ClientId, now: Millis) {
-        let key = Key {
-            caller: caller.token_id.clone(),
-            caller_role: caller.role.to_string(),
-            mailbox: mailbox.as_str().to_owned(),
-            client: client.as_str().to_owned(),
-        };
+        let key = KeyRef { caller: &caller.token_id, mailbox: mailbox.as_str(), client: client.as_str() };
         let mut pending = self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         pending
-            .entry(key)
+            .entry_ref(&key)
             .and_modify(|w| {
                 w.count += 1;
                 w.first = w.first.min(now);
                 w.last = w.last.max(now);
             })
-            .or_insert(Window { count: 1, first: now, last: now });
+            .or_insert_with(|| Window { caller_role: caller.role.to_string(), count: 1, first: now, last: now });
     }
 
     /// Takes the window's aggregates as audit events (rpc `Reveal`).
@@ -57,7 +89,7 @@ impl Usage {
             .map(|(k, w)| AuditEvent {
                 at: w.last,
                 caller: k.caller,
-                caller_role: k.caller_role,
+                caller_role: w.caller_role,
                 rpc: "Reveal".to_owned(),
                 mailbox: k.mailbox,
                 client: k.client,
@@ -73,8 +105,8 @@ impl Usage {
     pub fn restore(&self, events: Vec<AuditEvent>) {
         let mut pending = self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         for e in events {
-            let key = Key { caller: e.caller, caller_role: e.caller_role, mailbox: e.mailbox, client: e.client };
-            let w = Window { count: e.count, first: e.first_at, last: e.at };
+            let key = Key { caller: e.caller, mailbox: e.mailbox, client: e.client };
+            let w = Window { caller_role: e.caller_role, count: e.count, first: e.first_at, last: e.at };
             pending
                 .entry(key)
                 .and_modify(|p| {

@@ -7,7 +7,7 @@ mod tokens;
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
@@ -19,13 +19,22 @@ use crate::crypto::{KdfParams, Salt, Sealed, WrappedKey};
 use crate::probe::ProbeOutcome;
 use rows::{get_row, insert_audit};
 
-/// Readers kept open for reuse; more are opened on demand under load.
-const MAX_IDLE_READERS: usize = 8;
+/// Reader connections at most. More readers would not help on a small machine, and each holds
+/// its own page cache; further readers wait for one to come back.
+const MAX_READERS: usize = 4;
+
+/// Idle reader connections, and how many exist in all.
+#[derive(Default)]
+struct Readers {
+    idle: Vec<Connection>,
+    open: usize,
+}
 
 pub struct SqliteStore {
     path: std::path::PathBuf,
     writer: Mutex<Connection>,
-    readers: Mutex<Vec<Connection>>,
+    readers: Mutex<Readers>,
+    returned: Condvar,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -79,7 +88,7 @@ impl SqliteStore {
             )?;
         }
         tx.commit()?;
-        Ok(Self { path: path.to_owned(), writer: Mutex::new(conn), readers: Mutex::new(Vec::new()) })
+        Ok(Self::with_writer(path, conn))
     }
 
     /// Opens an existing database and applies pending migrations.
@@ -89,20 +98,41 @@ impl SqliteStore {
         }
         let mut conn = open_conn(path)?;
         migrate::apply(&mut conn)?;
-        Ok(Self { path: path.to_owned(), writer: Mutex::new(conn), readers: Mutex::new(Vec::new()) })
+        Ok(Self::with_writer(path, conn))
     }
 
-    fn with_reader<T>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
-        let conn = lock(&self.readers).pop();
-        let conn = match conn {
-            Some(c) => c,
-            None => open_conn(&self.path)?,
-        };
-        let out = f(&conn);
-        let mut idle = lock(&self.readers);
-        if idle.len() < MAX_IDLE_READERS {
-            idle.push(conn);
+    fn with_writer(path: &Path, writer: Connection) -> Self {
+        Self {
+            path: path.to_owned(),
+            writer: Mutex::new(writer),
+            readers: Mutex::new(Readers::default()),
+            returned: Condvar::new(),
         }
+    }
+
+    /// An idle reader, a new one while fewer than [`MAX_READERS`] exist, or the next one
+    /// returned.
+    fn acquire_reader(&self) -> Result<Connection, StoreError> {
+        let mut readers = lock(&self.readers);
+        loop {
+            if let Some(c) = readers.idle.pop() {
+                return Ok(c);
+            }
+            if readers.open < MAX_READERS {
+                readers.open += 1;
+                drop(readers);
+                return open_conn(&self.path).inspect_err(|_| lock(&self.readers).open -= 1);
+            }
+            readers = self.returned.wait(readers).unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+    }
+
+    /// Runs `f` on a reader connection, then gives the connection back.
+    fn with_reader<T>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let conn = self.acquire_reader()?;
+        let out = f(&conn);
+        lock(&self.readers).idle.push(conn);
+        self.returned.notify_one();
         out
     }
 
@@ -176,8 +206,8 @@ impl Store for SqliteStore {
         })
     }
 
-    fn get(&self, mailbox: &str, client: &str) -> Result<CredentialRow, StoreError> {
-        self.with_reader(|conn| get_row(conn, mailbox, client)?.ok_or(StoreError::NotFound))
+    fn get(&self, mailbox: &str, client: &str) -> Result<std::sync::Arc<CredentialRow>, StoreError> {
+        self.with_reader(|conn| get_row(conn, mailbox, client)?.map(std::sync::Arc::new).ok_or(StoreError::NotFound))
     }
 
     fn import(&self, rows: &[NewBinding<'_>], audit: &AuditEvent) -> Result<(), StoreError> {

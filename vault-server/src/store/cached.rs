@@ -1,0 +1,246 @@
+//! A read-through cache of credential rows in front of another store, so that a Reveal costs no
+//! SQLite read (and no file-lock syscalls). Every write through this store updates or drops the
+//! rows it touched; a generation counter keeps a read that raced a write from caching a stale
+//! row. The cache is bounded: once full, further rows are read from the store each time.
+//!
+//! All credential writes go through the one server process; a deployment with several replicas
+//! on one database would need cross-process invalidation before using this.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use super::{
+    AuditEvent, AuditQuery, AuditRecord, CredentialRow, ListQuery, Millis, NewBinding, RotateChange, Store, StoreError,
+    TokenRow, UnlockMaterial, UnusedQuery,
+};
+use crate::probe::ProbeOutcome;
+
+/// Rows kept; about 200 bytes each.
+pub const DEFAULT_CAPACITY: usize = 100_000;
+
+type Rows = HashMap<String, HashMap<String, Arc<CredentialRow>>>;
+
+#[derive(Debug, Default)]
+struct Cache {
+    rows: Rows,
+    len: usize,
+}
+
+/// `inner` plus the row cache.
+pub struct CachedStore<S> {
+    inner: S,
+    cache: RwLock<Cache>,
+    generation: AtomicU64,
+    capacity: usize,
+}
+
+impl<S> std::fmt::Debug for CachedStore<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CachedStore").field("capacity", &self.capacity).finish_non_exhaustive()
+    }
+}
+
+impl<S: Store> CachedStore<S> {
+    pub fn new(inner: S, capacity: usize) -> Self {
+        Self { inner, cache: RwLock::new(Cache::default()), generation: AtomicU64::new(0), capacity }
+    }
+
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+
+    fn write_cache(&self) -> std::sync::RwLockWriteGuard<'_, Cache> {
+        self.cache.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Drops a pair's row; called before and after every write that touches it, so a read
+    /// that raced the write either sees the new generation or has its row dropped after.
+    fn forget(&self, mailbox: &str, client: &str) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        let mut cache = self.write_cache();
+        let Some(clients) = cache.rows.get_mut(mailbox) else { return };
+        let removed = clients.remove(client).is_some();
+        if clients.is_empty() {
+            cache.rows.remove(mailbox);
+        }
+        if removed {
+            cache.len -= 1;
+        }
+    }
+
+    /// Runs a write that touches one pair, keeping the cache honest around it.
+    fn write<T>(
+        &self,
+        mailbox: &str,
+        client: &str,
+        f: impl FnOnce() -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.forget(mailbox, client);
+        let out = f();
+        self.forget(mailbox, client);
+        out
+    }
+}
+
+impl<S: Store> Store for CachedStore<S> {
+    fn unlock_material(&self) -> Result<UnlockMaterial, StoreError> {
+        self.inner.unlock_material()
+    }
+
+    fn get(&self, mailbox: &str, client: &str) -> Result<Arc<CredentialRow>, StoreError> {
+        {
+            let cache = self.cache.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(row) = cache.rows.get(mailbox).and_then(|c| c.get(client)) {
+                return Ok(row.clone());
+            }
+        }
+        let generation = self.generation.load(Ordering::Acquire);
+        let row = self.inner.get(mailbox, client)?;
+        let mut cache = self.write_cache();
+        // Cache only if no write happened since the read began, and while there is room.
+        if self.generation.load(Ordering::Acquire) == generation && cache.len < self.capacity {
+            let previous = cache.rows.entry(mailbox.to_owned()).or_default().insert(client.to_owned(), row.clone());
+            if previous.is_none() {
+                cache.len += 1;
+            }
+        }
+        Ok(row)
+    }
+
+    fn bind(&self, new: NewBinding<'_>, audit: &AuditEvent) -> Result<CredentialRow, StoreError> {
+        let (m, c) = (new.mailbox.as_str().to_owned(), new.client.as_str().to_owned());
+        self.write(&m, &c, || self.inner.bind(new, audit))
+    }
+
+    fn import(&self, rows: &[NewBinding<'_>], audit: &AuditEvent) -> Result<(), StoreError> {
+        let out = self.inner.import(rows, audit);
+        for r in rows {
+            self.forget(r.mailbox.as_str(), r.client.as_str());
+        }
+        out
+    }
+
+    fn rotate(&self, change: RotateChange<'_>, audit: &AuditEvent) -> Result<CredentialRow, StoreError> {
+        let (m, c) = (change.mailbox.to_owned(), change.client.to_owned());
+        self.write(&m, &c, || self.inner.rotate(change, audit))
+    }
+
+    fn revoke(
+        &self,
+        mailbox: &str,
+        client: &str,
+        reason: &str,
+        now: Millis,
+        audit: &AuditEvent,
+    ) -> Result<CredentialRow, StoreError> {
+        self.write(mailbox, client, || self.inner.revoke(mailbox, client, reason, now, audit))
+    }
+
+    fn record_probe(
+        &self,
+        mailbox: &str,
+        client: &str,
+        version: u64,
+        outcome: ProbeOutcome,
+        now: Millis,
+        audit: &AuditEvent,
+    ) -> Result<CredentialRow, StoreError> {
+        self.write(mailbox, client, || self.inner.record_probe(mailbox, client, version, outcome, now, audit))
+    }
+
+    fn audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
+        self.inner.audit(event)
+    }
+
+    fn list(&self, query: &ListQuery) -> Result<Vec<CredentialRow>, StoreError> {
+        self.inner.list(query)
+    }
+
+    fn list_unused(&self, query: &UnusedQuery) -> Result<Vec<CredentialRow>, StoreError> {
+        self.inner.list_unused(query)
+    }
+
+    fn record_reveals(&self, events: &[AuditEvent]) -> Result<(), StoreError> {
+        // last_used_at changes: drop those rows so the next read sees it.
+        let out = self.inner.record_reveals(events);
+        for e in events {
+            self.forget(&e.mailbox, &e.client);
+        }
+        out
+    }
+
+    fn audit_events(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {
+        self.inner.audit_events(query)
+    }
+
+    fn count_by_state(&self) -> Result<(u64, u64), StoreError> {
+        self.inner.count_by_state()
+    }
+
+    fn insert_token(&self, row: &TokenRow) -> Result<(), StoreError> {
+        self.inner.insert_token(row)
+    }
+
+    fn tokens(&self) -> Result<Vec<TokenRow>, StoreError> {
+        self.inner.tokens()
+    }
+
+    fn revoke_token(&self, id: &str, now: Millis) -> Result<(), StoreError> {
+        self.inner.revoke_token(id, now)
+    }
+
+    fn record_token_use(&self, uses: &[(String, Millis)]) -> Result<(), StoreError> {
+        self.inner.record_token_use(uses)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::{KdfParams, Key, Keyring, Salt};
+    use crate::ids::{ClientId, Mailbox};
+    use crate::store::{SqliteStore, StoredCode};
+
+    fn event() -> AuditEvent {
+        AuditEvent {
+            at: 1,
+            caller: "t".into(),
+            caller_role: "admin".into(),
+            rpc: "Bind".into(),
+            mailbox: "a@sina.com".into(),
+            client: "x".into(),
+            outcome: "OK".into(),
+            probe_outcome: None,
+            count: 1,
+            first_at: 1,
+        }
+    }
+
+    #[test]
+    fn writes_through_the_cache_are_seen_and_capacity_is_respected() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (ring, wrapped) = Keyring::generate(&Key::random());
+        let material = UnlockMaterial { salt: Salt([0; 16]), params: KdfParams::FLOOR, keys: vec![wrapped] };
+        let store = CachedStore::new(SqliteStore::create(&tmp.path().join("v.db"), &material, 0).unwrap(), 1);
+        let (m, c) = (Mailbox::parse("a@sina.com").unwrap(), ClientId::parse("x").unwrap());
+        let (key_id, sealed) = ring.seal_code(m.as_str(), c.as_str(), 1, b"code");
+        let new = NewBinding {
+            mailbox: &m,
+            client: &c,
+            provider: "sina",
+            code: StoredCode { key_id, sealed },
+            now: 1,
+            probe_outcome: ProbeOutcome::Accepted,
+        };
+        store.bind(new, &event()).unwrap();
+        assert_eq!(store.get("a@sina.com", "x").unwrap().version, 1);
+        assert_eq!(store.cache.read().unwrap().len, 1);
+        store.revoke("a@sina.com", "x", "gone", 2, &event()).unwrap();
+        assert!(store.get("a@sina.com", "x").unwrap().code.is_none(), "stale row after revoke");
+        assert_eq!(store.cache.read().unwrap().len, 1);
+        // Full: another pair is read but not cached.
+        assert!(matches!(store.get("b@sina.com", "x"), Err(StoreError::NotFound)));
+        assert_eq!(store.cache.read().unwrap().len, 1);
+    }
+}
