@@ -73,7 +73,7 @@ impl VaultClient {
     /// use vault_client::{ConnectOptions, SecretString, TlsOptions, VaultClient};
     /// let options = ConnectOptions {
     ///     token: Some(SecretString::from("avt_...")),
-    ///     tls: Some(TlsOptions { ca_pem: Some(std::fs::read("vault-ca.pem").unwrap()), ..Default::default() }),
+    ///     tls: Some(TlsOptions { ca_pem: std::fs::read("vault-ca.pem").ok(), ..Default::default() }),
     ///     timeout: Some(std::time::Duration::from_secs(30)),
     ///     ..Default::default()
     /// };
