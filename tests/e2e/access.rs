@@ -208,16 +208,27 @@ async fn tls_and_mtls_on_the_listener() {
     let mut plain = stack.server.client_with(Some(&stack.admin_token)).await;
     assert!(plain.list(proto::ListCredentialsRequest::default()).await.is_err());
 
-    // grpcurl over TLS with -cacert, as the README shows.
+    // grpcurl over TLS with -cacert, as the README shows: the admin lifecycle.
     let auth = format!("authorization: Bearer {}", stack.admin_token);
-    let out = std::process::Command::new(crate::harness::dovecot::which("grpcurl"))
-        .args(["-cacert", path_str(&ca.cert), "-authority", "localhost", "-H", &auth, "-d", "{}"])
-        .arg(stack.server.addr.to_string())
-        .arg("vault.v1.AuthCodeVault/ListCredentials")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains(ALICE));
+    let grpcurl_tls = |json: &str, method: &str| {
+        let out = std::process::Command::new(crate::harness::dovecot::which("grpcurl"))
+            .args(["-cacert", path_str(&ca.cert), "-authority", "localhost", "-H", &auth, "-d", json])
+            .arg(stack.server.addr.to_string())
+            .arg(format!("vault.v1.AuthCodeVault/{method}"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{method}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let pair = format!(r#"{{"mailbox":"{BOB}","client":"sender"}}"#);
+    let bind = format!(r#"{{"mailbox":"{BOB}","client":"sender","auth_code":"{BOB_CODE}"}}"#);
+    assert!(grpcurl_tls(&bind, "Bind").contains("PROBE_OUTCOME_ACCEPTED"));
+    let rotate =
+        format!(r#"{{"mailbox":"{BOB}","client":"sender","new_auth_code":"{BOB_CODE}","expected_version":1}}"#);
+    assert!(grpcurl_tls(&rotate, "Rotate").contains("\"version\": \"2\""));
+    assert!(grpcurl_tls(&pair, "Verify").contains("PROBE_OUTCOME_ACCEPTED"));
+    assert!(grpcurl_tls("{}", "ListCredentials").contains(ALICE));
+    assert!(grpcurl_tls(&pair, "Revoke").contains("CREDENTIAL_STATE_REVOKED"));
 
     // mTLS: no client certificate, no connection.
     stack.restart_with(&tls_args(true));
