@@ -183,6 +183,9 @@ async fn tls_and_mtls_on_the_listener() {
     let client_cert = clients_ca.issue(&dir, "client", &["sync-worker"]);
     let tls_args = |mtls: bool| {
         let mut a: Vec<String> = vec![
+            // The TLS grpcurl walk below probes bob three times in a row.
+            "--probe-burst".into(),
+            "10".into(),
             "--tls-cert".into(),
             path_str(&server_cert.cert).into(),
             "--tls-key".into(),

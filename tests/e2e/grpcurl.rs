@@ -81,6 +81,8 @@ fn grpcurl_lists_by_reflection_and_calls_bind_and_reveal() {
     assert!(!out.status.success());
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(text.contains("InvalidArgument") && text.contains("login password") && !text.contains("hunter2"), "{text}");
+    // The rich details decode too (reflection serves google.rpc's descriptors).
+    assert!(text.contains("google.rpc.BadRequest") && text.contains(r#""field":"auth_code""#), "{text}");
     // Without a token the vault answers Unauthenticated; list and describe above needed none.
     let out = grpcurl::output(s, &["-d", &bind], &["vault.v1.AuthCodeVault/Bind"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("Unauthenticated"));
