@@ -16,7 +16,7 @@ use crate::crypto::{Key, KeyId, Keyring, hmac, verify_hmac};
 use crate::store::{Millis, Store, StoreError, TokenRow};
 
 /// How often the cache re-reads the token table.
-pub const RELOAD_EVERY: Duration = Duration::from_millis(500);
+pub const RELOAD_EVERY: Duration = Duration::from_millis(250);
 /// An unknown token id triggers an immediate re-read, so a token works as soon as it is minted.
 /// At most this many such re-reads per second, so garbage ids cannot keep the disk busy.
 const MISS_RELOADS_PER_SEC: u32 = 20;
