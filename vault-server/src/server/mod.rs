@@ -1,7 +1,6 @@
 //! Serving: the vault service, health and reflection on one listener, until a shutdown signal.
 
-mod in_flight;
-mod observe;
+mod accounting;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -14,8 +13,7 @@ use crate::grpc::VaultService;
 use crate::metrics::Metrics;
 use crate::proto::{FILE_DESCRIPTOR_SET, auth_code_vault_server::AuthCodeVaultServer};
 use crate::vault::Vault;
-use in_flight::InFlight;
-use observe::Observe;
+use accounting::Accounting;
 
 /// Largest request accepted; the biggest legitimate one is a few hundred bytes.
 const MAX_REQUEST_BYTES: usize = 16 * 1024;
@@ -105,7 +103,7 @@ pub async fn serve(
         AuthCodeVaultServer::new(VaultService::new(vault.clone())).max_decoding_message_size(MAX_REQUEST_BYTES),
         Authenticate(tokens.clone()),
     );
-    let in_flight = InFlight::default();
+    let accounting = Accounting::new(options.metrics.clone());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
 
     let mut builder = tonic::transport::Server::builder();
@@ -117,8 +115,7 @@ pub async fn serve(
         .timeout(REQUEST_TIMEOUT)
         .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(MAX_CONCURRENT_RPCS))
-        .layer(in_flight.clone())
-        .layer(Observe(options.metrics.clone()))
+        .layer(accounting.clone())
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -143,7 +140,7 @@ pub async fn serve(
     let _ = stop_tx.send(());
     tokio::select! {
         result = &mut server => result?,
-        () = in_flight.idle() => tracing::debug!("no RPC in flight"),
+        () = accounting.idle() => tracing::debug!("no RPC in flight"),
         () = tokio::time::sleep(DRAIN_TIMEOUT) => tracing::warn!("RPCs still in flight after {DRAIN_TIMEOUT:?}; stopping anyway"),
     }
     upkeep.abort();
