@@ -410,8 +410,8 @@ INFO span per call. The changes, in order of effect:
   ACK: a review page took 44 ms instead of 1 ms).
 
 What remains beyond bare tonic: the XChaCha20-Poly1305 decrypt, the SHA-256 of the token, the
-header bytes of the bearer token (HPACK), and four small tower layers (timeout, concurrency
-limit, in-flight count, metrics). The rest of the profile is h2, hpack, tokio and the kernel,
+header bytes of the bearer token (HPACK), and three small tower layers (timeout, concurrency
+limit, and one that counts RPCs in flight and records metrics). The rest of the profile is h2, hpack, tokio and the kernel,
 which bare pays too.
 
 Machine notes: h2load runs on the same two cores as the servers, so every p99 at 160 in flight
@@ -434,8 +434,8 @@ def write(results, sc, wr):
              "release binaries, installs h2load and OpenBao if missing, and rewrites this file.", "",
              f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on this 2-core machine, loopback,",
              f"{REPS} interleaved repetitions (medians shown), about {SECONDS} s per run.", "",
-             "- **vault**: `Reveal` with a client token: token check, SQLite point read, XChaCha20-Poly1305 decrypt,",
-             "  usage recorded; 1,000 bindings.",
+             "- **vault**: `Reveal` with a client token: token check, the ciphertext row (from the in-memory row",
+             "  cache; SQLite on a miss), XChaCha20-Poly1305 decrypt, usage recorded; 1,000 bindings.",
              "- **bare**: tonic 0.14 answering the same `vault.v1.AuthCodeVault/Reveal` request from a HashMap",
              "  (`bench/src/bin/bare.rs`); same tonic and tokio settings, no auth, crypto or storage.",
              "- **openbao**: OpenBao 2.7.2 `server -dev`, KV v2 GET over HTTP/1.1 (N in flight = N connections).",
