@@ -20,6 +20,7 @@ fn a_wrong_passphrase_refuses_to_start_and_touches_nothing() {
     let before = std::fs::read(data.db()).unwrap();
     let wrong = tmp.path().join("wrong");
     std::fs::write(&wrong, "not the passphrase at all").unwrap();
+    std::fs::set_permissions(&wrong, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let out = run(
         &["serve", "--data-dir", path_str(&data.dir), "--passphrase-file", path_str(&wrong), "--listen", "127.0.0.1:0"],
         &[],

@@ -11,6 +11,7 @@ mod bind_reveal;
 mod canary;
 mod command_line;
 mod grpcurl;
+mod hardening;
 mod lifecycle;
 mod providers;
 mod review;

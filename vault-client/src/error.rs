@@ -70,6 +70,18 @@ pub enum Error {
         /// The server's explanation.
         message: String,
     },
+    /// This address failed to authenticate too often; calls with a valid token still work.
+    #[error("too many failed authentications from this address; retry after {retry_after:?}")]
+    AuthThrottled {
+        /// When the next attempt will be looked at.
+        retry_after: Option<Duration>,
+    },
+    /// The vault itself cannot serve now (e.g. it cannot read its token table). Retryable.
+    #[error("the vault is unavailable: {message}")]
+    VaultUnavailable {
+        /// The server's explanation.
+        message: String,
+    },
     /// A stored ciphertext failed authentication (tampering or corruption).
     #[error("the stored code failed authentication")]
     Tampered,
@@ -95,7 +107,11 @@ impl From<tonic::Status> for Error {
                 Self::ProbeRejected { hint: meta.get("hint").cloned().unwrap_or(message) }
             }
             (Code::FailedPrecondition, Some((r, _))) if r == "REVOKED" => Self::Revoked,
+            (Code::Unavailable, Some((r, _))) if r == "TOKENS_UNAVAILABLE" => Self::VaultUnavailable { message },
             (Code::Unavailable, _) => Self::ProviderUnavailable { message },
+            (Code::ResourceExhausted, Some((r, _))) if r == "AUTH_THROTTLED" => {
+                Self::AuthThrottled { retry_after: s.get_details_retry_info().and_then(|r| r.retry_delay) }
+            }
             (Code::ResourceExhausted, _) => {
                 Self::RateLimited { retry_after: s.get_details_retry_info().and_then(|r| r.retry_delay) }
             }
@@ -137,6 +153,18 @@ mod tests {
             ErrorDetails::with_retry_info(Some(Duration::from_secs(360))),
         );
         assert!(matches!(Error::from(limited), Error::RateLimited { retry_after: Some(d) } if d.as_secs() == 360));
+        let mut details = ErrorDetails::with_retry_info(Some(Duration::from_millis(800)));
+        details.set_error_info("AUTH_THROTTLED", "authcode-vault", HashMap::new());
+        let throttled = tonic::Status::with_error_details(Code::ResourceExhausted, "slow down", details);
+        assert!(
+            matches!(Error::from(throttled), Error::AuthThrottled { retry_after: Some(d) } if d.as_millis() == 800)
+        );
+        let tokens_down = tonic::Status::with_error_details(
+            Code::Unavailable,
+            "cannot read tokens",
+            ErrorDetails::with_error_info("TOKENS_UNAVAILABLE", "authcode-vault", HashMap::new()),
+        );
+        assert!(matches!(Error::from(tokens_down), Error::VaultUnavailable { .. }));
         assert!(matches!(Error::from(tonic::Status::data_loss("x")), Error::Tampered));
         assert!(matches!(Error::from(tonic::Status::aborted("x")), Error::VersionConflict { .. }));
         assert!(matches!(Error::from(tonic::Status::unauthenticated("x")), Error::Unauthenticated { .. }));

@@ -170,7 +170,51 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub probe_host_concurrency: u32,
 
-    /// Serve Prometheus metrics at http://ADDR/metrics (off by default).
+    /// Open gRPC connections at most; a connection over the cap is closed on accept.
+    #[arg(long, env = "VAULT_MAX_CONNECTIONS", default_value_t = 4096, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections: u32,
+
+    /// Seconds a new connection has to send its first byte, and then (with TLS) to finish the
+    /// TLS handshake; silent connections are closed.
+    #[arg(long, env = "VAULT_HANDSHAKE_TIMEOUT", default_value_t = 10, value_name = "SECS",
+          value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub handshake_timeout: u64,
+
+    /// Seconds of idle before TCP keepalive probes start on a connection.
+    #[arg(long, env = "VAULT_TCP_KEEPALIVE", default_value_t = 60, value_name = "SECS",
+          value_parser = clap::value_parser!(u64).range(1..=7200))]
+    pub tcp_keepalive: u64,
+
+    /// HTTP/2 streams one connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS).
+    #[arg(long, env = "VAULT_MAX_STREAMS_PER_CONNECTION", default_value_t = 128, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub max_streams_per_connection: u32,
+
+    /// Seconds of idle before the server pings a connection over HTTP/2.
+    #[arg(long, env = "VAULT_HTTP2_KEEPALIVE_INTERVAL", default_value_t = 30, value_name = "SECS",
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub http2_keepalive_interval: u64,
+
+    /// Seconds to wait for a ping's answer before closing the connection.
+    #[arg(long, env = "VAULT_HTTP2_KEEPALIVE_TIMEOUT", default_value_t = 10, value_name = "SECS",
+          value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub http2_keepalive_timeout: u64,
+
+    /// Authenticated vault RPCs handled at once; more wait. Calls without a valid token are
+    /// refused before they take one.
+    #[arg(long, env = "VAULT_MAX_CONCURRENT_RPCS", default_value_t = 1024, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_concurrent_rpcs: u32,
+
+    /// Health and reflection calls (open without a token) handled at once; more are refused
+    /// with RESOURCE_EXHAUSTED. Each may run 10 s at most.
+    #[arg(long, env = "VAULT_MAX_PUBLIC_RPCS", default_value_t = 64, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub max_public_rpcs: u32,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics (off by default; give a loopback address
+    /// unless the scraper is elsewhere). At most 8 connections, 10 s each.
     #[arg(long, env = "VAULT_METRICS_LISTEN", value_name = "ADDR:PORT")]
     pub metrics_listen: Option<SocketAddr>,
 

@@ -12,6 +12,24 @@ pub fn disable_core_dumps() {
     }
 }
 
+/// Descriptors kept for the store, probes, metrics and logs besides client connections.
+const SPARE_FILES: u64 = 256;
+
+/// Raises the soft open-files limit to the hard one, and warns if the connection cap still does
+/// not fit (accept would fail with EMFILE before the cap is reached).
+pub fn raise_open_files(max_connections: usize) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else { return };
+    let soft = if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() { hard } else { soft };
+    let wanted = u64::try_from(max_connections).unwrap_or(u64::MAX).saturating_add(SPARE_FILES);
+    if soft < wanted {
+        tracing::warn!(
+            open_files = soft,
+            "the open-files limit is below --max-connections + {SPARE_FILES}; lower --max-connections or raise the limit"
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -6,8 +6,10 @@ use clap::Parser;
 use vault_server::cli::Cli;
 
 fn main() -> ExitCode {
+    // First, while this is the only thread.
+    let env_passphrase = vault_server::run::take_env_passphrase();
     let cli = Cli::parse();
-    match vault_server::run::main(cli) {
+    match vault_server::run::main(cli, env_passphrase) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("vault-server: error: {e}");

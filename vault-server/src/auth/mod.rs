@@ -1,35 +1,22 @@
-//! Caller authentication and roles: bearer tokens checked by one interceptor, roles checked by
-//! each handler against the pair it touches.
+//! Caller authentication and roles: bearer tokens checked before a call takes a slot of the
+//! vault's concurrency limit (see `server`), roles checked by each handler against the pair it
+//! touches.
 
+mod error;
 mod role;
+mod throttle;
 mod token;
 mod tokens;
 
+pub use error::AuthError;
 pub use role::{Caller, Role};
+pub use throttle::{FAILURE_BURST, FAILURES_PER_SEC};
 pub use token::Token;
-pub use tokens::{RELOAD_EVERY, Tokens};
+pub use tokens::{RELOAD_EVERY, Tokens, VOUCH_FOR};
 
 use std::sync::Arc;
 
-use tonic::{Request, Status};
-
-use crate::vault::{Clock, SystemClock};
-
-/// Authenticates every call to the vault service and attaches its [`Caller`]. Health and
-/// reflection are not wrapped, so `grpcurl list` works without a token.
-#[derive(Clone)]
-pub struct Authenticate(pub Arc<Tokens>);
-
-impl tonic::service::Interceptor for Authenticate {
-    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        let header = request.metadata().get("authorization").and_then(|v| v.to_str().ok());
-        let caller = self.0.authenticate(header, SystemClock.now_millis())?;
-        request.extensions_mut().insert(caller);
-        Ok(request)
-    }
-}
-
-/// The caller the interceptor attached.
-pub fn caller<T>(request: &Request<T>) -> Result<Arc<Caller>, Status> {
-    request.extensions().get::<Arc<Caller>>().cloned().ok_or_else(|| Status::unauthenticated("no authenticated caller"))
+/// The caller that authentication attached to a request's extensions.
+pub fn caller<T>(request: &tonic::Request<T>) -> Result<Arc<Caller>, AuthError> {
+    request.extensions().get::<Arc<Caller>>().cloned().ok_or(AuthError::MissingToken)
 }

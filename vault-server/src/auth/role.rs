@@ -2,8 +2,7 @@
 
 use std::fmt;
 
-use tonic::Status;
-
+use super::AuthError;
 use crate::ids::ClientId;
 
 /// A token's role: `admin` or `client:<id>`.
@@ -43,28 +42,24 @@ pub struct Caller {
 
 impl Caller {
     /// Admin-only RPCs.
-    pub fn require_admin(&self, rpc: &str) -> Result<(), Status> {
+    pub fn require_admin(&self, rpc: &'static str) -> Result<(), AuthError> {
         match self.role {
             Role::Admin => Ok(()),
-            Role::Client(_) => Err(Status::permission_denied(format!("{rpc} needs an admin token"))),
+            Role::Client(_) => Err(AuthError::AdminRequired { rpc }),
         }
     }
 
     /// Reveal: only the client itself, never an admin.
-    pub fn require_client(&self, rpc: &str, client: &ClientId) -> Result<(), Status> {
+    pub fn require_client(&self, rpc: &'static str, client: &ClientId) -> Result<(), AuthError> {
         match &self.role {
             Role::Client(own) if own == client => Ok(()),
-            Role::Client(_) => {
-                Err(Status::permission_denied(format!("this token may {rpc} only its own client's pairs")))
-            }
-            Role::Admin => {
-                Err(Status::permission_denied(format!("{rpc} needs the client's own token, not an admin token")))
-            }
+            Role::Client(_) => Err(AuthError::WrongClient { rpc }),
+            Role::Admin => Err(AuthError::ClientTokenRequired { rpc }),
         }
     }
 
     /// GetCredential: an admin, or the client for its own pairs.
-    pub fn require_admin_or_client(&self, rpc: &str, client: &ClientId) -> Result<(), Status> {
+    pub fn require_admin_or_client(&self, rpc: &'static str, client: &ClientId) -> Result<(), AuthError> {
         match self.role {
             Role::Admin => Ok(()),
             Role::Client(_) => self.require_client(rpc, client),
@@ -93,10 +88,10 @@ mod tests {
         let admin = Caller { token_id: "tk_1".into(), role: Role::Admin };
         let client = Caller { token_id: "tk_2".into(), role: Role::Client(sender.clone()) };
         assert!(admin.require_admin("Bind").is_ok());
-        assert!(client.require_admin("Bind").is_err());
-        assert!(admin.require_client("Reveal", &sender).is_err());
+        assert_eq!(client.require_admin("Bind"), Err(AuthError::AdminRequired { rpc: "Bind" }));
+        assert_eq!(admin.require_client("Reveal", &sender), Err(AuthError::ClientTokenRequired { rpc: "Reveal" }));
         assert!(client.require_client("Reveal", &sender).is_ok());
-        assert!(client.require_client("Reveal", &other).is_err());
+        assert_eq!(client.require_client("Reveal", &other), Err(AuthError::WrongClient { rpc: "Reveal" }));
         assert!(admin.require_admin_or_client("GetCredential", &other).is_ok());
         assert!(client.require_admin_or_client("GetCredential", &other).is_err());
     }

@@ -1,22 +1,30 @@
 //! The token table as the server sees it: minted with the keyring's MAC key, cached in memory
 //! (reloaded every [`RELOAD_EVERY`], so `token revoke` on a running server takes effect within
 //! a second), checked on every call without touching the disk.
+//!
+//! Fail-closed: a row that cannot be read or has no valid MAC is skipped and reported, never
+//! blocking the others; if the table has not been read successfully for [`VOUCH_FOR`], every
+//! token is refused (`TokensUnavailable`) rather than served from a stale table.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use subtle::ConstantTimeEq;
-use tonic::Status;
 
+use super::throttle::FailureThrottle;
 use super::token::{check, digest};
-use super::{Caller, Role, Token};
+use super::{AuthError, Caller, Role, Token};
 use crate::crypto::{Key, KeyId, Keyring, hmac, verify_hmac};
 use crate::store::{Millis, Store, StoreError, TokenRow};
 
 /// How often the cache re-reads the token table.
 pub const RELOAD_EVERY: Duration = Duration::from_millis(250);
+/// How long a successful read of the table vouches for it. Past that (the store cannot be
+/// read), tokens are refused, so a revocation is never outlived by more than this.
+pub const VOUCH_FOR: Duration = Duration::from_secs(1);
 /// An unknown token id triggers an immediate re-read, so a token works as soon as it is minted.
 /// At most this many such re-reads per second, so garbage ids cannot keep the disk busy.
 const MISS_RELOADS_PER_SEC: u32 = 20;
@@ -27,6 +35,8 @@ struct ReloadState {
     last_started: Option<Instant>,
     window: Option<Instant>,
     misses_in_window: u32,
+    /// Rows already reported as unusable (id and why), so each is logged once.
+    reported: HashSet<String>,
 }
 
 /// A verified token: its digest, its caller, and its last use (written out by `flush_uses`).
@@ -44,7 +54,10 @@ pub struct Tokens {
     mac_keys: HashMap<KeyId, Key>,
     active_key: KeyId,
     table: RwLock<HashMap<String, Arc<Entry>>>,
+    /// Millis until which the table is vouched for (the start of the last good read + VOUCH_FOR).
+    vouched_until: AtomicI64,
     reloads: Mutex<ReloadState>,
+    throttle: FailureThrottle,
 }
 
 impl std::fmt::Debug for Tokens {
@@ -63,6 +76,10 @@ fn mac_fields<'a>(
     [id.as_bytes(), role.as_bytes(), digest, key_id, created]
 }
 
+fn millis(d: Duration) -> Millis {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
 impl Tokens {
     /// Derives the MAC keys from the unlocked keyring. Call [`Tokens::reload`] before use.
     pub fn new(store: Arc<dyn Store>, keyring: &Keyring) -> Result<Self, StoreError> {
@@ -75,7 +92,9 @@ impl Tokens {
             mac_keys,
             active_key: keyring.active_key_id(),
             table: RwLock::new(HashMap::new()),
+            vouched_until: AtomicI64::new(Millis::MIN),
             reloads: Mutex::new(ReloadState::default()),
+            throttle: FailureThrottle::default(),
         })
     }
 
@@ -99,7 +118,8 @@ impl Tokens {
         Ok((token, id))
     }
 
-    /// Whether a stored row carries a valid MAC (it was minted with the passphrase).
+    /// Whether a stored row carries a valid MAC (it was minted with the passphrase and never
+    /// revoked: revoking destroys the MAC).
     fn authentic(&self, t: &TokenRow) -> bool {
         self.mac_keys.get(&t.key_id).is_some_and(|key| {
             let (key_id, created) = (t.key_id.to_be_bytes(), t.created_at.to_be_bytes());
@@ -107,25 +127,39 @@ impl Tokens {
         })
     }
 
-    /// Re-reads the token table; rows without a valid MAC are refused (and logged).
-    pub fn reload(&self) -> Result<(), StoreError> {
+    /// Re-reads the token table at `now`. Unusable rows are skipped and reported once each; an
+    /// error means the store could not be read at all (the old table stays, vouched for until
+    /// its time runs out).
+    pub fn reload(&self, now: Millis) -> Result<(), StoreError> {
         let mut state = self.reloads.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        self.reload_locked(&mut state)
+        self.reload_locked(&mut state, now)
     }
 
-    fn reload_locked(&self, state: &mut ReloadState) -> Result<(), StoreError> {
+    fn reload_locked(&self, state: &mut ReloadState, now: Millis) -> Result<(), StoreError> {
         state.last_started = Some(Instant::now());
         let mut table = HashMap::new();
-        for t in self.store.tokens()? {
+        let mut report = |id: &str, why: &str| {
+            if state.reported.insert(format!("{id}\n{why}")) {
+                tracing::warn!(token_id = %id, "token row refused: {why}; the other tokens are unaffected");
+            }
+        };
+        for read in self.store.tokens()? {
+            let t = match read {
+                Ok(t) => t,
+                Err(bad) => {
+                    report(&bad.id, &bad.reason);
+                    continue;
+                }
+            };
             if t.revoked_at.is_some() {
                 continue;
             }
             if !self.authentic(&t) {
-                tracing::warn!(token_id = %t.id, "token row has no valid MAC (inserted by hand?); refusing it");
+                report(&t.id, "no valid MAC (inserted or edited by hand, or revoked)");
                 continue;
             }
             let (Some(role), Ok(digest)) = (Role::parse(&t.role), <[u8; 32]>::try_from(t.digest.as_slice())) else {
-                tracing::warn!(token_id = %t.id, "token row is malformed; refusing it");
+                report(&t.id, "malformed role or digest");
                 continue;
             };
             let stored = t.last_used_at.unwrap_or(0);
@@ -143,27 +177,28 @@ impl Tokens {
             }
         }
         *current = table;
+        self.vouched_until.fetch_max(now.saturating_add(millis(VOUCH_FOR)), Ordering::Release);
         Ok(())
     }
 
     /// For an id not in the cache: re-read the table unless a read began after this request
     /// arrived (it would have seen any token minted before), within the rate cap. Concurrent
     /// misses wait for one another, so they share a read.
-    fn reload_on_miss(&self, arrived: Instant) -> bool {
+    fn reload_on_miss(&self, arrived: Instant, now: Millis) -> bool {
         let mut state = self.reloads.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if state.last_started.is_some_and(|t| t >= arrived) {
             return true;
         }
-        let now = Instant::now();
-        if state.window.is_none_or(|w| now.duration_since(w) >= Duration::from_secs(1)) {
-            state.window = Some(now);
+        let started = Instant::now();
+        if state.window.is_none_or(|w| started.duration_since(w) >= Duration::from_secs(1)) {
+            state.window = Some(started);
             state.misses_in_window = 0;
         }
         if state.misses_in_window >= MISS_RELOADS_PER_SEC {
             return false;
         }
         state.misses_in_window += 1;
-        match self.reload_locked(&mut state) {
+        match self.reload_locked(&mut state, now) {
             Ok(()) => true,
             Err(e) => {
                 tracing::warn!(error = %e, "token table re-read failed");
@@ -179,26 +214,48 @@ impl Tokens {
         Some(entry.caller.clone())
     }
 
-    /// Checks an `authorization` header value; the token is never logged or echoed, nor copied.
-    pub fn authenticate(&self, header: Option<&str>, now: Millis) -> Result<Arc<Caller>, Status> {
-        let raw = header.ok_or_else(|| Status::unauthenticated("missing authorization: Bearer <token>"))?;
+    /// Spends one failure from `peer`'s bucket: `error` itself, or `Throttled` once the peer has
+    /// failed too often.
+    fn failed(&self, peer: Option<IpAddr>, error: AuthError) -> AuthError {
+        match peer.map(|ip| self.throttle.fail(ip, Instant::now())) {
+            Some(Err(retry_after)) => AuthError::Throttled { retry_after },
+            _ => error,
+        }
+    }
+
+    /// Checks an `authorization` header value from `peer`; the token is never logged or echoed,
+    /// nor copied.
+    pub fn authenticate(
+        &self,
+        header: Option<&str>,
+        peer: Option<IpAddr>,
+        now: Millis,
+    ) -> Result<Arc<Caller>, AuthError> {
+        if now > self.vouched_until.load(Ordering::Acquire) {
+            return Err(AuthError::TokensUnavailable);
+        }
+        let Some(raw) = header else { return Err(self.failed(peer, AuthError::MissingToken)) };
         let token = raw.strip_prefix("Bearer ").map(str::trim).unwrap_or_default();
-        let hex = check(token)
-            .ok_or_else(|| Status::unauthenticated("malformed authorization header; expected Bearer avt_..."))?;
+        let Some(hex) = check(token) else { return Err(self.failed(peer, AuthError::MalformedToken)) };
         let mut id_buf = [0u8; 15];
         id_buf[..3].copy_from_slice(b"tk_");
         id_buf[3..].copy_from_slice(hex.as_bytes());
         let id = std::str::from_utf8(&id_buf).unwrap_or_default();
         let (digest, arrived) = (digest(token), Instant::now());
-        let caller = self
-            .lookup(id, &digest, now)
-            .or_else(|| if self.reload_on_miss(arrived) { self.lookup(id, &digest, now) } else { None });
-        let Some(caller) = caller else {
-            tracing::debug!(token_id = %id, "unknown or revoked token");
-            return Err(Status::unauthenticated("unknown or revoked token"));
-        };
-        tracing::trace!(token_id = %id, role = %caller.role, "caller authenticated");
-        Ok(caller)
+        if let Some(caller) = self.lookup(id, &digest, now) {
+            tracing::trace!(token_id = %id, role = %caller.role, "caller authenticated");
+            return Ok(caller);
+        }
+        // A throttled peer gets no re-read of the table.
+        let error = self.failed(peer, AuthError::InvalidToken);
+        if error == AuthError::InvalidToken
+            && self.reload_on_miss(arrived, now)
+            && let Some(caller) = self.lookup(id, &digest, now)
+        {
+            return Ok(caller);
+        }
+        tracing::debug!(token_id = %id, reason = error.reason(), "token refused");
+        Err(error)
     }
 
     /// Writes the last-used times that changed since the previous flush.
@@ -241,19 +298,22 @@ mod tests {
         (tmp, store, tokens)
     }
 
+    fn bearer(t: &Token) -> String {
+        format!("Bearer {}", t.expose())
+    }
+
     #[test]
     fn minted_tokens_authenticate_until_revoked() {
         let (_tmp, store, tokens) = setup();
         let (token, id) = tokens.mint(&Role::Admin, 1).unwrap();
-        tokens.reload().unwrap();
-        let header = format!("Bearer {}", token.expose());
-        let caller = tokens.authenticate(Some(&header), 5).unwrap();
+        tokens.reload(1).unwrap();
+        let caller = tokens.authenticate(Some(&bearer(&token)), None, 5).unwrap();
         assert_eq!((caller.token_id.as_str(), &caller.role), (id.as_str(), &Role::Admin));
         tokens.flush_uses().unwrap();
-        assert_eq!(store.tokens().unwrap()[0].last_used_at, Some(5));
+        assert_eq!(store.tokens().unwrap()[0].as_ref().unwrap().last_used_at, Some(5));
         store.revoke_token(&id, 9).unwrap();
-        tokens.reload().unwrap();
-        assert_eq!(tokens.authenticate(Some(&header), 10).unwrap_err().code(), tonic::Code::Unauthenticated);
+        tokens.reload(10).unwrap();
+        assert_eq!(tokens.authenticate(Some(&bearer(&token)), None, 10).unwrap_err(), AuthError::InvalidToken);
     }
 
     #[test]
@@ -273,18 +333,45 @@ mod tests {
             revoked_at: None,
         };
         store.insert_token(&row).unwrap();
-        tokens.reload().unwrap();
-        let code = |h: Option<&str>| tokens.authenticate(h, 2).unwrap_err().code();
-        assert_eq!(code(None), tonic::Code::Unauthenticated);
-        assert_eq!(code(Some("Bearer nope")), tonic::Code::Unauthenticated);
-        assert_eq!(code(Some(&format!("Bearer {}", forged.expose()))), tonic::Code::Unauthenticated);
-        // Same id, other secret.
+        tokens.reload(2).unwrap();
+        let err = |h: Option<&str>| tokens.authenticate(h, None, 2).unwrap_err();
+        assert_eq!(err(None), AuthError::MissingToken);
+        assert_eq!(err(Some("Bearer nope")), AuthError::MalformedToken);
+        assert_eq!(err(Some(&bearer(&forged))), AuthError::InvalidToken);
+        // Same id, other secret: the same answer as an unknown id.
         let mut other = token.expose().to_owned();
         let last = if other.ends_with('A') { 'B' } else { 'A' };
         other.pop();
         other.push(last);
-        assert_eq!(code(Some(&format!("Bearer {other}"))), tonic::Code::Unauthenticated);
-        let msg = tokens.authenticate(Some(&format!("Bearer {}", forged.expose())), 2).unwrap_err();
-        assert!(!msg.message().contains(&forged.expose()[4..]));
+        assert_eq!(err(Some(&format!("Bearer {other}"))), AuthError::InvalidToken);
+    }
+
+    #[test]
+    fn a_table_that_cannot_be_reread_stops_vouching_for_tokens() {
+        let (_tmp, _store, tokens) = setup();
+        let (token, _) = tokens.mint(&Role::Admin, 1).unwrap();
+        tokens.reload(1_000).unwrap();
+        assert!(tokens.authenticate(Some(&bearer(&token)), None, 1_900).is_ok());
+        let late = 1_000 + millis(VOUCH_FOR) + 1;
+        assert_eq!(tokens.authenticate(Some(&bearer(&token)), None, late).unwrap_err(), AuthError::TokensUnavailable);
+        tokens.reload(late).unwrap();
+        assert!(tokens.authenticate(Some(&bearer(&token)), None, late).is_ok());
+    }
+
+    #[test]
+    fn a_peer_that_keeps_failing_is_throttled_but_valid_tokens_pass() {
+        let (_tmp, _store, tokens) = setup();
+        let (token, _) = tokens.mint(&Role::Admin, 1).unwrap();
+        tokens.reload(1).unwrap();
+        let peer = Some(IpAddr::from([127, 0, 0, 9]));
+        let garbage = Token::generate();
+        let answers: Vec<AuthError> =
+            (0..40).map(|_| tokens.authenticate(Some(&bearer(&garbage)), peer, 2).unwrap_err()).collect();
+        assert!(answers[..20].iter().all(|e| *e == AuthError::InvalidToken), "{answers:?}");
+        assert!(answers[20..].iter().all(|e| matches!(e, AuthError::Throttled { .. })), "{answers:?}");
+        assert!(matches!(tokens.authenticate(None, peer, 2), Err(AuthError::Throttled { .. })));
+        assert!(tokens.authenticate(Some(&bearer(&token)), peer, 2).is_ok(), "a valid token is never throttled");
+        let other = Some(IpAddr::from([127, 0, 0, 10]));
+        assert_eq!(tokens.authenticate(Some(&bearer(&garbage)), other, 2).unwrap_err(), AuthError::InvalidToken);
     }
 }

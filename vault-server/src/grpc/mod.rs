@@ -4,7 +4,7 @@ mod listing;
 mod page_token;
 mod status;
 
-pub use status::ERROR_DOMAIN;
+pub use status::{ERROR_DOMAIN, public_budget_exhausted};
 
 use std::sync::Arc;
 

@@ -1,9 +1,11 @@
-//! The one mapping from `VaultError` to a gRPC `Status`. Every variant is matched; messages are
-//! safe for clients (never a code or token), and the cause is logged here.
+//! The one mapping from domain errors (`VaultError`, `AuthError`) to a gRPC `Status`. Every
+//! variant is matched; messages are safe for clients (never a code or token), and the cause is
+//! logged here.
 
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+use crate::auth::AuthError;
 use crate::probe::ProbeOutcome;
 use crate::vault::VaultError;
 
@@ -102,4 +104,50 @@ impl From<VaultError> for Status {
             }
         }
     }
+}
+
+impl From<AuthError> for Status {
+    fn from(e: AuthError) -> Self {
+        let reason = e.reason();
+        match e {
+            AuthError::MissingToken | AuthError::MalformedToken | AuthError::InvalidToken => {
+                error_info(Code::Unauthenticated, e.to_string(), reason, vec![])
+            }
+            AuthError::Throttled { retry_after } => {
+                let mut details = ErrorDetails::with_retry_info(Some(retry_after));
+                details.set_error_info(reason, ERROR_DOMAIN, std::collections::HashMap::new());
+                Status::with_error_details(
+                    Code::ResourceExhausted,
+                    format!(
+                        "too many failed authentications from this address; retry in {} ms",
+                        retry_after.as_millis()
+                    ),
+                    details,
+                )
+            }
+            AuthError::TokensUnavailable => {
+                tracing::error!("the token table could not be read for too long; refusing every token");
+                error_info(
+                    Code::Unavailable,
+                    "the server cannot read its token table, so it vouches for no token; retry later".into(),
+                    reason,
+                    vec![],
+                )
+            }
+            AuthError::AdminRequired { .. } | AuthError::ClientTokenRequired { .. } | AuthError::WrongClient { .. } => {
+                error_info(Code::PermissionDenied, e.to_string(), reason, vec![])
+            }
+        }
+    }
+}
+
+/// Health and reflection are open without a token; they share a small budget, and a call over it
+/// is refused at once.
+pub fn public_budget_exhausted() -> Status {
+    error_info(
+        Code::ResourceExhausted,
+        "too many health and reflection calls in flight; retry shortly".into(),
+        "PUBLIC_BUDGET_EXHAUSTED",
+        vec![],
+    )
 }

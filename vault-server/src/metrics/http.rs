@@ -1,67 +1,98 @@
-//! A minimal HTTP/1.1 endpoint for Prometheus: `GET /metrics`, nothing else.
+//! The `/metrics` endpoint on hyper (HTTP/1.1): `GET /metrics`, nothing else. A few connections
+//! at once (more are closed on accept), and each connection gets one deadline for everything,
+//! so a slow or silent scraper cannot hold it.
 
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 use super::Metrics;
 use crate::store::Store;
 
-/// Longest request head read.
-const MAX_HEAD: usize = 8 * 1024;
+/// The endpoint's limits.
+#[derive(Debug, Clone, Copy)]
+pub struct MetricsLimits {
+    /// Connections at once; more are closed on accept.
+    pub max_connections: usize,
+    /// Longest a connection may live, request read and response written included.
+    pub deadline: Duration,
+}
 
-async fn respond(mut stream: TcpStream, metrics: Arc<Metrics>, store: Arc<dyn Store>) -> std::io::Result<()> {
-    let mut head = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
-            .await
-            .map_err(std::io::Error::other)??;
-        if n == 0 || head.len() > MAX_HEAD {
-            return Ok(());
-        }
-        head.extend_from_slice(&buf[..n]);
+impl Default for MetricsLimits {
+    fn default() -> Self {
+        Self { max_connections: 8, deadline: Duration::from_secs(10) }
     }
-    let line = String::from_utf8_lossy(&head).lines().next().unwrap_or_default().to_owned();
-    let (status, body) = if line.starts_with("GET /metrics ") {
-        let counts =
-            tokio::task::spawn_blocking(move || store.count_by_state()).await.map_err(std::io::Error::other)?;
-        match counts {
-            Ok((active, revoked)) => ("200 OK", metrics.render(&[("active", active), ("revoked", revoked)])),
-            Err(e) => {
-                tracing::warn!(error = %e, "metrics: cannot count bindings");
-                ("500 Internal Server Error", "storage error\n".to_owned())
-            }
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    if let Ok(v) = "text/plain; version=0.0.4; charset=utf-8".parse() {
+        response.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    response
+}
+
+async fn answer(
+    req: Request<Incoming>,
+    metrics: Arc<Metrics>,
+    store: Arc<dyn Store>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req.method() != Method::GET || req.uri().path() != "/metrics" {
+        return Ok(text(StatusCode::NOT_FOUND, "only GET /metrics is served here\n".into()));
+    }
+    let counts = tokio::task::spawn_blocking(move || store.count_by_state()).await;
+    let rendered = match counts {
+        Ok(Ok((active, revoked))) => {
+            metrics.render(&[("active", active), ("revoked", revoked)]).map_err(|e| e.to_string())
         }
-    } else {
-        ("404 Not Found", "only GET /metrics is served here\n".to_owned())
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(e) => Err(e.to_string()),
     };
-    let response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(response.as_bytes()).await?;
-    stream.shutdown().await
+    Ok(match rendered {
+        Ok(body) => text(StatusCode::OK, body),
+        Err(e) => {
+            tracing::warn!(error = %e, "metrics: cannot render");
+            text(StatusCode::INTERNAL_SERVER_ERROR, "cannot read the store; see the server log\n".into())
+        }
+    })
 }
 
 /// Serves `/metrics` on `listener` until the task is dropped.
-pub async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>, store: Arc<dyn Store>) {
+pub async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>, store: Arc<dyn Store>, limits: MetricsLimits) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
     loop {
-        match listener.accept().await {
-            Ok((stream, _)) => {
-                let (m, s) = (metrics.clone(), store.clone());
-                tokio::spawn(async move {
-                    if let Err(e) = respond(stream, m, s).await {
-                        tracing::debug!(error = %e, "metrics request failed");
-                    }
-                });
-            }
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
             Err(e) => {
                 tracing::warn!(error = %e, "metrics listener accept failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
             }
-        }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::debug!("metrics: connection cap reached; closing a new connection");
+            continue;
+        };
+        let (m, s) = (metrics.clone(), store.clone());
+        tokio::spawn(async move {
+            let _slot = slot;
+            let service = hyper::service::service_fn(move |req| answer(req, m.clone(), s.clone()));
+            let conn = hyper::server::conn::http1::Builder::new()
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(stream), service);
+            match tokio::time::timeout(limits.deadline, conn).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!(error = %e, "metrics connection failed"),
+                Err(_) => tracing::debug!("metrics connection hit its deadline; closed"),
+            }
+        });
     }
 }

@@ -1,15 +1,22 @@
 //! Prometheus metrics: RPCs by method and code (count and latency histogram), probe outcomes by
-//! provider, and bindings by state (read at scrape time). Text exposition format 0.0.4.
+//! provider, authentication failures by reason, refused connections, and bindings by state (read
+//! at scrape time). Counting is a few relaxed atomic adds (the Reveal hot path pays nothing
+//! more); `prometheus-client` encodes a snapshot at scrape time, in the text format 0.0.4.
 
 mod http;
 
-pub use http::serve_metrics;
+pub use http::{MetricsLimits, serve_metrics};
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
 
 /// Latency bucket bounds, in seconds.
 const BUCKETS: [f64; 14] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0];
@@ -30,7 +37,7 @@ const METHODS: [&str; 12] = [
     "other",
 ];
 
-/// gRPC code names, indexed by code.
+/// gRPC code names, indexed by code; a code outside them counts as UNKNOWN.
 pub const CODES: [&str; 17] = [
     "OK",
     "CANCELLED",
@@ -50,6 +57,20 @@ pub const CODES: [&str; 17] = [
     "DATA_LOSS",
     "UNAUTHENTICATED",
 ];
+/// Where a code outside the 17 defined ones is counted: as UNKNOWN, as gRPC itself does.
+const UNKNOWN_CODE: usize = 2;
+
+/// Authentication failure reasons counted (the ErrorInfo reasons of `AuthError`).
+const AUTH_REASONS: [&str; 8] = [
+    "MISSING_TOKEN",
+    "MALFORMED_TOKEN",
+    "INVALID_TOKEN",
+    "AUTH_THROTTLED",
+    "TOKENS_UNAVAILABLE",
+    "ADMIN_REQUIRED",
+    "CLIENT_TOKEN_REQUIRED",
+    "WRONG_CLIENT",
+];
 
 /// Lock-free, so that counting costs the Reveal hot path a few atomic adds.
 #[derive(Debug, Default)]
@@ -63,6 +84,8 @@ struct Histogram {
 pub struct Metrics {
     rpcs: Vec<Histogram>,
     probes: Mutex<BTreeMap<(String, &'static str), u64>>,
+    auth_failures: [AtomicU64; AUTH_REASONS.len()],
+    connections_refused: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -70,6 +93,8 @@ impl Default for Metrics {
         Self {
             rpcs: (0..METHODS.len() * CODES.len()).map(|_| Histogram::default()).collect(),
             probes: Mutex::default(),
+            auth_failures: Default::default(),
+            connections_refused: AtomicU64::new(0),
         }
     }
 }
@@ -78,16 +103,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Escapes a label value for the text format.
-fn label(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
-}
-
 impl Metrics {
     /// One finished RPC: method name (e.g. `Bind`), gRPC code number, latency.
     pub fn observe_rpc(&self, method: &str, code: usize, latency: Duration) {
         let m = METHODS.iter().position(|n| *n == method).unwrap_or(METHODS.len() - 1);
-        let Some(h) = self.rpcs.get(m * CODES.len() + code.min(CODES.len() - 1)) else { return };
+        let code = if code < CODES.len() { code } else { UNKNOWN_CODE };
+        let Some(h) = self.rpcs.get(m * CODES.len() + code) else { return };
         h.count.fetch_add(1, Ordering::Relaxed);
         h.sum_nanos.fetch_add(u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
         let secs = latency.as_secs_f64();
@@ -101,50 +122,105 @@ impl Metrics {
         *lock(&self.probes).entry((provider.to_owned(), outcome)).or_default() += 1;
     }
 
-    /// The exposition text; `bindings` are (state, count) pairs read by the caller.
-    pub fn render(&self, bindings: &[(&str, u64)]) -> String {
+    /// One call refused before it reached a handler, by its ErrorInfo reason.
+    pub fn observe_auth_failure(&self, reason: &str) {
+        if let Some(i) = AUTH_REASONS.iter().position(|r| *r == reason) {
+            self.auth_failures[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// One connection closed on accept because the connection cap was reached.
+    pub fn observe_connection_refused(&self) {
+        self.connections_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The exposition text (Prometheus text format 0.0.4); `bindings` are (state, count) pairs
+    /// read by the caller.
+    pub fn render(self: &Arc<Self>, bindings: &[(&'static str, u64)]) -> Result<String, std::fmt::Error> {
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register_collector(Box::new(Scrape { metrics: self.clone(), bindings: bindings.to_vec() }));
         let mut out = String::new();
-        let seen: Vec<(&str, &str, &Histogram)> = self
+        prometheus_client::encoding::prometheus_text::encode(&mut out, &registry)?;
+        Ok(out)
+    }
+}
+
+/// A snapshot of [`Metrics`] for one scrape.
+#[derive(Debug)]
+struct Scrape {
+    metrics: Arc<Metrics>,
+    bindings: Vec<(&'static str, u64)>,
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let m = &self.metrics;
+        let seen: Vec<(&str, &str, &Histogram)> = m
             .rpcs
             .iter()
             .enumerate()
             .filter(|(_, h)| h.count.load(Ordering::Relaxed) > 0)
             .map(|(i, h)| (METHODS[i / CODES.len()], CODES[i % CODES.len()], h))
             .collect();
-        out.push_str("# HELP vault_rpc_requests_total RPCs handled, by method and gRPC code.\n");
-        out.push_str("# TYPE vault_rpc_requests_total counter\n");
+        let mut family = encoder.encode_descriptor(
+            "vault_rpc_requests",
+            "RPCs handled, by method and gRPC code.",
+            None,
+            MetricType::Counter,
+        )?;
         for (method, code, h) in &seen {
-            let n = h.count.load(Ordering::Relaxed);
-            let _ = writeln!(out, "vault_rpc_requests_total{{method=\"{method}\",code=\"{code}\"}} {n}");
+            let labels = [("method", *method), ("code", *code)];
+            ConstCounter::new(h.count.load(Ordering::Relaxed)).encode(family.encode_family(&labels)?)?;
         }
-        out.push_str("# HELP vault_rpc_duration_seconds RPC latency, by method and gRPC code.\n");
-        out.push_str("# TYPE vault_rpc_duration_seconds histogram\n");
+        let mut family = encoder.encode_descriptor(
+            "vault_rpc_duration_seconds",
+            "RPC latency, by method and gRPC code.",
+            None,
+            MetricType::Histogram,
+        )?;
         for (method, code, h) in &seen {
-            let labels = format!("method=\"{method}\",code=\"{code}\"");
-            let mut cumulative = 0;
-            for (bound, n) in BUCKETS.iter().zip(&h.buckets) {
-                cumulative += n.load(Ordering::Relaxed);
-                let _ = writeln!(out, "vault_rpc_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
-            }
+            let labels = [("method", *method), ("code", *code)];
+            let mut buckets: Vec<(f64, u64)> =
+                BUCKETS.iter().zip(&h.buckets).map(|(b, n)| (*b, n.load(Ordering::Relaxed))).collect();
             let count = h.count.load(Ordering::Relaxed);
+            let in_buckets: u64 = buckets.iter().map(|(_, n)| n).sum();
+            buckets.push((f64::INFINITY, count.saturating_sub(in_buckets)));
             // Precision loss is irrelevant at nanosecond sums.
             #[allow(clippy::cast_precision_loss)]
             let sum = h.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
-            let _ = writeln!(out, "vault_rpc_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {count}");
-            let _ = writeln!(out, "vault_rpc_duration_seconds_sum{{{labels}}} {sum}");
-            let _ = writeln!(out, "vault_rpc_duration_seconds_count{{{labels}}} {count}");
+            family.encode_family(&labels)?.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
         }
-        out.push_str("# HELP vault_probes_total Login probes, by provider and outcome.\n");
-        out.push_str("# TYPE vault_probes_total counter\n");
-        for ((provider, outcome), n) in lock(&self.probes).iter() {
-            let _ = writeln!(out, "vault_probes_total{{provider=\"{}\",outcome=\"{outcome}\"}} {n}", label(provider));
+        let mut family = encoder.encode_descriptor(
+            "vault_probes",
+            "Login probes, by provider and outcome.",
+            None,
+            MetricType::Counter,
+        )?;
+        for ((provider, outcome), n) in lock(&m.probes).iter() {
+            let labels = [("provider", provider.as_str()), ("outcome", *outcome)];
+            ConstCounter::new(*n).encode(family.encode_family(&labels)?)?;
         }
-        out.push_str("# HELP vault_bindings Bindings, by state.\n");
-        out.push_str("# TYPE vault_bindings gauge\n");
-        for (state, n) in bindings {
-            let _ = writeln!(out, "vault_bindings{{state=\"{state}\"}} {n}");
+        let mut family = encoder.encode_descriptor(
+            "vault_auth_failures",
+            "Calls refused before a handler ran, by reason (AUTH_THROTTLED: a peer that kept failing).",
+            None,
+            MetricType::Counter,
+        )?;
+        for (reason, n) in AUTH_REASONS.iter().zip(&m.auth_failures) {
+            ConstCounter::new(n.load(Ordering::Relaxed)).encode(family.encode_family(&[("reason", *reason)])?)?;
         }
-        out
+        ConstCounter::new(m.connections_refused.load(Ordering::Relaxed)).encode(encoder.encode_descriptor(
+            "vault_connections_refused",
+            "Connections closed on accept because the connection cap was reached.",
+            None,
+            MetricType::Counter,
+        )?)?;
+        let mut family = encoder.encode_descriptor("vault_bindings", "Bindings, by state.", None, MetricType::Gauge)?;
+        for (state, n) in &self.bindings {
+            let n = i64::try_from(*n).unwrap_or(i64::MAX);
+            ConstGauge::new(n).encode(family.encode_family(&[("state", *state)])?)?;
+        }
+        Ok(())
     }
 }
 
@@ -158,13 +234,24 @@ mod tests {
         m.observe_rpc("Bind", 0, Duration::from_millis(3));
         m.observe_rpc("Bind", 0, Duration::from_millis(30));
         m.observe_rpc("Nonsense", 99, Duration::from_millis(1));
+        m.observe_rpc("Reveal", 16, Duration::from_secs(20));
         m.observe_probe("sina", "ACCEPTED");
-        let text = m.render(&[("active", 2), ("revoked", 0)]);
+        m.observe_auth_failure("AUTH_THROTTLED");
+        let m = Arc::new(m);
+        let text = m.render(&[("active", 2), ("revoked", 0)]).unwrap();
         assert!(text.contains("vault_rpc_requests_total{method=\"Bind\",code=\"OK\"} 2"), "{text}");
         assert!(text.contains("vault_rpc_duration_seconds_bucket{method=\"Bind\",code=\"OK\",le=\"0.005\"} 1"));
         assert!(text.contains("vault_rpc_duration_seconds_bucket{method=\"Bind\",code=\"OK\",le=\"0.05\"} 2"));
         assert!(text.contains("vault_probes_total{provider=\"sina\",outcome=\"ACCEPTED\"} 1"));
         assert!(text.contains("vault_bindings{state=\"active\"} 2"));
-        assert!(text.contains("vault_rpc_requests_total{method=\"other\",code=\"UNAUTHENTICATED\"} 1"), "{text}");
+        // A code outside gRPC's 17 is UNKNOWN, as gRPC itself reads it.
+        assert!(text.contains("vault_rpc_requests_total{method=\"other\",code=\"UNKNOWN\"} 1"), "{text}");
+        assert!(text.contains("vault_rpc_requests_total{method=\"Reveal\",code=\"UNAUTHENTICATED\"} 1"), "{text}");
+        assert!(
+            text.contains(
+                "vault_rpc_duration_seconds_bucket{method=\"Reveal\",code=\"UNAUTHENTICATED\",le=\"+Inf\"} 1"
+            )
+        );
+        assert!(text.contains("vault_auth_failures_total{reason=\"AUTH_THROTTLED\"} 1"), "{text}");
     }
 }

@@ -6,6 +6,7 @@ mod tokens;
 use std::fs;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 
 use crate::cli::{Cli, Command, InitArgs, LogFormat, PassphraseArgs};
 use crate::datadir::{self, DataDirError};
@@ -19,8 +20,23 @@ pub use serve::DEV_DATA_DIR;
 
 /// Crates whose TRACE/DEBUG output could carry protocol bytes (IMAP LOGIN, SMTP AUTH, HTTP/2
 /// headers with bearer tokens). They are capped at INFO whatever `--log-level` says.
-const CAPPED_TARGETS: &[&str] =
-    &["async_imap", "imap_proto", "lettre", "h2", "hyper", "hyper_util", "tonic", "tower", "rustls", "tokio_rustls"];
+/// The cap is a second filter that every line must also pass, so no `--log-level` string (span
+/// filters and more specific targets included) can lift it.
+const CAPPED_TARGETS: &[&str] = &[
+    "async_imap",
+    "imap_proto",
+    "lettre",
+    "h2",
+    "hyper",
+    "hyper_util",
+    "tonic",
+    "tonic_health",
+    "tonic_reflection",
+    "tower",
+    "rustls",
+    "tokio_rustls",
+    "tokio_util",
+];
 
 /// Everything that stops the process; each displays as one line.
 #[derive(Debug, thiserror::Error)]
@@ -55,57 +71,96 @@ pub enum RunError {
     Store(#[from] StoreError),
 }
 
-pub fn main(cli: Cli) -> Result<(), RunError> {
+/// Runs a parsed command line. `env_passphrase` is `$VAULT_PASSPHRASE`, taken out of the
+/// environment by `main` before anything else ran (see [`take_env_passphrase`]).
+pub fn main(cli: Cli, env_passphrase: Option<Passphrase>) -> Result<(), RunError> {
     init_logging(&cli.log_level, cli.log_format)?;
     match cli.command {
-        Command::Init(args) => init(&args),
-        Command::Token(args) => tokens::run(args),
+        Command::Init(args) => init(&args, env_passphrase),
+        Command::Token(args) => tokens::run(args, env_passphrase),
         Command::Serve(args) => {
             crate::hygiene::disable_core_dumps();
             let runtime =
                 tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(RunError::Runtime)?;
-            runtime.block_on(serve::serve(*args))
+            runtime.block_on(serve::serve(*args, env_passphrase))
         }
     }
 }
 
+/// The user's filter, and the cap on protocol crates as a second filter after it: a line is
+/// written only if both let it through.
 fn init_logging(filter: &str, format: LogFormat) -> Result<(), RunError> {
-    let mut filter = tracing_subscriber::EnvFilter::try_new(filter).map_err(|e| RunError::LogFilter(e.to_string()))?;
-    for target in CAPPED_TARGETS {
-        filter =
-            filter.add_directive(format!("{target}=info").parse().map_err(|e| RunError::LogFilter(format!("{e}")))?);
-    }
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().with_current_span(true).init(),
-    }
-    Ok(())
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::filter::{FilterExt as _, LevelFilter, Targets};
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let user = tracing_subscriber::EnvFilter::try_new(filter).map_err(|e| RunError::LogFilter(e.to_string()))?;
+    let cap = CAPPED_TARGETS
+        .iter()
+        .fold(Targets::new().with_default(LevelFilter::TRACE), |t, target| t.with_target(*target, LevelFilter::INFO));
+    let filter = user.and(cap);
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry();
+    let installed = match format {
+        LogFormat::Text => registry.with(layer.with_filter(filter)).try_init(),
+        LogFormat::Json => registry.with(layer.json().with_current_span(true).with_filter(filter)).try_init(),
+    };
+    installed.map_err(|e| RunError::LogFilter(format!("cannot install the logger: {e}")))
+}
+
+/// Takes `$VAULT_PASSPHRASE` out of the process environment, so nothing later (a child process,
+/// a crash report, a library reading the environment) can see it. Call it first thing in `main`,
+/// while the process has one thread. The kernel's copy of the initial environment
+/// (`/proc/PID/environ`) stays, readable only by root, because the server makes itself
+/// non-dumpable.
+#[allow(unsafe_code)]
+pub fn take_env_passphrase() -> Option<Passphrase> {
+    const VAR: &str = "VAULT_PASSPHRASE";
+    let value = std::env::var_os(VAR)?;
+    // SAFETY: called at the start of `main`, before any other thread exists, so no one reads
+    // or writes the environment concurrently.
+    unsafe { std::env::remove_var(VAR) };
+    let value = zeroize::Zeroizing::new(value.into_encoded_bytes());
+    Some(Passphrase::new(&String::from_utf8_lossy(&value)))
 }
 
 pub(crate) fn now() -> i64 {
     SystemClock.now_millis()
 }
 
-/// Reads the passphrase from `--passphrase-file`, else `$VAULT_PASSPHRASE`.
-pub(crate) fn read_passphrase(args: &PassphraseArgs) -> Result<Passphrase, RunError> {
-    let passphrase = match &args.passphrase_file {
-        Some(path) => {
-            let text = fs::read_to_string(path)
-                .map_err(|e| RunError::Passphrase(format!("cannot read passphrase file {}: {e}", path.display())))?;
-            if fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o004 != 0) {
-                tracing::warn!(file = %path.display(), "the passphrase file is world-readable; chmod 600 it");
-            }
-            Passphrase::new(&text)
+/// Reads a passphrase file, refusing one that group or others may read; the bytes read are
+/// zeroized.
+fn read_passphrase_file(path: &Path) -> Result<Passphrase, RunError> {
+    use std::io::Read as _;
+    let cannot =
+        |e: std::io::Error| RunError::Passphrase(format!("cannot read passphrase file {}: {e}", path.display()));
+    let mut file = fs::File::open(path).map_err(cannot)?;
+    let mode = file.metadata().map_err(cannot)?.permissions().mode();
+    if mode & 0o044 != 0 {
+        return Err(RunError::Passphrase(format!(
+            "passphrase file {} is readable by group or others (mode {:o}); run: chmod 600 {}",
+            path.display(),
+            mode & 0o777,
+            path.display()
+        )));
+    }
+    let mut bytes = zeroize::Zeroizing::new(Vec::new());
+    file.read_to_end(&mut bytes).map_err(cannot)?;
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|_| RunError::Passphrase(format!("passphrase file {} is not UTF-8", path.display())))?;
+    Ok(Passphrase::new(text))
+}
+
+/// The passphrase from `--passphrase-file`, else from `$VAULT_PASSPHRASE` (taken by `main`).
+pub(crate) fn read_passphrase(args: &PassphraseArgs, env: Option<Passphrase>) -> Result<Passphrase, RunError> {
+    let passphrase = match (&args.passphrase_file, env) {
+        (Some(path), _) => read_passphrase_file(path)?,
+        (None, Some(p)) => p,
+        (None, None) => {
+            return Err(RunError::Passphrase(
+                "no passphrase: pass --passphrase-file FILE or set VAULT_PASSPHRASE".into(),
+            ));
         }
-        None => match std::env::var("VAULT_PASSPHRASE") {
-            Ok(v) => Passphrase::new(&v),
-            Err(_) => {
-                return Err(RunError::Passphrase(
-                    "no passphrase: pass --passphrase-file FILE or set VAULT_PASSPHRASE".into(),
-                ));
-            }
-        },
     };
     if passphrase.is_empty() {
         return Err(RunError::Passphrase("the passphrase is empty".into()));
@@ -113,9 +168,33 @@ pub(crate) fn read_passphrase(args: &PassphraseArgs) -> Result<Passphrase, RunEr
     Ok(passphrase)
 }
 
-fn init(args: &InitArgs) -> Result<(), RunError> {
-    let passphrase = read_passphrase(&args.passphrase)?;
+fn init(args: &InitArgs, env_passphrase: Option<Passphrase>) -> Result<(), RunError> {
+    let passphrase = read_passphrase(&args.passphrase, env_passphrase)?;
     datadir::init(&args.data_dir, &passphrase, now())?;
     println!("initialised {}", args.data_dir.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_passphrase_file_others_can_read_is_refused_with_the_fix() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("pass");
+        fs::write(&file, "correct horse battery\n").unwrap();
+        let args = PassphraseArgs { passphrase_file: Some(file.clone()) };
+        for mode in [0o644, 0o640, 0o604] {
+            fs::set_permissions(&file, fs::Permissions::from_mode(mode)).unwrap();
+            let err = read_passphrase(&args, None).unwrap_err().to_string();
+            assert!(err.contains("readable by group or others") && err.contains("chmod 600"), "{err}");
+            assert!(!err.contains("horse"), "{err}");
+        }
+        fs::set_permissions(&file, fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(read_passphrase(&args, None).unwrap().expose(), "correct horse battery");
+        let from_env = read_passphrase(&PassphraseArgs { passphrase_file: None }, Some(Passphrase::new("env one")));
+        assert_eq!(from_env.unwrap().expose(), "env one");
+        assert!(read_passphrase(&PassphraseArgs { passphrase_file: None }, None).is_err());
+    }
 }

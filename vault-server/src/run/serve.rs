@@ -16,10 +16,11 @@ use super::{RunError, now, read_passphrase};
 use crate::auth::{Role, Tokens};
 use crate::cli::{PassphraseArgs, ServeArgs};
 use crate::datadir;
-use crate::metrics::{Metrics, serve_metrics};
+use crate::metrics::{Metrics, MetricsLimits, serve_metrics};
 use crate::probe::{NetworkProber, ProbeSettings, ProbeTls};
 use crate::provider::Registry;
-use crate::server::{self, ServeOptions};
+use crate::secret::Passphrase;
+use crate::server::{self, ConnectionLimits, Limits, ServeOptions};
 use crate::store::{CachedStore, DEFAULT_CAPACITY};
 use crate::vault::{ProbeBudget, SystemClock, Vault};
 
@@ -75,12 +76,30 @@ fn prepare_dev(dir: &Path, passphrase_file: Option<PathBuf>) -> Result<(PathBuf,
                 .map_err(|e| dev_err("create the passphrase file", e))?;
             f.write_all(text.as_bytes()).map_err(|e| dev_err("write the passphrase file", e))?;
         }
-        let passphrase = read_passphrase(&PassphraseArgs { passphrase_file: Some(file.clone()) })?;
+        let passphrase = read_passphrase(&PassphraseArgs { passphrase_file: Some(file.clone()) }, None)?;
         datadir::init(dir, &passphrase, now())?;
         tracing::info!(data_dir = %dir.display(), passphrase_file = %file.display(), "dev mode: initialised a new vault");
         return Ok((file, true));
     }
     Ok((file, false))
+}
+
+/// The listener's limits from the flags; the descriptor limit is raised to fit the connection cap.
+fn limits(args: &ServeArgs) -> Limits {
+    let max_connections = usize::try_from(args.max_connections).unwrap_or(usize::MAX);
+    crate::hygiene::raise_open_files(max_connections);
+    Limits {
+        connections: ConnectionLimits {
+            max_connections,
+            handshake_timeout: Duration::from_secs(args.handshake_timeout),
+            tcp_keepalive: Duration::from_secs(args.tcp_keepalive),
+        },
+        max_streams_per_connection: args.max_streams_per_connection,
+        http2_keepalive_interval: Duration::from_secs(args.http2_keepalive_interval),
+        http2_keepalive_timeout: Duration::from_secs(args.http2_keepalive_timeout),
+        max_rpcs: usize::try_from(args.max_concurrent_rpcs).unwrap_or(usize::MAX),
+        max_public_rpcs: usize::try_from(args.max_public_rpcs).unwrap_or(usize::MAX),
+    }
 }
 
 /// Registers SIGTERM and SIGINT now (so a signal right after start-up is not lost), and
@@ -98,7 +117,7 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, RunError> 
     })
 }
 
-pub async fn serve(args: ServeArgs) -> Result<(), RunError> {
+pub async fn serve(args: ServeArgs, env_passphrase: Option<Passphrase>) -> Result<(), RunError> {
     let (dir, passphrase_args, new_dev_vault) = if args.dev {
         let dir = args.data_dir.clone().unwrap_or_else(|| PathBuf::from(DEV_DATA_DIR));
         let (file, new) = prepare_dev(&dir, args.passphrase.passphrase_file.clone())?;
@@ -117,7 +136,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), RunError> {
         Some(path) => Registry::with_file(path)?,
         None => Registry::builtin(),
     };
-    let passphrase = read_passphrase(&passphrase_args)?;
+    let passphrase = read_passphrase(&passphrase_args, env_passphrase)?;
     let (store, keyring) = datadir::unlock(&dir, &passphrase)?;
     drop(passphrase);
     let store = Arc::new(CachedStore::new(store, DEFAULT_CAPACITY));
@@ -127,7 +146,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), RunError> {
         tracing::info!(token_id = %id, "dev mode: minted an admin token; it is printed once on stdout");
         println!("admin token (shown once): {}", token.expose());
     }
-    tokens.reload()?;
+    tokens.reload(now())?;
     let prober = NetworkProber::new(
         tls,
         ProbeSettings {
@@ -155,7 +174,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), RunError> {
             let l = TcpListener::bind(addr).await.map_err(|e| RunError::Listen(addr, e))?;
             let bound = l.local_addr().map_err(|e| RunError::Listen(addr, e))?;
             tracing::info!("metrics on http://{bound}/metrics");
-            Some(tokio::spawn(serve_metrics(l, registry_metrics.clone(), store.clone())))
+            Some(tokio::spawn(serve_metrics(l, registry_metrics.clone(), store.clone(), MetricsLimits::default())))
         }
         None => None,
     };
@@ -168,6 +187,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), RunError> {
         tokens,
         ServeOptions {
             tls: listener_tls,
+            limits: limits(&args),
             usage_flush: Duration::from_secs(args.usage_flush_interval),
             metrics: registry_metrics,
         },

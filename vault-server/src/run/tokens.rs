@@ -8,6 +8,7 @@ use crate::auth::{Role, Tokens};
 use crate::cli::{TokenArgs, TokenCommand};
 use crate::datadir::{self, DataDirError};
 use crate::ids::ClientId;
+use crate::secret::Passphrase;
 use crate::store::{SqliteStore, Store, StoreError};
 
 fn open(dir: &std::path::Path) -> Result<SqliteStore, RunError> {
@@ -21,7 +22,7 @@ fn millis_to_text(ms: Option<i64>) -> String {
     ms.map_or_else(|| "-".to_owned(), |ms| format!("{}", ms / 1000))
 }
 
-pub fn run(args: TokenArgs) -> Result<(), RunError> {
+pub fn run(args: TokenArgs, env_passphrase: Option<Passphrase>) -> Result<(), RunError> {
     match args.command {
         TokenCommand::Create { data_dir, passphrase, admin, client } => {
             let role = match (admin, client) {
@@ -32,7 +33,7 @@ pub fn run(args: TokenArgs) -> Result<(), RunError> {
                 _ => return Err(RunError::Token("give exactly one of --admin or --client ID".into())),
             };
             // Minting needs the keyring (token rows are MAC'd under a key derived from it).
-            let passphrase = read_passphrase(&passphrase)?;
+            let passphrase = read_passphrase(&passphrase, env_passphrase)?;
             let (store, keyring) = datadir::unlock(&data_dir, &passphrase)?;
             let tokens = Tokens::new(Arc::new(store), &keyring)?;
             let (token, id) = tokens.mint(&role, now())?;
@@ -43,15 +44,27 @@ pub fn run(args: TokenArgs) -> Result<(), RunError> {
         TokenCommand::List { data_dir } => {
             let store = open(&data_dir)?;
             println!("{:<16} {:<28} {:>12} {:>12} STATE", "ID", "ROLE", "CREATED", "LAST USED");
-            for t in store.tokens()? {
-                let state = if t.revoked_at.is_some() { "revoked" } else { "active" };
-                println!(
-                    "{:<16} {:<28} {:>12} {:>12} {state}",
-                    t.id,
-                    t.role,
-                    millis_to_text(Some(t.created_at)),
-                    millis_to_text(t.last_used_at)
-                );
+            for read in store.tokens()? {
+                match read {
+                    Ok(t) => {
+                        // Revoking destroys the MAC; a row without one is never honoured.
+                        let state = if t.revoked_at.is_some() || t.mac.is_empty() { "revoked" } else { "active" };
+                        println!(
+                            "{:<16} {:<28} {:>12} {:>12} {state}",
+                            t.id,
+                            t.role,
+                            millis_to_text(Some(t.created_at)),
+                            millis_to_text(t.last_used_at)
+                        );
+                    }
+                    Err(bad) => {
+                        eprintln!(
+                            "warning: token row {} is unreadable ({}); the server refuses it",
+                            bad.id, bad.reason
+                        );
+                        println!("{:<16} {:<28} {:>12} {:>12} unreadable", bad.id, "-", "-", "-");
+                    }
+                }
             }
             Ok(())
         }

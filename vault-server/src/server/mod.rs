@@ -1,6 +1,11 @@
 //! Serving: the vault service, health and reflection on one listener, until a shutdown signal.
+//! Limits come in layers: connections (cap, first-byte and TLS handshake deadlines, keepalive),
+//! HTTP/2 (streams per connection, header list, pings), and per service (authentication before
+//! the vault's slots; a small separate budget for the open services).
 
 mod accounting;
+mod guard;
+mod listener;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -8,12 +13,15 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
-use crate::auth::{Authenticate, RELOAD_EVERY, Tokens};
+use crate::auth::{RELOAD_EVERY, Tokens};
 use crate::grpc::VaultService;
 use crate::metrics::Metrics;
 use crate::proto::{FILE_DESCRIPTOR_SET, auth_code_vault_server::AuthCodeVaultServer};
-use crate::vault::Vault;
+use crate::vault::{Clock, SystemClock, Vault};
 use accounting::Accounting;
+use guard::Guarded;
+pub use guard::PUBLIC_TIMEOUT;
+pub use listener::ConnectionLimits;
 
 /// Largest request accepted; the biggest legitimate one is a few hundred bytes.
 const MAX_REQUEST_BYTES: usize = 16 * 1024;
@@ -30,19 +38,34 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
-/// How the listener is secured, and how often usage is written.
+/// What the listener and its services allow.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub connections: ConnectionLimits,
+    /// HTTP/2 streams one connection may have open (SETTINGS_MAX_CONCURRENT_STREAMS).
+    pub max_streams_per_connection: u32,
+    /// Idle time before an HTTP/2 ping; a ping unanswered within `http2_keepalive_timeout`
+    /// closes the connection.
+    pub http2_keepalive_interval: Duration,
+    pub http2_keepalive_timeout: Duration,
+    /// Authenticated vault RPCs at once; more wait.
+    pub max_rpcs: usize,
+    /// Health and reflection calls at once; more are refused.
+    pub max_public_rpcs: usize,
+}
+
+/// How the listener is secured and limited, and how often usage is written.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
     /// TLS (and, with a client CA, mTLS); plaintext when `None`.
     pub tls: Option<tonic::transport::ServerTlsConfig>,
+    pub limits: Limits,
     /// How often coalesced Reveal usage is written.
     pub usage_flush: Duration,
     /// Where RPCs are counted.
     pub metrics: Arc<Metrics>,
 }
 
-/// Largest number of RPCs handled at once; more wait (HTTP/2 flow control pushes back).
-const MAX_CONCURRENT_RPCS: usize = 1024;
 /// Largest HTTP/2 header list accepted.
 const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 
@@ -57,7 +80,7 @@ async fn upkeep(vault: Arc<Vault>, tokens: Arc<Tokens>, usage_flush: Duration) {
         tokio::select! {
             _ = reload.tick() => {
                 let t = tokens.clone();
-                match tokio::task::spawn_blocking(move || t.reload()).await {
+                match tokio::task::spawn_blocking(move || t.reload(SystemClock.now_millis())).await {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => tracing::warn!(error = %e, "token table refresh failed"),
                     Err(e) => tracing::warn!(error = %e, "token table refresh task failed"),
@@ -97,36 +120,43 @@ pub async fn serve(
             // google.rpc error details, so grpcurl can show ErrorInfo, RetryInfo and BadRequest.
             .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
     };
-    let reflection_v1 = reflection().build_v1()?;
-    let reflection_v1alpha = reflection().build_v1alpha()?;
-    let service = tonic::service::interceptor::InterceptedService::new(
+    let limits = options.limits;
+    let public_slots = Arc::new(tokio::sync::Semaphore::new(limits.max_public_rpcs));
+    let health_service =
+        Guarded::public(health_service.max_decoding_message_size(MAX_REQUEST_BYTES), public_slots.clone());
+    let reflection_v1 =
+        Guarded::public(reflection().build_v1()?.max_decoding_message_size(MAX_REQUEST_BYTES), public_slots.clone());
+    let reflection_v1alpha =
+        Guarded::public(reflection().build_v1alpha()?.max_decoding_message_size(MAX_REQUEST_BYTES), public_slots);
+    let service = Guarded::authenticated(
         AuthCodeVaultServer::new(VaultService::new(vault.clone())).max_decoding_message_size(MAX_REQUEST_BYTES),
-        Authenticate(tokens.clone()),
+        tokens.clone(),
+        options.metrics.clone(),
+        limits.max_rpcs,
     );
     let accounting = Accounting::new(options.metrics.clone());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
 
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = options.tls {
-        builder = builder.tls_config(tls)?;
+        builder = builder.tls_config(tls.timeout(limits.connections.handshake_timeout))?;
     }
     let upkeep = tokio::spawn(upkeep(vault.clone(), tokens.clone(), options.usage_flush));
+    let incoming = listener::admit(listener, limits.connections, options.metrics.clone());
     let server = builder
         .timeout(REQUEST_TIMEOUT)
+        .max_concurrent_streams(limits.max_streams_per_connection)
         .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
-        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(MAX_CONCURRENT_RPCS))
+        .http2_keepalive_interval(Some(limits.http2_keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.http2_keepalive_timeout))
         .layer(accounting.clone())
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(service)
-        // No Nagle: small responses must not wait for a delayed ACK (a 40 ms stall).
-        .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            async {
-                let _ = stop_rx.await;
-            },
-        );
+        .serve_with_incoming_shutdown(incoming, async {
+            let _ = stop_rx.await;
+        });
     tokio::pin!(server);
     tokio::select! {
         result = &mut server => {

@@ -12,7 +12,7 @@ use std::sync::{Arc, RwLock};
 
 use super::{
     AuditEvent, AuditQuery, AuditRecord, CredentialRow, ListQuery, Millis, NewBinding, RotateChange, Store, StoreError,
-    TokenRow, UnlockMaterial, UnusedQuery,
+    TokenRow, UnlockMaterial, UnreadableToken, UnusedQuery,
 };
 use crate::probe::ProbeOutcome;
 
@@ -182,7 +182,7 @@ impl<S: Store> Store for CachedStore<S> {
         self.inner.insert_token(row)
     }
 
-    fn tokens(&self) -> Result<Vec<TokenRow>, StoreError> {
+    fn tokens(&self) -> Result<Vec<Result<TokenRow, UnreadableToken>>, StoreError> {
         self.inner.tokens()
     }
 

@@ -124,6 +124,14 @@ pub struct TokenRow {
     pub revoked_at: Option<Millis>,
 }
 
+/// A token row that cannot be read as one (a value out of range or of the wrong type): reported
+/// by id and skipped, never failing the whole table.
+#[derive(Debug, Clone)]
+pub struct UnreadableToken {
+    pub id: String,
+    pub reason: String,
+}
+
 /// An audit event as read back.
 #[derive(Debug, Clone)]
 pub struct AuditRecord {
@@ -214,9 +222,11 @@ pub trait Store: Send + Sync + 'static {
     fn count_by_state(&self) -> Result<(u64, u64), StoreError>;
     /// Stores a new token row.
     fn insert_token(&self, row: &TokenRow) -> Result<(), StoreError>;
-    /// Every token row, revoked ones included.
-    fn tokens(&self) -> Result<Vec<TokenRow>, StoreError>;
-    /// Marks a token revoked; `NotFound` if there is no such id, `Revoked` if it already is.
+    /// Every token row, revoked ones included; a row that cannot be read is returned as such.
+    fn tokens(&self) -> Result<Vec<Result<TokenRow, UnreadableToken>>, StoreError>;
+    /// Marks a token revoked and destroys its MAC, so that clearing `revoked_at` by hand cannot
+    /// revive it (a new MAC needs the keyring). `NotFound` if there is no such id, `Revoked` if
+    /// it already is.
     fn revoke_token(&self, id: &str, now: Millis) -> Result<(), StoreError>;
     /// Records when tokens were last used (coalesced by the caller).
     fn record_token_use(&self, uses: &[(String, Millis)]) -> Result<(), StoreError>;

@@ -13,7 +13,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, pa
 
 use super::{
     AuditEvent, AuditQuery, AuditRecord, CredentialRow, CredentialState, ListQuery, Millis, NewBinding, RotateChange,
-    Store, StoreError, TokenRow, UnlockMaterial, UnusedQuery, migrate,
+    Store, StoreError, TokenRow, UnlockMaterial, UnreadableToken, UnusedQuery, migrate,
 };
 use crate::crypto::{KdfParams, Salt, Sealed, WrappedKey};
 use crate::probe::ProbeOutcome;
@@ -363,7 +363,7 @@ impl Store for SqliteStore {
         tokens::insert(&mut lock(&self.writer), t)
     }
 
-    fn tokens(&self) -> Result<Vec<TokenRow>, StoreError> {
+    fn tokens(&self) -> Result<Vec<Result<TokenRow, UnreadableToken>>, StoreError> {
         self.with_reader(tokens::all)
     }
 

@@ -1,8 +1,9 @@
 //! Token rows in the SQLite store.
 
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::types::ValueRef;
+use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
-use crate::store::{Millis, StoreError, TokenRow};
+use crate::store::{Millis, StoreError, TokenRow, UnreadableToken};
 
 pub(super) fn insert(conn: &mut Connection, t: &TokenRow) -> Result<(), StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -14,23 +15,39 @@ pub(super) fn insert(conn: &mut Connection, t: &TokenRow) -> Result<(), StoreErr
     Ok(())
 }
 
-pub(super) fn all(conn: &Connection) -> Result<Vec<TokenRow>, StoreError> {
+/// Reads every row column by column, so one bad value makes that row unreadable, not the table.
+pub(super) fn all(conn: &Connection) -> Result<Vec<Result<TokenRow, UnreadableToken>>, StoreError> {
     let mut stmt = conn.prepare_cached(
-                "SELECT id, role, digest, key_id, mac, created_at, last_used_at, revoked_at FROM tokens ORDER BY created_at, id",
-            )?;
-    let rows = stmt.query_map([], |r| {
-        Ok(TokenRow {
-            id: r.get(0)?,
-            role: r.get(1)?,
-            digest: r.get(2)?,
-            key_id: r.get(3)?,
-            mac: r.get(4)?,
-            created_at: r.get(5)?,
-            last_used_at: r.get(6)?,
-            revoked_at: r.get(7)?,
-        })
-    })?;
-    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        "SELECT id, role, digest, key_id, mac, created_at, last_used_at, revoked_at FROM tokens ORDER BY created_at, id",
+    )?;
+    let mut rows = stmt.query([])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        out.push(row(r));
+    }
+    Ok(out)
+}
+
+fn row(r: &Row<'_>) -> Result<TokenRow, UnreadableToken> {
+    let id = match r.get_ref(0) {
+        Ok(ValueRef::Text(t)) => String::from_utf8_lossy(t).chars().filter(|c| !c.is_control()).take(64).collect(),
+        _ => "(no id)".to_owned(),
+    };
+    let unreadable = |column: &str, e: &dyn std::fmt::Display| UnreadableToken {
+        id: id.clone(),
+        reason: format!("column {column} cannot be read: {e}"),
+    };
+    let key_id: i64 = r.get(3).map_err(|e| unreadable("key_id", &e))?;
+    Ok(TokenRow {
+        id: r.get(0).map_err(|e| unreadable("id", &e))?,
+        role: r.get(1).map_err(|e| unreadable("role", &e))?,
+        digest: r.get(2).map_err(|e| unreadable("digest", &e))?,
+        key_id: u32::try_from(key_id).map_err(|_| unreadable("key_id", &format_args!("{key_id} is out of range")))?,
+        mac: r.get(4).map_err(|e| unreadable("mac", &e))?,
+        created_at: r.get(5).map_err(|e| unreadable("created_at", &e))?,
+        last_used_at: r.get(6).map_err(|e| unreadable("last_used_at", &e))?,
+        revoked_at: r.get(7).map_err(|e| unreadable("revoked_at", &e))?,
+    })
 }
 
 pub(super) fn revoke(conn: &mut Connection, id: &str, now: Millis) -> Result<(), StoreError> {
@@ -42,7 +59,8 @@ pub(super) fn revoke(conn: &mut Connection, id: &str, now: Millis) -> Result<(),
         Some(Some(_)) => return Err(StoreError::Revoked),
         Some(None) => {}
     }
-    tx.execute("UPDATE tokens SET revoked_at = ?2 WHERE id = ?1", params![id, now])?;
+    // The MAC goes with the revocation: un-revoking the row would need a new one, and so the key.
+    tx.execute("UPDATE tokens SET revoked_at = ?2, mac = X'' WHERE id = ?1", params![id, now])?;
     tx.commit()?;
     Ok(())
 }

@@ -1,0 +1,335 @@
+//! Attacks on the listener and on the token table, played for real: raw HTTP/2 stream floods,
+//! idle sockets, a full connection cap, bad-token bursts, and hand edits of the database.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use secrecy::SecretString;
+use tonic::Code;
+use tonic_types::StatusExt as _;
+use vault_client::proto;
+
+use crate::harness::vault::{path_str, run};
+use crate::harness::{ALICE, ALICE_CODE, Stack};
+
+/// A raw HTTP/2 frame.
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
+    let mut f = vec![len[1], len[2], len[3], kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// HPACK "literal header field without indexing, new name", no Huffman.
+fn header(block: &mut Vec<u8>, name: &str, value: &str) {
+    block.push(0);
+    block.push(u8::try_from(name.len()).unwrap());
+    block.extend_from_slice(name.as_bytes());
+    block.push(u8::try_from(value.len()).unwrap());
+    block.extend_from_slice(value.as_bytes());
+}
+
+/// Opens a raw HTTP/2 connection; returns it and the server's SETTINGS_MAX_CONCURRENT_STREAMS.
+fn h2_connect(addr: std::net::SocketAddr) -> (TcpStream, Option<u32>) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
+    s.write_all(&frame(0x4, 0, 0, &[])).unwrap();
+    // The server's first frame is its SETTINGS.
+    let mut head = [0u8; 9];
+    s.read_exact(&mut head).unwrap();
+    assert_eq!(head[3], 0x4, "first server frame is not SETTINGS");
+    let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+    let mut payload = vec![0u8; len];
+    s.read_exact(&mut payload).unwrap();
+    let max_streams = payload
+        .chunks(6)
+        .find(|c| u16::from_be_bytes([c[0], c[1]]) == 0x3)
+        .map(|c| u32::from_be_bytes([c[2], c[3], c[4], c[5]]));
+    s.write_all(&frame(0x4, 0x1, 0, &[])).unwrap();
+    (s, max_streams)
+}
+
+/// Sends `n` HEADERS frames (no body, no END_STREAM) for `path` on `s`, with `extra` headers.
+fn open_bodiless_streams(s: &mut TcpStream, n: u32, path: &str, extra: &[(&str, &str)]) {
+    let mut out = Vec::new();
+    for i in 0..n {
+        let mut block = Vec::new();
+        for (name, value) in [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", path),
+            (":authority", "vault"),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+        ]
+        .iter()
+        .chain(extra)
+        {
+            header(&mut block, name, value);
+        }
+        out.extend(frame(0x1, 0x4, 2 * i + 1, &block));
+    }
+    // The server may reset or close the connection part way; that is its right.
+    let _ = s.write_all(&out);
+}
+
+/// Reads and drops whatever the server sends, until it closes.
+fn drain(mut s: TcpStream) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 16 * 1024];
+        let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+        while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+    })
+}
+
+#[tokio::test]
+async fn stream_flood_and_idle_sockets_do_not_starve_reveal() {
+    let stack = Stack::start();
+    stack.admin().await.bind(ALICE, "sender", SecretString::from(ALICE_CODE)).await.unwrap();
+    let mut sender = stack.as_client("sender").await;
+    sender.reveal(ALICE, "sender").await.unwrap();
+    let addr = stack.server.addr;
+
+    // One connection, more health streams than the limit: headers sent, no body ever.
+    let (mut health_flood, max_streams) = h2_connect(addr);
+    assert_eq!(max_streams, Some(128), "the server must advertise SETTINGS_MAX_CONCURRENT_STREAMS");
+    open_bodiless_streams(&mut health_flood, 1150, "/grpc.health.v1.Health/Check", &[]);
+    // Another: vault streams with a garbage token, also bodiless.
+    let (mut vault_flood, _) = h2_connect(addr);
+    let garbage = "Bearer avt_0123456789ab_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    open_bodiless_streams(&mut vault_flood, 1150, "/vault.v1.AuthCodeVault/Reveal", &[("authorization", garbage)]);
+    let drains = [drain(health_flood), drain(vault_flood)];
+    // A few hundred idle TCP connections that never speak.
+    let idle: Vec<TcpStream> = (0..300).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let mut fresh = stack.as_client("sender").await;
+    let mut slowest = Duration::ZERO;
+    for _ in 0..20 {
+        let started = Instant::now();
+        let revealed = fresh.reveal(ALICE, "sender").await.expect("Reveal during the flood");
+        assert_eq!(secrecy::ExposeSecret::expose_secret(&revealed.code), ALICE_CODE);
+        slowest = slowest.max(started.elapsed());
+    }
+    assert!(slowest < Duration::from_secs(1), "a Reveal took {slowest:?} during the flood");
+    drop(idle);
+    drop(drains);
+}
+
+#[tokio::test]
+async fn silent_connections_are_closed_and_the_cap_closes_extra_ones_at_once() {
+    let mut stack = Stack::start();
+    stack.restart_with(&["--handshake-timeout".into(), "1".into(), "--max-connections".into(), "4".into()]);
+    let addr = stack.server.addr;
+    let idle: Vec<TcpStream> = (0..4).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    // Over the cap: closed at once.
+    let mut extra = TcpStream::connect(addr).unwrap();
+    extra.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let started = Instant::now();
+    assert_eq!(extra.read(&mut [0u8; 1]).unwrap_or(0), 0, "the server answered a connection over its cap");
+    assert!(started.elapsed() < Duration::from_millis(900), "closed only after {:?}", started.elapsed());
+    // The silent ones are closed after the handshake timeout.
+    for mut s in idle {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        assert_eq!(s.read(&mut [0u8; 1]).unwrap_or(0), 0);
+    }
+    assert!(started.elapsed() < Duration::from_secs(3));
+    // And the listener serves again.
+    stack.admin().await.list(proto::ListCredentialsRequest::default()).await.unwrap();
+}
+
+/// The ErrorInfo reason of a status.
+fn reason(status: &tonic::Status) -> String {
+    status.get_details_error_info().map(|i| i.reason).unwrap_or_default()
+}
+
+/// Runs `sql` against the live database, as an attacker with write access to the file would.
+fn edit_db(stack: &Stack, sql: &str, params: impl rusqlite::Params) {
+    let db = rusqlite::Connection::open(stack.data.db()).unwrap();
+    db.busy_timeout(Duration::from_secs(5)).unwrap();
+    // As the sqlite3 shell has it: no foreign-key checks.
+    db.execute_batch("PRAGMA foreign_keys = OFF").unwrap();
+    db.execute(sql, params).unwrap();
+}
+
+fn token_id(token: &str) -> String {
+    format!("tk_{}", &token[4..16])
+}
+
+/// Waits (up to `within`) until Reveal with `c` gives `want`.
+async fn reveal_becomes(c: &mut vault_client::VaultClient, want: Code, within: Duration) {
+    let started = Instant::now();
+    loop {
+        let got = match c.raw().reveal(proto::RevealRequest { mailbox: ALICE.into(), client: "sender".into() }).await {
+            Ok(_) => Code::Ok,
+            Err(s) => s.code(),
+        };
+        if got == want {
+            return;
+        }
+        assert!(started.elapsed() < within, "Reveal still {got:?} after {within:?}, wanted {want:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn clearing_revoked_at_in_the_database_does_not_revive_a_token() {
+    let stack = Stack::start();
+    stack.admin().await.bind(ALICE, "sender", SecretString::from(ALICE_CODE)).await.unwrap();
+    let token = stack.client_token("sender");
+    let mut c = stack.as_client("sender").await;
+    c.reveal(ALICE, "sender").await.unwrap();
+    let id = token_id(&token);
+    let out = run(&["token", "revoke", "--data-dir", path_str(&stack.data.dir), &id], &[]);
+    assert!(out.status.success());
+    reveal_becomes(&mut c, Code::Unauthenticated, Duration::from_secs(1)).await;
+
+    edit_db(&stack, "UPDATE tokens SET revoked_at = NULL WHERE id = ?1", [&id]);
+    // Several reload periods later, still refused.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let err = c.raw().reveal(proto::RevealRequest { mailbox: ALICE.into(), client: "sender".into() }).await;
+    assert_eq!(err.unwrap_err().code(), Code::Unauthenticated, "a NULLed revoked_at revived the token");
+    stack.server.wait_for_log("no valid MAC");
+    let list = run(&["token", "list", "--data-dir", path_str(&stack.data.dir)], &[]);
+    let list = String::from_utf8_lossy(&list.stdout).into_owned();
+    assert!(list.lines().any(|l| l.starts_with(&id) && l.ends_with("revoked")), "{list}");
+}
+
+#[tokio::test]
+async fn a_malformed_token_row_is_skipped_reported_and_survives_a_restart() {
+    let mut stack = Stack::start();
+    stack.admin().await.bind(ALICE, "sender", SecretString::from(ALICE_CODE)).await.unwrap();
+    let sender_token = stack.client_token("sender");
+    let mut sender = stack.as_client("sender").await;
+    sender.reveal(ALICE, "sender").await.unwrap();
+    // A row no real mint could write: key_id -1 (the attacker's session has no foreign keys on).
+    edit_db(
+        &stack,
+        "INSERT INTO tokens (id, role, digest, key_id, mac, created_at) VALUES ('tk_badbadbadbad', 'admin', X'00', -1, X'00', 0)",
+        [],
+    );
+    stack.server.wait_for_log("tk_badbadbadbad");
+    assert!(stack.server.log().contains("key_id"), "the warning should say what is wrong");
+    // Other tokens keep working; a revocation made after the bad row is honoured within a second.
+    sender.reveal(ALICE, "sender").await.unwrap();
+    let fresh = stack.data.mint_token(&["--client", "sender"]);
+    let mut fresh_client = stack.server.client_with(Some(&fresh)).await;
+    fresh_client.reveal(ALICE, "sender").await.expect("a token minted after the bad row works at once");
+    let out = run(&["token", "revoke", "--data-dir", path_str(&stack.data.dir), &token_id(&sender_token)], &[]);
+    assert!(out.status.success());
+    reveal_becomes(&mut sender, Code::Unauthenticated, Duration::from_secs(1)).await;
+    // token list survives the bad row and says so.
+    let list = run(&["token", "list", "--data-dir", path_str(&stack.data.dir)], &[]);
+    assert!(list.status.success(), "{}", String::from_utf8_lossy(&list.stderr));
+    let text = String::from_utf8_lossy(&list.stdout).into_owned();
+    assert!(text.lines().any(|l| l.starts_with("tk_badbadbadbad") && l.ends_with("unreadable")), "{text}");
+    assert!(String::from_utf8_lossy(&list.stderr).contains("tk_badbadbadbad"));
+    // And so does a restart.
+    stack.restart_server();
+    let mut fresh_client = stack.server.client_with(Some(&fresh)).await;
+    fresh_client.reveal(ALICE, "sender").await.unwrap();
+    stack.server.wait_for_log("tk_badbadbadbad");
+}
+
+#[tokio::test]
+async fn tokens_are_refused_while_the_table_cannot_be_read() {
+    let stack = Stack::start();
+    stack.admin().await.bind(ALICE, "sender", SecretString::from(ALICE_CODE)).await.unwrap();
+    let mut sender = stack.as_client("sender").await;
+    sender.reveal(ALICE, "sender").await.unwrap();
+    edit_db(&stack, "ALTER TABLE tokens RENAME TO tokens_hidden", []);
+    reveal_becomes(&mut sender, Code::Unavailable, Duration::from_millis(1600)).await;
+    let status =
+        sender.raw().reveal(proto::RevealRequest { mailbox: ALICE.into(), client: "sender".into() }).await.unwrap_err();
+    assert_eq!(reason(&status), "TOKENS_UNAVAILABLE");
+    edit_db(&stack, "ALTER TABLE tokens_hidden RENAME TO tokens", []);
+    reveal_becomes(&mut sender, Code::Ok, Duration::from_secs(2)).await;
+}
+
+/// p50 of `n` Reveals, each timed.
+async fn reveal_p50(c: &mut vault_client::VaultClient, n: usize) -> Duration {
+    let mut times = Vec::with_capacity(n);
+    for _ in 0..n {
+        let started = Instant::now();
+        c.reveal(ALICE, "sender").await.unwrap();
+        times.push(started.elapsed());
+    }
+    times.sort();
+    times[n / 2]
+}
+
+#[tokio::test]
+async fn a_burst_of_bad_tokens_is_throttled_while_valid_callers_keep_their_pace() {
+    let mut stack = Stack::start();
+    stack.restart_with(&["--metrics-listen".into(), "127.0.0.1:0".into()]);
+    stack.admin().await.bind(ALICE, "sender", SecretString::from(ALICE_CODE)).await.unwrap();
+    let mut sender = stack.as_client("sender").await;
+    let before = reveal_p50(&mut sender, 50).await;
+
+    let mut attacker =
+        stack.server.client_with(Some("avt_0123456789ab_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA")).await;
+    let burst = async {
+        let (mut unauthenticated, mut throttled) = (0, 0);
+        for _ in 0..100 {
+            let r =
+                attacker.raw().reveal(proto::RevealRequest { mailbox: ALICE.into(), client: "sender".into() }).await;
+            let status = r.unwrap_err();
+            match status.code() {
+                Code::Unauthenticated => unauthenticated += 1,
+                Code::ResourceExhausted => {
+                    assert_eq!(reason(&status), "AUTH_THROTTLED");
+                    assert!(status.get_details_retry_info().and_then(|r| r.retry_delay).is_some(), "no RetryInfo");
+                    throttled += 1;
+                }
+                other => panic!("{other:?}: {status:?}"),
+            }
+        }
+        (unauthenticated, throttled)
+    };
+    let (burst, during) = tokio::join!(burst, reveal_p50(&mut sender, 50));
+    let (unauthenticated, throttled) = burst;
+    assert!(throttled >= 70, "only {throttled} of 100 bad-token calls were throttled ({unauthenticated} answered)");
+    assert!(
+        during < before * 5 + Duration::from_millis(20),
+        "a valid caller slowed from {before:?} to {during:?} during the burst"
+    );
+    println!("bad-token burst: {throttled}/100 throttled; valid Reveal p50 {before:?} before, {during:?} during");
+    // The metric counts them.
+    stack.server.wait_for_log("metrics on http://");
+    let log = stack.server.log();
+    let addr = log.split("metrics on http://").nth(1).and_then(|r| r.split("/metrics").next()).unwrap().to_owned();
+    let mut conn = TcpStream::connect(addr).unwrap();
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut text = String::new();
+    conn.read_to_string(&mut text).unwrap();
+    let line = text.lines().find(|l| l.starts_with("vault_auth_failures_total{reason=\"AUTH_THROTTLED\"}")).unwrap();
+    let counted: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert_eq!(counted, throttled, "{line}");
+}
+
+#[test]
+fn a_passphrase_file_others_can_read_stops_start_up_with_the_fix() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = crate::harness::vault::DataDir::init(tmp.path(), crate::harness::PASSPHRASE);
+    std::fs::set_permissions(&data.passphrase_file, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let out = run(
+        &[
+            "serve",
+            "--data-dir",
+            path_str(&data.dir),
+            "--passphrase-file",
+            path_str(&data.passphrase_file),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        &[],
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("readable by group or others") && stderr.contains("chmod 600"), "{stderr}");
+    assert!(!stderr.contains(crate::harness::PASSPHRASE));
+}

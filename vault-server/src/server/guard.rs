@@ -1,0 +1,118 @@
+//! Admission for each service: the vault's calls authenticate first and only then wait for one
+//! of the vault's slots, so unauthenticated traffic can never take them; health and reflection
+//! (open without a token) get a small budget of their own, refuse calls over it at once, and
+//! must finish within [`PUBLIC_TIMEOUT`].
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tonic::body::Body;
+use tonic::codegen::http;
+use tonic::server::NamedService;
+use tonic::transport::server::TcpConnectInfo;
+use tower_service::Service;
+
+use crate::auth::Tokens;
+use crate::grpc::public_budget_exhausted;
+use crate::metrics::Metrics;
+use crate::vault::{Clock, SystemClock};
+
+/// Longest a health or reflection call may run.
+pub const PUBLIC_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Who may call, and how many calls run at once.
+#[derive(Clone)]
+enum Gate {
+    /// Bearer token first; then wait for a slot.
+    Authenticated { tokens: Arc<Tokens>, metrics: Arc<Metrics> },
+    /// No token; a slot now or RESOURCE_EXHAUSTED.
+    Public,
+}
+
+/// A service behind its gate and its slots.
+#[derive(Clone)]
+pub struct Guarded<S> {
+    inner: S,
+    gate: Gate,
+    slots: Arc<Semaphore>,
+}
+
+impl<S> Guarded<S> {
+    /// The vault service: authenticated, `slots` calls at once (more wait).
+    pub fn authenticated(inner: S, tokens: Arc<Tokens>, metrics: Arc<Metrics>, slots: usize) -> Self {
+        Self { inner, gate: Gate::Authenticated { tokens, metrics }, slots: Arc::new(Semaphore::new(slots)) }
+    }
+
+    /// Health and reflection: sharing `slots`, refused over them.
+    pub fn public(inner: S, slots: Arc<Semaphore>) -> Self {
+        Self { inner, gate: Gate::Public, slots }
+    }
+}
+
+impl<S: NamedService> NamedService for Guarded<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+type Respond = Pin<Box<dyn Future<Output = Result<http::Response<Body>, Infallible>> + Send>>;
+
+impl<S> Service<http::Request<Body>> for Guarded<S>
+where
+    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = Respond;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Generated tonic services are always ready; the slot is taken per call.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: http::Request<Body>) -> Self::Future {
+        let mut inner = self.inner.clone();
+        let slots = self.slots.clone();
+        match &self.gate {
+            Gate::Authenticated { tokens, metrics } => {
+                let peer = req.extensions().get::<TcpConnectInfo>().and_then(TcpConnectInfo::remote_addr);
+                let header = req.headers().get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+                match tokens.authenticate(header, peer.map(|a| a.ip()), SystemClock.now_millis()) {
+                    Ok(caller) => {
+                        req.extensions_mut().insert(caller);
+                    }
+                    Err(e) => {
+                        metrics.observe_auth_failure(e.reason());
+                        let response = tonic::Status::from(e).into_http();
+                        return Box::pin(async move { Ok(response) });
+                    }
+                }
+                Box::pin(async move {
+                    // The semaphore is never closed; a failed acquire would only mean no limit.
+                    let _slot = slots.acquire_owned().await.ok();
+                    inner.call(req).await
+                })
+            }
+            Gate::Public => {
+                let Ok(slot) = slots.try_acquire_owned() else {
+                    let response = public_budget_exhausted().into_http();
+                    return Box::pin(async move { Ok(response) });
+                };
+                Box::pin(async move {
+                    let _slot = slot;
+                    match tokio::time::timeout(PUBLIC_TIMEOUT, inner.call(req)).await {
+                        Ok(out) => out,
+                        Err(_) => {
+                            Ok(tonic::Status::deadline_exceeded("health and reflection calls end after 10 s")
+                                .into_http())
+                        }
+                    }
+                })
+            }
+        }
+    }
+}
