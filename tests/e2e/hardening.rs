@@ -333,3 +333,27 @@ fn a_passphrase_file_others_can_read_stops_start_up_with_the_fix() {
     assert!(stderr.contains("readable by group or others") && stderr.contains("chmod 600"), "{stderr}");
     assert!(!stderr.contains(crate::harness::PASSPHRASE));
 }
+
+#[tokio::test]
+async fn the_metrics_endpoint_caps_its_connections() {
+    let mut stack = Stack::start();
+    stack.restart_with(&["--metrics-listen".into(), "127.0.0.1:0".into()]);
+    stack.server.wait_for_log("metrics on http://");
+    let log = stack.server.log();
+    let addr = log.split("metrics on http://").nth(1).and_then(|r| r.split("/metrics").next()).unwrap().to_owned();
+    let held: Vec<TcpStream> = (0..8).map(|_| TcpStream::connect(&addr).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut extra = TcpStream::connect(&addr).unwrap();
+    extra.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = extra.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut got = String::new();
+    let _ = extra.read_to_string(&mut got);
+    assert!(got.is_empty(), "a ninth connection was served: {got}");
+    drop(held);
+    std::thread::sleep(Duration::from_millis(200));
+    let mut conn = TcpStream::connect(&addr).unwrap();
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut text = String::new();
+    conn.read_to_string(&mut text).unwrap();
+    assert!(text.starts_with("HTTP/1.1 200") && text.contains("vault_bindings"), "{text}");
+}
