@@ -124,7 +124,16 @@ async fn silent_connections_are_closed_and_the_cap_closes_extra_ones_at_once() {
     let mut stack = Stack::start();
     stack.restart_with(&["--handshake-timeout".into(), "1".into(), "--max-connections".into(), "4".into()]);
     let addr = stack.server.addr;
-    let idle: Vec<TcpStream> = (0..4).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    // Two say nothing, two send one byte of the HTTP/2 preface and stop (slowloris).
+    let idle: Vec<TcpStream> = (0..4)
+        .map(|i| {
+            let mut s = TcpStream::connect(addr).unwrap();
+            if i % 2 == 1 {
+                s.write_all(b"P").unwrap();
+            }
+            s
+        })
+        .collect();
     std::thread::sleep(Duration::from_millis(200));
     // Over the cap: closed at once.
     let mut extra = TcpStream::connect(addr).unwrap();
@@ -132,7 +141,7 @@ async fn silent_connections_are_closed_and_the_cap_closes_extra_ones_at_once() {
     let started = Instant::now();
     assert_eq!(extra.read(&mut [0u8; 1]).unwrap_or(0), 0, "the server answered a connection over its cap");
     assert!(started.elapsed() < Duration::from_millis(900), "closed only after {:?}", started.elapsed());
-    // The silent ones are closed after the handshake timeout.
+    // The silent and the stalled ones are closed after the handshake timeout.
     for mut s in idle {
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         assert_eq!(s.read(&mut [0u8; 1]).unwrap_or(0), 0);
@@ -330,7 +339,7 @@ fn a_passphrase_file_others_can_read_stops_start_up_with_the_fix() {
     );
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("readable by group or others") && stderr.contains("chmod 600"), "{stderr}");
+    assert!(stderr.contains("by group or others") && stderr.contains("chmod 600"), "{stderr}");
     assert!(!stderr.contains(crate::harness::PASSPHRASE));
 }
 
@@ -356,4 +365,26 @@ async fn the_metrics_endpoint_caps_its_connections() {
     let mut text = String::new();
     conn.read_to_string(&mut text).unwrap();
     assert!(text.starts_with("HTTP/1.1 200") && text.contains("vault_bindings"), "{text}");
+}
+
+#[tokio::test]
+async fn streaming_health_calls_hold_their_public_slots() {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let mut stack = Stack::start();
+    stack.restart_with(&["--max-public-rpcs".into(), "2".into()]);
+    let channel = tonic::transport::Channel::from_shared(stack.server.endpoint()).unwrap().connect().await.unwrap();
+    let mut health = HealthClient::new(channel);
+    let watch = || HealthCheckRequest { service: String::new() };
+    // Two Watch streams stay open, each holding a slot.
+    let mut a = health.clone().watch(watch()).await.unwrap().into_inner();
+    let mut b = health.clone().watch(watch()).await.unwrap().into_inner();
+    assert!(a.message().await.unwrap().is_some() && b.message().await.unwrap().is_some());
+    let refused = health.check(watch()).await.unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted);
+    assert_eq!(reason(&refused), "PUBLIC_BUDGET_EXHAUSTED");
+    // The vault itself is not affected.
+    stack.admin().await.list(proto::ListCredentialsRequest::default()).await.unwrap();
+    drop((a, b));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    health.check(watch()).await.expect("slots come back when the streams end");
 }

@@ -175,8 +175,8 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_connections: u32,
 
-    /// Seconds a new connection has to send its first byte, and then (with TLS) to finish the
-    /// TLS handshake; silent connections are closed.
+    /// Seconds a new connection has to send the HTTP/2 preface (plaintext) or to start the TLS
+    /// handshake, and then (TLS) to finish it; silent or stalled connections are closed.
     #[arg(long, env = "VAULT_HANDSHAKE_TIMEOUT", default_value_t = 10, value_name = "SECS",
           value_parser = clap::value_parser!(u64).range(1..=300))]
     pub handshake_timeout: u64,
@@ -208,7 +208,8 @@ pub struct ServeArgs {
     pub max_concurrent_rpcs: u32,
 
     /// Health and reflection calls (open without a token) handled at once; more are refused
-    /// with RESOURCE_EXHAUSTED. Each may run 10 s at most.
+    /// with RESOURCE_EXHAUSTED. Each, streams included, holds its slot until it ends and is cut
+    /// after 10 s.
     #[arg(long, env = "VAULT_MAX_PUBLIC_RPCS", default_value_t = 64, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub max_public_rpcs: u32,

@@ -33,10 +33,11 @@ pub struct FailureThrottle {
     peers: Mutex<HashMap<IpAddr, Bucket>>,
 }
 
-/// One bucket per IPv4 address, and per /64 for IPv6 (one host usually holds a whole /64).
+/// One bucket per IPv4 address (also when it arrives IPv4-mapped on a dual-stack listener), and
+/// per /64 for IPv6 (one host usually holds a whole /64).
 fn peer_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
+    match ip.to_canonical() {
+        v4 @ IpAddr::V4(_) => v4,
         IpAddr::V6(v6) => {
             let mut s = v6.segments();
             s[4..].fill(0);
@@ -53,11 +54,16 @@ impl FailureThrottle {
             peers.retain(|_, b| b.refilled(now) < FAILURE_BURST);
         }
         let key = peer_key(ip);
-        let left = peers.get(&key).map_or(FAILURE_BURST, |b| b.refilled(now));
+        let tracked = peers.get(&key).copied();
+        if tracked.is_none() && peers.len() >= MAX_PEERS {
+            // Every tracked peer is failing right now: a new one is not given a fresh burst
+            // (that would let an attacker with many addresses slip past). Valid tokens are
+            // checked before this and are never affected.
+            return Err(Duration::from_secs_f64(1.0 / FAILURES_PER_SEC));
+        }
+        let left = tracked.map_or(FAILURE_BURST, |b| b.refilled(now));
         if left >= 1.0 {
-            if peers.len() < MAX_PEERS || peers.contains_key(&key) {
-                peers.insert(key, Bucket { left: left - 1.0, at: now });
-            }
+            peers.insert(key, Bucket { left: left - 1.0, at: now });
             return Ok(());
         }
         peers.insert(key, Bucket { left, at: now });
@@ -82,6 +88,30 @@ mod tests {
         assert!(t.fail(b, now).is_ok(), "another peer is not affected");
         assert!(t.fail(a, now + Duration::from_millis(1100)).is_ok(), "refilled after a second");
         assert!(t.fail(a, now + Duration::from_millis(1100)).is_err());
+    }
+
+    #[test]
+    fn ipv4_mapped_peers_are_told_apart_and_a_full_table_fails_closed() {
+        let t = FailureThrottle::default();
+        let now = Instant::now();
+        let mapped = |last: u8| IpAddr::from(std::net::Ipv4Addr::new(10, 0, 0, last).to_ipv6_mapped());
+        for _ in 0..20 {
+            assert!(t.fail(mapped(1), now).is_ok());
+        }
+        assert!(t.fail(mapped(1), now).is_err());
+        assert!(t.fail(mapped(2), now).is_ok(), "another IPv4 client behind a dual-stack listener");
+        assert!(t.fail(IpAddr::from([10, 0, 0, 1]), now).is_err(), "mapped and plain are one peer");
+
+        let full = FailureThrottle::default();
+        for i in 0..u32::try_from(MAX_PEERS).unwrap() {
+            let ip = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            for _ in 0..21 {
+                let _ = full.fail(ip, now);
+            }
+        }
+        assert!(full.fail(IpAddr::from([192, 0, 2, 1]), now).is_err(), "a new peer slipped past a full table");
+        // Once buckets refill, they are dropped and new peers get their burst.
+        assert!(full.fail(IpAddr::from([192, 0, 2, 1]), now + Duration::from_secs(60)).is_ok());
     }
 
     #[test]

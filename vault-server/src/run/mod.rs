@@ -109,10 +109,10 @@ fn init_logging(filter: &str, format: LogFormat) -> Result<(), RunError> {
 }
 
 /// Takes `$VAULT_PASSPHRASE` out of the process environment, so nothing later (a child process,
-/// a crash report, a library reading the environment) can see it. Call it first thing in `main`,
-/// while the process has one thread. The kernel's copy of the initial environment
-/// (`/proc/PID/environ`) stays, readable only by root, because the server makes itself
-/// non-dumpable.
+/// a library reading the environment) can see it. Call it first thing in `main`, while the
+/// process has one thread. The initial environment block on the stack (what
+/// `/proc/PID/environ` shows) keeps its bytes; `serve` makes itself non-dumpable, which leaves
+/// that file to root.
 #[allow(unsafe_code)]
 pub fn take_env_passphrase() -> Option<Passphrase> {
     const VAR: &str = "VAULT_PASSPHRASE";
@@ -136,9 +136,10 @@ fn read_passphrase_file(path: &Path) -> Result<Passphrase, RunError> {
         |e: std::io::Error| RunError::Passphrase(format!("cannot read passphrase file {}: {e}", path.display()));
     let mut file = fs::File::open(path).map_err(cannot)?;
     let mode = file.metadata().map_err(cannot)?.permissions().mode();
-    if mode & 0o044 != 0 {
+    // Writable by others is refused too: `init` would seal the vault under a planted passphrase.
+    if mode & 0o066 != 0 {
         return Err(RunError::Passphrase(format!(
-            "passphrase file {} is readable by group or others (mode {:o}); run: chmod 600 {}",
+            "passphrase file {} is readable or writable by group or others (mode {:o}); run: chmod 600 {}",
             path.display(),
             mode & 0o777,
             path.display()
@@ -185,10 +186,10 @@ mod tests {
         let file = tmp.path().join("pass");
         fs::write(&file, "correct horse battery\n").unwrap();
         let args = PassphraseArgs { passphrase_file: Some(file.clone()) };
-        for mode in [0o644, 0o640, 0o604] {
+        for mode in [0o644, 0o640, 0o604, 0o620, 0o602] {
             fs::set_permissions(&file, fs::Permissions::from_mode(mode)).unwrap();
             let err = read_passphrase(&args, None).unwrap_err().to_string();
-            assert!(err.contains("readable by group or others") && err.contains("chmod 600"), "{err}");
+            assert!(err.contains("by group or others") && err.contains("chmod 600"), "{err}");
             assert!(!err.contains("horse"), "{err}");
         }
         fs::set_permissions(&file, fs::Permissions::from_mode(0o600)).unwrap();

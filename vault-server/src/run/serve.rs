@@ -197,8 +197,16 @@ pub async fn serve(args: ServeArgs, env_passphrase: Option<Passphrase>) -> Resul
     if let Some(task) = metrics_task {
         task.abort();
     }
-    if let Err(e) = store.inner().checkpoint() {
-        tracing::warn!(error = %e, "WAL checkpoint at shutdown failed; the WAL will be replayed at next start");
+    match store.inner().checkpoint() {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::warn!(
+                "WAL checkpoint at shutdown was kept from finishing; the WAL will be replayed at next start"
+            );
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "WAL checkpoint at shutdown failed; the WAL will be replayed at next start");
+        }
     }
     tracing::info!("stopped");
     Ok(())

@@ -1,7 +1,8 @@
 //! Admission for each service: the vault's calls authenticate first and only then wait for one
 //! of the vault's slots, so unauthenticated traffic can never take them; health and reflection
 //! (open without a token) get a small budget of their own, refuse calls over it at once, and
-//! must finish within [`PUBLIC_TIMEOUT`].
+//! must finish within [`PUBLIC_TIMEOUT`]. A public call keeps its slot until its response body
+//! ends, so a streaming call (health `Watch`, reflection) is counted, and cut, like a unary one.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -10,7 +11,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::body::Body;
 use tonic::codegen::http;
 use tonic::server::NamedService;
@@ -103,9 +104,16 @@ where
                     return Box::pin(async move { Ok(response) });
                 };
                 Box::pin(async move {
-                    let _slot = slot;
-                    match tokio::time::timeout(PUBLIC_TIMEOUT, inner.call(req)).await {
-                        Ok(out) => out,
+                    let deadline = tokio::time::Instant::now() + PUBLIC_TIMEOUT;
+                    match tokio::time::timeout_at(deadline, inner.call(req)).await {
+                        Ok(Ok(response)) => Ok(response.map(|body| {
+                            Body::new(Bounded {
+                                body,
+                                _slot: slot,
+                                deadline: Box::pin(tokio::time::sleep_until(deadline)),
+                            })
+                        })),
+                        Ok(Err(never)) => match never {},
                         Err(_) => {
                             Ok(tonic::Status::deadline_exceeded("health and reflection calls end after 10 s")
                                 .into_http())
@@ -114,5 +122,38 @@ where
                 })
             }
         }
+    }
+}
+
+/// A public call's response body: holds the call's slot until it ends, and ends it at the
+/// deadline (the stream is reset) if it is still going.
+struct Bounded {
+    body: Body,
+    _slot: OwnedSemaphorePermit,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl http_body::Body for Bounded {
+    type Data = tonic::codegen::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        if self.deadline.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Some(Err(tonic::Status::deadline_exceeded(
+                "health and reflection calls end after 10 s",
+            ))));
+        }
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }

@@ -1,6 +1,8 @@
 //! The accept loop in front of tonic: a cap on open connections, TCP keepalive and no Nagle, and
-//! a first-byte deadline, so that idle sockets cannot pile up. A connection over the cap is
-//! closed at once; one that sends nothing within the handshake timeout is closed unseen.
+//! an opening deadline, so that idle sockets cannot pile up. A connection over the cap is closed
+//! at once. In plaintext a connection must send the whole HTTP/2 preface within the handshake
+//! timeout (HTTP/2 pings only start after it); with TLS it must start the handshake within it,
+//! and tonic gives the handshake the same time again.
 
 use std::io;
 use std::pin::Pin;
@@ -26,10 +28,15 @@ pub struct ConnectionLimits {
     pub tcp_keepalive: Duration,
 }
 
-/// An accepted connection holding one of the cap's permits until it closes.
+/// What every HTTP/2 client sends first.
+const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// An accepted connection holding one of the cap's permits until it closes. `opening` holds
+/// bytes already read while vetting it, handed to the server first.
 #[derive(Debug)]
 pub struct Admitted {
     stream: TcpStream,
+    opening: &'static [u8],
     _permit: OwnedSemaphorePermit,
 }
 
@@ -43,6 +50,12 @@ impl Connected for Admitted {
 
 impl AsyncRead for Admitted {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if !self.opening.is_empty() {
+            let n = self.opening.len().min(buf.remaining());
+            buf.put_slice(&self.opening[..n]);
+            self.opening = &self.opening[n..];
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.stream).poll_read(cx, buf)
     }
 }
@@ -80,15 +93,25 @@ fn tune(stream: &TcpStream, keepalive: Duration) -> io::Result<()> {
     socket2::SockRef::from(stream).set_tcp_keepalive(&ka)
 }
 
-/// Waits for the connection's first byte; `false` if none came in time or it closed.
-async fn speaks(stream: &TcpStream, within: Duration) -> bool {
-    let mut byte = [0u8; 1];
-    matches!(tokio::time::timeout(within, stream.peek(&mut byte)).await, Ok(Ok(n)) if n > 0)
+/// Plaintext: reads the whole HTTP/2 preface (it is replayed to the server). TLS: waits for the
+/// first byte of the handshake. `None` if that did not come in time.
+async fn opening(stream: &mut TcpStream, tls: bool, within: Duration) -> Option<&'static [u8]> {
+    use tokio::io::AsyncReadExt as _;
+    if tls {
+        let mut byte = [0u8; 1];
+        return matches!(tokio::time::timeout(within, stream.peek(&mut byte)).await, Ok(Ok(n)) if n > 0).then_some(&[]);
+    }
+    let mut got = [0u8; PREFACE.len()];
+    match tokio::time::timeout(within, stream.read_exact(&mut got)).await {
+        Ok(Ok(_)) if &got == PREFACE => Some(PREFACE),
+        _ => None,
+    }
 }
 
 /// Accepts on `listener` until the returned stream is dropped, which closes the listen socket.
 pub fn admit(
     listener: TcpListener,
+    tls: bool,
     limits: ConnectionLimits,
     metrics: Arc<Metrics>,
 ) -> tokio_stream::wrappers::ReceiverStream<io::Result<Admitted>> {
@@ -120,10 +143,11 @@ pub fn admit(
             }
             let tx = tx.clone();
             tokio::spawn(async move {
-                if speaks(&stream, limits.handshake_timeout).await {
-                    let _ = tx.send(Ok(Admitted { stream, _permit: permit })).await;
+                let mut stream = stream;
+                if let Some(opening) = opening(&mut stream, tls, limits.handshake_timeout).await {
+                    let _ = tx.send(Ok(Admitted { stream, opening, _permit: permit })).await;
                 } else {
-                    tracing::debug!("a connection sent nothing within the handshake timeout; closed");
+                    tracing::debug!("a connection did not open HTTP/2 within the handshake timeout; closed");
                 }
             });
         }

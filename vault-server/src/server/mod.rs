@@ -138,11 +138,12 @@ pub async fn serve(
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
 
     let mut builder = tonic::transport::Server::builder();
+    let tls_on = options.tls.is_some();
     if let Some(tls) = options.tls {
         builder = builder.tls_config(tls.timeout(limits.connections.handshake_timeout))?;
     }
     let upkeep = tokio::spawn(upkeep(vault.clone(), tokens.clone(), options.usage_flush));
-    let incoming = listener::admit(listener, limits.connections, options.metrics.clone());
+    let incoming = listener::admit(listener, tls_on, limits.connections, options.metrics.clone());
     let server = builder
         .timeout(REQUEST_TIMEOUT)
         .max_concurrent_streams(limits.max_streams_per_connection)

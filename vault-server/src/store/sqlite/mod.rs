@@ -154,9 +154,11 @@ impl SqliteStore {
     }
 
     /// Checkpoints the WAL into the main file; used at shutdown.
-    pub fn checkpoint(&self) -> Result<(), StoreError> {
-        lock(&self.writer).execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")?;
-        Ok(())
+    /// Copies the WAL into the database and truncates it to zero bytes; `false` if readers kept
+    /// it from completing (the WAL then still holds old pages).
+    pub fn checkpoint(&self) -> Result<bool, StoreError> {
+        let busy: i64 = lock(&self.writer).query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+        Ok(busy == 0)
     }
 }
 
