@@ -388,3 +388,40 @@ async fn streaming_health_calls_hold_their_public_slots() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     health.check(watch()).await.expect("slots come back when the streams end");
 }
+
+#[tokio::test]
+async fn a_tls_client_that_never_speaks_http2_is_closed() {
+    use rustls_pki_types::pem::PemObject as _;
+    use tokio::io::AsyncReadExt as _;
+    let mut stack = Stack::start();
+    let dir = stack.data.dir.parent().unwrap().to_owned();
+    let ca = crate::harness::pki::TestCa::new(&dir, "listener");
+    let cert = ca.issue(&dir, "listener", &["localhost"]);
+    stack.restart_with(&[
+        "--tls-cert".into(),
+        path_str(&cert.cert).into(),
+        "--tls-key".into(),
+        path_str(&cert.key).into(),
+        "--handshake-timeout".into(),
+        "1".into(),
+    ]);
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls_pki_types::CertificateDer::from_pem_file(&ca.cert).unwrap()).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(stack.server.addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    // The handshake completes; then the client says nothing.
+    let mut tls = connector.connect(name, tcp).await.expect("TLS handshake");
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let started = Instant::now();
+    let read = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut [0u8; 64])).await;
+    assert!(matches!(read, Ok(Ok(0) | Err(_))), "the stalled TLS connection was kept: {read:?}");
+    assert!(started.elapsed() < Duration::from_secs(3), "closed only after {:?}", started.elapsed());
+}

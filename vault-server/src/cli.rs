@@ -175,8 +175,8 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_connections: u32,
 
-    /// Seconds a new connection has to send the HTTP/2 preface (plaintext) or to start the TLS
-    /// handshake, and then (TLS) to finish it; silent or stalled connections are closed.
+    /// Seconds a new connection has to finish its TLS handshake (with TLS on) and send the
+    /// HTTP/2 preface; silent or stalled connections are closed.
     #[arg(long, env = "VAULT_HANDSHAKE_TIMEOUT", default_value_t = 10, value_name = "SECS",
           value_parser = clap::value_parser!(u64).range(1..=300))]
     pub handshake_timeout: u64,

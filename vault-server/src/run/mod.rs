@@ -75,11 +75,12 @@ pub enum RunError {
 /// environment by `main` before anything else ran (see [`take_env_passphrase`]).
 pub fn main(cli: Cli, env_passphrase: Option<Passphrase>) -> Result<(), RunError> {
     init_logging(&cli.log_level, cli.log_format)?;
+    // Every command holds the passphrase or the keyring at some point.
+    crate::hygiene::disable_core_dumps();
     match cli.command {
         Command::Init(args) => init(&args, env_passphrase),
         Command::Token(args) => tokens::run(args, env_passphrase),
         Command::Serve(args) => {
-            crate::hygiene::disable_core_dumps();
             let runtime =
                 tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(RunError::Runtime)?;
             runtime.block_on(serve::serve(*args, env_passphrase))
@@ -111,8 +112,8 @@ fn init_logging(filter: &str, format: LogFormat) -> Result<(), RunError> {
 /// Takes `$VAULT_PASSPHRASE` out of the process environment, so nothing later (a child process,
 /// a library reading the environment) can see it. Call it first thing in `main`, while the
 /// process has one thread. The initial environment block on the stack (what
-/// `/proc/PID/environ` shows) keeps its bytes; `serve` makes itself non-dumpable, which leaves
-/// that file to root.
+/// `/proc/PID/environ` shows) keeps its bytes; the process makes itself non-dumpable, which
+/// leaves that file to root.
 #[allow(unsafe_code)]
 pub fn take_env_passphrase() -> Option<Passphrase> {
     const VAR: &str = "VAULT_PASSPHRASE";

@@ -10,7 +10,6 @@ use std::time::Duration;
 use base64::Engine as _;
 use rand::RngCore as _;
 use tokio::net::TcpListener;
-use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 use super::{RunError, now, read_passphrase};
 use crate::auth::{Role, Tokens};
@@ -29,31 +28,16 @@ pub const DEV_DATA_DIR: &str = "vault-dev";
 const DEV_PASSPHRASE_FILE: &str = "passphrase";
 
 /// The listener's TLS settings from `--tls-cert`, `--tls-key` and `--tls-client-ca`.
-fn server_tls(args: &ServeArgs) -> Result<Option<ServerTlsConfig>, RunError> {
+fn server_tls(args: &ServeArgs) -> Result<Option<Arc<rustls::ServerConfig>>, RunError> {
     let read = |flag: &str, path: &Path| {
         fs::read(path).map_err(|e| RunError::Tls(format!("cannot read {flag} {}: {e}", path.display())))
     };
     let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
         return Ok(None);
     };
-    let (cert_pem, key_pem) = (read("--tls-cert", cert)?, read("--tls-key", key)?);
-    for (flag, path, pem, marker) in
-        [("--tls-cert", cert, &cert_pem, "CERTIFICATE"), ("--tls-key", key, &key_pem, "PRIVATE KEY")]
-    {
-        if !String::from_utf8_lossy(pem).contains(marker) {
-            return Err(RunError::Tls(format!("{flag} {} holds no PEM {marker}", path.display())));
-        }
-    }
-    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(cert_pem, key_pem));
-    if let Some(ca) = &args.tls_client_ca {
-        let ca_pem = read("--tls-client-ca", ca)?;
-        if !String::from_utf8_lossy(&ca_pem).contains("CERTIFICATE") {
-            return Err(RunError::Tls(format!("--tls-client-ca {} holds no PEM CERTIFICATE", ca.display())));
-        }
-        // With a client CA, every connection must present a certificate it signed (mTLS).
-        tls = tls.client_ca_root(Certificate::from_pem(ca_pem));
-    }
-    Ok(Some(tls))
+    let (cert_pem, key_pem) = (read("--tls-cert", cert)?, zeroize::Zeroizing::new(read("--tls-key", key)?));
+    let ca_pem = args.tls_client_ca.as_deref().map(|ca| read("--tls-client-ca", ca)).transpose()?;
+    server::tls_config(&cert_pem, &key_pem, ca_pem.as_deref()).map(Some).map_err(RunError::Tls)
 }
 
 /// Dev mode: makes the data dir and a random passphrase file (0600) on first run, then inits.

@@ -1,8 +1,8 @@
 //! The accept loop in front of tonic: a cap on open connections, TCP keepalive and no Nagle, and
 //! an opening deadline, so that idle sockets cannot pile up. A connection over the cap is closed
-//! at once. In plaintext a connection must send the whole HTTP/2 preface within the handshake
-//! timeout (HTTP/2 pings only start after it); with TLS it must start the handshake within it,
-//! and tonic gives the handshake the same time again.
+//! at once. Within the handshake timeout a connection must finish its TLS handshake (if TLS is
+//! on) and send the whole HTTP/2 preface; HTTP/2 pings take over from there. The preface read
+//! here is replayed to the server.
 
 use std::io;
 use std::pin::Pin;
@@ -31,11 +31,18 @@ pub struct ConnectionLimits {
 /// What every HTTP/2 client sends first.
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+/// The transport under HTTP/2.
+#[derive(Debug)]
+enum Io {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
 /// An accepted connection holding one of the cap's permits until it closes. `opening` holds
-/// bytes already read while vetting it, handed to the server first.
+/// the preface already read while vetting it, handed to the server first.
 #[derive(Debug)]
 pub struct Admitted {
-    stream: TcpStream,
+    io: Io,
     opening: &'static [u8],
     _permit: OwnedSemaphorePermit,
 }
@@ -44,8 +51,21 @@ impl Connected for Admitted {
     type ConnectInfo = TcpConnectInfo;
 
     fn connect_info(&self) -> TcpConnectInfo {
-        self.stream.connect_info()
+        match &self.io {
+            Io::Plain(s) => s.connect_info(),
+            Io::Tls(s) => s.get_ref().0.connect_info(),
+        }
     }
+}
+
+/// Forwards an I/O call to whichever transport the connection has.
+macro_rules! on_io {
+    ($self:ident, $s:ident => $e:expr) => {
+        match &mut $self.io {
+            Io::Plain($s) => $e,
+            Io::Tls($s) => $e,
+        }
+    };
 }
 
 impl AsyncRead for Admitted {
@@ -56,21 +76,21 @@ impl AsyncRead for Admitted {
             self.opening = &self.opening[n..];
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        on_io!(self, s => Pin::new(s).poll_read(cx, buf))
     }
 }
 
 impl AsyncWrite for Admitted {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        on_io!(self, s => Pin::new(s).poll_write(cx, buf))
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
+        on_io!(self, s => Pin::new(s).poll_flush(cx))
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
+        on_io!(self, s => Pin::new(s).poll_shutdown(cx))
     }
 
     fn poll_write_vectored(
@@ -78,11 +98,14 @@ impl AsyncWrite for Admitted {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        on_io!(self, s => Pin::new(s).poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
+        match &self.io {
+            Io::Plain(s) => s.is_write_vectored(),
+            Io::Tls(s) => s.is_write_vectored(),
+        }
     }
 }
 
@@ -93,30 +116,46 @@ fn tune(stream: &TcpStream, keepalive: Duration) -> io::Result<()> {
     socket2::SockRef::from(stream).set_tcp_keepalive(&ka)
 }
 
-/// Plaintext: reads the whole HTTP/2 preface (it is replayed to the server). TLS: waits for the
-/// first byte of the handshake. `None` if that did not come in time.
-async fn opening(stream: &mut TcpStream, tls: bool, within: Duration) -> Option<&'static [u8]> {
+/// Reads the whole HTTP/2 preface; `false` if it is something else or the reader failed.
+async fn preface(io: &mut (impl AsyncRead + Unpin)) -> bool {
     use tokio::io::AsyncReadExt as _;
-    if tls {
-        let mut byte = [0u8; 1];
-        return matches!(tokio::time::timeout(within, stream.peek(&mut byte)).await, Ok(Ok(n)) if n > 0).then_some(&[]);
-    }
     let mut got = [0u8; PREFACE.len()];
-    match tokio::time::timeout(within, stream.read_exact(&mut got)).await {
-        Ok(Ok(_)) if &got == PREFACE => Some(PREFACE),
-        _ => None,
-    }
+    io.read_exact(&mut got).await.is_ok() && &got == PREFACE
+}
+
+/// The TLS handshake (if any) and the preface, within one deadline.
+async fn open(stream: TcpStream, tls: Option<&tokio_rustls::TlsAcceptor>, within: Duration) -> Option<Io> {
+    let opened = async {
+        match tls {
+            None => {
+                let mut stream = stream;
+                preface(&mut stream).await.then_some(Io::Plain(stream))
+            }
+            Some(acceptor) => {
+                let mut stream = match acceptor.accept(stream).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "TLS handshake failed");
+                        return None;
+                    }
+                };
+                preface(&mut stream).await.then(|| Io::Tls(Box::new(stream)))
+            }
+        }
+    };
+    tokio::time::timeout(within, opened).await.ok().flatten()
 }
 
 /// Accepts on `listener` until the returned stream is dropped, which closes the listen socket.
 pub fn admit(
     listener: TcpListener,
-    tls: bool,
+    tls: Option<Arc<rustls::ServerConfig>>,
     limits: ConnectionLimits,
     metrics: Arc<Metrics>,
 ) -> tokio_stream::wrappers::ReceiverStream<io::Result<Admitted>> {
     let (tx, rx) = mpsc::channel(64);
     let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let tls = tls.map(tokio_rustls::TlsAcceptor::from);
     tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
@@ -141,11 +180,10 @@ pub fn admit(
                 tracing::debug!(error = %e, "cannot set socket options; closing the connection");
                 continue;
             }
-            let tx = tx.clone();
+            let (tx, tls) = (tx.clone(), tls.clone());
             tokio::spawn(async move {
-                let mut stream = stream;
-                if let Some(opening) = opening(&mut stream, tls, limits.handshake_timeout).await {
-                    let _ = tx.send(Ok(Admitted { stream, opening, _permit: permit })).await;
+                if let Some(io) = open(stream, tls.as_ref(), limits.handshake_timeout).await {
+                    let _ = tx.send(Ok(Admitted { io, opening: PREFACE, _permit: permit })).await;
                 } else {
                     tracing::debug!("a connection did not open HTTP/2 within the handshake timeout; closed");
                 }

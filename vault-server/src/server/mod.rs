@@ -6,6 +6,7 @@
 mod accounting;
 mod guard;
 mod listener;
+mod tls;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -22,6 +23,7 @@ use accounting::Accounting;
 use guard::Guarded;
 pub use guard::PUBLIC_TIMEOUT;
 pub use listener::ConnectionLimits;
+pub use tls::server_config as tls_config;
 
 /// Largest request accepted; the biggest legitimate one is a few hundred bytes.
 const MAX_REQUEST_BYTES: usize = 16 * 1024;
@@ -58,7 +60,7 @@ pub struct Limits {
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
     /// TLS (and, with a client CA, mTLS); plaintext when `None`.
-    pub tls: Option<tonic::transport::ServerTlsConfig>,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     pub limits: Limits,
     /// How often coalesced Reveal usage is written.
     pub usage_flush: Duration,
@@ -137,13 +139,9 @@ pub async fn serve(
     let accounting = Accounting::new(options.metrics.clone());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
 
-    let mut builder = tonic::transport::Server::builder();
-    let tls_on = options.tls.is_some();
-    if let Some(tls) = options.tls {
-        builder = builder.tls_config(tls.timeout(limits.connections.handshake_timeout))?;
-    }
+    let builder = tonic::transport::Server::builder();
     let upkeep = tokio::spawn(upkeep(vault.clone(), tokens.clone(), options.usage_flush));
-    let incoming = listener::admit(listener, tls_on, limits.connections, options.metrics.clone());
+    let incoming = listener::admit(listener, options.tls, limits.connections, options.metrics.clone());
     let server = builder
         .timeout(REQUEST_TIMEOUT)
         .max_concurrent_streams(limits.max_streams_per_connection)
