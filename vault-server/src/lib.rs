@@ -3,10 +3,14 @@
 //! A request flows handler ([`grpc`]) → domain service ([`vault`]) → provider registry
 //! ([`provider`]) and login probe ([`probe`]) → encrypted store ([`crypto`], [`store`]).
 
-/// Caller tokens, roles and the authentication interceptor.
+/// Bearer tokens: the token table, authentication and bad-token throttling.
 pub mod auth;
+/// Who a caller is, what it may do, why a call was refused (a leaf).
+pub mod caller;
 /// The command line.
 pub mod cli;
+/// Wall-clock time, injectable (a leaf).
+pub mod clock;
 /// Envelope encryption: Argon2id KEK, DEK keyring, XChaCha20-Poly1305 codes.
 pub mod crypto;
 /// Creating and unlocking a data dir.
@@ -19,6 +23,8 @@ pub mod hygiene;
 pub mod ids;
 /// Prometheus metrics and their endpoint.
 pub mod metrics;
+/// What a login probe found (a leaf type).
+pub mod outcome;
 /// Login probes against providers' IMAP servers.
 pub mod probe;
 /// Generated protobuf types and conversions.

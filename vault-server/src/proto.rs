@@ -7,7 +7,8 @@ use std::fmt;
 
 use prost_types::Timestamp;
 
-use crate::probe::{ProbeOutcome as DomainOutcome, ProbeReport as DomainReport};
+use crate::outcome::ProbeOutcome as DomainOutcome;
+use crate::probe::ProbeReport as DomainReport;
 use crate::store::{AuditRecord, CredentialRow, CredentialState as DomainState};
 
 tonic::include_proto!("vault.v1");

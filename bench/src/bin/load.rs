@@ -10,7 +10,7 @@ use std::time::Instant;
 use clap::Parser;
 use vault_server::datadir;
 use vault_server::ids::{ClientId, Mailbox};
-use vault_server::probe::ProbeOutcome;
+use vault_server::outcome::ProbeOutcome;
 use vault_server::secret::Passphrase;
 use vault_server::store::{AuditEvent, NewBinding, Store, StoredCode};
 

@@ -2,17 +2,14 @@
 //! vault's concurrency limit (see `server`), roles checked by each handler against the pair it
 //! touches.
 
-mod error;
-mod role;
+mod bearer;
 mod throttle;
-mod token;
-mod tokens;
+mod token_table;
 
-pub use error::AuthError;
-pub use role::{Caller, Role};
+pub use crate::caller::{AuthError, Caller, Role};
+pub use bearer::Token;
 pub use throttle::{FAILURE_BURST, FAILURES_PER_SEC};
-pub use token::Token;
-pub use tokens::{RELOAD_EVERY, Tokens, VOUCH_FOR};
+pub use token_table::{RELOAD_EVERY, Tokens, VOUCH_FOR};
 
 use std::sync::Arc;
 

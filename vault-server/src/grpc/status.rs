@@ -6,7 +6,7 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::auth::AuthError;
-use crate::probe::ProbeOutcome;
+use crate::outcome::ProbeFailure;
 use crate::vault::VaultError;
 
 /// ErrorInfo domain for this service's reasons.
@@ -45,16 +45,15 @@ impl From<VaultError> for Status {
                 "REVOKED",
                 vec![],
             ),
-            VaultError::ProbeFailed(report) => {
-                let (code, reason) = match report.outcome {
-                    ProbeOutcome::Rejected => (Code::FailedPrecondition, "PROBE_REJECTED"),
-                    ProbeOutcome::Unreachable => (Code::Unavailable, "PROBE_UNREACHABLE"),
-                    ProbeOutcome::TimedOut => (Code::Unavailable, "PROBE_TIMED_OUT"),
-                    ProbeOutcome::TlsFailed => (Code::Unavailable, "PROBE_TLS_FAILED"),
-                    ProbeOutcome::ProtocolError => (Code::Unavailable, "PROBE_PROTOCOL_ERROR"),
-                    // Not a failure; mapped for completeness, never constructed.
-                    ProbeOutcome::Accepted => (Code::Internal, "PROBE_ACCEPTED"),
+            VaultError::ProbeFailed(failed) => {
+                let (code, reason) = match failed.failure() {
+                    ProbeFailure::Rejected => (Code::FailedPrecondition, "PROBE_REJECTED"),
+                    ProbeFailure::Unreachable => (Code::Unavailable, "PROBE_UNREACHABLE"),
+                    ProbeFailure::TimedOut => (Code::Unavailable, "PROBE_TIMED_OUT"),
+                    ProbeFailure::TlsFailed => (Code::Unavailable, "PROBE_TLS_FAILED"),
+                    ProbeFailure::ProtocolError => (Code::Unavailable, "PROBE_PROTOCOL_ERROR"),
                 };
+                let report = failed.into_report();
                 tracing::info!(outcome = report.outcome.as_str(), server = %report.server, "probe did not accept the code");
                 let message = format!(
                     "{} answered {}: {} {}",

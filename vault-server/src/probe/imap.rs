@@ -85,7 +85,7 @@ mod tests {
     use tokio::net::{TcpListener, TcpStream};
 
     use super::{probe, tidy_status};
-    use crate::probe::ProbeOutcome;
+    use crate::outcome::ProbeOutcome;
     use crate::provider::Registry;
     use crate::secret::AuthCode;
 

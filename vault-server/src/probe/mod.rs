@@ -8,7 +8,9 @@ mod smtp;
 mod tls;
 
 pub use network::{NetworkProber, ProbeSettings};
-pub use report::{ProbeOutcome, ProbeReport, sanitize};
+pub use report::{FailedProbe, ProbeReport, sanitize};
+
+use crate::outcome::ProbeOutcome;
 pub use tls::{ProbeTls, ResolveOverride};
 
 use crate::provider::Provider;

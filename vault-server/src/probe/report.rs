@@ -1,42 +1,8 @@
-//! Probe outcomes and reports, and sanitising of server replies.
+//! Probe reports, the failed-probe type, and sanitising of server replies.
 
 use std::time::Duration;
 
-/// What a login probe found. Numbering matches `vault.v1.ProbeOutcome`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProbeOutcome {
-    Accepted = 1,
-    Rejected = 2,
-    Unreachable = 3,
-    TlsFailed = 4,
-    TimedOut = 5,
-    ProtocolError = 6,
-}
-
-impl ProbeOutcome {
-    pub fn from_i32(v: i32) -> Option<Self> {
-        Some(match v {
-            1 => Self::Accepted,
-            2 => Self::Rejected,
-            3 => Self::Unreachable,
-            4 => Self::TlsFailed,
-            5 => Self::TimedOut,
-            6 => Self::ProtocolError,
-            _ => return None,
-        })
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Accepted => "ACCEPTED",
-            Self::Rejected => "REJECTED",
-            Self::Unreachable => "UNREACHABLE",
-            Self::TlsFailed => "TLS_FAILED",
-            Self::TimedOut => "TIMED_OUT",
-            Self::ProtocolError => "PROTOCOL_ERROR",
-        }
-    }
-}
+use crate::outcome::{ProbeFailure, ProbeOutcome};
 
 /// The result of one probe, safe to send to a client and to log.
 #[derive(Debug, Clone)]
@@ -47,6 +13,38 @@ pub struct ProbeReport {
     pub server_response: String,
     pub hint: String,
     pub latency: Duration,
+}
+
+impl ProbeReport {
+    /// The report if the provider accepted the code, else the failure it stands for.
+    pub fn accepted(self) -> Result<Self, FailedProbe> {
+        match self.outcome.failure() {
+            None => Ok(self),
+            Some(failure) => Err(FailedProbe { failure, report: self }),
+        }
+    }
+}
+
+/// A probe that did not accept the code. It cannot hold ACCEPTED: the only way to make one is
+/// [`ProbeReport::accepted`].
+#[derive(Debug, Clone)]
+pub struct FailedProbe {
+    failure: ProbeFailure,
+    report: ProbeReport,
+}
+
+impl FailedProbe {
+    pub fn failure(&self) -> ProbeFailure {
+        self.failure
+    }
+
+    pub fn report(&self) -> &ProbeReport {
+        &self.report
+    }
+
+    pub fn into_report(self) -> ProbeReport {
+        self.report
+    }
 }
 
 /// Longest server reply kept in a report.

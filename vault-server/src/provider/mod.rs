@@ -11,7 +11,7 @@ pub use registry::Registry;
 
 use std::fmt;
 
-use crate::probe::ProbeOutcome;
+use crate::outcome::ProbeOutcome;
 use crate::secret::AuthCode;
 
 /// A server as `host:port`, implicit TLS.

@@ -1,7 +1,7 @@
 //! Process start-up: logging, passphrase input, and the subcommands.
 
 mod serve;
-mod tokens;
+mod token_cli;
 
 use std::fs;
 use std::net::SocketAddr;
@@ -9,12 +9,12 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use crate::cli::{Cli, Command, InitArgs, LogFormat, PassphraseArgs};
+use crate::clock::{Clock, SystemClock};
 use crate::datadir::{self, DataDirError};
 use crate::provider::ProviderFileError;
 use crate::secret::Passphrase;
 use crate::server::ServeError;
 use crate::store::StoreError;
-use crate::vault::{Clock, SystemClock};
 
 pub use serve::DEV_DATA_DIR;
 
@@ -79,7 +79,7 @@ pub fn main(cli: Cli, env_passphrase: Option<Passphrase>) -> Result<(), RunError
     crate::hygiene::disable_core_dumps();
     match cli.command {
         Command::Init(args) => init(&args, env_passphrase),
-        Command::Token(args) => tokens::run(args, env_passphrase),
+        Command::Token(args) => token_cli::run(args, env_passphrase),
         Command::Serve(args) => {
             let runtime =
                 tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(RunError::Runtime)?;

@@ -19,9 +19,9 @@ use tonic::transport::server::TcpConnectInfo;
 use tower_service::Service;
 
 use crate::auth::Tokens;
+use crate::clock::{Clock, SystemClock};
 use crate::grpc::public_budget_exhausted;
 use crate::metrics::Metrics;
-use crate::vault::{Clock, SystemClock};
 
 /// Longest a health or reflection call may run.
 pub const PUBLIC_TIMEOUT: Duration = Duration::from_secs(10);

@@ -15,10 +15,11 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use crate::auth::{RELOAD_EVERY, Tokens};
+use crate::clock::{Clock, SystemClock};
 use crate::grpc::VaultService;
 use crate::metrics::Metrics;
 use crate::proto::{FILE_DESCRIPTOR_SET, auth_code_vault_server::AuthCodeVaultServer};
-use crate::vault::{Clock, SystemClock, Vault};
+use crate::vault::Vault;
 use accounting::Accounting;
 use guard::Guarded;
 pub use guard::PUBLIC_TIMEOUT;

@@ -14,7 +14,7 @@ use super::{
     AuditEvent, AuditQuery, AuditRecord, CredentialRow, ListQuery, Millis, NewBinding, RotateChange, Store, StoreError,
     TokenRow, UnlockMaterial, UnreadableToken, UnusedQuery,
 };
-use crate::probe::ProbeOutcome;
+use crate::outcome::ProbeOutcome;
 
 /// Rows kept; about 200 bytes each.
 pub const DEFAULT_CAPACITY: usize = 100_000;

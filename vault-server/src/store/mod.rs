@@ -10,7 +10,7 @@ pub use sqlite::SqliteStore;
 
 use crate::crypto::{KdfParams, Salt, Sealed, WrappedKey};
 use crate::ids::{ClientId, Mailbox};
-use crate::probe::ProbeOutcome;
+use crate::outcome::ProbeOutcome;
 
 /// Unix time in milliseconds.
 pub type Millis = i64;

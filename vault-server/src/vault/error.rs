@@ -2,7 +2,7 @@
 
 use crate::crypto::CryptoError;
 use crate::ids::InvalidId;
-use crate::probe::ProbeReport;
+use crate::probe::FailedProbe;
 use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
@@ -30,8 +30,8 @@ pub enum VaultError {
     #[error("probe budget for this mailbox exhausted; retry in {retry_after:?}")]
     RateLimited { retry_after: std::time::Duration },
     /// The probe did not accept the code; nothing was changed.
-    #[error("the provider did not accept the code: {}", .0.outcome.as_str())]
-    ProbeFailed(ProbeReport),
+    #[error("the provider did not accept the code: {}", .0.report().outcome.as_str())]
+    ProbeFailed(FailedProbe),
     /// A stored ciphertext failed authentication.
     #[error("a stored code failed authentication")]
     DataLoss,

@@ -3,9 +3,10 @@
 //! transaction with its audit event. A code the provider refused is audited too (no change).
 
 use super::{Vault, VaultError, blocking};
-use crate::auth::Caller;
+use crate::caller::Caller;
 use crate::ids::{ClientId, Mailbox};
-use crate::probe::{ProbeOutcome, ProbeReport};
+use crate::outcome::ProbeOutcome;
+use crate::probe::ProbeReport;
 use crate::secret::AuthCode;
 use crate::store::{AuditEvent, CredentialRow, CredentialState, NewBinding, RotateChange, StoredCode};
 
@@ -55,15 +56,16 @@ impl Vault {
 
     /// Passes an accepted report through; audits a refused one (no change was made) and fails.
     async fn require_accepted(&self, event: AuditEvent, report: ProbeReport) -> Result<ProbeReport, VaultError> {
-        if report.outcome == ProbeOutcome::Accepted {
-            return Ok(report);
-        }
-        let event = AuditEvent { outcome: format!("PROBE_{}", report.outcome.as_str()), ..event };
+        let failed = match report.accepted() {
+            Ok(report) => return Ok(report),
+            Err(failed) => failed,
+        };
+        let event = AuditEvent { outcome: format!("PROBE_{}", failed.report().outcome.as_str()), ..event };
         let store = self.store.clone();
         if let Err(e) = blocking(move || store.audit(&event)).await? {
             tracing::warn!(error = %e, "could not audit a refused probe");
         }
-        Err(VaultError::ProbeFailed(report))
+        Err(VaultError::ProbeFailed(failed))
     }
 
     /// Checks the format, probes, and stores the code only if the provider accepted it.
@@ -74,7 +76,7 @@ impl Vault {
         client: ClientId,
         code: AuthCode,
     ) -> Result<(CredentialRow, ProbeReport), VaultError> {
-        let provider = self.provider_for(&mailbox)?;
+        let provider = self.provider_for_mailbox(&mailbox)?;
         Self::check_format(&provider, &code)?;
         let _pair = self.locks.lock(mailbox.as_str(), client.as_str()).await;
         if self.find(&mailbox, &client)?.is_some_and(|r| r.state == CredentialState::Active) {
@@ -118,10 +120,10 @@ impl Vault {
         if let Some(expected) = expected_version.filter(|v| *v != row.version) {
             return Err(VaultError::Aborted(format!("expected version {expected}, the binding is at {}", row.version)));
         }
-        let provider = self.provider_of(&row)?;
+        let provider = self.provider_of_row(&row)?;
         Self::check_format(&provider, &new_code)?;
         // A tampered old ciphertext must not block replacing it; it just cannot be probed.
-        let old_code = self.open(&row).ok();
+        let old_code = self.decrypt(&row).ok();
         let report = self.probe(&provider, &mailbox, &new_code).await?;
         let event = self.event(caller, "Rotate", (&mailbox, &client), "OK", Some(report.outcome));
         let probe = self.require_accepted(event.clone(), report).await?;
@@ -166,8 +168,8 @@ impl Vault {
         if row.state != CredentialState::Active {
             return Err(VaultError::Revoked);
         }
-        let provider = self.provider_of(&row).ok();
-        let old_code = self.open(&row).ok();
+        let provider = self.provider_of_row(&row).ok();
+        let old_code = self.decrypt(&row).ok();
         let event = self.event(caller, "Revoke", (&mailbox, &client), "OK", None);
         let (store, why) = (self.store.clone(), reason.to_owned());
         let row = blocking(move || store.revoke(&event.mailbox, &event.client, &why, event.at, &event)).await??;
@@ -188,8 +190,8 @@ impl Vault {
     ) -> Result<(CredentialRow, ProbeReport), VaultError> {
         let _pair = self.locks.lock(mailbox.as_str(), client.as_str()).await;
         let row = self.store.get(mailbox.as_str(), client.as_str())?;
-        let code = self.open(&row)?;
-        let provider = self.provider_of(&row)?;
+        let code = self.decrypt(&row)?;
+        let provider = self.provider_of_row(&row)?;
         let report = self.probe(&provider, &mailbox, &code).await?;
         drop(code);
         let outcome = report.outcome;

@@ -3,7 +3,6 @@
 //! probe.
 
 mod budget;
-mod clock;
 mod error;
 mod lifecycle;
 mod locks;
@@ -11,8 +10,8 @@ mod locks;
 pub mod testkit;
 mod usage;
 
+pub use crate::clock::{Clock, SystemClock};
 pub use budget::ProbeBudget;
-pub use clock::{Clock, SystemClock};
 pub use error::VaultError;
 pub use lifecycle::{Revoked, Rotated};
 
@@ -20,7 +19,7 @@ use std::sync::Arc;
 
 use zeroize::Zeroizing;
 
-use crate::auth::Caller;
+use crate::caller::Caller;
 use crate::crypto::Keyring;
 use crate::ids::{ClientId, Mailbox};
 use crate::metrics::Metrics;
@@ -90,14 +89,14 @@ impl Vault {
         }
     }
 
-    fn provider_for(&self, mailbox: &Mailbox) -> Result<Arc<Provider>, VaultError> {
+    fn provider_for_mailbox(&self, mailbox: &Mailbox) -> Result<Arc<Provider>, VaultError> {
         self.registry
             .lookup(mailbox.domain())
             .cloned()
             .ok_or_else(|| VaultError::UnknownProvider { domain: mailbox.domain().to_owned() })
     }
 
-    fn provider_of(&self, row: &CredentialRow) -> Result<Arc<Provider>, VaultError> {
+    fn provider_of_row(&self, row: &CredentialRow) -> Result<Arc<Provider>, VaultError> {
         self.registry.by_id(&row.provider).cloned().ok_or_else(|| {
             VaultError::Internal(format!("binding refers to provider {} that is no longer configured", row.provider))
         })
@@ -146,7 +145,7 @@ impl Vault {
     }
 
     /// Decrypts the code held by `row`.
-    fn open(&self, row: &CredentialRow) -> Result<AuthCode, VaultError> {
+    fn decrypt(&self, row: &CredentialRow) -> Result<AuthCode, VaultError> {
         let Some(stored) = row.code.as_ref().filter(|_| row.state == CredentialState::Active) else {
             return Err(VaultError::Revoked);
         };
@@ -166,8 +165,8 @@ impl Vault {
     /// point read and a decrypt, no disk write.
     pub fn reveal(&self, caller: &Caller, mailbox: &Mailbox, client: &ClientId) -> Result<Revealed, VaultError> {
         let row = self.store.get(mailbox.as_str(), client.as_str())?;
-        let code = self.open(&row)?;
-        let revealed = Revealed { code, version: row.version, provider: self.provider_of(&row)? };
+        let code = self.decrypt(&row)?;
+        let revealed = Revealed { code, version: row.version, provider: self.provider_of_row(&row)? };
         self.usage.record(caller, mailbox, client, self.clock.now_millis());
         Ok(revealed)
     }

@@ -6,11 +6,12 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use super::{Clock, ProbeBudget, Vault};
-use crate::auth::{Caller, Role};
+use crate::caller::{Caller, Role};
 use crate::crypto::{KdfParams, Key, Keyring, Salt};
 use crate::ids::ClientId;
 use crate::metrics::Metrics;
-use crate::probe::{ProbeOutcome, ProbeReport, ProbeRequest, Prober};
+use crate::outcome::ProbeOutcome;
+use crate::probe::{ProbeReport, ProbeRequest, Prober};
 use crate::provider::Registry;
 use crate::store::{SqliteStore, UnlockMaterial};
 

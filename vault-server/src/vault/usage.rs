@@ -7,7 +7,7 @@ use std::sync::Mutex;
 
 use hashbrown::{Equivalent, HashMap};
 
-use crate::auth::Caller;
+use crate::caller::Caller;
 use crate::ids::{ClientId, Mailbox};
 use crate::store::{AuditEvent, Millis};
 

@@ -2,7 +2,7 @@
 //! WAL with `synchronous=FULL`, so an acknowledged write survives power loss.
 
 mod rows;
-mod tokens;
+mod token_rows;
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
@@ -16,7 +16,7 @@ use super::{
     Store, StoreError, TokenRow, UnlockMaterial, UnreadableToken, UnusedQuery, migrate,
 };
 use crate::crypto::{KdfParams, Salt, Sealed, WrappedKey};
-use crate::probe::ProbeOutcome;
+use crate::outcome::ProbeOutcome;
 use rows::{get_row, insert_audit};
 
 /// Reader connections at most. More readers would not help on a small machine, and each holds
@@ -362,19 +362,19 @@ impl Store for SqliteStore {
     }
 
     fn insert_token(&self, t: &TokenRow) -> Result<(), StoreError> {
-        tokens::insert(&mut lock(&self.writer), t)
+        token_rows::insert(&mut lock(&self.writer), t)
     }
 
     fn tokens(&self) -> Result<Vec<Result<TokenRow, UnreadableToken>>, StoreError> {
-        self.with_reader(tokens::all)
+        self.with_reader(token_rows::all)
     }
 
     fn revoke_token(&self, id: &str, now: Millis) -> Result<(), StoreError> {
-        tokens::revoke(&mut lock(&self.writer), id, now)
+        token_rows::revoke(&mut lock(&self.writer), id, now)
     }
 
     fn record_token_use(&self, uses: &[(String, Millis)]) -> Result<(), StoreError> {
-        tokens::record_use(&mut lock(&self.writer), uses)
+        token_rows::record_use(&mut lock(&self.writer), uses)
     }
 }
 

@@ -3,7 +3,7 @@
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use crate::crypto::Sealed;
-use crate::probe::ProbeOutcome;
+use crate::outcome::ProbeOutcome;
 use crate::store::{
     AuditEvent, AuditQuery, AuditRecord, CredentialRow, CredentialState, ListQuery, StoreError, StoredCode, UnusedQuery,
 };

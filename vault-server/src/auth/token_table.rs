@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use subtle::ConstantTimeEq;
 
+use super::bearer::{check, digest};
 use super::throttle::FailureThrottle;
-use super::token::{check, digest};
 use super::{AuthError, Caller, Role, Token};
 use crate::crypto::{Key, KeyId, Keyring, hmac, verify_hmac};
 use crate::store::{Millis, Store, StoreError, TokenRow};

@@ -1,8 +1,10 @@
-//! Who a caller is and what it may do.
+//! Who a caller is, what it may do, and why a call was not let in: leaf types with no transport
+//! in them, shared by authentication, the domain service and the status map.
 
 use std::fmt;
 
-use super::AuthError;
+use std::time::Duration;
+
 use crate::ids::ClientId;
 
 /// A token's role: `admin` or `client:<id>`.
@@ -63,6 +65,47 @@ impl Caller {
         match self.role {
             Role::Admin => Ok(()),
             Role::Client(_) => self.require_client(rpc, client),
+        }
+    }
+}
+
+/// Why a call was not let in. `grpc::status` maps every variant, with an ErrorInfo reason a
+/// client can act on. No variant tells whether a token id exists: an unknown id, a wrong secret
+/// and a revoked token are all [`AuthError::InvalidToken`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("missing authorization: Bearer <token>")]
+    MissingToken,
+    #[error("malformed authorization header; expected Bearer avt_...")]
+    MalformedToken,
+    #[error("unknown or revoked token")]
+    InvalidToken,
+    /// Too many failed authentications from one peer address.
+    #[error("too many failed authentications from this address")]
+    Throttled { retry_after: Duration },
+    /// The token table could not be re-read for too long; no token is vouched for.
+    #[error("the token table cannot be read")]
+    TokensUnavailable,
+    #[error("{rpc} needs an admin token")]
+    AdminRequired { rpc: &'static str },
+    #[error("{rpc} needs the client's own token, not an admin token")]
+    ClientTokenRequired { rpc: &'static str },
+    #[error("this token may {rpc} only its own client's pairs")]
+    WrongClient { rpc: &'static str },
+}
+
+impl AuthError {
+    /// The ErrorInfo reason, also the metrics label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::MissingToken => "MISSING_TOKEN",
+            Self::MalformedToken => "MALFORMED_TOKEN",
+            Self::InvalidToken => "INVALID_TOKEN",
+            Self::Throttled { .. } => "AUTH_THROTTLED",
+            Self::TokensUnavailable => "TOKENS_UNAVAILABLE",
+            Self::AdminRequired { .. } => "ADMIN_REQUIRED",
+            Self::ClientTokenRequired { .. } => "CLIENT_TOKEN_REQUIRED",
+            Self::WrongClient { .. } => "WRONG_CLIENT",
         }
     }
 }
