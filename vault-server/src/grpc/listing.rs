@@ -7,10 +7,8 @@ use super::page_token;
 use crate::ids::{ClientId, InvalidId, Mailbox};
 use crate::proto::{self, timestamp};
 use crate::store::{AuditQuery, ListQuery, UnusedQuery};
-use crate::vault::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Vault, VaultError};
-
-/// The review's default window: a quarter.
-pub const DEFAULT_UNUSED_FOR: Duration = Duration::from_secs(90 * 24 * 3600);
+use crate::vault::review::{self, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
+use crate::vault::{Vault, VaultError};
 
 /// An empty filter matches all; a non-empty one must be a valid identifier.
 fn filter<T>(raw: &str, parse: impl FnOnce(&str) -> Result<T, InvalidId>) -> Result<Option<T>, VaultError> {
@@ -39,6 +37,18 @@ fn millis(field: &'static str, t: &prost_types::Timestamp) -> Result<i64, VaultE
     t.seconds.checked_mul(1000).and_then(|ms| ms.checked_add(i64::from(nanos / 1_000_000))).ok_or_else(bad)
 }
 
+/// A non-negative `google.protobuf.Duration` with nanos in range (as the type requires).
+fn duration(field: &'static str, d: &prost_types::Duration) -> Result<Duration, VaultError> {
+    let nanos = u32::try_from(d.nanos).ok().filter(|n| *n < 1_000_000_000);
+    match (u64::try_from(d.seconds), nanos) {
+        (Ok(secs), Some(nanos)) => Ok(Duration::new(secs, nanos)),
+        _ => Err(VaultError::InvalidField {
+            field,
+            reason: "must be a non-negative duration with nanos in [0, 999999999]".into(),
+        }),
+    }
+}
+
 fn number(field: &'static str, s: &str) -> Result<i64, VaultError> {
     s.parse().map_err(|_| VaultError::InvalidField { field, reason: "not a token from this listing".into() })
 }
@@ -55,10 +65,12 @@ pub async fn credentials(
         after,
         limit: page_size(req.page_size)?,
     };
-    let (rows, next) = vault.list(query).await?;
+    let page = vault.list(query).await?;
+    let next_page_token =
+        page.next_after().map(|r| page_token::encode("credentials", &[&r.mailbox, &r.client])).unwrap_or_default();
     Ok(proto::ListCredentialsResponse {
-        credentials: rows.into_iter().map(Into::into).collect(),
-        next_page_token: next.map(|(m, c)| page_token::encode("credentials", &[&m, &c])).unwrap_or_default(),
+        credentials: page.items.into_iter().map(Into::into).collect(),
+        next_page_token,
     })
 }
 
@@ -72,26 +84,20 @@ pub async fn unused(
     let (cutoff, after) = if let Some(f) = page_token::decode("unused", &req.page_token, 4)? {
         (number("page_token", &f[0])?, Some((number("page_token", &f[1])?, f[2].clone(), f[3].clone())))
     } else {
-        let unused_for = match req.unused_for {
-            None => DEFAULT_UNUSED_FOR,
-            Some(d) => Duration::try_from(d).map_err(|_| VaultError::InvalidField {
-                field: "unused_for",
-                reason: "must be a non-negative duration".into(),
-            })?,
-        };
-        let span = i64::try_from(unused_for.as_millis()).unwrap_or(i64::MAX);
-        (vault.now_millis().saturating_sub(span), None)
+        let unused_for = req.unused_for.map(|d| duration("unused_for", &d)).transpose()?;
+        (review::cutoff(vault.now_millis(), unused_for), None)
     };
-    let (rows, more) = vault.list_unused(UnusedQuery { cutoff, mailbox, after, limit }).await?;
-    let next_page_token = match rows.last() {
-        Some(r) if more => {
-            let key = r.last_used_at.unwrap_or(r.created_at);
-            page_token::encode("unused", &[&cutoff.to_string(), &key.to_string(), &r.mailbox, &r.client])
-        }
-        _ => String::new(),
-    };
+    let page = vault.list_unused(UnusedQuery { cutoff, mailbox, after, limit }).await?;
+    let next_page_token = page
+        .next_after()
+        .map(|r| {
+            let (key, mailbox, client) = review::position(r);
+            page_token::encode("unused", &[&cutoff.to_string(), &key.to_string(), &mailbox, &client])
+        })
+        .unwrap_or_default();
     Ok(proto::ListUnusedClientsResponse {
-        clients: rows
+        clients: page
+            .items
             .into_iter()
             .map(|r| proto::UnusedClient {
                 last_used_at: r.last_used_at.map(timestamp),
@@ -121,12 +127,10 @@ pub async fn audit(
         before_id,
         limit: page_size(req.page_size)?,
     };
-    let (records, more) = vault.audit_events(query).await?;
-    let next_page_token = match records.last() {
-        Some(r) if more => page_token::encode("audit", &[&r.id.to_string()]),
-        _ => String::new(),
-    };
-    Ok(proto::ListAuditEventsResponse { events: records.into_iter().map(Into::into).collect(), next_page_token })
+    let page = vault.audit_events(query).await?;
+    let next_page_token =
+        page.next_after().map(|r| page_token::encode("audit", &[&r.id.to_string()])).unwrap_or_default();
+    Ok(proto::ListAuditEventsResponse { events: page.items.into_iter().map(Into::into).collect(), next_page_token })
 }
 
 #[cfg(test)]
@@ -280,5 +284,27 @@ mod tests {
             .await
             .unwrap();
         assert!(by_admin.events.iter().all(|e| e.rpc == "Bind") && by_admin.events.len() == 2);
+    }
+
+    #[tokio::test]
+    async fn durations_out_of_range_are_refused() {
+        let clock = Arc::new(FakeClock::default());
+        let (_tmp, vault) = testkit::vault(clock);
+        for (seconds, nanos) in [(0, -5), (0, 2_000_000_000), (-1, 0), (5, 1_000_000_000)] {
+            let req = proto::ListUnusedClientsRequest {
+                unused_for: Some(prost_types::Duration { seconds, nanos }),
+                ..Default::default()
+            };
+            let err = unused(&vault, req).await.unwrap_err();
+            assert!(
+                matches!(err, VaultError::InvalidField { field: "unused_for", .. }),
+                "{seconds}s {nanos}ns: {err:?}"
+            );
+        }
+        let ok = proto::ListUnusedClientsRequest {
+            unused_for: Some(prost_types::Duration { seconds: 5, nanos: 999_999_999 }),
+            ..Default::default()
+        };
+        assert!(unused(&vault, ok).await.is_ok());
     }
 }

@@ -6,6 +6,7 @@ mod budget;
 mod error;
 mod lifecycle;
 mod locks;
+pub mod review;
 #[cfg(test)]
 pub mod testkit;
 mod usage;
@@ -32,9 +33,7 @@ use crate::store::{
 use locks::PairLocks;
 use usage::Usage;
 
-/// Default and largest page sizes for listings.
-pub const DEFAULT_PAGE_SIZE: usize = 100;
-pub const MAX_PAGE_SIZE: usize = 1000;
+pub use review::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Page};
 
 /// A revealed code with where to use it. Debug shows the code redacted.
 #[derive(Debug)]
@@ -188,28 +187,22 @@ impl Vault {
     }
 
     /// A page of the quarterly review. Pending usage is flushed first, so the page is exact.
-    pub async fn list_unused(&self, mut query: UnusedQuery) -> Result<(Vec<CredentialRow>, bool), VaultError> {
+    pub async fn list_unused(&self, mut query: UnusedQuery) -> Result<Page<CredentialRow>, VaultError> {
         self.flush_usage().await?;
-        let page = query.limit;
-        query.limit = page + 1;
+        let limit = query.limit;
+        query.limit = limit + 1;
         let store = self.store.clone();
-        let mut rows = blocking(move || store.list_unused(&query)).await??;
-        let more = rows.len() > page;
-        rows.truncate(page);
-        Ok((rows, more))
+        Ok(Page::cut(blocking(move || store.list_unused(&query)).await??, limit))
     }
 
-    /// A page of the audit trail, newest first; `true` if more follow. Pending Reveal usage is
-    /// flushed first, so the page is current.
-    pub async fn audit_events(&self, mut query: AuditQuery) -> Result<(Vec<AuditRecord>, bool), VaultError> {
+    /// A page of the audit trail, newest first. Pending Reveal usage is flushed first, so the
+    /// page is current.
+    pub async fn audit_events(&self, mut query: AuditQuery) -> Result<Page<AuditRecord>, VaultError> {
         self.flush_usage().await?;
-        let page = query.limit;
-        query.limit = page + 1;
+        let limit = query.limit;
+        query.limit = limit + 1;
         let store = self.store.clone();
-        let mut rows = blocking(move || store.audit_events(&query)).await??;
-        let more = rows.len() > page;
-        rows.truncate(page);
-        Ok((rows, more))
+        Ok(Page::cut(blocking(move || store.audit_events(&query)).await??, limit))
     }
 
     pub fn now_millis(&self) -> i64 {
@@ -221,22 +214,12 @@ impl Vault {
         Ok(self.store.get(mailbox.as_str(), client.as_str())?)
     }
 
-    /// A page of metadata; the returned key is where the next page starts.
-    pub async fn list(
-        &self,
-        mut query: ListQuery,
-    ) -> Result<(Vec<CredentialRow>, Option<(String, String)>), VaultError> {
-        let page = query.limit;
-        query.limit = page + 1;
+    /// A page of metadata, ordered by (mailbox, client).
+    pub async fn list(&self, mut query: ListQuery) -> Result<Page<CredentialRow>, VaultError> {
+        let limit = query.limit;
+        query.limit = limit + 1;
         let store = self.store.clone();
-        let mut rows = blocking(move || store.list(&query)).await??;
-        let next = if rows.len() > page {
-            rows.truncate(page);
-            rows.last().map(|r| (r.mailbox.clone(), r.client.clone()))
-        } else {
-            None
-        };
-        Ok((rows, next))
+        Ok(Page::cut(blocking(move || store.list(&query)).await??, limit))
     }
 
     /// The row if it exists; `None` when the pair was never bound.
