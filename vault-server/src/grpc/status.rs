@@ -150,3 +150,93 @@ pub fn public_budget_exhausted() -> Status {
         vec![],
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::probe::ProbeReport;
+    use crate::store::StoreError;
+
+    fn reason(s: &Status) -> String {
+        s.get_details_error_info().map(|i| i.reason).unwrap_or_default()
+    }
+
+    fn failed(outcome: crate::outcome::ProbeOutcome) -> VaultError {
+        let report = ProbeReport {
+            outcome,
+            server: "imap.sina.com:993".into(),
+            server_response: "NO [AUTHENTICATIONFAILED]".into(),
+            hint: "use the client auth code".into(),
+            latency: Duration::from_millis(12),
+        };
+        VaultError::ProbeFailed(report.accepted().unwrap_err())
+    }
+
+    #[test]
+    fn every_domain_error_has_its_code_and_reason() {
+        use crate::outcome::ProbeOutcome as O;
+        let cases: Vec<(VaultError, Code, &str)> = vec![
+            (VaultError::InvalidField { field: "page_size", reason: "too big".into() }, Code::InvalidArgument, ""),
+            (
+                VaultError::BadCodeFormat { provider: "Sina".into(), hint: "16 letters".into() },
+                Code::InvalidArgument,
+                "",
+            ),
+            (VaultError::UnknownProvider { domain: "example.org".into() }, Code::InvalidArgument, ""),
+            (VaultError::NotFound, Code::NotFound, ""),
+            (VaultError::AlreadyExists, Code::AlreadyExists, ""),
+            (VaultError::Revoked, Code::FailedPrecondition, "REVOKED"),
+            (failed(O::Rejected), Code::FailedPrecondition, "PROBE_REJECTED"),
+            (failed(O::Unreachable), Code::Unavailable, "PROBE_UNREACHABLE"),
+            (failed(O::TimedOut), Code::Unavailable, "PROBE_TIMED_OUT"),
+            (failed(O::TlsFailed), Code::Unavailable, "PROBE_TLS_FAILED"),
+            (failed(O::ProtocolError), Code::Unavailable, "PROBE_PROTOCOL_ERROR"),
+            (VaultError::Aborted("expected 1".into()), Code::Aborted, ""),
+            (
+                VaultError::RateLimited { retry_after: Duration::from_secs(360) },
+                Code::ResourceExhausted,
+                "PROBE_BUDGET_EXHAUSTED",
+            ),
+            (VaultError::DataLoss, Code::DataLoss, ""),
+            (VaultError::Store(StoreError::Corrupt("x".into())), Code::Internal, ""),
+            (VaultError::Internal("x".into()), Code::Internal, ""),
+        ];
+        for (error, code, want_reason) in cases {
+            let shown = format!("{error:?}");
+            let status = Status::from(error);
+            assert_eq!(status.code(), code, "{shown}");
+            assert_eq!(reason(&status), want_reason, "{shown}");
+        }
+        let limited = Status::from(VaultError::RateLimited { retry_after: Duration::from_secs(360) });
+        assert_eq!(limited.get_details_retry_info().and_then(|r| r.retry_delay), Some(Duration::from_secs(360)));
+        let rejected = Status::from(failed(O::Rejected));
+        let info = rejected.get_details_error_info().unwrap();
+        assert_eq!(info.metadata["server_response"], "NO [AUTHENTICATIONFAILED]");
+        assert_eq!(info.metadata["hint"], "use the client auth code");
+        let store = Status::from(VaultError::Store(StoreError::Corrupt("table tokens: secret detail".into())));
+        assert!(!store.message().contains("secret detail"), "internal causes stay in the log");
+    }
+
+    #[test]
+    fn every_auth_error_has_its_code_and_reason() {
+        let cases = [
+            (AuthError::MissingToken, Code::Unauthenticated),
+            (AuthError::MalformedToken, Code::Unauthenticated),
+            (AuthError::InvalidToken, Code::Unauthenticated),
+            (AuthError::Throttled { retry_after: Duration::from_millis(500) }, Code::ResourceExhausted),
+            (AuthError::TokensUnavailable, Code::Unavailable),
+            (AuthError::AdminRequired { rpc: "Bind" }, Code::PermissionDenied),
+            (AuthError::ClientTokenRequired { rpc: "Reveal" }, Code::PermissionDenied),
+            (AuthError::WrongClient { rpc: "Reveal" }, Code::PermissionDenied),
+        ];
+        for (error, code) in cases {
+            let want = error.reason();
+            let status = Status::from(error);
+            assert_eq!((status.code(), reason(&status).as_str()), (code, want));
+        }
+        let throttled = Status::from(AuthError::Throttled { retry_after: Duration::from_millis(500) });
+        assert_eq!(throttled.get_details_retry_info().and_then(|r| r.retry_delay), Some(Duration::from_millis(500)));
+    }
+}

@@ -5,6 +5,8 @@
 mod budget;
 mod error;
 mod lifecycle;
+#[cfg(test)]
+mod lifecycle_tests;
 mod locks;
 pub mod review;
 #[cfg(test)]

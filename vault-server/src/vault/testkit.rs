@@ -1,8 +1,10 @@
-//! Test doubles for the vault: a clock the test moves and a prober that accepts every code.
-//! Unit tests only; end-to-end tests use the real binary and a real Dovecot.
+//! Test doubles for the vault: a clock the test moves, a prober that accepts every code, and a
+//! scripted prober that answers from a list and records what it was asked. Unit tests only;
+//! end-to-end tests use the real binary and a real Dovecot.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::{Clock, ProbeBudget, Vault};
@@ -50,21 +52,67 @@ impl Prober for AcceptAll {
     }
 }
 
+/// Answers each probe with the next scripted outcome (ACCEPTED once the script runs out) and
+/// records the codes it was asked to try, in order.
+#[derive(Debug, Default)]
+pub struct Scripted {
+    script: Mutex<VecDeque<ProbeOutcome>>,
+    tried: Mutex<Vec<String>>,
+}
+
+impl Scripted {
+    pub fn new(outcomes: &[ProbeOutcome]) -> Arc<Self> {
+        Arc::new(Self { script: Mutex::new(outcomes.iter().copied().collect()), tried: Mutex::default() })
+    }
+
+    /// Queues more outcomes.
+    pub fn then(&self, outcomes: &[ProbeOutcome]) {
+        self.script.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend(outcomes);
+    }
+
+    /// The codes probed so far, oldest first.
+    pub fn tried(&self) -> Vec<String> {
+        self.tried.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+}
+
+#[tonic::async_trait]
+impl Prober for Scripted {
+    async fn probe(&self, req: ProbeRequest<'_>) -> ProbeReport {
+        self.tried.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(req.code.expose().to_owned());
+        let outcome = self
+            .script
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop_front()
+            .unwrap_or(ProbeOutcome::Accepted);
+        ProbeReport {
+            outcome,
+            server: req.provider.imap.to_string(),
+            server_response: format!("scripted {}", outcome.as_str()),
+            hint: req.provider.hint(outcome),
+            latency: Duration::ZERO,
+        }
+    }
+}
+
 /// A vault on a fresh SQLite file, with the fake clock and prober and a generous budget.
 pub fn vault(clock: Arc<FakeClock>) -> (tempfile::TempDir, Arc<Vault>) {
+    vault_with(clock, Arc::new(AcceptAll), ProbeBudget::new(1000, 1000))
+}
+
+/// A vault with the given prober and probe budget.
+pub fn vault_with(
+    clock: Arc<FakeClock>,
+    prober: Arc<dyn Prober>,
+    budget: ProbeBudget,
+) -> (tempfile::TempDir, Arc<Vault>) {
     let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
     let (keyring, wrapped) = Keyring::generate(&Key::random());
     let material = UnlockMaterial { salt: Salt([1; 16]), params: KdfParams::FLOOR, keys: vec![wrapped] };
     let store = SqliteStore::create(&tmp.path().join("vault.db"), &material, 0).unwrap_or_else(|e| panic!("{e}"));
-    let vault = Vault::new(
-        Arc::new(store),
-        keyring,
-        Registry::builtin(),
-        Arc::new(AcceptAll),
-        ProbeBudget::new(1000, 1000),
-        clock,
-        Arc::new(Metrics::default()),
-    );
+    let vault =
+        Vault::new(Arc::new(store), keyring, Registry::builtin(), prober, budget, clock, Arc::new(Metrics::default()));
     (tmp, Arc::new(vault))
 }
 

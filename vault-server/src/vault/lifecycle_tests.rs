@@ -1,0 +1,162 @@
+//! Every branch of Bind, Rotate, Revoke, Verify and Reveal against a scripted prober: which
+//! error, whether the provider was asked (and with which code), and what the store holds after.
+
+use std::sync::Arc;
+
+use super::testkit::{self, DAY, FakeClock, Scripted};
+use super::{ProbeBudget, Vault, VaultError};
+use crate::ids::{ClientId, Mailbox};
+use crate::outcome::{ProbeFailure, ProbeOutcome};
+use crate::secret::AuthCode;
+use crate::store::CredentialState;
+
+const OLD: &str = "abcd1234efgh5678";
+const NEW: &str = "ijkl9012mnop3456";
+
+fn pair() -> (Mailbox, ClientId) {
+    (Mailbox::parse("alice@sina.com").unwrap(), ClientId::parse("sender").unwrap())
+}
+
+fn setup(script: &[ProbeOutcome], burst: u32) -> (tempfile::TempDir, Arc<Vault>, Arc<Scripted>) {
+    let clock = Arc::new(FakeClock::default());
+    clock.set(1000 * DAY);
+    let prober = Scripted::new(script);
+    let (tmp, vault) = testkit::vault_with(clock, prober.clone(), ProbeBudget::new(burst, 1));
+    (tmp, vault, prober)
+}
+
+async fn bind(vault: &Vault, code: &str) -> Result<(), VaultError> {
+    let (m, c) = pair();
+    vault.bind(&testkit::admin(), m, c, AuthCode::new(code)).await.map(|_| ())
+}
+
+async fn rotate(vault: &Vault, code: &str, expected: Option<u64>) -> Result<super::Rotated, VaultError> {
+    let (m, c) = pair();
+    vault.rotate(&testkit::admin(), m, c, AuthCode::new(code), expected).await
+}
+
+fn revealed(vault: &Vault) -> Result<String, VaultError> {
+    let (m, c) = pair();
+    vault.reveal(&testkit::client("sender"), &m, &c).map(|r| r.code.expose().to_owned())
+}
+
+fn failure(e: &VaultError) -> Option<ProbeFailure> {
+    match e {
+        VaultError::ProbeFailed(f) => Some(f.failure()),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn bind_checks_format_provider_and_state_before_any_probe() {
+    let (_tmp, vault, prober) = setup(&[], 10);
+    assert!(matches!(bind(&vault, "my login password").await, Err(VaultError::BadCodeFormat { .. })));
+    let (_, c) = pair();
+    let unknown = vault.bind(&testkit::admin(), Mailbox::parse("x@example.org").unwrap(), c, AuthCode::new(OLD)).await;
+    assert!(matches!(unknown, Err(VaultError::UnknownProvider { .. })));
+    assert!(prober.tried().is_empty(), "a cheap check probed");
+    bind(&vault, OLD).await.unwrap();
+    assert!(matches!(bind(&vault, OLD).await, Err(VaultError::AlreadyExists)));
+    assert_eq!(prober.tried(), [OLD], "the second Bind must not probe");
+    assert_eq!(revealed(&vault).unwrap(), OLD);
+}
+
+#[tokio::test]
+async fn a_refused_or_unreachable_bind_stores_nothing() {
+    for (outcome, want) in [
+        (ProbeOutcome::Rejected, ProbeFailure::Rejected),
+        (ProbeOutcome::Unreachable, ProbeFailure::Unreachable),
+        (ProbeOutcome::TlsFailed, ProbeFailure::TlsFailed),
+        (ProbeOutcome::TimedOut, ProbeFailure::TimedOut),
+        (ProbeOutcome::ProtocolError, ProbeFailure::ProtocolError),
+    ] {
+        let (_tmp, vault, _) = setup(&[outcome], 10);
+        let err = bind(&vault, OLD).await.unwrap_err();
+        assert_eq!(failure(&err), Some(want), "{err:?}");
+        assert!(matches!(revealed(&vault), Err(VaultError::NotFound)));
+        // The refusal is audited; nothing else is.
+        let page = vault.audit_events(crate::store::AuditQuery { limit: 10, ..Default::default() }).await.unwrap();
+        assert_eq!(page.items.len(), 1);
+        assert_eq!(page.items[0].event.outcome, format!("PROBE_{}", outcome.as_str()));
+    }
+}
+
+#[tokio::test]
+async fn an_empty_budget_refuses_before_the_network() {
+    let (_tmp, vault, prober) = setup(&[], 1);
+    bind(&vault, OLD).await.unwrap();
+    let (m, c) = pair();
+    let err = vault.verify(&testkit::admin(), m, c).await.unwrap_err();
+    assert!(matches!(err, VaultError::RateLimited { .. }), "{err:?}");
+    assert_eq!(prober.tried().len(), 1);
+}
+
+#[tokio::test]
+async fn rotate_branches() {
+    let (_tmp, vault, prober) = setup(&[], 100);
+    assert!(matches!(rotate(&vault, NEW, None).await, Err(VaultError::NotFound)));
+    bind(&vault, OLD).await.unwrap();
+    // Version conflict and bad format cost no probe.
+    assert!(matches!(rotate(&vault, NEW, Some(7)).await, Err(VaultError::Aborted(_))));
+    assert!(matches!(rotate(&vault, "short", Some(1)).await, Err(VaultError::BadCodeFormat { .. })));
+    assert_eq!(prober.tried(), [OLD]);
+    // A refused new code changes nothing.
+    prober.then(&[ProbeOutcome::Rejected]);
+    let err = rotate(&vault, NEW, Some(1)).await.unwrap_err();
+    assert_eq!(failure(&err), Some(ProbeFailure::Rejected));
+    assert_eq!(revealed(&vault).unwrap(), OLD);
+    // Accepted: swapped in at version 2; then the old code is probed, and is still accepted.
+    let r = rotate(&vault, NEW, Some(1)).await.unwrap();
+    assert_eq!(r.row.version, 2);
+    assert_eq!(r.previous_code_probe.map(|p| p.outcome), Some(ProbeOutcome::Accepted));
+    assert_eq!(prober.tried(), [OLD, NEW, NEW, OLD]);
+    assert_eq!(revealed(&vault).unwrap(), NEW);
+}
+
+#[tokio::test]
+async fn rotate_with_the_budget_spent_after_the_new_code_skips_the_old_codes_probe() {
+    let (_tmp, vault, prober) = setup(&[], 2);
+    bind(&vault, OLD).await.unwrap();
+    let r = rotate(&vault, NEW, None).await.unwrap();
+    assert!(r.previous_code_probe.is_none());
+    assert_eq!(prober.tried(), [OLD, NEW]);
+}
+
+#[tokio::test]
+async fn revoke_commits_even_when_the_provider_is_down_and_only_once() {
+    let (_tmp, vault, prober) = setup(&[], 100);
+    let (m, c) = pair();
+    let long = "x".repeat(501);
+    assert!(matches!(
+        vault.revoke(&testkit::admin(), m.clone(), c.clone(), &long).await,
+        Err(VaultError::InvalidField { field: "reason", .. })
+    ));
+    assert!(matches!(vault.revoke(&testkit::admin(), m.clone(), c.clone(), "x").await, Err(VaultError::NotFound)));
+    bind(&vault, OLD).await.unwrap();
+    prober.then(&[ProbeOutcome::Unreachable]);
+    let r = vault.revoke(&testkit::admin(), m.clone(), c.clone(), "laptop retired").await.unwrap();
+    assert_eq!(r.row.state, CredentialState::Revoked);
+    assert!(r.row.code.is_none(), "the ciphertext must be gone");
+    assert_eq!(r.probe.map(|p| p.outcome), Some(ProbeOutcome::Unreachable));
+    assert_eq!(prober.tried(), [OLD, OLD], "the destroyed code is probed after the commit");
+    assert!(matches!(vault.revoke(&testkit::admin(), m.clone(), c.clone(), "again").await, Err(VaultError::Revoked)));
+    assert!(matches!(revealed(&vault), Err(VaultError::Revoked)));
+    assert!(matches!(vault.verify(&testkit::admin(), m, c).await, Err(VaultError::Revoked)));
+    assert!(matches!(rotate(&vault, NEW, None).await, Err(VaultError::Revoked)));
+    // A revoked pair may be bound again.
+    bind(&vault, NEW).await.unwrap();
+    assert_eq!(revealed(&vault).unwrap(), NEW);
+}
+
+#[tokio::test]
+async fn verify_records_a_rejection_and_keeps_the_code() {
+    let (_tmp, vault, prober) = setup(&[], 100);
+    bind(&vault, OLD).await.unwrap();
+    prober.then(&[ProbeOutcome::Rejected]);
+    let (m, c) = pair();
+    let (row, report) = vault.verify(&testkit::admin(), m, c).await.unwrap();
+    assert_eq!(report.outcome, ProbeOutcome::Rejected);
+    assert_eq!(row.last_probe_outcome, Some(ProbeOutcome::Rejected));
+    assert_eq!(row.last_verified_at, Some(1000 * DAY));
+    assert_eq!(revealed(&vault).unwrap(), OLD, "a rejected code stays stored");
+}
