@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use crate::crypto::{CryptoError, KdfParams, Keyring, Salt, derive_kek};
 use crate::secret::Passphrase;
-use crate::store::{SqliteStore, Store, StoreError, UnlockMaterial};
+use crate::store::{SqliteStore, StoreError, UnlockMaterial};
 
 pub const DB_FILE: &str = "vault.db";
 /// Shortest passphrase `init` accepts.
@@ -73,7 +73,7 @@ pub fn unlock(dir: &Path, passphrase: &Passphrase) -> Result<(SqliteStore, Keyri
         return Err(DataDirError::NotInitialised(dir.to_owned()));
     }
     let store = SqliteStore::open(&db_path(dir)).map_err(store_err)?;
-    let material = store.unlock_material().map_err(store_err)?;
+    let material = store.sync().unlock_material().map_err(store_err)?;
     let kek =
         derive_kek(passphrase, &material.salt, material.params).map_err(|e| DataDirError::Crypto(dir.to_owned(), e))?;
     let keyring = Keyring::unlock(&kek, &material.keys).map_err(|e| match e {

@@ -1,5 +1,5 @@
 //! What a login probe found: a leaf type shared by the probe, the providers' hints, the store
-//! and the API. [`ProbeFailure`] is every outcome but ACCEPTED, so a failure can never claim
+//! and the API. [`ProbeFailure`](crate::outcome::ProbeFailure) is every outcome but ACCEPTED, so a failure can never claim
 //! success.
 
 /// What a login probe found. Numbering matches `vault.v1.ProbeOutcome`.

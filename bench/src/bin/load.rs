@@ -4,7 +4,6 @@
 //! `vault-load --data-dir DIR --passphrase-file F --count 1000000`
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Instant;
 
 use clap::Parser;
@@ -12,7 +11,7 @@ use vault_server::datadir;
 use vault_server::ids::{ClientId, Mailbox};
 use vault_server::outcome::ProbeOutcome;
 use vault_server::secret::Passphrase;
-use vault_server::store::{AuditEvent, NewBinding, Store, StoredCode};
+use vault_server::store::{AuditEvent, NewBinding, StoredCode};
 
 /// Bulk-load bindings into a data dir.
 #[derive(Debug, Parser)]
@@ -37,7 +36,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     let passphrase = Passphrase::new(&std::fs::read_to_string(&args.passphrase_file)?);
     let (store, keyring) = datadir::unlock(&args.data_dir, &passphrase)?;
-    let store = Arc::new(store);
+    // The synchronous engine: this tool runs outside any async runtime.
+    let store = store.sync();
     let now = i64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis())?;
     let started = Instant::now();
     let client = ClientId::parse("sender")?;
@@ -46,16 +46,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let last = (first + args.batch).min(args.count);
         let mailboxes: Vec<Mailbox> =
             (first..last).map(|i| Mailbox::parse(&format!("user{i:06}@sina.com"))).collect::<Result<_, _>>()?;
-        let rows: Vec<NewBinding<'_>> = mailboxes
-            .iter()
+        let rows: Vec<NewBinding> = mailboxes
+            .into_iter()
             .zip(first..last)
             .map(|(m, i)| {
                 let code = format!("CODE{i:012}");
                 let (key_id, sealed) = keyring.seal_code(m.as_str(), client.as_str(), 1, code.as_bytes());
                 NewBinding {
                     mailbox: m,
-                    client: &client,
-                    provider: "sina",
+                    client: client.clone(),
+                    provider: "sina".into(),
                     code: StoredCode { key_id, sealed },
                     now: now - i64::from(i % 365) * DAY_MS - 1000,
                     probe_outcome: ProbeOutcome::Accepted,

@@ -9,7 +9,7 @@
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use subtle::ConstantTimeEq;
@@ -18,7 +18,7 @@ use super::bearer::{check, digest};
 use super::throttle::FailureThrottle;
 use super::{AuthError, Caller, Role, Token};
 use crate::crypto::{Key, KeyId, Keyring, hmac, verify_hmac};
-use crate::store::{Millis, Store, StoreError, TokenRow};
+use crate::store::{Millis, StoreError, TokenRow, TokenStore};
 
 /// How often the cache re-reads the token table.
 pub const RELOAD_EVERY: Duration = Duration::from_millis(250);
@@ -50,13 +50,14 @@ struct Entry {
 
 /// The verified, unrevoked tokens and their recent uses.
 pub struct Tokens {
-    store: Arc<dyn Store>,
+    store: Arc<dyn TokenStore>,
     mac_keys: HashMap<KeyId, Key>,
     active_key: KeyId,
     table: RwLock<HashMap<String, Arc<Entry>>>,
     /// Millis until which the table is vouched for (the start of the last good read + VOUCH_FOR).
     vouched_until: AtomicI64,
-    reloads: Mutex<ReloadState>,
+    /// Serialises re-reads (held across the store's read).
+    reloads: tokio::sync::Mutex<ReloadState>,
     throttle: FailureThrottle,
 }
 
@@ -82,7 +83,7 @@ fn millis(d: Duration) -> Millis {
 
 impl Tokens {
     /// Derives the MAC keys from the unlocked keyring. Call [`Tokens::reload`] before use.
-    pub fn new(store: Arc<dyn Store>, keyring: &Keyring) -> Result<Self, StoreError> {
+    pub fn new(store: Arc<dyn TokenStore>, keyring: &Keyring) -> Result<Self, StoreError> {
         let mut mac_keys = HashMap::new();
         for id in keyring.key_ids() {
             mac_keys.insert(id, keyring.token_mac_key(id).map_err(|e| StoreError::Corrupt(e.to_string()))?);
@@ -93,13 +94,13 @@ impl Tokens {
             active_key: keyring.active_key_id(),
             table: RwLock::new(HashMap::new()),
             vouched_until: AtomicI64::new(Millis::MIN),
-            reloads: Mutex::new(ReloadState::default()),
+            reloads: tokio::sync::Mutex::new(ReloadState::default()),
             throttle: FailureThrottle::default(),
         })
     }
 
     /// Creates and stores a token for `role`; the token itself exists only in the return value.
-    pub fn mint(&self, role: &Role, now: Millis) -> Result<(Token, String), StoreError> {
+    pub async fn mint(&self, role: &Role, now: Millis) -> Result<(Token, String), StoreError> {
         let token = Token::generate();
         let (id, role, digest) = (token.id(), role.to_string(), token.digest());
         let key = self.mac_keys.get(&self.active_key).ok_or_else(|| StoreError::Corrupt("no active key".into()))?;
@@ -114,7 +115,7 @@ impl Tokens {
             last_used_at: None,
             revoked_at: None,
         };
-        self.store.insert_token(&row)?;
+        self.store.insert_token(row).await?;
         Ok((token, id))
     }
 
@@ -130,12 +131,12 @@ impl Tokens {
     /// Re-reads the token table at `now`. Unusable rows are skipped and reported once each; an
     /// error means the store could not be read at all (the old table stays, vouched for until
     /// its time runs out).
-    pub fn reload(&self, now: Millis) -> Result<(), StoreError> {
-        let mut state = self.reloads.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        self.reload_locked(&mut state, now)
+    pub async fn reload(&self, now: Millis) -> Result<(), StoreError> {
+        let mut state = self.reloads.lock().await;
+        self.reload_locked(&mut state, now).await
     }
 
-    fn reload_locked(&self, state: &mut ReloadState, now: Millis) -> Result<(), StoreError> {
+    async fn reload_locked(&self, state: &mut ReloadState, now: Millis) -> Result<(), StoreError> {
         state.last_started = Some(Instant::now());
         let mut table = HashMap::new();
         let mut report = |id: &str, why: &str| {
@@ -143,7 +144,7 @@ impl Tokens {
                 tracing::warn!(token_id = %id, "token row refused: {why}; the other tokens are unaffected");
             }
         };
-        for read in self.store.tokens()? {
+        for read in self.store.tokens().await? {
             let t = match read {
                 Ok(t) => t,
                 Err(bad) => {
@@ -184,8 +185,8 @@ impl Tokens {
     /// For an id not in the cache: re-read the table unless a read began after this request
     /// arrived (it would have seen any token minted before), within the rate cap. Concurrent
     /// misses wait for one another, so they share a read.
-    fn reload_on_miss(&self, arrived: Instant, now: Millis) -> bool {
-        let mut state = self.reloads.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    async fn reload_on_miss(&self, arrived: Instant, now: Millis) -> bool {
+        let mut state = self.reloads.lock().await;
         if state.last_started.is_some_and(|t| t >= arrived) {
             return true;
         }
@@ -198,7 +199,7 @@ impl Tokens {
             return false;
         }
         state.misses_in_window += 1;
-        match self.reload_locked(&mut state, now) {
+        match self.reload_locked(&mut state, now).await {
             Ok(()) => true,
             Err(e) => {
                 tracing::warn!(error = %e, "token table re-read failed");
@@ -225,7 +226,7 @@ impl Tokens {
 
     /// Checks an `authorization` header value from `peer`; the token is never logged or echoed,
     /// nor copied.
-    pub fn authenticate(
+    pub async fn authenticate(
         &self,
         header: Option<&str>,
         peer: Option<IpAddr>,
@@ -249,7 +250,7 @@ impl Tokens {
         // A throttled peer gets no re-read of the table.
         let error = self.failed(peer, AuthError::InvalidToken);
         if error == AuthError::InvalidToken
-            && self.reload_on_miss(arrived, now)
+            && self.reload_on_miss(arrived, now).await
             && let Some(caller) = self.lookup(id, &digest, now)
         {
             return Ok(caller);
@@ -259,7 +260,7 @@ impl Tokens {
     }
 
     /// Writes the last-used times that changed since the previous flush.
-    pub fn flush_uses(&self) -> Result<(), StoreError> {
+    pub async fn flush_uses(&self) -> Result<(), StoreError> {
         let changed: Vec<(Arc<Entry>, Millis)> = self
             .table
             .read()
@@ -274,7 +275,7 @@ impl Tokens {
             return Ok(());
         }
         let uses: Vec<(String, Millis)> = changed.iter().map(|(e, used)| (e.caller.token_id.clone(), *used)).collect();
-        self.store.record_token_use(&uses)?;
+        self.store.record_token_use(uses).await?;
         for (e, used) in changed {
             e.flushed.fetch_max(used, Ordering::Relaxed);
         }
@@ -302,24 +303,24 @@ mod tests {
         format!("Bearer {}", t.expose())
     }
 
-    #[test]
-    fn minted_tokens_authenticate_until_revoked() {
+    #[tokio::test]
+    async fn minted_tokens_authenticate_until_revoked() {
         let (_tmp, store, tokens) = setup();
-        let (token, id) = tokens.mint(&Role::Admin, 1).unwrap();
-        tokens.reload(1).unwrap();
-        let caller = tokens.authenticate(Some(&bearer(&token)), None, 5).unwrap();
+        let (token, id) = tokens.mint(&Role::Admin, 1).await.unwrap();
+        tokens.reload(1).await.unwrap();
+        let caller = tokens.authenticate(Some(&bearer(&token)), None, 5).await.unwrap();
         assert_eq!((caller.token_id.as_str(), &caller.role), (id.as_str(), &Role::Admin));
-        tokens.flush_uses().unwrap();
-        assert_eq!(store.tokens().unwrap()[0].as_ref().unwrap().last_used_at, Some(5));
-        store.revoke_token(&id, 9).unwrap();
-        tokens.reload(10).unwrap();
-        assert_eq!(tokens.authenticate(Some(&bearer(&token)), None, 10).unwrap_err(), AuthError::InvalidToken);
+        tokens.flush_uses().await.unwrap();
+        assert_eq!(store.tokens().await.unwrap()[0].as_ref().unwrap().last_used_at, Some(5));
+        store.revoke_token(id.clone(), 9).await.unwrap();
+        tokens.reload(10).await.unwrap();
+        assert_eq!(tokens.authenticate(Some(&bearer(&token)), None, 10).await.unwrap_err(), AuthError::InvalidToken);
     }
 
-    #[test]
-    fn wrong_missing_and_forged_tokens_are_refused() {
+    #[tokio::test]
+    async fn wrong_missing_and_forged_tokens_are_refused() {
         let (_tmp, store, tokens) = setup();
-        let (token, _) = tokens.mint(&Role::Client(crate::ids::ClientId::parse("sender").unwrap()), 1).unwrap();
+        let (token, _) = tokens.mint(&Role::Client(crate::ids::ClientId::parse("sender").unwrap()), 1).await.unwrap();
         // A row inserted by hand, with a digest of a token the attacker knows but no valid MAC.
         let forged = Token::generate();
         let row = TokenRow {
@@ -332,46 +333,51 @@ mod tests {
             last_used_at: None,
             revoked_at: None,
         };
-        store.insert_token(&row).unwrap();
-        tokens.reload(2).unwrap();
-        let err = |h: Option<&str>| tokens.authenticate(h, None, 2).unwrap_err();
-        assert_eq!(err(None), AuthError::MissingToken);
-        assert_eq!(err(Some("Bearer nope")), AuthError::MalformedToken);
-        assert_eq!(err(Some(&bearer(&forged))), AuthError::InvalidToken);
+        store.insert_token(row).await.unwrap();
+        tokens.reload(2).await.unwrap();
+        let err = async |h: Option<&str>| tokens.authenticate(h, None, 2).await.unwrap_err();
+        assert_eq!(err(None).await, AuthError::MissingToken);
+        assert_eq!(err(Some("Bearer nope")).await, AuthError::MalformedToken);
+        assert_eq!(err(Some(&bearer(&forged))).await, AuthError::InvalidToken);
         // Same id, other secret: the same answer as an unknown id.
         let mut other = token.expose().to_owned();
         let last = if other.ends_with('A') { 'B' } else { 'A' };
         other.pop();
         other.push(last);
-        assert_eq!(err(Some(&format!("Bearer {other}"))), AuthError::InvalidToken);
+        assert_eq!(err(Some(&format!("Bearer {other}"))).await, AuthError::InvalidToken);
     }
 
-    #[test]
-    fn a_table_that_cannot_be_reread_stops_vouching_for_tokens() {
+    #[tokio::test]
+    async fn a_table_that_cannot_be_reread_stops_vouching_for_tokens() {
         let (_tmp, _store, tokens) = setup();
-        let (token, _) = tokens.mint(&Role::Admin, 1).unwrap();
-        tokens.reload(1_000).unwrap();
-        assert!(tokens.authenticate(Some(&bearer(&token)), None, 1_900).is_ok());
+        let (token, _) = tokens.mint(&Role::Admin, 1).await.unwrap();
+        tokens.reload(1_000).await.unwrap();
+        assert!(tokens.authenticate(Some(&bearer(&token)), None, 1_900).await.is_ok());
         let late = 1_000 + millis(VOUCH_FOR) + 1;
-        assert_eq!(tokens.authenticate(Some(&bearer(&token)), None, late).unwrap_err(), AuthError::TokensUnavailable);
-        tokens.reload(late).unwrap();
-        assert!(tokens.authenticate(Some(&bearer(&token)), None, late).is_ok());
+        assert_eq!(
+            tokens.authenticate(Some(&bearer(&token)), None, late).await.unwrap_err(),
+            AuthError::TokensUnavailable
+        );
+        tokens.reload(late).await.unwrap();
+        assert!(tokens.authenticate(Some(&bearer(&token)), None, late).await.is_ok());
     }
 
-    #[test]
-    fn a_peer_that_keeps_failing_is_throttled_but_valid_tokens_pass() {
+    #[tokio::test]
+    async fn a_peer_that_keeps_failing_is_throttled_but_valid_tokens_pass() {
         let (_tmp, _store, tokens) = setup();
-        let (token, _) = tokens.mint(&Role::Admin, 1).unwrap();
-        tokens.reload(1).unwrap();
+        let (token, _) = tokens.mint(&Role::Admin, 1).await.unwrap();
+        tokens.reload(1).await.unwrap();
         let peer = Some(IpAddr::from([127, 0, 0, 9]));
         let garbage = Token::generate();
-        let answers: Vec<AuthError> =
-            (0..40).map(|_| tokens.authenticate(Some(&bearer(&garbage)), peer, 2).unwrap_err()).collect();
+        let mut answers = Vec::new();
+        for _ in 0..40 {
+            answers.push(tokens.authenticate(Some(&bearer(&garbage)), peer, 2).await.unwrap_err());
+        }
         assert!(answers[..20].iter().all(|e| *e == AuthError::InvalidToken), "{answers:?}");
         assert!(answers[20..].iter().all(|e| matches!(e, AuthError::Throttled { .. })), "{answers:?}");
-        assert!(matches!(tokens.authenticate(None, peer, 2), Err(AuthError::Throttled { .. })));
-        assert!(tokens.authenticate(Some(&bearer(&token)), peer, 2).is_ok(), "a valid token is never throttled");
+        assert!(matches!(tokens.authenticate(None, peer, 2).await, Err(AuthError::Throttled { .. })));
+        assert!(tokens.authenticate(Some(&bearer(&token)), peer, 2).await.is_ok(), "a valid token is never throttled");
         let other = Some(IpAddr::from([127, 0, 0, 10]));
-        assert_eq!(tokens.authenticate(Some(&bearer(&garbage)), other, 2).unwrap_err(), AuthError::InvalidToken);
+        assert_eq!(tokens.authenticate(Some(&bearer(&garbage)), other, 2).await.unwrap_err(), AuthError::InvalidToken);
     }
 }

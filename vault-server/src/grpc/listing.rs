@@ -154,10 +154,10 @@ mod tests {
         vault.bind(&testkit::admin(), m, c, AuthCode::new("abcd1234efgh5678")).await.unwrap();
     }
 
-    fn reveal_at(vault: &Vault, clock: &FakeClock, at: i64, m: &str, c: &str) {
+    async fn reveal_at(vault: &Vault, clock: &FakeClock, at: i64, m: &str, c: &str) {
         clock.set(at);
         let (m, c) = ids(m, c);
-        vault.reveal(&testkit::client(c.as_str()), &m, &c).unwrap();
+        vault.reveal(&testkit::client(c.as_str()), &m, &c).await.unwrap();
     }
 
     async fn page(vault: &Vault, token: &str, size: u32, unused_for: Option<i64>) -> proto::ListUnusedClientsResponse {
@@ -184,9 +184,9 @@ mod tests {
         bind_at(&vault, &clock, cutoff, "never@sina.com", "atcutoff").await;
         bind_at(&vault, &clock, NOW - DAY, "never@sina.com", "new").await;
         bind_at(&vault, &clock, NOW - 300 * DAY, "used@sina.com", "stale").await;
-        reveal_at(&vault, &clock, cutoff - 1, "used@sina.com", "stale");
+        reveal_at(&vault, &clock, cutoff - 1, "used@sina.com", "stale").await;
         bind_at(&vault, &clock, NOW - 300 * DAY, "used@sina.com", "fresh").await;
-        reveal_at(&vault, &clock, cutoff, "used@sina.com", "fresh");
+        reveal_at(&vault, &clock, cutoff, "used@sina.com", "fresh").await;
         bind_at(&vault, &clock, NOW - 300 * DAY, "gone@sina.com", "revoked").await;
         let (m, c) = ids("gone@sina.com", "revoked");
         vault.revoke(&testkit::admin(), m, c, "left").await.unwrap();
@@ -225,8 +225,8 @@ mod tests {
         assert!(!first.next_page_token.is_empty());
         // Between pages: u1 (already listed) and u4 (not yet) are used; u5 is revoked; u9 is bound
         // long ago by a clock jump backwards (it sorts before the token and is not re-listed).
-        reveal_at(&vault, &clock, NOW, "u1@sina.com", "sender");
-        reveal_at(&vault, &clock, NOW, "u4@sina.com", "sender");
+        reveal_at(&vault, &clock, NOW, "u1@sina.com", "sender").await;
+        reveal_at(&vault, &clock, NOW, "u4@sina.com", "sender").await;
         let (m, c) = ids("u5@sina.com", "sender");
         vault.revoke(&testkit::admin(), m, c, "").await.unwrap();
         bind_at(&vault, &clock, NOW - 300 * DAY, "u9@sina.com", "sender").await;
@@ -250,8 +250,8 @@ mod tests {
         let (_tmp, vault) = testkit::vault(clock.clone());
         bind_at(&vault, &clock, NOW - 200 * DAY, "a@sina.com", "sender").await;
         bind_at(&vault, &clock, NOW - 200 * DAY, "b@sina.com", "sender").await;
-        reveal_at(&vault, &clock, NOW - 100 * DAY, "a@sina.com", "sender");
-        reveal_at(&vault, &clock, NOW - 99 * DAY, "a@sina.com", "sender");
+        reveal_at(&vault, &clock, NOW - 100 * DAY, "a@sina.com", "sender").await;
+        reveal_at(&vault, &clock, NOW - 99 * DAY, "a@sina.com", "sender").await;
         clock.set(NOW);
         let req = proto::ListUnusedClientsRequest { mailbox: "A@sina.com".into(), ..Default::default() };
         assert_eq!(names(&unused(&vault, req).await.unwrap()), ["a@sina.com/sender"]);

@@ -103,7 +103,7 @@ impl AuthCodeVault for VaultService {
         let (mailbox, client) = pair(&req.mailbox, &req.client)?;
         record_pair(&mailbox, &client);
         who.require_client("Reveal", &client)?;
-        let revealed = self.vault.reveal(&who, &mailbox, &client)?;
+        let revealed = self.vault.reveal(&who, &mailbox, &client).await?;
         let p = &revealed.provider;
         Ok(Response::new(proto::RevealResponse {
             auth_code: revealed.code.expose().to_owned(),
@@ -125,7 +125,7 @@ impl AuthCodeVault for VaultService {
         let (mailbox, client) = pair(&req.mailbox, &req.client)?;
         record_pair(&mailbox, &client);
         who.require_admin_or_client("GetCredential", &client)?;
-        Ok(Response::new(std::sync::Arc::unwrap_or_clone(self.vault.get(&mailbox, &client)?).into()))
+        Ok(Response::new(std::sync::Arc::unwrap_or_clone(self.vault.get(&mailbox, &client).await?).into()))
     }
 
     #[instrument(skip_all, fields(rpc = "ListCredentials"))]

@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use super::Metrics;
-use crate::store::Store;
+use crate::store::CredentialStore;
 
 /// The endpoint's limits.
 #[derive(Debug, Clone, Copy)]
@@ -43,17 +43,13 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
 async fn answer(
     req: Request<Incoming>,
     metrics: Arc<Metrics>,
-    store: Arc<dyn Store>,
+    store: Arc<dyn CredentialStore>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     if req.method() != Method::GET || req.uri().path() != "/metrics" {
         return Ok(text(StatusCode::NOT_FOUND, "only GET /metrics is served here\n".into()));
     }
-    let counts = tokio::task::spawn_blocking(move || store.count_by_state()).await;
-    let rendered = match counts {
-        Ok(Ok((active, revoked))) => {
-            metrics.render(&[("active", active), ("revoked", revoked)]).map_err(|e| e.to_string())
-        }
-        Ok(Err(e)) => Err(e.to_string()),
+    let rendered = match store.count_by_state().await {
+        Ok((active, revoked)) => metrics.render(&[("active", active), ("revoked", revoked)]).map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),
     };
     Ok(match rendered {
@@ -66,7 +62,12 @@ async fn answer(
 }
 
 /// Serves `/metrics` on `listener` until the task is dropped.
-pub async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>, store: Arc<dyn Store>, limits: MetricsLimits) {
+pub async fn serve_metrics(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    store: Arc<dyn CredentialStore>,
+    limits: MetricsLimits,
+) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     loop {
         let stream = match listener.accept().await {

@@ -126,11 +126,11 @@ pub async fn serve(args: ServeArgs, env_passphrase: Option<Passphrase>) -> Resul
     let store = Arc::new(CachedStore::new(store, DEFAULT_CAPACITY));
     let tokens = Arc::new(Tokens::new(store.clone(), &keyring)?);
     if new_dev_vault {
-        let (token, id) = tokens.mint(&Role::Admin, now())?;
+        let (token, id) = tokens.mint(&Role::Admin, now()).await?;
         tracing::info!(token_id = %id, "dev mode: minted an admin token; it is printed once on stdout");
         println!("admin token (shown once): {}", token.expose());
     }
-    tokens.reload(now())?;
+    tokens.reload(now()).await?;
     let prober = NetworkProber::new(
         tls,
         ProbeSettings {
@@ -181,7 +181,7 @@ pub async fn serve(args: ServeArgs, env_passphrase: Option<Passphrase>) -> Resul
     if let Some(task) = metrics_task {
         task.abort();
     }
-    match store.inner().checkpoint() {
+    match store.inner().sync().checkpoint() {
         Ok(true) => {}
         Ok(false) => {
             tracing::warn!(

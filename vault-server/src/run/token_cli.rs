@@ -9,7 +9,7 @@ use crate::cli::{TokenArgs, TokenCommand};
 use crate::datadir::{self, DataDirError};
 use crate::ids::ClientId;
 use crate::secret::Passphrase;
-use crate::store::{SqliteStore, Store, StoreError};
+use crate::store::{SqliteStore, StoreError};
 
 fn open(dir: &std::path::Path) -> Result<SqliteStore, RunError> {
     if !datadir::is_initialised(dir) {
@@ -36,7 +36,9 @@ pub fn run(args: TokenArgs, env_passphrase: Option<Passphrase>) -> Result<(), Ru
             let passphrase = read_passphrase(&passphrase, env_passphrase)?;
             let (store, keyring) = datadir::unlock(&data_dir, &passphrase)?;
             let tokens = Tokens::new(Arc::new(store), &keyring)?;
-            let (token, id) = tokens.mint(&role, now())?;
+            let runtime =
+                tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(RunError::Runtime)?;
+            let (token, id) = runtime.block_on(tokens.mint(&role, now()))?;
             eprintln!("created token {id} ({role}); it is shown once, below");
             println!("{}", token.expose());
             Ok(())
@@ -44,7 +46,7 @@ pub fn run(args: TokenArgs, env_passphrase: Option<Passphrase>) -> Result<(), Ru
         TokenCommand::List { data_dir } => {
             let store = open(&data_dir)?;
             println!("{:<16} {:<28} {:>12} {:>12} STATE", "ID", "ROLE", "CREATED", "LAST USED");
-            for read in store.tokens()? {
+            for read in store.sync().tokens()? {
                 match read {
                     Ok(t) => {
                         // Revoking destroys the MAC; a row without one is never honoured.
@@ -70,11 +72,11 @@ pub fn run(args: TokenArgs, env_passphrase: Option<Passphrase>) -> Result<(), Ru
         }
         TokenCommand::Revoke { data_dir, id } => {
             let store = open(&data_dir)?;
-            match store.revoke_token(&id, now()) {
+            match store.sync().revoke_token(&id, now()) {
                 Ok(()) => {
                     eprintln!("revoked token {id}; a running server refuses it within a second");
                     // The row's old MAC must not stay in the WAL, where it could be copied back.
-                    match store.checkpoint() {
+                    match store.sync().checkpoint() {
                         Ok(true) => {}
                         Ok(false) => eprintln!(
                             "warning: readers kept the WAL from being truncated; the old row may stay in vault.db-wal until the next checkpoint"

@@ -80,19 +80,19 @@ where
         let slots = self.slots.clone();
         match &self.gate {
             Gate::Authenticated { tokens, metrics } => {
-                let peer = req.extensions().get::<TcpConnectInfo>().and_then(TcpConnectInfo::remote_addr);
-                let header = req.headers().get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-                match tokens.authenticate(header, peer.map(|a| a.ip()), SystemClock.now_millis()) {
-                    Ok(caller) => {
-                        req.extensions_mut().insert(caller);
-                    }
-                    Err(e) => {
-                        metrics.observe_auth_failure(e.reason());
-                        let response = tonic::Status::from(e).into_http();
-                        return Box::pin(async move { Ok(response) });
-                    }
-                }
+                let (tokens, metrics) = (tokens.clone(), metrics.clone());
                 Box::pin(async move {
+                    let peer = req.extensions().get::<TcpConnectInfo>().and_then(TcpConnectInfo::remote_addr);
+                    let header = req.headers().get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+                    match tokens.authenticate(header, peer.map(|a| a.ip()), SystemClock.now_millis()).await {
+                        Ok(caller) => {
+                            req.extensions_mut().insert(caller);
+                        }
+                        Err(e) => {
+                            metrics.observe_auth_failure(e.reason());
+                            return Ok(tonic::Status::from(e).into_http());
+                        }
+                    }
                     // The semaphore is never closed; a failed acquire would only mean no limit.
                     let _slot = slots.acquire_owned().await.ok();
                     inner.call(req).await

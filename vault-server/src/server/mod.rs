@@ -82,11 +82,8 @@ async fn upkeep(vault: Arc<Vault>, tokens: Arc<Tokens>, usage_flush: Duration) {
     loop {
         tokio::select! {
             _ = reload.tick() => {
-                let t = tokens.clone();
-                match tokio::task::spawn_blocking(move || t.reload(SystemClock.now_millis())).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => tracing::warn!(error = %e, "token table refresh failed"),
-                    Err(e) => tracing::warn!(error = %e, "token table refresh task failed"),
+                if let Err(e) = tokens.reload(SystemClock.now_millis()).await {
+                    tracing::warn!(error = %e, "token table refresh failed");
                 }
             }
             _ = flush.tick() => flush_usage(&vault, &tokens).await,
@@ -99,8 +96,7 @@ async fn flush_usage(vault: &Vault, tokens: &Arc<Tokens>) {
     if let Err(e) = vault.flush_usage().await {
         tracing::warn!(error = %e, "could not write usage; keeping it for the next flush");
     }
-    let t = tokens.clone();
-    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || t.flush_uses()).await {
+    if let Err(e) = tokens.flush_uses().await {
         tracing::warn!(error = %e, "could not record token use");
     }
 }

@@ -11,10 +11,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use super::{
-    AuditEvent, AuditQuery, AuditRecord, CredentialRow, ListQuery, Millis, NewBinding, RotateChange, Store, StoreError,
-    TokenRow, UnlockMaterial, UnreadableToken, UnusedQuery,
+    AuditEvent, AuditQuery, AuditRecord, AuditStore, CredentialRow, CredentialStore, KeyMaterialStore, ListQuery,
+    Millis, NewBinding, ProbeRecord, RevokeChange, RotateChange, Store, StoreError, TokenRow, TokenStore,
+    UnlockMaterial, UnreadableToken, UnusedQuery,
 };
-use crate::outcome::ProbeOutcome;
 
 /// Rows kept; about 200 bytes each.
 pub const DEFAULT_CAPACITY: usize = 100_000;
@@ -70,33 +70,43 @@ impl<S: Store> CachedStore<S> {
     }
 
     /// Runs a write that touches one pair, keeping the cache honest around it.
-    fn write<T>(
+    async fn write<T>(
         &self,
         mailbox: &str,
         client: &str,
-        f: impl FnOnce() -> Result<T, StoreError>,
+        f: impl std::future::Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
         self.forget(mailbox, client);
-        let out = f();
+        let out = f.await;
         self.forget(mailbox, client);
         out
     }
+
+    fn lookup(&self, mailbox: &str, client: &str) -> Option<Arc<CredentialRow>> {
+        let cache = self.cache.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        cache.rows.get(mailbox).and_then(|c| c.get(client)).cloned()
+    }
 }
 
-impl<S: Store> Store for CachedStore<S> {
-    fn unlock_material(&self) -> Result<UnlockMaterial, StoreError> {
-        self.inner.unlock_material()
+#[tonic::async_trait]
+impl<S: Store> KeyMaterialStore for CachedStore<S> {
+    async fn unlock_material(&self) -> Result<UnlockMaterial, StoreError> {
+        self.inner.unlock_material().await
+    }
+}
+
+#[tonic::async_trait]
+impl<S: Store> CredentialStore for CachedStore<S> {
+    fn cached(&self, mailbox: &str, client: &str) -> Option<Arc<CredentialRow>> {
+        self.lookup(mailbox, client)
     }
 
-    fn get(&self, mailbox: &str, client: &str) -> Result<Arc<CredentialRow>, StoreError> {
-        {
-            let cache = self.cache.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-            if let Some(row) = cache.rows.get(mailbox).and_then(|c| c.get(client)) {
-                return Ok(row.clone());
-            }
+    async fn get(&self, mailbox: &str, client: &str) -> Result<Arc<CredentialRow>, StoreError> {
+        if let Some(row) = self.lookup(mailbox, client) {
+            return Ok(row);
         }
         let generation = self.generation.load(Ordering::Acquire);
-        let row = self.inner.get(mailbox, client)?;
+        let row = self.inner.get(mailbox, client).await?;
         let mut cache = self.write_cache();
         // Cache only if no write happened since the read began, and while there is room.
         if self.generation.load(Ordering::Acquire) == generation && cache.len < self.capacity {
@@ -108,90 +118,86 @@ impl<S: Store> Store for CachedStore<S> {
         Ok(row)
     }
 
-    fn bind(&self, new: NewBinding<'_>, audit: &AuditEvent) -> Result<CredentialRow, StoreError> {
+    async fn bind(&self, new: NewBinding, audit: AuditEvent) -> Result<CredentialRow, StoreError> {
         let (m, c) = (new.mailbox.as_str().to_owned(), new.client.as_str().to_owned());
-        self.write(&m, &c, || self.inner.bind(new, audit))
+        self.write(&m, &c, self.inner.bind(new, audit)).await
     }
 
-    fn import(&self, rows: &[NewBinding<'_>], audit: &AuditEvent) -> Result<(), StoreError> {
-        let out = self.inner.import(rows, audit);
-        for r in rows {
-            self.forget(r.mailbox.as_str(), r.client.as_str());
+    async fn import(&self, rows: Vec<NewBinding>, audit: AuditEvent) -> Result<(), StoreError> {
+        let pairs: Vec<(String, String)> =
+            rows.iter().map(|r| (r.mailbox.as_str().to_owned(), r.client.as_str().to_owned())).collect();
+        let out = self.inner.import(rows, audit).await;
+        for (m, c) in pairs {
+            self.forget(&m, &c);
         }
         out
     }
 
-    fn rotate(&self, change: RotateChange<'_>, audit: &AuditEvent) -> Result<CredentialRow, StoreError> {
-        let (m, c) = (change.mailbox.to_owned(), change.client.to_owned());
-        self.write(&m, &c, || self.inner.rotate(change, audit))
+    async fn rotate(&self, change: RotateChange, audit: AuditEvent) -> Result<CredentialRow, StoreError> {
+        let (m, c) = (change.mailbox.clone(), change.client.clone());
+        self.write(&m, &c, self.inner.rotate(change, audit)).await
     }
 
-    fn revoke(
-        &self,
-        mailbox: &str,
-        client: &str,
-        reason: &str,
-        now: Millis,
-        audit: &AuditEvent,
-    ) -> Result<CredentialRow, StoreError> {
-        self.write(mailbox, client, || self.inner.revoke(mailbox, client, reason, now, audit))
+    async fn revoke(&self, change: RevokeChange, audit: AuditEvent) -> Result<CredentialRow, StoreError> {
+        let (m, c) = (change.mailbox.clone(), change.client.clone());
+        self.write(&m, &c, self.inner.revoke(change, audit)).await
     }
 
-    fn record_probe(
-        &self,
-        mailbox: &str,
-        client: &str,
-        version: u64,
-        outcome: ProbeOutcome,
-        now: Millis,
-        audit: &AuditEvent,
-    ) -> Result<CredentialRow, StoreError> {
-        self.write(mailbox, client, || self.inner.record_probe(mailbox, client, version, outcome, now, audit))
+    async fn record_probe(&self, probe: ProbeRecord, audit: AuditEvent) -> Result<CredentialRow, StoreError> {
+        let (m, c) = (probe.mailbox.clone(), probe.client.clone());
+        self.write(&m, &c, self.inner.record_probe(probe, audit)).await
     }
 
-    fn audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
-        self.inner.audit(event)
+    async fn list(&self, query: ListQuery) -> Result<Vec<CredentialRow>, StoreError> {
+        self.inner.list(query).await
     }
 
-    fn list(&self, query: &ListQuery) -> Result<Vec<CredentialRow>, StoreError> {
-        self.inner.list(query)
+    async fn list_unused(&self, query: UnusedQuery) -> Result<Vec<CredentialRow>, StoreError> {
+        self.inner.list_unused(query).await
     }
 
-    fn list_unused(&self, query: &UnusedQuery) -> Result<Vec<CredentialRow>, StoreError> {
-        self.inner.list_unused(query)
-    }
-
-    fn record_reveals(&self, events: &[AuditEvent]) -> Result<(), StoreError> {
+    async fn record_reveals(&self, events: Vec<AuditEvent>) -> Result<(), StoreError> {
         // last_used_at changes: drop those rows so the next read sees it.
-        let out = self.inner.record_reveals(events);
-        for e in events {
-            self.forget(&e.mailbox, &e.client);
+        let pairs: Vec<(String, String)> = events.iter().map(|e| (e.mailbox.clone(), e.client.clone())).collect();
+        let out = self.inner.record_reveals(events).await;
+        for (m, c) in pairs {
+            self.forget(&m, &c);
         }
         out
     }
 
-    fn audit_events(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {
-        self.inner.audit_events(query)
+    async fn count_by_state(&self) -> Result<(u64, u64), StoreError> {
+        self.inner.count_by_state().await
+    }
+}
+
+#[tonic::async_trait]
+impl<S: Store> AuditStore for CachedStore<S> {
+    async fn audit(&self, event: AuditEvent) -> Result<(), StoreError> {
+        self.inner.audit(event).await
     }
 
-    fn count_by_state(&self) -> Result<(u64, u64), StoreError> {
-        self.inner.count_by_state()
+    async fn audit_events(&self, query: AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {
+        self.inner.audit_events(query).await
+    }
+}
+
+#[tonic::async_trait]
+impl<S: Store> TokenStore for CachedStore<S> {
+    async fn insert_token(&self, row: TokenRow) -> Result<(), StoreError> {
+        self.inner.insert_token(row).await
     }
 
-    fn insert_token(&self, row: &TokenRow) -> Result<(), StoreError> {
-        self.inner.insert_token(row)
+    async fn tokens(&self) -> Result<Vec<Result<TokenRow, UnreadableToken>>, StoreError> {
+        self.inner.tokens().await
     }
 
-    fn tokens(&self) -> Result<Vec<Result<TokenRow, UnreadableToken>>, StoreError> {
-        self.inner.tokens()
+    async fn revoke_token(&self, id: String, now: Millis) -> Result<(), StoreError> {
+        self.inner.revoke_token(id, now).await
     }
 
-    fn revoke_token(&self, id: &str, now: Millis) -> Result<(), StoreError> {
-        self.inner.revoke_token(id, now)
-    }
-
-    fn record_token_use(&self, uses: &[(String, Millis)]) -> Result<(), StoreError> {
-        self.inner.record_token_use(uses)
+    async fn record_token_use(&self, uses: Vec<(String, Millis)>) -> Result<(), StoreError> {
+        self.inner.record_token_use(uses).await
     }
 }
 
@@ -200,6 +206,7 @@ mod tests {
     use super::*;
     use crate::crypto::{KdfParams, Key, Keyring, Salt};
     use crate::ids::{ClientId, Mailbox};
+    use crate::outcome::ProbeOutcome;
     use crate::store::{SqliteStore, StoredCode};
 
     fn event() -> AuditEvent {
@@ -217,8 +224,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn writes_through_the_cache_are_seen_and_capacity_is_respected() {
+    #[tokio::test]
+    async fn writes_through_the_cache_are_seen_and_capacity_is_respected() {
         let tmp = tempfile::tempdir().unwrap();
         let (ring, wrapped) = Keyring::generate(&Key::random());
         let material = UnlockMaterial { salt: Salt([0; 16]), params: KdfParams::FLOOR, keys: vec![wrapped] };
@@ -226,21 +233,22 @@ mod tests {
         let (m, c) = (Mailbox::parse("a@sina.com").unwrap(), ClientId::parse("x").unwrap());
         let (key_id, sealed) = ring.seal_code(m.as_str(), c.as_str(), 1, b"code");
         let new = NewBinding {
-            mailbox: &m,
-            client: &c,
-            provider: "sina",
+            mailbox: m,
+            client: c,
+            provider: "sina".into(),
             code: StoredCode { key_id, sealed },
             now: 1,
             probe_outcome: ProbeOutcome::Accepted,
         };
-        store.bind(new, &event()).unwrap();
-        assert_eq!(store.get("a@sina.com", "x").unwrap().version, 1);
+        store.bind(new, event()).await.unwrap();
+        assert_eq!(store.get("a@sina.com", "x").await.unwrap().version, 1);
         assert_eq!(store.cache.read().unwrap().len, 1);
-        store.revoke("a@sina.com", "x", "gone", 2, &event()).unwrap();
-        assert!(store.get("a@sina.com", "x").unwrap().code.is_none(), "stale row after revoke");
+        let revoke = RevokeChange { mailbox: "a@sina.com".into(), client: "x".into(), reason: "gone".into(), now: 2 };
+        store.revoke(revoke, event()).await.unwrap();
+        assert!(store.get("a@sina.com", "x").await.unwrap().code.is_none(), "stale row after revoke");
         assert_eq!(store.cache.read().unwrap().len, 1);
         // Full: another pair is read but not cached.
-        assert!(matches!(store.get("b@sina.com", "x"), Err(StoreError::NotFound)));
+        assert!(matches!(store.get("b@sina.com", "x").await, Err(StoreError::NotFound)));
         assert_eq!(store.cache.read().unwrap().len, 1);
     }
 }

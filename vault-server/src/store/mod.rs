@@ -1,12 +1,17 @@
-//! Persistence behind a small trait, so that another backend (PostgreSQL for several stateless
-//! replicas) can follow. SQLite is the one backend today.
+//! Persistence behind traits split by concern (key material, credentials, audit, token rows),
+//! so that another engine (PostgreSQL for several stateless replicas) can follow. The traits are
+//! async and speak only [`StoreError`](crate::store::StoreError): an engine that blocks (SQLite) makes its own hop off the
+//! async workers. Every engine must pass the contract suite in `contract.rs`.
 
 mod cached;
-mod migrate;
+#[cfg(test)]
+mod contract;
 mod sqlite;
 
 pub use cached::{CachedStore, DEFAULT_CAPACITY};
-pub use sqlite::SqliteStore;
+pub use sqlite::{Db as SqliteDb, SqliteStore};
+
+use std::sync::Arc;
 
 use crate::crypto::{KdfParams, Salt, Sealed, WrappedKey};
 use crate::ids::{ClientId, Mailbox};
@@ -29,8 +34,15 @@ pub enum StoreError {
     NotInitialised,
     #[error("the database is damaged: {0}")]
     Corrupt(String),
+    /// The disk (or the database's quota) is full; nothing was written.
+    #[error("the database is full")]
+    Full,
+    /// The database cannot be written or reached (read-only, missing, I/O error, locked too long).
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
+    /// Any other engine error, described.
     #[error("database error: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    Backend(String),
 }
 
 /// Whether a binding holds a code.
@@ -74,23 +86,42 @@ pub struct CredentialRow {
 }
 
 /// A fresh binding to insert after its probe was accepted.
-#[derive(Debug)]
-pub struct NewBinding<'a> {
-    pub mailbox: &'a Mailbox,
-    pub client: &'a ClientId,
-    pub provider: &'a str,
+#[derive(Debug, Clone)]
+pub struct NewBinding {
+    pub mailbox: Mailbox,
+    pub client: ClientId,
+    pub provider: String,
     pub code: StoredCode,
     pub now: Millis,
     pub probe_outcome: ProbeOutcome,
 }
 
 /// A rotate: the row must still be active at `from_version`; it moves to `from_version + 1`.
-#[derive(Debug)]
-pub struct RotateChange<'a> {
-    pub mailbox: &'a str,
-    pub client: &'a str,
+#[derive(Debug, Clone)]
+pub struct RotateChange {
+    pub mailbox: String,
+    pub client: String,
     pub from_version: u64,
     pub code: StoredCode,
+    pub now: Millis,
+}
+
+/// A revoke: the ciphertext goes, a tombstone with the reason stays.
+#[derive(Debug, Clone)]
+pub struct RevokeChange {
+    pub mailbox: String,
+    pub client: String,
+    pub reason: String,
+    pub now: Millis,
+}
+
+/// A probe of the code at `version`, to record on the row.
+#[derive(Debug, Clone)]
+pub struct ProbeRecord {
+    pub mailbox: String,
+    pub client: String,
+    pub version: u64,
+    pub outcome: ProbeOutcome,
     pub now: Millis,
 }
 
@@ -173,61 +204,70 @@ pub struct ListQuery {
     pub limit: usize,
 }
 
-/// The operations the vault needs from storage. Implementations make each write one
-/// transaction, including its audit event.
-pub trait Store: Send + Sync + 'static {
-    /// Salt, KDF parameters and wrapped keys; `NotInitialised` if there are none.
-    fn unlock_material(&self) -> Result<UnlockMaterial, StoreError>;
+/// Salt, KDF parameters and wrapped data keys.
+#[tonic::async_trait]
+pub trait KeyMaterialStore: Send + Sync + 'static {
+    /// `NotInitialised` if there are none.
+    async fn unlock_material(&self) -> Result<UnlockMaterial, StoreError>;
+}
+
+/// Bindings. Each write is one transaction together with its audit event.
+#[tonic::async_trait]
+pub trait CredentialStore: Send + Sync + 'static {
     /// One binding; `NotFound` if the pair was never bound.
-    fn get(&self, mailbox: &str, client: &str) -> Result<std::sync::Arc<CredentialRow>, StoreError>;
+    async fn get(&self, mailbox: &str, client: &str) -> Result<Arc<CredentialRow>, StoreError>;
+    /// The row if it is at hand without I/O (a cache); the Reveal hot path asks this first.
+    fn cached(&self, _mailbox: &str, _client: &str) -> Option<Arc<CredentialRow>> {
+        None
+    }
     /// Inserts a binding, or re-binds a revoked pair at version 1. `AlreadyExists` if active.
-    fn bind(&self, new: NewBinding<'_>, audit: &AuditEvent) -> Result<CredentialRow, StoreError>;
+    async fn bind(&self, new: NewBinding, audit: AuditEvent) -> Result<CredentialRow, StoreError>;
     /// Inserts many new pairs in one transaction, with one audit event for the batch (bulk
     /// import and benchmarks; no probe). Fails, changing nothing, if any pair exists.
-    fn import(&self, rows: &[NewBinding<'_>], audit: &AuditEvent) -> Result<(), StoreError>;
+    async fn import(&self, rows: Vec<NewBinding>, audit: AuditEvent) -> Result<(), StoreError>;
     /// Swaps in a new code (version + 1), overwriting the old ciphertext. `Conflict` if the
     /// version moved, `Revoked` if revoked.
-    fn rotate(&self, change: RotateChange<'_>, audit: &AuditEvent) -> Result<CredentialRow, StoreError>;
+    async fn rotate(&self, change: RotateChange, audit: AuditEvent) -> Result<CredentialRow, StoreError>;
     /// Destroys the ciphertext and keeps a tombstone. `Revoked` if already revoked.
-    fn revoke(
-        &self,
-        mailbox: &str,
-        client: &str,
-        reason: &str,
-        now: Millis,
-        audit: &AuditEvent,
-    ) -> Result<CredentialRow, StoreError>;
-    /// Records a probe of the code at `version`; `Conflict` if the row moved on meanwhile.
-    fn record_probe(
-        &self,
-        mailbox: &str,
-        client: &str,
-        version: u64,
-        outcome: ProbeOutcome,
-        now: Millis,
-        audit: &AuditEvent,
-    ) -> Result<CredentialRow, StoreError>;
-    /// Writes an audit event that goes with no change (a refused probe).
-    fn audit(&self, event: &AuditEvent) -> Result<(), StoreError>;
+    async fn revoke(&self, change: RevokeChange, audit: AuditEvent) -> Result<CredentialRow, StoreError>;
+    /// Records a probe of the code at its version; `Conflict` if the row moved on meanwhile.
+    async fn record_probe(&self, probe: ProbeRecord, audit: AuditEvent) -> Result<CredentialRow, StoreError>;
     /// A page of bindings.
-    fn list(&self, query: &ListQuery) -> Result<Vec<CredentialRow>, StoreError>;
+    async fn list(&self, query: ListQuery) -> Result<Vec<CredentialRow>, StoreError>;
     /// A page of the quarterly review.
-    fn list_unused(&self, query: &UnusedQuery) -> Result<Vec<CredentialRow>, StoreError>;
+    async fn list_unused(&self, query: UnusedQuery) -> Result<Vec<CredentialRow>, StoreError>;
     /// Records aggregated Reveals: one audit event each, and the pairs' `last_used_at`, in one
     /// transaction.
-    fn record_reveals(&self, events: &[AuditEvent]) -> Result<(), StoreError>;
-    /// A page of the audit trail.
-    fn audit_events(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError>;
+    async fn record_reveals(&self, events: Vec<AuditEvent>) -> Result<(), StoreError>;
     /// Numbers of (active, revoked) bindings.
-    fn count_by_state(&self) -> Result<(u64, u64), StoreError>;
+    async fn count_by_state(&self) -> Result<(u64, u64), StoreError>;
+}
+
+/// The audit trail.
+#[tonic::async_trait]
+pub trait AuditStore: Send + Sync + 'static {
+    /// Writes an audit event that goes with no change (a refused probe).
+    async fn audit(&self, event: AuditEvent) -> Result<(), StoreError>;
+    /// A page of the audit trail.
+    async fn audit_events(&self, query: AuditQuery) -> Result<Vec<AuditRecord>, StoreError>;
+}
+
+/// Caller token rows (digests and MACs, never tokens).
+#[tonic::async_trait]
+pub trait TokenStore: Send + Sync + 'static {
     /// Stores a new token row.
-    fn insert_token(&self, row: &TokenRow) -> Result<(), StoreError>;
+    async fn insert_token(&self, row: TokenRow) -> Result<(), StoreError>;
     /// Every token row, revoked ones included; a row that cannot be read is returned as such.
-    fn tokens(&self) -> Result<Vec<Result<TokenRow, UnreadableToken>>, StoreError>;
+    async fn tokens(&self) -> Result<Vec<Result<TokenRow, UnreadableToken>>, StoreError>;
     /// Marks a token revoked and destroys its MAC, so that clearing `revoked_at` by hand cannot
     /// revive it (a new MAC needs the keyring). `NotFound` if there is no such id, `Revoked` if
     /// it already is.
-    fn revoke_token(&self, id: &str, now: Millis) -> Result<(), StoreError>;
+    async fn revoke_token(&self, id: String, now: Millis) -> Result<(), StoreError>;
     /// Records when tokens were last used (coalesced by the caller).
-    fn record_token_use(&self, uses: &[(String, Millis)]) -> Result<(), StoreError>;
+    async fn record_token_use(&self, uses: Vec<(String, Millis)>) -> Result<(), StoreError>;
 }
+
+/// Everything the server needs from one engine.
+pub trait Store: KeyMaterialStore + CredentialStore + AuditStore + TokenStore {}
+
+impl<T: KeyMaterialStore + CredentialStore + AuditStore + TokenStore> Store for T {}

@@ -2,13 +2,15 @@
 //! first (format, state, version: they cost no probe budget), probes, then commits one short
 //! transaction with its audit event. A code the provider refused is audited too (no change).
 
-use super::{Vault, VaultError, blocking};
+use super::{Vault, VaultError};
 use crate::caller::Caller;
 use crate::ids::{ClientId, Mailbox};
 use crate::outcome::ProbeOutcome;
 use crate::probe::ProbeReport;
 use crate::secret::AuthCode;
-use crate::store::{AuditEvent, CredentialRow, CredentialState, NewBinding, RotateChange, StoredCode};
+use crate::store::{
+    AuditEvent, CredentialRow, CredentialState, NewBinding, ProbeRecord, RevokeChange, RotateChange, StoredCode,
+};
 
 /// Longest revoke reason kept.
 const MAX_REASON_CHARS: usize = 500;
@@ -61,8 +63,7 @@ impl Vault {
             Err(failed) => failed,
         };
         let event = AuditEvent { outcome: format!("PROBE_{}", failed.report().outcome.as_str()), ..event };
-        let store = self.store.clone();
-        if let Err(e) = blocking(move || store.audit(&event)).await? {
+        if let Err(e) = self.store.audit(event).await {
             tracing::warn!(error = %e, "could not audit a refused probe");
         }
         Err(VaultError::ProbeFailed(failed))
@@ -79,7 +80,7 @@ impl Vault {
         let provider = self.provider_for_mailbox(&mailbox)?;
         Self::check_format(&provider, &code)?;
         let _pair = self.locks.lock(mailbox.as_str(), client.as_str()).await;
-        if self.find(&mailbox, &client)?.is_some_and(|r| r.state == CredentialState::Active) {
+        if self.find(&mailbox, &client).await?.is_some_and(|r| r.state == CredentialState::Active) {
             return Err(VaultError::AlreadyExists);
         }
         let report = self.probe(&provider, &mailbox, &code).await?;
@@ -87,19 +88,15 @@ impl Vault {
         let report = self.require_accepted(event.clone(), report).await?;
         let (key_id, sealed) = self.keyring.seal_code(mailbox.as_str(), client.as_str(), 1, code.expose().as_bytes());
         drop(code);
-        let (store, now, provider_id) = (self.store.clone(), event.at, provider.id.clone());
-        let row = blocking(move || {
-            let new = NewBinding {
-                mailbox: &mailbox,
-                client: &client,
-                provider: &provider_id,
-                code: StoredCode { key_id, sealed },
-                now,
-                probe_outcome: ProbeOutcome::Accepted,
-            };
-            store.bind(new, &event)
-        })
-        .await??;
+        let new = NewBinding {
+            mailbox,
+            client,
+            provider: provider.id.clone(),
+            code: StoredCode { key_id, sealed },
+            now: event.at,
+            probe_outcome: ProbeOutcome::Accepted,
+        };
+        let row = self.store.bind(new, event).await?;
         Ok((row, report))
     }
 
@@ -113,7 +110,7 @@ impl Vault {
         expected_version: Option<u64>,
     ) -> Result<Rotated, VaultError> {
         let pair = self.locks.lock(mailbox.as_str(), client.as_str()).await;
-        let row = self.store.get(mailbox.as_str(), client.as_str())?;
+        let row = self.store.get(mailbox.as_str(), client.as_str()).await?;
         if row.state != CredentialState::Active {
             return Err(VaultError::Revoked);
         }
@@ -131,18 +128,14 @@ impl Vault {
         let (key_id, sealed) =
             self.keyring.seal_code(mailbox.as_str(), client.as_str(), next, new_code.expose().as_bytes());
         drop(new_code);
-        let store = self.store.clone();
-        let row = blocking(move || {
-            let change = RotateChange {
-                mailbox: &event.mailbox,
-                client: &event.client,
-                from_version: row.version,
-                code: StoredCode { key_id, sealed },
-                now: event.at,
-            };
-            store.rotate(change, &event)
-        })
-        .await??;
+        let change = RotateChange {
+            mailbox: event.mailbox.clone(),
+            client: event.client.clone(),
+            from_version: row.version,
+            code: StoredCode { key_id, sealed },
+            now: event.at,
+        };
+        let row = self.store.rotate(change, event).await?;
         drop(pair);
         let previous_code_probe = self.probe_previous(&provider, &mailbox, old_code).await;
         Ok(Rotated { row, probe, previous_code_probe })
@@ -164,15 +157,20 @@ impl Vault {
             });
         }
         let pair = self.locks.lock(mailbox.as_str(), client.as_str()).await;
-        let row = self.store.get(mailbox.as_str(), client.as_str())?;
+        let row = self.store.get(mailbox.as_str(), client.as_str()).await?;
         if row.state != CredentialState::Active {
             return Err(VaultError::Revoked);
         }
         let provider = self.provider_of_row(&row).ok();
         let old_code = self.decrypt(&row).ok();
         let event = self.event(caller, "Revoke", (&mailbox, &client), "OK", None);
-        let (store, why) = (self.store.clone(), reason.to_owned());
-        let row = blocking(move || store.revoke(&event.mailbox, &event.client, &why, event.at, &event)).await??;
+        let change = RevokeChange {
+            mailbox: event.mailbox.clone(),
+            client: event.client.clone(),
+            reason: reason.to_owned(),
+            now: event.at,
+        };
+        let row = self.store.revoke(change, event).await?;
         drop(pair);
         let probe = match provider {
             Some(p) => self.probe_previous(&p, &mailbox, old_code).await,
@@ -189,17 +187,21 @@ impl Vault {
         client: ClientId,
     ) -> Result<(CredentialRow, ProbeReport), VaultError> {
         let _pair = self.locks.lock(mailbox.as_str(), client.as_str()).await;
-        let row = self.store.get(mailbox.as_str(), client.as_str())?;
+        let row = self.store.get(mailbox.as_str(), client.as_str()).await?;
         let code = self.decrypt(&row)?;
         let provider = self.provider_of_row(&row)?;
         let report = self.probe(&provider, &mailbox, &code).await?;
         drop(code);
         let outcome = report.outcome;
         let event = self.event(caller, "Verify", (&mailbox, &client), outcome.as_str(), Some(outcome));
-        let (store, version) = (self.store.clone(), row.version);
-        let row =
-            blocking(move || store.record_probe(&event.mailbox, &event.client, version, outcome, event.at, &event))
-                .await??;
+        let record = ProbeRecord {
+            mailbox: event.mailbox.clone(),
+            client: event.client.clone(),
+            version: row.version,
+            outcome,
+            now: event.at,
+        };
+        let row = self.store.record_probe(record, event).await?;
         Ok((row, report))
     }
 }

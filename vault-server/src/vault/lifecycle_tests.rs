@@ -35,9 +35,9 @@ async fn rotate(vault: &Vault, code: &str, expected: Option<u64>) -> Result<supe
     vault.rotate(&testkit::admin(), m, c, AuthCode::new(code), expected).await
 }
 
-fn revealed(vault: &Vault) -> Result<String, VaultError> {
+async fn revealed(vault: &Vault) -> Result<String, VaultError> {
     let (m, c) = pair();
-    vault.reveal(&testkit::client("sender"), &m, &c).map(|r| r.code.expose().to_owned())
+    vault.reveal(&testkit::client("sender"), &m, &c).await.map(|r| r.code.expose().to_owned())
 }
 
 fn failure(e: &VaultError) -> Option<ProbeFailure> {
@@ -58,7 +58,7 @@ async fn bind_checks_format_provider_and_state_before_any_probe() {
     bind(&vault, OLD).await.unwrap();
     assert!(matches!(bind(&vault, OLD).await, Err(VaultError::AlreadyExists)));
     assert_eq!(prober.tried(), [OLD], "the second Bind must not probe");
-    assert_eq!(revealed(&vault).unwrap(), OLD);
+    assert_eq!(revealed(&vault).await.unwrap(), OLD);
 }
 
 #[tokio::test]
@@ -73,7 +73,7 @@ async fn a_refused_or_unreachable_bind_stores_nothing() {
         let (_tmp, vault, _) = setup(&[outcome], 10);
         let err = bind(&vault, OLD).await.unwrap_err();
         assert_eq!(failure(&err), Some(want), "{err:?}");
-        assert!(matches!(revealed(&vault), Err(VaultError::NotFound)));
+        assert!(matches!(revealed(&vault).await, Err(VaultError::NotFound)));
         // The refusal is audited; nothing else is.
         let page = vault.audit_events(crate::store::AuditQuery { limit: 10, ..Default::default() }).await.unwrap();
         assert_eq!(page.items.len(), 1);
@@ -104,13 +104,13 @@ async fn rotate_branches() {
     prober.then(&[ProbeOutcome::Rejected]);
     let err = rotate(&vault, NEW, Some(1)).await.unwrap_err();
     assert_eq!(failure(&err), Some(ProbeFailure::Rejected));
-    assert_eq!(revealed(&vault).unwrap(), OLD);
+    assert_eq!(revealed(&vault).await.unwrap(), OLD);
     // Accepted: swapped in at version 2; then the old code is probed, and is still accepted.
     let r = rotate(&vault, NEW, Some(1)).await.unwrap();
     assert_eq!(r.row.version, 2);
     assert_eq!(r.previous_code_probe.map(|p| p.outcome), Some(ProbeOutcome::Accepted));
     assert_eq!(prober.tried(), [OLD, NEW, NEW, OLD]);
-    assert_eq!(revealed(&vault).unwrap(), NEW);
+    assert_eq!(revealed(&vault).await.unwrap(), NEW);
 }
 
 #[tokio::test]
@@ -140,12 +140,12 @@ async fn revoke_commits_even_when_the_provider_is_down_and_only_once() {
     assert_eq!(r.probe.map(|p| p.outcome), Some(ProbeOutcome::Unreachable));
     assert_eq!(prober.tried(), [OLD, OLD], "the destroyed code is probed after the commit");
     assert!(matches!(vault.revoke(&testkit::admin(), m.clone(), c.clone(), "again").await, Err(VaultError::Revoked)));
-    assert!(matches!(revealed(&vault), Err(VaultError::Revoked)));
+    assert!(matches!(revealed(&vault).await, Err(VaultError::Revoked)));
     assert!(matches!(vault.verify(&testkit::admin(), m, c).await, Err(VaultError::Revoked)));
     assert!(matches!(rotate(&vault, NEW, None).await, Err(VaultError::Revoked)));
     // A revoked pair may be bound again.
     bind(&vault, NEW).await.unwrap();
-    assert_eq!(revealed(&vault).unwrap(), NEW);
+    assert_eq!(revealed(&vault).await.unwrap(), NEW);
 }
 
 #[tokio::test]
@@ -158,5 +158,5 @@ async fn verify_records_a_rejection_and_keeps_the_code() {
     assert_eq!(report.outcome, ProbeOutcome::Rejected);
     assert_eq!(row.last_probe_outcome, Some(ProbeOutcome::Rejected));
     assert_eq!(row.last_verified_at, Some(1000 * DAY));
-    assert_eq!(revealed(&vault).unwrap(), OLD, "a rejected code stays stored");
+    assert_eq!(revealed(&vault).await.unwrap(), OLD, "a rejected code stays stored");
 }

@@ -58,15 +58,6 @@ pub struct Vault {
     metrics: Arc<Metrics>,
 }
 
-/// Runs blocking storage work off the async workers; a panic there is re-raised here.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, VaultError> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(v) => Ok(v),
-        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-        Err(e) => Err(VaultError::Internal(format!("blocking task cancelled: {e}"))),
-    }
-}
-
 impl Vault {
     pub fn new(
         store: Arc<dyn Store>,
@@ -162,10 +153,13 @@ impl Vault {
         Ok(AuthCode::new(&text))
     }
 
-    /// Decrypts a pair's code and counts the use in memory. Runs on the caller's thread: a
-    /// point read and a decrypt, no disk write.
-    pub fn reveal(&self, caller: &Caller, mailbox: &Mailbox, client: &ClientId) -> Result<Revealed, VaultError> {
-        let row = self.store.get(mailbox.as_str(), client.as_str())?;
+    /// Decrypts a pair's code and counts the use in memory: a cached row (or, on a miss, the
+    /// store's read) and a decrypt, no disk write.
+    pub async fn reveal(&self, caller: &Caller, mailbox: &Mailbox, client: &ClientId) -> Result<Revealed, VaultError> {
+        let row = match self.store.cached(mailbox.as_str(), client.as_str()) {
+            Some(row) => row,
+            None => self.store.get(mailbox.as_str(), client.as_str()).await?,
+        };
         let code = self.decrypt(&row)?;
         let revealed = Revealed { code, version: row.version, provider: self.provider_of_row(&row)? };
         self.usage.record(caller, mailbox, client, self.clock.now_millis());
@@ -179,9 +173,7 @@ impl Vault {
         if events.is_empty() {
             return Ok(());
         }
-        let store = self.store.clone();
-        let (result, events) = blocking(move || (store.record_reveals(&events), events)).await?;
-        if let Err(e) = result {
+        if let Err(e) = self.store.record_reveals(events.clone()).await {
             self.usage.restore(events);
             return Err(e.into());
         }
@@ -193,8 +185,7 @@ impl Vault {
         self.flush_usage().await?;
         let limit = query.limit;
         query.limit = limit + 1;
-        let store = self.store.clone();
-        Ok(Page::cut(blocking(move || store.list_unused(&query)).await??, limit))
+        Ok(Page::cut(self.store.list_unused(query).await?, limit))
     }
 
     /// A page of the audit trail, newest first. Pending Reveal usage is flushed first, so the
@@ -203,8 +194,7 @@ impl Vault {
         self.flush_usage().await?;
         let limit = query.limit;
         query.limit = limit + 1;
-        let store = self.store.clone();
-        Ok(Page::cut(blocking(move || store.audit_events(&query)).await??, limit))
+        Ok(Page::cut(self.store.audit_events(query).await?, limit))
     }
 
     pub fn now_millis(&self) -> i64 {
@@ -212,21 +202,20 @@ impl Vault {
     }
 
     /// One binding's metadata.
-    pub fn get(&self, mailbox: &Mailbox, client: &ClientId) -> Result<Arc<CredentialRow>, VaultError> {
-        Ok(self.store.get(mailbox.as_str(), client.as_str())?)
+    pub async fn get(&self, mailbox: &Mailbox, client: &ClientId) -> Result<Arc<CredentialRow>, VaultError> {
+        Ok(self.store.get(mailbox.as_str(), client.as_str()).await?)
     }
 
     /// A page of metadata, ordered by (mailbox, client).
     pub async fn list(&self, mut query: ListQuery) -> Result<Page<CredentialRow>, VaultError> {
         let limit = query.limit;
         query.limit = limit + 1;
-        let store = self.store.clone();
-        Ok(Page::cut(blocking(move || store.list(&query)).await??, limit))
+        Ok(Page::cut(self.store.list(query).await?, limit))
     }
 
     /// The row if it exists; `None` when the pair was never bound.
-    fn find(&self, mailbox: &Mailbox, client: &ClientId) -> Result<Option<Arc<CredentialRow>>, VaultError> {
-        match self.store.get(mailbox.as_str(), client.as_str()) {
+    async fn find(&self, mailbox: &Mailbox, client: &ClientId) -> Result<Option<Arc<CredentialRow>>, VaultError> {
+        match self.store.get(mailbox.as_str(), client.as_str()).await {
             Ok(row) => Ok(Some(row)),
             Err(StoreError::NotFound) => Ok(None),
             Err(e) => Err(e.into()),

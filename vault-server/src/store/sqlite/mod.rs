@@ -1,19 +1,25 @@
 //! The SQLite store: one writer connection (IMMEDIATE transactions) and a small pool of readers.
-//! WAL with `synchronous=FULL`, so an acknowledged write survives power loss.
+//! WAL with `synchronous=FULL`, so an acknowledged write survives power loss. [`Db`] is the
+//! synchronous engine (for the CLI and tools, outside the async runtime); [`SqliteStore`] serves
+//! the async store traits by running each call on the blocking pool, so no caller ever blocks
+//! an async worker on SQLite.
 
+mod error;
+pub(super) mod migrate;
 mod rows;
 mod token_rows;
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
 use super::{
-    AuditEvent, AuditQuery, AuditRecord, CredentialRow, CredentialState, ListQuery, Millis, NewBinding, RotateChange,
-    Store, StoreError, TokenRow, UnlockMaterial, UnreadableToken, UnusedQuery, migrate,
+    AuditEvent, AuditQuery, AuditRecord, AuditStore, CredentialRow, CredentialState, CredentialStore, KeyMaterialStore,
+    ListQuery, Millis, NewBinding, ProbeRecord, RevokeChange, RotateChange, StoreError, TokenRow, TokenStore,
+    UnlockMaterial, UnreadableToken, UnusedQuery,
 };
 use crate::crypto::{KdfParams, Salt, Sealed, WrappedKey};
 use crate::outcome::ProbeOutcome;
@@ -30,16 +36,17 @@ struct Readers {
     open: usize,
 }
 
-pub struct SqliteStore {
+/// The synchronous SQLite engine.
+pub struct Db {
     path: std::path::PathBuf,
     writer: Mutex<Connection>,
     readers: Mutex<Readers>,
     returned: Condvar,
 }
 
-impl std::fmt::Debug for SqliteStore {
+impl std::fmt::Debug for Db {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqliteStore").field("path", &self.path).finish_non_exhaustive()
+        f.debug_struct("Db").field("path", &self.path).finish_non_exhaustive()
     }
 }
 
@@ -65,7 +72,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-impl SqliteStore {
+impl Db {
     /// Creates a new database file (mode 0600) holding the unlock material. Fails if it exists.
     pub fn create(path: &Path, material: &UnlockMaterial, now: i64) -> Result<Self, StoreError> {
         OpenOptions::new()
@@ -166,7 +173,7 @@ fn blob_array<const N: usize>(v: Vec<u8>, what: &str) -> Result<[u8; N], StoreEr
     v.try_into().map_err(|_| StoreError::Corrupt(format!("{what} has the wrong length")))
 }
 
-fn insert_binding(tx: &rusqlite::Transaction<'_>, new: &NewBinding<'_>) -> Result<(), StoreError> {
+fn insert_binding(tx: &rusqlite::Transaction<'_>, new: &NewBinding) -> Result<(), StoreError> {
     tx.prepare_cached(
         "INSERT INTO credentials (mailbox, client, provider, state, version, key_id, nonce, ciphertext, \
          created_at, last_verified_at, last_probe_outcome) VALUES (?1, ?2, ?3, 1, 1, ?4, ?5, ?6, ?7, ?7, ?8)",
@@ -184,8 +191,9 @@ fn insert_binding(tx: &rusqlite::Transaction<'_>, new: &NewBinding<'_>) -> Resul
     Ok(())
 }
 
-impl Store for SqliteStore {
-    fn unlock_material(&self) -> Result<UnlockMaterial, StoreError> {
+/// The engine's operations, each one synchronous call (writes: one IMMEDIATE transaction).
+impl Db {
+    pub fn unlock_material(&self) -> Result<UnlockMaterial, StoreError> {
         self.with_reader(|conn| {
             let meta = conn
                 .query_row("SELECT kdf_salt, kdf_m_kib, kdf_t, kdf_p FROM vault_meta WHERE id = 1", [], |r| {
@@ -208,29 +216,23 @@ impl Store for SqliteStore {
         })
     }
 
-    fn get(&self, mailbox: &str, client: &str) -> Result<std::sync::Arc<CredentialRow>, StoreError> {
+    pub fn get(&self, mailbox: &str, client: &str) -> Result<std::sync::Arc<CredentialRow>, StoreError> {
         self.with_reader(|conn| get_row(conn, mailbox, client)?.map(std::sync::Arc::new).ok_or(StoreError::NotFound))
     }
 
-    fn import(&self, rows: &[NewBinding<'_>], audit: &AuditEvent) -> Result<(), StoreError> {
+    pub fn import(&self, rows: &[NewBinding], audit: &AuditEvent) -> Result<(), StoreError> {
         let mut conn = lock(&self.writer);
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         for new in rows {
-            insert_binding(&tx, new).map_err(|e| match e {
-                StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, _))
-                    if f.code == rusqlite::ErrorCode::ConstraintViolation =>
-                {
-                    StoreError::AlreadyExists
-                }
-                e => e,
-            })?;
+            // A unique-key violation converts to AlreadyExists.
+            insert_binding(&tx, new)?;
         }
         insert_audit(&tx, audit)?;
         tx.commit()?;
         Ok(())
     }
 
-    fn bind(&self, new: NewBinding<'_>, audit: &AuditEvent) -> Result<CredentialRow, StoreError> {
+    pub fn bind(&self, new: &NewBinding, audit: &AuditEvent) -> Result<CredentialRow, StoreError> {
         let mut conn = lock(&self.writer);
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let (mailbox, client) = (new.mailbox.as_str(), new.client.as_str());
@@ -243,15 +245,15 @@ impl Store for SqliteStore {
             }
             None => {}
         }
-        insert_binding(&tx, &new)?;
+        insert_binding(&tx, new)?;
         insert_audit(&tx, audit)?;
         let row = get_row(&tx, mailbox, client)?.ok_or(StoreError::NotFound)?;
         tx.commit()?;
         Ok(row)
     }
 
-    fn rotate(&self, c: RotateChange<'_>, audit: &AuditEvent) -> Result<CredentialRow, StoreError> {
-        self.write(c.mailbox, c.client, |tx, row| {
+    pub fn rotate(&self, c: &RotateChange, audit: &AuditEvent) -> Result<CredentialRow, StoreError> {
+        self.write(&c.mailbox, &c.client, |tx, row| {
             if row.state != CredentialState::Active {
                 return Err(StoreError::Revoked);
             }
@@ -277,14 +279,8 @@ impl Store for SqliteStore {
         })
     }
 
-    fn revoke(
-        &self,
-        mailbox: &str,
-        client: &str,
-        reason: &str,
-        now: Millis,
-        audit: &AuditEvent,
-    ) -> Result<CredentialRow, StoreError> {
+    pub fn revoke(&self, c: &RevokeChange, audit: &AuditEvent) -> Result<CredentialRow, StoreError> {
+        let (mailbox, client, reason, now) = (&c.mailbox, &c.client, &c.reason, c.now);
         self.write(mailbox, client, |tx, row| {
             if row.state != CredentialState::Active {
                 return Err(StoreError::Revoked);
@@ -298,15 +294,8 @@ impl Store for SqliteStore {
         })
     }
 
-    fn record_probe(
-        &self,
-        mailbox: &str,
-        client: &str,
-        version: u64,
-        outcome: ProbeOutcome,
-        now: Millis,
-        audit: &AuditEvent,
-    ) -> Result<CredentialRow, StoreError> {
+    pub fn record_probe(&self, p: &ProbeRecord, audit: &AuditEvent) -> Result<CredentialRow, StoreError> {
+        let (mailbox, client, version, outcome, now) = (&p.mailbox, &p.client, p.version, p.outcome, p.now);
         self.write(mailbox, client, |tx, row| {
             if row.state != CredentialState::Active {
                 return Err(StoreError::Revoked);
@@ -322,7 +311,7 @@ impl Store for SqliteStore {
         })
     }
 
-    fn audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
+    pub fn audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
         let mut conn = lock(&self.writer);
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         insert_audit(&tx, event)?;
@@ -330,7 +319,7 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    fn record_reveals(&self, events: &[AuditEvent]) -> Result<(), StoreError> {
+    pub fn record_reveals(&self, events: &[AuditEvent]) -> Result<(), StoreError> {
         let mut conn = lock(&self.writer);
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         for e in events {
@@ -345,36 +334,153 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    fn list(&self, q: &ListQuery) -> Result<Vec<CredentialRow>, StoreError> {
+    pub fn list(&self, q: &ListQuery) -> Result<Vec<CredentialRow>, StoreError> {
         self.with_reader(|conn| rows::list(conn, q))
     }
 
-    fn list_unused(&self, q: &UnusedQuery) -> Result<Vec<CredentialRow>, StoreError> {
+    pub fn list_unused(&self, q: &UnusedQuery) -> Result<Vec<CredentialRow>, StoreError> {
         self.with_reader(|conn| rows::list_unused(conn, q))
     }
 
-    fn audit_events(&self, q: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {
+    pub fn audit_events(&self, q: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {
         self.with_reader(|conn| rows::audit_events(conn, q))
     }
 
-    fn count_by_state(&self) -> Result<(u64, u64), StoreError> {
+    pub fn count_by_state(&self) -> Result<(u64, u64), StoreError> {
         self.with_reader(rows::count_by_state)
     }
 
-    fn insert_token(&self, t: &TokenRow) -> Result<(), StoreError> {
+    pub fn insert_token(&self, t: &TokenRow) -> Result<(), StoreError> {
         token_rows::insert(&mut lock(&self.writer), t)
     }
 
-    fn tokens(&self) -> Result<Vec<Result<TokenRow, UnreadableToken>>, StoreError> {
+    pub fn tokens(&self) -> Result<Vec<Result<TokenRow, UnreadableToken>>, StoreError> {
         self.with_reader(token_rows::all)
     }
 
-    fn revoke_token(&self, id: &str, now: Millis) -> Result<(), StoreError> {
+    pub fn revoke_token(&self, id: &str, now: Millis) -> Result<(), StoreError> {
         token_rows::revoke(&mut lock(&self.writer), id, now)
     }
 
-    fn record_token_use(&self, uses: &[(String, Millis)]) -> Result<(), StoreError> {
+    pub fn record_token_use(&self, uses: &[(String, Millis)]) -> Result<(), StoreError> {
         token_rows::record_use(&mut lock(&self.writer), uses)
+    }
+}
+
+/// The async face of [`Db`]: every call runs on the blocking pool.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    db: Arc<Db>,
+}
+
+impl SqliteStore {
+    /// Creates a new database file (mode 0600) holding the unlock material. Fails if it exists.
+    pub fn create(path: &Path, material: &UnlockMaterial, now: i64) -> Result<Self, StoreError> {
+        Ok(Self { db: Arc::new(Db::create(path, material, now)?) })
+    }
+
+    /// Opens an existing database and applies pending migrations.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Ok(Self { db: Arc::new(Db::open(path)?) })
+    }
+
+    /// The synchronous engine, for callers outside the async runtime (the CLI, tools).
+    pub fn sync(&self) -> &Db {
+        &self.db
+    }
+
+    /// Runs `f` on the blocking pool; a panic there is re-raised here.
+    async fn hop<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Db) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let db = self.db.clone();
+        match tokio::task::spawn_blocking(move || f(&db)).await {
+            Ok(out) => out,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => Err(StoreError::Unavailable(format!("storage task cancelled: {e}"))),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl KeyMaterialStore for SqliteStore {
+    async fn unlock_material(&self) -> Result<UnlockMaterial, StoreError> {
+        self.hop(Db::unlock_material).await
+    }
+}
+
+#[tonic::async_trait]
+impl CredentialStore for SqliteStore {
+    async fn get(&self, mailbox: &str, client: &str) -> Result<Arc<CredentialRow>, StoreError> {
+        let (m, c) = (mailbox.to_owned(), client.to_owned());
+        self.hop(move |db| db.get(&m, &c)).await
+    }
+
+    async fn bind(&self, new: NewBinding, audit: AuditEvent) -> Result<CredentialRow, StoreError> {
+        self.hop(move |db| db.bind(&new, &audit)).await
+    }
+
+    async fn import(&self, rows: Vec<NewBinding>, audit: AuditEvent) -> Result<(), StoreError> {
+        self.hop(move |db| db.import(&rows, &audit)).await
+    }
+
+    async fn rotate(&self, change: RotateChange, audit: AuditEvent) -> Result<CredentialRow, StoreError> {
+        self.hop(move |db| db.rotate(&change, &audit)).await
+    }
+
+    async fn revoke(&self, change: RevokeChange, audit: AuditEvent) -> Result<CredentialRow, StoreError> {
+        self.hop(move |db| db.revoke(&change, &audit)).await
+    }
+
+    async fn record_probe(&self, probe: ProbeRecord, audit: AuditEvent) -> Result<CredentialRow, StoreError> {
+        self.hop(move |db| db.record_probe(&probe, &audit)).await
+    }
+
+    async fn list(&self, query: ListQuery) -> Result<Vec<CredentialRow>, StoreError> {
+        self.hop(move |db| db.list(&query)).await
+    }
+
+    async fn list_unused(&self, query: UnusedQuery) -> Result<Vec<CredentialRow>, StoreError> {
+        self.hop(move |db| db.list_unused(&query)).await
+    }
+
+    async fn record_reveals(&self, events: Vec<AuditEvent>) -> Result<(), StoreError> {
+        self.hop(move |db| db.record_reveals(&events)).await
+    }
+
+    async fn count_by_state(&self) -> Result<(u64, u64), StoreError> {
+        self.hop(Db::count_by_state).await
+    }
+}
+
+#[tonic::async_trait]
+impl AuditStore for SqliteStore {
+    async fn audit(&self, event: AuditEvent) -> Result<(), StoreError> {
+        self.hop(move |db| db.audit(&event)).await
+    }
+
+    async fn audit_events(&self, query: AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {
+        self.hop(move |db| db.audit_events(&query)).await
+    }
+}
+
+#[tonic::async_trait]
+impl TokenStore for SqliteStore {
+    async fn insert_token(&self, row: TokenRow) -> Result<(), StoreError> {
+        self.hop(move |db| db.insert_token(&row)).await
+    }
+
+    async fn tokens(&self) -> Result<Vec<Result<TokenRow, UnreadableToken>>, StoreError> {
+        self.hop(Db::tokens).await
+    }
+
+    async fn revoke_token(&self, id: String, now: Millis) -> Result<(), StoreError> {
+        self.hop(move |db| db.revoke_token(&id, now)).await
+    }
+
+    async fn record_token_use(&self, uses: Vec<(String, Millis)>) -> Result<(), StoreError> {
+        self.hop(move |db| db.record_token_use(&uses)).await
     }
 }
 
@@ -388,7 +494,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let (_, wrapped) = Keyring::generate(&Key::random());
         let material = UnlockMaterial { salt: Salt([0; 16]), params: KdfParams::FLOOR, keys: vec![wrapped] };
-        let store = SqliteStore::create(&tmp.path().join("v.db"), &material, 0).unwrap();
+        let store = Db::create(&tmp.path().join("v.db"), &material, 0).unwrap();
         let conn = lock(&store.writer);
         let plan: Vec<String> = conn
             .prepare(&format!("EXPLAIN QUERY PLAN SELECT mailbox FROM credentials {}", rows::UNUSED_PAGE))

@@ -1,0 +1,178 @@
+//! The contract every store engine passes: each operation of each trait, with its errors, run
+//! against a fresh store. `sqlite.rs` and `cached.rs` call [`run`]; a new engine adds one line.
+
+use std::sync::Arc;
+
+use super::{
+    AuditEvent, AuditQuery, CredentialState, ListQuery, NewBinding, ProbeRecord, RevokeChange, RotateChange, Store,
+    StoreError, StoredCode, TokenRow, UnusedQuery,
+};
+use crate::crypto::{Key, Keyring};
+use crate::ids::{ClientId, Mailbox};
+use crate::outcome::ProbeOutcome;
+
+fn event(rpc: &str, mailbox: &str, client: &str, at: i64) -> AuditEvent {
+    AuditEvent {
+        at,
+        caller: "tk_contract".into(),
+        caller_role: "admin".into(),
+        rpc: rpc.into(),
+        mailbox: mailbox.into(),
+        client: client.into(),
+        outcome: "OK".into(),
+        probe_outcome: None,
+        count: 1,
+        first_at: at,
+    }
+}
+
+fn binding(ring: &Keyring, mailbox: &str, client: &str, now: i64) -> NewBinding {
+    let (key_id, sealed) = ring.seal_code(mailbox, client, 1, b"code");
+    NewBinding {
+        mailbox: Mailbox::parse(mailbox).unwrap_or_else(|e| panic!("{e}")),
+        client: ClientId::parse(client).unwrap_or_else(|e| panic!("{e}")),
+        provider: "sina".into(),
+        code: StoredCode { key_id, sealed },
+        now,
+        probe_outcome: ProbeOutcome::Accepted,
+    }
+}
+
+fn ok<T, E: std::fmt::Debug>(r: Result<T, E>, what: &str) -> T {
+    r.unwrap_or_else(|e| panic!("{what}: {e:?}"))
+}
+
+/// Runs the whole contract against `store`, whose key material holds `ring`'s first key.
+pub async fn run(store: Arc<dyn Store>, ring: &Keyring) {
+    // Key material.
+    let material = ok(store.unlock_material().await, "unlock_material");
+    assert_eq!(material.keys.len(), 1);
+
+    // Bind, get, re-bind refused, revoke, re-bind allowed.
+    let a = ("a@sina.com", "sender");
+    assert!(matches!(store.get(a.0, a.1).await, Err(StoreError::NotFound)));
+    let row = ok(store.bind(binding(ring, a.0, a.1, 10), event("Bind", a.0, a.1, 10)).await, "bind");
+    assert_eq!((row.version, row.state, row.created_at), (1, CredentialState::Active, 10));
+    assert_eq!(ok(store.get(a.0, a.1).await, "get").version, 1);
+    let again = store.bind(binding(ring, a.0, a.1, 11), event("Bind", a.0, a.1, 11)).await;
+    assert!(matches!(again, Err(StoreError::AlreadyExists)), "{again:?}");
+
+    // Rotate: version moves; a stale version conflicts.
+    let (key_id, sealed) = ring.seal_code(a.0, a.1, 2, b"code2");
+    let change = |from| RotateChange {
+        mailbox: a.0.into(),
+        client: a.1.into(),
+        from_version: from,
+        code: StoredCode { key_id, sealed: sealed.clone() },
+        now: 20,
+    };
+    let rotated = ok(store.rotate(change(1), event("Rotate", a.0, a.1, 20)).await, "rotate");
+    assert_eq!((rotated.version, rotated.rotated_at), (2, Some(20)));
+    assert!(matches!(store.rotate(change(1), event("Rotate", a.0, a.1, 21)).await, Err(StoreError::Conflict)));
+
+    // Probe records: only at the current version.
+    let probe = |version| ProbeRecord {
+        mailbox: a.0.into(),
+        client: a.1.into(),
+        version,
+        outcome: ProbeOutcome::Rejected,
+        now: 30,
+    };
+    let probed = ok(store.record_probe(probe(2), event("Verify", a.0, a.1, 30)).await, "record_probe");
+    assert_eq!((probed.last_probe_outcome, probed.last_verified_at), (Some(ProbeOutcome::Rejected), Some(30)));
+    assert!(matches!(store.record_probe(probe(1), event("Verify", a.0, a.1, 31)).await, Err(StoreError::Conflict)));
+
+    // Reveals: last use and an aggregated audit event.
+    let mut reveal = event("Reveal", a.0, a.1, 40);
+    reveal.count = 3;
+    ok(store.record_reveals(vec![reveal]).await, "record_reveals");
+    assert_eq!(ok(store.get(a.0, a.1).await, "get").last_used_at, Some(40));
+
+    // Revoke: tombstone without a code; twice is Revoked; then every change is Revoked.
+    let revoke = || RevokeChange { mailbox: a.0.into(), client: a.1.into(), reason: "gone".into(), now: 50 };
+    let tomb = ok(store.revoke(revoke(), event("Revoke", a.0, a.1, 50)).await, "revoke");
+    assert_eq!(
+        (tomb.state, tomb.revoked_at, tomb.revoke_reason.as_deref()),
+        (CredentialState::Revoked, Some(50), Some("gone"))
+    );
+    assert!(tomb.code.is_none());
+    assert!(matches!(store.revoke(revoke(), event("Revoke", a.0, a.1, 51)).await, Err(StoreError::Revoked)));
+    assert!(matches!(store.rotate(change(2), event("Rotate", a.0, a.1, 52)).await, Err(StoreError::Revoked)));
+    let rebound = ok(store.bind(binding(ring, a.0, a.1, 60), event("Bind", a.0, a.1, 60)).await, "re-bind");
+    assert_eq!((rebound.version, rebound.state), (1, CredentialState::Active));
+
+    // Import: all or nothing.
+    let batch = vec![binding(ring, "b@sina.com", "x", 70), binding(ring, "c@sina.com", "x", 70)];
+    ok(store.import(batch, event("Import", "", "", 70)).await, "import");
+    let clash = vec![binding(ring, "d@sina.com", "x", 71), binding(ring, "b@sina.com", "x", 71)];
+    assert!(store.import(clash, event("Import", "", "", 71)).await.is_err());
+    assert!(matches!(store.get("d@sina.com", "x").await, Err(StoreError::NotFound)), "a failed import left a row");
+
+    // Listing, counting, the review.
+    let all = ok(store.list(ListQuery { limit: 10, ..Default::default() }).await, "list");
+    let names: Vec<_> = all.iter().map(|r| format!("{}/{}", r.mailbox, r.client)).collect();
+    assert_eq!(names, ["a@sina.com/sender", "b@sina.com/x", "c@sina.com/x"]);
+    let after = ListQuery { after: Some(("a@sina.com".into(), "sender".into())), limit: 1, ..Default::default() };
+    assert_eq!(ok(store.list(after).await, "list after")[0].mailbox, "b@sina.com");
+    assert_eq!(ok(store.count_by_state().await, "count"), (3, 0));
+    let unused =
+        ok(store.list_unused(UnusedQuery { cutoff: 65, mailbox: None, after: None, limit: 10 }).await, "unused");
+    assert_eq!(unused.len(), 1, "only a@ (bound at 60) is older than 65");
+
+    // Audit: each successful change above wrote one event (failed ones none); newest first.
+    ok(store.audit(event("Bind", "z@sina.com", "x", 80)).await, "audit");
+    let events = ok(store.audit_events(AuditQuery { limit: 100, ..Default::default() }).await, "audit_events");
+    let rpcs: Vec<&str> = events.iter().map(|e| e.event.rpc.as_str()).collect();
+    assert_eq!(rpcs, ["Bind", "Import", "Bind", "Revoke", "Reveal", "Verify", "Rotate", "Bind"]);
+    assert_eq!(events[0].event.mailbox, "z@sina.com");
+    let only_a = AuditQuery { mailbox: Some(a.0.into()), limit: 100, ..Default::default() };
+    assert!(ok(store.audit_events(only_a).await, "audit filter").iter().all(|e| e.event.mailbox == a.0));
+
+    // Token rows.
+    let token = TokenRow {
+        id: "tk_0123456789ab".into(),
+        role: "admin".into(),
+        digest: vec![7; 32],
+        key_id: 1,
+        mac: vec![9; 32],
+        created_at: 90,
+        last_used_at: None,
+        revoked_at: None,
+    };
+    ok(store.insert_token(token).await, "insert_token");
+    ok(store.record_token_use(vec![("tk_0123456789ab".into(), 95)]).await, "record_token_use");
+    ok(store.revoke_token("tk_0123456789ab".into(), 99).await, "revoke_token");
+    assert!(matches!(store.revoke_token("tk_0123456789ab".into(), 100).await, Err(StoreError::Revoked)));
+    assert!(matches!(store.revoke_token("tk_ffffffffffff".into(), 100).await, Err(StoreError::NotFound)));
+    let rows = ok(store.tokens().await, "tokens");
+    let row = rows[0].as_ref().unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!((row.last_used_at, row.revoked_at), (Some(95), Some(99)));
+    assert!(row.mac.is_empty(), "revoking must destroy the MAC");
+}
+
+/// A fresh keyring and its wrapped key, for an engine's unlock material.
+pub fn keyring() -> (Keyring, super::UnlockMaterial) {
+    let (ring, wrapped) = Keyring::generate(&Key::random());
+    let material = super::UnlockMaterial {
+        salt: crate::crypto::Salt([3; 16]),
+        params: crate::crypto::KdfParams::FLOOR,
+        keys: vec![wrapped],
+    };
+    (ring, material)
+}
+
+#[tokio::test]
+async fn sqlite_passes_the_contract() {
+    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (ring, material) = keyring();
+    let store = ok(super::SqliteStore::create(&tmp.path().join("v.db"), &material, 0), "create");
+    run(Arc::new(store), &ring).await;
+}
+
+#[tokio::test]
+async fn the_row_cache_over_sqlite_passes_the_contract() {
+    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (ring, material) = keyring();
+    let store = ok(super::SqliteStore::create(&tmp.path().join("v.db"), &material, 0), "create");
+    run(Arc::new(super::CachedStore::new(store, 2)), &ring).await;
+}
