@@ -422,7 +422,7 @@ for durability); its tail follows this machine's disk.
 """
 
 
-# Figures from tests/e2e/hardening.rs, kept when this file is rewritten.
+# Figures from tests/e2e/hardening.rs and bench/ab.sh, kept when this file is rewritten.
 ATTACK_NOTES = """## Under attack (from the e2e tests, debug build)
 
 Measured 2026-11-28 by `tests/e2e/hardening.rs`, three runs, on this 2-core machine with the
@@ -433,6 +433,20 @@ test suite's other work idle; not rewritten by `bench/run.sh`.
 | 100 bad-token Reveals from one address, one after another | 81/100 refused as `AUTH_THROTTLED` (20 burst + ~1 refilled), every run |
 | a valid caller's Reveal p50 (50 calls) before / during that burst | 3.1 / 3.7 ms, 3.5 / 3.2 ms, 2.3 / 2.7 ms (no slow-down beyond noise) |
 | 1,150 bodiless Health streams + 1,150 bodiless Reveal streams (bad token) on two connections, plus 300 silent TCP connections | 20 Reveals on a fresh connection all answered, slowest under 1 s (asserted) |
+
+## Before/after: the store seam (issue 15)
+
+`bench/ab.sh f69dbb2` on 2026-11-28: the release build before the seam refactor against the one
+after, and bare tonic, interleaved in one run (Reveal, 1,000 bindings, 160 in flight, 3 reps,
+medians); not rewritten by `bench/run.sh`.
+
+| build | req/s | vs bare | p99 ms | server CPU µs/req |
+|---|---|---|---|---|
+| before (sync `Store`, hops in callers) | 26,935 | 0.74x | 12.28 | 52.0 |
+| after (async traits, hop inside SQLite, `cached()` fast path) | 29,551 | 0.81x | 11.32 | 48.3 |
+| bare | 36,338 | 1.00x | 9.62 | 35.4 |
+
+after/before **1.10x** (this machine's noise is about ±5%): the refactor costs Reveal nothing.
 """
 
 

@@ -308,9 +308,7 @@ async fn a_burst_of_bad_tokens_is_throttled_while_valid_callers_keep_their_pace(
     );
     println!("bad-token burst: {throttled}/100 throttled; valid Reveal p50 {before:?} before, {during:?} during");
     // The metric counts them.
-    stack.server.wait_for_log("metrics on http://");
-    let log = stack.server.log();
-    let addr = log.split("metrics on http://").nth(1).and_then(|r| r.split("/metrics").next()).unwrap().to_owned();
+    let addr = stack.server.metrics_addr();
     let mut conn = TcpStream::connect(addr).unwrap();
     conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
     let mut text = String::new();
@@ -347,9 +345,7 @@ fn a_passphrase_file_others_can_read_stops_start_up_with_the_fix() {
 async fn the_metrics_endpoint_caps_its_connections() {
     let mut stack = Stack::start();
     stack.restart_with(&["--metrics-listen".into(), "127.0.0.1:0".into()]);
-    stack.server.wait_for_log("metrics on http://");
-    let log = stack.server.log();
-    let addr = log.split("metrics on http://").nth(1).and_then(|r| r.split("/metrics").next()).unwrap().to_owned();
+    let addr = stack.server.metrics_addr();
     let held: Vec<TcpStream> = (0..8).map(|_| TcpStream::connect(&addr).unwrap()).collect();
     std::thread::sleep(Duration::from_millis(200));
     let mut extra = TcpStream::connect(&addr).unwrap();

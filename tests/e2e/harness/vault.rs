@@ -170,6 +170,14 @@ impl VaultServer {
         }
     }
 
+    /// The address of the metrics endpoint (`--metrics-listen`), once the server has logged it.
+    pub fn metrics_addr(&self) -> String {
+        self.wait_for_log("metrics on http://");
+        let log = self.log();
+        let addr = log.split("metrics on http://").nth(1).and_then(|r| r.split("/metrics").next());
+        addr.expect("metrics address").to_owned()
+    }
+
     /// Everything the server printed so far.
     pub fn log(&self) -> String {
         self.log.lock().expect("log lock").join("\n")
