@@ -42,6 +42,32 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Manage caller tokens.
     Token(TokenArgs),
+    /// Change the master passphrase.
+    Passphrase(PassphraseCommandArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PassphraseCommandArgs {
+    #[command(subcommand)]
+    pub command: PassphraseCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PassphraseCommand {
+    /// Re-wrap the data keys under a new passphrase (fresh salt), in one transaction. Works while
+    /// `serve` runs; the next start needs the new passphrase. Codes are not re-encrypted, so a
+    /// copy of the data dir taken before still opens with the old passphrase.
+    Change {
+        #[arg(long, env = "VAULT_DATA_DIR", value_name = "DIR")]
+        data_dir: PathBuf,
+        /// The current passphrase (or $VAULT_PASSPHRASE).
+        #[command(flatten)]
+        passphrase: PassphraseArgs,
+        /// File holding the new passphrase (at least 12 characters). Without it, the new
+        /// passphrase is read from $VAULT_NEW_PASSPHRASE.
+        #[arg(long, env = "VAULT_NEW_PASSPHRASE_FILE", value_name = "FILE")]
+        new_passphrase_file: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -23,6 +23,8 @@ pub enum DataDirError {
     WrongPassphrase(PathBuf),
     #[error("the passphrase must be at least {MIN_PASSPHRASE_CHARS} characters")]
     WeakPassphrase,
+    #[error("the new passphrase is the current one; nothing was changed")]
+    SamePassphrase,
     #[error("cannot create data dir {0}: {1}")]
     Create(PathBuf, std::io::Error),
     #[error("data dir {0}: {1}")]
@@ -81,6 +83,24 @@ pub fn unlock(dir: &Path, passphrase: &Passphrase) -> Result<(SqliteStore, Keyri
         e => DataDirError::Crypto(dir.to_owned(), e),
     })?;
     Ok((store, keyring))
+}
+
+/// Re-wraps the data keys under `new` with a fresh salt, in one transaction: a crash leaves
+/// either the old or the new passphrase working, never neither. Codes are not touched, and a
+/// running server (which holds the keys already) is not disturbed.
+pub fn change_passphrase(dir: &Path, current: &Passphrase, new: &Passphrase) -> Result<(), DataDirError> {
+    if new.expose().chars().count() < MIN_PASSPHRASE_CHARS {
+        return Err(DataDirError::WeakPassphrase);
+    }
+    if new.expose() == current.expose() {
+        return Err(DataDirError::SamePassphrase);
+    }
+    let (store, keyring) = unlock(dir, current)?;
+    let salt = Salt::random();
+    let params = KdfParams::FLOOR;
+    let kek = derive_kek(new, &salt, params).map_err(|e| DataDirError::Crypto(dir.to_owned(), e))?;
+    let material = UnlockMaterial { salt, params, keys: keyring.wrap_all(&kek) };
+    store.sync().replace_unlock_material(&material).map_err(|e| DataDirError::Store(dir.to_owned(), e))
 }
 
 #[cfg(test)]

@@ -7,9 +7,9 @@ use vault_server::cli::Cli;
 
 fn main() -> ExitCode {
     // First, while this is the only thread.
-    let env_passphrase = vault_server::run::take_env_passphrase();
+    let env_passphrases = vault_server::run::take_env_passphrases();
     let cli = Cli::parse();
-    match vault_server::run::main(cli, env_passphrase) {
+    match vault_server::run::main(cli, env_passphrases) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("vault-server: error: {e}");

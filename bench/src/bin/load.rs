@@ -51,12 +51,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .zip(first..last)
             .map(|(m, i)| {
                 let code = format!("CODE{i:012}");
-                let (key_id, sealed) = keyring.seal_code(m.as_str(), client.as_str(), 1, code.as_bytes());
+                let (key_id, generation, sealed) = keyring.seal_code(m.as_str(), client.as_str(), 1, code.as_bytes());
                 NewBinding {
                     mailbox: m,
                     client: client.clone(),
                     provider: "sina".into(),
-                    code: StoredCode { key_id, sealed },
+                    code: StoredCode { key_id, generation: Some(generation), sealed },
                     now: now - i64::from(i % 365) * DAY_MS - 1000,
                     probe_outcome: ProbeOutcome::Accepted,
                 }

@@ -183,6 +183,16 @@ impl VaultServer {
         self.log.lock().expect("log lock").join("\n")
     }
 
+    /// Kills the process with SIGKILL (no shutdown work at all) and waits for it.
+    pub fn kill_hard(&mut self) {
+        let mut child = self.child.take().expect("server already stopped");
+        child.kill().expect("SIGKILL");
+        child.wait().expect("wait");
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
+        }
+    }
+
     /// Sends SIGTERM and waits for the exit and for the last line of output.
     pub fn stop(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("server already stopped");

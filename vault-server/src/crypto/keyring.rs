@@ -11,10 +11,16 @@ const DEK_TAG: &[u8] = b"authcode-vault/dek";
 const CODE_TAG: &[u8] = b"authcode-vault/code";
 /// Label of the key that MACs token rows.
 const TOKEN_MAC_LABEL: &[u8] = b"authcode-vault/token-mac/v1";
-/// Format version of the code AAD layout.
-const CODE_FORMAT: u8 = 1;
+/// Format versions of the code AAD layout: 1 without a generation (rows sealed before
+/// generations existed), 2 with one.
+const CODE_FORMAT_LEGACY: u8 = 1;
+const CODE_FORMAT: u8 = 2;
 
 pub type KeyId = u32;
+
+/// A random value drawn for every seal and bound into its AAD, so that no two seals of a pair
+/// ever share an AAD (a replayed old ciphertext cannot open).
+pub type Generation = [u8; 16];
 
 /// A DEK as stored: sealed under the KEK.
 #[derive(Debug, Clone)]
@@ -34,11 +40,12 @@ fn dek_aad(key_id: KeyId) -> Vec<u8> {
     [DEK_TAG, &key_id.to_be_bytes()].concat()
 }
 
-/// AAD for a code: tag, format, key id, mailbox, client (length-prefixed) and version.
-fn code_aad(key_id: KeyId, mailbox: &str, client: &str, version: u64) -> Vec<u8> {
-    let mut aad = Vec::with_capacity(CODE_TAG.len() + 1 + 4 + 8 + mailbox.len() + client.len() + 8);
+/// AAD for a code: tag, format, key id, mailbox, client (length-prefixed), version, and (format
+/// 2) the seal's generation.
+fn code_aad(key_id: KeyId, mailbox: &str, client: &str, version: u64, generation: Option<&Generation>) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(CODE_TAG.len() + 1 + 4 + 8 + mailbox.len() + client.len() + 8 + 16);
     aad.extend_from_slice(CODE_TAG);
-    aad.push(CODE_FORMAT);
+    aad.push(if generation.is_some() { CODE_FORMAT } else { CODE_FORMAT_LEGACY });
     aad.extend_from_slice(&key_id.to_be_bytes());
     for part in [mailbox, client] {
         // Canonical ids are at most 254 bytes, so the length always fits.
@@ -46,6 +53,9 @@ fn code_aad(key_id: KeyId, mailbox: &str, client: &str, version: u64) -> Vec<u8>
         aad.extend_from_slice(part.as_bytes());
     }
     aad.extend_from_slice(&version.to_be_bytes());
+    if let Some(g) = generation {
+        aad.extend_from_slice(g);
+    }
     aad
 }
 
@@ -70,6 +80,14 @@ impl Keyring {
         Ok(Self { keys, active })
     }
 
+    /// Every DEK wrapped again under `kek` (fresh nonces): what a passphrase change stores.
+    pub fn wrap_all(&self, kek: &Key) -> Vec<WrappedKey> {
+        self.keys
+            .iter()
+            .map(|(id, dek)| WrappedKey { key_id: *id, sealed: envelope::seal(kek, &dek_aad(*id), dek.as_bytes()) })
+            .collect()
+    }
+
     pub fn active_key_id(&self) -> KeyId {
         self.active
     }
@@ -85,31 +103,47 @@ impl Keyring {
         Ok(Key::from_bytes(super::mac::hmac(dek, &[TOKEN_MAC_LABEL])))
     }
 
-    /// Seals a code under the active DEK, bound to (mailbox, client, version).
-    pub fn seal_code(&self, mailbox: &str, client: &str, version: u64, code: &[u8]) -> (KeyId, Sealed) {
+    /// Seals a code under the active DEK, bound to (mailbox, client, version) and a fresh random
+    /// generation, which the row must keep next to the ciphertext.
+    pub fn seal_code(&self, mailbox: &str, client: &str, version: u64, code: &[u8]) -> (KeyId, Generation, Sealed) {
         let key_id = self.active;
         let key = &self.keys[&key_id];
-        (key_id, envelope::seal(key, &code_aad(key_id, mailbox, client, version), code))
+        let mut generation = [0u8; 16];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut generation);
+        (key_id, generation, envelope::seal(key, &code_aad(key_id, mailbox, client, version, Some(&generation)), code))
     }
 
-    /// Opens a code; a ciphertext moved to another row, key id or version fails with `Decrypt`.
+    /// Opens a code; a ciphertext moved to another row, key id, version or generation fails with
+    /// `Decrypt`. `generation` is `None` only for rows sealed before generations existed.
+    #[allow(clippy::too_many_arguments)]
     pub fn open_code(
         &self,
         key_id: KeyId,
         mailbox: &str,
         client: &str,
         version: u64,
+        generation: Option<&Generation>,
         nonce: &[u8],
         ciphertext: &[u8],
     ) -> Result<zeroize::Zeroizing<Vec<u8>>, CryptoError> {
         let key = self.keys.get(&key_id).ok_or(CryptoError::UnknownKey(key_id))?;
-        envelope::open(key, &code_aad(key_id, mailbox, client, version), nonce, ciphertext)
+        envelope::open(key, &code_aad(key_id, mailbox, client, version, generation), nonce, ciphertext)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rewrapped_keys_open_under_the_new_kek_only() {
+        let (old, new) = (Key::random(), Key::random());
+        let (ring, _) = Keyring::generate(&old);
+        let rewrapped = ring.wrap_all(&new);
+        let again = Keyring::unlock(&new, &rewrapped).unwrap();
+        assert_eq!(again.keys[&1].as_bytes(), ring.keys[&1].as_bytes());
+        assert!(matches!(Keyring::unlock(&old, &rewrapped), Err(CryptoError::Decrypt)));
+    }
 
     #[test]
     fn wrong_kek_fails_to_unlock() {
@@ -122,14 +156,34 @@ mod tests {
     #[test]
     fn code_is_bound_to_its_row() {
         let (ring, _) = Keyring::generate(&Key::random());
-        let (kid, s) = ring.seal_code("a@sina.com", "x", 1, b"abcdefghijklmnop");
-        let ok = ring.open_code(kid, "a@sina.com", "x", 1, &s.nonce, &s.ciphertext).unwrap();
+        let (kid, g, s) = ring.seal_code("a@sina.com", "x", 1, b"abcdefghijklmnop");
+        let ok = ring.open_code(kid, "a@sina.com", "x", 1, Some(&g), &s.nonce, &s.ciphertext).unwrap();
         assert_eq!(ok.as_slice(), b"abcdefghijklmnop");
-        assert!(ring.open_code(kid, "b@sina.com", "x", 1, &s.nonce, &s.ciphertext).is_err());
-        assert!(ring.open_code(kid, "a@sina.com", "y", 1, &s.nonce, &s.ciphertext).is_err());
-        assert!(ring.open_code(kid, "a@sina.com", "x", 2, &s.nonce, &s.ciphertext).is_err());
+        assert!(ring.open_code(kid, "b@sina.com", "x", 1, Some(&g), &s.nonce, &s.ciphertext).is_err());
+        assert!(ring.open_code(kid, "a@sina.com", "y", 1, Some(&g), &s.nonce, &s.ciphertext).is_err());
+        assert!(ring.open_code(kid, "a@sina.com", "x", 2, Some(&g), &s.nonce, &s.ciphertext).is_err());
+        // Another seal of the same pair and version (a re-bind) has another generation.
+        let (_, g2, _) = ring.seal_code("a@sina.com", "x", 1, b"abcdefghijklmnop");
+        assert_ne!(g, g2);
+        assert!(ring.open_code(kid, "a@sina.com", "x", 1, Some(&g2), &s.nonce, &s.ciphertext).is_err());
+        assert!(ring.open_code(kid, "a@sina.com", "x", 1, None, &s.nonce, &s.ciphertext).is_err());
         // Length prefixes stop ("ab","c") from colliding with ("a","bc").
-        let (kid, s) = ring.seal_code("ab", "c", 1, b"k");
-        assert!(ring.open_code(kid, "a", "bc", 1, &s.nonce, &s.ciphertext).is_err());
+        let (kid, g, s) = ring.seal_code("ab", "c", 1, b"k");
+        assert!(ring.open_code(kid, "a", "bc", 1, Some(&g), &s.nonce, &s.ciphertext).is_err());
+    }
+}
+
+#[cfg(test)]
+mod legacy {
+    use super::*;
+
+    #[test]
+    fn rows_sealed_before_generations_still_open() {
+        let (ring, _) = Keyring::generate(&Key::random());
+        let key = &ring.keys[&1];
+        let sealed = envelope::seal(key, &code_aad(1, "a@sina.com", "x", 3, None), b"legacy code");
+        let open = ring.open_code(1, "a@sina.com", "x", 3, None, &sealed.nonce, &sealed.ciphertext).unwrap();
+        assert_eq!(open.as_slice(), b"legacy code");
+        assert!(ring.open_code(1, "a@sina.com", "x", 3, Some(&[0; 16]), &sealed.nonce, &sealed.ciphertext).is_err());
     }
 }

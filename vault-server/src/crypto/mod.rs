@@ -7,7 +7,7 @@ mod mac;
 
 pub use envelope::{Key, Sealed};
 pub use kdf::{KdfParams, Salt, derive_kek};
-pub use keyring::{KeyId, Keyring, WrappedKey};
+pub use keyring::{Generation, KeyId, Keyring, WrappedKey};
 pub use mac::{hmac, verify_hmac};
 
 /// Every crypto failure. All decryption failures are one variant on purpose: the caller learns

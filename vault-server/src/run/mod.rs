@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use crate::cli::{Cli, Command, InitArgs, LogFormat, PassphraseArgs};
+use crate::cli::{Cli, Command, InitArgs, LogFormat, PassphraseArgs, PassphraseCommand};
 use crate::clock::{Clock, SystemClock};
 use crate::datadir::{self, DataDirError};
 use crate::provider::ProviderFileError;
@@ -71,15 +71,45 @@ pub enum RunError {
     Store(#[from] StoreError),
 }
 
-/// Runs a parsed command line. `env_passphrase` is `$VAULT_PASSPHRASE`, taken out of the
-/// environment by `main` before anything else ran (see [`take_env_passphrase`]).
-pub fn main(cli: Cli, env_passphrase: Option<Passphrase>) -> Result<(), RunError> {
+/// The passphrases given through the environment, taken out of it by `main` before anything
+/// else ran (see [`take_env_passphrases`]).
+#[derive(Debug, Default)]
+pub struct EnvPassphrases {
+    /// `$VAULT_PASSPHRASE`.
+    pub current: Option<Passphrase>,
+    /// `$VAULT_NEW_PASSPHRASE` (for `passphrase change`).
+    pub new: Option<Passphrase>,
+}
+
+/// Runs a parsed command line.
+pub fn main(cli: Cli, env: EnvPassphrases) -> Result<(), RunError> {
+    let env_passphrase = env.current;
     init_logging(&cli.log_level, cli.log_format)?;
     // Every command holds the passphrase or the keyring at some point.
     crate::hygiene::disable_core_dumps();
     match cli.command {
         Command::Init(args) => init(&args, env_passphrase),
         Command::Token(args) => token_cli::run(args, env_passphrase),
+        Command::Passphrase(args) => match args.command {
+            PassphraseCommand::Change { data_dir, passphrase, new_passphrase_file } => {
+                let current = read_passphrase(&passphrase, env_passphrase)?;
+                let new = match (new_passphrase_file, env.new) {
+                    (Some(path), _) => read_passphrase_file(&path)?,
+                    (None, Some(p)) => p,
+                    (None, None) => {
+                        return Err(RunError::Passphrase(
+                            "no new passphrase: pass --new-passphrase-file FILE or set VAULT_NEW_PASSPHRASE".into(),
+                        ));
+                    }
+                };
+                datadir::change_passphrase(&data_dir, &current, &new)?;
+                println!(
+                    "changed the passphrase of {}; start `serve` with the new one from now on",
+                    data_dir.display()
+                );
+                Ok(())
+            }
+        },
         Command::Serve(args) => {
             let runtime =
                 tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(RunError::Runtime)?;
@@ -109,24 +139,27 @@ fn init_logging(filter: &str, format: LogFormat) -> Result<(), RunError> {
     installed.map_err(|e| RunError::LogFilter(format!("cannot install the logger: {e}")))
 }
 
-/// Takes `$VAULT_PASSPHRASE` out of the process environment, so nothing later (a child process,
-/// a library reading the environment) can see it. Call it first thing in `main`, while the
-/// process has one thread. The initial environment block on the stack (what
-/// `/proc/PID/environ` shows) keeps its bytes; the process makes itself non-dumpable, which
-/// leaves that file to root.
-#[allow(unsafe_code)]
-pub fn take_env_passphrase() -> Option<Passphrase> {
-    const VAR: &str = "VAULT_PASSPHRASE";
-    let value = std::env::var_os(VAR)?;
-    // SAFETY: called at the start of `main`, before any other thread exists, so no one reads
-    // or writes the environment concurrently.
-    unsafe { std::env::remove_var(VAR) };
-    let value = zeroize::Zeroizing::new(value.into_encoded_bytes());
-    Some(Passphrase::new(&String::from_utf8_lossy(&value)))
+/// Takes `$VAULT_PASSPHRASE` and `$VAULT_NEW_PASSPHRASE` out of the process environment, so
+/// nothing later (a child process, a library reading the environment) can see them. Call it
+/// first thing in `main`, while the process has one thread. The initial environment block on the
+/// stack (what `/proc/PID/environ` shows) keeps its bytes; the process makes itself
+/// non-dumpable, which leaves that file to root.
+pub fn take_env_passphrases() -> EnvPassphrases {
+    EnvPassphrases { current: take_env("VAULT_PASSPHRASE"), new: take_env("VAULT_NEW_PASSPHRASE") }
 }
 
 pub(crate) fn now() -> i64 {
     SystemClock.now_millis()
+}
+
+#[allow(unsafe_code)]
+fn take_env(var: &str) -> Option<Passphrase> {
+    let value = std::env::var_os(var)?;
+    // SAFETY: called at the start of `main`, before any other thread exists, so no one reads
+    // or writes the environment concurrently.
+    unsafe { std::env::remove_var(var) };
+    let value = zeroize::Zeroizing::new(value.into_encoded_bytes());
+    Some(Passphrase::new(&String::from_utf8_lossy(&value)))
 }
 
 /// Reads a passphrase file, refusing one that group or others may read; the bytes read are

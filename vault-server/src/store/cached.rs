@@ -231,12 +231,12 @@ mod tests {
         let material = UnlockMaterial { salt: Salt([0; 16]), params: KdfParams::FLOOR, keys: vec![wrapped] };
         let store = CachedStore::new(SqliteStore::create(&tmp.path().join("v.db"), &material, 0).unwrap(), 1);
         let (m, c) = (Mailbox::parse("a@sina.com").unwrap(), ClientId::parse("x").unwrap());
-        let (key_id, sealed) = ring.seal_code(m.as_str(), c.as_str(), 1, b"code");
+        let (key_id, generation, sealed) = ring.seal_code(m.as_str(), c.as_str(), 1, b"code");
         let new = NewBinding {
             mailbox: m,
             client: c,
             provider: "sina".into(),
-            code: StoredCode { key_id, sealed },
+            code: StoredCode { key_id, generation: Some(generation), sealed },
             now: 1,
             probe_outcome: ProbeOutcome::Accepted,
         };

@@ -27,12 +27,12 @@ fn event(rpc: &str, mailbox: &str, client: &str, at: i64) -> AuditEvent {
 }
 
 fn binding(ring: &Keyring, mailbox: &str, client: &str, now: i64) -> NewBinding {
-    let (key_id, sealed) = ring.seal_code(mailbox, client, 1, b"code");
+    let (key_id, generation, sealed) = ring.seal_code(mailbox, client, 1, b"code");
     NewBinding {
         mailbox: Mailbox::parse(mailbox).unwrap_or_else(|e| panic!("{e}")),
         client: ClientId::parse(client).unwrap_or_else(|e| panic!("{e}")),
         provider: "sina".into(),
-        code: StoredCode { key_id, sealed },
+        code: StoredCode { key_id, generation: Some(generation), sealed },
         now,
         probe_outcome: ProbeOutcome::Accepted,
     }
@@ -58,16 +58,18 @@ pub async fn run(store: Arc<dyn Store>, ring: &Keyring) {
     assert!(matches!(again, Err(StoreError::AlreadyExists)), "{again:?}");
 
     // Rotate: version moves; a stale version conflicts.
-    let (key_id, sealed) = ring.seal_code(a.0, a.1, 2, b"code2");
+    let (key_id, generation, sealed) = ring.seal_code(a.0, a.1, 2, b"code2");
     let change = |from| RotateChange {
         mailbox: a.0.into(),
         client: a.1.into(),
         from_version: from,
-        code: StoredCode { key_id, sealed: sealed.clone() },
+        code: StoredCode { key_id, generation: Some(generation), sealed: sealed.clone() },
         now: 20,
     };
     let rotated = ok(store.rotate(change(1), event("Rotate", a.0, a.1, 20)).await, "rotate");
     assert_eq!((rotated.version, rotated.rotated_at), (2, Some(20)));
+    let kept = rotated.code.as_ref().and_then(|c| c.generation);
+    assert_eq!(kept, Some(generation), "the seal's generation is stored with it");
     assert!(matches!(store.rotate(change(1), event("Rotate", a.0, a.1, 21)).await, Err(StoreError::Conflict)));
 
     // Probe records: only at the current version.
@@ -96,6 +98,8 @@ pub async fn run(store: Arc<dyn Store>, ring: &Keyring) {
         (CredentialState::Revoked, Some(50), Some("gone"))
     );
     assert!(tomb.code.is_none());
+    let raw = ok(store.get(a.0, a.1).await, "get");
+    assert!(raw.code.is_none(), "nothing of the seal is left on a tombstone");
     assert!(matches!(store.revoke(revoke(), event("Revoke", a.0, a.1, 51)).await, Err(StoreError::Revoked)));
     assert!(matches!(store.rotate(change(2), event("Rotate", a.0, a.1, 52)).await, Err(StoreError::Revoked)));
     let rebound = ok(store.bind(binding(ring, a.0, a.1, 60), event("Bind", a.0, a.1, 60)).await, "re-bind");

@@ -13,7 +13,7 @@ pub use sqlite::{Db as SqliteDb, SqliteStore};
 
 use std::sync::Arc;
 
-use crate::crypto::{KdfParams, Salt, Sealed, WrappedKey};
+use crate::crypto::{Generation, KdfParams, Salt, Sealed, WrappedKey};
 use crate::ids::{ClientId, Mailbox};
 use crate::outcome::ProbeOutcome;
 
@@ -60,10 +60,12 @@ pub struct UnlockMaterial {
     pub keys: Vec<WrappedKey>,
 }
 
-/// A code as stored: the key that sealed it, and the sealed bytes.
+/// A code as stored: the key that sealed it, the seal's generation (bound into the AAD; `None`
+/// for rows sealed before generations existed), and the sealed bytes.
 #[derive(Debug, Clone)]
 pub struct StoredCode {
     pub key_id: u32,
+    pub generation: Option<Generation>,
     pub sealed: Sealed,
 }
 

@@ -86,13 +86,14 @@ impl Vault {
         let report = self.probe(&provider, &mailbox, &code).await?;
         let event = self.event(caller, "Bind", (&mailbox, &client), "OK", Some(report.outcome));
         let report = self.require_accepted(event.clone(), report).await?;
-        let (key_id, sealed) = self.keyring.seal_code(mailbox.as_str(), client.as_str(), 1, code.expose().as_bytes());
+        let (key_id, generation, sealed) =
+            self.keyring.seal_code(mailbox.as_str(), client.as_str(), 1, code.expose().as_bytes());
         drop(code);
         let new = NewBinding {
             mailbox,
             client,
             provider: provider.id.clone(),
-            code: StoredCode { key_id, sealed },
+            code: StoredCode { key_id, generation: Some(generation), sealed },
             now: event.at,
             probe_outcome: ProbeOutcome::Accepted,
         };
@@ -125,14 +126,14 @@ impl Vault {
         let event = self.event(caller, "Rotate", (&mailbox, &client), "OK", Some(report.outcome));
         let probe = self.require_accepted(event.clone(), report).await?;
         let next = row.version + 1;
-        let (key_id, sealed) =
+        let (key_id, generation, sealed) =
             self.keyring.seal_code(mailbox.as_str(), client.as_str(), next, new_code.expose().as_bytes());
         drop(new_code);
         let change = RotateChange {
             mailbox: event.mailbox.clone(),
             client: event.client.clone(),
             from_version: row.version,
-            code: StoredCode { key_id, sealed },
+            code: StoredCode { key_id, generation: Some(generation), sealed },
             now: event.at,
         };
         let row = self.store.rotate(change, event).await?;

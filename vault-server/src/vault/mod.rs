@@ -146,6 +146,7 @@ impl Vault {
             &row.mailbox,
             &row.client,
             row.version,
+            stored.generation.as_ref(),
             &stored.sealed.nonce,
             &stored.sealed.ciphertext,
         )?;

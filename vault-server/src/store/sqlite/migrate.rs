@@ -5,8 +5,11 @@ use rusqlite::Connection;
 
 use crate::store::StoreError;
 
-const MIGRATIONS: &[&str] =
-    &[include_str!("../../../../migrations/0001_init.sql"), include_str!("../../../../migrations/0002_tokens.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../../../migrations/0001_init.sql"),
+    include_str!("../../../../migrations/0002_tokens.sql"),
+    include_str!("../../../../migrations/0003_seal_generation.sql"),
+];
 
 /// Applies the migrations this database has not seen, each in its own transaction.
 pub fn apply(conn: &mut Connection) -> Result<(), StoreError> {

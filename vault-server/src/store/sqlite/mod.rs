@@ -169,6 +169,58 @@ impl Db {
     }
 }
 
+impl Db {
+    /// Replaces the salt, KDF parameters and wrapped keys in one transaction (a passphrase
+    /// change), then truncates the WAL so the old wrapping leaves the live files.
+    pub fn replace_unlock_material(&self, material: &UnlockMaterial) -> Result<(), StoreError> {
+        {
+            let mut conn = lock(&self.writer);
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute(
+                "UPDATE vault_meta SET kdf_salt = ?1, kdf_m_kib = ?2, kdf_t = ?3, kdf_p = ?4 WHERE id = 1",
+                params![&material.salt.0[..], material.params.m_kib, material.params.t, material.params.p],
+            )?;
+            for k in &material.keys {
+                let changed = tx.execute(
+                    "UPDATE keyring SET nonce = ?2, wrapped_dek = ?3 WHERE key_id = ?1",
+                    params![k.key_id, &k.sealed.nonce[..], &k.sealed.ciphertext],
+                )?;
+                if changed != 1 {
+                    return Err(StoreError::Corrupt(format!("keyring has no key {}", k.key_id)));
+                }
+            }
+            tx.commit()?;
+        }
+        self.shred_wal();
+        Ok(())
+    }
+}
+
+/// Checkpoint attempts after a Revoke or Rotate; each waits up to the busy timeout for readers.
+const SHRED_ATTEMPTS: usize = 3;
+
+impl Db {
+    /// After a Revoke or Rotate: copies the WAL into the database (where `secure_delete` has
+    /// zeroed the old cell) and truncates the WAL, so no live file keeps the old ciphertext or
+    /// nonce. The change is already committed; if readers keep the checkpoint from finishing,
+    /// that is logged and the next Revoke, Rotate or shutdown truncates it.
+    fn shred_wal(&self) {
+        for _ in 0..SHRED_ATTEMPTS {
+            match self.checkpoint() {
+                Ok(true) => return,
+                Ok(false) => std::thread::sleep(std::time::Duration::from_millis(10)),
+                Err(e) => {
+                    tracing::error!(error = %e, "WAL truncation after a revoke or rotate failed; the old ciphertext stays in vault.db-wal until the next one");
+                    return;
+                }
+            }
+        }
+        tracing::error!(
+            "readers kept the WAL from being truncated after a revoke or rotate; the old ciphertext stays in vault.db-wal until the next one"
+        );
+    }
+}
+
 fn blob_array<const N: usize>(v: Vec<u8>, what: &str) -> Result<[u8; N], StoreError> {
     v.try_into().map_err(|_| StoreError::Corrupt(format!("{what} has the wrong length")))
 }
@@ -176,7 +228,7 @@ fn blob_array<const N: usize>(v: Vec<u8>, what: &str) -> Result<[u8; N], StoreEr
 fn insert_binding(tx: &rusqlite::Transaction<'_>, new: &NewBinding) -> Result<(), StoreError> {
     tx.prepare_cached(
         "INSERT INTO credentials (mailbox, client, provider, state, version, key_id, nonce, ciphertext, \
-         created_at, last_verified_at, last_probe_outcome) VALUES (?1, ?2, ?3, 1, 1, ?4, ?5, ?6, ?7, ?7, ?8)",
+         created_at, last_verified_at, last_probe_outcome, generation) VALUES (?1, ?2, ?3, 1, 1, ?4, ?5, ?6, ?7, ?7, ?8, ?9)",
     )?
     .execute(params![
         new.mailbox.as_str(),
@@ -186,7 +238,8 @@ fn insert_binding(tx: &rusqlite::Transaction<'_>, new: &NewBinding) -> Result<()
         &new.code.sealed.nonce[..],
         &new.code.sealed.ciphertext,
         new.now,
-        new.probe_outcome as i32
+        new.probe_outcome as i32,
+        new.code.generation.as_ref().map(|g| &g[..])
     ])?;
     Ok(())
 }
@@ -253,6 +306,12 @@ impl Db {
     }
 
     pub fn rotate(&self, c: &RotateChange, audit: &AuditEvent) -> Result<CredentialRow, StoreError> {
+        let row = self.rotate_row(c, audit)?;
+        self.shred_wal();
+        Ok(row)
+    }
+
+    fn rotate_row(&self, c: &RotateChange, audit: &AuditEvent) -> Result<CredentialRow, StoreError> {
         self.write(&c.mailbox, &c.client, |tx, row| {
             if row.state != CredentialState::Active {
                 return Err(StoreError::Revoked);
@@ -263,7 +322,7 @@ impl Db {
             let next = i64::try_from(c.from_version + 1).map_err(|_| StoreError::Conflict)?;
             tx.execute(
                 "UPDATE credentials SET version = ?3, key_id = ?4, nonce = ?5, ciphertext = ?6, rotated_at = ?7, \
-                 last_verified_at = ?7, last_probe_outcome = ?8 WHERE mailbox = ?1 AND client = ?2",
+                 last_verified_at = ?7, last_probe_outcome = ?8, generation = ?9 WHERE mailbox = ?1 AND client = ?2",
                 params![
                     c.mailbox,
                     c.client,
@@ -272,7 +331,8 @@ impl Db {
                     &c.code.sealed.nonce[..],
                     &c.code.sealed.ciphertext,
                     c.now,
-                    ProbeOutcome::Accepted as i32
+                    ProbeOutcome::Accepted as i32,
+                    c.code.generation.as_ref().map(|g| &g[..])
                 ],
             )?;
             insert_audit(tx, audit)
@@ -280,14 +340,20 @@ impl Db {
     }
 
     pub fn revoke(&self, c: &RevokeChange, audit: &AuditEvent) -> Result<CredentialRow, StoreError> {
+        let row = self.revoke_row(c, audit)?;
+        self.shred_wal();
+        Ok(row)
+    }
+
+    fn revoke_row(&self, c: &RevokeChange, audit: &AuditEvent) -> Result<CredentialRow, StoreError> {
         let (mailbox, client, reason, now) = (&c.mailbox, &c.client, &c.reason, c.now);
         self.write(mailbox, client, |tx, row| {
             if row.state != CredentialState::Active {
                 return Err(StoreError::Revoked);
             }
             tx.execute(
-                "UPDATE credentials SET state = 2, key_id = NULL, nonce = NULL, ciphertext = NULL, revoked_at = ?3, \
-                 revoke_reason = ?4 WHERE mailbox = ?1 AND client = ?2",
+                "UPDATE credentials SET state = 2, key_id = NULL, nonce = NULL, ciphertext = NULL, generation = NULL, \
+                 revoked_at = ?3, revoke_reason = ?4 WHERE mailbox = ?1 AND client = ?2",
                 params![mailbox, client, now, reason],
             )?;
             insert_audit(tx, audit)

@@ -14,7 +14,7 @@ pub(super) const UNUSED_PAGE: &str = "WHERE state = 1 AND coalesce(last_used_at,
      ORDER BY coalesce(last_used_at, created_at), mailbox, client LIMIT ?6";
 
 pub(super) const COLUMNS: &str = "mailbox, client, provider, state, version, key_id, nonce, ciphertext, created_at, \
-     rotated_at, revoked_at, revoke_reason, last_used_at, last_verified_at, last_probe_outcome";
+     rotated_at, revoked_at, revoke_reason, last_used_at, last_verified_at, last_probe_outcome, generation";
 
 pub(super) fn outcome_from(v: Option<i64>) -> Option<ProbeOutcome> {
     v.and_then(|v| i32::try_from(v).ok()).and_then(ProbeOutcome::from_i32)
@@ -32,7 +32,9 @@ pub(super) fn read_row(r: &Row<'_>) -> rusqlite::Result<CredentialRow> {
         (Some(key_id), Some(nonce), Some(ciphertext)) => {
             // A nonce of the wrong length cannot authenticate; an all-zero one makes that explicit.
             let nonce = nonce.try_into().unwrap_or([0u8; 24]);
-            Some(StoredCode { key_id, sealed: Sealed { nonce, ciphertext } })
+            // Likewise a generation of the wrong length: it opens nothing.
+            let generation = r.get::<_, Option<Vec<u8>>>(15)?.map(|g| g.try_into().unwrap_or([0u8; 16]));
+            Some(StoredCode { key_id, generation, sealed: Sealed { nonce, ciphertext } })
         }
         _ => None,
     };
