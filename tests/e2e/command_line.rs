@@ -118,3 +118,26 @@ fn serve_dev_initialises_once_and_answers_health_and_reflection() {
     assert!(!again.log().contains("initialised a new vault"));
     assert!(!again.log().contains("avt_"), "the admin token is printed once only");
 }
+
+#[test]
+fn a_second_serve_on_the_same_data_dir_exits_naming_the_owner() {
+    let mut stack = crate::harness::Stack::start();
+    let out = run(
+        &[
+            "serve",
+            "--data-dir",
+            path_str(&stack.data.dir),
+            "--passphrase-file",
+            path_str(&stack.data.passphrase_file),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        &[],
+    );
+    assert!(!out.status.success());
+    let line = one_line_error(&out);
+    assert!(line.contains("in use") && line.contains(&format!("pid {}", stack.server.pid())), "{line}");
+    // The lock goes with the process, however it ends: after a kill -9 the next serve starts.
+    stack.server.kill_hard();
+    stack.restart_after_stop();
+}

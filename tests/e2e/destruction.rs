@@ -8,13 +8,13 @@ use vault_client::proto;
 use crate::harness::{ALICE, ALICE_CODE, BOB, BOB_CODE, Stack};
 
 /// The sealed bytes of a pair's row, as an attacker reading the file would get them.
-struct Sealed {
-    key_id: i64,
-    nonce: Vec<u8>,
-    ciphertext: Vec<u8>,
+pub struct Sealed {
+    pub key_id: i64,
+    pub nonce: Vec<u8>,
+    pub ciphertext: Vec<u8>,
 }
 
-fn sealed(stack: &Stack, mailbox: &str) -> Sealed {
+pub fn sealed(stack: &Stack, mailbox: &str) -> Sealed {
     let db =
         rusqlite::Connection::open_with_flags(stack.data.db(), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
     db.query_row(

@@ -67,3 +67,60 @@ async fn passphrase_change_while_serving_then_only_the_new_one_opens() {
     // Tokens minted before the change still work (their MAC key comes from the data key).
     stack.admin().await.get(ALICE, "sender").await.unwrap();
 }
+
+#[tokio::test]
+async fn backup_while_serving_verify_it_and_restore_it_into_a_vault_that_serves() {
+    use crate::harness::vault::{DataDir, VaultServer};
+    use crate::harness::{BOB, BOB_CODE};
+    let stack = Stack::start();
+    let mut admin = stack.admin().await;
+    admin.bind(ALICE, "sender", SecretString::from(ALICE_CODE)).await.unwrap();
+    admin.bind(BOB, "sender", SecretString::from(BOB_CODE)).await.unwrap();
+    let bob = crate::destruction::sealed(&stack, BOB);
+    admin.revoke(BOB, "sender", "left").await.unwrap();
+    let sender_token = stack.client_token("sender");
+    let root = stack.data.dir.parent().unwrap().to_owned();
+    let dir = path_str(&stack.data.dir).to_owned();
+    let file = root.join("vault-backup.db");
+
+    // Taken while serving.
+    let out = run(&["backup", "--data-dir", &dir, path_str(&file)], &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+    let again = run(&["backup", "--data-dir", &dir, path_str(&file)], &[]);
+    assert!(!again.status.success(), "an existing backup file was overwritten");
+    // Ciphertext only, and nothing of the revoked code.
+    let bytes = std::fs::read(&file).unwrap();
+    let holds = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+    assert!(holds(ALICE.as_bytes()), "the backup must hold the vault's rows");
+    for secret in [ALICE_CODE.as_bytes(), BOB_CODE.as_bytes(), PASSPHRASE.as_bytes(), &bob.ciphertext, &bob.nonce] {
+        assert!(!holds(secret), "the backup holds a secret or a revoked ciphertext");
+    }
+
+    // Verify: every active code opens with the passphrase; a wrong one is refused.
+    let pf = path_str(&stack.data.passphrase_file).to_owned();
+    let out = run(&["backup", "verify", path_str(&file), "--passphrase-file", &pf], &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success() && stdout.contains("1 active codes open, 1 revoked"), "{stdout} {out:?}");
+    let wrong = root.join("wrong");
+    std::fs::write(&wrong, "not the passphrase at all").unwrap();
+    std::fs::set_permissions(&wrong, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = run(&["backup", "verify", path_str(&file), "--passphrase-file", path_str(&wrong)], &[]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("wrong passphrase"), "{out:?}");
+    assert_eq!(std::fs::read(&file).unwrap(), bytes, "verify must not write the backup");
+
+    // Restore into a new dir (never into a non-empty one) and serve it.
+    let restored = root.join("restored");
+    let out = run(&["restore", "--data-dir", path_str(&restored), path_str(&file)], &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run(&["restore", "--data-dir", path_str(&restored), path_str(&file)], &[]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("not empty"), "{out:?}");
+    let data = DataDir { dir: restored, passphrase_file: stack.data.passphrase_file.clone() };
+    let server = VaultServer::start(&data, &Stack::default_args(&stack.pki, &stack.dovecot));
+    let revealed = server.client_with(Some(&sender_token)).await.reveal(ALICE, "sender").await.unwrap();
+    assert_eq!(revealed.code.expose_secret(), ALICE_CODE);
+    assert!(matches!(
+        server.client_with(Some(&sender_token)).await.reveal(BOB, "sender").await,
+        Err(vault_client::Error::Revoked)
+    ));
+}

@@ -11,6 +11,7 @@ mod bind_reveal;
 mod canary;
 mod command_line;
 mod destruction;
+mod disk;
 mod grpcurl;
 mod hardening;
 mod keys;

@@ -44,6 +44,40 @@ pub enum Command {
     Token(TokenArgs),
     /// Change the master passphrase.
     Passphrase(PassphraseCommandArgs),
+    /// Write a consistent copy of the vault while it serves, or check one (`backup verify`).
+    Backup(BackupArgs),
+    /// Make a new data dir from a backup; the target must be missing or empty.
+    Restore {
+        /// The data dir to create.
+        #[arg(long, env = "VAULT_DATA_DIR", value_name = "DIR")]
+        data_dir: PathBuf,
+        /// The backup file.
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct BackupArgs {
+    #[command(subcommand)]
+    pub command: Option<BackupCommand>,
+    /// The data dir to copy.
+    #[arg(long, env = "VAULT_DATA_DIR", value_name = "DIR", required = true)]
+    pub data_dir: Option<PathBuf>,
+    /// Where to write the copy (mode 0600); it must not exist.
+    #[arg(required = true)]
+    pub file: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackupCommand {
+    /// Unlock a backup with the passphrase of its time and check that every active code opens.
+    Verify {
+        /// The backup file (never written to).
+        file: PathBuf,
+        #[command(flatten)]
+        passphrase: PassphraseArgs,
+    },
 }
 
 #[derive(Debug, Args)]

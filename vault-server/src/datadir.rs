@@ -1,7 +1,7 @@
 //! The data dir: creating it (`init`) and unlocking it (`serve`). It holds `vault.db` and its WAL.
 
 use std::fs;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::crypto::{CryptoError, KdfParams, Keyring, Salt, derive_kek};
@@ -25,6 +25,10 @@ pub enum DataDirError {
     WeakPassphrase,
     #[error("the new passphrase is the current one; nothing was changed")]
     SamePassphrase,
+    #[error("data dir {0} is in use by another `vault-server serve` (pid {1}); one server owns a data dir")]
+    InUse(PathBuf, String),
+    #[error("data dir {0}: cannot take its lock file: {1}")]
+    Lock(PathBuf, std::io::Error),
     #[error("cannot create data dir {0}: {1}")]
     Create(PathBuf, std::io::Error),
     #[error("data dir {0}: {1}")]
@@ -101,6 +105,146 @@ pub fn change_passphrase(dir: &Path, current: &Passphrase, new: &Passphrase) -> 
     let kek = derive_kek(new, &salt, params).map_err(|e| DataDirError::Crypto(dir.to_owned(), e))?;
     let material = UnlockMaterial { salt, params, keys: keyring.wrap_all(&kek) };
     store.sync().replace_unlock_material(&material).map_err(|e| DataDirError::Store(dir.to_owned(), e))
+}
+
+/// The lock file that makes one `serve` the owner of a data dir.
+pub const LOCK_FILE: &str = "serve.lock";
+
+/// Held by `serve` for its whole life: an exclusive lock on `DIR/serve.lock`, which names the
+/// owner's pid. The kernel drops it when the process ends, however it ends.
+#[derive(Debug)]
+pub struct DirLock {
+    _file: fs::File,
+}
+
+/// Takes the data dir's lock, or says which process holds it.
+pub fn lock_for_serve(dir: &Path) -> Result<DirLock, DataDirError> {
+    use std::io::{Read as _, Seek as _, Write as _};
+    let path = dir.join(LOCK_FILE);
+    let lock_err = |e| DataDirError::Lock(dir.to_owned(), e);
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(lock_err)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            let pid = pid.trim().chars().take(16).collect::<String>();
+            return Err(DataDirError::InUse(dir.to_owned(), if pid.is_empty() { "unknown".into() } else { pid }));
+        }
+        Err(fs::TryLockError::Error(e)) => return Err(lock_err(e)),
+    }
+    file.set_len(0).and_then(|()| file.rewind()).map_err(lock_err)?;
+    writeln!(file, "{}", std::process::id()).and_then(|()| file.sync_all()).map_err(lock_err)?;
+    Ok(DirLock { _file: file })
+}
+
+/// What `backup verify` found: every active code opened.
+#[derive(Debug)]
+pub struct BackupReport {
+    pub active: u64,
+    pub revoked: u64,
+    pub key_ids: Vec<u32>,
+}
+
+/// Backup and restore failures.
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
+    #[error("{0}")]
+    Io(String),
+    #[error("backup {file}: the code of {mailbox}/{client} does not open ({why}); this backup is not sound")]
+    Unreadable { file: PathBuf, mailbox: String, client: String, why: String },
+}
+
+/// Writes a consistent copy of the vault to `file` (which must not exist), while it serves.
+pub fn backup(dir: &Path, file: &Path) -> Result<(), BackupError> {
+    if !is_initialised(dir) {
+        return Err(DataDirError::NotInitialised(dir.to_owned()).into());
+    }
+    let store = SqliteStore::open(&db_path(dir)).map_err(|e| DataDirError::Store(dir.to_owned(), e))?;
+    store.sync().backup_into(file).map_err(|e| BackupError::Io(format!("cannot write backup {}: {e}", file.display())))
+}
+
+/// Unlocks a backup with `passphrase` and opens every active code in it (on a scratch copy, so
+/// the backup file itself is never written).
+pub fn verify_backup(file: &Path, passphrase: &Passphrase) -> Result<BackupReport, BackupError> {
+    let scratch = tempfile::Builder::new()
+        .prefix("vault-verify")
+        .tempdir()
+        .map_err(|e| BackupError::Io(format!("cannot make a scratch dir: {e}")))?;
+    let dir = scratch.path().join("data");
+    restore(&dir, file)?;
+    let (store, keyring) = unlock(&dir, passphrase)?;
+    let db = store.sync();
+    let mut report = BackupReport { active: 0, revoked: 0, key_ids: keyring.key_ids().collect() };
+    let mut after = None;
+    loop {
+        let query =
+            crate::store::ListQuery { include_revoked: true, after: after.take(), limit: 500, ..Default::default() };
+        let rows = db.list(&query).map_err(|e| DataDirError::Store(file.to_owned(), e))?;
+        let Some(last) = rows.last() else { break };
+        after = Some((last.mailbox.clone(), last.client.clone()));
+        for row in &rows {
+            let Some(code) = &row.code else {
+                report.revoked += 1;
+                continue;
+            };
+            let opened = keyring.open_code(
+                code.key_id,
+                &row.mailbox,
+                &row.client,
+                row.version,
+                code.generation.as_ref(),
+                &code.sealed.nonce,
+                &code.sealed.ciphertext,
+            );
+            if let Err(e) = opened {
+                return Err(BackupError::Unreadable {
+                    file: file.to_owned(),
+                    mailbox: row.mailbox.clone(),
+                    client: row.client.clone(),
+                    why: e.to_string(),
+                });
+            }
+            report.active += 1;
+        }
+    }
+    Ok(report)
+}
+
+/// Makes `dir` (which must be missing or empty) a data dir holding the backup `file`.
+pub fn restore(dir: &Path, file: &Path) -> Result<(), BackupError> {
+    let io = |what: &str, e: std::io::Error| BackupError::Io(format!("{what}: {e}"));
+    if fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_some()) {
+        return Err(BackupError::Io(format!("refusing to restore into {}: it is not empty", dir.display())));
+    }
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .and_then(|()| fs::set_permissions(dir, fs::Permissions::from_mode(0o700)))
+        .map_err(|e| DataDirError::Create(dir.to_owned(), e))?;
+    let mut source = fs::File::open(file).map_err(|e| io(&format!("cannot read backup {}", file.display()), e))?;
+    let target = db_path(dir);
+    let mut copy = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&target)
+        .map_err(|e| io(&format!("cannot create {}", target.display()), e))?;
+    std::io::copy(&mut source, &mut copy).map_err(|e| io("cannot copy the backup", e))?;
+    copy.sync_all().map_err(|e| io("cannot sync the restored database", e))?;
+    // It must open as a vault (and is brought to this binary's schema).
+    SqliteStore::open(&target).map_err(|e| DataDirError::Store(dir.to_owned(), e))?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::auth::AuthError;
 use crate::outcome::ProbeFailure;
+use crate::store::StoreError;
 use crate::vault::VaultError;
 
 /// ErrorInfo domain for this service's reasons.
@@ -93,15 +94,38 @@ impl From<VaultError> for Status {
                 tracing::error!("a stored ciphertext failed authentication (tampering or corruption)");
                 Status::data_loss("the stored code failed authentication; the row was altered or corrupted")
             }
-            VaultError::Store(err) => {
-                tracing::error!(error = %err, "storage failure");
-                Status::internal("storage failure; see the server log")
-            }
+            VaultError::Store(err) => storage(&err),
             VaultError::Internal(msg) => {
                 tracing::error!(error = %msg, "internal error");
                 Status::internal("internal error; see the server log")
             }
         }
+    }
+}
+
+/// A storage failure the domain did not turn into one of its own errors.
+fn storage(err: &StoreError) -> Status {
+    tracing::error!(error = %err, "storage failure");
+    match err {
+        StoreError::Full => error_info(
+            Code::ResourceExhausted,
+            "the vault's disk is full; nothing was changed. Free space on it and retry".into(),
+            "STORAGE_FULL",
+            vec![],
+        ),
+        StoreError::Unavailable(_) => error_info(
+            Code::Unavailable,
+            "the vault cannot write its database (read-only, missing or failing disk); nothing was changed".into(),
+            "STORAGE_UNAVAILABLE",
+            vec![],
+        ),
+        StoreError::NotFound
+        | StoreError::AlreadyExists
+        | StoreError::Conflict
+        | StoreError::Revoked
+        | StoreError::NotInitialised
+        | StoreError::Corrupt(_)
+        | StoreError::Backend(_) => Status::internal("storage failure; see the server log"),
     }
 }
 
@@ -157,7 +181,6 @@ mod tests {
 
     use super::*;
     use crate::probe::ProbeReport;
-    use crate::store::StoreError;
 
     fn reason(s: &Status) -> String {
         s.get_details_error_info().map(|i| i.reason).unwrap_or_default()
@@ -201,6 +224,8 @@ mod tests {
             ),
             (VaultError::DataLoss, Code::DataLoss, ""),
             (VaultError::Store(StoreError::Corrupt("x".into())), Code::Internal, ""),
+            (VaultError::Store(StoreError::Full), Code::ResourceExhausted, "STORAGE_FULL"),
+            (VaultError::Store(StoreError::Unavailable("read-only".into())), Code::Unavailable, "STORAGE_UNAVAILABLE"),
             (VaultError::Internal("x".into()), Code::Internal, ""),
         ];
         for (error, code, want_reason) in cases {

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use crate::cli::{Cli, Command, InitArgs, LogFormat, PassphraseArgs, PassphraseCommand};
+use crate::cli::{BackupCommand, Cli, Command, InitArgs, LogFormat, PassphraseArgs, PassphraseCommand};
 use crate::clock::{Clock, SystemClock};
 use crate::datadir::{self, DataDirError};
 use crate::provider::ProviderFileError;
@@ -43,6 +43,8 @@ const CAPPED_TARGETS: &[&str] = &[
 pub enum RunError {
     #[error(transparent)]
     DataDir(#[from] DataDirError),
+    #[error(transparent)]
+    Backup(#[from] datadir::BackupError),
     #[error("{0}")]
     Passphrase(String),
     #[error("invalid --log-level: {0}")]
@@ -90,6 +92,36 @@ pub fn main(cli: Cli, env: EnvPassphrases) -> Result<(), RunError> {
     match cli.command {
         Command::Init(args) => init(&args, env_passphrase),
         Command::Token(args) => token_cli::run(args, env_passphrase),
+        Command::Backup(args) => match (args.command, args.data_dir, args.file) {
+            (Some(BackupCommand::Verify { file, passphrase }), _, _) => {
+                let passphrase = read_passphrase(&passphrase, env_passphrase)?;
+                let r = datadir::verify_backup(&file, &passphrase)?;
+                println!(
+                    "backup {} is sound: {} active codes open, {} revoked tombstones, data keys {:?}",
+                    file.display(),
+                    r.active,
+                    r.revoked,
+                    r.key_ids
+                );
+                Ok(())
+            }
+            (None, Some(dir), Some(file)) => {
+                datadir::backup(&dir, &file)?;
+                println!("wrote backup {} (it opens with the current passphrase)", file.display());
+                Ok(())
+            }
+            // clap requires --data-dir and FILE without a subcommand.
+            _ => Err(RunError::Dev("backup needs --data-dir DIR and FILE, or `backup verify FILE`".into())),
+        },
+        Command::Restore { data_dir, file } => {
+            datadir::restore(&data_dir, &file)?;
+            println!(
+                "restored {} into {}; serve it with the passphrase of the backup's time",
+                file.display(),
+                data_dir.display()
+            );
+            Ok(())
+        }
         Command::Passphrase(args) => match args.command {
             PassphraseCommand::Change { data_dir, passphrase, new_passphrase_file } => {
                 let current = read_passphrase(&passphrase, env_passphrase)?;

@@ -121,6 +121,11 @@ pub async fn serve(args: ServeArgs, env_passphrase: Option<Passphrase>) -> Resul
         None => Registry::builtin(),
     };
     let passphrase = read_passphrase(&passphrase_args, env_passphrase)?;
+    if !datadir::is_initialised(&dir) {
+        return Err(datadir::DataDirError::NotInitialised(dir.clone()).into());
+    }
+    // One server per data dir: a second one would serve from a cache the first one invalidates.
+    let _owner = datadir::lock_for_serve(&dir)?;
     let (store, keyring) = datadir::unlock(&dir, &passphrase)?;
     drop(passphrase);
     let store = Arc::new(CachedStore::new(store, DEFAULT_CAPACITY));

@@ -196,6 +196,25 @@ impl Db {
     }
 }
 
+impl Db {
+    /// A consistent online copy into `target`, which must not exist: `VACUUM INTO` from one read
+    /// snapshot, so the copy holds live rows only (no free pages, no WAL), created 0600.
+    pub fn backup_into(&self, target: &Path) -> Result<(), StoreError> {
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(target)
+            .map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", target.display())))?;
+        let text = target.to_str().ok_or_else(|| StoreError::Unavailable("the backup path is not UTF-8".into()))?;
+        let done = self.with_reader(|conn| Ok(conn.execute("VACUUM INTO ?1", [text])?));
+        if done.is_err() {
+            let _ = std::fs::remove_file(target);
+        }
+        done.map(|_| ())
+    }
+}
+
 /// Checkpoint attempts after a Revoke or Rotate; each waits up to the busy timeout for readers.
 const SHRED_ATTEMPTS: usize = 3;
 
