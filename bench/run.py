@@ -447,6 +447,23 @@ medians); not rewritten by `bench/run.sh`.
 | bare | 36,338 | 1.00x | 9.62 | 35.4 |
 
 after/before **1.10x** (this machine's noise is about ±5%): the refactor costs Reveal nothing.
+
+## What "no live copy" costs a write (issue 9)
+
+`target/release/shred 300` (build with `cargo build --release -p vault-bench`), 2026-11-28, three
+runs on this machine's disk: Rotate (commit, then WAL checkpoint + truncate, so no live file keeps
+the old ciphertext) against Verify's probe record (the same one-row UPDATE plus audit row, no
+truncate), interleaved on one SQLite file, engine only (no gRPC, no probe). Not rewritten by
+`bench/run.sh`.
+
+| run | Rotate p50 / p99 ms | probe record p50 / p99 ms |
+|---|---|---|
+| 1 | 1.19 / 2.45 | 0.72 / 1.26 |
+| 2 | 1.20 / 2.44 | 0.71 / 1.73 |
+| 3 | 1.44 / 3.54 | 0.89 / 2.43 |
+
+The truncation costs about 0.5 ms at p50 and 1 ms at p99 per Revoke or Rotate here; Reveals are
+not affected (they read from the row cache).
 """
 
 
