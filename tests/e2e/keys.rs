@@ -124,3 +124,41 @@ async fn backup_while_serving_verify_it_and_restore_it_into_a_vault_that_serves(
         Err(vault_client::Error::Revoked)
     ));
 }
+
+#[test]
+fn kill_dash_nine_during_a_passphrase_change_leaves_exactly_one_passphrase_working() {
+    use crate::harness::vault::{BIN, DataDir};
+    let tmp = tempfile::tempdir().unwrap();
+    let data = DataDir::init(tmp.path(), PASSPHRASE);
+    let dir = path_str(&data.dir).to_owned();
+    let (mut current, mut next) =
+        (secret_file(tmp.path(), "a", PASSPHRASE), secret_file(tmp.path(), "b", "the other passphrase, rotated"));
+    let opens = |file: &std::path::Path| {
+        run(&["token", "create", "--data-dir", &dir, "--passphrase-file", path_str(file), "--admin"], &[])
+            .status
+            .success()
+    };
+    // Kill points spread over the change (two Argon2 derivations, then one short transaction).
+    let mut changed = 0;
+    for (round, delay_ms) in [0u64, 60, 120, 180, 240, 300, 400, 600, 900, 1500, 4000].into_iter().enumerate() {
+        let mut child = std::process::Command::new(BIN)
+            .args(["passphrase", "change", "--data-dir", &dir, "--passphrase-file", path_str(&current)])
+            .args(["--new-passphrase-file", path_str(&next)])
+            .env_remove("VAULT_PASSPHRASE")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        child.wait().unwrap();
+        let (old_opens, new_opens) = (opens(&current), opens(&next));
+        assert!(old_opens != new_opens, "round {round} ({delay_ms} ms): old opens {old_opens}, new opens {new_opens}");
+        if new_opens {
+            changed += 1;
+            std::mem::swap(&mut current, &mut next);
+        }
+    }
+    // Both sides of the race were hit: some kills came before the commit, some after.
+    assert!(changed > 0 && changed < 11, "{changed} of 11 rounds changed the passphrase");
+}

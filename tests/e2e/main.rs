@@ -10,6 +10,7 @@ mod access;
 mod bind_reveal;
 mod canary;
 mod command_line;
+mod crash;
 mod destruction;
 mod disk;
 mod grpcurl;
