@@ -122,22 +122,26 @@ fn serve_dev_initialises_once_and_answers_health_and_reflection() {
 #[test]
 fn a_second_serve_on_the_same_data_dir_exits_naming_the_owner() {
     let mut stack = crate::harness::Stack::start();
-    let out = run(
-        &[
-            "serve",
-            "--data-dir",
-            path_str(&stack.data.dir),
-            "--passphrase-file",
-            path_str(&stack.data.passphrase_file),
-            "--listen",
-            "127.0.0.1:0",
-        ],
-        &[],
-    );
+    let (dir, pf) = (path_str(&stack.data.dir).to_owned(), path_str(&stack.data.passphrase_file).to_owned());
+    let second = ["serve", "--data-dir", &dir, "--passphrase-file", &pf, "--listen", "127.0.0.1:0"];
+    let out = run(&second, &[]);
     assert!(!out.status.success());
     let line = one_line_error(&out);
     assert!(line.contains("in use") && line.contains(&format!("pid {}", stack.server.pid())), "{line}");
+    // Deleting the pid file does not let a second server in: the lock is on the data dir.
+    std::fs::remove_file(stack.data.dir.join("serve.lock")).unwrap();
+    let again = run(&second, &[]);
+    assert!(!again.status.success() && one_line_error(&again).contains("in use"), "{again:?}");
     // The lock goes with the process, however it ends: after a kill -9 the next serve starts.
     stack.server.kill_hard();
+    // A serve.lock planted as a link is never followed (it could truncate any file).
+    let victim = stack.data.dir.parent().unwrap().join("victim.txt");
+    std::fs::write(&victim, "precious").unwrap();
+    let _ = std::fs::remove_file(stack.data.dir.join("serve.lock"));
+    std::os::unix::fs::symlink(&victim, stack.data.dir.join("serve.lock")).unwrap();
+    let planted = run(&second, &[]);
+    assert!(!planted.status.success() && one_line_error(&planted).contains("lock file"), "{planted:?}");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+    std::fs::remove_file(stack.data.dir.join("serve.lock")).unwrap();
     stack.restart_after_stop();
 }

@@ -103,3 +103,18 @@ async fn a_replayed_ciphertext_after_revoke_and_rebind_is_data_loss() {
     let err = stack.as_client("sender").await.reveal(ALICE, "sender").await.unwrap_err();
     assert!(matches!(err, vault_client::Error::Tampered), "a replayed ciphertext must not open: {err:?}");
 }
+
+#[tokio::test]
+async fn a_seal_stripped_of_its_generation_is_data_loss() {
+    let mut stack = Stack::start();
+    stack.admin().await.bind(ALICE, "sender", SecretString::from(ALICE_CODE)).await.unwrap();
+    assert!(stack.server.stop().success());
+    // The attacker downgrades the row to the legacy AAD format (no generation) to replay through it.
+    let db = rusqlite::Connection::open(stack.data.db()).unwrap();
+    db.execute("UPDATE credentials SET generation = NULL WHERE mailbox = ?1", [ALICE]).unwrap();
+    drop(db);
+    stack.restart_after_stop();
+    let err = stack.as_client("sender").await.reveal(ALICE, "sender").await.unwrap_err();
+    assert!(matches!(err, vault_client::Error::Tampered), "{err:?}");
+    stack.server.wait_for_log("legacy seal does not open");
+}

@@ -29,6 +29,8 @@ pub enum DataDirError {
     InUse(PathBuf, String),
     #[error("data dir {0}: cannot take its lock file: {1}")]
     Lock(PathBuf, std::io::Error),
+    #[error("data dir {0}: the passphrase was changed by someone else meanwhile; nothing was changed, run it again")]
+    ChangedMeanwhile(PathBuf),
     #[error("cannot create data dir {0}: {1}")]
     Create(PathBuf, std::io::Error),
     #[error("data dir {0}: {1}")]
@@ -100,49 +102,106 @@ pub fn change_passphrase(dir: &Path, current: &Passphrase, new: &Passphrase) -> 
         return Err(DataDirError::SamePassphrase);
     }
     let (store, keyring) = unlock(dir, current)?;
+    let store_err = |e| DataDirError::Store(dir.to_owned(), e);
+    let before = store.sync().unlock_material().map_err(store_err)?;
     let salt = Salt::random();
-    let params = KdfParams::FLOOR;
+    // Parameters an operator raised stay raised.
+    let params = before.params;
     let kek = derive_kek(new, &salt, params).map_err(|e| DataDirError::Crypto(dir.to_owned(), e))?;
     let material = UnlockMaterial { salt, params, keys: keyring.wrap_all(&kek) };
-    store.sync().replace_unlock_material(&material).map_err(|e| DataDirError::Store(dir.to_owned(), e))
+    store.sync().replace_unlock_material(&before, &material).map_err(|e| match e {
+        StoreError::Conflict => DataDirError::ChangedMeanwhile(dir.to_owned()),
+        e => DataDirError::Store(dir.to_owned(), e),
+    })
 }
 
-/// The lock file that makes one `serve` the owner of a data dir.
+/// Re-seals every active code still sealed without a generation (AAD format 1, before
+/// migration 0003) with one, so that afterwards a row without a generation is refused as
+/// tampered, and an old ciphertext cannot be replayed through the legacy format. Runs at start,
+/// before serving. Returns how many rows were re-sealed.
+pub fn upgrade_seals(dir: &Path, store: &SqliteStore, keyring: &Keyring) -> Result<usize, DataDirError> {
+    let db = store.sync();
+    let store_err = |e| DataDirError::Store(dir.to_owned(), e);
+    let mut done = 0;
+    let mut refused = std::collections::HashSet::new();
+    loop {
+        let rows = db.legacy_sealed(refused.len() + 200).map_err(store_err)?;
+        let todo: Vec<_> = rows.iter().filter(|r| !refused.contains(&(r.mailbox.clone(), r.client.clone()))).collect();
+        if todo.is_empty() {
+            break;
+        }
+        for row in todo {
+            let Some(code) = &row.code else { continue };
+            let opened = keyring.open_code(
+                code.key_id,
+                &row.mailbox,
+                &row.client,
+                row.version,
+                None,
+                &code.sealed.nonce,
+                &code.sealed.ciphertext,
+            );
+            let Ok(plain) = opened else {
+                tracing::error!(mailbox = %row.mailbox, client = %row.client, "a legacy seal does not open (tampered?); left as it is, Reveal answers DATA_LOSS");
+                refused.insert((row.mailbox.clone(), row.client.clone()));
+                continue;
+            };
+            let (key_id, generation, sealed) = keyring.seal_code(&row.mailbox, &row.client, row.version, &plain);
+            let new = crate::store::StoredCode { key_id, generation: Some(generation), sealed };
+            if db.reseal(row, &code.sealed.nonce, &new).map_err(store_err)? {
+                done += 1;
+            }
+        }
+    }
+    if done > 0 {
+        db.shred();
+        tracing::info!(rows = done, "re-sealed codes from AAD format 1 to format 2 (with a generation)");
+    }
+    Ok(done)
+}
+
+/// The file that names the pid of the `serve` that owns a data dir.
 pub const LOCK_FILE: &str = "serve.lock";
 
-/// Held by `serve` for its whole life: an exclusive lock on `DIR/serve.lock`, which names the
-/// owner's pid. The kernel drops it when the process ends, however it ends.
+/// Held by `serve` for its whole life: an exclusive lock on the data dir itself (so deleting or
+/// replacing `serve.lock` cannot let a second server in), with the owner's pid in
+/// `DIR/serve.lock` for the message. The kernel drops the lock when the process ends, however
+/// it ends.
 #[derive(Debug)]
 pub struct DirLock {
-    _file: fs::File,
+    _dir: fs::File,
 }
 
 /// Takes the data dir's lock, or says which process holds it.
 pub fn lock_for_serve(dir: &Path) -> Result<DirLock, DataDirError> {
-    use std::io::{Read as _, Seek as _, Write as _};
-    let path = dir.join(LOCK_FILE);
+    use std::io::{Read as _, Write as _};
     let lock_err = |e| DataDirError::Lock(dir.to_owned(), e);
-    let mut file = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(&path)
-        .map_err(lock_err)?;
-    match file.try_lock() {
+    let handle = fs::File::open(dir).map_err(lock_err)?;
+    // Never follow a link planted as serve.lock: it could point at any file we can write.
+    let no_follow = nix::fcntl::OFlag::O_NOFOLLOW.bits();
+    let pid_file = dir.join(LOCK_FILE);
+    match handle.try_lock() {
         Ok(()) => {}
         Err(fs::TryLockError::WouldBlock) => {
             let mut pid = String::new();
-            let _ = file.read_to_string(&mut pid);
-            let pid = pid.trim().chars().take(16).collect::<String>();
+            if let Ok(mut f) = fs::OpenOptions::new().read(true).custom_flags(no_follow).open(&pid_file) {
+                let _ = f.read_to_string(&mut pid);
+            }
+            let pid: String = pid.trim().chars().filter(char::is_ascii_digit).take(10).collect();
             return Err(DataDirError::InUse(dir.to_owned(), if pid.is_empty() { "unknown".into() } else { pid }));
         }
         Err(fs::TryLockError::Error(e)) => return Err(lock_err(e)),
     }
-    file.set_len(0).and_then(|()| file.rewind()).map_err(lock_err)?;
-    writeln!(file, "{}", std::process::id()).and_then(|()| file.sync_all()).map_err(lock_err)?;
-    Ok(DirLock { _file: file })
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(no_follow)
+        .open(&pid_file)
+        .map_err(lock_err)?;
+    writeln!(file, "{}", std::process::id()).map_err(lock_err)?;
+    Ok(DirLock { _dir: handle })
 }
 
 /// What `backup verify` found: every active code opened.
@@ -223,8 +282,13 @@ pub fn verify_backup(file: &Path, passphrase: &Passphrase) -> Result<BackupRepor
 /// Makes `dir` (which must be missing or empty) a data dir holding the backup `file`.
 pub fn restore(dir: &Path, file: &Path) -> Result<(), BackupError> {
     let io = |what: &str, e: std::io::Error| BackupError::Io(format!("{what}: {e}"));
-    if fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_some()) {
-        return Err(BackupError::Io(format!("refusing to restore into {}: it is not empty", dir.display())));
+    match fs::read_dir(dir).map(|mut entries| entries.next().is_some()) {
+        Ok(true) => {
+            return Err(BackupError::Io(format!("refusing to restore into {}: it is not empty", dir.display())));
+        }
+        Ok(false) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(&format!("cannot read {}", dir.display()), e)),
     }
     fs::DirBuilder::new()
         .recursive(true)
@@ -265,5 +329,79 @@ mod tests {
         assert!(matches!(bad, Err(DataDirError::WrongPassphrase(_))));
         assert!(matches!(unlock(&tmp.path().join("none"), &good), Err(DataDirError::NotInitialised(_))));
         assert!(matches!(init(&tmp.path().join("x"), &Passphrase::new("short"), 0), Err(DataDirError::WeakPassphrase)));
+    }
+
+    #[test]
+    fn legacy_seals_are_upgraded_at_start_and_a_broken_one_is_left_alone() {
+        use crate::ids::{ClientId, Mailbox};
+        use crate::store::{AuditEvent, NewBinding, StoredCode};
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("data");
+        let pass = Passphrase::new("correct horse battery");
+        init(&dir, &pass, 0).unwrap();
+        let (store, ring) = unlock(&dir, &pass).unwrap();
+        let db = store.sync();
+        let audit = AuditEvent {
+            at: 1,
+            caller: "t".into(),
+            caller_role: "admin".into(),
+            rpc: "Bind".into(),
+            mailbox: String::new(),
+            client: String::new(),
+            outcome: "OK".into(),
+            probe_outcome: None,
+            count: 1,
+            first_at: 1,
+        };
+        let legacy = |mailbox: &str, sealed: crate::crypto::Sealed, key_id| NewBinding {
+            mailbox: Mailbox::parse(mailbox).unwrap(),
+            client: ClientId::parse("sender").unwrap(),
+            provider: "sina".into(),
+            code: StoredCode { key_id, generation: None, sealed },
+            now: 1,
+            probe_outcome: crate::outcome::ProbeOutcome::Accepted,
+        };
+        let (kid, old) = ring.seal_code_legacy("a@sina.com", "sender", 1, b"legacycode000001");
+        db.bind(&legacy("a@sina.com", old.clone(), kid), &audit).unwrap();
+        let (kid, mut broken) = ring.seal_code_legacy("b@sina.com", "sender", 1, b"legacycode000002");
+        broken.ciphertext[0] ^= 1;
+        db.bind(&legacy("b@sina.com", broken, kid), &audit).unwrap();
+
+        assert_eq!(upgrade_seals(&dir, &store, &ring).unwrap(), 1);
+        let row = db.get("a@sina.com", "sender").unwrap();
+        let code = row.code.as_ref().unwrap();
+        let generation = code.generation.expect("re-sealed with a generation");
+        let plain = ring.open_code(
+            code.key_id,
+            "a@sina.com",
+            "sender",
+            1,
+            Some(&generation),
+            &code.sealed.nonce,
+            &code.sealed.ciphertext,
+        );
+        assert_eq!(plain.unwrap().as_slice(), b"legacycode000001");
+        assert_ne!(code.sealed.nonce, old.nonce, "a new seal, not the old one relabelled");
+        // The broken row is left (Reveal answers DATA_LOSS for it); a second pass changes nothing.
+        assert!(db.get("b@sina.com", "sender").unwrap().code.as_ref().unwrap().generation.is_none());
+        assert_eq!(upgrade_seals(&dir, &store, &ring).unwrap(), 0);
+    }
+
+    #[test]
+    fn two_passphrase_changes_at_once_cannot_both_win() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("data");
+        let first = Passphrase::new("correct horse battery");
+        init(&dir, &first, 0).unwrap();
+        let (store, ring) = unlock(&dir, &first).unwrap();
+        let before = store.sync().unlock_material().unwrap();
+        // Another admin changes it first.
+        change_passphrase(&dir, &first, &Passphrase::new("the other admin's one")).unwrap();
+        // This change was prepared against the old wrapping: it must fail, not overwrite.
+        let salt = Salt::random();
+        let kek = derive_kek(&Passphrase::new("mine, lost silently?"), &salt, before.params).unwrap();
+        let material = UnlockMaterial { salt, params: before.params, keys: ring.wrap_all(&kek) };
+        assert!(matches!(store.sync().replace_unlock_material(&before, &material), Err(StoreError::Conflict)));
+        assert!(unlock(&dir, &Passphrase::new("the other admin's one")).is_ok());
     }
 }

@@ -12,6 +12,12 @@ pub fn disable_core_dumps() {
     }
 }
 
+/// Files this process creates are private unless made otherwise (SQLite creates its files, and
+/// the backup, by name with mode 0644 before the umask).
+pub fn private_umask() {
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+}
+
 /// Descriptors kept for the store, probes, metrics and logs besides client connections.
 const SPARE_FILES: u64 = 256;
 

@@ -88,6 +88,13 @@ impl Keyring {
             .collect()
     }
 
+    /// A seal in the legacy AAD format 1 (no generation), as vaults wrote before migration 0003.
+    #[cfg(test)]
+    pub(crate) fn seal_code_legacy(&self, mailbox: &str, client: &str, version: u64, code: &[u8]) -> (KeyId, Sealed) {
+        let key = &self.keys[&self.active];
+        (self.active, envelope::seal(key, &code_aad(self.active, mailbox, client, version, None), code))
+    }
+
     pub fn active_key_id(&self) -> KeyId {
         self.active
     }

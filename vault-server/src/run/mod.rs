@@ -89,6 +89,7 @@ pub fn main(cli: Cli, env: EnvPassphrases) -> Result<(), RunError> {
     init_logging(&cli.log_level, cli.log_format)?;
     // Every command holds the passphrase or the keyring at some point.
     crate::hygiene::disable_core_dumps();
+    crate::hygiene::private_umask();
     match cli.command {
         Command::Init(args) => init(&args, env_passphrase),
         Command::Token(args) => token_cli::run(args, env_passphrase),

@@ -128,6 +128,7 @@ pub async fn serve(args: ServeArgs, env_passphrase: Option<Passphrase>) -> Resul
     let _owner = datadir::lock_for_serve(&dir)?;
     let (store, keyring) = datadir::unlock(&dir, &passphrase)?;
     drop(passphrase);
+    datadir::upgrade_seals(&dir, &store, &keyring)?;
     let store = Arc::new(CachedStore::new(store, DEFAULT_CAPACITY));
     let tokens = Arc::new(Tokens::new(store.clone(), &keyring)?);
     if new_dev_vault {

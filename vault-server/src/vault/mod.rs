@@ -141,12 +141,15 @@ impl Vault {
         let Some(stored) = row.code.as_ref().filter(|_| row.state == CredentialState::Active) else {
             return Err(VaultError::Revoked);
         };
+        // Every seal has had a generation since start-up re-sealed the legacy ones; a row without
+        // one was edited (an old ciphertext replayed through the legacy format).
+        let generation = stored.generation.as_ref().ok_or(VaultError::DataLoss)?;
         let plain = self.keyring.open_code(
             stored.key_id,
             &row.mailbox,
             &row.client,
             row.version,
-            stored.generation.as_ref(),
+            Some(generation),
             &stored.sealed.nonce,
             &stored.sealed.ciphertext,
         )?;

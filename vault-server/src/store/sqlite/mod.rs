@@ -18,8 +18,8 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, pa
 
 use super::{
     AuditEvent, AuditQuery, AuditRecord, AuditStore, CredentialRow, CredentialState, CredentialStore, KeyMaterialStore,
-    ListQuery, Millis, NewBinding, ProbeRecord, RevokeChange, RotateChange, StoreError, TokenRow, TokenStore,
-    UnlockMaterial, UnreadableToken, UnusedQuery,
+    ListQuery, Millis, NewBinding, ProbeRecord, RevokeChange, RotateChange, StoreError, StoredCode, TokenRow,
+    TokenStore, UnlockMaterial, UnreadableToken, UnusedQuery,
 };
 use crate::crypto::{KdfParams, Salt, Sealed, WrappedKey};
 use crate::outcome::ProbeOutcome;
@@ -171,22 +171,32 @@ impl Db {
 
 impl Db {
     /// Replaces the salt, KDF parameters and wrapped keys in one transaction (a passphrase
-    /// change), then truncates the WAL so the old wrapping leaves the live files.
-    pub fn replace_unlock_material(&self, material: &UnlockMaterial) -> Result<(), StoreError> {
+    /// change), only if they are still `before` (two changes at once: the second one fails with
+    /// `Conflict`, so no one's new passphrase is silently lost); then truncates the WAL so the
+    /// old wrapping leaves the live files.
+    pub fn replace_unlock_material(
+        &self,
+        before: &UnlockMaterial,
+        material: &UnlockMaterial,
+    ) -> Result<(), StoreError> {
         {
             let mut conn = lock(&self.writer);
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            tx.execute(
-                "UPDATE vault_meta SET kdf_salt = ?1, kdf_m_kib = ?2, kdf_t = ?3, kdf_p = ?4 WHERE id = 1",
-                params![&material.salt.0[..], material.params.m_kib, material.params.t, material.params.p],
+            let changed = tx.execute(
+                "UPDATE vault_meta SET kdf_salt = ?1, kdf_m_kib = ?2, kdf_t = ?3, kdf_p = ?4 WHERE id = 1 AND kdf_salt = ?5",
+                params![&material.salt.0[..], material.params.m_kib, material.params.t, material.params.p, &before.salt.0[..]],
             )?;
+            if changed != 1 {
+                return Err(StoreError::Conflict);
+            }
             for k in &material.keys {
+                let old = before.keys.iter().find(|b| b.key_id == k.key_id).ok_or(StoreError::Conflict)?;
                 let changed = tx.execute(
-                    "UPDATE keyring SET nonce = ?2, wrapped_dek = ?3 WHERE key_id = ?1",
-                    params![k.key_id, &k.sealed.nonce[..], &k.sealed.ciphertext],
+                    "UPDATE keyring SET nonce = ?2, wrapped_dek = ?3 WHERE key_id = ?1 AND nonce = ?4",
+                    params![k.key_id, &k.sealed.nonce[..], &k.sealed.ciphertext, &old.sealed.nonce[..]],
                 )?;
                 if changed != 1 {
-                    return Err(StoreError::Corrupt(format!("keyring has no key {}", k.key_id)));
+                    return Err(StoreError::Conflict);
                 }
             }
             tx.commit()?;
@@ -211,7 +221,58 @@ impl Db {
         if done.is_err() {
             let _ = std::fs::remove_file(target);
         }
-        done.map(|_| ())
+        done?;
+        // The file was opened again by name: check that what is there now is the copy, private.
+        let meta = std::fs::symlink_metadata(target)
+            .map_err(|e| StoreError::Unavailable(format!("the backup {} vanished: {e}", target.display())))?;
+        if !meta.is_file()
+            || meta.len() == 0
+            || std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o077 != 0
+        {
+            return Err(StoreError::Unavailable(format!(
+                "the backup {} was replaced or opened up while it was written; do not trust it",
+                target.display()
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl Db {
+    /// Active rows still sealed without a generation (AAD format 1), a page at a time.
+    pub fn legacy_sealed(&self, limit: usize) -> Result<Vec<CredentialRow>, StoreError> {
+        let sql = format!("SELECT {} FROM credentials WHERE state = 1 AND generation IS NULL LIMIT ?1", rows::COLUMNS);
+        self.with_reader(|conn| {
+            let mut stmt = conn.prepare(&sql)?;
+            let rows = stmt.query_map([i64::try_from(limit).unwrap_or(i64::MAX)], rows::read_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    /// Replaces a legacy seal by `code`, only if the row still holds the seal with `old_nonce`
+    /// at `version` (so it cannot overwrite a concurrent change). `false` if it moved.
+    pub fn reseal(&self, row: &CredentialRow, old_nonce: &[u8], code: &StoredCode) -> Result<bool, StoreError> {
+        let conn = lock(&self.writer);
+        let changed = conn.execute(
+            "UPDATE credentials SET key_id = ?1, nonce = ?2, ciphertext = ?3, generation = ?4 \
+             WHERE mailbox = ?5 AND client = ?6 AND version = ?7 AND nonce = ?8 AND generation IS NULL",
+            params![
+                code.key_id,
+                &code.sealed.nonce[..],
+                &code.sealed.ciphertext,
+                code.generation.as_ref().map(|g| &g[..]),
+                row.mailbox,
+                row.client,
+                i64::try_from(row.version).unwrap_or(i64::MAX),
+                old_nonce
+            ],
+        )?;
+        Ok(changed == 1)
+    }
+
+    /// Truncates the WAL now (after re-sealing: the old seals must leave the live files).
+    pub fn shred(&self) {
+        self.shred_wal();
     }
 }
 
@@ -219,7 +280,8 @@ impl Db {
 const SHRED_ATTEMPTS: usize = 3;
 
 impl Db {
-    /// After a Revoke or Rotate: copies the WAL into the database (where `secure_delete` has
+    /// After a change that destroys a ciphertext or key wrapping (Revoke, Rotate, a passphrase
+    /// change, a re-seal): copies the WAL into the database (where `secure_delete` has
     /// zeroed the old cell) and truncates the WAL, so no live file keeps the old ciphertext or
     /// nonce. The change is already committed; if readers keep the checkpoint from finishing,
     /// that is logged and the next Revoke, Rotate or shutdown truncates it.
@@ -229,7 +291,7 @@ impl Db {
                 Ok(true) => return,
                 Ok(false) => std::thread::sleep(std::time::Duration::from_millis(10)),
                 Err(e) => {
-                    tracing::error!(error = %e, "WAL truncation after a revoke or rotate failed; the old ciphertext stays in vault.db-wal until the next one");
+                    tracing::error!(error = %e, "WAL truncation failed; destroyed bytes stay in vault.db-wal until the next truncation (Revoke, Rotate or a stop)");
                     return;
                 }
             }
