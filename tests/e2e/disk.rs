@@ -1,6 +1,7 @@
-//! Disk faults, for real: the data dir on a small tmpfs (the suite runs as root, so it can mount
-//! one) that is then filled. Writes fail with a clear RESOURCE_EXHAUSTED and change nothing;
-//! Reveals keep working; the vault recovers when space returns.
+//! Disk faults, for real: a full disk (the data dir on a small tmpfs that is then filled; the
+//! suite runs as root, so it can mount one), a database file deleted under the running server,
+//! and a read-only data dir. Each gives one clear error, never a panic, lost writes or a silent
+//! empty vault.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -84,4 +85,52 @@ async fn a_full_disk_refuses_writes_clearly_keeps_reveals_and_recovers() {
     assert_eq!(admin.get(BOB, "sender").await.unwrap().version, 1);
     assert!(server.stop().success());
     drop(disk);
+}
+
+#[tokio::test]
+async fn a_database_deleted_under_the_server_refuses_writes_and_is_never_replaced_by_an_empty_vault() {
+    let mut stack = Stack::start();
+    let mut admin = stack.admin().await;
+    admin.bind(ALICE, "sender", SecretString::from(ALICE_CODE)).await.unwrap();
+    let mut sender = stack.as_client("sender").await;
+    std::fs::remove_file(stack.data.db()).unwrap();
+    // A write would go to the unlinked file and vanish at the next start: it is refused.
+    let bind = proto::BindRequest { mailbox: BOB.into(), client: "sender".into(), auth_code: BOB_CODE.into() };
+    let status = admin.raw().bind(bind).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(status.get_details_error_info().map(|i| i.reason).as_deref(), Some("STORAGE_UNAVAILABLE"));
+    // Reads go on from the open file.
+    let revealed = sender.reveal(ALICE, "sender").await.unwrap();
+    assert_eq!(revealed.code.expose_secret(), ALICE_CODE);
+    assert!(stack.server.stop().success());
+    // The next start says what happened, instead of suggesting `init`.
+    let dir = crate::harness::vault::path_str(&stack.data.dir).to_owned();
+    let pf = crate::harness::vault::path_str(&stack.data.passphrase_file).to_owned();
+    let out = crate::harness::vault::run(&["serve", "--data-dir", &dir, "--passphrase-file", &pf], &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("was deleted or moved") && stderr.contains("restore"), "{stderr}");
+    assert!(!stderr.contains("panicked"));
+}
+
+#[test]
+fn a_read_only_data_dir_stops_start_up_with_one_clear_line() {
+    let tmp = tempfile::Builder::new().prefix("vault-ro").tempdir().unwrap();
+    let data = DataDir::init(tmp.path(), PASSPHRASE);
+    // A read-only bind mount of the data dir over itself (root can; permissions would not stop root).
+    let dir = crate::harness::vault::path_str(&data.dir).to_owned();
+    let ok = |args: &[&str]| Command::new("mount").args(args).status().expect("mount").success();
+    assert!(ok(&["--bind", &dir, &dir]), "bind mount needs root");
+    let _unmount = Tmpfs(data.dir.clone());
+    assert!(ok(&["-o", "remount,ro,bind", &dir]));
+    let pf = crate::harness::vault::path_str(&data.passphrase_file).to_owned();
+    let out = crate::harness::vault::run(
+        &["serve", "--data-dir", &dir, "--passphrase-file", &pf, "--listen", "127.0.0.1:0"],
+        &[],
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("error")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(errors[0].to_lowercase().contains("read-only"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }

@@ -17,6 +17,10 @@ pub const MIN_PASSPHRASE_CHARS: usize = 12;
 pub enum DataDirError {
     #[error("data dir {0} is not initialised; run `vault-server init --data-dir {0}` first")]
     NotInitialised(PathBuf),
+    #[error(
+        "data dir {0} has no vault.db, but a server used it (serve.lock is there): the database was deleted or moved; restore it (vault-server restore) rather than starting an empty vault"
+    )]
+    DatabaseMissing(PathBuf),
     #[error("data dir {0} is already initialised; refusing to overwrite it")]
     AlreadyInitialised(PathBuf),
     #[error("wrong passphrase for data dir {0}: the keyring did not unlock")]
@@ -45,6 +49,18 @@ pub fn db_path(dir: &Path) -> PathBuf {
 
 pub fn is_initialised(dir: &Path) -> bool {
     db_path(dir).exists()
+}
+
+/// `Ok` if the data dir holds a vault; else says whether it never did or its database went
+/// missing (a server's lock file is there), so that no one starts an empty vault by mistake.
+pub fn check_present(dir: &Path) -> Result<(), DataDirError> {
+    if is_initialised(dir) {
+        Ok(())
+    } else if dir.join(LOCK_FILE).exists() {
+        Err(DataDirError::DatabaseMissing(dir.to_owned()))
+    } else {
+        Err(DataDirError::NotInitialised(dir.to_owned()))
+    }
 }
 
 /// Creates the dir (0700) and a database with a fresh keyring sealed under the passphrase.

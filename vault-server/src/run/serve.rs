@@ -46,6 +46,10 @@ fn prepare_dev(dir: &Path, passphrase_file: Option<PathBuf>) -> Result<(PathBuf,
     let dev_err = |what: &str, e: std::io::Error| RunError::Dev(format!("dev mode: cannot {what}: {e}"));
     let file = passphrase_file.unwrap_or_else(|| dir.join(DEV_PASSPHRASE_FILE));
     if !datadir::is_initialised(dir) {
+        // A dev vault whose database went missing is not silently replaced by an empty one.
+        if let Err(e @ datadir::DataDirError::DatabaseMissing(_)) = datadir::check_present(dir) {
+            return Err(e.into());
+        }
         fs::create_dir_all(dir).map_err(|e| dev_err("create the data dir", e))?;
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|e| dev_err("chmod the data dir", e))?;
         if !file.exists() {
@@ -121,9 +125,7 @@ pub async fn serve(args: ServeArgs, env_passphrase: Option<Passphrase>) -> Resul
         None => Registry::builtin(),
     };
     let passphrase = read_passphrase(&passphrase_args, env_passphrase)?;
-    if !datadir::is_initialised(&dir) {
-        return Err(datadir::DataDirError::NotInitialised(dir.clone()).into());
-    }
+    datadir::check_present(&dir)?;
     // One server per data dir: a second one would serve from a cache the first one invalidates.
     let _owner = datadir::lock_for_serve(&dir)?;
     let (store, keyring) = datadir::unlock(&dir, &passphrase)?;

@@ -39,6 +39,8 @@ struct Readers {
 /// The synchronous SQLite engine.
 pub struct Db {
     path: std::path::PathBuf,
+    /// (device, inode) of the file opened: writes check the path still names it.
+    identity: (u64, u64),
     writer: Mutex<Connection>,
     readers: Mutex<Readers>,
     returned: Condvar,
@@ -64,6 +66,12 @@ fn open_conn(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
     configure(&conn)?;
     Ok(conn)
+}
+
+fn file_identity(path: &Path) -> std::io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::metadata(path)?;
+    Ok((meta.dev(), meta.ino()))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -95,7 +103,7 @@ impl Db {
             )?;
         }
         tx.commit()?;
-        Ok(Self::with_writer(path, conn))
+        Self::with_writer(path, conn)
     }
 
     /// Opens an existing database and applies pending migrations.
@@ -105,15 +113,30 @@ impl Db {
         }
         let mut conn = open_conn(path)?;
         migrate::apply(&mut conn)?;
-        Ok(Self::with_writer(path, conn))
+        Self::with_writer(path, conn)
     }
 
-    fn with_writer(path: &Path, writer: Connection) -> Self {
-        Self {
+    fn with_writer(path: &Path, writer: Connection) -> Result<Self, StoreError> {
+        let identity =
+            file_identity(path).map_err(|e| StoreError::Unavailable(format!("cannot stat {}: {e}", path.display())))?;
+        Ok(Self {
             path: path.to_owned(),
+            identity,
             writer: Mutex::new(writer),
             readers: Mutex::new(Readers::default()),
             returned: Condvar::new(),
+        })
+    }
+
+    /// The writer connection, once the path is checked to still name the file opened: writes to
+    /// a database deleted or replaced under the running server would be lost at the next start.
+    fn writer(&self) -> Result<std::sync::MutexGuard<'_, Connection>, StoreError> {
+        match file_identity(&self.path) {
+            Ok(id) if id == self.identity => Ok(lock(&self.writer)),
+            _ => Err(StoreError::Unavailable(format!(
+                "{} was deleted or replaced under the running server; writes are refused (restore it and restart)",
+                self.path.display()
+            ))),
         }
     }
 
@@ -151,7 +174,7 @@ impl Db {
         client: &str,
         change: impl FnOnce(&rusqlite::Transaction<'_>, &CredentialRow) -> Result<(), StoreError>,
     ) -> Result<CredentialRow, StoreError> {
-        let mut conn = lock(&self.writer);
+        let mut conn = self.writer()?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let row = get_row(&tx, mailbox, client)?.ok_or(StoreError::NotFound)?;
         change(&tx, &row)?;
@@ -180,7 +203,7 @@ impl Db {
         material: &UnlockMaterial,
     ) -> Result<(), StoreError> {
         {
-            let mut conn = lock(&self.writer);
+            let mut conn = self.writer()?;
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let changed = tx.execute(
                 "UPDATE vault_meta SET kdf_salt = ?1, kdf_m_kib = ?2, kdf_t = ?3, kdf_p = ?4 WHERE id = 1 AND kdf_salt = ?5",
@@ -252,7 +275,7 @@ impl Db {
     /// Replaces a legacy seal by `code`, only if the row still holds the seal with `old_nonce`
     /// at `version` (so it cannot overwrite a concurrent change). `false` if it moved.
     pub fn reseal(&self, row: &CredentialRow, old_nonce: &[u8], code: &StoredCode) -> Result<bool, StoreError> {
-        let conn = lock(&self.writer);
+        let conn = self.writer()?;
         let changed = conn.execute(
             "UPDATE credentials SET key_id = ?1, nonce = ?2, ciphertext = ?3, generation = ?4 \
              WHERE mailbox = ?5 AND client = ?6 AND version = ?7 AND nonce = ?8 AND generation IS NULL",
@@ -355,7 +378,7 @@ impl Db {
     }
 
     pub fn import(&self, rows: &[NewBinding], audit: &AuditEvent) -> Result<(), StoreError> {
-        let mut conn = lock(&self.writer);
+        let mut conn = self.writer()?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         for new in rows {
             // A unique-key violation converts to AlreadyExists.
@@ -367,7 +390,7 @@ impl Db {
     }
 
     pub fn bind(&self, new: &NewBinding, audit: &AuditEvent) -> Result<CredentialRow, StoreError> {
-        let mut conn = lock(&self.writer);
+        let mut conn = self.writer()?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let (mailbox, client) = (new.mailbox.as_str(), new.client.as_str());
         match get_row(&tx, mailbox, client)? {
@@ -459,7 +482,7 @@ impl Db {
     }
 
     pub fn audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
-        let mut conn = lock(&self.writer);
+        let mut conn = self.writer()?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         insert_audit(&tx, event)?;
         tx.commit()?;
@@ -467,7 +490,7 @@ impl Db {
     }
 
     pub fn record_reveals(&self, events: &[AuditEvent]) -> Result<(), StoreError> {
-        let mut conn = lock(&self.writer);
+        let mut conn = self.writer()?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         for e in events {
             insert_audit(&tx, e)?;
@@ -498,7 +521,7 @@ impl Db {
     }
 
     pub fn insert_token(&self, t: &TokenRow) -> Result<(), StoreError> {
-        token_rows::insert(&mut lock(&self.writer), t)
+        token_rows::insert(&mut *self.writer()?, t)
     }
 
     pub fn tokens(&self) -> Result<Vec<Result<TokenRow, UnreadableToken>>, StoreError> {
@@ -506,11 +529,11 @@ impl Db {
     }
 
     pub fn revoke_token(&self, id: &str, now: Millis) -> Result<(), StoreError> {
-        token_rows::revoke(&mut lock(&self.writer), id, now)
+        token_rows::revoke(&mut *self.writer()?, id, now)
     }
 
     pub fn record_token_use(&self, uses: &[(String, Millis)]) -> Result<(), StoreError> {
-        token_rows::record_use(&mut lock(&self.writer), uses)
+        token_rows::record_use(&mut *self.writer()?, uses)
     }
 }
 
