@@ -1,0 +1,116 @@
+//! Copies of the vault: online backups, their verification, and restoring one into a new data dir.
+
+use std::fs;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use super::{DataDirError, db_path, is_initialised, unlock};
+use crate::secret::Passphrase;
+use crate::store::SqliteStore;
+
+/// What `backup verify` found: every active code opened.
+#[derive(Debug)]
+pub struct BackupReport {
+    pub active: u64,
+    pub revoked: u64,
+    pub key_ids: Vec<u32>,
+}
+
+/// Backup and restore failures.
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
+    #[error("{0}")]
+    Io(String),
+    #[error("backup {file}: the code of {mailbox}/{client} does not open ({why}); this backup is not sound")]
+    Unreadable { file: PathBuf, mailbox: String, client: String, why: String },
+}
+
+/// Writes a consistent copy of the vault to `file` (which must not exist), while it serves.
+pub fn backup(dir: &Path, file: &Path) -> Result<(), BackupError> {
+    if !is_initialised(dir) {
+        return Err(DataDirError::NotInitialised(dir.to_owned()).into());
+    }
+    let store = SqliteStore::open(&db_path(dir)).map_err(|e| DataDirError::Store(dir.to_owned(), e))?;
+    store.sync().backup_into(file).map_err(|e| BackupError::Io(format!("cannot write backup {}: {e}", file.display())))
+}
+
+/// Unlocks a backup with `passphrase` and opens every active code in it (on a scratch copy, so
+/// the backup file itself is never written).
+pub fn verify_backup(file: &Path, passphrase: &Passphrase) -> Result<BackupReport, BackupError> {
+    let scratch = tempfile::Builder::new()
+        .prefix("vault-verify")
+        .tempdir()
+        .map_err(|e| BackupError::Io(format!("cannot make a scratch dir: {e}")))?;
+    let dir = scratch.path().join("data");
+    restore(&dir, file)?;
+    let (store, keyring) = unlock(&dir, passphrase)?;
+    let db = store.sync();
+    let mut report = BackupReport { active: 0, revoked: 0, key_ids: keyring.key_ids().collect() };
+    let mut after = None;
+    loop {
+        let query =
+            crate::store::ListQuery { include_revoked: true, after: after.take(), limit: 500, ..Default::default() };
+        let rows = db.list(&query).map_err(|e| DataDirError::Store(file.to_owned(), e))?;
+        let Some(last) = rows.last() else { break };
+        after = Some((last.mailbox.clone(), last.client.clone()));
+        for row in &rows {
+            let Some(code) = &row.code else {
+                report.revoked += 1;
+                continue;
+            };
+            let opened = keyring.open_code(
+                code.key_id,
+                &row.mailbox,
+                &row.client,
+                row.version,
+                code.generation.as_ref(),
+                &code.sealed.nonce,
+                &code.sealed.ciphertext,
+            );
+            if let Err(e) = opened {
+                return Err(BackupError::Unreadable {
+                    file: file.to_owned(),
+                    mailbox: row.mailbox.clone(),
+                    client: row.client.clone(),
+                    why: e.to_string(),
+                });
+            }
+            report.active += 1;
+        }
+    }
+    Ok(report)
+}
+
+/// Makes `dir` (which must be missing or empty) a data dir holding the backup `file`.
+pub fn restore(dir: &Path, file: &Path) -> Result<(), BackupError> {
+    let io = |what: &str, e: std::io::Error| BackupError::Io(format!("{what}: {e}"));
+    match fs::read_dir(dir).map(|mut entries| entries.next().is_some()) {
+        Ok(true) => {
+            return Err(BackupError::Io(format!("refusing to restore into {}: it is not empty", dir.display())));
+        }
+        Ok(false) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(&format!("cannot read {}", dir.display()), e)),
+    }
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .and_then(|()| fs::set_permissions(dir, fs::Permissions::from_mode(0o700)))
+        .map_err(|e| DataDirError::Create(dir.to_owned(), e))?;
+    let mut source = fs::File::open(file).map_err(|e| io(&format!("cannot read backup {}", file.display()), e))?;
+    let target = db_path(dir);
+    let mut copy = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&target)
+        .map_err(|e| io(&format!("cannot create {}", target.display()), e))?;
+    std::io::copy(&mut source, &mut copy).map_err(|e| io("cannot copy the backup", e))?;
+    copy.sync_all().map_err(|e| io("cannot sync the restored database", e))?;
+    // It must open as a vault (and is brought to this binary's schema).
+    SqliteStore::open(&target).map_err(|e| DataDirError::Store(dir.to_owned(), e))?;
+    Ok(())
+}

@@ -1,0 +1,141 @@
+//! The data dir: creating it (`init`) and unlocking it (`serve`). It holds `vault.db` and its
+//! WAL. Submodules: who owns it (`lock`), copies of it (`backup`), its passphrase
+//! (`passphrase`) and the format of its seals (`seals`).
+
+mod backup;
+mod lock;
+mod passphrase;
+mod seals;
+
+pub use backup::{BackupError, BackupReport, backup, restore, verify_backup};
+pub use lock::{DirLock, LOCK_FILE, lock_for_serve};
+pub use passphrase::change_passphrase;
+pub use seals::upgrade_seals;
+
+use std::fs;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::crypto::{CryptoError, KdfParams, Keyring, Salt, derive_kek};
+use crate::secret::Passphrase;
+use crate::store::{SqliteStore, StoreError, UnlockMaterial};
+
+pub const DB_FILE: &str = "vault.db";
+/// Shortest passphrase `init` accepts.
+pub const MIN_PASSPHRASE_CHARS: usize = 12;
+
+/// Start-up failures; each displays as one line an operator can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum DataDirError {
+    #[error("data dir {0} is not initialised; run `vault-server init --data-dir {0}` first")]
+    NotInitialised(PathBuf),
+    #[error(
+        "data dir {0} has no vault.db, but a server used it (serve.lock is there): the database was deleted or moved; restore it (vault-server restore) rather than starting an empty vault"
+    )]
+    DatabaseMissing(PathBuf),
+    #[error("data dir {0} is already initialised; refusing to overwrite it")]
+    AlreadyInitialised(PathBuf),
+    #[error("wrong passphrase for data dir {0}: the keyring did not unlock")]
+    WrongPassphrase(PathBuf),
+    #[error("the passphrase must be at least {MIN_PASSPHRASE_CHARS} characters")]
+    WeakPassphrase,
+    #[error("the new passphrase is the current one; nothing was changed")]
+    SamePassphrase,
+    #[error("data dir {0} is in use by another `vault-server serve` (pid {1}); one server owns a data dir")]
+    InUse(PathBuf, String),
+    #[error("data dir {0}: cannot take its lock file: {1}")]
+    Lock(PathBuf, std::io::Error),
+    #[error("data dir {0}: the passphrase was changed by someone else meanwhile; nothing was changed, run it again")]
+    ChangedMeanwhile(PathBuf),
+    #[error("cannot create data dir {0}: {1}")]
+    Create(PathBuf, std::io::Error),
+    #[error("data dir {0}: {1}")]
+    Store(PathBuf, StoreError),
+    #[error("data dir {0}: {1}")]
+    Crypto(PathBuf, CryptoError),
+}
+
+pub fn db_path(dir: &Path) -> PathBuf {
+    dir.join(DB_FILE)
+}
+
+pub fn is_initialised(dir: &Path) -> bool {
+    db_path(dir).exists()
+}
+
+/// `Ok` if the data dir holds a vault; else says whether it never did or its database went
+/// missing (a server's lock file is there), so that no one starts an empty vault by mistake.
+pub fn check_present(dir: &Path) -> Result<(), DataDirError> {
+    if is_initialised(dir) {
+        Ok(())
+    } else if dir.join(LOCK_FILE).exists() {
+        Err(DataDirError::DatabaseMissing(dir.to_owned()))
+    } else {
+        Err(DataDirError::NotInitialised(dir.to_owned()))
+    }
+}
+
+/// Creates the dir (0700) and a database with a fresh keyring sealed under the passphrase.
+pub fn init(dir: &Path, passphrase: &Passphrase, now: i64) -> Result<(), DataDirError> {
+    if passphrase.expose().chars().count() < MIN_PASSPHRASE_CHARS {
+        return Err(DataDirError::WeakPassphrase);
+    }
+    if is_initialised(dir) {
+        return Err(DataDirError::AlreadyInitialised(dir.to_owned()));
+    }
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .and_then(|()| fs::set_permissions(dir, fs::Permissions::from_mode(0o700)))
+        .map_err(|e| DataDirError::Create(dir.to_owned(), e))?;
+    let salt = Salt::random();
+    let params = KdfParams::FLOOR;
+    let kek = derive_kek(passphrase, &salt, params).map_err(|e| DataDirError::Crypto(dir.to_owned(), e))?;
+    let (_, wrapped) = Keyring::generate(&kek);
+    let material = UnlockMaterial { salt, params, keys: vec![wrapped] };
+    SqliteStore::create(&db_path(dir), &material, now).map_err(|e| DataDirError::Store(dir.to_owned(), e))?;
+    Ok(())
+}
+
+/// Opens the database and unlocks the keyring. A wrong passphrase stops here, before any
+/// ciphertext is touched.
+pub fn unlock(dir: &Path, passphrase: &Passphrase) -> Result<(SqliteStore, Keyring), DataDirError> {
+    let store_err = |e| match e {
+        StoreError::NotInitialised => DataDirError::NotInitialised(dir.to_owned()),
+        e => DataDirError::Store(dir.to_owned(), e),
+    };
+    if !is_initialised(dir) {
+        return Err(DataDirError::NotInitialised(dir.to_owned()));
+    }
+    let store = SqliteStore::open(&db_path(dir)).map_err(store_err)?;
+    let material = store.sync().unlock_material().map_err(store_err)?;
+    let kek =
+        derive_kek(passphrase, &material.salt, material.params).map_err(|e| DataDirError::Crypto(dir.to_owned(), e))?;
+    let keyring = Keyring::unlock(&kek, &material.keys).map_err(|e| match e {
+        CryptoError::Decrypt => DataDirError::WrongPassphrase(dir.to_owned()),
+        e => DataDirError::Crypto(dir.to_owned(), e),
+    })?;
+    Ok((store, keyring))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_then_unlock_and_wrong_passphrase() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("data");
+        let good = Passphrase::new("correct horse battery");
+        init(&dir, &good, 0).unwrap();
+        assert_eq!(fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
+        assert_eq!(fs::metadata(db_path(&dir)).unwrap().permissions().mode() & 0o777, 0o600);
+        assert!(matches!(init(&dir, &good, 0), Err(DataDirError::AlreadyInitialised(_))));
+        assert!(unlock(&dir, &good).is_ok());
+        let bad = unlock(&dir, &Passphrase::new("wrong horse battery"));
+        assert!(matches!(bad, Err(DataDirError::WrongPassphrase(_))));
+        assert!(matches!(unlock(&tmp.path().join("none"), &good), Err(DataDirError::NotInitialised(_))));
+        assert!(matches!(init(&tmp.path().join("x"), &Passphrase::new("short"), 0), Err(DataDirError::WeakPassphrase)));
+    }
+}
