@@ -112,14 +112,16 @@ pub struct TokenArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
-    /// Mint a token and print it alone on stdout, once. Needs the passphrase.
+    /// Mint a token and print it alone on stdout, once. Needs the passphrase, and one role:
+    /// --admin or --client ID.
+    #[command(group(clap::ArgGroup::new("role").required(true).multiple(false).args(["admin", "client"])))]
     Create {
         #[arg(long, env = "VAULT_DATA_DIR", value_name = "DIR")]
         data_dir: PathBuf,
         #[command(flatten)]
         passphrase: PassphraseArgs,
         /// An admin token: every RPC except Reveal.
-        #[arg(long, conflicts_with = "client", required_unless_present = "client")]
+        #[arg(long)]
         admin: bool,
         /// A client token: Reveal and GetCredential for this client id's pairs only.
         #[arg(long, value_name = "ID")]
@@ -299,6 +301,15 @@ mod tests {
     fn cli_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn token_create_names_both_roles_when_none_is_given() {
+        let err = Cli::try_parse_from(["vault-server", "token", "create", "--data-dir", "d"]).unwrap_err().to_string();
+        assert!(err.contains("--admin") && err.contains("--client"), "{err}");
+        let both = ["vault-server", "token", "create", "--data-dir", "d", "--admin", "--client", "x"];
+        assert!(Cli::try_parse_from(both).is_err());
+        assert!(Cli::try_parse_from(["vault-server", "token", "create", "--data-dir", "d", "--client", "x"]).is_ok());
     }
 
     #[test]

@@ -10,6 +10,9 @@ use crate::outcome::ProbeFailure;
 use crate::store::StoreError;
 use crate::vault::VaultError;
 
+/// How long a client should wait before retrying a call whose probe found no server.
+const PROBE_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// ErrorInfo domain for this service's reasons.
 pub const ERROR_DOMAIN: &str = "authcode-vault";
 
@@ -47,7 +50,8 @@ impl From<VaultError> for Status {
                 vec![],
             ),
             VaultError::ProbeFailed(failed) => {
-                let (code, reason) = match failed.failure() {
+                let failed_kind = failed.failure();
+                let (code, reason) = match failed_kind {
                     ProbeFailure::Rejected => (Code::FailedPrecondition, "PROBE_REJECTED"),
                     ProbeFailure::Unreachable => (Code::Unavailable, "PROBE_UNREACHABLE"),
                     ProbeFailure::TimedOut => (Code::Unavailable, "PROBE_TIMED_OUT"),
@@ -56,25 +60,31 @@ impl From<VaultError> for Status {
                 };
                 let report = failed.into_report();
                 tracing::info!(outcome = report.outcome.as_str(), server = %report.server, "probe did not accept the code");
-                let message = format!(
-                    "{} answered {}: {} {}",
-                    report.server,
-                    report.outcome.as_str(),
-                    report.server_response,
-                    report.hint
-                );
-                error_info(
-                    code,
-                    message,
-                    reason,
-                    vec![
-                        ("outcome", report.outcome.as_str().to_owned()),
-                        ("server", report.server),
-                        ("server_response", report.server_response),
-                        ("hint", report.hint),
-                        ("latency_ms", report.latency.as_millis().to_string()),
-                    ],
-                )
+                // Only REJECTED and PROTOCOL_ERROR mean a server answered; the others did not.
+                let what = match failed_kind {
+                    ProbeFailure::Rejected | ProbeFailure::ProtocolError => {
+                        format!("{} answered {}", report.server, report.outcome.as_str())
+                    }
+                    _ => format!("no server answered at {} ({})", report.server, report.outcome.as_str()),
+                };
+                let message = format!("{what}: {} — {}", report.server_response, report.hint);
+                let meta: std::collections::HashMap<String, String> = [
+                    ("outcome", report.outcome.as_str().to_owned()),
+                    ("server", report.server),
+                    ("server_response", report.server_response),
+                    ("hint", report.hint),
+                    ("latency_ms", report.latency.as_millis().to_string()),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect();
+                let mut details = ErrorDetails::new();
+                details.set_error_info(reason, ERROR_DOMAIN, meta);
+                if code == Code::Unavailable {
+                    // Retryable: nothing was changed. A provider that is down is not hammered.
+                    details.set_retry_info(Some(PROBE_RETRY_AFTER));
+                }
+                Status::with_error_details(code, message, details)
             }
             VaultError::Aborted(why) => Status::aborted(format!("{why}; nothing was changed")),
             VaultError::RateLimited { retry_after } => {
@@ -236,7 +246,20 @@ mod tests {
         }
         let limited = Status::from(VaultError::RateLimited { retry_after: Duration::from_secs(360) });
         assert_eq!(limited.get_details_retry_info().and_then(|r| r.retry_delay), Some(Duration::from_secs(360)));
+        let unreachable = Status::from(failed(O::Unreachable));
+        assert!(
+            unreachable.message().starts_with("no server answered at imap.sina.com:993"),
+            "{}",
+            unreachable.message()
+        );
+        assert_eq!(unreachable.get_details_retry_info().and_then(|r| r.retry_delay), Some(PROBE_RETRY_AFTER));
         let rejected = Status::from(failed(O::Rejected));
+        assert!(rejected.get_details_retry_info().is_none(), "a refused code is not retryable");
+        assert!(
+            rejected.message().contains("answered REJECTED: NO [AUTHENTICATIONFAILED] — use"),
+            "{}",
+            rejected.message()
+        );
         let info = rejected.get_details_error_info().unwrap();
         assert_eq!(info.metadata["server_response"], "NO [AUTHENTICATIONFAILED]");
         assert_eq!(info.metadata["hint"], "use the client auth code");
