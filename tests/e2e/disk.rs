@@ -17,11 +17,11 @@ use crate::harness::pki::TestPki;
 use crate::harness::vault::{DataDir, VaultServer};
 use crate::harness::{ALICE, ALICE_CODE, BOB, BOB_CODE, PASSPHRASE, Stack};
 
-/// A tmpfs mounted for the test's life.
-struct Tmpfs(PathBuf);
+/// A mount (a tmpfs, or a bind mount) undone when the test ends.
+struct Mount(PathBuf);
 
-impl Tmpfs {
-    fn mount(at: &Path, size: &str) -> Self {
+impl Mount {
+    fn tmpfs(at: &Path, size: &str) -> Self {
         std::fs::create_dir_all(at).unwrap();
         let out = Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
@@ -33,7 +33,7 @@ impl Tmpfs {
     }
 }
 
-impl Drop for Tmpfs {
+impl Drop for Mount {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
     }
@@ -52,7 +52,7 @@ async fn a_full_disk_refuses_writes_clearly_keeps_reveals_and_recovers() {
     let tmp = tempfile::Builder::new().prefix("vault-disk").tempdir().unwrap();
     let pki = TestPki::generate(tmp.path(), &["imap.sina.com", "smtp.sina.com"]);
     let dovecot = Dovecot::start(tmp.path(), &pki, &[(ALICE, ALICE_CODE), (BOB, BOB_CODE)]);
-    let disk = Tmpfs::mount(&tmp.path().join("disk"), "4m");
+    let disk = Mount::tmpfs(&tmp.path().join("disk"), "4m");
     let data = DataDir::init(&disk.0, PASSPHRASE);
     let admin_token = data.mint_token(&["--admin"]);
     let sender_token = data.mint_token(&["--client", "sender"]);
@@ -110,6 +110,11 @@ async fn a_database_deleted_under_the_server_refuses_writes_and_is_never_replace
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("was deleted or moved") && stderr.contains("restore"), "{stderr}");
     assert!(!stderr.contains("panicked"));
+    // `serve --dev` does not start an empty vault there either.
+    let out = crate::harness::vault::run(&["serve", "--dev", "--data-dir", &dir, "--passphrase-file", &pf], &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("was deleted or moved"), "{stderr}");
+    assert!(!stack.data.db().exists(), "serve --dev created a new, empty vault");
 }
 
 #[test]
@@ -120,7 +125,7 @@ fn a_read_only_data_dir_stops_start_up_with_one_clear_line() {
     let dir = crate::harness::vault::path_str(&data.dir).to_owned();
     let ok = |args: &[&str]| Command::new("mount").args(args).status().expect("mount").success();
     assert!(ok(&["--bind", &dir, &dir]), "bind mount needs root");
-    let _unmount = Tmpfs(data.dir.clone());
+    let _unmount = Mount(data.dir.clone());
     assert!(ok(&["-o", "remount,ro,bind", &dir]));
     let pf = crate::harness::vault::path_str(&data.passphrase_file).to_owned();
     let out = crate::harness::vault::run(

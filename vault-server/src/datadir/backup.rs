@@ -1,10 +1,10 @@
 //! Copies of the vault: online backups, their verification, and restoring one into a new data dir.
 
 use std::fs;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use super::{DataDirError, db_path, is_initialised, unlock};
+use super::{DataDirError, create_private_dir, db_path, is_initialised, unlock};
 use crate::secret::Passphrase;
 use crate::store::SqliteStore;
 
@@ -94,12 +94,7 @@ pub fn restore(dir: &Path, file: &Path) -> Result<(), BackupError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(io(&format!("cannot read {}", dir.display()), e)),
     }
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .and_then(|()| fs::set_permissions(dir, fs::Permissions::from_mode(0o700)))
-        .map_err(|e| DataDirError::Create(dir.to_owned(), e))?;
+    create_private_dir(dir)?;
     let mut source = fs::File::open(file).map_err(|e| io(&format!("cannot read backup {}", file.display()), e))?;
     let target = db_path(dir);
     let mut copy = fs::OpenOptions::new()

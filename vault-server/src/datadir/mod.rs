@@ -75,6 +75,16 @@ pub fn check_present(dir: &Path) -> Result<(), DataDirError> {
     }
 }
 
+/// Creates `dir` (and its parents) with mode 0700, also if it existed with another mode.
+fn create_private_dir(dir: &Path) -> Result<(), DataDirError> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .and_then(|()| fs::set_permissions(dir, fs::Permissions::from_mode(0o700)))
+        .map_err(|e| DataDirError::Create(dir.to_owned(), e))
+}
+
 /// Creates the dir (0700) and a database with a fresh keyring sealed under the passphrase.
 pub fn init(dir: &Path, passphrase: &Passphrase, now: i64) -> Result<(), DataDirError> {
     if passphrase.expose().chars().count() < MIN_PASSPHRASE_CHARS {
@@ -83,12 +93,7 @@ pub fn init(dir: &Path, passphrase: &Passphrase, now: i64) -> Result<(), DataDir
     if is_initialised(dir) {
         return Err(DataDirError::AlreadyInitialised(dir.to_owned()));
     }
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .and_then(|()| fs::set_permissions(dir, fs::Permissions::from_mode(0o700)))
-        .map_err(|e| DataDirError::Create(dir.to_owned(), e))?;
+    create_private_dir(dir)?;
     let salt = Salt::random();
     let params = KdfParams::FLOOR;
     let kek = derive_kek(passphrase, &salt, params).map_err(|e| DataDirError::Crypto(dir.to_owned(), e))?;

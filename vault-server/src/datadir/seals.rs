@@ -45,7 +45,7 @@ pub fn upgrade_seals(dir: &Path, store: &SqliteStore, keyring: &Keyring) -> Resu
         }
     }
     if done > 0 {
-        db.shred();
+        db.shred_wal();
         tracing::info!(rows = done, "re-sealed codes from AAD format 1 to format 2 (with a generation)");
     }
     Ok(done)

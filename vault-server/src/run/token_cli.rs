@@ -75,16 +75,6 @@ pub fn run(args: TokenArgs, env_passphrase: Option<Passphrase>) -> Result<(), Ru
             match store.sync().revoke_token(&id, now()) {
                 Ok(()) => {
                     eprintln!("revoked token {id}; a running server refuses it within a second");
-                    // The row's old MAC must not stay in the WAL, where it could be copied back.
-                    match store.sync().checkpoint() {
-                        Ok(true) => {}
-                        Ok(false) => eprintln!(
-                            "warning: readers kept the WAL from being truncated; the old row may stay in vault.db-wal until the next checkpoint"
-                        ),
-                        Err(e) => {
-                            eprintln!("warning: WAL checkpoint failed ({e}); the old row may stay in vault.db-wal");
-                        }
-                    }
                     Ok(())
                 }
                 Err(StoreError::NotFound) => Err(RunError::Token(format!("no token with id {id}"))),

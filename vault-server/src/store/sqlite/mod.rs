@@ -5,21 +5,24 @@
 //! an async worker on SQLite.
 
 mod error;
+mod maintenance;
 pub(super) mod migrate;
 mod rows;
+mod store;
 mod token_rows;
+
+pub use store::SqliteStore;
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Condvar, Mutex};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
 use super::{
-    AuditEvent, AuditQuery, AuditRecord, AuditStore, CredentialRow, CredentialState, CredentialStore, KeyMaterialStore,
-    ListQuery, Millis, NewBinding, ProbeRecord, RevokeChange, RotateChange, StoreError, StoredCode, TokenRow,
-    TokenStore, UnlockMaterial, UnreadableToken, UnusedQuery,
+    AuditEvent, AuditQuery, AuditRecord, CredentialRow, CredentialState, ListQuery, Millis, NewBinding, ProbeRecord,
+    RevokeChange, RotateChange, StoreError, TokenRow, UnlockMaterial, UnreadableToken, UnusedQuery,
 };
 use crate::crypto::{KdfParams, Salt, Sealed, WrappedKey};
 use crate::outcome::ProbeOutcome;
@@ -189,139 +192,6 @@ impl Db {
     pub fn checkpoint(&self) -> Result<bool, StoreError> {
         let busy: i64 = lock(&self.writer).query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
         Ok(busy == 0)
-    }
-}
-
-impl Db {
-    /// Replaces the salt, KDF parameters and wrapped keys in one transaction (a passphrase
-    /// change), only if they are still `before` (two changes at once: the second one fails with
-    /// `Conflict`, so no one's new passphrase is silently lost); then truncates the WAL so the
-    /// old wrapping leaves the live files.
-    pub fn replace_unlock_material(
-        &self,
-        before: &UnlockMaterial,
-        material: &UnlockMaterial,
-    ) -> Result<(), StoreError> {
-        {
-            let mut conn = self.writer()?;
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let changed = tx.execute(
-                "UPDATE vault_meta SET kdf_salt = ?1, kdf_m_kib = ?2, kdf_t = ?3, kdf_p = ?4 WHERE id = 1 AND kdf_salt = ?5",
-                params![&material.salt.0[..], material.params.m_kib, material.params.t, material.params.p, &before.salt.0[..]],
-            )?;
-            if changed != 1 {
-                return Err(StoreError::Conflict);
-            }
-            for k in &material.keys {
-                let old = before.keys.iter().find(|b| b.key_id == k.key_id).ok_or(StoreError::Conflict)?;
-                let changed = tx.execute(
-                    "UPDATE keyring SET nonce = ?2, wrapped_dek = ?3 WHERE key_id = ?1 AND nonce = ?4",
-                    params![k.key_id, &k.sealed.nonce[..], &k.sealed.ciphertext, &old.sealed.nonce[..]],
-                )?;
-                if changed != 1 {
-                    return Err(StoreError::Conflict);
-                }
-            }
-            tx.commit()?;
-        }
-        self.shred_wal();
-        Ok(())
-    }
-}
-
-impl Db {
-    /// A consistent online copy into `target`, which must not exist: `VACUUM INTO` from one read
-    /// snapshot, so the copy holds live rows only (no free pages, no WAL), created 0600.
-    pub fn backup_into(&self, target: &Path) -> Result<(), StoreError> {
-        OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(target)
-            .map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", target.display())))?;
-        let text = target.to_str().ok_or_else(|| StoreError::Unavailable("the backup path is not UTF-8".into()))?;
-        let done = self.with_reader(|conn| Ok(conn.execute("VACUUM INTO ?1", [text])?));
-        if done.is_err() {
-            let _ = std::fs::remove_file(target);
-        }
-        done?;
-        // The file was opened again by name: check that what is there now is the copy, private.
-        let meta = std::fs::symlink_metadata(target)
-            .map_err(|e| StoreError::Unavailable(format!("the backup {} vanished: {e}", target.display())))?;
-        if !meta.is_file()
-            || meta.len() == 0
-            || std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o077 != 0
-        {
-            return Err(StoreError::Unavailable(format!(
-                "the backup {} was replaced or opened up while it was written; do not trust it",
-                target.display()
-            )));
-        }
-        Ok(())
-    }
-}
-
-impl Db {
-    /// Active rows still sealed without a generation (AAD format 1), a page at a time.
-    pub fn legacy_sealed(&self, limit: usize) -> Result<Vec<CredentialRow>, StoreError> {
-        let sql = format!("SELECT {} FROM credentials WHERE state = 1 AND generation IS NULL LIMIT ?1", rows::COLUMNS);
-        self.with_reader(|conn| {
-            let mut stmt = conn.prepare(&sql)?;
-            let rows = stmt.query_map([i64::try_from(limit).unwrap_or(i64::MAX)], rows::read_row)?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
-        })
-    }
-
-    /// Replaces a legacy seal by `code`, only if the row still holds the seal with `old_nonce`
-    /// at `version` (so it cannot overwrite a concurrent change). `false` if it moved.
-    pub fn reseal(&self, row: &CredentialRow, old_nonce: &[u8], code: &StoredCode) -> Result<bool, StoreError> {
-        let conn = self.writer()?;
-        let changed = conn.execute(
-            "UPDATE credentials SET key_id = ?1, nonce = ?2, ciphertext = ?3, generation = ?4 \
-             WHERE mailbox = ?5 AND client = ?6 AND version = ?7 AND nonce = ?8 AND generation IS NULL",
-            params![
-                code.key_id,
-                &code.sealed.nonce[..],
-                &code.sealed.ciphertext,
-                code.generation.as_ref().map(|g| &g[..]),
-                row.mailbox,
-                row.client,
-                i64::try_from(row.version).unwrap_or(i64::MAX),
-                old_nonce
-            ],
-        )?;
-        Ok(changed == 1)
-    }
-
-    /// Truncates the WAL now (after re-sealing: the old seals must leave the live files).
-    pub fn shred(&self) {
-        self.shred_wal();
-    }
-}
-
-/// Checkpoint attempts after a Revoke or Rotate; each waits up to the busy timeout for readers.
-const SHRED_ATTEMPTS: usize = 3;
-
-impl Db {
-    /// After a change that destroys a ciphertext or key wrapping (Revoke, Rotate, a passphrase
-    /// change, a re-seal): copies the WAL into the database (where `secure_delete` has
-    /// zeroed the old cell) and truncates the WAL, so no live file keeps the old ciphertext or
-    /// nonce. The change is already committed; if readers keep the checkpoint from finishing,
-    /// that is logged and the next Revoke, Rotate or shutdown truncates it.
-    fn shred_wal(&self) {
-        for _ in 0..SHRED_ATTEMPTS {
-            match self.checkpoint() {
-                Ok(true) => return,
-                Ok(false) => std::thread::sleep(std::time::Duration::from_millis(10)),
-                Err(e) => {
-                    tracing::error!(error = %e, "WAL truncation failed; destroyed bytes stay in vault.db-wal until the next truncation (Revoke, Rotate or a stop)");
-                    return;
-                }
-            }
-        }
-        tracing::error!(
-            "readers kept the WAL from being truncated after a revoke or rotate; the old ciphertext stays in vault.db-wal until the next one"
-        );
     }
 }
 
@@ -528,129 +398,16 @@ impl Db {
         self.with_reader(token_rows::all)
     }
 
+    /// Revokes a token (destroying its MAC), then truncates the WAL, so the old row, MAC
+    /// included, leaves the live files and cannot be copied back from there.
     pub fn revoke_token(&self, id: &str, now: Millis) -> Result<(), StoreError> {
-        token_rows::revoke(&mut *self.writer()?, id, now)
+        token_rows::revoke(&mut *self.writer()?, id, now)?;
+        self.shred_wal();
+        Ok(())
     }
 
     pub fn record_token_use(&self, uses: &[(String, Millis)]) -> Result<(), StoreError> {
         token_rows::record_use(&mut *self.writer()?, uses)
-    }
-}
-
-/// The async face of [`Db`]: every call runs on the blocking pool.
-#[derive(Debug, Clone)]
-pub struct SqliteStore {
-    db: Arc<Db>,
-}
-
-impl SqliteStore {
-    /// Creates a new database file (mode 0600) holding the unlock material. Fails if it exists.
-    pub fn create(path: &Path, material: &UnlockMaterial, now: i64) -> Result<Self, StoreError> {
-        Ok(Self { db: Arc::new(Db::create(path, material, now)?) })
-    }
-
-    /// Opens an existing database and applies pending migrations.
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
-        Ok(Self { db: Arc::new(Db::open(path)?) })
-    }
-
-    /// The synchronous engine, for callers outside the async runtime (the CLI, tools).
-    pub fn sync(&self) -> &Db {
-        &self.db
-    }
-
-    /// Runs `f` on the blocking pool; a panic there is re-raised here.
-    async fn hop<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Db) -> Result<T, StoreError> + Send + 'static,
-    ) -> Result<T, StoreError> {
-        let db = self.db.clone();
-        match tokio::task::spawn_blocking(move || f(&db)).await {
-            Ok(out) => out,
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(e) => Err(StoreError::Unavailable(format!("storage task cancelled: {e}"))),
-        }
-    }
-}
-
-#[tonic::async_trait]
-impl KeyMaterialStore for SqliteStore {
-    async fn unlock_material(&self) -> Result<UnlockMaterial, StoreError> {
-        self.hop(Db::unlock_material).await
-    }
-}
-
-#[tonic::async_trait]
-impl CredentialStore for SqliteStore {
-    async fn get(&self, mailbox: &str, client: &str) -> Result<Arc<CredentialRow>, StoreError> {
-        let (m, c) = (mailbox.to_owned(), client.to_owned());
-        self.hop(move |db| db.get(&m, &c)).await
-    }
-
-    async fn bind(&self, new: NewBinding, audit: AuditEvent) -> Result<CredentialRow, StoreError> {
-        self.hop(move |db| db.bind(&new, &audit)).await
-    }
-
-    async fn import(&self, rows: Vec<NewBinding>, audit: AuditEvent) -> Result<(), StoreError> {
-        self.hop(move |db| db.import(&rows, &audit)).await
-    }
-
-    async fn rotate(&self, change: RotateChange, audit: AuditEvent) -> Result<CredentialRow, StoreError> {
-        self.hop(move |db| db.rotate(&change, &audit)).await
-    }
-
-    async fn revoke(&self, change: RevokeChange, audit: AuditEvent) -> Result<CredentialRow, StoreError> {
-        self.hop(move |db| db.revoke(&change, &audit)).await
-    }
-
-    async fn record_probe(&self, probe: ProbeRecord, audit: AuditEvent) -> Result<CredentialRow, StoreError> {
-        self.hop(move |db| db.record_probe(&probe, &audit)).await
-    }
-
-    async fn list(&self, query: ListQuery) -> Result<Vec<CredentialRow>, StoreError> {
-        self.hop(move |db| db.list(&query)).await
-    }
-
-    async fn list_unused(&self, query: UnusedQuery) -> Result<Vec<CredentialRow>, StoreError> {
-        self.hop(move |db| db.list_unused(&query)).await
-    }
-
-    async fn record_reveals(&self, events: Vec<AuditEvent>) -> Result<(), StoreError> {
-        self.hop(move |db| db.record_reveals(&events)).await
-    }
-
-    async fn count_by_state(&self) -> Result<(u64, u64), StoreError> {
-        self.hop(Db::count_by_state).await
-    }
-}
-
-#[tonic::async_trait]
-impl AuditStore for SqliteStore {
-    async fn audit(&self, event: AuditEvent) -> Result<(), StoreError> {
-        self.hop(move |db| db.audit(&event)).await
-    }
-
-    async fn audit_events(&self, query: AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {
-        self.hop(move |db| db.audit_events(&query)).await
-    }
-}
-
-#[tonic::async_trait]
-impl TokenStore for SqliteStore {
-    async fn insert_token(&self, row: TokenRow) -> Result<(), StoreError> {
-        self.hop(move |db| db.insert_token(&row)).await
-    }
-
-    async fn tokens(&self) -> Result<Vec<Result<TokenRow, UnreadableToken>>, StoreError> {
-        self.hop(Db::tokens).await
-    }
-
-    async fn revoke_token(&self, id: String, now: Millis) -> Result<(), StoreError> {
-        self.hop(move |db| db.revoke_token(&id, now)).await
-    }
-
-    async fn record_token_use(&self, uses: Vec<(String, Millis)>) -> Result<(), StoreError> {
-        self.hop(move |db| db.record_token_use(&uses)).await
     }
 }
 

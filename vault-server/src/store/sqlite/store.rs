@@ -1,0 +1,128 @@
+//! The async face of the SQLite engine: the store traits, each call run on the blocking pool.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use super::Db;
+use crate::store::{
+    AuditEvent, AuditQuery, AuditRecord, AuditStore, CredentialRow, CredentialStore, KeyMaterialStore, ListQuery,
+    Millis, NewBinding, ProbeRecord, RevokeChange, RotateChange, StoreError, TokenRow, TokenStore, UnlockMaterial,
+    UnreadableToken, UnusedQuery,
+};
+
+/// The async face of [`Db`]: every call runs on the blocking pool.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    db: Arc<Db>,
+}
+
+impl SqliteStore {
+    /// Creates a new database file (mode 0600) holding the unlock material. Fails if it exists.
+    pub fn create(path: &Path, material: &UnlockMaterial, now: i64) -> Result<Self, StoreError> {
+        Ok(Self { db: Arc::new(Db::create(path, material, now)?) })
+    }
+
+    /// Opens an existing database and applies pending migrations.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Ok(Self { db: Arc::new(Db::open(path)?) })
+    }
+
+    /// The synchronous engine, for callers outside the async runtime (the CLI, tools).
+    pub fn sync(&self) -> &Db {
+        &self.db
+    }
+
+    /// Runs `f` on the blocking pool; a panic there is re-raised here.
+    async fn hop<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Db) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let db = self.db.clone();
+        match tokio::task::spawn_blocking(move || f(&db)).await {
+            Ok(out) => out,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => Err(StoreError::Unavailable(format!("storage task cancelled: {e}"))),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl KeyMaterialStore for SqliteStore {
+    async fn unlock_material(&self) -> Result<UnlockMaterial, StoreError> {
+        self.hop(Db::unlock_material).await
+    }
+}
+
+#[tonic::async_trait]
+impl CredentialStore for SqliteStore {
+    async fn get(&self, mailbox: &str, client: &str) -> Result<Arc<CredentialRow>, StoreError> {
+        let (m, c) = (mailbox.to_owned(), client.to_owned());
+        self.hop(move |db| db.get(&m, &c)).await
+    }
+
+    async fn bind(&self, new: NewBinding, audit: AuditEvent) -> Result<CredentialRow, StoreError> {
+        self.hop(move |db| db.bind(&new, &audit)).await
+    }
+
+    async fn import(&self, rows: Vec<NewBinding>, audit: AuditEvent) -> Result<(), StoreError> {
+        self.hop(move |db| db.import(&rows, &audit)).await
+    }
+
+    async fn rotate(&self, change: RotateChange, audit: AuditEvent) -> Result<CredentialRow, StoreError> {
+        self.hop(move |db| db.rotate(&change, &audit)).await
+    }
+
+    async fn revoke(&self, change: RevokeChange, audit: AuditEvent) -> Result<CredentialRow, StoreError> {
+        self.hop(move |db| db.revoke(&change, &audit)).await
+    }
+
+    async fn record_probe(&self, probe: ProbeRecord, audit: AuditEvent) -> Result<CredentialRow, StoreError> {
+        self.hop(move |db| db.record_probe(&probe, &audit)).await
+    }
+
+    async fn list(&self, query: ListQuery) -> Result<Vec<CredentialRow>, StoreError> {
+        self.hop(move |db| db.list(&query)).await
+    }
+
+    async fn list_unused(&self, query: UnusedQuery) -> Result<Vec<CredentialRow>, StoreError> {
+        self.hop(move |db| db.list_unused(&query)).await
+    }
+
+    async fn record_reveals(&self, events: Vec<AuditEvent>) -> Result<(), StoreError> {
+        self.hop(move |db| db.record_reveals(&events)).await
+    }
+
+    async fn count_by_state(&self) -> Result<(u64, u64), StoreError> {
+        self.hop(Db::count_by_state).await
+    }
+}
+
+#[tonic::async_trait]
+impl AuditStore for SqliteStore {
+    async fn audit(&self, event: AuditEvent) -> Result<(), StoreError> {
+        self.hop(move |db| db.audit(&event)).await
+    }
+
+    async fn audit_events(&self, query: AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {
+        self.hop(move |db| db.audit_events(&query)).await
+    }
+}
+
+#[tonic::async_trait]
+impl TokenStore for SqliteStore {
+    async fn insert_token(&self, row: TokenRow) -> Result<(), StoreError> {
+        self.hop(move |db| db.insert_token(&row)).await
+    }
+
+    async fn tokens(&self) -> Result<Vec<Result<TokenRow, UnreadableToken>>, StoreError> {
+        self.hop(Db::tokens).await
+    }
+
+    async fn revoke_token(&self, id: String, now: Millis) -> Result<(), StoreError> {
+        self.hop(move |db| db.revoke_token(&id, now)).await
+    }
+
+    async fn record_token_use(&self, uses: Vec<(String, Millis)>) -> Result<(), StoreError> {
+        self.hop(move |db| db.record_token_use(&uses)).await
+    }
+}
