@@ -33,7 +33,7 @@ fn grpcurl_lists_by_reflection_and_calls_bind_and_reveal() {
         assert!(services.contains(name), "{name} missing from:\n{services}");
     }
     let methods = grpcurl::run(s, &["list", "vault.v1.AuthCodeVault"]);
-    for m in ["Bind", "Rotate", "Revoke", "Verify", "Reveal", "GetCredential", "ListCredentials", "ListUnusedClients"] {
+    for m in ["Bind", "Rotate", "Revoke", "Verify", "Reveal", "GetCredential", "ListCredentials", "RotateDataKey"] {
         assert!(methods.contains(&format!("vault.v1.AuthCodeVault.{m}")), "{m} missing");
     }
     let described = grpcurl::run(s, &["describe", "vault.v1.BindRequest"]);
@@ -74,6 +74,11 @@ fn grpcurl_lists_by_reflection_and_calls_bind_and_reveal() {
     assert!(out.contains("CREDENTIAL_STATE_REVOKED") && out.contains("left the team"), "{out}");
     let out = grpcurl::output(s, &["-H", &thunderbird, "-d", &pair], &["vault.v1.AuthCodeVault/Reveal"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("FailedPrecondition"));
+    // Data-key rotation takes no fields, as the README shows it.
+    let out = grpcurl::call(s, &["-H", &admin], &["vault.v1.AuthCodeVault/RotateDataKey"]);
+    assert!(out.contains("\"activeKeyId\": 2") && out.contains("\"retiredKeyIds\""), "{out}");
+    let out = grpcurl::output(s, &["-H", &thunderbird], &["vault.v1.AuthCodeVault/RotateDataKey"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("PermissionDenied"), "{out:?}");
 
     // Errors come back as gRPC statuses grpcurl can show.
     let short = format!(r#"{{"mailbox":"{ALICE}","client":"thunderbird","auth_code":"hunter2"}}"#);

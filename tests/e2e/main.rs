@@ -19,4 +19,5 @@ mod keys;
 mod lifecycle;
 mod providers;
 mod review;
+mod rotation;
 mod storage;

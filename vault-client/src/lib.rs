@@ -280,4 +280,11 @@ impl VaultClient {
         let req = proto::GetCredentialRequest { mailbox: mailbox.to_owned(), client: client.to_owned() };
         Ok(self.inner.get_credential(req).await?.into_inner())
     }
+
+    /// Rotates the data key (admin): every code is re-sealed under a new key and the old key
+    /// is deleted before this returns. If the call's deadline passes first, the rotation goes
+    /// on in the server; calling again joins it.
+    pub async fn rotate_data_key(&mut self) -> Result<proto::RotateDataKeyResponse, Error> {
+        Ok(self.inner.rotate_data_key(proto::RotateDataKeyRequest {}).await?.into_inner())
+    }
 }

@@ -291,6 +291,20 @@ pub struct ServeArgs {
     /// `smtp_probe = true` in the --providers file instead.
     #[arg(long, env = "VAULT_PROBE_SMTP")]
     pub probe_smtp: bool,
+
+    /// Rotate the data key automatically once the active one is this old (e.g. `90d`, `12h`),
+    /// as RotateDataKey does. Off by default.
+    #[arg(long, env = "VAULT_DATA_KEY_MAX_AGE", value_name = "DURATION", value_parser = parse_max_age)]
+    pub data_key_max_age: Option<std::time::Duration>,
+}
+
+/// A humantime duration of at least one second.
+fn parse_max_age(text: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(text).map_err(|e| format!("{e} (write e.g. 90d, 12h or 30m)"))?;
+    if d < std::time::Duration::from_secs(1) {
+        return Err("must be at least 1s".into());
+    }
+    Ok(d)
 }
 
 #[cfg(test)]

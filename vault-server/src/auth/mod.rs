@@ -9,7 +9,7 @@ mod token_table;
 pub use crate::caller::{AuthError, Caller, Role};
 pub use bearer::Token;
 pub use throttle::{FAILURE_BURST, FAILURES_PER_SEC};
-pub use token_table::{RELOAD_EVERY, Tokens, VOUCH_FOR};
+pub use token_table::{RELOAD_EVERY, Tokens, VOUCH_FOR, rekey};
 
 use std::sync::Arc;
 

@@ -17,8 +17,8 @@ use subtle::ConstantTimeEq;
 use super::bearer::{check, digest};
 use super::throttle::FailureThrottle;
 use super::{AuthError, Caller, Role, Token};
-use crate::crypto::{Key, KeyId, Keyring, hmac, verify_hmac};
-use crate::store::{Millis, StoreError, TokenRow, TokenStore};
+use crate::crypto::{Keyring, LiveKeyring, hmac, verify_hmac};
+use crate::store::{Millis, StoreError, TokenRekey, TokenRow, TokenStore};
 
 /// How often the cache re-reads the token table.
 pub const RELOAD_EVERY: Duration = Duration::from_millis(250);
@@ -51,8 +51,8 @@ struct Entry {
 /// The verified, unrevoked tokens and their recent uses.
 pub struct Tokens {
     store: Arc<dyn TokenStore>,
-    mac_keys: HashMap<KeyId, Key>,
-    active_key: KeyId,
+    /// The MAC keys derive from it; a data-key rotation swaps it.
+    keys: Arc<LiveKeyring>,
     table: RwLock<HashMap<String, Arc<Entry>>>,
     /// Millis until which the table is vouched for (the start of the last good read + VOUCH_FOR).
     vouched_until: AtomicI64,
@@ -63,7 +63,7 @@ pub struct Tokens {
 
 impl std::fmt::Debug for Tokens {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tokens").field("active_key", &self.active_key).finish_non_exhaustive()
+        f.debug_struct("Tokens").field("active_key", &self.keys.load().active_key_id()).finish_non_exhaustive()
     }
 }
 
@@ -77,39 +77,63 @@ fn mac_fields<'a>(
     [id.as_bytes(), role.as_bytes(), digest, key_id, created]
 }
 
+/// Whether a stored row carries a valid MAC (it was minted with the passphrase and never
+/// revoked: revoking destroys the MAC).
+fn authentic(ring: &Keyring, t: &TokenRow) -> bool {
+    ring.token_mac_key(t.key_id).is_ok_and(|key| {
+        let (key_id, created) = (t.key_id.to_be_bytes(), t.created_at.to_be_bytes());
+        verify_hmac(&key, &mac_fields(&t.id, &t.role, &t.digest, &key_id, &created), &t.mac)
+    })
+}
+
+/// A valid, unrevoked token row under an older key, moved to `ring`'s active key with a new MAC;
+/// `None` for a row already there or one with no valid MAC (it stays refused).
+pub fn rekey(ring: &Keyring, t: &TokenRow) -> Option<TokenRekey> {
+    let active = ring.active_key_id();
+    if t.key_id == active || t.revoked_at.is_some() || !authentic(ring, t) {
+        return None;
+    }
+    let key = ring.token_mac_key(active).ok()?;
+    let mac = hmac(&key, &mac_fields(&t.id, &t.role, &t.digest, &active.to_be_bytes(), &t.created_at.to_be_bytes()));
+    Some(TokenRekey {
+        id: t.id.clone(),
+        old_key_id: t.key_id,
+        old_mac: t.mac.clone(),
+        key_id: active,
+        mac: mac.to_vec(),
+    })
+}
+
 fn millis(d: Duration) -> Millis {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 impl Tokens {
-    /// Derives the MAC keys from the unlocked keyring. Call [`Tokens::reload`] before use.
-    pub fn new(store: Arc<dyn TokenStore>, keyring: &Keyring) -> Result<Self, StoreError> {
-        let mut mac_keys = HashMap::new();
-        for id in keyring.key_ids() {
-            mac_keys.insert(id, keyring.token_mac_key(id).map_err(|e| StoreError::Corrupt(e.to_string()))?);
-        }
-        Ok(Self {
+    /// Token rows are MAC'd under keys derived from `keys`. Call [`Tokens::reload`] before use.
+    pub fn new(store: Arc<dyn TokenStore>, keys: Arc<LiveKeyring>) -> Self {
+        Self {
             store,
-            mac_keys,
-            active_key: keyring.active_key_id(),
+            keys,
             table: RwLock::new(HashMap::new()),
             vouched_until: AtomicI64::new(Millis::MIN),
             reloads: tokio::sync::Mutex::new(ReloadState::default()),
             throttle: FailureThrottle::default(),
-        })
+        }
     }
 
     /// Creates and stores a token for `role`; the token itself exists only in the return value.
     pub async fn mint(&self, role: &Role, now: Millis) -> Result<(Token, String), StoreError> {
         let token = Token::generate();
         let (id, role, digest) = (token.id(), role.to_string(), token.digest());
-        let key = self.mac_keys.get(&self.active_key).ok_or_else(|| StoreError::Corrupt("no active key".into()))?;
-        let mac = hmac(key, &mac_fields(&id, &role, &digest, &self.active_key.to_be_bytes(), &now.to_be_bytes()));
+        let ring = self.keys.current();
+        let active = ring.active_key_id();
+        let key = ring.token_mac_key(active).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mac = hmac(&key, &mac_fields(&id, &role, &digest, &active.to_be_bytes(), &now.to_be_bytes()));
         let row = TokenRow {
             id: id.clone(),
             role,
             digest: digest.to_vec(),
-            key_id: self.active_key,
+            key_id: active,
             mac: mac.to_vec(),
             created_at: now,
             last_used_at: None,
@@ -117,15 +141,6 @@ impl Tokens {
         };
         self.store.insert_token(row).await?;
         Ok((token, id))
-    }
-
-    /// Whether a stored row carries a valid MAC (it was minted with the passphrase and never
-    /// revoked: revoking destroys the MAC).
-    fn authentic(&self, t: &TokenRow) -> bool {
-        self.mac_keys.get(&t.key_id).is_some_and(|key| {
-            let (key_id, created) = (t.key_id.to_be_bytes(), t.created_at.to_be_bytes());
-            verify_hmac(key, &mac_fields(&t.id, &t.role, &t.digest, &key_id, &created), &t.mac)
-        })
     }
 
     /// Re-reads the token table at `now`. Unusable rows are skipped and reported once each; an
@@ -144,6 +159,9 @@ impl Tokens {
                 tracing::warn!(token_id = %id, "token row refused: {why}; the other tokens are unaffected");
             }
         };
+        // The keyring is taken before the rows: a rotation re-keys rows before it retires a key,
+        // so only a row newer than this snapshot can name a key it lacks (then take a newer one).
+        let mut ring = self.keys.current();
         for read in self.store.tokens().await? {
             let t = match read {
                 Ok(t) => t,
@@ -155,7 +173,10 @@ impl Tokens {
             if t.revoked_at.is_some() {
                 continue;
             }
-            if !self.authentic(&t) {
+            if !ring.has_key(t.key_id) {
+                ring = self.keys.current();
+            }
+            if !authentic(&ring, &t) {
                 report(&t.id, "no valid MAC (inserted or edited by hand, or revoked)");
                 continue;
             }
@@ -168,6 +189,7 @@ impl Tokens {
             let entry = Entry { digest, caller, last_used: AtomicI64::new(stored), flushed: AtomicI64::new(stored) };
             table.insert(t.id, Arc::new(entry));
         }
+        drop(ring);
         tracing::trace!(active = table.len(), "token table loaded");
         let mut current = self.table.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         // Uses recorded since the last flush carry over to the fresh entries.
@@ -286,8 +308,8 @@ impl Tokens {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crypto::{KdfParams, Salt};
-    use crate::store::{SqliteStore, UnlockMaterial};
+    use crate::crypto::{KdfParams, Key, Salt};
+    use crate::store::{KeyMaterialStore as _, SqliteStore, UnlockMaterial};
 
     fn setup() -> (tempfile::TempDir, Arc<SqliteStore>, Tokens) {
         let tmp = tempfile::tempdir().unwrap();
@@ -295,7 +317,7 @@ mod tests {
         let (ring, wrapped) = Keyring::generate(&kek);
         let material = UnlockMaterial { salt: Salt([0; 16]), params: KdfParams::FLOOR, keys: vec![wrapped] };
         let store = Arc::new(SqliteStore::create(&tmp.path().join("v.db"), &material, 0).unwrap());
-        let tokens = Tokens::new(store.clone(), &ring).unwrap();
+        let tokens = Tokens::new(store.clone(), Arc::new(LiveKeyring::new(ring)));
         (tmp, store, tokens)
     }
 
@@ -379,5 +401,34 @@ mod tests {
         assert!(tokens.authenticate(Some(&bearer(&token)), peer, 2).await.is_ok(), "a valid token is never throttled");
         let other = Some(IpAddr::from([127, 0, 0, 10]));
         assert_eq!(tokens.authenticate(Some(&bearer(&garbage)), other, 2).await.unwrap_err(), AuthError::InvalidToken);
+    }
+
+    #[tokio::test]
+    async fn a_rekeyed_token_keeps_working_after_its_old_key_is_retired() {
+        let tmp = tempfile::tempdir().unwrap();
+        let kek = Key::random();
+        let (ring, wrapped) = Keyring::generate(&kek);
+        let material = UnlockMaterial { salt: Salt([0; 16]), params: KdfParams::FLOOR, keys: vec![wrapped] };
+        let store = Arc::new(SqliteStore::create(&tmp.path().join("v.db"), &material, 0).unwrap());
+        let keys = Arc::new(LiveKeyring::new(ring));
+        let tokens = Tokens::new(store.clone(), keys.clone());
+        let (token, _) = tokens.mint(&Role::Admin, 1).await.unwrap();
+        let (revoked, revoked_id) = tokens.mint(&Role::Admin, 1).await.unwrap();
+        store.revoke_token(revoked_id, 2).await.unwrap();
+
+        let (next, wrapped) = keys.current().with_new_key(&kek);
+        store.add_data_key(material.salt, wrapped, 3).await.unwrap();
+        keys.replace(next);
+        let ring = keys.current();
+        let rekeys: Vec<_> =
+            store.tokens().await.unwrap().into_iter().filter_map(|t| rekey(&ring, &t.unwrap())).collect();
+        assert_eq!(rekeys.len(), 1, "only the valid, unrevoked row is re-MAC'd");
+        assert_eq!(store.rekey_tokens(rekeys).await.unwrap(), 1);
+        assert_eq!(store.retire_data_keys(2).await.unwrap().retired, [1]);
+        keys.replace(ring.without_retired());
+
+        tokens.reload(4).await.unwrap();
+        assert!(tokens.authenticate(Some(&bearer(&token)), None, 4).await.is_ok());
+        assert_eq!(tokens.authenticate(Some(&bearer(&revoked)), None, 4).await.unwrap_err(), AuthError::InvalidToken);
     }
 }

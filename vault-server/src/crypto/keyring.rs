@@ -30,7 +30,7 @@ pub struct WrappedKey {
 }
 
 /// The unlocked DEKs. Its Debug shows key ids only.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Keyring {
     keys: BTreeMap<KeyId, Key>,
     active: KeyId,
@@ -78,6 +78,29 @@ impl Keyring {
         }
         let active = *keys.keys().next_back().ok_or(CryptoError::Decrypt)?;
         Ok(Self { keys, active })
+    }
+
+    /// This keyring plus a new random DEK (the next id), which becomes the active key, and that
+    /// DEK wrapped under `kek` for storage.
+    pub fn with_new_key(&self, kek: &Key) -> (Self, WrappedKey) {
+        let key_id = self.keys.keys().next_back().map_or(1, |k| k + 1);
+        let dek = Key::random();
+        let wrapped = WrappedKey { key_id, sealed: envelope::seal(kek, &dek_aad(key_id), dek.as_bytes()) };
+        let mut keys = self.keys.clone();
+        keys.insert(key_id, dek);
+        (Self { keys, active: key_id }, wrapped)
+    }
+
+    /// This keyring without the keys older than the active one (after they were deleted).
+    #[must_use]
+    pub fn without_retired(&self) -> Self {
+        let keys = self.keys.iter().filter(|(id, _)| **id >= self.active).map(|(id, k)| (*id, k.clone())).collect();
+        Self { keys, active: self.active }
+    }
+
+    /// Whether the keyring holds key `key_id`.
+    pub fn has_key(&self, key_id: KeyId) -> bool {
+        self.keys.contains_key(&key_id)
     }
 
     /// Every DEK wrapped again under `kek` (fresh nonces): what a passphrase change stores.
@@ -150,6 +173,30 @@ mod tests {
         let again = Keyring::unlock(&new, &rewrapped).unwrap();
         assert_eq!(again.keys[&1].as_bytes(), ring.keys[&1].as_bytes());
         assert!(matches!(Keyring::unlock(&old, &rewrapped), Err(CryptoError::Decrypt)));
+    }
+
+    #[test]
+    fn a_new_key_becomes_active_and_old_seals_still_open_until_retired() {
+        let kek = Key::random();
+        let (ring, _) = Keyring::generate(&kek);
+        let (kid, g, s) = ring.seal_code("a@sina.com", "x", 1, b"old key code");
+        let (next, wrapped) = ring.with_new_key(&kek);
+        assert_eq!((next.active_key_id(), wrapped.key_id), (2, 2));
+        assert!(next.open_code(kid, "a@sina.com", "x", 1, Some(&g), &s.nonce, &s.ciphertext).is_ok());
+        let (kid2, ..) = next.seal_code("a@sina.com", "x", 1, b"new key code");
+        assert_eq!(kid2, 2);
+        let stored = Keyring::unlock(
+            &kek,
+            &[WrappedKey { key_id: 1, sealed: envelope::seal(&kek, &dek_aad(1), ring.keys[&1].as_bytes()) }, wrapped],
+        )
+        .unwrap();
+        assert_eq!(stored.active_key_id(), 2);
+        let retired = next.without_retired();
+        assert_eq!(retired.key_ids().collect::<Vec<_>>(), vec![2]);
+        assert!(matches!(
+            retired.open_code(kid, "a@sina.com", "x", 1, Some(&g), &s.nonce, &s.ciphertext),
+            Err(CryptoError::UnknownKey(1))
+        ));
     }
 
     #[test]

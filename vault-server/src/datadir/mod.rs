@@ -106,6 +106,15 @@ pub fn init(dir: &Path, passphrase: &Passphrase, now: i64) -> Result<(), DataDir
 /// Opens the database and unlocks the keyring. A wrong passphrase stops here, before any
 /// ciphertext is touched.
 pub fn unlock(dir: &Path, passphrase: &Passphrase) -> Result<(SqliteStore, Keyring), DataDirError> {
+    unlock_keeping_kek(dir, passphrase).map(|(store, keyring, _)| (store, keyring))
+}
+
+/// [`unlock`], also returning the KEK and the salt it was derived with: what a server that
+/// rotates data keys needs to wrap a new one.
+pub fn unlock_keeping_kek(
+    dir: &Path,
+    passphrase: &Passphrase,
+) -> Result<(SqliteStore, Keyring, crate::crypto::Kek), DataDirError> {
     let store_err = |e| match e {
         StoreError::NotInitialised => DataDirError::NotInitialised(dir.to_owned()),
         e => DataDirError::Store(dir.to_owned(), e),
@@ -121,7 +130,7 @@ pub fn unlock(dir: &Path, passphrase: &Passphrase) -> Result<(SqliteStore, Keyri
         CryptoError::Decrypt => DataDirError::WrongPassphrase(dir.to_owned()),
         e => DataDirError::Crypto(dir.to_owned(), e),
     })?;
-    Ok((store, keyring))
+    Ok((store, keyring, crate::crypto::Kek { key: kek, salt: material.salt }))
 }
 
 #[cfg(test)]

@@ -55,4 +55,24 @@ mod tests {
         assert!(matches!(store.sync().replace_unlock_material(&before, &material), Err(StoreError::Conflict)));
         assert!(unlock(&dir, &Passphrase::new("the other admin's one")).is_ok());
     }
+
+    #[test]
+    fn a_key_added_by_a_rotation_meanwhile_makes_the_change_fail_not_strand_the_key() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("data");
+        let pass = Passphrase::new("correct horse battery");
+        init(&dir, &pass, 0).unwrap();
+        let (store, kek_ring, kek) = crate::datadir::unlock_keeping_kek(&dir, &pass).unwrap();
+        let before = store.sync().unlock_material().unwrap();
+        // The change is prepared against key 1 alone ...
+        let salt = Salt::random();
+        let new_kek = derive_kek(&Passphrase::new("the next passphrase"), &salt, before.params).unwrap();
+        let material = UnlockMaterial { salt, params: before.params, keys: kek_ring.wrap_all(&new_kek) };
+        // ... while a running server's rotation stores key 2 under the current passphrase.
+        let (_, wrapped) = kek_ring.with_new_key(&kek.key);
+        store.sync().add_data_key(&kek.salt, &wrapped, 1).unwrap();
+        assert!(matches!(store.sync().replace_unlock_material(&before, &material), Err(StoreError::Conflict)));
+        let (_, ring) = unlock(&dir, &pass).unwrap();
+        assert_eq!(ring.key_ids().collect::<Vec<_>>(), [1, 2], "the current passphrase still opens both keys");
+    }
 }

@@ -38,10 +38,14 @@ pub fn upgrade_seals(dir: &Path, store: &SqliteStore, keyring: &Keyring) -> Resu
                 continue;
             };
             let (key_id, generation, sealed) = keyring.seal_code(&row.mailbox, &row.client, row.version, &plain);
-            let new = crate::store::StoredCode { key_id, generation: Some(generation), sealed };
-            if db.reseal(row, &code.sealed.nonce, &new).map_err(store_err)? {
-                done += 1;
-            }
+            let reseal = crate::store::Reseal {
+                mailbox: row.mailbox.clone(),
+                client: row.client.clone(),
+                version: row.version,
+                old_nonce: code.sealed.nonce.to_vec(),
+                code: crate::store::StoredCode { key_id, generation: Some(generation), sealed },
+            };
+            done += db.reseal(&[reseal]).map_err(store_err)?;
         }
     }
     if done > 0 {

@@ -154,4 +154,22 @@ impl AuthCodeVault for VaultService {
         caller(&request)?.require_admin("ListAuditEvents")?;
         Ok(Response::new(listing::audit(&self.vault, request.into_inner()).await?))
     }
+
+    #[instrument(skip_all, fields(rpc = "RotateDataKey"))]
+    async fn rotate_data_key(
+        &self,
+        request: Request<proto::RotateDataKeyRequest>,
+    ) -> Result<Response<proto::RotateDataKeyResponse>, Status> {
+        let who = caller(&request)?;
+        who.require_admin("RotateDataKey")?;
+        let r = self.vault.rotate_data_key(who).await?;
+        Ok(Response::new(proto::RotateDataKeyResponse {
+            active_key_id: r.active.key_id,
+            active_key_created_at: Some(proto::timestamp(r.active.created_at)),
+            retired_key_ids: r.retired,
+            codes_resealed: r.codes_resealed,
+            tokens_rekeyed: r.tokens_rekeyed,
+            unreadable_codes: r.unreadable_codes,
+        }))
+    }
 }

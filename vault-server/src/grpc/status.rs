@@ -13,6 +13,9 @@ use crate::vault::VaultError;
 /// How long a client should wait before retrying a call whose probe found no server.
 const PROBE_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// How long to wait before resuming a data-key rotation that stopped.
+const ROTATION_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// ErrorInfo domain for this service's reasons.
 pub const ERROR_DOMAIN: &str = "authcode-vault";
 
@@ -105,6 +108,22 @@ impl From<VaultError> for Status {
                 Status::data_loss("the stored code failed authentication; the row was altered or corrupted")
             }
             VaultError::Store(err) => storage(&err),
+            VaultError::PassphraseChanged => error_info(
+                Code::FailedPrecondition,
+                "the passphrase was changed after this server started, so it cannot wrap a new data key; restart it with the new passphrase, then rotate".into(),
+                "PASSPHRASE_CHANGED",
+                vec![],
+            ),
+            VaultError::RotationStopped(why) => {
+                tracing::error!(error = %why, "data-key rotation stopped");
+                let mut details = ErrorDetails::with_retry_info(Some(ROTATION_RETRY_AFTER));
+                details.set_error_info("ROTATION_STOPPED", ERROR_DOMAIN, std::collections::HashMap::new());
+                Status::with_error_details(
+                    Code::Unavailable,
+                    "the data-key rotation stopped before the old key was deleted (see the server log); every code stays readable. Call RotateDataKey again to resume it",
+                    details,
+                )
+            }
             VaultError::Internal(msg) => {
                 tracing::error!(error = %msg, "internal error");
                 Status::internal("internal error; see the server log")

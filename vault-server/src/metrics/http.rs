@@ -14,7 +14,8 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use super::Metrics;
-use crate::store::CredentialStore;
+use super::Scraped;
+use crate::store::Store;
 
 /// The endpoint's limits.
 #[derive(Debug, Clone, Copy)]
@@ -43,13 +44,28 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
 async fn answer(
     req: Request<Incoming>,
     metrics: Arc<Metrics>,
-    store: Arc<dyn CredentialStore>,
+    store: Arc<dyn Store>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     if req.method() != Method::GET || req.uri().path() != "/metrics" {
         return Ok(text(StatusCode::NOT_FOUND, "only GET /metrics is served here\n".into()));
     }
-    let rendered = match store.count_by_state().await {
-        Ok((active, revoked)) => metrics.render(&[("active", active), ("revoked", revoked)]).map_err(|e| e.to_string()),
+    let read = async {
+        let (active, revoked) = store.count_by_state().await?;
+        let now = crate::clock::Clock::now_millis(&crate::clock::SystemClock);
+        // Ages in whole seconds; a key "from the future" (clock stepped back) shows 0.
+        let data_keys = store
+            .data_keys()
+            .await?
+            .iter()
+            .map(|k| (k.key_id, u64::try_from(now.saturating_sub(k.created_at) / 1000).unwrap_or(0)))
+            .collect();
+        Ok::<_, crate::store::StoreError>(Scraped {
+            bindings: vec![("active", active), ("revoked", revoked)],
+            data_keys,
+        })
+    };
+    let rendered = match read.await {
+        Ok(scraped) => metrics.render(&scraped).map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),
     };
     Ok(match rendered {
@@ -62,12 +78,7 @@ async fn answer(
 }
 
 /// Serves `/metrics` on `listener` until the task is dropped.
-pub async fn serve_metrics(
-    listener: TcpListener,
-    metrics: Arc<Metrics>,
-    store: Arc<dyn CredentialStore>,
-    limits: MetricsLimits,
-) {
+pub async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>, store: Arc<dyn Store>, limits: MetricsLimits) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     loop {
         let stream = match listener.accept().await {

@@ -22,7 +22,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 const BUCKETS: [f64; 14] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0];
 
 /// Methods counted by name; anything else is counted as `other`.
-const METHODS: [&str; 12] = [
+const METHODS: [&str; 13] = [
     "Bind",
     "Rotate",
     "Revoke",
@@ -32,6 +32,7 @@ const METHODS: [&str; 12] = [
     "ListCredentials",
     "ListUnusedClients",
     "ListAuditEvents",
+    "RotateDataKey",
     "Check",
     "ServerReflectionInfo",
     "other",
@@ -86,6 +87,19 @@ pub struct Metrics {
     probes: Mutex<BTreeMap<(String, &'static str), u64>>,
     auth_failures: [AtomicU64; AUTH_REASONS.len()],
     connections_refused: AtomicU64,
+    /// Data-key rotations finished and stopped.
+    rotations: [AtomicU64; 2],
+    /// Codes re-sealed and token rows re-keyed by rotations.
+    rekeyed: [AtomicU64; 2],
+}
+
+/// What a scrape reads from the store.
+#[derive(Debug, Clone, Default)]
+pub struct Scraped {
+    /// (state, count).
+    pub bindings: Vec<(&'static str, u64)>,
+    /// (key id, age in seconds), oldest first; the last is the active key.
+    pub data_keys: Vec<(u32, u64)>,
 }
 
 impl Default for Metrics {
@@ -95,6 +109,8 @@ impl Default for Metrics {
             probes: Mutex::default(),
             auth_failures: Default::default(),
             connections_refused: AtomicU64::new(0),
+            rotations: Default::default(),
+            rekeyed: Default::default(),
         }
     }
 }
@@ -134,11 +150,22 @@ impl Metrics {
         self.connections_refused.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The exposition text (Prometheus text format 0.0.4); `bindings` are (state, count) pairs
-    /// read by the caller.
-    pub fn render(self: &Arc<Self>, bindings: &[(&'static str, u64)]) -> Result<String, std::fmt::Error> {
+    /// One data-key rotation that finished (`true`) or stopped.
+    pub fn observe_rotation(&self, finished: bool) {
+        self.rotations[usize::from(!finished)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Rows moved to a new data key: `kind` is `code` or `token`.
+    pub fn observe_rekeyed(&self, kind: &str, rows: usize) {
+        let i = usize::from(kind != "code");
+        self.rekeyed[i].fetch_add(u64::try_from(rows).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// The exposition text (Prometheus text format 0.0.4), with what the caller read from the
+    /// store.
+    pub fn render(self: &Arc<Self>, scraped: &Scraped) -> Result<String, std::fmt::Error> {
         let mut registry = prometheus_client::registry::Registry::default();
-        registry.register_collector(Box::new(Scrape { metrics: self.clone(), bindings: bindings.to_vec() }));
+        registry.register_collector(Box::new(Scrape { metrics: self.clone(), scraped: scraped.clone() }));
         let mut out = String::new();
         prometheus_client::encoding::prometheus_text::encode(&mut out, &registry)?;
         Ok(out)
@@ -149,7 +176,7 @@ impl Metrics {
 #[derive(Debug)]
 struct Scrape {
     metrics: Arc<Metrics>,
-    bindings: Vec<(&'static str, u64)>,
+    scraped: Scraped,
 }
 
 impl Collector for Scrape {
@@ -216,9 +243,52 @@ impl Collector for Scrape {
             MetricType::Counter,
         )?)?;
         let mut family = encoder.encode_descriptor("vault_bindings", "Bindings, by state.", None, MetricType::Gauge)?;
-        for (state, n) in &self.bindings {
+        for (state, n) in &self.scraped.bindings {
             let n = i64::try_from(*n).unwrap_or(i64::MAX);
             ConstGauge::new(n).encode(family.encode_family(&[("state", *state)])?)?;
+        }
+        self.encode_keys(&mut encoder)
+    }
+}
+
+impl Scrape {
+    fn encode_keys(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let keys = &self.scraped.data_keys;
+        let gauge = |n: u64| ConstGauge::new(i64::try_from(n).unwrap_or(i64::MAX));
+        let mut family = encoder.encode_descriptor(
+            "vault_data_key_age_seconds",
+            "Age of each data key; more than one key means a rotation is under way.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (id, age) in keys {
+            let id = id.to_string();
+            gauge(*age).encode(family.encode_family(&[("key_id", id.as_str())])?)?;
+        }
+        let active = keys.last().map_or(0, |(id, _)| u64::from(*id));
+        gauge(active).encode(encoder.encode_descriptor(
+            "vault_data_key_active_id",
+            "Id of the data key new codes are sealed under.",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        let mut family = encoder.encode_descriptor(
+            "vault_data_key_rotations",
+            "Data-key rotations, by outcome (stopped ones resume on the next call or start).",
+            None,
+            MetricType::Counter,
+        )?;
+        for (outcome, n) in ["finished", "stopped"].iter().zip(&self.metrics.rotations) {
+            ConstCounter::new(n.load(Ordering::Relaxed)).encode(family.encode_family(&[("outcome", *outcome)])?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "vault_data_key_rekeyed_rows",
+            "Rows moved to a new data key by rotations: codes re-sealed, token rows re-MAC'd.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (kind, n) in ["code", "token"].iter().zip(&self.metrics.rekeyed) {
+            ConstCounter::new(n.load(Ordering::Relaxed)).encode(family.encode_family(&[("kind", *kind)])?)?;
         }
         Ok(())
     }
@@ -238,7 +308,14 @@ mod tests {
         m.observe_probe("sina", "ACCEPTED");
         m.observe_auth_failure("AUTH_THROTTLED");
         let m = Arc::new(m);
-        let text = m.render(&[("active", 2), ("revoked", 0)]).unwrap();
+        m.observe_rotation(true);
+        m.observe_rekeyed("code", 3);
+        let scraped = Scraped { bindings: vec![("active", 2), ("revoked", 0)], data_keys: vec![(1, 90), (2, 5)] };
+        let text = m.render(&scraped).unwrap();
+        assert!(text.contains("vault_data_key_age_seconds{key_id=\"1\"} 90"), "{text}");
+        assert!(text.contains("vault_data_key_active_id 2"), "{text}");
+        assert!(text.contains("vault_data_key_rotations_total{outcome=\"finished\"} 1"), "{text}");
+        assert!(text.contains("vault_data_key_rekeyed_rows_total{kind=\"code\"} 3"), "{text}");
         assert!(text.contains("vault_rpc_requests_total{method=\"Bind\",code=\"OK\"} 2"), "{text}");
         assert!(text.contains("vault_rpc_duration_seconds_bucket{method=\"Bind\",code=\"OK\",le=\"0.005\"} 1"));
         assert!(text.contains("vault_rpc_duration_seconds_bucket{method=\"Bind\",code=\"OK\",le=\"0.05\"} 2"));

@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use super::{RunError, now, read_passphrase};
 use crate::auth::{Role, Tokens};
 use crate::cli::{PassphraseArgs, ServeArgs};
+use crate::crypto::LiveKeyring;
 use crate::datadir;
 use crate::metrics::{Metrics, MetricsLimits, serve_metrics};
 use crate::probe::{NetworkProber, ProbeSettings, ProbeTls};
@@ -21,7 +22,7 @@ use crate::provider::Registry;
 use crate::secret::Passphrase;
 use crate::server::{self, ConnectionLimits, Limits, ServeOptions};
 use crate::store::{CachedStore, DEFAULT_CAPACITY};
-use crate::vault::{ProbeBudget, SystemClock, Vault};
+use crate::vault::{KeyRotation, ProbeBudget, SystemClock, Vault};
 
 /// Where `serve --dev` keeps its data and its generated passphrase.
 pub const DEV_DATA_DIR: &str = "vault-dev";
@@ -90,6 +91,19 @@ fn limits(args: &ServeArgs) -> Limits {
     }
 }
 
+/// The network prober from the probe flags.
+fn prober(args: &ServeArgs, tls: ProbeTls) -> NetworkProber {
+    NetworkProber::new(
+        tls,
+        ProbeSettings {
+            connect_timeout: Duration::from_secs(args.probe_connect_timeout),
+            overall_timeout: Duration::from_secs(args.probe_timeout),
+            per_host_concurrency: usize::try_from(args.probe_host_concurrency).unwrap_or(1),
+            smtp_for_all: args.probe_smtp,
+        },
+    )
+}
+
 /// Registers SIGTERM and SIGINT now (so a signal right after start-up is not lost), and
 /// resolves when either arrives.
 fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, RunError> {
@@ -128,37 +142,38 @@ pub async fn serve(args: ServeArgs, env_passphrase: Option<Passphrase>) -> Resul
     datadir::check_present(&dir)?;
     // One server per data dir: a second one would serve from a cache the first one invalidates.
     let _owner = datadir::lock_for_serve(&dir)?;
-    let (store, keyring) = datadir::unlock(&dir, &passphrase)?;
+    // The KEK stays in memory (as the data keys do) so RotateDataKey can wrap a new key.
+    let (store, keyring, kek) = datadir::unlock_keeping_kek(&dir, &passphrase)?;
     drop(passphrase);
     datadir::upgrade_seals(&dir, &store, &keyring)?;
     let store = Arc::new(CachedStore::new(store, DEFAULT_CAPACITY));
-    let tokens = Arc::new(Tokens::new(store.clone(), &keyring)?);
+    let keys = Arc::new(LiveKeyring::new(keyring));
+    let tokens = Arc::new(Tokens::new(store.clone(), keys.clone()));
     if new_dev_vault {
         let (token, id) = tokens.mint(&Role::Admin, now()).await?;
         tracing::info!(token_id = %id, "dev mode: minted an admin token; it is printed once on stdout");
         println!("admin token (shown once): {}", token.expose());
     }
     tokens.reload(now()).await?;
-    let prober = NetworkProber::new(
-        tls,
-        ProbeSettings {
-            connect_timeout: Duration::from_secs(args.probe_connect_timeout),
-            overall_timeout: Duration::from_secs(args.probe_timeout),
-            per_host_concurrency: usize::try_from(args.probe_host_concurrency).unwrap_or(1),
-            smtp_for_all: args.probe_smtp,
-        },
-    );
+    let prober = prober(&args, tls);
     let budget = ProbeBudget::new(args.probe_burst, args.probe_per_hour);
     let registry_metrics = Arc::new(Metrics::default());
-    let vault = Arc::new(Vault::new(
-        store.clone(),
-        keyring,
-        registry,
-        Arc::new(prober),
-        budget,
-        Arc::new(SystemClock),
-        registry_metrics.clone(),
-    ));
+    let rotation =
+        Arc::new(KeyRotation::new(store.clone(), keys.clone(), kek, Arc::new(SystemClock), registry_metrics.clone()));
+    let vault = Arc::new(
+        Vault::new(
+            store.clone(),
+            keys,
+            registry,
+            Arc::new(prober),
+            budget,
+            Arc::new(SystemClock),
+            registry_metrics.clone(),
+        )
+        .with_rotation(rotation.clone()),
+    );
+    rotation.resume().await;
+    let auto_rotation = args.data_key_max_age.map(|age| tokio::spawn(rotation.clone().rotate_when_older_than(age)));
     let listener = TcpListener::bind(args.listen).await.map_err(|e| RunError::Listen(args.listen, e))?;
     let addr = listener.local_addr().map_err(|e| RunError::Listen(args.listen, e))?;
     let metrics_task = match args.metrics_listen {
@@ -186,7 +201,7 @@ pub async fn serve(args: ServeArgs, env_passphrase: Option<Passphrase>) -> Resul
         shutdown,
     )
     .await?;
-    if let Some(task) = metrics_task {
+    for task in [metrics_task, auto_rotation].into_iter().flatten() {
         task.abort();
     }
     match store.inner().sync().checkpoint() {

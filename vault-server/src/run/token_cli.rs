@@ -35,7 +35,7 @@ pub fn run(args: TokenArgs, env_passphrase: Option<Passphrase>) -> Result<(), Ru
             // Minting needs the keyring (token rows are MAC'd under a key derived from it).
             let passphrase = read_passphrase(&passphrase, env_passphrase)?;
             let (store, keyring) = datadir::unlock(&data_dir, &passphrase)?;
-            let tokens = Tokens::new(Arc::new(store), &keyring)?;
+            let tokens = Tokens::new(Arc::new(store), Arc::new(crate::crypto::LiveKeyring::new(keyring)));
             let runtime =
                 tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(RunError::Runtime)?;
             let (token, id) = runtime.block_on(tokens.mint(&role, now()))?;

@@ -11,10 +11,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use super::{
-    AuditEvent, AuditQuery, AuditRecord, AuditStore, CredentialRow, CredentialStore, KeyMaterialStore, ListQuery,
-    Millis, NewBinding, ProbeRecord, RevokeChange, RotateChange, Store, StoreError, TokenRow, TokenStore,
-    UnlockMaterial, UnreadableToken, UnusedQuery,
+    AuditEvent, AuditQuery, AuditRecord, AuditStore, CredentialRow, CredentialStore, DataKeyInfo, KeyMaterialStore,
+    ListQuery, Millis, NewBinding, ProbeRecord, Reseal, Retirement, RevokeChange, RotateChange, Store, StoreError,
+    TokenRekey, TokenRow, TokenStore, UnlockMaterial, UnreadableToken, UnusedQuery,
 };
+use crate::crypto::{KeyId, Salt, WrappedKey};
 
 /// Rows kept; about 200 bytes each.
 pub const DEFAULT_CAPACITY: usize = 100_000;
@@ -93,6 +94,18 @@ impl<S: Store> KeyMaterialStore for CachedStore<S> {
     async fn unlock_material(&self) -> Result<UnlockMaterial, StoreError> {
         self.inner.unlock_material().await
     }
+
+    async fn data_keys(&self) -> Result<Vec<DataKeyInfo>, StoreError> {
+        self.inner.data_keys().await
+    }
+
+    async fn add_data_key(&self, salt: Salt, key: WrappedKey, now: Millis) -> Result<(), StoreError> {
+        self.inner.add_data_key(salt, key, now).await
+    }
+
+    async fn retire_data_keys(&self, active: KeyId) -> Result<Retirement, StoreError> {
+        self.inner.retire_data_keys(active).await
+    }
 }
 
 #[tonic::async_trait]
@@ -169,6 +182,23 @@ impl<S: Store> CredentialStore for CachedStore<S> {
     async fn count_by_state(&self) -> Result<(u64, u64), StoreError> {
         self.inner.count_by_state().await
     }
+
+    async fn sealed_before(&self, active: KeyId, limit: usize) -> Result<Vec<CredentialRow>, StoreError> {
+        self.inner.sealed_before(active, limit).await
+    }
+
+    async fn reseal(&self, batch: Vec<Reseal>) -> Result<usize, StoreError> {
+        // Dropped before (a read racing the batch cannot cache its old row) and after.
+        let pairs: Vec<(String, String)> = batch.iter().map(|r| (r.mailbox.clone(), r.client.clone())).collect();
+        for (m, c) in &pairs {
+            self.forget(m, c);
+        }
+        let out = self.inner.reseal(batch).await;
+        for (m, c) in &pairs {
+            self.forget(m, c);
+        }
+        out
+    }
 }
 
 #[tonic::async_trait]
@@ -198,6 +228,10 @@ impl<S: Store> TokenStore for CachedStore<S> {
 
     async fn record_token_use(&self, uses: Vec<(String, Millis)>) -> Result<(), StoreError> {
         self.inner.record_token_use(uses).await
+    }
+
+    async fn rekey_tokens(&self, batch: Vec<TokenRekey>) -> Result<usize, StoreError> {
+        self.inner.rekey_tokens(batch).await
     }
 }
 

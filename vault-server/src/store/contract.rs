@@ -4,10 +4,10 @@
 use std::sync::Arc;
 
 use super::{
-    AuditEvent, AuditQuery, CredentialState, ListQuery, NewBinding, ProbeRecord, RevokeChange, RotateChange, Store,
-    StoreError, StoredCode, TokenRow, UnusedQuery,
+    AuditEvent, AuditQuery, CredentialState, ListQuery, NewBinding, ProbeRecord, Reseal, Retirement, RevokeChange,
+    RotateChange, Store, StoreError, StoredCode, TokenRekey, TokenRow, UnusedQuery,
 };
-use crate::crypto::{Key, Keyring};
+use crate::crypto::{Key, Keyring, Salt};
 use crate::ids::{ClientId, Mailbox};
 use crate::outcome::ProbeOutcome;
 
@@ -152,6 +152,67 @@ pub async fn run(store: Arc<dyn Store>, ring: &Keyring) {
     let row = rows[0].as_ref().unwrap_or_else(|e| panic!("{e:?}"));
     assert_eq!((row.last_used_at, row.revoked_at), (Some(95), Some(99)));
     assert!(row.mac.is_empty(), "revoking must destroy the MAC");
+
+    data_key_rotation(&*store, ring, material.salt).await;
+}
+
+/// A new key, codes re-sealed and tokens re-keyed under it, the old key deleted once no code is
+/// left under it. Runs after the rest: three active codes under key 1, one revoked token.
+async fn data_key_rotation(store: &dyn Store, ring: &Keyring, salt: Salt) {
+    let ids = |keys: Vec<super::DataKeyInfo>| keys.iter().map(|k| k.key_id).collect::<Vec<_>>();
+    assert_eq!(ids(ok(store.data_keys().await, "data_keys")), [1]);
+    let (next, wrapped) = ring.with_new_key(&Key::random());
+    let refused = store.add_data_key(Salt([0xee; 16]), wrapped.clone(), 100).await;
+    assert!(matches!(refused, Err(StoreError::Conflict)), "another salt means another passphrase: {refused:?}");
+    ok(store.add_data_key(salt, wrapped.clone(), 100).await, "add_data_key");
+    assert!(matches!(store.add_data_key(salt, wrapped, 101).await, Err(StoreError::Conflict)), "an id is taken once");
+    let keys = ok(store.data_keys().await, "data_keys");
+    assert_eq!((ids(keys.clone()), keys[1].created_at), (vec![1, 2], 100));
+
+    let pending = ok(store.retire_data_keys(2).await, "retire while codes are pending");
+    assert_eq!(pending, Retirement { retired: vec![], pending_codes: 3 });
+    let old = ok(store.sealed_before(2, 10).await, "sealed_before");
+    assert_eq!(old.len(), 3);
+    let mut batch: Vec<Reseal> = old
+        .iter()
+        .map(|row| {
+            let code = row.code.as_ref().unwrap_or_else(|| panic!("active rows hold a code"));
+            let (key_id, generation, sealed) = next.seal_code(&row.mailbox, &row.client, row.version, b"code");
+            Reseal {
+                mailbox: row.mailbox.clone(),
+                client: row.client.clone(),
+                version: row.version,
+                old_nonce: code.sealed.nonce.to_vec(),
+                code: StoredCode { key_id, generation: Some(generation), sealed },
+            }
+        })
+        .collect();
+    let mut stale = batch[0].clone();
+    stale.old_nonce = vec![0; 24];
+    assert_eq!(ok(store.reseal(vec![stale]).await, "stale reseal"), 0, "a row that moved on is left alone");
+    let first = (batch[0].mailbox.clone(), batch[0].client.clone());
+    let _ = ok(store.get(&first.0, &first.1).await, "get (caches the row)");
+    batch.truncate(3);
+    assert_eq!(ok(store.reseal(batch).await, "reseal"), 3);
+    assert_eq!(ok(store.get(&first.0, &first.1).await, "get").code.as_ref().map(|c| c.key_id), Some(2));
+    assert!(ok(store.sealed_before(2, 10).await, "sealed_before").is_empty());
+
+    let rekey = |old_mac: Vec<u8>| TokenRekey {
+        id: "tk_0123456789ab".into(),
+        old_key_id: 1,
+        old_mac,
+        key_id: 2,
+        mac: vec![5; 32],
+    };
+    assert_eq!(ok(store.rekey_tokens(vec![rekey(vec![1; 32])]).await, "rekey, wrong old MAC"), 0);
+    let retired = ok(store.retire_data_keys(2).await, "retire");
+    assert_eq!(retired, Retirement { retired: vec![1], pending_codes: 0 });
+    assert_eq!(ids(ok(store.data_keys().await, "data_keys")), [2]);
+    assert_eq!(ok(store.unlock_material().await, "unlock_material").keys.len(), 1);
+    let tokens = ok(store.tokens().await, "tokens");
+    let token = tokens[0].as_ref().unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!((token.key_id, token.mac.is_empty()), (2, true), "left-over token rows move, still without a MAC");
+    assert_eq!(ok(store.rekey_tokens(vec![rekey(vec![])]).await, "rekey from a retired key"), 0);
 }
 
 /// A fresh keyring and its wrapped key, for an engine's unlock material.

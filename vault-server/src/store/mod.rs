@@ -13,7 +13,7 @@ pub use sqlite::{Db as SqliteDb, SqliteStore};
 
 use std::sync::Arc;
 
-use crate::crypto::{Generation, KdfParams, Salt, Sealed, WrappedKey};
+use crate::crypto::{Generation, KdfParams, KeyId, Salt, Sealed, WrappedKey};
 use crate::ids::{ClientId, Mailbox};
 use crate::outcome::ProbeOutcome;
 
@@ -206,11 +206,60 @@ pub struct ListQuery {
     pub limit: usize,
 }
 
+/// A data key as listed: its id and when it was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DataKeyInfo {
+    pub key_id: KeyId,
+    pub created_at: Millis,
+}
+
+/// A code sealed again (under another key): it replaces the row's seal only if the row still
+/// holds the seal with `old_nonce` at `version`, so a concurrent change is never overwritten.
+#[derive(Debug, Clone)]
+pub struct Reseal {
+    pub mailbox: String,
+    pub client: String,
+    pub version: u64,
+    pub old_nonce: Vec<u8>,
+    pub code: StoredCode,
+}
+
+/// A token row moved to another data key, with its MAC under that key (empty for a row that
+/// had no valid MAC: it stays refused). Applied only if the row still has `old_key_id` and
+/// `old_mac`.
+#[derive(Debug, Clone)]
+pub struct TokenRekey {
+    pub id: String,
+    pub old_key_id: KeyId,
+    pub old_mac: Vec<u8>,
+    pub key_id: KeyId,
+    pub mac: Vec<u8>,
+}
+
+/// What deleting the keys older than the active one did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Retirement {
+    /// Keys deleted.
+    pub retired: Vec<KeyId>,
+    /// Active codes still sealed under an older key (written meanwhile): nothing was deleted.
+    pub pending_codes: u64,
+}
+
 /// Salt, KDF parameters and wrapped data keys.
 #[tonic::async_trait]
 pub trait KeyMaterialStore: Send + Sync + 'static {
     /// `NotInitialised` if there are none.
     async fn unlock_material(&self) -> Result<UnlockMaterial, StoreError>;
+    /// The data keys, oldest first.
+    async fn data_keys(&self) -> Result<Vec<DataKeyInfo>, StoreError>;
+    /// Stores a new data key, wrapped under the KEK derived with `salt`. `Conflict` if the salt
+    /// is no longer `salt` (the passphrase changed: the key would be wrapped under a KEK no
+    /// passphrase derives) or the key id is taken.
+    async fn add_data_key(&self, salt: Salt, key: WrappedKey, now: Millis) -> Result<(), StoreError>;
+    /// Deletes every data key older than `active` once no active code is sealed under one (and
+    /// moves token rows that still name one, which cannot be valid, to `active`), then destroys
+    /// the deleted wrappings in the live files. Deletes nothing while codes are pending.
+    async fn retire_data_keys(&self, active: KeyId) -> Result<Retirement, StoreError>;
 }
 
 /// Bindings. Each write is one transaction together with its audit event.
@@ -243,6 +292,11 @@ pub trait CredentialStore: Send + Sync + 'static {
     async fn record_reveals(&self, events: Vec<AuditEvent>) -> Result<(), StoreError>;
     /// Numbers of (active, revoked) bindings.
     async fn count_by_state(&self) -> Result<(u64, u64), StoreError>;
+    /// Up to `limit` active bindings sealed under a key older than `active`.
+    async fn sealed_before(&self, active: KeyId, limit: usize) -> Result<Vec<CredentialRow>, StoreError>;
+    /// Applies re-seals in one transaction; returns how many rows still held their old seal (the
+    /// others moved on meanwhile and were left alone).
+    async fn reseal(&self, batch: Vec<Reseal>) -> Result<usize, StoreError>;
 }
 
 /// The audit trail.
@@ -267,6 +321,8 @@ pub trait TokenStore: Send + Sync + 'static {
     async fn revoke_token(&self, id: String, now: Millis) -> Result<(), StoreError>;
     /// Records when tokens were last used (coalesced by the caller).
     async fn record_token_use(&self, uses: Vec<(String, Millis)>) -> Result<(), StoreError>;
+    /// Moves token rows to another data key in one transaction; returns how many were moved.
+    async fn rekey_tokens(&self, batch: Vec<TokenRekey>) -> Result<usize, StoreError>;
 }
 
 /// Everything the server needs from one engine.

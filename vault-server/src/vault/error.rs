@@ -37,6 +37,12 @@ pub enum VaultError {
     DataLoss,
     #[error("storage failed: {0}")]
     Store(StoreError),
+    /// A new data key cannot be wrapped: the passphrase changed after this server unlocked.
+    #[error("the passphrase changed after this server started")]
+    PassphraseChanged,
+    /// A data-key rotation stopped before the old key was deleted; it resumes on the next call.
+    #[error("the data-key rotation stopped: {0}")]
+    RotationStopped(String),
     #[error("internal error: {0}")]
     Internal(String),
 }

@@ -87,7 +87,7 @@ impl Vault {
         let event = self.event(caller, "Bind", (&mailbox, &client), "OK", Some(report.outcome));
         let report = self.require_accepted(event.clone(), report).await?;
         let (key_id, generation, sealed) =
-            self.keyring.seal_code(mailbox.as_str(), client.as_str(), 1, code.expose().as_bytes());
+            self.keys.load().seal_code(mailbox.as_str(), client.as_str(), 1, code.expose().as_bytes());
         drop(code);
         let new = NewBinding {
             mailbox,
@@ -127,7 +127,7 @@ impl Vault {
         let probe = self.require_accepted(event.clone(), report).await?;
         let next = row.version + 1;
         let (key_id, generation, sealed) =
-            self.keyring.seal_code(mailbox.as_str(), client.as_str(), next, new_code.expose().as_bytes());
+            self.keys.load().seal_code(mailbox.as_str(), client.as_str(), next, new_code.expose().as_bytes());
         drop(new_code);
         let change = RotateChange {
             mailbox: event.mailbox.clone(),

@@ -9,6 +9,7 @@ mod lifecycle;
 mod lifecycle_tests;
 mod locks;
 pub mod review;
+mod rotation;
 #[cfg(test)]
 pub mod testkit;
 mod usage;
@@ -17,13 +18,14 @@ pub use crate::clock::{Clock, SystemClock};
 pub use budget::ProbeBudget;
 pub use error::VaultError;
 pub use lifecycle::{Revoked, Rotated};
+pub use rotation::{KeyRotation, RotationReport};
 
 use std::sync::Arc;
 
 use zeroize::Zeroizing;
 
 use crate::caller::Caller;
-use crate::crypto::Keyring;
+use crate::crypto::{CryptoError, LiveKeyring};
 use crate::ids::{ClientId, Mailbox};
 use crate::metrics::Metrics;
 use crate::probe::{ProbeReport, ProbeRequest, Prober};
@@ -45,10 +47,17 @@ pub struct Revealed {
     pub provider: Arc<Provider>,
 }
 
+/// Why a row's code did not open.
+enum Opened {
+    /// Sealed under a key the keyring no longer holds.
+    KeyGone,
+    Failed(VaultError),
+}
+
 /// The vault: store, keys, providers, prober and probe budget.
 pub struct Vault {
     store: Arc<dyn Store>,
-    keyring: Keyring,
+    keys: Arc<LiveKeyring>,
     registry: Registry,
     prober: Arc<dyn Prober>,
     budget: ProbeBudget,
@@ -56,12 +65,13 @@ pub struct Vault {
     locks: PairLocks,
     usage: Usage,
     metrics: Arc<Metrics>,
+    rotation: Option<Arc<KeyRotation>>,
 }
 
 impl Vault {
     pub fn new(
         store: Arc<dyn Store>,
-        keyring: Keyring,
+        keys: Arc<LiveKeyring>,
         registry: Registry,
         prober: Arc<dyn Prober>,
         budget: ProbeBudget,
@@ -70,7 +80,7 @@ impl Vault {
     ) -> Self {
         Self {
             store,
-            keyring,
+            keys,
             registry,
             prober,
             budget,
@@ -78,7 +88,23 @@ impl Vault {
             locks: PairLocks::default(),
             usage: Usage::default(),
             metrics,
+            rotation: None,
         }
+    }
+
+    /// Enables `RotateDataKey`: `rotation` holds the KEK this server unlocked with.
+    #[must_use]
+    pub fn with_rotation(mut self, rotation: Arc<KeyRotation>) -> Self {
+        self.rotation = Some(rotation);
+        self
+    }
+
+    /// Rotates the data key (or joins the rotation under way) and waits until the old key is
+    /// deleted; dropping the future leaves the rotation running.
+    pub async fn rotate_data_key(&self, caller: Arc<Caller>) -> Result<RotationReport, VaultError> {
+        let rotation =
+            self.rotation.as_ref().ok_or_else(|| VaultError::Internal("key rotation is not enabled".into()))?;
+        rotation.rotate(caller).await
     }
 
     fn provider_for_mailbox(&self, mailbox: &Mailbox) -> Result<Arc<Provider>, VaultError> {
@@ -138,23 +164,39 @@ impl Vault {
 
     /// Decrypts the code held by `row`.
     fn decrypt(&self, row: &CredentialRow) -> Result<AuthCode, VaultError> {
+        self.open(row).map_err(|e| match e {
+            Opened::Failed(e) => e,
+            Opened::KeyGone => VaultError::DataLoss,
+        })
+    }
+
+    /// Decrypts the code held by `row`, telling apart a row sealed under a key this keyring no
+    /// longer holds (a rotation retired it after the row was read: read the row again).
+    fn open(&self, row: &CredentialRow) -> Result<AuthCode, Opened> {
         let Some(stored) = row.code.as_ref().filter(|_| row.state == CredentialState::Active) else {
-            return Err(VaultError::Revoked);
+            return Err(Opened::Failed(VaultError::Revoked));
         };
         // Every seal has had a generation since start-up re-sealed the legacy ones; a row without
         // one was edited (an old ciphertext replayed through the legacy format).
-        let generation = stored.generation.as_ref().ok_or(VaultError::DataLoss)?;
-        let plain = self.keyring.open_code(
-            stored.key_id,
-            &row.mailbox,
-            &row.client,
-            row.version,
-            Some(generation),
-            &stored.sealed.nonce,
-            &stored.sealed.ciphertext,
-        )?;
-        let text = Zeroizing::new(std::str::from_utf8(&plain).map_err(|_| VaultError::DataLoss)?.to_owned());
-        Ok(AuthCode::new(&text))
+        let generation = stored.generation.as_ref().ok_or(Opened::Failed(VaultError::DataLoss))?;
+        let plain = self
+            .keys
+            .load()
+            .open_code(
+                stored.key_id,
+                &row.mailbox,
+                &row.client,
+                row.version,
+                Some(generation),
+                &stored.sealed.nonce,
+                &stored.sealed.ciphertext,
+            )
+            .map_err(|e| match e {
+                CryptoError::UnknownKey(_) => Opened::KeyGone,
+                e => Opened::Failed(e.into()),
+            })?;
+        let text = std::str::from_utf8(&plain).map_err(|_| Opened::Failed(VaultError::DataLoss))?;
+        Ok(AuthCode::new(&Zeroizing::new(text.to_owned())))
     }
 
     /// Decrypts a pair's code and counts the use in memory: a cached row (or, on a miss, the
@@ -164,7 +206,15 @@ impl Vault {
             Some(row) => row,
             None => self.store.get(mailbox.as_str(), client.as_str()).await?,
         };
-        let code = self.decrypt(&row)?;
+        let (code, row) = match self.open(&row) {
+            Ok(code) => (code, row),
+            // Read before a key rotation re-sealed it and retired its key: the row is new now.
+            Err(Opened::KeyGone) => {
+                let row = self.store.get(mailbox.as_str(), client.as_str()).await?;
+                (self.decrypt(&row)?, row)
+            }
+            Err(Opened::Failed(e)) => return Err(e),
+        };
         let revealed = Revealed { code, version: row.version, provider: self.provider_of_row(&row)? };
         self.usage.record(caller, mailbox, client, self.clock.now_millis());
         Ok(revealed)

@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::{Clock, ProbeBudget, Vault};
+use super::{Clock, KeyRotation, ProbeBudget, Vault};
 use crate::caller::{Caller, Role};
-use crate::crypto::{KdfParams, Key, Keyring, Salt};
+use crate::crypto::{KdfParams, Kek, Key, Keyring, LiveKeyring, Salt};
 use crate::ids::ClientId;
 use crate::metrics::Metrics;
 use crate::outcome::ProbeOutcome;
@@ -108,11 +108,16 @@ pub fn vault_with(
     budget: ProbeBudget,
 ) -> (tempfile::TempDir, Arc<Vault>) {
     let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-    let (keyring, wrapped) = Keyring::generate(&Key::random());
+    let kek = Key::random();
+    let (keyring, wrapped) = Keyring::generate(&kek);
     let material = UnlockMaterial { salt: Salt([1; 16]), params: KdfParams::FLOOR, keys: vec![wrapped] };
-    let store = SqliteStore::create(&tmp.path().join("vault.db"), &material, 0).unwrap_or_else(|e| panic!("{e}"));
-    let vault =
-        Vault::new(Arc::new(store), keyring, Registry::builtin(), prober, budget, clock, Arc::new(Metrics::default()));
+    let store: Arc<dyn crate::store::Store> =
+        Arc::new(SqliteStore::create(&tmp.path().join("vault.db"), &material, 0).unwrap_or_else(|e| panic!("{e}")));
+    let keys = Arc::new(LiveKeyring::new(keyring));
+    let metrics = Arc::new(Metrics::default());
+    let kek = Kek { key: kek, salt: Salt([1; 16]) };
+    let rotation = Arc::new(KeyRotation::new(store.clone(), keys.clone(), kek, clock.clone(), metrics.clone()));
+    let vault = Vault::new(store, keys, Registry::builtin(), prober, budget, clock, metrics).with_rotation(rotation);
     (tmp, Arc::new(vault))
 }
 

@@ -1,51 +1,12 @@
 //! Work on the whole file rather than on one binding: WAL truncation after a destroying change,
-//! passphrase re-wrapping, online backups, and re-sealing legacy rows.
+//! online backups, and finding legacy rows.
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-use rusqlite::{TransactionBehavior, params};
-
 use super::{Db, rows};
-use crate::store::{CredentialRow, StoreError, StoredCode, UnlockMaterial};
-
-impl Db {
-    /// Replaces the salt, KDF parameters and wrapped keys in one transaction (a passphrase
-    /// change), only if they are still `before` (two changes at once: the second one fails with
-    /// `Conflict`, so no one's new passphrase is silently lost); then truncates the WAL so the
-    /// old wrapping leaves the live files.
-    pub fn replace_unlock_material(
-        &self,
-        before: &UnlockMaterial,
-        material: &UnlockMaterial,
-    ) -> Result<(), StoreError> {
-        {
-            let mut conn = self.writer()?;
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let changed = tx.execute(
-                "UPDATE vault_meta SET kdf_salt = ?1, kdf_m_kib = ?2, kdf_t = ?3, kdf_p = ?4 WHERE id = 1 AND kdf_salt = ?5",
-                params![&material.salt.0[..], material.params.m_kib, material.params.t, material.params.p, &before.salt.0[..]],
-            )?;
-            if changed != 1 {
-                return Err(StoreError::Conflict);
-            }
-            for k in &material.keys {
-                let old = before.keys.iter().find(|b| b.key_id == k.key_id).ok_or(StoreError::Conflict)?;
-                let changed = tx.execute(
-                    "UPDATE keyring SET nonce = ?2, wrapped_dek = ?3 WHERE key_id = ?1 AND nonce = ?4",
-                    params![k.key_id, &k.sealed.nonce[..], &k.sealed.ciphertext, &old.sealed.nonce[..]],
-                )?;
-                if changed != 1 {
-                    return Err(StoreError::Conflict);
-                }
-            }
-            tx.commit()?;
-        }
-        self.shred_wal();
-        Ok(())
-    }
-}
+use crate::store::{CredentialRow, StoreError};
 
 impl Db {
     /// A consistent online copy into `target`, which must not exist: `VACUUM INTO` from one read
@@ -88,27 +49,6 @@ impl Db {
             let rows = stmt.query_map([i64::try_from(limit).unwrap_or(i64::MAX)], rows::read_row)?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
-    }
-
-    /// Replaces a legacy seal by `code`, only if the row still holds the seal with `old_nonce`
-    /// at `version` (so it cannot overwrite a concurrent change). `false` if it moved.
-    pub fn reseal(&self, row: &CredentialRow, old_nonce: &[u8], code: &StoredCode) -> Result<bool, StoreError> {
-        let conn = self.writer()?;
-        let changed = conn.execute(
-            "UPDATE credentials SET key_id = ?1, nonce = ?2, ciphertext = ?3, generation = ?4 \
-             WHERE mailbox = ?5 AND client = ?6 AND version = ?7 AND nonce = ?8 AND generation IS NULL",
-            params![
-                code.key_id,
-                &code.sealed.nonce[..],
-                &code.sealed.ciphertext,
-                code.generation.as_ref().map(|g| &g[..]),
-                row.mailbox,
-                row.client,
-                i64::try_from(row.version).unwrap_or(i64::MAX),
-                old_nonce
-            ],
-        )?;
-        Ok(changed == 1)
     }
 }
 

@@ -5,6 +5,7 @@
 //! an async worker on SQLite.
 
 mod error;
+mod keys;
 mod maintenance;
 pub(super) mod migrate;
 mod rows;

@@ -4,10 +4,11 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::Db;
+use crate::crypto::{KeyId, Salt, WrappedKey};
 use crate::store::{
-    AuditEvent, AuditQuery, AuditRecord, AuditStore, CredentialRow, CredentialStore, KeyMaterialStore, ListQuery,
-    Millis, NewBinding, ProbeRecord, RevokeChange, RotateChange, StoreError, TokenRow, TokenStore, UnlockMaterial,
-    UnreadableToken, UnusedQuery,
+    AuditEvent, AuditQuery, AuditRecord, AuditStore, CredentialRow, CredentialStore, DataKeyInfo, KeyMaterialStore,
+    ListQuery, Millis, NewBinding, ProbeRecord, Reseal, Retirement, RevokeChange, RotateChange, StoreError, TokenRekey,
+    TokenRow, TokenStore, UnlockMaterial, UnreadableToken, UnusedQuery,
 };
 
 /// The async face of [`Db`]: every call runs on the blocking pool.
@@ -50,6 +51,18 @@ impl SqliteStore {
 impl KeyMaterialStore for SqliteStore {
     async fn unlock_material(&self) -> Result<UnlockMaterial, StoreError> {
         self.hop(Db::unlock_material).await
+    }
+
+    async fn data_keys(&self) -> Result<Vec<DataKeyInfo>, StoreError> {
+        self.hop(Db::data_keys).await
+    }
+
+    async fn add_data_key(&self, salt: Salt, key: WrappedKey, now: Millis) -> Result<(), StoreError> {
+        self.hop(move |db| db.add_data_key(&salt, &key, now)).await
+    }
+
+    async fn retire_data_keys(&self, active: KeyId) -> Result<Retirement, StoreError> {
+        self.hop(move |db| db.retire_data_keys(active)).await
     }
 }
 
@@ -95,6 +108,14 @@ impl CredentialStore for SqliteStore {
     async fn count_by_state(&self) -> Result<(u64, u64), StoreError> {
         self.hop(Db::count_by_state).await
     }
+
+    async fn sealed_before(&self, active: KeyId, limit: usize) -> Result<Vec<CredentialRow>, StoreError> {
+        self.hop(move |db| db.sealed_before(active, limit)).await
+    }
+
+    async fn reseal(&self, batch: Vec<Reseal>) -> Result<usize, StoreError> {
+        self.hop(move |db| db.reseal(&batch)).await
+    }
 }
 
 #[tonic::async_trait]
@@ -124,5 +145,9 @@ impl TokenStore for SqliteStore {
 
     async fn record_token_use(&self, uses: Vec<(String, Millis)>) -> Result<(), StoreError> {
         self.hop(move |db| db.record_token_use(&uses)).await
+    }
+
+    async fn rekey_tokens(&self, batch: Vec<TokenRekey>) -> Result<usize, StoreError> {
+        self.hop(move |db| db.rekey_tokens(&batch)).await
     }
 }
