@@ -424,7 +424,7 @@ mod tests {
             store.tokens().await.unwrap().into_iter().filter_map(|t| rekey(&ring, &t.unwrap())).collect();
         assert_eq!(rekeys.len(), 1, "only the valid, unrevoked row is re-MAC'd");
         assert_eq!(store.rekey_tokens(rekeys).await.unwrap(), 1);
-        assert_eq!(store.retire_data_keys(2).await.unwrap().retired, [1]);
+        assert_eq!(store.retire_data_keys(2, vec![]).await.unwrap().retired, [1]);
         keys.replace(ring.without_retired());
 
         tokens.reload(4).await.unwrap();

@@ -4,29 +4,45 @@
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use super::Keyring;
 
 /// The current keyring; each reader gets a consistent snapshot.
 #[derive(Debug)]
-pub struct LiveKeyring(ArcSwap<Keyring>);
+pub struct LiveKeyring {
+    current: ArcSwap<Keyring>,
+    /// Writers hold it shared from sealing a code until it is stored; retiring keys holds it
+    /// exclusively, so no code sealed under a key can be stored after that key is deleted.
+    sealing: RwLock<()>,
+}
 
 impl LiveKeyring {
     pub fn new(keyring: Keyring) -> Self {
-        Self(ArcSwap::from_pointee(keyring))
+        Self { current: ArcSwap::from_pointee(keyring), sealing: RwLock::new(()) }
     }
 
     /// A snapshot: cheap, lock-free, and unaffected by a swap that happens meanwhile.
     pub fn load(&self) -> arc_swap::Guard<Arc<Keyring>> {
-        self.0.load()
+        self.current.load()
     }
 
     /// A snapshot that may be kept across awaits.
     pub fn current(&self) -> Arc<Keyring> {
-        self.0.load_full()
+        self.current.load_full()
     }
 
     pub fn replace(&self, keyring: Keyring) {
-        self.0.store(Arc::new(keyring));
+        self.current.store(Arc::new(keyring));
+    }
+
+    /// Held from sealing a code until it is stored.
+    pub async fn sealing(&self) -> RwLockReadGuard<'_, ()> {
+        self.sealing.read().await
+    }
+
+    /// Held while keys are deleted: waits for every code being sealed to be stored.
+    pub async fn retiring(&self) -> RwLockWriteGuard<'_, ()> {
+        self.sealing.write().await
     }
 }

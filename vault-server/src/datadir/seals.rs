@@ -42,7 +42,8 @@ pub fn upgrade_seals(dir: &Path, store: &SqliteStore, keyring: &Keyring) -> Resu
                 mailbox: row.mailbox.clone(),
                 client: row.client.clone(),
                 version: row.version,
-                old_nonce: code.sealed.nonce.to_vec(),
+                old_key_id: code.key_id,
+                old_ciphertext: code.sealed.ciphertext.clone(),
                 code: crate::store::StoredCode { key_id, generation: Some(generation), sealed },
             };
             done += db.reseal(&[reseal]).map_err(store_err)?;

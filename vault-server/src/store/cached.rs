@@ -103,8 +103,12 @@ impl<S: Store> KeyMaterialStore for CachedStore<S> {
         self.inner.add_data_key(salt, key, now).await
     }
 
-    async fn retire_data_keys(&self, active: KeyId) -> Result<Retirement, StoreError> {
-        self.inner.retire_data_keys(active).await
+    async fn retire_data_keys(&self, active: KeyId, invalid_tokens: Vec<String>) -> Result<Retirement, StoreError> {
+        self.inner.retire_data_keys(active, invalid_tokens).await
+    }
+
+    async fn destroy_freed(&self) -> Result<bool, StoreError> {
+        self.inner.destroy_freed().await
     }
 }
 

@@ -165,12 +165,15 @@ async fn data_key_rotation(store: &dyn Store, ring: &Keyring, salt: Salt) {
     let refused = store.add_data_key(Salt([0xee; 16]), wrapped.clone(), 100).await;
     assert!(matches!(refused, Err(StoreError::Conflict)), "another salt means another passphrase: {refused:?}");
     ok(store.add_data_key(salt, wrapped.clone(), 100).await, "add_data_key");
-    assert!(matches!(store.add_data_key(salt, wrapped, 101).await, Err(StoreError::Conflict)), "an id is taken once");
+    assert!(
+        matches!(store.add_data_key(salt, wrapped, 101).await, Err(StoreError::AlreadyExists)),
+        "an id is taken once"
+    );
     let keys = ok(store.data_keys().await, "data_keys");
     assert_eq!((ids(keys.clone()), keys[1].created_at), (vec![1, 2], 100));
 
-    let pending = ok(store.retire_data_keys(2).await, "retire while codes are pending");
-    assert_eq!(pending, Retirement { retired: vec![], pending_codes: 3 });
+    let pending = ok(store.retire_data_keys(2, vec![]).await, "retire while codes are pending");
+    assert_eq!(pending, Retirement { retired: vec![], pending_codes: 3, pending_tokens: 0, destroyed: true });
     let old = ok(store.sealed_before(2, 10).await, "sealed_before");
     assert_eq!(old.len(), 3);
     let mut batch: Vec<Reseal> = old
@@ -182,37 +185,64 @@ async fn data_key_rotation(store: &dyn Store, ring: &Keyring, salt: Salt) {
                 mailbox: row.mailbox.clone(),
                 client: row.client.clone(),
                 version: row.version,
-                old_nonce: code.sealed.nonce.to_vec(),
+                old_key_id: code.key_id,
+                old_ciphertext: code.sealed.ciphertext.clone(),
                 code: StoredCode { key_id, generation: Some(generation), sealed },
             }
         })
         .collect();
     let mut stale = batch[0].clone();
-    stale.old_nonce = vec![0; 24];
-    assert_eq!(ok(store.reseal(vec![stale]).await, "stale reseal"), 0, "a row that moved on is left alone");
+    stale.old_ciphertext = vec![0; 20];
+    assert_eq!(ok(store.reseal(vec![stale]).await, "stale reseal"), 0, "a row whose seal moved on is left alone");
+    let mut stale = batch[0].clone();
+    stale.version += 1;
+    assert_eq!(ok(store.reseal(vec![stale]).await, "stale reseal"), 0, "a row whose version moved on is left alone");
     let first = (batch[0].mailbox.clone(), batch[0].client.clone());
     let _ = ok(store.get(&first.0, &first.1).await, "get (caches the row)");
-    batch.truncate(3);
-    assert_eq!(ok(store.reseal(batch).await, "reseal"), 3);
+    let last = batch.pop().unwrap_or_else(|| panic!("three rows"));
+    assert_eq!(ok(store.reseal(batch).await, "reseal"), 2);
     assert_eq!(ok(store.get(&first.0, &first.1).await, "get").code.as_ref().map(|c| c.key_id), Some(2));
+    assert_eq!(ok(store.sealed_before(2, 10).await, "sealed_before").len(), 1);
+    assert_eq!(ok(store.reseal(vec![last]).await, "reseal"), 1);
     assert!(ok(store.sealed_before(2, 10).await, "sealed_before").is_empty());
 
+    // Tokens: the revoked one (no MAC) moves by itself; a valid one keeps the key until it is
+    // re-keyed; one named invalid moves unchanged.
+    for (id, mac) in [("tk_aaaaaaaaaaaa", 9), ("tk_bbbbbbbbbbbb", 8)] {
+        let row = TokenRow {
+            id: id.into(),
+            role: "admin".into(),
+            digest: vec![7; 32],
+            key_id: 1,
+            mac: vec![mac; 32],
+            created_at: 91,
+            last_used_at: None,
+            revoked_at: None,
+        };
+        ok(store.insert_token(row).await, "insert_token");
+    }
     let rekey = |old_mac: Vec<u8>| TokenRekey {
-        id: "tk_0123456789ab".into(),
+        id: "tk_aaaaaaaaaaaa".into(),
         old_key_id: 1,
         old_mac,
         key_id: 2,
         mac: vec![5; 32],
     };
     assert_eq!(ok(store.rekey_tokens(vec![rekey(vec![1; 32])]).await, "rekey, wrong old MAC"), 0);
-    let retired = ok(store.retire_data_keys(2).await, "retire");
-    assert_eq!(retired, Retirement { retired: vec![1], pending_codes: 0 });
+    let invalid = vec!["tk_bbbbbbbbbbbb".to_owned()];
+    let pending = ok(store.retire_data_keys(2, invalid.clone()).await, "retire with a valid token left");
+    assert_eq!(pending, Retirement { retired: vec![], pending_codes: 0, pending_tokens: 1, destroyed: true });
+    assert_eq!(ok(store.rekey_tokens(vec![rekey(vec![9; 32])]).await, "rekey"), 1);
+    let retired = ok(store.retire_data_keys(2, invalid).await, "retire");
+    assert_eq!(retired, Retirement { retired: vec![1], pending_codes: 0, pending_tokens: 0, destroyed: true });
     assert_eq!(ids(ok(store.data_keys().await, "data_keys")), [2]);
     assert_eq!(ok(store.unlock_material().await, "unlock_material").keys.len(), 1);
-    let tokens = ok(store.tokens().await, "tokens");
-    let token = tokens[0].as_ref().unwrap_or_else(|e| panic!("{e:?}"));
-    assert_eq!((token.key_id, token.mac.is_empty()), (2, true), "left-over token rows move, still without a MAC");
-    assert_eq!(ok(store.rekey_tokens(vec![rekey(vec![])]).await, "rekey from a retired key"), 0);
+    let tokens: Vec<_> = ok(store.tokens().await, "tokens").into_iter().filter_map(Result::ok).collect();
+    let by_id = |id: &str| tokens.iter().find(|t| t.id == id).map(|t| (t.key_id, t.mac.clone()));
+    assert_eq!(by_id("tk_0123456789ab"), Some((2, vec![])), "the revoked row moved, still without a MAC");
+    assert_eq!(by_id("tk_aaaaaaaaaaaa"), Some((2, vec![5; 32])), "the valid row carries its new MAC");
+    assert_eq!(by_id("tk_bbbbbbbbbbbb"), Some((2, vec![8; 32])), "the invalid row moved unchanged");
+    assert!(ok(store.destroy_freed().await, "destroy_freed"));
 }
 
 /// A fresh keyring and its wrapped key, for an engine's unlock material.

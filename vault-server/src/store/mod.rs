@@ -214,13 +214,15 @@ pub struct DataKeyInfo {
 }
 
 /// A code sealed again (under another key): it replaces the row's seal only if the row still
-/// holds the seal with `old_nonce` at `version`, so a concurrent change is never overwritten.
+/// holds `old_ciphertext` under `old_key_id` at `version` (the raw bytes, whatever else in the row
+/// is malformed), so a concurrent change is never overwritten.
 #[derive(Debug, Clone)]
 pub struct Reseal {
     pub mailbox: String,
     pub client: String,
     pub version: u64,
-    pub old_nonce: Vec<u8>,
+    pub old_key_id: KeyId,
+    pub old_ciphertext: Vec<u8>,
     pub code: StoredCode,
 }
 
@@ -243,6 +245,12 @@ pub struct Retirement {
     pub retired: Vec<KeyId>,
     /// Active codes still sealed under an older key (written meanwhile): nothing was deleted.
     pub pending_codes: u64,
+    /// Token rows still under an older key that were not named invalid (minted meanwhile):
+    /// nothing was deleted.
+    pub pending_tokens: u64,
+    /// Whether the deleted wrappings already left the live files (see
+    /// [`KeyMaterialStore::destroy_freed`]); `true` when nothing was deleted.
+    pub destroyed: bool,
 }
 
 /// Salt, KDF parameters and wrapped data keys.
@@ -254,12 +262,16 @@ pub trait KeyMaterialStore: Send + Sync + 'static {
     async fn data_keys(&self) -> Result<Vec<DataKeyInfo>, StoreError>;
     /// Stores a new data key, wrapped under the KEK derived with `salt`. `Conflict` if the salt
     /// is no longer `salt` (the passphrase changed: the key would be wrapped under a KEK no
-    /// passphrase derives) or the key id is taken.
+    /// passphrase derives); `AlreadyExists` if the key id is taken.
     async fn add_data_key(&self, salt: Salt, key: WrappedKey, now: Millis) -> Result<(), StoreError>;
-    /// Deletes every data key older than `active` once no active code is sealed under one (and
-    /// moves token rows that still name one, which cannot be valid, to `active`), then destroys
-    /// the deleted wrappings in the live files. Deletes nothing while codes are pending.
-    async fn retire_data_keys(&self, active: KeyId) -> Result<Retirement, StoreError>;
+    /// Deletes every data key older than `active`, in one transaction, once no active code and
+    /// no token row is left under one: token rows under one that are revoked (no MAC) or named in
+    /// `invalid_tokens` (no valid MAC) move to `active` first; any other keeps the keys (pending).
+    /// Then tries to destroy the deleted wrappings in the live files.
+    async fn retire_data_keys(&self, active: KeyId, invalid_tokens: Vec<String>) -> Result<Retirement, StoreError>;
+    /// Makes rows deleted or overwritten so far unrecoverable from the live files (SQLite:
+    /// checkpoint and truncate the WAL); `false` if readers kept it from finishing.
+    async fn destroy_freed(&self) -> Result<bool, StoreError>;
 }
 
 /// Bindings. Each write is one transaction together with its audit event.

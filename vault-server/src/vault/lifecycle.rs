@@ -86,6 +86,9 @@ impl Vault {
         let report = self.probe(&provider, &mailbox, &code).await?;
         let event = self.event(caller, "Bind", (&mailbox, &client), "OK", Some(report.outcome));
         let report = self.require_accepted(event.clone(), report).await?;
+        // Held until the commit: a key rotation cannot retire the key this code is sealed under
+        // before the code is stored.
+        let sealing = self.keys.sealing().await;
         let (key_id, generation, sealed) =
             self.keys.load().seal_code(mailbox.as_str(), client.as_str(), 1, code.expose().as_bytes());
         drop(code);
@@ -98,6 +101,7 @@ impl Vault {
             probe_outcome: ProbeOutcome::Accepted,
         };
         let row = self.store.bind(new, event).await?;
+        drop(sealing);
         Ok((row, report))
     }
 
@@ -121,11 +125,12 @@ impl Vault {
         let provider = self.provider_of_row(&row)?;
         Self::check_format(&provider, &new_code)?;
         // A tampered old ciphertext must not block replacing it; it just cannot be probed.
-        let old_code = self.decrypt(&row).ok();
+        let old_code = self.decrypt(row.clone()).await.ok().map(|(code, _)| code);
         let report = self.probe(&provider, &mailbox, &new_code).await?;
         let event = self.event(caller, "Rotate", (&mailbox, &client), "OK", Some(report.outcome));
         let probe = self.require_accepted(event.clone(), report).await?;
         let next = row.version + 1;
+        let sealing = self.keys.sealing().await;
         let (key_id, generation, sealed) =
             self.keys.load().seal_code(mailbox.as_str(), client.as_str(), next, new_code.expose().as_bytes());
         drop(new_code);
@@ -137,6 +142,7 @@ impl Vault {
             now: event.at,
         };
         let row = self.store.rotate(change, event).await?;
+        drop(sealing);
         drop(pair);
         let previous_code_probe = self.probe_previous(&provider, &mailbox, old_code).await;
         Ok(Rotated { row, probe, previous_code_probe })
@@ -163,7 +169,7 @@ impl Vault {
             return Err(VaultError::Revoked);
         }
         let provider = self.provider_of_row(&row).ok();
-        let old_code = self.decrypt(&row).ok();
+        let old_code = self.decrypt(row.clone()).await.ok().map(|(code, _)| code);
         let event = self.event(caller, "Revoke", (&mailbox, &client), "OK", None);
         let change = RevokeChange {
             mailbox: event.mailbox.clone(),
@@ -189,7 +195,7 @@ impl Vault {
     ) -> Result<(CredentialRow, ProbeReport), VaultError> {
         let _pair = self.locks.lock(mailbox.as_str(), client.as_str()).await;
         let row = self.store.get(mailbox.as_str(), client.as_str()).await?;
-        let code = self.decrypt(&row)?;
+        let (code, row) = self.decrypt(row).await?;
         let provider = self.provider_of_row(&row)?;
         let report = self.probe(&provider, &mailbox, &code).await?;
         drop(code);

@@ -162,12 +162,21 @@ impl Vault {
         Some(report)
     }
 
-    /// Decrypts the code held by `row`.
-    fn decrypt(&self, row: &CredentialRow) -> Result<AuthCode, VaultError> {
-        self.open(row).map_err(|e| match e {
-            Opened::Failed(e) => e,
-            Opened::KeyGone => VaultError::DataLoss,
-        })
+    /// Decrypts the code held by `row`. A row read before a key rotation re-sealed it and
+    /// retired its key is read again (the row is new now); also returns the row decrypted.
+    async fn decrypt(&self, row: Arc<CredentialRow>) -> Result<(AuthCode, Arc<CredentialRow>), VaultError> {
+        match self.open(&row) {
+            Ok(code) => Ok((code, row)),
+            Err(Opened::KeyGone) => {
+                let row = self.store.get(&row.mailbox, &row.client).await?;
+                match self.open(&row) {
+                    Ok(code) => Ok((code, row)),
+                    Err(Opened::KeyGone) => Err(VaultError::DataLoss),
+                    Err(Opened::Failed(e)) => Err(e),
+                }
+            }
+            Err(Opened::Failed(e)) => Err(e),
+        }
     }
 
     /// Decrypts the code held by `row`, telling apart a row sealed under a key this keyring no
@@ -206,15 +215,7 @@ impl Vault {
             Some(row) => row,
             None => self.store.get(mailbox.as_str(), client.as_str()).await?,
         };
-        let (code, row) = match self.open(&row) {
-            Ok(code) => (code, row),
-            // Read before a key rotation re-sealed it and retired its key: the row is new now.
-            Err(Opened::KeyGone) => {
-                let row = self.store.get(mailbox.as_str(), client.as_str()).await?;
-                (self.decrypt(&row)?, row)
-            }
-            Err(Opened::Failed(e)) => return Err(e),
-        };
+        let (code, row) = self.decrypt(row).await?;
         let revealed = Revealed { code, version: row.version, provider: self.provider_of_row(&row)? };
         self.usage.record(caller, mailbox, client, self.clock.now_millis());
         Ok(revealed)

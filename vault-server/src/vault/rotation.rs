@@ -17,6 +17,8 @@ use crate::store::{AuditEvent, CredentialRow, DataKeyInfo, Millis, Reseal, Store
 
 /// Rows re-sealed per transaction: short enough that writes and Reveals never wait long.
 const BATCH: usize = 256;
+/// Passes that re-seal nothing, or retirements kept pending, before a rotation gives up.
+const MAX_IDLE_PASSES: u32 = 5;
 
 /// What a finished rotation did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,7 +118,9 @@ impl KeyRotation {
     /// Rotates whenever the active key is `max_age` old (`--data-key-max-age`); runs until the
     /// task is dropped. Checks at least hourly, so a clock or key change is noticed.
     pub async fn rotate_when_older_than(self: Arc<Self>, max_age: std::time::Duration) {
+        const HOUR_MS: i64 = 3_600_000;
         let max_ms = i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX);
+        let mut backoff_ms = 1_000;
         loop {
             let wait_ms = match self.store.data_keys().await {
                 Ok(keys) => {
@@ -124,10 +128,20 @@ impl KeyRotation {
                     if age >= max_ms {
                         tracing::info!(age_ms = age, "the active data key reached --data-key-max-age; rotating");
                         let mut done = self.start_or_join(None).await;
-                        let _ = done.wait_for(Option::is_some).await;
-                        1_000
+                        let outcome = done.wait_for(Option::is_some).await.map(|o| o.clone()).ok().flatten();
+                        match outcome {
+                            Some(Ok(_)) => backoff_ms = 1_000,
+                            Some(Err(Stopped::PassphraseChanged)) => {
+                                tracing::error!(
+                                    "--data-key-max-age: the passphrase changed after this server started; automatic rotation is off until it restarts"
+                                );
+                                return;
+                            }
+                            _ => backoff_ms = (backoff_ms * 2).min(HOUR_MS),
+                        }
+                        backoff_ms
                     } else {
-                        max_ms - age
+                        max_ms.saturating_sub(age)
                     }
                 }
                 Err(e) => {
@@ -135,7 +149,7 @@ impl KeyRotation {
                     60_000
                 }
             };
-            let wait = u64::try_from(wait_ms.clamp(1_000, 3_600_000)).unwrap_or(1_000);
+            let wait = u64::try_from(wait_ms.clamp(1_000, HOUR_MS)).unwrap_or(1_000);
             tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
         }
     }
@@ -149,7 +163,12 @@ impl KeyRotation {
         let (tx, rx) = watch::channel(None);
         let me = self.clone();
         tokio::spawn(async move {
-            let out = me.run(caller.as_deref()).await;
+            // Run in its own task, so that even a panic ends in an answer for every waiter.
+            let worker = me.clone();
+            let out = match tokio::spawn(async move { worker.run(caller.as_deref()).await }).await {
+                Ok(out) => out,
+                Err(e) => Err(Stopped::Failed(format!("the rotation task failed: {e}"))),
+            };
             match &out {
                 Ok(r) => tracing::info!(
                     active_key = r.active.key_id,
@@ -177,6 +196,7 @@ impl KeyRotation {
             let id = wrapped.key_id;
             self.store.add_data_key(self.kek.salt, wrapped, self.clock.now_millis()).await.map_err(|e| match e {
                 StoreError::Conflict => Stopped::PassphraseChanged,
+                StoreError::AlreadyExists => Stopped::Failed(format!("data key {id} exists already")),
                 e => e.into(),
             })?;
             self.keys.replace(next);
@@ -191,30 +211,33 @@ impl KeyRotation {
             tokens_rekeyed: 0,
             unreadable_codes: 0,
         };
-        loop {
+        let mut passes = 0;
+        let destroyed = loop {
+            passes += 1;
             self.reseal_codes(&ring, &mut report).await?;
-            let rekeys: Vec<_> = self
-                .store
-                .tokens()
-                .await?
-                .into_iter()
-                .filter_map(Result::ok)
-                .filter_map(|t| crate::auth::rekey(&ring, &t))
-                .collect();
-            if !rekeys.is_empty() {
-                let n = self.store.rekey_tokens(rekeys).await?;
-                report.tokens_rekeyed += u64::try_from(n).unwrap_or(0);
-                self.metrics.observe_rekeyed("token", n);
-            }
-            // Codes written under the old key meanwhile (a Bind sealed just before the swap)
-            // keep the old key; another pass picks them up.
-            let retirement = self.store.retire_data_keys(active).await?;
-            if retirement.pending_codes == 0 {
+            let invalid = self.rekey_tokens(&ring, &mut report).await?;
+            // No code sealed under an old key can be stored while the keys are deleted.
+            let retiring = self.keys.retiring().await;
+            let retirement = self.store.retire_data_keys(active, invalid).await?;
+            if retirement.pending_codes == 0 && retirement.pending_tokens == 0 {
+                self.keys.replace(ring.without_retired());
+                drop(retiring);
                 report.retired = retirement.retired;
-                break;
+                break retirement.destroyed;
             }
+            // Written under the old key meanwhile (a code sealed just before the swap, a token
+            // minted by a CLI that unlocked before it): another pass picks them up.
+            if passes >= MAX_IDLE_PASSES {
+                return Err(Stopped::Failed(format!(
+                    "{} codes and {} tokens were still under the old key after {passes} passes",
+                    retirement.pending_codes, retirement.pending_tokens
+                )));
+            }
+        };
+        // The old wrapping must leave the live files before the call says the key is gone.
+        if !destroyed {
+            self.destroy_freed().await?;
         }
-        self.keys.replace(ring.without_retired());
         let keys = self.store.data_keys().await?;
         report.active = keys.iter().copied().find(|k| k.key_id == active).unwrap_or(report.active);
         self.audit(caller, &report).await;
@@ -223,10 +246,18 @@ impl KeyRotation {
 
     async fn reseal_codes(&self, ring: &Keyring, report: &mut RotationReport) -> Result<(), Stopped> {
         let active = ring.active_key_id();
+        let mut idle_passes = 0;
         loop {
             let rows = self.store.sealed_before(active, BATCH).await?;
             if rows.is_empty() {
                 return Ok(());
+            }
+            // Rows that never take their new seal (each pass finds them changed) would spin here.
+            if idle_passes >= MAX_IDLE_PASSES {
+                return Err(Stopped::Failed(format!(
+                    "{} codes under the old key could not be re-sealed in {MAX_IDLE_PASSES} passes",
+                    rows.len()
+                )));
             }
             let mut batch = Vec::with_capacity(rows.len());
             for row in &rows {
@@ -238,11 +269,47 @@ impl KeyRotation {
                 batch.extend(reseal);
             }
             let n = self.store.reseal(batch).await?;
+            idle_passes = if n == 0 { idle_passes + 1 } else { 0 };
             report.codes_resealed += u64::try_from(n).unwrap_or(0);
             self.metrics.observe_rekeyed("code", n);
             // Let Reveals and writes in between batches.
             tokio::task::yield_now().await;
         }
+    }
+
+    /// Re-MACs every valid token row under an older key; returns the ids of rows under an older
+    /// key that have no valid MAC (they move unchanged, and stay refused).
+    async fn rekey_tokens(&self, ring: &Keyring, report: &mut RotationReport) -> Result<Vec<String>, Stopped> {
+        let active = ring.active_key_id();
+        let (mut rekeys, mut invalid) = (Vec::new(), Vec::new());
+        for read in self.store.tokens().await? {
+            match read {
+                Ok(t) if t.key_id < active => match crate::auth::rekey(ring, &t) {
+                    Some(r) => rekeys.push(r),
+                    None => invalid.push(t.id),
+                },
+                Ok(_) => {}
+                Err(bad) => invalid.push(bad.id),
+            }
+        }
+        if !rekeys.is_empty() {
+            let n = self.store.rekey_tokens(rekeys).await?;
+            report.tokens_rekeyed += u64::try_from(n).unwrap_or(0);
+            self.metrics.observe_rekeyed("token", n);
+        }
+        Ok(invalid)
+    }
+
+    /// Retries the destruction of deleted rows in the live files until it finishes (a long
+    /// reader, such as a backup, can hold it off).
+    async fn destroy_freed(&self) -> Result<(), Stopped> {
+        let mut wait = std::time::Duration::from_millis(250);
+        while !self.store.destroy_freed().await? {
+            tracing::warn!(retry_in_ms = wait.as_millis(), "readers keep the old key's wrapping in the WAL; retrying");
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(std::time::Duration::from_secs(5));
+        }
+        Ok(())
     }
 
     async fn audit(&self, caller: Option<&Caller>, report: &RotationReport) {
@@ -295,7 +362,8 @@ fn reseal(ring: &Keyring, row: &CredentialRow) -> (Option<Reseal>, bool) {
         mailbox: row.mailbox.clone(),
         client: row.client.clone(),
         version: row.version,
-        old_nonce: code.sealed.nonce.to_vec(),
+        old_key_id: code.key_id,
+        old_ciphertext: code.sealed.ciphertext.clone(),
         code: new,
     };
     (Some(reseal), readable)
@@ -409,6 +477,20 @@ mod tests {
         assert_eq!((report.codes_resealed, report.unreadable_codes, report.retired), (3, 1, vec![1]));
         assert!(matches!(reveal(&vault, 1).await, Err(VaultError::DataLoss)));
         assert_eq!(reveal(&vault, 2).await.unwrap(), code(2));
+    }
+
+    #[tokio::test]
+    async fn rows_with_a_malformed_nonce_or_generation_do_not_stall_the_rotation() {
+        let (tmp, vault) = testkit::vault(Arc::new(FakeClock::default()));
+        seed(&vault, 4).await;
+        let db = db(&tmp);
+        db.execute("UPDATE credentials SET nonce = X'00' WHERE mailbox = 'user1@sina.com'", []).unwrap();
+        db.execute("UPDATE credentials SET generation = X'01' WHERE mailbox = 'user2@sina.com'", []).unwrap();
+        let rotation = vault.rotate_data_key(Arc::new(testkit::admin()));
+        let report = tokio::time::timeout(std::time::Duration::from_secs(20), rotation).await.unwrap().unwrap();
+        assert_eq!((report.unreadable_codes, report.retired), (2, vec![1]));
+        assert!(matches!(reveal(&vault, 1).await, Err(VaultError::DataLoss)));
+        assert_eq!(reveal(&vault, 3).await.unwrap(), code(3));
     }
 
     #[tokio::test]

@@ -71,7 +71,7 @@ impl Db {
             params![key.key_id, &key.sealed.nonce[..], &key.sealed.ciphertext, now],
         )?;
         if inserted != 1 {
-            return Err(StoreError::Conflict);
+            return Err(StoreError::AlreadyExists);
         }
         tx.commit()?;
         Ok(())
@@ -96,7 +96,7 @@ impl Db {
         {
             let mut stmt = tx.prepare_cached(
                 "UPDATE credentials SET key_id = ?1, nonce = ?2, ciphertext = ?3, generation = ?4 \
-                 WHERE mailbox = ?5 AND client = ?6 AND state = 1 AND version = ?7 AND nonce = ?8",
+                 WHERE mailbox = ?5 AND client = ?6 AND state = 1 AND version = ?7 AND key_id = ?8 AND ciphertext = ?9",
             )?;
             for r in batch {
                 done += stmt.execute(params![
@@ -107,7 +107,8 @@ impl Db {
                     r.mailbox,
                     r.client,
                     i64::try_from(r.version).unwrap_or(i64::MAX),
-                    r.old_nonce
+                    r.old_key_id,
+                    r.old_ciphertext
                 ])?;
             }
         }
@@ -130,28 +131,43 @@ impl Db {
         Ok(done)
     }
 
-    pub fn retire_data_keys(&self, active: KeyId) -> Result<Retirement, StoreError> {
-        let retirement = {
+    pub fn retire_data_keys(&self, active: KeyId, invalid_tokens: &[String]) -> Result<Retirement, StoreError> {
+        let mut retirement = {
             let mut conn = self.writer()?;
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let pending: i64 = tx.query_row(
+            let pending_codes: i64 = tx.query_row(
                 "SELECT count(*) FROM credentials INDEXED BY credentials_by_key WHERE state = 1 AND key_id < ?1",
                 [active],
                 |r| r.get(0),
             )?;
-            if pending > 0 {
-                return Ok(Retirement { retired: Vec::new(), pending_codes: u64::try_from(pending).unwrap_or(0) });
+            // Revoked rows and rows the caller found without a valid MAC stay refused under the
+            // new key, and no longer pin the old one.
+            tx.execute("UPDATE tokens SET key_id = ?1 WHERE key_id < ?1 AND mac = X''", [active])?;
+            {
+                let mut stmt = tx.prepare_cached("UPDATE tokens SET key_id = ?1 WHERE key_id < ?1 AND id = ?2")?;
+                for id in invalid_tokens {
+                    stmt.execute(params![active, id])?;
+                }
             }
-            // Rows the re-keying left behind had no valid MAC (revoked, forged or unreadable):
-            // they stay refused under the new key, and no longer pin the old one.
-            tx.execute("UPDATE tokens SET key_id = ?1 WHERE key_id < ?1", [active])?;
+            // Any other row under an old key was minted after the caller re-keyed: keep the keys.
+            let pending_tokens: i64 =
+                tx.query_row("SELECT count(*) FROM tokens WHERE key_id < ?1", [active], |r| r.get(0))?;
+            if pending_codes > 0 || pending_tokens > 0 {
+                tx.commit()?;
+                return Ok(Retirement {
+                    retired: Vec::new(),
+                    pending_codes: u64::try_from(pending_codes).unwrap_or(0),
+                    pending_tokens: u64::try_from(pending_tokens).unwrap_or(0),
+                    destroyed: true,
+                });
+            }
             let retired: Vec<KeyId> = key_ids(&tx)?.into_iter().filter(|id| *id < active).collect();
             tx.execute("DELETE FROM keyring WHERE key_id < ?1", [active])?;
             tx.commit()?;
-            Retirement { retired, pending_codes: 0 }
+            Retirement { retired, pending_codes: 0, pending_tokens: 0, destroyed: true }
         };
         if !retirement.retired.is_empty() {
-            self.shred_wal();
+            retirement.destroyed = self.shred_wal();
         }
         Ok(retirement)
     }

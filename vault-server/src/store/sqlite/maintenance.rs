@@ -61,19 +61,21 @@ impl Db {
     /// zeroed the old cell) and truncates the WAL, so no live file keeps the old ciphertext or
     /// nonce. The change is already committed; if readers keep the checkpoint from finishing,
     /// that is logged and the next Revoke, Rotate or shutdown truncates it.
-    pub fn shred_wal(&self) {
+    /// Returns whether the WAL was truncated.
+    pub fn shred_wal(&self) -> bool {
         for _ in 0..SHRED_ATTEMPTS {
             match self.checkpoint() {
-                Ok(true) => return,
+                Ok(true) => return true,
                 Ok(false) => std::thread::sleep(std::time::Duration::from_millis(10)),
                 Err(e) => {
                     tracing::error!(error = %e, "WAL truncation failed; destroyed bytes stay in vault.db-wal until the next truncation (Revoke, Rotate or a stop)");
-                    return;
+                    return false;
                 }
             }
         }
         tracing::error!(
             "readers kept the WAL from being truncated after a revoke or rotate; the old ciphertext stays in vault.db-wal until the next one"
         );
+        false
     }
 }

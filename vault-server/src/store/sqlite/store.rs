@@ -61,8 +61,12 @@ impl KeyMaterialStore for SqliteStore {
         self.hop(move |db| db.add_data_key(&salt, &key, now)).await
     }
 
-    async fn retire_data_keys(&self, active: KeyId) -> Result<Retirement, StoreError> {
-        self.hop(move |db| db.retire_data_keys(active)).await
+    async fn retire_data_keys(&self, active: KeyId, invalid_tokens: Vec<String>) -> Result<Retirement, StoreError> {
+        self.hop(move |db| db.retire_data_keys(active, &invalid_tokens)).await
+    }
+
+    async fn destroy_freed(&self) -> Result<bool, StoreError> {
+        self.hop(|db| Ok(db.shred_wal())).await
     }
 }
 
