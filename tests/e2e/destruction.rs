@@ -26,8 +26,8 @@ pub fn sealed(stack: &Stack, mailbox: &str) -> Sealed {
 }
 
 /// Every file of the data dir that holds `needle`.
-fn files_holding(stack: &Stack, needle: &[u8]) -> Vec<String> {
-    std::fs::read_dir(&stack.data.dir)
+pub fn files_holding(data: &crate::harness::vault::DataDir, needle: &[u8]) -> Vec<String> {
+    std::fs::read_dir(&data.dir)
         .unwrap()
         .filter_map(|e| {
             let path = e.unwrap().path();
@@ -39,7 +39,7 @@ fn files_holding(stack: &Stack, needle: &[u8]) -> Vec<String> {
 
 fn assert_gone(stack: &Stack, old: &Sealed, when: &str) {
     for (what, bytes) in [("ciphertext", &old.ciphertext), ("nonce", &old.nonce)] {
-        let hits = files_holding(stack, bytes);
+        let hits = files_holding(&stack.data, bytes);
         assert!(hits.is_empty(), "{when}: the old {what} is still in {hits:?}");
     }
 }
@@ -51,7 +51,7 @@ async fn revoke_and_rotate_leave_no_ciphertext_on_disk() {
     admin.bind(ALICE, "sender", SecretString::from(ALICE_CODE)).await.unwrap();
     let first = sealed(&stack, ALICE);
     // Proof the scan sees what it looks for.
-    assert!(!files_holding(&stack, &first.ciphertext).is_empty(), "the live ciphertext must be found");
+    assert!(!files_holding(&stack.data, &first.ciphertext).is_empty(), "the live ciphertext must be found");
 
     // Rotate (to the same code: a new seal all the same).
     let rotate = proto::RotateRequest {

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::destruction::files_holding;
 use crate::harness::vault::{DataDir, VaultServer, path_str, run};
 use crate::harness::{ALICE, ALICE_CODE, PASSPHRASE, Stack};
 
@@ -63,17 +64,6 @@ fn wrapped_keys(data: &DataDir) -> Vec<(i64, Vec<u8>, Vec<u8>)> {
     let db = rusqlite::Connection::open_with_flags(data.db(), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
     let mut stmt = db.prepare("SELECT key_id, nonce, wrapped_dek FROM keyring ORDER BY key_id").unwrap();
     stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap().collect::<Result<_, _>>().unwrap()
-}
-
-fn files_holding(data: &DataDir, needle: &[u8]) -> Vec<String> {
-    std::fs::read_dir(&data.dir)
-        .unwrap()
-        .filter_map(|e| {
-            let path = e.unwrap().path();
-            let bytes = std::fs::read(&path).ok()?;
-            bytes.windows(needle.len()).any(|w| w == needle).then(|| path.display().to_string())
-        })
-        .collect()
 }
 
 /// `backup` then `backup verify`: the vault unlocks and every active code opens. The count.

@@ -98,6 +98,11 @@ impl Keyring {
         Self { keys, active: self.active }
     }
 
+    /// Whether keys older than the active one are still held: a rotation is under way.
+    pub fn holds_older_keys(&self) -> bool {
+        self.keys.keys().next().is_some_and(|oldest| *oldest < self.active)
+    }
+
     /// Whether the keyring holds key `key_id`.
     pub fn has_key(&self, key_id: KeyId) -> bool {
         self.keys.contains_key(&key_id)

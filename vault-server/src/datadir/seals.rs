@@ -65,25 +65,14 @@ mod tests {
     #[test]
     fn legacy_seals_are_upgraded_at_start_and_a_broken_one_is_left_alone() {
         use crate::ids::{ClientId, Mailbox};
-        use crate::store::{AuditEvent, NewBinding, StoredCode};
+        use crate::store::{NewBinding, StoredCode};
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("data");
         let pass = Passphrase::new("correct horse battery");
         init(&dir, &pass, 0).unwrap();
         let (store, ring) = unlock(&dir, &pass).unwrap();
         let db = store.sync();
-        let audit = AuditEvent {
-            at: 1,
-            caller: "t".into(),
-            caller_role: "admin".into(),
-            rpc: "Bind".into(),
-            mailbox: String::new(),
-            client: String::new(),
-            outcome: "OK".into(),
-            probe_outcome: None,
-            count: 1,
-            first_at: 1,
-        };
+        let audit = crate::store::contract::event("Bind", "", "", 1);
         let legacy = |mailbox: &str, sealed: crate::crypto::Sealed, key_id| NewBinding {
             mailbox: Mailbox::parse(mailbox).unwrap(),
             client: ClientId::parse("sender").unwrap(),

@@ -11,7 +11,8 @@ use crate::crypto::{Key, Keyring, Salt};
 use crate::ids::{ClientId, Mailbox};
 use crate::outcome::ProbeOutcome;
 
-fn event(rpc: &str, mailbox: &str, client: &str, at: i64) -> AuditEvent {
+/// An admin's audit event for a test write.
+pub(crate) fn event(rpc: &str, mailbox: &str, client: &str, at: i64) -> AuditEvent {
     AuditEvent {
         at,
         caller: "tk_contract".into(),

@@ -5,7 +5,7 @@
 
 mod cached;
 #[cfg(test)]
-mod contract;
+pub(crate) mod contract;
 mod sqlite;
 
 pub use cached::{CachedStore, DEFAULT_CAPACITY};

@@ -40,16 +40,12 @@ enum Stopped {
     /// The salt changed since this server unlocked: its KEK would wrap the new key under a
     /// passphrase that no longer unlocks the vault.
     PassphraseChanged,
-    Full,
     Failed(String),
 }
 
 impl From<StoreError> for Stopped {
     fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::Full => Self::Full,
-            e => Self::Failed(e.to_string()),
-        }
+        Self::Failed(e.to_string())
     }
 }
 
@@ -57,13 +53,17 @@ impl From<Stopped> for VaultError {
     fn from(s: Stopped) -> Self {
         match s {
             Stopped::PassphraseChanged => Self::PassphraseChanged,
-            Stopped::Full => Self::RotationStopped("the disk is full".into()),
             Stopped::Failed(why) => Self::RotationStopped(why),
         }
     }
 }
 
 type Outcome = Option<Result<RotationReport, Stopped>>;
+
+/// Waits for a rotation's outcome; `None` only if its task vanished without one.
+async fn finished(mut rx: watch::Receiver<Outcome>) -> Outcome {
+    rx.wait_for(Option::is_some).await.ok().and_then(|o| o.clone())
+}
 
 /// Runs rotations one at a time; a call while one runs joins it.
 pub struct KeyRotation {
@@ -95,12 +95,7 @@ impl KeyRotation {
     /// Rotates (or joins the rotation under way) and waits for it to finish. Dropping the
     /// returned future leaves the rotation running.
     pub async fn rotate(self: &Arc<Self>, caller: Arc<Caller>) -> Result<RotationReport, VaultError> {
-        let mut done = self.start_or_join(Some(caller)).await;
-        let outcome = done
-            .wait_for(Option::is_some)
-            .await
-            .map_err(|_| VaultError::RotationStopped("the rotation task ended".into()))?;
-        match outcome.clone() {
+        match finished(self.start_or_join(Some(caller)).await).await {
             Some(result) => result.map_err(Into::into),
             None => Err(VaultError::RotationStopped("the rotation task ended".into())),
         }
@@ -109,7 +104,7 @@ impl KeyRotation {
     /// Carries on with a rotation a crash interrupted (the keyring holds more than one key);
     /// nothing otherwise. Runs in the background.
     pub async fn resume(self: &Arc<Self>) {
-        if self.keys.load().key_ids().nth(1).is_some() {
+        if self.keys.load().holds_older_keys() {
             tracing::info!("a data-key rotation was interrupted; resuming it");
             drop(self.start_or_join(None).await);
         }
@@ -127,9 +122,7 @@ impl KeyRotation {
                     let age = keys.last().map_or(0, |k| self.clock.now_millis().saturating_sub(k.created_at));
                     if age >= max_ms {
                         tracing::info!(age_ms = age, "the active data key reached --data-key-max-age; rotating");
-                        let mut done = self.start_or_join(None).await;
-                        let outcome = done.wait_for(Option::is_some).await.map(|o| o.clone()).ok().flatten();
-                        match outcome {
+                        match finished(self.start_or_join(None).await).await {
                             Some(Ok(_)) => backoff_ms = 1_000,
                             Some(Err(Stopped::PassphraseChanged)) => {
                                 tracing::error!(
@@ -191,7 +184,7 @@ impl KeyRotation {
 
     async fn run(&self, caller: Option<&Caller>) -> Result<RotationReport, Stopped> {
         let mut ring = self.keys.current();
-        if ring.key_ids().nth(1).is_none() {
+        if !ring.holds_older_keys() {
             let (next, wrapped) = ring.with_new_key(&self.kek.key);
             let id = wrapped.key_id;
             self.store.add_data_key(self.kek.salt, wrapped, self.clock.now_millis()).await.map_err(|e| match e {
@@ -377,7 +370,7 @@ mod tests {
     use super::super::{Vault, VaultError};
     use crate::ids::{ClientId, Mailbox};
     use crate::outcome::ProbeOutcome;
-    use crate::store::{AuditEvent, NewBinding, StoredCode};
+    use crate::store::{NewBinding, StoredCode};
 
     fn code(i: usize) -> String {
         format!("rotate{i:010}")
@@ -405,18 +398,7 @@ mod tests {
                 }
             })
             .collect();
-        let audit = AuditEvent {
-            at: 1,
-            caller: "t".into(),
-            caller_role: "admin".into(),
-            rpc: "Import".into(),
-            mailbox: String::new(),
-            client: String::new(),
-            outcome: "OK".into(),
-            probe_outcome: None,
-            count: 1,
-            first_at: 1,
-        };
+        let audit = crate::store::contract::event("Import", "", "", 1);
         vault.store.import(rows, audit).await.unwrap();
     }
 
@@ -450,6 +432,18 @@ mod tests {
         let again = vault.rotate_data_key(admin).await.unwrap();
         assert_eq!((again.active.key_id, again.retired), (3, vec![2]));
         assert_eq!(reveal(&vault, 3).await.unwrap(), code(3));
+    }
+
+    #[tokio::test]
+    async fn a_row_read_before_its_key_was_retired_is_read_again_not_data_loss() {
+        let (_tmp, vault) = testkit::vault(Arc::new(FakeClock::default()));
+        seed(&vault, 2).await;
+        // As a Reveal holding a cached row while the rotation re-seals it and retires its key.
+        let stale = vault.store.get(mailbox(1).as_str(), "sender").await.unwrap();
+        vault.rotate_data_key(Arc::new(testkit::admin())).await.unwrap();
+        assert!(matches!(vault.open(&stale), Err(super::super::Opened::KeyGone)));
+        let (revealed, fresh) = vault.decrypt(stale).await.unwrap();
+        assert_eq!((revealed.expose(), fresh.code.as_ref().map(|c| c.key_id)), (code(1).as_str(), Some(2)));
     }
 
     #[tokio::test]
