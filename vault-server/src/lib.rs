@@ -15,6 +15,9 @@ pub mod clock;
 pub mod crypto;
 /// Creating and unlocking a data dir.
 pub mod datadir;
+/// Fuzz entry points (not an API).
+#[doc(hidden)]
+pub mod fuzzing;
 /// gRPC handlers and the error-to-Status mapping.
 pub mod grpc;
 /// Process hygiene (no core dumps).

@@ -21,6 +21,28 @@ pub fn check(raw: &str) -> Option<&str> {
     (id_ok && secret_ok).then_some(id)
 }
 
+/// A token's row id, `tk_` and its 12 hex characters, held on the stack.
+#[derive(Clone, Copy)]
+pub struct RowId([u8; 3 + ID_HEX]);
+
+impl RowId {
+    pub fn as_str(&self) -> &str {
+        // Built only from "tk_" and characters `check` accepted (ASCII hex).
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+/// The token an `authorization` header value carries (`Bearer <token>`) and its row id,
+/// without copying the token; `None` unless the header holds a well-formed token.
+pub fn from_header(header: &str) -> Option<(&str, RowId)> {
+    let token = header.strip_prefix("Bearer ")?.trim();
+    let hex = check(token)?;
+    let mut id = [0u8; 3 + ID_HEX];
+    id[..3].copy_from_slice(b"tk_");
+    id[3..].copy_from_slice(hex.as_bytes());
+    Some((token, RowId(id)))
+}
+
 /// The SHA-256 digest of a token's wire form: what is stored and compared.
 pub fn digest(raw: &str) -> [u8; 32] {
     Sha256::digest(raw.as_bytes()).into()
@@ -49,11 +71,7 @@ impl Token {
 
     /// Accepts the wire form; anything else is `None` (and is never echoed).
     pub fn parse(raw: &str) -> Option<Self> {
-        let (id, secret) = raw.strip_prefix(PREFIX)?.split_once('_')?;
-        let id_ok = id.len() == ID_HEX && id.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
-        let secret_ok =
-            secret.len() == 43 && secret.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-        (id_ok && secret_ok).then(|| Self(SecretString::from(raw)))
+        check(raw).map(|_| Self(SecretString::from(raw)))
     }
 
     /// The public id (`tk_` plus the hex part), as shown by `token list`.

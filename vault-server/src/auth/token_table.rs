@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use subtle::ConstantTimeEq;
 
-use super::bearer::{check, digest};
+use super::bearer::{digest, from_header};
 use super::throttle::FailureThrottle;
 use super::{AuthError, Caller, Role, Token};
 use crate::crypto::{Keyring, LiveKeyring, hmac, verify_hmac};
@@ -258,12 +258,8 @@ impl Tokens {
             return Err(AuthError::TokensUnavailable);
         }
         let Some(raw) = header else { return Err(self.failed(peer, AuthError::MissingToken)) };
-        let token = raw.strip_prefix("Bearer ").map(str::trim).unwrap_or_default();
-        let Some(hex) = check(token) else { return Err(self.failed(peer, AuthError::MalformedToken)) };
-        let mut id_buf = [0u8; 15];
-        id_buf[..3].copy_from_slice(b"tk_");
-        id_buf[3..].copy_from_slice(hex.as_bytes());
-        let id = std::str::from_utf8(&id_buf).unwrap_or_default();
+        let Some((token, row_id)) = from_header(raw) else { return Err(self.failed(peer, AuthError::MalformedToken)) };
+        let id = row_id.as_str();
         let (digest, arrived) = (digest(token), Instant::now());
         if let Some(caller) = self.lookup(id, &digest, now) {
             tracing::trace!(token_id = %id, role = %caller.role, "caller authenticated");

@@ -53,18 +53,23 @@ fn number(field: &'static str, s: &str) -> Result<i64, VaultError> {
     s.parse().map_err(|_| VaultError::InvalidField { field, reason: "not a token from this listing".into() })
 }
 
-pub async fn credentials(
-    vault: &Vault,
-    req: proto::ListCredentialsRequest,
-) -> Result<proto::ListCredentialsResponse, VaultError> {
+/// A ListCredentials request as a store query; the fuzz target for listings calls it too.
+pub fn credentials_query(req: &proto::ListCredentialsRequest) -> Result<ListQuery, VaultError> {
     let after = page_token::decode("credentials", &req.page_token, 2)?.map(|f| (f[0].clone(), f[1].clone()));
-    let query = ListQuery {
+    Ok(ListQuery {
         mailbox: mailbox_filter(&req.mailbox)?,
         client: client_filter(&req.client)?,
         include_revoked: req.include_revoked,
         after,
         limit: page_size(req.page_size)?,
-    };
+    })
+}
+
+pub async fn credentials(
+    vault: &Vault,
+    req: proto::ListCredentialsRequest,
+) -> Result<proto::ListCredentialsResponse, VaultError> {
+    let query = credentials_query(&req)?;
     let page = vault.list(query).await?;
     let next_page_token =
         page.next_after().map(|r| page_token::encode("credentials", &[&r.mailbox, &r.client])).unwrap_or_default();
@@ -74,10 +79,8 @@ pub async fn credentials(
     })
 }
 
-pub async fn unused(
-    vault: &Vault,
-    req: proto::ListUnusedClientsRequest,
-) -> Result<proto::ListUnusedClientsResponse, VaultError> {
+/// A ListUnusedClients request as a store query, its cut-off taken from `now` on a first page.
+pub fn unused_query(req: &proto::ListUnusedClientsRequest, now: i64) -> Result<UnusedQuery, VaultError> {
     let limit = page_size(req.page_size)?;
     let mailbox = mailbox_filter(&req.mailbox)?;
     // Later pages keep the first page's cut-off, so the set does not shift with the clock.
@@ -85,9 +88,18 @@ pub async fn unused(
         (number("page_token", &f[0])?, Some((number("page_token", &f[1])?, f[2].clone(), f[3].clone())))
     } else {
         let unused_for = req.unused_for.map(|d| duration("unused_for", &d)).transpose()?;
-        (review::cutoff(vault.now_millis(), unused_for), None)
+        (review::cutoff(now, unused_for), None)
     };
-    let page = vault.list_unused(UnusedQuery { cutoff, mailbox, after, limit }).await?;
+    Ok(UnusedQuery { cutoff, mailbox, after, limit })
+}
+
+pub async fn unused(
+    vault: &Vault,
+    req: proto::ListUnusedClientsRequest,
+) -> Result<proto::ListUnusedClientsResponse, VaultError> {
+    let query = unused_query(&req, vault.now_millis())?;
+    let cutoff = query.cutoff;
+    let page = vault.list_unused(query).await?;
     let next_page_token = page
         .next_after()
         .map(|r| {
@@ -111,14 +123,12 @@ pub async fn unused(
     })
 }
 
-pub async fn audit(
-    vault: &Vault,
-    req: proto::ListAuditEventsRequest,
-) -> Result<proto::ListAuditEventsResponse, VaultError> {
+/// A ListAuditEvents request as a store query.
+pub fn audit_query(req: &proto::ListAuditEventsRequest) -> Result<AuditQuery, VaultError> {
     let before_id =
         page_token::decode("audit", &req.page_token, 1)?.map(|f| number("page_token", &f[0])).transpose()?;
     let caller = req.caller.trim();
-    let query = AuditQuery {
+    Ok(AuditQuery {
         mailbox: mailbox_filter(&req.mailbox)?,
         client: client_filter(&req.client)?,
         caller: (!caller.is_empty()).then(|| caller.to_owned()),
@@ -126,7 +136,14 @@ pub async fn audit(
         until: req.until.as_ref().map(|t| millis("until", t)).transpose()?,
         before_id,
         limit: page_size(req.page_size)?,
-    };
+    })
+}
+
+pub async fn audit(
+    vault: &Vault,
+    req: proto::ListAuditEventsRequest,
+) -> Result<proto::ListAuditEventsResponse, VaultError> {
+    let query = audit_query(&req)?;
     let page = vault.audit_events(query).await?;
     let next_page_token =
         page.next_after().map(|r| page_token::encode("audit", &[&r.id.to_string()])).unwrap_or_default();

@@ -4,6 +4,9 @@ mod listing;
 mod page_token;
 mod status;
 
+/// The listings' request decoding, for the fuzz targets (not an API).
+#[doc(hidden)]
+pub use listing::{audit_query, credentials_query, unused_query};
 pub use status::{ERROR_DOMAIN, public_budget_exhausted};
 
 use std::sync::Arc;

@@ -108,15 +108,8 @@ fn apply_patch(id: &str, patch: Patch, existing: Option<Provider>) -> Result<Pro
     })
 }
 
-/// Reads `path` and applies it to `providers`.
-pub fn apply(path: &Path, mut providers: Vec<Provider>) -> Result<Vec<Provider>, ProviderFileError> {
-    let err = |reason: String| ProviderFileError::new(path, reason);
-    let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
-    parse_into(&text, &mut providers).map_err(err)?;
-    Ok(providers)
-}
-
-fn parse_into(text: &str, providers: &mut Vec<Provider>) -> Result<(), String> {
+/// Applies a providers file's text to `providers`; the error is one line naming the rule.
+pub(super) fn parse_into(text: &str, providers: &mut Vec<Provider>) -> Result<(), String> {
     let patches: BTreeMap<String, Patch> = toml::from_str(text).map_err(|e| {
         let line = e.span().map_or(0, |span| text[..span.start.min(text.len())].matches('\n').count() + 1);
         format!("invalid TOML at line {line}: {}", e.message().trim())

@@ -21,8 +21,17 @@ impl Registry {
 
     /// The presets with the operator's file applied on top.
     pub fn with_file(path: &Path) -> Result<Self, ProviderFileError> {
-        let providers = file::apply(path, presets::builtin())?;
-        Self::from_providers(providers).map_err(|reason| ProviderFileError::new(path, reason))
+        let text =
+            std::fs::read_to_string(path).map_err(|e| ProviderFileError::new(path, format!("cannot read: {e}")))?;
+        Self::from_toml(&text).map_err(|reason| ProviderFileError::new(path, reason))
+    }
+
+    /// The presets with a providers file's text applied on top (the fuzz target calls it too).
+    #[doc(hidden)]
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        let mut providers = presets::builtin();
+        file::parse_into(text, &mut providers)?;
+        Self::from_providers(providers)
     }
 
     fn from_providers(providers: Vec<Provider>) -> Result<Self, String> {
@@ -43,6 +52,11 @@ impl Registry {
     /// The provider serving `domain` (canonical, lower case).
     pub fn lookup(&self, domain: &str) -> Option<&Arc<Provider>> {
         self.by_domain.get(domain)
+    }
+
+    /// Every provider, in no particular order.
+    pub fn providers(&self) -> impl Iterator<Item = &Arc<Provider>> {
+        self.by_id.values()
     }
 
     /// A provider by id, for rows stored earlier.

@@ -10,6 +10,9 @@ mod sqlite;
 
 pub use cached::{CachedStore, DEFAULT_CAPACITY};
 pub use sqlite::{Db as SqliteDb, SqliteStore};
+/// The fuzz entry point for stored rows (not an API).
+#[doc(hidden)]
+pub use sqlite::{PLANTABLE_TABLES, ReadBack, plant_and_read};
 
 use std::sync::Arc;
 

@@ -13,6 +13,21 @@ fn key_ids(tx: &rusqlite::Transaction<'_>) -> Result<Vec<KeyId>, StoreError> {
     Ok(ids)
 }
 
+/// Active rows sealed under a key older than `active`, by the index the rotation walks.
+pub(super) fn sealed_before_on(
+    conn: &rusqlite::Connection,
+    active: KeyId,
+    limit: usize,
+) -> Result<Vec<CredentialRow>, StoreError> {
+    let sql = format!(
+        "SELECT {} FROM credentials INDEXED BY credentials_by_key WHERE state = 1 AND key_id < ?1 LIMIT ?2",
+        rows::COLUMNS
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(params![active, i64::try_from(limit).unwrap_or(i64::MAX)], rows::read_row)?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
 impl Db {
     /// Replaces the salt, KDF parameters and wrapped keys in one transaction (a passphrase
     /// change), only if they are still `before`, key set included (two changes at once, or a
@@ -78,15 +93,7 @@ impl Db {
     }
 
     pub fn sealed_before(&self, active: KeyId, limit: usize) -> Result<Vec<CredentialRow>, StoreError> {
-        let sql = format!(
-            "SELECT {} FROM credentials INDEXED BY credentials_by_key WHERE state = 1 AND key_id < ?1 LIMIT ?2",
-            rows::COLUMNS
-        );
-        self.with_reader(|conn| {
-            let mut stmt = conn.prepare_cached(&sql)?;
-            let rows = stmt.query_map(params![active, i64::try_from(limit).unwrap_or(i64::MAX)], rows::read_row)?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
-        })
+        self.with_reader(|conn| sealed_before_on(conn, active, limit))
     }
 
     pub fn reseal(&self, batch: &[Reseal]) -> Result<usize, StoreError> {

@@ -8,10 +8,12 @@ mod error;
 mod keys;
 mod maintenance;
 pub(super) mod migrate;
+mod planted;
 mod rows;
 mod store;
 mod token_rows;
 
+pub use planted::{ReadBack, TABLES as PLANTABLE_TABLES, plant_and_read};
 pub use store::SqliteStore;
 
 use std::fs::OpenOptions;
@@ -200,6 +202,27 @@ fn blob_array<const N: usize>(v: Vec<u8>, what: &str) -> Result<[u8; N], StoreEr
     v.try_into().map_err(|_| StoreError::Corrupt(format!("{what} has the wrong length")))
 }
 
+fn read_unlock_material(conn: &Connection) -> Result<UnlockMaterial, StoreError> {
+    let meta = conn
+        .query_row("SELECT kdf_salt, kdf_m_kib, kdf_t, kdf_p FROM vault_meta WHERE id = 1", [], |r| {
+            Ok((r.get::<_, Vec<u8>>(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
+        .optional()?
+        .ok_or(StoreError::NotInitialised)?;
+    let mut keys = Vec::new();
+    let mut stmt = conn.prepare("SELECT key_id, nonce, wrapped_dek FROM keyring ORDER BY key_id")?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        let nonce = blob_array(r.get::<_, Vec<u8>>(1)?, "a keyring nonce")?;
+        keys.push(WrappedKey { key_id: r.get(0)?, sealed: Sealed { nonce, ciphertext: r.get(2)? } });
+    }
+    Ok(UnlockMaterial {
+        salt: Salt(blob_array(meta.0, "the KDF salt")?),
+        params: KdfParams { m_kib: meta.1, t: meta.2, p: meta.3 },
+        keys,
+    })
+}
+
 fn insert_binding(tx: &rusqlite::Transaction<'_>, new: &NewBinding) -> Result<(), StoreError> {
     tx.prepare_cached(
         "INSERT INTO credentials (mailbox, client, provider, state, version, key_id, nonce, ciphertext, \
@@ -222,26 +245,7 @@ fn insert_binding(tx: &rusqlite::Transaction<'_>, new: &NewBinding) -> Result<()
 /// The engine's operations, each one synchronous call (writes: one IMMEDIATE transaction).
 impl Db {
     pub fn unlock_material(&self) -> Result<UnlockMaterial, StoreError> {
-        self.with_reader(|conn| {
-            let meta = conn
-                .query_row("SELECT kdf_salt, kdf_m_kib, kdf_t, kdf_p FROM vault_meta WHERE id = 1", [], |r| {
-                    Ok((r.get::<_, Vec<u8>>(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-                })
-                .optional()?
-                .ok_or(StoreError::NotInitialised)?;
-            let mut keys = Vec::new();
-            let mut stmt = conn.prepare("SELECT key_id, nonce, wrapped_dek FROM keyring ORDER BY key_id")?;
-            let mut rows = stmt.query([])?;
-            while let Some(r) = rows.next()? {
-                let nonce = blob_array(r.get::<_, Vec<u8>>(1)?, "a keyring nonce")?;
-                keys.push(WrappedKey { key_id: r.get(0)?, sealed: Sealed { nonce, ciphertext: r.get(2)? } });
-            }
-            Ok(UnlockMaterial {
-                salt: Salt(blob_array(meta.0, "the KDF salt")?),
-                params: KdfParams { m_kib: meta.1, t: meta.2, p: meta.3 },
-                keys,
-            })
-        })
+        self.with_reader(read_unlock_material)
     }
 
     pub fn get(&self, mailbox: &str, client: &str) -> Result<std::sync::Arc<CredentialRow>, StoreError> {

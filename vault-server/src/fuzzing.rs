@@ -1,0 +1,230 @@
+//! Fuzz entry points: each takes untrusted bytes the way the server meets them and panics only
+//! when an invariant breaks. `fuzz/` drives them with cargo-fuzz (libFuzzer); the test suite
+//! replays `fuzz/corpus` and a stream of generated inputs through them. Not an API.
+
+use std::sync::{Arc, OnceLock};
+
+use prost::Message as _;
+use rusqlite::types::Value;
+
+use crate::auth::{Role, Token, check_token, rekey, token_from_header};
+use crate::crypto::{Key, Keyring};
+use crate::grpc::{audit_query, credentials_query, unused_query};
+use crate::ids::{ClientId, Mailbox};
+use crate::proto;
+use crate::provider::Registry;
+use crate::secret::AuthCode;
+use crate::store::{PLANTABLE_TABLES, plant_and_read};
+use crate::vault::review::MAX_PAGE_SIZE;
+
+/// A fuzz target: panics on a broken invariant.
+pub type Target = fn(&[u8]);
+
+/// Every target, by the name its `fuzz/fuzz_targets/<name>.rs` and corpus directory use.
+pub const TARGETS: [(&str, Target); 6] = [
+    ("identifiers", identifiers),
+    ("auth_codes", auth_codes),
+    ("listing_requests", listing_requests),
+    ("bearer_tokens", bearer_tokens),
+    ("providers_toml", providers_toml),
+    ("stored_rows", stored_rows),
+];
+
+/// Mailbox and client identifiers: an accepted one is canonical (parsing it again gives it
+/// back) and keeps the rules every lookup and AAD relies on.
+pub fn identifiers(data: &[u8]) {
+    let raw = String::from_utf8_lossy(data);
+    if let Ok(m) = Mailbox::parse(&raw) {
+        let s = m.as_str();
+        assert!(s.len() <= 254 && !s.chars().any(|c| c.is_control() || c.is_whitespace()), "{s:?}");
+        assert!(!m.domain().is_empty() && s.contains('@'), "{s:?}");
+        assert_eq!(Mailbox::parse(s).as_ref(), Ok(&m), "not canonical");
+    }
+    if let Ok(c) = ClientId::parse(&raw) {
+        let s = c.as_str();
+        assert!((1..=63).contains(&s.len()), "{s:?}");
+        assert!(s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b)), "{s:?}");
+        assert_eq!(ClientId::parse(s).as_ref(), Ok(&c), "not canonical");
+    }
+}
+
+/// Auth codes: a code any provider's format accepts is printable ASCII with no space, so it
+/// cannot break out of the IMAP LOGIN or SMTP AUTH line it is sent in.
+pub fn auth_codes(data: &[u8]) {
+    let raw = String::from_utf8_lossy(data);
+    let code = AuthCode::new(&raw);
+    assert!(!code.expose().contains(' '));
+    for p in registry().providers() {
+        if p.code_format.accepts(&code) {
+            assert!(code.expose().bytes().all(|b| b.is_ascii_graphic()), "{} accepted a non-graphic code", p.id);
+            assert!(!code.expose().is_empty(), "{} accepted an empty code", p.id);
+        }
+    }
+}
+
+/// The three listing requests as they arrive on the wire (the first byte picks one): filters,
+/// page sizes, page tokens, durations and timestamps give a bounded, canonical query or an error.
+pub fn listing_requests(data: &[u8]) {
+    let Some((&which, body)) = data.split_first() else { return };
+    let check_filter = |f: &Option<String>, canonical: fn(&str) -> Option<String>| {
+        if let Some(f) = f {
+            assert_eq!(canonical(f).as_ref(), Some(f), "filter not canonical");
+        }
+    };
+    let mailbox = |s: &str| Mailbox::parse(s).ok().map(|m| m.as_str().to_owned());
+    let client = |s: &str| ClientId::parse(s).ok().map(|c| c.as_str().to_owned());
+    match which % 3 {
+        0 => {
+            let Ok(req) = proto::ListCredentialsRequest::decode(body) else { return };
+            if let Ok(q) = credentials_query(&req) {
+                assert!((1..=MAX_PAGE_SIZE).contains(&q.limit));
+                check_filter(&q.mailbox, mailbox);
+                check_filter(&q.client, client);
+            }
+        }
+        1 => {
+            let Ok(req) = proto::ListUnusedClientsRequest::decode(body) else { return };
+            if let Ok(q) = unused_query(&req, 1_800_000_000_000) {
+                assert!((1..=MAX_PAGE_SIZE).contains(&q.limit));
+                check_filter(&q.mailbox, mailbox);
+                if req.page_token.is_empty() {
+                    assert!(q.cutoff <= 1_800_000_000_000, "a cut-off in the future");
+                }
+            }
+        }
+        _ => {
+            let Ok(req) = proto::ListAuditEventsRequest::decode(body) else { return };
+            if let Ok(q) = audit_query(&req) {
+                assert!((1..=MAX_PAGE_SIZE).contains(&q.limit));
+                check_filter(&q.mailbox, mailbox);
+                check_filter(&q.client, client);
+            }
+        }
+    }
+}
+
+/// The `authorization` header: a value yields a token only in the exact wire form, and the row
+/// id it names is the token's own.
+pub fn bearer_tokens(data: &[u8]) {
+    let header = String::from_utf8_lossy(data);
+    if let Some((token, id)) = token_from_header(&header) {
+        assert_eq!(Some(token), header.strip_prefix("Bearer ").map(str::trim));
+        let parsed = Token::parse(token);
+        assert_eq!(parsed.map(|t| t.id()).as_deref(), Some(id.as_str()));
+        assert!(id.as_str().len() == 15 && id.as_str().starts_with("tk_"));
+    } else {
+        let token = header.strip_prefix("Bearer ").map(str::trim).unwrap_or_default();
+        assert!(check_token(token).is_none() && Token::parse(token).is_none());
+    }
+}
+
+/// The `--providers` file: an error is one line; an accepted file gives a registry in which
+/// every domain belongs to exactly the provider that lists it.
+pub fn providers_toml(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    match Registry::from_toml(text) {
+        Err(e) => assert!(!e.contains('\n') && !e.is_empty(), "{e:?}"),
+        Ok(registry) => {
+            for p in registry.providers() {
+                assert!(!p.domains.is_empty(), "[{}] has no domain", p.id);
+                for d in &p.domains {
+                    assert_eq!(registry.lookup(d).map(|q| q.id.as_str()), Some(p.id.as_str()), "{d}");
+                }
+            }
+        }
+    }
+}
+
+/// Rows planted in the database by someone who edits the file: every read path answers with a
+/// row or an error, and opening a planted code or checking a planted token's MAC fails cleanly.
+pub fn stored_rows(data: &[u8]) {
+    let mut input = Bytes(data);
+    let mut rows = Vec::new();
+    while let Some(t) = input.byte() {
+        let table = usize::from(t) % PLANTABLE_TABLES.len();
+        let values = (0..PLANTABLE_TABLES[table].1).map(|_| input.value()).collect();
+        rows.push((table, values));
+    }
+    let Ok(back) = plant_and_read(&rows) else { return };
+    for e in &back.errors {
+        assert!(!e.to_string().contains('\n'), "{e}");
+    }
+    let (kek, ring) = keys();
+    if let Some(m) = &back.material {
+        let _ = Keyring::unlock(kek, &m.keys);
+    }
+    for row in &back.credentials {
+        if let Some(c) = &row.code {
+            let opened = ring.open_code(
+                c.key_id,
+                &row.mailbox,
+                &row.client,
+                row.version,
+                c.generation.as_ref(),
+                &c.sealed.nonce,
+                &c.sealed.ciphertext,
+            );
+            assert!(opened.is_err(), "a planted code opened");
+        }
+    }
+    for t in back.tokens.iter().flatten() {
+        let _ = Role::parse(&t.role);
+        assert!(rekey(ring, t).is_none(), "a planted token has a valid MAC");
+    }
+}
+
+/// A KEK and a keyring no planted row was sealed under.
+fn keys() -> &'static (Key, Keyring) {
+    static KEYS: OnceLock<(Key, Keyring)> = OnceLock::new();
+    KEYS.get_or_init(|| {
+        let kek = Key::from_bytes([7; 32]);
+        let (ring, _) = Keyring::generate(&kek);
+        (kek, ring)
+    })
+}
+
+fn registry() -> &'static Arc<Registry> {
+    static REGISTRY: OnceLock<Arc<Registry>> = OnceLock::new();
+    REGISTRY.get_or_init(|| Arc::new(Registry::builtin()))
+}
+
+/// Reads typed values from fuzz bytes; an exhausted input gives NULLs.
+struct Bytes<'a>(&'a [u8]);
+
+impl Bytes<'_> {
+    fn byte(&mut self) -> Option<u8> {
+        let (&b, rest) = self.0.split_first()?;
+        self.0 = rest;
+        Some(b)
+    }
+
+    fn take(&mut self, n: usize) -> Vec<u8> {
+        let n = n.min(self.0.len());
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        head.to_vec()
+    }
+
+    fn value(&mut self) -> Value {
+        let Some(kind) = self.byte() else { return Value::Null };
+        match kind % 6 {
+            0 => Value::Null,
+            1 => Value::Integer(i64::from(kind >> 3) - 4),
+            2 => {
+                let b = self.take(8);
+                let mut a = [0u8; 8];
+                a[..b.len()].copy_from_slice(&b);
+                Value::Integer(i64::from_le_bytes(a))
+            }
+            3 => Value::Real(f64::from(kind)),
+            4 => {
+                let n = usize::from(self.byte().unwrap_or(0) % 40);
+                Value::Text(String::from_utf8_lossy(&self.take(n)).into_owned())
+            }
+            _ => {
+                let n = usize::from(self.byte().unwrap_or(0) % 40);
+                Value::Blob(self.take(n))
+            }
+        }
+    }
+}
