@@ -28,6 +28,7 @@ async fn every_rpc(c: &mut VaultClient, bind_client: &str) -> Vec<(&'static str,
                     mailbox: BOB.into(),
                     client: bind_client.into(),
                     auth_code: BOB_CODE.into(),
+                    ..Default::default()
                 })
                 .await,
             ),
@@ -40,6 +41,7 @@ async fn every_rpc(c: &mut VaultClient, bind_client: &str) -> Vec<(&'static str,
                     client: sender.clone(),
                     new_auth_code: ALICE_CODE.into(),
                     expected_version: 0,
+                    ..Default::default()
                 })
                 .await,
             ),
@@ -68,7 +70,13 @@ async fn every_rpc(c: &mut VaultClient, bind_client: &str) -> Vec<(&'static str,
         (
             "Revoke",
             code_of(
-                raw.revoke(proto::RevokeRequest { mailbox: m, client: "foxmail".into(), reason: String::new() }).await,
+                raw.revoke(proto::RevokeRequest {
+                    mailbox: m,
+                    client: "foxmail".into(),
+                    reason: String::new(),
+                    ..Default::default()
+                })
+                .await,
             ),
         ),
     ]

@@ -13,7 +13,12 @@ fn code(s: &str) -> SecretString {
 
 async fn raw_bind(server: &VaultServer, token: &str, mailbox: &str, client: &str, auth_code: &str) -> tonic::Status {
     let mut c = server.client_with(Some(token)).await;
-    let req = proto::BindRequest { mailbox: mailbox.into(), client: client.into(), auth_code: auth_code.into() };
+    let req = proto::BindRequest {
+        mailbox: mailbox.into(),
+        client: client.into(),
+        auth_code: auth_code.into(),
+        ..Default::default()
+    };
     c.raw().bind(req).await.expect_err("bind should fail")
 }
 

@@ -74,12 +74,14 @@ async fn canaries_never_appear_in_logs_statuses_or_the_database(filter: &str) {
         mailbox: mailbox.into(),
         client: "sender".into(),
         auth_code: code.into(),
+        ..Default::default()
     };
     let rotate = |code: &str, v: u64| proto::RotateRequest {
         mailbox: ALICE.into(),
         client: "sender".into(),
         new_auth_code: code.into(),
         expected_version: v,
+        ..Default::default()
     };
     let pair = |client: &str| (ALICE.to_owned(), client.to_owned());
     expect(dbg(admin.raw().bind(bind(BAD_FORMAT, ALICE)).await), Code::InvalidArgument);
@@ -105,7 +107,12 @@ async fn canaries_never_appear_in_logs_statuses_or_the_database(filter: &str) {
     let get = proto::GetCredentialRequest { mailbox: m.clone(), client: c.clone() };
     expect(dbg(admin.raw().get_credential(get).await), Code::Ok);
     expect(dbg(admin.raw().list_credentials(proto::ListCredentialsRequest::default()).await), Code::Ok);
-    let revoke = proto::RevokeRequest { mailbox: m.clone(), client: c.clone(), reason: "canary run".into() };
+    let revoke = proto::RevokeRequest {
+        mailbox: m.clone(),
+        client: c.clone(),
+        reason: "canary run".into(),
+        ..Default::default()
+    };
     expect(dbg(admin.raw().revoke(revoke.clone()).await), Code::Ok);
     expect(dbg(admin.raw().revoke(revoke).await), Code::FailedPrecondition);
     expect(dbg(sender.raw().reveal(reveal).await), Code::FailedPrecondition);

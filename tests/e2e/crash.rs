@@ -71,7 +71,12 @@ async fn writer(server: String, token: String, i: usize, log: Arc<Mutex<PairLog>
         let raw = c.raw();
         let answer = match (call, acked) {
             (0, _) => raw
-                .bind(proto::BindRequest { mailbox: m.clone(), client: "sender".into(), auth_code: pair_code.clone() })
+                .bind(proto::BindRequest {
+                    mailbox: m.clone(),
+                    client: "sender".into(),
+                    auth_code: pair_code.clone(),
+                    ..Default::default()
+                })
                 .await
                 .map(|r| r.into_inner().credential),
             (1, Known::Active(v)) => raw
@@ -80,6 +85,7 @@ async fn writer(server: String, token: String, i: usize, log: Arc<Mutex<PairLog>
                     client: "sender".into(),
                     new_auth_code: pair_code.clone(),
                     expected_version: v,
+                    ..Default::default()
                 })
                 .await
                 .map(|r| r.into_inner().credential),
@@ -88,6 +94,7 @@ async fn writer(server: String, token: String, i: usize, log: Arc<Mutex<PairLog>
                     mailbox: m.clone(),
                     client: "sender".into(),
                     reason: "crash loop".into(),
+                    ..Default::default()
                 })
                 .await
                 .map(|r| r.into_inner().credential),

@@ -59,6 +59,7 @@ async fn revoke_and_rotate_leave_no_ciphertext_on_disk() {
         client: "sender".into(),
         new_auth_code: ALICE_CODE.into(),
         expected_version: 1,
+        ..Default::default()
     };
     admin.raw().rotate(rotate).await.unwrap();
     assert_gone(&stack, &first, "after Rotate");

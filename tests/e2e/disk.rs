@@ -68,7 +68,12 @@ async fn a_full_disk_refuses_writes_clearly_keeps_reveals_and_recovers() {
 
     let filler = disk.0.join("filler");
     fill(&filler);
-    let bind = proto::BindRequest { mailbox: BOB.into(), client: "sender".into(), auth_code: BOB_CODE.into() };
+    let bind = proto::BindRequest {
+        mailbox: BOB.into(),
+        client: "sender".into(),
+        auth_code: BOB_CODE.into(),
+        ..Default::default()
+    };
     let status = admin.raw().bind(bind.clone()).await.unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     assert_eq!(status.get_details_error_info().map(|i| i.reason).as_deref(), Some("STORAGE_FULL"));
@@ -95,7 +100,12 @@ async fn a_database_deleted_under_the_server_refuses_writes_and_is_never_replace
     let mut sender = stack.as_client("sender").await;
     std::fs::remove_file(stack.data.db()).unwrap();
     // A write would go to the unlinked file and vanish at the next start: it is refused.
-    let bind = proto::BindRequest { mailbox: BOB.into(), client: "sender".into(), auth_code: BOB_CODE.into() };
+    let bind = proto::BindRequest {
+        mailbox: BOB.into(),
+        client: "sender".into(),
+        auth_code: BOB_CODE.into(),
+        ..Default::default()
+    };
     let status = admin.raw().bind(bind).await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert_eq!(status.get_details_error_info().map(|i| i.reason).as_deref(), Some("STORAGE_UNAVAILABLE"));

@@ -15,7 +15,13 @@ fn code(s: &str) -> SecretString {
 }
 
 fn rotate_req(new: &str, expected_version: u64) -> proto::RotateRequest {
-    proto::RotateRequest { mailbox: ALICE.into(), client: "sender".into(), new_auth_code: new.into(), expected_version }
+    proto::RotateRequest {
+        mailbox: ALICE.into(),
+        client: "sender".into(),
+        new_auth_code: new.into(),
+        expected_version,
+        ..Default::default()
+    }
 }
 
 #[tokio::test]
@@ -91,7 +97,12 @@ async fn revoke_commits_while_the_provider_is_down_and_the_pair_can_be_bound_aga
     c.bind(ALICE, "foxmail", code(ALICE_CODE)).await.unwrap();
     stack.dovecot.stop();
 
-    let req = proto::RevokeRequest { mailbox: ALICE.into(), client: "sender".into(), reason: "laptop stolen".into() };
+    let req = proto::RevokeRequest {
+        mailbox: ALICE.into(),
+        client: "sender".into(),
+        reason: "laptop stolen".into(),
+        ..Default::default()
+    };
     let r = c.raw().revoke(req.clone()).await.unwrap().into_inner();
     let cred = r.credential.unwrap();
     assert_eq!(cred.state(), CredentialState::Revoked);

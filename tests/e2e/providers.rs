@@ -56,6 +56,7 @@ settings_path = "Settings → Security → Client codes"
             mailbox: CAROL.into(),
             client: "other".into(),
             auth_code: "WRONGwrong123456".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -72,7 +73,12 @@ async fn smtp_auth_535_is_rejected_with_the_advice_users_need() {
     stack.restart_with(&["--providers".into(), file]);
     let mut c = stack.admin().await;
 
-    let req = proto::BindRequest { mailbox: ALICE.into(), client: "sender".into(), auth_code: ALICE_CODE.into() };
+    let req = proto::BindRequest {
+        mailbox: ALICE.into(),
+        client: "sender".into(),
+        auth_code: ALICE_CODE.into(),
+        ..Default::default()
+    };
     let status = c.raw().bind(req).await.unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
     let info = status.get_details_error_info().unwrap();

@@ -6,7 +6,9 @@
 //! verify and review with an admin token.
 //!
 //! The channel reconnects by itself after a dropped connection; set per-call and connect
-//! timeouts and TLS in [`ConnectOptions`].
+//! timeouts and TLS in [`ConnectOptions`]. `bind`, `rotate` and `revoke` send a fresh
+//! `request_id` and, when the connection fails before an answer arrives, send the same call again
+//! (up to 3 times): the vault answers a repeated id once, so a retry never binds or rotates twice.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), vault_client::Error> {
@@ -26,6 +28,7 @@
 mod connect;
 mod error;
 pub mod proto;
+mod retry;
 
 pub use connect::{ConnectOptions, TlsOptions};
 pub use error::Error;
@@ -112,8 +115,9 @@ impl VaultClient {
             mailbox: mailbox.to_owned(),
             client: client.to_owned(),
             auth_code: code.expose_secret().to_owned(),
+            request_id: retry::request_id(),
         };
-        Ok(self.inner.bind(req).await?.into_inner())
+        retry::write(&self.inner, req, |mut c, r| async move { c.bind(r).await }).await
     }
 
     /// Fetches the plaintext code for (mailbox, client) and the provider's servers (client
@@ -165,8 +169,9 @@ impl VaultClient {
             client: client.to_owned(),
             new_auth_code: new_code.expose_secret().to_owned(),
             expected_version,
+            request_id: retry::request_id(),
         };
-        Ok(self.inner.rotate(req).await?.into_inner())
+        retry::write(&self.inner, req, |mut c, r| async move { c.rotate(r).await }).await
     }
 
     /// Destroys the code and keeps a tombstone (admin); then says whether the provider still
@@ -179,9 +184,13 @@ impl VaultClient {
     /// # Ok(()) }
     /// ```
     pub async fn revoke(&mut self, mailbox: &str, client: &str, reason: &str) -> Result<proto::RevokeResponse, Error> {
-        let req =
-            proto::RevokeRequest { mailbox: mailbox.to_owned(), client: client.to_owned(), reason: reason.to_owned() };
-        Ok(self.inner.revoke(req).await?.into_inner())
+        let req = proto::RevokeRequest {
+            mailbox: mailbox.to_owned(),
+            client: client.to_owned(),
+            reason: reason.to_owned(),
+            request_id: retry::request_id(),
+        };
+        retry::write(&self.inner, req, |mut c, r| async move { c.revoke(r).await }).await
     }
 
     /// Re-probes the stored code and records the outcome (admin).

@@ -12,6 +12,7 @@ impl fmt::Debug for BindRequest {
             .field("mailbox", &self.mailbox)
             .field("client", &self.client)
             .field("auth_code", &"[redacted]")
+            .field("request_id", &self.request_id)
             .finish()
     }
 }
@@ -23,6 +24,7 @@ impl fmt::Debug for RotateRequest {
             .field("client", &self.client)
             .field("new_auth_code", &"[redacted]")
             .field("expected_version", &self.expected_version)
+            .field("request_id", &self.request_id)
             .finish()
     }
 }

@@ -10,7 +10,7 @@ use rusqlite::types::Value;
 use crate::auth::{Role, Token, check_token, rekey, token_from_header};
 use crate::crypto::{Key, Keyring};
 use crate::grpc::{audit_query, credentials_query, unused_query};
-use crate::ids::{ClientId, Mailbox};
+use crate::ids::{ClientId, Mailbox, RequestId};
 use crate::proto;
 use crate::provider::Registry;
 use crate::secret::AuthCode;
@@ -30,8 +30,8 @@ pub const TARGETS: [(&str, Target); 6] = [
     ("stored_rows", stored_rows),
 ];
 
-/// Mailbox and client identifiers: an accepted one is canonical (parsing it again gives it
-/// back) and keeps the rules every lookup and AAD relies on.
+/// Mailbox, client and request identifiers: an accepted one is canonical (parsing it again
+/// gives it back) and keeps the rules every lookup, AAD and fingerprint relies on.
 pub fn identifiers(data: &[u8]) {
     let raw = String::from_utf8_lossy(data);
     if let Ok(m) = Mailbox::parse(&raw) {
@@ -45,6 +45,11 @@ pub fn identifiers(data: &[u8]) {
         assert!((1..=63).contains(&s.len()), "{s:?}");
         assert!(s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b)), "{s:?}");
         assert_eq!(ClientId::parse(s).as_ref(), Ok(&c), "not canonical");
+    }
+    if let Ok(Some(r)) = RequestId::parse(&raw) {
+        let s = r.as_str();
+        assert!((1..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b)));
+        assert_eq!(s, raw, "a request id is kept as sent");
     }
 }
 

@@ -91,6 +91,32 @@ impl fmt::Display for ClientId {
     }
 }
 
+/// A caller's id for one write, so that a retry is answered once: 1-64 of `[A-Za-z0-9_-]`
+/// (a UUID fits), case kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestId(String);
+
+impl RequestId {
+    /// `None` for the empty id: the call is not idempotent.
+    pub fn parse(raw: &str) -> Result<Option<Self>, InvalidId> {
+        let bad = |reason| InvalidId { field: "request_id", reason };
+        if raw.is_empty() {
+            return Ok(None);
+        }
+        if raw.len() > 64 {
+            return Err(bad("must be at most 64 characters"));
+        }
+        if !raw.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            return Err(bad("may contain only A-Z, a-z, 0-9, '-' and '_'"));
+        }
+        Ok(Some(Self(raw.to_owned())))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,6 +132,17 @@ mod tests {
     fn mailbox_rejects_bad_forms() {
         for raw in ["", "alice", "al ice@sina.com", "a\u{7}@sina.com", "@sina.com", "alice@"] {
             assert!(Mailbox::parse(raw).is_err(), "{raw:?} accepted");
+        }
+    }
+
+    #[test]
+    fn request_id_rules() {
+        assert_eq!(RequestId::parse("").unwrap(), None);
+        let uuid = "3f2b8c1e-9a4d-4e7f-b0c2-5d6e7f8a9b0c";
+        assert_eq!(RequestId::parse(uuid).unwrap().unwrap().as_str(), uuid);
+        assert!(RequestId::parse(&"A".repeat(64)).unwrap().is_some());
+        for raw in [&"a".repeat(65), "a b", "a/b", "ü", "x\n"] {
+            assert!(RequestId::parse(raw).is_err(), "{raw:?} accepted");
         }
     }
 

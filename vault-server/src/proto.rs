@@ -22,6 +22,7 @@ impl fmt::Debug for BindRequest {
             .field("mailbox", &self.mailbox)
             .field("client", &self.client)
             .field("auth_code", &"[redacted]")
+            .field("request_id", &self.request_id)
             .finish()
     }
 }
@@ -33,6 +34,7 @@ impl fmt::Debug for RotateRequest {
             .field("client", &self.client)
             .field("new_auth_code", &"[redacted]")
             .field("expected_version", &self.expected_version)
+            .field("request_id", &self.request_id)
             .finish()
     }
 }
@@ -106,6 +108,25 @@ impl From<CredentialRow> for Credential {
     }
 }
 
+/// The answer to a Bind (also remembered for a retry with the same request id).
+pub fn bind_response(row: &CredentialRow, probe: &DomainReport) -> BindResponse {
+    BindResponse { credential: Some(row.clone().into()), probe: Some(probe.clone().into()) }
+}
+
+/// The answer to a Rotate.
+pub fn rotate_response(row: &CredentialRow, probe: &DomainReport, previous: Option<&DomainReport>) -> RotateResponse {
+    RotateResponse {
+        credential: Some(row.clone().into()),
+        probe: Some(probe.clone().into()),
+        previous_code_probe: previous.cloned().map(Into::into),
+    }
+}
+
+/// The answer to a Revoke.
+pub fn revoke_response(row: &CredentialRow, probe: Option<&DomainReport>) -> RevokeResponse {
+    RevokeResponse { credential: Some(row.clone().into()), probe: probe.cloned().map(Into::into) }
+}
+
 impl From<AuditRecord> for AuditEvent {
     fn from(r: AuditRecord) -> Self {
         let e = r.event;
@@ -131,8 +152,12 @@ mod tests {
 
     #[test]
     fn secret_fields_never_debug_print() {
-        let req =
-            BindRequest { mailbox: "a@sina.com".into(), client: "x".into(), auth_code: "CANARYCODE123456".into() };
+        let req = BindRequest {
+            mailbox: "a@sina.com".into(),
+            client: "x".into(),
+            auth_code: "CANARYCODE123456".into(),
+            ..Default::default()
+        };
         let rot = RotateRequest { new_auth_code: "CANARYCODE123456".into(), ..Default::default() };
         let rev = RevealResponse { auth_code: "CANARYCODE123456".into(), ..Default::default() };
         for s in [format!("{req:?}"), format!("{rot:?}"), format!("{rev:?}")] {

@@ -54,7 +54,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         now: 1,
         probe_outcome: ProbeOutcome::Accepted,
     };
-    db.bind(&new, &event("Bind", mailbox, 1))?;
+    db.bind(&new, &event("Bind", mailbox, 1), None)?;
     let (mut rotate, mut record) = (Vec::new(), Vec::new());
     for i in 1..=u64::from(count) {
         let at = i64::try_from(i)?;
@@ -67,7 +67,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             now: at,
         };
         let started = Instant::now();
-        db.rotate(&change, &event("Rotate", mailbox, at))?;
+        db.rotate(&change, &event("Rotate", mailbox, at), None)?;
         rotate.push(started.elapsed());
         let probe = ProbeRecord {
             mailbox: mailbox.into(),

@@ -11,6 +11,8 @@ const DEK_TAG: &[u8] = b"authcode-vault/dek";
 const CODE_TAG: &[u8] = b"authcode-vault/code";
 /// Label of the key that MACs token rows.
 const TOKEN_MAC_LABEL: &[u8] = b"authcode-vault/token-mac/v1";
+/// Label of the key that fingerprints idempotent requests.
+const REQUEST_MAC_LABEL: &[u8] = b"authcode-vault/request-mac/v1";
 /// Format versions of the code AAD layout: 1 without a generation (rows sealed before
 /// generations existed), 2 with one.
 const CODE_FORMAT_LEGACY: u8 = 1;
@@ -134,8 +136,18 @@ impl Keyring {
     /// The key that MACs token rows, derived from DEK `key_id` (HMAC-SHA256 as a PRF, RFC 2104),
     /// so minting a token needs the unlocked keyring, hence the passphrase.
     pub fn token_mac_key(&self, key_id: KeyId) -> Result<Key, CryptoError> {
+        self.derived_key(key_id, TOKEN_MAC_LABEL)
+    }
+
+    /// The key that fingerprints idempotent requests (codes included), derived from DEK `key_id`
+    /// like the token MAC key, so a stored fingerprint reveals nothing without the keyring.
+    pub fn request_mac_key(&self, key_id: KeyId) -> Result<Key, CryptoError> {
+        self.derived_key(key_id, REQUEST_MAC_LABEL)
+    }
+
+    fn derived_key(&self, key_id: KeyId, label: &[u8]) -> Result<Key, CryptoError> {
         let dek = self.keys.get(&key_id).ok_or(CryptoError::UnknownKey(key_id))?;
-        Ok(Key::from_bytes(super::mac::hmac(dek, &[TOKEN_MAC_LABEL])))
+        Ok(Key::from_bytes(super::mac::hmac(dek, &[label])))
     }
 
     /// Seals a code under the active DEK, bound to (mailbox, client, version) and a fresh random

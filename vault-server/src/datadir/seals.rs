@@ -82,10 +82,10 @@ mod tests {
             probe_outcome: crate::outcome::ProbeOutcome::Accepted,
         };
         let (kid, old) = ring.seal_code_legacy("a@sina.com", "sender", 1, b"legacycode000001");
-        db.bind(&legacy("a@sina.com", old.clone(), kid), &audit).unwrap();
+        db.bind(&legacy("a@sina.com", old.clone(), kid), &audit, None).unwrap();
         let (kid, mut broken) = ring.seal_code_legacy("b@sina.com", "sender", 1, b"legacycode000002");
         broken.ciphertext[0] ^= 1;
-        db.bind(&legacy("b@sina.com", broken, kid), &audit).unwrap();
+        db.bind(&legacy("b@sina.com", broken, kid), &audit, None).unwrap();
 
         assert_eq!(upgrade_seals(&dir, &store, &ring).unwrap(), 1);
         let row = db.get("a@sina.com", "sender").unwrap();

@@ -168,7 +168,7 @@ mod tests {
     async fn bind_at(vault: &Vault, clock: &FakeClock, at: i64, m: &str, c: &str) {
         clock.set(at);
         let (m, c) = ids(m, c);
-        vault.bind(&testkit::admin(), m, c, AuthCode::new("abcd1234efgh5678")).await.unwrap();
+        vault.bind(&testkit::admin(), m, c, AuthCode::new("abcd1234efgh5678"), None).await.unwrap();
     }
 
     async fn reveal_at(vault: &Vault, clock: &FakeClock, at: i64, m: &str, c: &str) {
@@ -206,7 +206,7 @@ mod tests {
         reveal_at(&vault, &clock, cutoff, "used@sina.com", "fresh").await;
         bind_at(&vault, &clock, NOW - 300 * DAY, "gone@sina.com", "revoked").await;
         let (m, c) = ids("gone@sina.com", "revoked");
-        vault.revoke(&testkit::admin(), m, c, "left").await.unwrap();
+        vault.revoke(&testkit::admin(), m, c, "left", None).await.unwrap();
         clock.set(NOW);
 
         // Default window: 90 days. Oldest activity first; never-used pairs count from binding.
@@ -245,7 +245,7 @@ mod tests {
         reveal_at(&vault, &clock, NOW, "u1@sina.com", "sender").await;
         reveal_at(&vault, &clock, NOW, "u4@sina.com", "sender").await;
         let (m, c) = ids("u5@sina.com", "sender");
-        vault.revoke(&testkit::admin(), m, c, "").await.unwrap();
+        vault.revoke(&testkit::admin(), m, c, "", None).await.unwrap();
         bind_at(&vault, &clock, NOW - 300 * DAY, "u9@sina.com", "sender").await;
         clock.set(NOW + 30 * DAY);
         let second = page(&vault, &first.next_page_token, 3, None).await;

@@ -15,10 +15,10 @@ use tonic::{Request, Response, Status};
 use tracing::instrument;
 
 use crate::auth::caller;
-use crate::ids::{ClientId, Mailbox};
+use crate::ids::{ClientId, Mailbox, RequestId};
 use crate::proto::{self, auth_code_vault_server::AuthCodeVault};
 use crate::secret::AuthCode;
-use crate::vault::{Vault, VaultError};
+use crate::vault::{Answer, Vault, VaultError};
 
 /// The `vault.v1.AuthCodeVault` service.
 pub struct VaultService {
@@ -40,6 +40,23 @@ fn record_pair(mailbox: &Mailbox, client: &ClientId) {
     tracing::Span::current().record("mailbox", mailbox.as_str()).record("client", client.as_str());
 }
 
+/// A write's response: made now by `fresh`, or the one remembered for its request id, marked
+/// with the `vault-replayed: true` header.
+fn respond<T, M: prost::Message + Default>(
+    answer: Answer<T>,
+    fresh: impl FnOnce(T) -> M,
+) -> Result<Response<M>, Status> {
+    match answer {
+        Answer::Done(t) => Ok(Response::new(fresh(t))),
+        Answer::Replayed(bytes) => {
+            let message = M::decode(bytes.as_slice()).map_err(|_| VaultError::DataLoss)?;
+            let mut response = Response::new(message);
+            response.metadata_mut().insert("vault-replayed", tonic::metadata::MetadataValue::from_static("true"));
+            Ok(response)
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl AuthCodeVault for VaultService {
     #[instrument(skip_all, fields(rpc = "Bind", mailbox, client))]
@@ -49,11 +66,14 @@ impl AuthCodeVault for VaultService {
         let req = request.into_inner();
         let (mailbox, client) = pair(&req.mailbox, &req.client)?;
         record_pair(&mailbox, &client);
+        let request_id = RequestId::parse(&req.request_id).map_err(VaultError::from)?;
         let code = AuthCode::new(&req.auth_code);
         drop(req);
-        let (row, probe) = self.vault.bind(&who, mailbox, client, code).await?;
-        tracing::info!("bound");
-        Ok(Response::new(proto::BindResponse { credential: Some(row.into()), probe: Some(probe.into()) }))
+        let answer = self.vault.bind(&who, mailbox, client, code, request_id).await?;
+        respond(answer, |(row, probe)| {
+            tracing::info!("bound");
+            proto::bind_response(&row, &probe)
+        })
     }
 
     #[instrument(skip_all, fields(rpc = "Rotate", mailbox, client))]
@@ -63,16 +83,15 @@ impl AuthCodeVault for VaultService {
         let req = request.into_inner();
         let (mailbox, client) = pair(&req.mailbox, &req.client)?;
         record_pair(&mailbox, &client);
+        let request_id = RequestId::parse(&req.request_id).map_err(VaultError::from)?;
         let code = AuthCode::new(&req.new_auth_code);
         let expected = (req.expected_version != 0).then_some(req.expected_version);
         drop(req);
-        let r = self.vault.rotate(&who, mailbox, client, code, expected).await?;
-        tracing::info!(version = r.row.version, "rotated");
-        Ok(Response::new(proto::RotateResponse {
-            credential: Some(r.row.into()),
-            probe: Some(r.probe.into()),
-            previous_code_probe: r.previous_code_probe.map(Into::into),
-        }))
+        let answer = self.vault.rotate(&who, mailbox, client, code, expected, request_id).await?;
+        respond(answer, |r| {
+            tracing::info!(version = r.row.version, "rotated");
+            proto::rotate_response(&r.row, &r.probe, r.previous_code_probe.as_ref())
+        })
     }
 
     #[instrument(skip_all, fields(rpc = "Revoke", mailbox, client))]
@@ -82,9 +101,12 @@ impl AuthCodeVault for VaultService {
         let req = request.into_inner();
         let (mailbox, client) = pair(&req.mailbox, &req.client)?;
         record_pair(&mailbox, &client);
-        let r = self.vault.revoke(&who, mailbox, client, &req.reason).await?;
-        tracing::info!("revoked");
-        Ok(Response::new(proto::RevokeResponse { credential: Some(r.row.into()), probe: r.probe.map(Into::into) }))
+        let request_id = RequestId::parse(&req.request_id).map_err(VaultError::from)?;
+        let answer = self.vault.revoke(&who, mailbox, client, &req.reason, request_id).await?;
+        respond(answer, |r| {
+            tracing::info!("revoked");
+            proto::revoke_response(&r.row, r.probe.as_ref())
+        })
     }
 
     #[instrument(skip_all, fields(rpc = "Verify", mailbox, client))]

@@ -12,8 +12,8 @@ use std::sync::{Arc, RwLock};
 
 use super::{
     AuditEvent, AuditQuery, AuditRecord, AuditStore, CredentialRow, CredentialStore, DataKeyInfo, KeyMaterialStore,
-    ListQuery, Millis, NewBinding, ProbeRecord, Reseal, Retirement, RevokeChange, RotateChange, Store, StoreError,
-    TokenRekey, TokenRow, TokenStore, UnlockMaterial, UnreadableToken, UnusedQuery,
+    ListQuery, Millis, NewBinding, ProbeRecord, RequestRecord, Reseal, Retirement, RevokeChange, RotateChange, Store,
+    StoreError, StoredRequest, TokenRekey, TokenRow, TokenStore, UnlockMaterial, UnreadableToken, UnusedQuery,
 };
 use crate::crypto::{KeyId, Salt, WrappedKey};
 
@@ -135,9 +135,14 @@ impl<S: Store> CredentialStore for CachedStore<S> {
         Ok(row)
     }
 
-    async fn bind(&self, new: NewBinding, audit: AuditEvent) -> Result<CredentialRow, StoreError> {
+    async fn bind(
+        &self,
+        new: NewBinding,
+        audit: AuditEvent,
+        request: Option<RequestRecord>,
+    ) -> Result<CredentialRow, StoreError> {
         let (m, c) = (new.mailbox.as_str().to_owned(), new.client.as_str().to_owned());
-        self.write(&m, &c, self.inner.bind(new, audit)).await
+        self.write(&m, &c, self.inner.bind(new, audit, request)).await
     }
 
     async fn import(&self, rows: Vec<NewBinding>, audit: AuditEvent) -> Result<(), StoreError> {
@@ -150,14 +155,37 @@ impl<S: Store> CredentialStore for CachedStore<S> {
         out
     }
 
-    async fn rotate(&self, change: RotateChange, audit: AuditEvent) -> Result<CredentialRow, StoreError> {
+    async fn rotate(
+        &self,
+        change: RotateChange,
+        audit: AuditEvent,
+        request: Option<RequestRecord>,
+    ) -> Result<CredentialRow, StoreError> {
         let (m, c) = (change.mailbox.clone(), change.client.clone());
-        self.write(&m, &c, self.inner.rotate(change, audit)).await
+        self.write(&m, &c, self.inner.rotate(change, audit, request)).await
     }
 
-    async fn revoke(&self, change: RevokeChange, audit: AuditEvent) -> Result<CredentialRow, StoreError> {
+    async fn revoke(
+        &self,
+        change: RevokeChange,
+        audit: AuditEvent,
+        request: Option<RequestRecord>,
+    ) -> Result<CredentialRow, StoreError> {
         let (m, c) = (change.mailbox.clone(), change.client.clone());
-        self.write(&m, &c, self.inner.revoke(change, audit)).await
+        self.write(&m, &c, self.inner.revoke(change, audit, request)).await
+    }
+
+    async fn find_request(&self, caller: String, request_id: String) -> Result<Option<StoredRequest>, StoreError> {
+        self.inner.find_request(caller, request_id).await
+    }
+
+    async fn update_request_answer(
+        &self,
+        caller: String,
+        request_id: String,
+        answer: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        self.inner.update_request_answer(caller, request_id, answer).await
     }
 
     async fn record_probe(&self, probe: ProbeRecord, audit: AuditEvent) -> Result<CredentialRow, StoreError> {
@@ -278,11 +306,11 @@ mod tests {
             now: 1,
             probe_outcome: ProbeOutcome::Accepted,
         };
-        store.bind(new, event()).await.unwrap();
+        store.bind(new, event(), None).await.unwrap();
         assert_eq!(store.get("a@sina.com", "x").await.unwrap().version, 1);
         assert_eq!(store.cache.read().unwrap().len, 1);
         let revoke = RevokeChange { mailbox: "a@sina.com".into(), client: "x".into(), reason: "gone".into(), now: 2 };
-        store.revoke(revoke, event()).await.unwrap();
+        store.revoke(revoke, event(), None).await.unwrap();
         assert!(store.get("a@sina.com", "x").await.unwrap().code.is_none(), "stale row after revoke");
         assert_eq!(store.cache.read().unwrap().len, 1);
         // Full: another pair is read but not cached.

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use super::{
-    AuditEvent, AuditQuery, CredentialState, ListQuery, NewBinding, ProbeRecord, Reseal, Retirement, RevokeChange,
-    RotateChange, Store, StoreError, StoredCode, TokenRekey, TokenRow, UnusedQuery,
+    AuditEvent, AuditQuery, CredentialState, ListQuery, NewBinding, ProbeRecord, RequestRecord, Reseal, Retirement,
+    RevokeChange, RotateChange, Store, StoreError, StoredCode, TokenRekey, TokenRow, UnusedQuery,
 };
 use crate::crypto::{Key, Keyring, Salt};
 use crate::ids::{ClientId, Mailbox};
@@ -52,10 +52,10 @@ pub async fn run(store: Arc<dyn Store>, ring: &Keyring) {
     // Bind, get, re-bind refused, revoke, re-bind allowed.
     let a = ("a@sina.com", "sender");
     assert!(matches!(store.get(a.0, a.1).await, Err(StoreError::NotFound)));
-    let row = ok(store.bind(binding(ring, a.0, a.1, 10), event("Bind", a.0, a.1, 10)).await, "bind");
+    let row = ok(store.bind(binding(ring, a.0, a.1, 10), event("Bind", a.0, a.1, 10), None).await, "bind");
     assert_eq!((row.version, row.state, row.created_at), (1, CredentialState::Active, 10));
     assert_eq!(ok(store.get(a.0, a.1).await, "get").version, 1);
-    let again = store.bind(binding(ring, a.0, a.1, 11), event("Bind", a.0, a.1, 11)).await;
+    let again = store.bind(binding(ring, a.0, a.1, 11), event("Bind", a.0, a.1, 11), None).await;
     assert!(matches!(again, Err(StoreError::AlreadyExists)), "{again:?}");
 
     // Rotate: version moves; a stale version conflicts.
@@ -67,11 +67,11 @@ pub async fn run(store: Arc<dyn Store>, ring: &Keyring) {
         code: StoredCode { key_id, generation: Some(generation), sealed: sealed.clone() },
         now: 20,
     };
-    let rotated = ok(store.rotate(change(1), event("Rotate", a.0, a.1, 20)).await, "rotate");
+    let rotated = ok(store.rotate(change(1), event("Rotate", a.0, a.1, 20), None).await, "rotate");
     assert_eq!((rotated.version, rotated.rotated_at), (2, Some(20)));
     let kept = rotated.code.as_ref().and_then(|c| c.generation);
     assert_eq!(kept, Some(generation), "the seal's generation is stored with it");
-    assert!(matches!(store.rotate(change(1), event("Rotate", a.0, a.1, 21)).await, Err(StoreError::Conflict)));
+    assert!(matches!(store.rotate(change(1), event("Rotate", a.0, a.1, 21), None).await, Err(StoreError::Conflict)));
 
     // Probe records: only at the current version.
     let probe = |version| ProbeRecord {
@@ -93,7 +93,7 @@ pub async fn run(store: Arc<dyn Store>, ring: &Keyring) {
 
     // Revoke: tombstone without a code; twice is Revoked; then every change is Revoked.
     let revoke = || RevokeChange { mailbox: a.0.into(), client: a.1.into(), reason: "gone".into(), now: 50 };
-    let tomb = ok(store.revoke(revoke(), event("Revoke", a.0, a.1, 50)).await, "revoke");
+    let tomb = ok(store.revoke(revoke(), event("Revoke", a.0, a.1, 50), None).await, "revoke");
     assert_eq!(
         (tomb.state, tomb.revoked_at, tomb.revoke_reason.as_deref()),
         (CredentialState::Revoked, Some(50), Some("gone"))
@@ -101,9 +101,9 @@ pub async fn run(store: Arc<dyn Store>, ring: &Keyring) {
     assert!(tomb.code.is_none());
     let raw = ok(store.get(a.0, a.1).await, "get");
     assert!(raw.code.is_none(), "nothing of the seal is left on a tombstone");
-    assert!(matches!(store.revoke(revoke(), event("Revoke", a.0, a.1, 51)).await, Err(StoreError::Revoked)));
-    assert!(matches!(store.rotate(change(2), event("Rotate", a.0, a.1, 52)).await, Err(StoreError::Revoked)));
-    let rebound = ok(store.bind(binding(ring, a.0, a.1, 60), event("Bind", a.0, a.1, 60)).await, "re-bind");
+    assert!(matches!(store.revoke(revoke(), event("Revoke", a.0, a.1, 51), None).await, Err(StoreError::Revoked)));
+    assert!(matches!(store.rotate(change(2), event("Rotate", a.0, a.1, 52), None).await, Err(StoreError::Revoked)));
+    let rebound = ok(store.bind(binding(ring, a.0, a.1, 60), event("Bind", a.0, a.1, 60), None).await, "re-bind");
     assert_eq!((rebound.version, rebound.state), (1, CredentialState::Active));
 
     // Import: all or nothing.
@@ -154,7 +154,63 @@ pub async fn run(store: Arc<dyn Store>, ring: &Keyring) {
     assert_eq!((row.last_used_at, row.revoked_at), (Some(95), Some(99)));
     assert!(row.mac.is_empty(), "revoking must destroy the MAC");
 
+    remembered_requests(&*store, ring).await;
     data_key_rotation(&*store, ring, material.salt).await;
+}
+
+fn request(id: &str, now: i64, forget_before: i64) -> RequestRecord {
+    RequestRecord {
+        caller: "tk_contract".into(),
+        request_id: id.into(),
+        rpc: "Rotate",
+        fingerprint: vec![4; 32],
+        key_id: 1,
+        now,
+        forget_before,
+        answer: Box::new(|row| format!("v{}", row.version).into_bytes()),
+    }
+}
+
+/// A request remembered with a write, its answer made from the row as committed, updated,
+/// forgotten past its time; a failed write remembers nothing. Leaves b@sina.com/x at version 2
+/// under key 1 and one request remembered under key 1 (the rotation below deletes it).
+async fn remembered_requests(store: &dyn Store, ring: &Keyring) {
+    let b = ("b@sina.com", "x");
+    let change = |from_version| {
+        let (key_id, generation, sealed) = ring.seal_code(b.0, b.1, from_version + 1, b"code");
+        RotateChange {
+            mailbox: b.0.into(),
+            client: b.1.into(),
+            from_version,
+            code: StoredCode { key_id, generation: Some(generation), sealed },
+            now: 100,
+        }
+    };
+    let find = |id: &str| store.find_request("tk_contract".into(), id.into());
+    let conflict = store.rotate(change(7), event("Rotate", b.0, b.1, 100), Some(request("r-0", 100, 0))).await;
+    assert!(matches!(conflict, Err(StoreError::Conflict)), "{conflict:?}");
+    assert_eq!(ok(find("r-0").await, "find_request"), None, "a failed write remembered its request");
+    ok(store.rotate(change(1), event("Rotate", b.0, b.1, 100), Some(request("r-1", 100, 0))).await, "rotate");
+    let found = ok(find("r-1").await, "find_request").unwrap_or_else(|| panic!("not remembered"));
+    assert_eq!((found.rpc.as_str(), found.key_id, found.created_at), ("Rotate", 1, 100));
+    assert_eq!((found.fingerprint, found.answer), (vec![4; 32], b"v2".to_vec()), "the answer is the committed row's");
+    assert_eq!(
+        ok(store.find_request("tk_other".into(), "r-1".into()).await, "find_request"),
+        None,
+        "ids are per caller"
+    );
+    ok(store.update_request_answer("tk_contract".into(), "r-1".into(), b"v2+probe".to_vec()).await, "update");
+    assert_eq!(ok(find("r-1").await, "find_request").map(|f| f.answer), Some(b"v2+probe".to_vec()));
+    // A later write forgets requests created before its `forget_before`.
+    let mut probe = request("r-2", 200, 101);
+    probe.rpc = "Revoke";
+    let c = ("c@sina.com", "x");
+    let revoke = RevokeChange { mailbox: c.0.into(), client: c.1.into(), reason: String::new(), now: 200 };
+    ok(store.revoke(revoke, event("Revoke", c.0, c.1, 200), Some(probe)).await, "revoke");
+    assert_eq!(ok(find("r-1").await, "find_request"), None, "an expired request was kept");
+    assert_eq!(ok(find("r-2").await, "find_request").map(|f| f.rpc), Some("Revoke".into()));
+    let rebind = binding(ring, c.0, c.1, 210);
+    ok(store.bind(rebind, event("Bind", c.0, c.1, 210), None).await, "re-bind");
 }
 
 /// A new key, codes re-sealed and tokens re-keyed under it, the old key deleted once no code is
@@ -236,6 +292,8 @@ async fn data_key_rotation(store: &dyn Store, ring: &Keyring, salt: Salt) {
     assert_eq!(ok(store.rekey_tokens(vec![rekey(vec![9; 32])]).await, "rekey"), 1);
     let retired = ok(store.retire_data_keys(2, invalid).await, "retire");
     assert_eq!(retired, Retirement { retired: vec![1], pending_codes: 0, pending_tokens: 0, destroyed: true });
+    let forgotten = ok(store.find_request("tk_contract".into(), "r-2".into()).await, "find_request");
+    assert_eq!(forgotten, None, "a request outlived the key of its fingerprint");
     assert_eq!(ids(ok(store.data_keys().await, "data_keys")), [2]);
     assert_eq!(ok(store.unlock_material().await, "unlock_material").keys.len(), 1);
     let tokens: Vec<_> = ok(store.tokens().await, "tokens").into_iter().filter_map(Result::ok).collect();

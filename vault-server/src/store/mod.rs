@@ -120,6 +120,46 @@ pub struct RevokeChange {
     pub now: Millis,
 }
 
+/// Encodes a remembered request's answer from the row as committed.
+pub type AnswerEncoder = Box<dyn FnOnce(&CredentialRow) -> Vec<u8> + Send>;
+
+/// A Bind, Rotate or Revoke that carried a request id, remembered in the write's transaction
+/// with the answer it gave, so that a retry is answered the same without running again.
+pub struct RequestRecord {
+    /// Token id of the caller: ids are per caller.
+    pub caller: String,
+    pub request_id: String,
+    pub rpc: &'static str,
+    /// HMAC of the request under a key derived from data key `key_id`.
+    pub fingerprint: Vec<u8>,
+    pub key_id: KeyId,
+    pub now: Millis,
+    /// Remembered requests older than this are deleted in the same transaction.
+    pub forget_before: Millis,
+    /// Encodes the answer from the row as committed.
+    pub answer: AnswerEncoder,
+}
+
+impl std::fmt::Debug for RequestRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestRecord")
+            .field("caller", &self.caller)
+            .field("request_id", &self.request_id)
+            .field("rpc", &self.rpc)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A remembered request, as read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRequest {
+    pub rpc: String,
+    pub fingerprint: Vec<u8>,
+    pub key_id: KeyId,
+    pub answer: Vec<u8>,
+    pub created_at: Millis,
+}
+
 /// A probe of the code at `version`, to record on the row.
 #[derive(Debug, Clone)]
 pub struct ProbeRecord {
@@ -268,7 +308,7 @@ pub trait KeyMaterialStore: Send + Sync + 'static {
     /// passphrase derives); `AlreadyExists` if the key id is taken.
     async fn add_data_key(&self, salt: Salt, key: WrappedKey, now: Millis) -> Result<(), StoreError>;
     /// Deletes every data key older than `active`, in one transaction, once no active code and
-    /// no token row is left under one: token rows under one that are revoked (no MAC) or named in
+    /// no token row is left under one (remembered requests under one go with it): token rows under one that are revoked (no MAC) or named in
     /// `invalid_tokens` (no valid MAC) move to `active` first; any other keeps the keys (pending).
     /// Then tries to destroy the deleted wrappings in the live files.
     async fn retire_data_keys(&self, active: KeyId, invalid_tokens: Vec<String>) -> Result<Retirement, StoreError>;
@@ -287,15 +327,41 @@ pub trait CredentialStore: Send + Sync + 'static {
         None
     }
     /// Inserts a binding, or re-binds a revoked pair at version 1. `AlreadyExists` if active.
-    async fn bind(&self, new: NewBinding, audit: AuditEvent) -> Result<CredentialRow, StoreError>;
+    /// `request`, if any, is remembered in the same transaction (as with rotate and revoke);
+    /// `AlreadyExists` if its id is taken.
+    async fn bind(
+        &self,
+        new: NewBinding,
+        audit: AuditEvent,
+        request: Option<RequestRecord>,
+    ) -> Result<CredentialRow, StoreError>;
     /// Inserts many new pairs in one transaction, with one audit event for the batch (bulk
     /// import and benchmarks; no probe). Fails, changing nothing, if any pair exists.
     async fn import(&self, rows: Vec<NewBinding>, audit: AuditEvent) -> Result<(), StoreError>;
     /// Swaps in a new code (version + 1), overwriting the old ciphertext. `Conflict` if the
     /// version moved, `Revoked` if revoked.
-    async fn rotate(&self, change: RotateChange, audit: AuditEvent) -> Result<CredentialRow, StoreError>;
+    async fn rotate(
+        &self,
+        change: RotateChange,
+        audit: AuditEvent,
+        request: Option<RequestRecord>,
+    ) -> Result<CredentialRow, StoreError>;
     /// Destroys the ciphertext and keeps a tombstone. `Revoked` if already revoked.
-    async fn revoke(&self, change: RevokeChange, audit: AuditEvent) -> Result<CredentialRow, StoreError>;
+    async fn revoke(
+        &self,
+        change: RevokeChange,
+        audit: AuditEvent,
+        request: Option<RequestRecord>,
+    ) -> Result<CredentialRow, StoreError>;
+    /// A remembered request of `caller`, if it is still kept.
+    async fn find_request(&self, caller: String, request_id: String) -> Result<Option<StoredRequest>, StoreError>;
+    /// Replaces a remembered request's answer (with what a probe after the commit found).
+    async fn update_request_answer(
+        &self,
+        caller: String,
+        request_id: String,
+        answer: Vec<u8>,
+    ) -> Result<(), StoreError>;
     /// Records a probe of the code at its version; `Conflict` if the row moved on meanwhile.
     async fn record_probe(&self, probe: ProbeRecord, audit: AuditEvent) -> Result<CredentialRow, StoreError>;
     /// A page of bindings.

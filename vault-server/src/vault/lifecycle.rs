@@ -1,12 +1,17 @@
-//! The changes: Bind, Rotate, Revoke, Verify. Each holds its pair's lock, does the cheap checks
-//! first (format, state, version: they cost no probe budget), probes, then commits one short
-//! transaction with its audit event. A code the provider refused is audited too (no change).
+//! The changes: Bind, Rotate, Revoke, Verify. Each holds its pair's lock, answers a remembered
+//! request id (see `requests`), does the cheap checks first (format, state, version: they cost
+//! no probe budget), probes, then commits one short transaction with its audit event (and the
+//! request, if it has an id). A code the provider refused is audited too (no change).
 
+use prost::Message as _;
+
+use super::requests::{Answer, Prior};
 use super::{Vault, VaultError};
 use crate::caller::Caller;
-use crate::ids::{ClientId, Mailbox};
+use crate::ids::{ClientId, Mailbox, RequestId};
 use crate::outcome::ProbeOutcome;
 use crate::probe::ProbeReport;
+use crate::proto;
 use crate::secret::AuthCode;
 use crate::store::{
     AuditEvent, CredentialRow, CredentialState, NewBinding, ProbeRecord, RevokeChange, RotateChange, StoredCode,
@@ -76,10 +81,16 @@ impl Vault {
         mailbox: Mailbox,
         client: ClientId,
         code: AuthCode,
-    ) -> Result<(CredentialRow, ProbeReport), VaultError> {
+        request: Option<RequestId>,
+    ) -> Result<Answer<(CredentialRow, ProbeReport)>, VaultError> {
         let provider = self.provider_for_mailbox(&mailbox)?;
         Self::check_format(&provider, &code)?;
         let _pair = self.locks.lock(mailbox.as_str(), client.as_str()).await;
+        let fields: [&[u8]; 3] = [mailbox.as_str().as_bytes(), client.as_str().as_bytes(), code.expose().as_bytes()];
+        let pending = match self.prior(caller, "Bind", request, &fields).await? {
+            Prior::Replay(answer) => return Ok(Answer::Replayed(answer)),
+            Prior::Run(pending) => pending,
+        };
         if self.find(&mailbox, &client).await?.is_some_and(|r| r.state == CredentialState::Active) {
             return Err(VaultError::AlreadyExists);
         }
@@ -89,9 +100,13 @@ impl Vault {
         // Held until the commit: a key rotation cannot retire the key this code is sealed under
         // before the code is stored.
         let sealing = self.keys.sealing().await;
+        let ring = self.keys.load();
         let (key_id, generation, sealed) =
-            self.keys.load().seal_code(mailbox.as_str(), client.as_str(), 1, code.expose().as_bytes());
+            ring.seal_code(mailbox.as_str(), client.as_str(), 1, code.expose().as_bytes());
         drop(code);
+        let answered = report.clone();
+        let record =
+            pending.map(|p| p.record(&ring, event.at, move |row| proto::bind_response(row, &answered))).transpose()?;
         let new = NewBinding {
             mailbox,
             client,
@@ -100,9 +115,9 @@ impl Vault {
             now: event.at,
             probe_outcome: ProbeOutcome::Accepted,
         };
-        let row = self.store.bind(new, event).await?;
+        let row = self.store.bind(new, event, record).await?;
         drop(sealing);
-        Ok((row, report))
+        Ok(Answer::Done((row, report)))
     }
 
     /// Probes the new code and swaps it in (version + 1) only if accepted; then probes the old.
@@ -113,8 +128,16 @@ impl Vault {
         client: ClientId,
         new_code: AuthCode,
         expected_version: Option<u64>,
-    ) -> Result<Rotated, VaultError> {
+        request: Option<RequestId>,
+    ) -> Result<Answer<Rotated>, VaultError> {
         let pair = self.locks.lock(mailbox.as_str(), client.as_str()).await;
+        let expected = expected_version.unwrap_or(0).to_be_bytes();
+        let fields: [&[u8]; 4] =
+            [mailbox.as_str().as_bytes(), client.as_str().as_bytes(), new_code.expose().as_bytes(), &expected];
+        let pending = match self.prior(caller, "Rotate", request.clone(), &fields).await? {
+            Prior::Replay(answer) => return Ok(Answer::Replayed(answer)),
+            Prior::Run(pending) => pending,
+        };
         let row = self.store.get(mailbox.as_str(), client.as_str()).await?;
         if row.state != CredentialState::Active {
             return Err(VaultError::Revoked);
@@ -131,9 +154,14 @@ impl Vault {
         let probe = self.require_accepted(event.clone(), report).await?;
         let next = row.version + 1;
         let sealing = self.keys.sealing().await;
+        let ring = self.keys.load();
         let (key_id, generation, sealed) =
-            self.keys.load().seal_code(mailbox.as_str(), client.as_str(), next, new_code.expose().as_bytes());
+            ring.seal_code(mailbox.as_str(), client.as_str(), next, new_code.expose().as_bytes());
         drop(new_code);
+        let answered = probe.clone();
+        let record = pending
+            .map(|p| p.record(&ring, event.at, move |row| proto::rotate_response(row, &answered, None)))
+            .transpose()?;
         let change = RotateChange {
             mailbox: event.mailbox.clone(),
             client: event.client.clone(),
@@ -141,11 +169,15 @@ impl Vault {
             code: StoredCode { key_id, generation: Some(generation), sealed },
             now: event.at,
         };
-        let row = self.store.rotate(change, event).await?;
+        let row = self.store.rotate(change, event, record).await?;
         drop(sealing);
         drop(pair);
         let previous_code_probe = self.probe_previous(&provider, &mailbox, old_code).await;
-        Ok(Rotated { row, probe, previous_code_probe })
+        if let Some(previous) = &previous_code_probe {
+            let answer = proto::rotate_response(&row, &probe, Some(previous)).encode_to_vec();
+            self.complete_answer(caller, request.as_ref(), answer).await;
+        }
+        Ok(Answer::Done(Rotated { row, probe, previous_code_probe }))
     }
 
     /// Always commits the tombstone first; then probes the destroyed code.
@@ -155,7 +187,8 @@ impl Vault {
         mailbox: Mailbox,
         client: ClientId,
         reason: &str,
-    ) -> Result<Revoked, VaultError> {
+        request: Option<RequestId>,
+    ) -> Result<Answer<Revoked>, VaultError> {
         let reason = reason.trim();
         if reason.chars().count() > MAX_REASON_CHARS || reason.chars().any(char::is_control) {
             return Err(VaultError::InvalidField {
@@ -164,6 +197,11 @@ impl Vault {
             });
         }
         let pair = self.locks.lock(mailbox.as_str(), client.as_str()).await;
+        let fields: [&[u8]; 3] = [mailbox.as_str().as_bytes(), client.as_str().as_bytes(), reason.as_bytes()];
+        let pending = match self.prior(caller, "Revoke", request.clone(), &fields).await? {
+            Prior::Replay(answer) => return Ok(Answer::Replayed(answer)),
+            Prior::Run(pending) => pending,
+        };
         let row = self.store.get(mailbox.as_str(), client.as_str()).await?;
         if row.state != CredentialState::Active {
             return Err(VaultError::Revoked);
@@ -177,13 +215,23 @@ impl Vault {
             reason: reason.to_owned(),
             now: event.at,
         };
-        let row = self.store.revoke(change, event).await?;
+        // Held until the commit, so the key the record is fingerprinted under is not retired first.
+        let sealing = self.keys.sealing().await;
+        let record = pending
+            .map(|p| p.record(&self.keys.load(), event.at, |row| proto::revoke_response(row, None)))
+            .transpose()?;
+        let row = self.store.revoke(change, event, record).await?;
+        drop(sealing);
         drop(pair);
         let probe = match provider {
             Some(p) => self.probe_previous(&p, &mailbox, old_code).await,
             None => None,
         };
-        Ok(Revoked { row, probe })
+        if let Some(probe) = &probe {
+            self.complete_answer(caller, request.as_ref(), proto::revoke_response(&row, Some(probe)).encode_to_vec())
+                .await;
+        }
+        Ok(Answer::Done(Revoked { row, probe }))
     }
 
     /// Re-probes the stored code and records the outcome, whatever it is.

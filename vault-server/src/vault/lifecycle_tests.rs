@@ -27,12 +27,12 @@ fn setup(script: &[ProbeOutcome], burst: u32) -> (tempfile::TempDir, Arc<Vault>,
 
 async fn bind(vault: &Vault, code: &str) -> Result<(), VaultError> {
     let (m, c) = pair();
-    vault.bind(&testkit::admin(), m, c, AuthCode::new(code)).await.map(|_| ())
+    vault.bind(&testkit::admin(), m, c, AuthCode::new(code), None).await.map(|_| ())
 }
 
 async fn rotate(vault: &Vault, code: &str, expected: Option<u64>) -> Result<super::Rotated, VaultError> {
     let (m, c) = pair();
-    vault.rotate(&testkit::admin(), m, c, AuthCode::new(code), expected).await
+    vault.rotate(&testkit::admin(), m, c, AuthCode::new(code), expected, None).await.map(|a| a.done().unwrap())
 }
 
 async fn revealed(vault: &Vault) -> Result<String, VaultError> {
@@ -52,7 +52,8 @@ async fn bind_checks_format_provider_and_state_before_any_probe() {
     let (_tmp, vault, prober) = setup(&[], 10);
     assert!(matches!(bind(&vault, "my login password").await, Err(VaultError::BadCodeFormat { .. })));
     let (_, c) = pair();
-    let unknown = vault.bind(&testkit::admin(), Mailbox::parse("x@example.org").unwrap(), c, AuthCode::new(OLD)).await;
+    let unknown =
+        vault.bind(&testkit::admin(), Mailbox::parse("x@example.org").unwrap(), c, AuthCode::new(OLD), None).await;
     assert!(matches!(unknown, Err(VaultError::UnknownProvider { .. })));
     assert!(prober.tried().is_empty(), "a cheap check probed");
     bind(&vault, OLD).await.unwrap();
@@ -128,18 +129,25 @@ async fn revoke_commits_even_when_the_provider_is_down_and_only_once() {
     let (m, c) = pair();
     let long = "x".repeat(501);
     assert!(matches!(
-        vault.revoke(&testkit::admin(), m.clone(), c.clone(), &long).await,
+        vault.revoke(&testkit::admin(), m.clone(), c.clone(), &long, None).await,
         Err(VaultError::InvalidField { field: "reason", .. })
     ));
-    assert!(matches!(vault.revoke(&testkit::admin(), m.clone(), c.clone(), "x").await, Err(VaultError::NotFound)));
+    assert!(matches!(
+        vault.revoke(&testkit::admin(), m.clone(), c.clone(), "x", None).await,
+        Err(VaultError::NotFound)
+    ));
     bind(&vault, OLD).await.unwrap();
     prober.then(&[ProbeOutcome::Unreachable]);
-    let r = vault.revoke(&testkit::admin(), m.clone(), c.clone(), "laptop retired").await.unwrap();
+    let r =
+        vault.revoke(&testkit::admin(), m.clone(), c.clone(), "laptop retired", None).await.unwrap().done().unwrap();
     assert_eq!(r.row.state, CredentialState::Revoked);
     assert!(r.row.code.is_none(), "the ciphertext must be gone");
     assert_eq!(r.probe.map(|p| p.outcome), Some(ProbeOutcome::Unreachable));
     assert_eq!(prober.tried(), [OLD, OLD], "the destroyed code is probed after the commit");
-    assert!(matches!(vault.revoke(&testkit::admin(), m.clone(), c.clone(), "again").await, Err(VaultError::Revoked)));
+    assert!(matches!(
+        vault.revoke(&testkit::admin(), m.clone(), c.clone(), "again", None).await,
+        Err(VaultError::Revoked)
+    ));
     assert!(matches!(revealed(&vault).await, Err(VaultError::Revoked)));
     assert!(matches!(vault.verify(&testkit::admin(), m, c).await, Err(VaultError::Revoked)));
     assert!(matches!(rotate(&vault, NEW, None).await, Err(VaultError::Revoked)));

@@ -8,6 +8,9 @@ mod lifecycle;
 #[cfg(test)]
 mod lifecycle_tests;
 mod locks;
+mod requests;
+#[cfg(test)]
+mod requests_tests;
 pub mod review;
 mod rotation;
 #[cfg(test)]
@@ -18,6 +21,7 @@ pub use crate::clock::{Clock, SystemClock};
 pub use budget::ProbeBudget;
 pub use error::VaultError;
 pub use lifecycle::{Revoked, Rotated};
+pub use requests::{Answer, KEEP_FOR as REQUESTS_KEPT_FOR};
 pub use rotation::{KeyRotation, RotationReport};
 
 use std::sync::Arc;

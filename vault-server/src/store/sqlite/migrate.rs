@@ -10,6 +10,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../../migrations/0002_tokens.sql"),
     include_str!("../../../../migrations/0003_seal_generation.sql"),
     include_str!("../../../../migrations/0004_data_key_rotation.sql"),
+    include_str!("../../../../migrations/0005_requests.sql"),
 ];
 
 /// Applies the migrations this database has not seen, each in its own transaction.

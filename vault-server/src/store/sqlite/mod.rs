@@ -9,6 +9,7 @@ mod keys;
 mod maintenance;
 pub(super) mod migrate;
 mod planted;
+mod requests;
 mod rows;
 mod store;
 mod token_rows;
@@ -25,7 +26,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, pa
 
 use super::{
     AuditEvent, AuditQuery, AuditRecord, CredentialRow, CredentialState, ListQuery, Millis, NewBinding, ProbeRecord,
-    RevokeChange, RotateChange, StoreError, TokenRow, UnlockMaterial, UnreadableToken, UnusedQuery,
+    RequestRecord, RevokeChange, RotateChange, StoreError, TokenRow, UnlockMaterial, UnreadableToken, UnusedQuery,
 };
 use crate::crypto::{KdfParams, Salt, Sealed, WrappedKey};
 use crate::outcome::ProbeOutcome;
@@ -173,11 +174,12 @@ impl Db {
     }
 
     /// One IMMEDIATE transaction on an existing row: `change` sees the row as it is now, writes,
-    /// and the row is read back before commit.
+    /// and the row is read back before commit, when `request` (if any) is remembered with it.
     fn write(
         &self,
         mailbox: &str,
         client: &str,
+        request: Option<RequestRecord>,
         change: impl FnOnce(&rusqlite::Transaction<'_>, &CredentialRow) -> Result<(), StoreError>,
     ) -> Result<CredentialRow, StoreError> {
         let mut conn = self.writer()?;
@@ -185,6 +187,7 @@ impl Db {
         let row = get_row(&tx, mailbox, client)?.ok_or(StoreError::NotFound)?;
         change(&tx, &row)?;
         let row = get_row(&tx, mailbox, client)?.ok_or(StoreError::NotFound)?;
+        requests::insert(&tx, request, &row)?;
         tx.commit()?;
         Ok(row)
     }
@@ -264,7 +267,12 @@ impl Db {
         Ok(())
     }
 
-    pub fn bind(&self, new: &NewBinding, audit: &AuditEvent) -> Result<CredentialRow, StoreError> {
+    pub fn bind(
+        &self,
+        new: &NewBinding,
+        audit: &AuditEvent,
+        request: Option<RequestRecord>,
+    ) -> Result<CredentialRow, StoreError> {
         let mut conn = self.writer()?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let (mailbox, client) = (new.mailbox.as_str(), new.client.as_str());
@@ -280,18 +288,29 @@ impl Db {
         insert_binding(&tx, new)?;
         insert_audit(&tx, audit)?;
         let row = get_row(&tx, mailbox, client)?.ok_or(StoreError::NotFound)?;
+        requests::insert(&tx, request, &row)?;
         tx.commit()?;
         Ok(row)
     }
 
-    pub fn rotate(&self, c: &RotateChange, audit: &AuditEvent) -> Result<CredentialRow, StoreError> {
-        let row = self.rotate_row(c, audit)?;
+    pub fn rotate(
+        &self,
+        c: &RotateChange,
+        audit: &AuditEvent,
+        request: Option<RequestRecord>,
+    ) -> Result<CredentialRow, StoreError> {
+        let row = self.rotate_row(c, audit, request)?;
         self.shred_wal();
         Ok(row)
     }
 
-    fn rotate_row(&self, c: &RotateChange, audit: &AuditEvent) -> Result<CredentialRow, StoreError> {
-        self.write(&c.mailbox, &c.client, |tx, row| {
+    fn rotate_row(
+        &self,
+        c: &RotateChange,
+        audit: &AuditEvent,
+        request: Option<RequestRecord>,
+    ) -> Result<CredentialRow, StoreError> {
+        self.write(&c.mailbox, &c.client, request, |tx, row| {
             if row.state != CredentialState::Active {
                 return Err(StoreError::Revoked);
             }
@@ -318,15 +337,25 @@ impl Db {
         })
     }
 
-    pub fn revoke(&self, c: &RevokeChange, audit: &AuditEvent) -> Result<CredentialRow, StoreError> {
-        let row = self.revoke_row(c, audit)?;
+    pub fn revoke(
+        &self,
+        c: &RevokeChange,
+        audit: &AuditEvent,
+        request: Option<RequestRecord>,
+    ) -> Result<CredentialRow, StoreError> {
+        let row = self.revoke_row(c, audit, request)?;
         self.shred_wal();
         Ok(row)
     }
 
-    fn revoke_row(&self, c: &RevokeChange, audit: &AuditEvent) -> Result<CredentialRow, StoreError> {
+    fn revoke_row(
+        &self,
+        c: &RevokeChange,
+        audit: &AuditEvent,
+        request: Option<RequestRecord>,
+    ) -> Result<CredentialRow, StoreError> {
         let (mailbox, client, reason, now) = (&c.mailbox, &c.client, &c.reason, c.now);
-        self.write(mailbox, client, |tx, row| {
+        self.write(mailbox, client, request, |tx, row| {
             if row.state != CredentialState::Active {
                 return Err(StoreError::Revoked);
             }
@@ -341,7 +370,7 @@ impl Db {
 
     pub fn record_probe(&self, p: &ProbeRecord, audit: &AuditEvent) -> Result<CredentialRow, StoreError> {
         let (mailbox, client, version, outcome, now) = (&p.mailbox, &p.client, p.version, p.outcome, p.now);
-        self.write(mailbox, client, |tx, row| {
+        self.write(mailbox, client, None, |tx, row| {
             if row.state != CredentialState::Active {
                 return Err(StoreError::Revoked);
             }

@@ -7,8 +7,8 @@ use super::Db;
 use crate::crypto::{KeyId, Salt, WrappedKey};
 use crate::store::{
     AuditEvent, AuditQuery, AuditRecord, AuditStore, CredentialRow, CredentialStore, DataKeyInfo, KeyMaterialStore,
-    ListQuery, Millis, NewBinding, ProbeRecord, Reseal, Retirement, RevokeChange, RotateChange, StoreError, TokenRekey,
-    TokenRow, TokenStore, UnlockMaterial, UnreadableToken, UnusedQuery,
+    ListQuery, Millis, NewBinding, ProbeRecord, RequestRecord, Reseal, Retirement, RevokeChange, RotateChange,
+    StoreError, StoredRequest, TokenRekey, TokenRow, TokenStore, UnlockMaterial, UnreadableToken, UnusedQuery,
 };
 
 /// The async face of [`Db`]: every call runs on the blocking pool.
@@ -77,20 +77,48 @@ impl CredentialStore for SqliteStore {
         self.hop(move |db| db.get(&m, &c)).await
     }
 
-    async fn bind(&self, new: NewBinding, audit: AuditEvent) -> Result<CredentialRow, StoreError> {
-        self.hop(move |db| db.bind(&new, &audit)).await
+    async fn bind(
+        &self,
+        new: NewBinding,
+        audit: AuditEvent,
+        request: Option<RequestRecord>,
+    ) -> Result<CredentialRow, StoreError> {
+        self.hop(move |db| db.bind(&new, &audit, request)).await
     }
 
     async fn import(&self, rows: Vec<NewBinding>, audit: AuditEvent) -> Result<(), StoreError> {
         self.hop(move |db| db.import(&rows, &audit)).await
     }
 
-    async fn rotate(&self, change: RotateChange, audit: AuditEvent) -> Result<CredentialRow, StoreError> {
-        self.hop(move |db| db.rotate(&change, &audit)).await
+    async fn rotate(
+        &self,
+        change: RotateChange,
+        audit: AuditEvent,
+        request: Option<RequestRecord>,
+    ) -> Result<CredentialRow, StoreError> {
+        self.hop(move |db| db.rotate(&change, &audit, request)).await
     }
 
-    async fn revoke(&self, change: RevokeChange, audit: AuditEvent) -> Result<CredentialRow, StoreError> {
-        self.hop(move |db| db.revoke(&change, &audit)).await
+    async fn revoke(
+        &self,
+        change: RevokeChange,
+        audit: AuditEvent,
+        request: Option<RequestRecord>,
+    ) -> Result<CredentialRow, StoreError> {
+        self.hop(move |db| db.revoke(&change, &audit, request)).await
+    }
+
+    async fn find_request(&self, caller: String, request_id: String) -> Result<Option<StoredRequest>, StoreError> {
+        self.hop(move |db| db.find_request(&caller, &request_id)).await
+    }
+
+    async fn update_request_answer(
+        &self,
+        caller: String,
+        request_id: String,
+        answer: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        self.hop(move |db| db.update_request_answer(&caller, &request_id, &answer)).await
     }
 
     async fn record_probe(&self, probe: ProbeRecord, audit: AuditEvent) -> Result<CredentialRow, StoreError> {

@@ -1,0 +1,146 @@
+//! Idempotent writes against the real binary and Dovecot: a Bind or Rotate retried with the same
+//! request id is answered once (one IMAP login), across a restart; the same id for another
+//! request is refused; and vault-client, whose first answer is lost with the connection after
+//! the commit, retries by itself and gets that answer.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
+use secrecy::SecretString;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tonic::Code;
+use tonic_types::StatusExt;
+use vault_client::proto::{self, ProbeOutcome};
+
+use crate::harness::{ALICE, ALICE_CODE, BOB, BOB_CODE, Stack};
+
+const ALICE_NEW: &str = "CANARYaliceNEW03";
+
+fn logins(stack: &Stack) -> usize {
+    stack.dovecot.log().matches("Login: user=").count()
+}
+
+fn replayed<T>(r: &tonic::Response<T>) -> bool {
+    r.metadata().get("vault-replayed").is_some_and(|v| v == "true")
+}
+
+#[tokio::test]
+async fn a_retried_bind_or_rotate_is_answered_once_even_after_a_restart() {
+    let mut stack = Stack::start();
+    let mut c = stack.admin().await;
+    let bind = proto::BindRequest {
+        mailbox: ALICE.into(),
+        client: "sender".into(),
+        auth_code: ALICE_CODE.into(),
+        request_id: "e2e-bind-0001".into(),
+    };
+    let first = c.raw().bind(bind.clone()).await.unwrap();
+    assert!(!replayed(&first));
+    let before = logins(&stack);
+    let again = c.raw().bind(bind.clone()).await.unwrap();
+    assert!(replayed(&again), "no vault-replayed header");
+    assert_eq!(again.get_ref(), first.get_ref(), "the retry got another answer");
+    assert_eq!(logins(&stack), before, "the retry logged in to the provider");
+
+    // Remembered on disk: a restarted server answers the same.
+    stack.restart_server();
+    let mut c = stack.admin().await;
+    let after_restart = c.raw().bind(bind.clone()).await.unwrap();
+    assert_eq!((replayed(&after_restart), after_restart.get_ref()), (true, first.get_ref()));
+
+    // The same id for another request changes nothing.
+    let other = proto::BindRequest { auth_code: BOB_CODE.into(), ..bind.clone() };
+    let status = c.raw().bind(other).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    let field = status.get_details_bad_request().unwrap().field_violations[0].field.clone();
+    assert_eq!(field, "request_id");
+
+    // Rotate: one rotation, one old-code probe, whatever the retries.
+    stack.dovecot.set_codes(&[(ALICE, ALICE_NEW), (BOB, BOB_CODE)]);
+    let rotate = proto::RotateRequest {
+        mailbox: ALICE.into(),
+        client: "sender".into(),
+        new_auth_code: ALICE_NEW.into(),
+        expected_version: 1,
+        request_id: "e2e-rotate-0001".into(),
+    };
+    let first = c.raw().rotate(rotate.clone()).await.unwrap().into_inner();
+    assert_eq!(first.credential.as_ref().unwrap().version, 2);
+    let before = logins(&stack);
+    let again = c.raw().rotate(rotate).await.unwrap();
+    assert!(replayed(&again));
+    let again = again.into_inner();
+    assert_eq!(again.credential.as_ref().unwrap().version, 2, "rotated twice");
+    assert_eq!(again.previous_code_probe.map(|p| p.outcome()), Some(ProbeOutcome::Rejected));
+    assert_eq!(logins(&stack), before);
+    assert!(!stack.server.log().contains(ALICE_NEW) && !stack.server.log().contains(ALICE_CODE));
+}
+
+/// Forwards one plaintext HTTP/2 connection after another to `upstream`; while `cut` is set, it
+/// closes the connection instead of passing on the server's first response HEADERS frame (so
+/// the call committed and its answer is lost), then clears `cut`.
+async fn lossy_proxy(upstream: std::net::SocketAddr, cut: Arc<AtomicBool>, cuts: Arc<AtomicU32>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((client, _)) = listener.accept().await else { return };
+            let (cut, cuts) = (cut.clone(), cuts.clone());
+            tokio::spawn(async move {
+                let server = TcpStream::connect(upstream).await.unwrap();
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                tokio::spawn(async move { tokio::io::copy(&mut cr, &mut sw).await });
+                // Server to client, frame by frame: a 9-byte header (length, type, flags, stream).
+                loop {
+                    let mut header = [0u8; 9];
+                    if sr.read_exact(&mut header).await.is_err() {
+                        return;
+                    }
+                    let len = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+                    let stream = u32::from_be_bytes([header[5], header[6], header[7], header[8]]) & 0x7fff_ffff;
+                    let mut payload = vec![0u8; len];
+                    if sr.read_exact(&mut payload).await.is_err() {
+                        return;
+                    }
+                    if header[3] == 0x1 && stream != 0 && cut.swap(false, Ordering::SeqCst) {
+                        cuts.fetch_add(1, Ordering::SeqCst);
+                        return; // drops both halves toward the client: the answer is lost
+                    }
+                    if cw.write_all(&header).await.is_err() || cw.write_all(&payload).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn vault_client_retries_a_write_whose_answer_was_lost_and_binds_once() {
+    let stack = Stack::start();
+    let (cut, cuts) = (Arc::new(AtomicBool::new(true)), Arc::new(AtomicU32::new(0)));
+    let endpoint = lossy_proxy(stack.server.addr, cut.clone(), cuts.clone()).await;
+    let options = vault_client::ConnectOptions {
+        token: Some(SecretString::from(stack.admin_token.clone())),
+        ..Default::default()
+    };
+    let mut c = vault_client::VaultClient::connect(endpoint, options).await.unwrap();
+    let before = logins(&stack);
+    let r = c.bind(ALICE, "sender", SecretString::from(ALICE_CODE)).await.expect("bind through a lost answer");
+    assert_eq!(cuts.load(Ordering::SeqCst), 1, "the proxy never dropped an answer");
+    assert_eq!(r.credential.unwrap().version, 1);
+    assert_eq!(logins(&stack) - before, 1, "the retry probed again");
+    assert!(stack.server.log().contains("replayed the answer of an earlier call"), "{}", stack.server.log());
+
+    // Rotate and Revoke ride over a lost answer the same way.
+    cut.store(true, Ordering::SeqCst);
+    let r = c.rotate(ALICE, "sender", SecretString::from(ALICE_CODE), 1).await.expect("rotate");
+    assert_eq!(r.credential.unwrap().version, 2, "rotated once");
+    cut.store(true, Ordering::SeqCst);
+    let r = c.revoke(ALICE, "sender", "retired").await.expect("revoke");
+    assert_eq!(r.credential.unwrap().state(), proto::CredentialState::Revoked);
+    assert_eq!(cuts.load(Ordering::SeqCst), 3);
+}
