@@ -117,7 +117,8 @@ impl VaultClient {
             auth_code: code.expose_secret().to_owned(),
             request_id: retry::request_id(),
         };
-        retry::write(&self.inner, req, |mut c, r| async move { c.bind(r).await }).await
+        let id = req.request_id.clone();
+        retry::write(&self.inner, req, &id, |mut c, r| async move { c.bind(r).await }).await
     }
 
     /// Fetches the plaintext code for (mailbox, client) and the provider's servers (client
@@ -171,7 +172,8 @@ impl VaultClient {
             expected_version,
             request_id: retry::request_id(),
         };
-        retry::write(&self.inner, req, |mut c, r| async move { c.rotate(r).await }).await
+        let id = req.request_id.clone();
+        retry::write(&self.inner, req, &id, |mut c, r| async move { c.rotate(r).await }).await
     }
 
     /// Destroys the code and keeps a tombstone (admin); then says whether the provider still
@@ -190,7 +192,8 @@ impl VaultClient {
             reason: reason.to_owned(),
             request_id: retry::request_id(),
         };
-        retry::write(&self.inner, req, |mut c, r| async move { c.revoke(r).await }).await
+        let id = req.request_id.clone();
+        retry::write(&self.inner, req, &id, |mut c, r| async move { c.revoke(r).await }).await
     }
 
     /// Re-probes the stored code and records the outcome (admin).

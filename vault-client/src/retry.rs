@@ -26,24 +26,27 @@ pub(crate) fn request_id() -> String {
 }
 
 /// Whether the call may never have reached the vault, or its answer never came back: the
-/// transport failed (the vault's own errors carry an ErrorInfo).
+/// connection failed (the vault's own errors carry an ErrorInfo). Not a deadline that expired
+/// (CANCELLED, DEADLINE_EXCEEDED): the caller set it, and a resend would probe again.
 fn lost_in_transit(s: &tonic::Status) -> bool {
-    matches!(s.code(), Code::Unavailable | Code::Unknown | Code::Cancelled) && s.get_details_error_info().is_none()
+    matches!(s.code(), Code::Unavailable | Code::Unknown) && s.get_details_error_info().is_none()
 }
 
-/// Sends `req` through `call`, again with the same request id after a transport failure.
-pub(crate) async fn write<Req, Resp, F, Fut>(inner: &Inner, req: Req, call: F) -> Result<Resp, Error>
+/// Sends `req` through `call`, again with the same request id after a transport failure; once
+/// only if `request_id` is empty (no id: a resend could run twice).
+pub(crate) async fn write<Req, Resp, F, Fut>(inner: &Inner, req: Req, request_id: &str, call: F) -> Result<Resp, Error>
 where
     Req: Clone,
     F: Fn(Inner, Req) -> Fut,
     Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
 {
+    let attempts = if request_id.is_empty() { 1 } else { ATTEMPTS };
     let mut backoff = FIRST_BACKOFF;
     let mut attempt = 1;
     loop {
         match call(inner.clone(), req.clone()).await {
             Ok(r) => return Ok(r.into_inner()),
-            Err(s) if attempt < ATTEMPTS && lost_in_transit(&s) => {
+            Err(s) if attempt < attempts && lost_in_transit(&s) => {
                 tokio::time::sleep(backoff).await;
                 backoff *= 2;
                 attempt += 1;
@@ -79,5 +82,7 @@ mod tests {
         );
         assert!(!lost_in_transit(&provider_down));
         assert!(!lost_in_transit(&tonic::Status::already_exists("bound")));
+        assert!(!lost_in_transit(&tonic::Status::cancelled("Timeout expired")), "the caller's own deadline");
+        assert!(!lost_in_transit(&tonic::Status::deadline_exceeded("deadline")));
     }
 }

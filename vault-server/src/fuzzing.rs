@@ -15,6 +15,7 @@ use crate::proto;
 use crate::provider::Registry;
 use crate::secret::AuthCode;
 use crate::store::{PLANTABLE_TABLES, plant_and_read};
+use crate::vault::request_row_is_authentic;
 use crate::vault::review::MAX_PAGE_SIZE;
 
 /// A fuzz target: panics on a broken invariant.
@@ -108,18 +109,25 @@ pub fn listing_requests(data: &[u8]) {
     }
 }
 
-/// The `authorization` header: a value yields a token only in the exact wire form, and the row
-/// id it names is the token's own.
+/// The `authorization` header: a value yields a token exactly when an independent reading of
+/// the wire form (`Bearer avt_<12 lower-case hex>_<43 base64url>`) does, and the row id it names
+/// is the token's own.
 pub fn bearer_tokens(data: &[u8]) {
     let header = String::from_utf8_lossy(data);
-    if let Some((token, id)) = token_from_header(&header) {
-        assert_eq!(Some(token), header.strip_prefix("Bearer ").map(str::trim));
-        let parsed = Token::parse(token);
-        assert_eq!(parsed.map(|t| t.id()).as_deref(), Some(id.as_str()));
-        assert!(id.as_str().len() == 15 && id.as_str().starts_with("tk_"));
-    } else {
-        let token = header.strip_prefix("Bearer ").map(str::trim).unwrap_or_default();
-        assert!(check_token(token).is_none() && Token::parse(token).is_none());
+    let expected = header.strip_prefix("Bearer ").map(str::trim).filter(|t| {
+        let b = t.as_bytes();
+        b.len() == 60
+            && t.starts_with("avt_")
+            && b[4..16].iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+            && b[16] == b'_'
+            && b[17..].iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_'))
+    });
+    let got = token_from_header(&header);
+    assert_eq!(got.map(|(t, _)| t), expected, "{header:?}");
+    if let Some((token, id)) = got {
+        assert_eq!(id.as_str(), format!("tk_{}", &token[4..16]));
+        assert_eq!(Token::parse(token).map(|t| t.id()).as_deref(), Some(id.as_str()));
+        assert!(check_token(token).is_some());
     }
 }
 
@@ -143,14 +151,7 @@ pub fn providers_toml(data: &[u8]) {
 /// Rows planted in the database by someone who edits the file: every read path answers with a
 /// row or an error, and opening a planted code or checking a planted token's MAC fails cleanly.
 pub fn stored_rows(data: &[u8]) {
-    let mut input = Bytes(data);
-    let mut rows = Vec::new();
-    while let Some(t) = input.byte() {
-        let table = usize::from(t) % PLANTABLE_TABLES.len();
-        let values = (0..PLANTABLE_TABLES[table].1).map(|_| input.value()).collect();
-        rows.push((table, values));
-    }
-    let Ok(back) = plant_and_read(&rows) else { return };
+    let Ok(back) = plant_and_read(&planted(data)) else { return };
     for e in &back.errors {
         assert!(!e.to_string().contains('\n'), "{e}");
     }
@@ -172,10 +173,25 @@ pub fn stored_rows(data: &[u8]) {
             assert!(opened.is_err(), "a planted code opened");
         }
     }
+    for (caller, id, found) in &back.requests {
+        assert!(!request_row_is_authentic(ring, caller, id, found), "a planted request row passed its MAC");
+    }
     for t in back.tokens.iter().flatten() {
         let _ = Role::parse(&t.role);
         assert!(rekey(ring, t).is_none(), "a planted token has a valid MAC");
     }
+}
+
+/// The rows fuzz bytes stand for: a table byte, then a typed value per column.
+fn planted(data: &[u8]) -> Vec<(usize, Vec<Value>)> {
+    let mut input = Bytes(data);
+    let mut rows = Vec::new();
+    while let Some(t) = input.byte() {
+        let table = usize::from(t) % PLANTABLE_TABLES.len();
+        let values = (0..PLANTABLE_TABLES[table].1).map(|_| input.value()).collect();
+        rows.push((table, values));
+    }
+    rows
 }
 
 /// A KEK and a keyring no planted row was sealed under.
@@ -223,13 +239,38 @@ impl Bytes<'_> {
             }
             3 => Value::Real(f64::from(kind)),
             4 => {
-                let n = usize::from(self.byte().unwrap_or(0) % 40);
+                let n = usize::from(self.byte().unwrap_or(0) % 64);
                 Value::Text(String::from_utf8_lossy(&self.take(n)).into_owned())
             }
             _ => {
-                let n = usize::from(self.byte().unwrap_or(0) % 40);
+                let n = usize::from(self.byte().unwrap_or(0) % 64);
                 Value::Blob(self.take(n))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seed(name: &str) -> Vec<u8> {
+        let path = format!("{}/../fuzz/corpus/stored_rows/{name}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    #[test]
+    fn the_stored_row_seeds_plant_the_rows_they_are_named_for() {
+        let back = |name| plant_and_read(&planted(&seed(name))).unwrap_or_else(|e| panic!("{e}"));
+        assert!(!back("credential").credentials.is_empty());
+        // A key id beyond u32 makes the row unreadable: an error, not a guess.
+        assert!(back("credential_bad_state").errors.iter().any(|e| e.to_string().contains("out of range")));
+        assert!(back("token").tokens.iter().any(Result::is_ok));
+        assert!(back("token_big_key").tokens.iter().any(Result::is_err));
+        assert!(back("meta_and_key").material.is_some_and(|m| m.keys.len() == 1));
+        assert!(back("meta_short_salt").errors.iter().any(|e| e.to_string().contains("salt")));
+        assert!(!back("audit").audit.is_empty());
+        assert!(!back("request").requests.is_empty());
+        assert!(back("request_odd_key").errors.iter().any(|e| e.to_string().contains("out of range")));
     }
 }

@@ -12,7 +12,7 @@ pub use status::{ERROR_DOMAIN, public_budget_exhausted};
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
-use tracing::instrument;
+use tracing::{Instrument as _, instrument};
 
 use crate::auth::caller;
 use crate::ids::{ClientId, Mailbox, RequestId};
@@ -38,6 +38,16 @@ fn pair(mailbox: &str, client: &str) -> Result<(Mailbox, ClientId), VaultError> 
 /// Adds the canonical pair to the RPC's span (safe fields only).
 fn record_pair(mailbox: &Mailbox, client: &ClientId) {
     tracing::Span::current().record("mailbox", mailbox.as_str()).record("client", client.as_str());
+}
+
+/// Runs a write to its end even if the caller goes away (a deadline, a reset stream): the pair's
+/// lock is then held until the commit is done, so a retry with the same request id finds it.
+async fn to_completion<T: Send + 'static>(
+    write: impl Future<Output = Result<T, VaultError>> + Send + 'static,
+) -> Result<T, VaultError> {
+    tokio::spawn(write.in_current_span())
+        .await
+        .map_err(|e| VaultError::Internal(format!("a write task failed: {e}")))?
 }
 
 /// A write's response: made now by `fresh`, or the one remembered for its request id, marked
@@ -69,7 +79,8 @@ impl AuthCodeVault for VaultService {
         let request_id = RequestId::parse(&req.request_id).map_err(VaultError::from)?;
         let code = AuthCode::new(&req.auth_code);
         drop(req);
-        let answer = self.vault.bind(&who, mailbox, client, code, request_id).await?;
+        let vault = self.vault.clone();
+        let answer = to_completion(async move { vault.bind(&who, mailbox, client, code, request_id).await }).await?;
         respond(answer, |(row, probe)| {
             tracing::info!("bound");
             proto::bind_response(&row, &probe)
@@ -87,7 +98,9 @@ impl AuthCodeVault for VaultService {
         let code = AuthCode::new(&req.new_auth_code);
         let expected = (req.expected_version != 0).then_some(req.expected_version);
         drop(req);
-        let answer = self.vault.rotate(&who, mailbox, client, code, expected, request_id).await?;
+        let vault = self.vault.clone();
+        let answer =
+            to_completion(async move { vault.rotate(&who, mailbox, client, code, expected, request_id).await }).await?;
         respond(answer, |r| {
             tracing::info!(version = r.row.version, "rotated");
             proto::rotate_response(&r.row, &r.probe, r.previous_code_probe.as_ref())
@@ -102,7 +115,9 @@ impl AuthCodeVault for VaultService {
         let (mailbox, client) = pair(&req.mailbox, &req.client)?;
         record_pair(&mailbox, &client);
         let request_id = RequestId::parse(&req.request_id).map_err(VaultError::from)?;
-        let answer = self.vault.revoke(&who, mailbox, client, &req.reason, request_id).await?;
+        let vault = self.vault.clone();
+        let answer =
+            to_completion(async move { vault.revoke(&who, mailbox, client, &req.reason, request_id).await }).await?;
         respond(answer, |r| {
             tracing::info!("revoked");
             proto::revoke_response(&r.row, r.probe.as_ref())

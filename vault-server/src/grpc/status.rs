@@ -7,6 +7,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::auth::AuthError;
 use crate::outcome::ProbeFailure;
+use crate::probe::FailedProbe;
 use crate::store::StoreError;
 use crate::vault::VaultError;
 
@@ -52,43 +53,7 @@ impl From<VaultError> for Status {
                 "REVOKED",
                 vec![],
             ),
-            VaultError::ProbeFailed(failed) => {
-                let failed_kind = failed.failure();
-                let (code, reason) = match failed_kind {
-                    ProbeFailure::Rejected => (Code::FailedPrecondition, "PROBE_REJECTED"),
-                    ProbeFailure::Unreachable => (Code::Unavailable, "PROBE_UNREACHABLE"),
-                    ProbeFailure::TimedOut => (Code::Unavailable, "PROBE_TIMED_OUT"),
-                    ProbeFailure::TlsFailed => (Code::Unavailable, "PROBE_TLS_FAILED"),
-                    ProbeFailure::ProtocolError => (Code::Unavailable, "PROBE_PROTOCOL_ERROR"),
-                };
-                let report = failed.into_report();
-                tracing::info!(outcome = report.outcome.as_str(), server = %report.server, "probe did not accept the code");
-                // Only REJECTED and PROTOCOL_ERROR mean a server answered; the others did not.
-                let what = match failed_kind {
-                    ProbeFailure::Rejected | ProbeFailure::ProtocolError => {
-                        format!("{} answered {}", report.server, report.outcome.as_str())
-                    }
-                    _ => format!("no server answered at {} ({})", report.server, report.outcome.as_str()),
-                };
-                let message = format!("{what}: {} — {}", report.server_response, report.hint);
-                let meta: std::collections::HashMap<String, String> = [
-                    ("outcome", report.outcome.as_str().to_owned()),
-                    ("server", report.server),
-                    ("server_response", report.server_response),
-                    ("hint", report.hint),
-                    ("latency_ms", report.latency.as_millis().to_string()),
-                ]
-                .into_iter()
-                .map(|(k, v)| (k.to_owned(), v))
-                .collect();
-                let mut details = ErrorDetails::new();
-                details.set_error_info(reason, ERROR_DOMAIN, meta);
-                if code == Code::Unavailable {
-                    // Retryable: nothing was changed. A provider that is down is not hammered.
-                    details.set_retry_info(Some(PROBE_RETRY_AFTER));
-                }
-                Status::with_error_details(code, message, details)
-            }
+            VaultError::ProbeFailed(failed) => probe_failed(failed),
             VaultError::Aborted(why) => Status::aborted(format!("{why}; nothing was changed")),
             VaultError::RateLimited { retry_after } => {
                 tracing::info!(retry_after_secs = retry_after.as_secs(), "probe budget exhausted");
@@ -106,6 +71,21 @@ impl From<VaultError> for Status {
             VaultError::DataLoss => {
                 tracing::error!("a stored ciphertext failed authentication (tampering or corruption)");
                 Status::data_loss("the stored code failed authentication; the row was altered or corrupted")
+            }
+            VaultError::RequestUnverifiable => error_info(
+                Code::FailedPrecondition,
+                "this request_id was used before a data-key rotation, so whether this is the same request cannot be checked; nothing was changed. Read the binding (GetCredential) to see whether the first call took effect".into(),
+                "REQUEST_ID_UNVERIFIABLE",
+                vec![],
+            ),
+            VaultError::RequestDamaged => {
+                tracing::error!("a remembered request failed authentication (tampering or corruption)");
+                error_info(
+                    Code::DataLoss,
+                    "the answer remembered for this request_id failed authentication (the row was altered); nothing was changed. Read the binding (GetCredential)".into(),
+                    "REQUEST_RECORD_DAMAGED",
+                    vec![],
+                )
             }
             VaultError::Store(err) => storage(&err),
             VaultError::PassphraseChanged => error_info(
@@ -132,6 +112,45 @@ impl From<VaultError> for Status {
     }
 }
 
+/// A probe that did not accept the code: its outcome, the server's words and the hint.
+fn probe_failed(failed: FailedProbe) -> Status {
+    let failed_kind = failed.failure();
+    let (code, reason) = match failed_kind {
+        ProbeFailure::Rejected => (Code::FailedPrecondition, "PROBE_REJECTED"),
+        ProbeFailure::Unreachable => (Code::Unavailable, "PROBE_UNREACHABLE"),
+        ProbeFailure::TimedOut => (Code::Unavailable, "PROBE_TIMED_OUT"),
+        ProbeFailure::TlsFailed => (Code::Unavailable, "PROBE_TLS_FAILED"),
+        ProbeFailure::ProtocolError => (Code::Unavailable, "PROBE_PROTOCOL_ERROR"),
+    };
+    let report = failed.into_report();
+    tracing::info!(outcome = report.outcome.as_str(), server = %report.server, "probe did not accept the code");
+    // Only REJECTED and PROTOCOL_ERROR mean a server answered; the others did not.
+    let what = match failed_kind {
+        ProbeFailure::Rejected | ProbeFailure::ProtocolError => {
+            format!("{} answered {}", report.server, report.outcome.as_str())
+        }
+        _ => format!("no server answered at {} ({})", report.server, report.outcome.as_str()),
+    };
+    let message = format!("{what}: {} — {}", report.server_response, report.hint);
+    let meta: std::collections::HashMap<String, String> = [
+        ("outcome", report.outcome.as_str().to_owned()),
+        ("server", report.server),
+        ("server_response", report.server_response),
+        ("hint", report.hint),
+        ("latency_ms", report.latency.as_millis().to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let mut details = ErrorDetails::new();
+    details.set_error_info(reason, ERROR_DOMAIN, meta);
+    if code == Code::Unavailable {
+        // Retryable: nothing was changed. A provider that is down is not hammered.
+        details.set_retry_info(Some(PROBE_RETRY_AFTER));
+    }
+    Status::with_error_details(code, message, details)
+}
+
 /// A storage failure the domain did not turn into one of its own errors.
 fn storage(err: &StoreError) -> Status {
     tracing::error!(error = %err, "storage failure");
@@ -151,6 +170,7 @@ fn storage(err: &StoreError) -> Status {
         StoreError::NotFound
         | StoreError::AlreadyExists
         | StoreError::Conflict
+        | StoreError::RequestIdTaken
         | StoreError::Revoked
         | StoreError::NotInitialised
         | StoreError::Corrupt(_)
@@ -252,6 +272,8 @@ mod tests {
                 "PROBE_BUDGET_EXHAUSTED",
             ),
             (VaultError::DataLoss, Code::DataLoss, ""),
+            (VaultError::RequestUnverifiable, Code::FailedPrecondition, "REQUEST_ID_UNVERIFIABLE"),
+            (VaultError::RequestDamaged, Code::DataLoss, "REQUEST_RECORD_DAMAGED"),
             (VaultError::Store(StoreError::Corrupt("x".into())), Code::Internal, ""),
             (VaultError::Store(StoreError::Full), Code::ResourceExhausted, "STORAGE_FULL"),
             (VaultError::Store(StoreError::Unavailable("read-only".into())), Code::Unavailable, "STORAGE_UNAVAILABLE"),

@@ -12,8 +12,9 @@ use std::sync::{Arc, RwLock};
 
 use super::{
     AuditEvent, AuditQuery, AuditRecord, AuditStore, CredentialRow, CredentialStore, DataKeyInfo, KeyMaterialStore,
-    ListQuery, Millis, NewBinding, ProbeRecord, RequestRecord, Reseal, Retirement, RevokeChange, RotateChange, Store,
-    StoreError, StoredRequest, TokenRekey, TokenRow, TokenStore, UnlockMaterial, UnreadableToken, UnusedQuery,
+    ListQuery, Millis, NewBinding, ProbeRecord, RecordedAnswer, RequestKey, RequestRecord, Reseal, Retirement,
+    RevokeChange, RotateChange, Store, StoreError, StoredRequest, TokenRekey, TokenRow, TokenStore, UnlockMaterial,
+    UnreadableToken, UnusedQuery,
 };
 use crate::crypto::{KeyId, Salt, WrappedKey};
 
@@ -179,13 +180,8 @@ impl<S: Store> CredentialStore for CachedStore<S> {
         self.inner.find_request(caller, request_id).await
     }
 
-    async fn update_request_answer(
-        &self,
-        caller: String,
-        request_id: String,
-        answer: Vec<u8>,
-    ) -> Result<(), StoreError> {
-        self.inner.update_request_answer(caller, request_id, answer).await
+    async fn update_request_answer(&self, key: RequestKey, answer: RecordedAnswer) -> Result<(), StoreError> {
+        self.inner.update_request_answer(key, answer).await
     }
 
     async fn record_probe(&self, probe: ProbeRecord, audit: AuditEvent) -> Result<CredentialRow, StoreError> {

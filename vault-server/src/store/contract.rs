@@ -4,8 +4,9 @@
 use std::sync::Arc;
 
 use super::{
-    AuditEvent, AuditQuery, CredentialState, ListQuery, NewBinding, ProbeRecord, RequestRecord, Reseal, Retirement,
-    RevokeChange, RotateChange, Store, StoreError, StoredCode, TokenRekey, TokenRow, UnusedQuery,
+    AuditEvent, AuditQuery, CredentialState, ListQuery, NewBinding, ProbeRecord, RecordedAnswer, RequestKey,
+    RequestRecord, Reseal, Retirement, RevokeChange, RotateChange, Store, StoreError, StoredCode, TokenRekey, TokenRow,
+    UnusedQuery,
 };
 use crate::crypto::{Key, Keyring, Salt};
 use crate::ids::{ClientId, Mailbox};
@@ -167,13 +168,13 @@ fn request(id: &str, now: i64, forget_before: i64) -> RequestRecord {
         key_id: 1,
         now,
         forget_before,
-        answer: Box::new(|row| format!("v{}", row.version).into_bytes()),
+        answer: Box::new(|row| RecordedAnswer { bytes: format!("v{}", row.version).into_bytes(), mac: vec![6; 32] }),
     }
 }
 
 /// A request remembered with a write, its answer made from the row as committed, updated,
 /// forgotten past its time; a failed write remembers nothing. Leaves b@sina.com/x at version 2
-/// under key 1 and one request remembered under key 1 (the rotation below deletes it).
+/// under key 1 and one request remembered under key 1 (it outlives the key's retirement below).
 async fn remembered_requests(store: &dyn Store, ring: &Keyring) {
     let b = ("b@sina.com", "x");
     let change = |from_version| {
@@ -193,19 +194,28 @@ async fn remembered_requests(store: &dyn Store, ring: &Keyring) {
     ok(store.rotate(change(1), event("Rotate", b.0, b.1, 100), Some(request("r-1", 100, 0))).await, "rotate");
     let found = ok(find("r-1").await, "find_request").unwrap_or_else(|| panic!("not remembered"));
     assert_eq!((found.rpc.as_str(), found.key_id, found.created_at), ("Rotate", 1, 100));
-    assert_eq!((found.fingerprint, found.answer), (vec![4; 32], b"v2".to_vec()), "the answer is the committed row's");
+    let answer = RecordedAnswer { bytes: b"v2".to_vec(), mac: vec![6; 32] };
+    assert_eq!((found.fingerprint, found.answer), (vec![4; 32], answer), "the answer is the committed row's");
     assert_eq!(
         ok(store.find_request("tk_other".into(), "r-1".into()).await, "find_request"),
         None,
         "ids are per caller"
     );
-    ok(store.update_request_answer("tk_contract".into(), "r-1".into(), b"v2+probe".to_vec()).await, "update");
-    assert_eq!(ok(find("r-1").await, "find_request").map(|f| f.answer), Some(b"v2+probe".to_vec()));
+    let key = |rpc, created_at| RequestKey { caller: "tk_contract".into(), request_id: "r-1".into(), rpc, created_at };
+    let later = RecordedAnswer { bytes: b"v2+probe".to_vec(), mac: vec![7; 32] };
+    ok(store.update_request_answer(key("Bind", 100), later.clone()).await, "update, another rpc");
+    ok(store.update_request_answer(key("Rotate", 99), later.clone()).await, "update, another row");
+    assert_eq!(ok(find("r-1").await, "find_request").map(|f| f.answer.bytes), Some(b"v2".to_vec()));
+    ok(store.update_request_answer(key("Rotate", 100), later.clone()).await, "update");
+    assert_eq!(ok(find("r-1").await, "find_request").map(|f| f.answer), Some(later));
     // A later write forgets requests created before its `forget_before`.
     let mut probe = request("r-2", 200, 101);
     probe.rpc = "Revoke";
     let c = ("c@sina.com", "x");
     let revoke = RevokeChange { mailbox: c.0.into(), client: c.1.into(), reason: String::new(), now: 200 };
+    let taken = store.rotate(change(2), event("Rotate", b.0, b.1, 150), Some(request("r-1", 150, 0))).await;
+    assert!(matches!(taken, Err(StoreError::RequestIdTaken)), "{taken:?}");
+    assert_eq!(ok(store.get(b.0, b.1).await, "get").version, 2, "a write with a taken id was kept");
     ok(store.revoke(revoke, event("Revoke", c.0, c.1, 200), Some(probe)).await, "revoke");
     assert_eq!(ok(find("r-1").await, "find_request"), None, "an expired request was kept");
     assert_eq!(ok(find("r-2").await, "find_request").map(|f| f.rpc), Some("Revoke".into()));
@@ -292,8 +302,8 @@ async fn data_key_rotation(store: &dyn Store, ring: &Keyring, salt: Salt) {
     assert_eq!(ok(store.rekey_tokens(vec![rekey(vec![9; 32])]).await, "rekey"), 1);
     let retired = ok(store.retire_data_keys(2, invalid).await, "retire");
     assert_eq!(retired, Retirement { retired: vec![1], pending_codes: 0, pending_tokens: 0, destroyed: true });
-    let forgotten = ok(store.find_request("tk_contract".into(), "r-2".into()).await, "find_request");
-    assert_eq!(forgotten, None, "a request outlived the key of its fingerprint");
+    let kept = ok(store.find_request("tk_contract".into(), "r-2".into()).await, "find_request");
+    assert_eq!(kept.map(|r| r.key_id), Some(1), "a request went with its retired key");
     assert_eq!(ids(ok(store.data_keys().await, "data_keys")), [2]);
     assert_eq!(ok(store.unlock_material().await, "unlock_material").keys.len(), 1);
     let tokens: Vec<_> = ok(store.tokens().await, "tokens").into_iter().filter_map(Result::ok).collect();

@@ -46,6 +46,9 @@ pub enum StoreError {
     /// Any other engine error, described.
     #[error("database error: {0}")]
     Backend(String),
+    /// A request id remembered meanwhile by another call of the same caller; nothing was written.
+    #[error("the request id was taken by another call")]
+    RequestIdTaken,
 }
 
 /// Whether a binding holds a code.
@@ -120,8 +123,15 @@ pub struct RevokeChange {
     pub now: Millis,
 }
 
+/// A remembered answer: the encoded response and a MAC over the whole request row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedAnswer {
+    pub bytes: Vec<u8>,
+    pub mac: Vec<u8>,
+}
+
 /// Encodes a remembered request's answer from the row as committed.
-pub type AnswerEncoder = Box<dyn FnOnce(&CredentialRow) -> Vec<u8> + Send>;
+pub type AnswerEncoder = Box<dyn FnOnce(&CredentialRow) -> RecordedAnswer + Send>;
 
 /// A Bind, Rotate or Revoke that carried a request id, remembered in the write's transaction
 /// with the answer it gave, so that a retry is answered the same without running again.
@@ -133,6 +143,7 @@ pub struct RequestRecord {
     /// HMAC of the request under a key derived from data key `key_id`.
     pub fingerprint: Vec<u8>,
     pub key_id: KeyId,
+    /// The row's creation time (part of its MAC).
     pub now: Millis,
     /// Remembered requests older than this are deleted in the same transaction.
     pub forget_before: Millis,
@@ -150,13 +161,22 @@ impl std::fmt::Debug for RequestRecord {
     }
 }
 
+/// Which remembered request row: the caller's id, and the RPC and time it was made for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestKey {
+    pub caller: String,
+    pub request_id: String,
+    pub rpc: &'static str,
+    pub created_at: Millis,
+}
+
 /// A remembered request, as read back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredRequest {
     pub rpc: String,
     pub fingerprint: Vec<u8>,
     pub key_id: KeyId,
-    pub answer: Vec<u8>,
+    pub answer: RecordedAnswer,
     pub created_at: Millis,
 }
 
@@ -308,7 +328,7 @@ pub trait KeyMaterialStore: Send + Sync + 'static {
     /// passphrase derives); `AlreadyExists` if the key id is taken.
     async fn add_data_key(&self, salt: Salt, key: WrappedKey, now: Millis) -> Result<(), StoreError>;
     /// Deletes every data key older than `active`, in one transaction, once no active code and
-    /// no token row is left under one (remembered requests under one go with it): token rows under one that are revoked (no MAC) or named in
+    /// no token row is left under one: token rows under one that are revoked (no MAC) or named in
     /// `invalid_tokens` (no valid MAC) move to `active` first; any other keeps the keys (pending).
     /// Then tries to destroy the deleted wrappings in the live files.
     async fn retire_data_keys(&self, active: KeyId, invalid_tokens: Vec<String>) -> Result<Retirement, StoreError>;
@@ -327,8 +347,9 @@ pub trait CredentialStore: Send + Sync + 'static {
         None
     }
     /// Inserts a binding, or re-binds a revoked pair at version 1. `AlreadyExists` if active.
-    /// `request`, if any, is remembered in the same transaction (as with rotate and revoke);
-    /// `AlreadyExists` if its id is taken.
+    /// `request`, if any, is remembered in the same transaction (as with rotate and revoke),
+    /// after requests created before its `forget_before` are deleted; `RequestIdTaken` if its id
+    /// is remembered already.
     async fn bind(
         &self,
         new: NewBinding,
@@ -355,13 +376,9 @@ pub trait CredentialStore: Send + Sync + 'static {
     ) -> Result<CredentialRow, StoreError>;
     /// A remembered request of `caller`, if it is still kept.
     async fn find_request(&self, caller: String, request_id: String) -> Result<Option<StoredRequest>, StoreError>;
-    /// Replaces a remembered request's answer (with what a probe after the commit found).
-    async fn update_request_answer(
-        &self,
-        caller: String,
-        request_id: String,
-        answer: Vec<u8>,
-    ) -> Result<(), StoreError>;
+    /// Replaces a remembered request's answer (with what a probe after the commit found), if the
+    /// row is still the one made for (`rpc`, `created_at`).
+    async fn update_request_answer(&self, key: RequestKey, answer: RecordedAnswer) -> Result<(), StoreError>;
     /// Records a probe of the code at its version; `Conflict` if the row moved on meanwhile.
     async fn record_probe(&self, probe: ProbeRecord, audit: AuditEvent) -> Result<CredentialRow, StoreError>;
     /// A page of bindings.

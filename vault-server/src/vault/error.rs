@@ -35,6 +35,13 @@ pub enum VaultError {
     /// A stored ciphertext failed authentication.
     #[error("a stored code failed authentication")]
     DataLoss,
+    /// A request id was used before a data-key rotation: whether this is the same request can no
+    /// longer be checked, so it is neither replayed nor run again.
+    #[error("the request id cannot be checked since the data-key rotation")]
+    RequestUnverifiable,
+    /// A remembered request's row failed its MAC (edited or corrupted).
+    #[error("a remembered request failed authentication")]
+    RequestDamaged,
     #[error("storage failed: {0}")]
     Store(StoreError),
     /// A new data key cannot be wrapped: the passphrase changed after this server unlocked.
@@ -54,6 +61,10 @@ impl From<StoreError> for VaultError {
             StoreError::AlreadyExists => Self::AlreadyExists,
             StoreError::Revoked => Self::Revoked,
             StoreError::Conflict => Self::Aborted("the binding changed concurrently; read it again and retry".into()),
+            StoreError::RequestIdTaken => Self::InvalidField {
+                field: "request_id",
+                reason: "was already used for a different request; use a new id for a new request".into(),
+            },
             other => Self::Store(other),
         }
     }

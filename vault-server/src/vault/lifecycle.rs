@@ -83,14 +83,15 @@ impl Vault {
         code: AuthCode,
         request: Option<RequestId>,
     ) -> Result<Answer<(CredentialRow, ProbeReport)>, VaultError> {
-        let provider = self.provider_for_mailbox(&mailbox)?;
-        Self::check_format(&provider, &code)?;
         let _pair = self.locks.lock(mailbox.as_str(), client.as_str()).await;
+        // A retry is answered first: a providers file changed since must not refuse it.
         let fields: [&[u8]; 3] = [mailbox.as_str().as_bytes(), client.as_str().as_bytes(), code.expose().as_bytes()];
         let pending = match self.prior(caller, "Bind", request, &fields).await? {
             Prior::Replay(answer) => return Ok(Answer::Replayed(answer)),
             Prior::Run(pending) => pending,
         };
+        let provider = self.provider_for_mailbox(&mailbox)?;
+        Self::check_format(&provider, &code)?;
         if self.find(&mailbox, &client).await?.is_some_and(|r| r.state == CredentialState::Active) {
             return Err(VaultError::AlreadyExists);
         }
@@ -105,8 +106,10 @@ impl Vault {
             ring.seal_code(mailbox.as_str(), client.as_str(), 1, code.expose().as_bytes());
         drop(code);
         let answered = report.clone();
-        let record =
-            pending.map(|p| p.record(&ring, event.at, move |row| proto::bind_response(row, &answered))).transpose()?;
+        let record = pending
+            .map(|p| p.record(&ring, event.at, move |row| proto::bind_response(row, &answered)))
+            .transpose()?
+            .map(|(record, _)| record);
         let new = NewBinding {
             mailbox,
             client,
@@ -134,7 +137,7 @@ impl Vault {
         let expected = expected_version.unwrap_or(0).to_be_bytes();
         let fields: [&[u8]; 4] =
             [mailbox.as_str().as_bytes(), client.as_str().as_bytes(), new_code.expose().as_bytes(), &expected];
-        let pending = match self.prior(caller, "Rotate", request.clone(), &fields).await? {
+        let pending = match self.prior(caller, "Rotate", request, &fields).await? {
             Prior::Replay(answer) => return Ok(Answer::Replayed(answer)),
             Prior::Run(pending) => pending,
         };
@@ -159,9 +162,10 @@ impl Vault {
             ring.seal_code(mailbox.as_str(), client.as_str(), next, new_code.expose().as_bytes());
         drop(new_code);
         let answered = probe.clone();
-        let record = pending
+        let (record, remembered) = pending
             .map(|p| p.record(&ring, event.at, move |row| proto::rotate_response(row, &answered, None)))
-            .transpose()?;
+            .transpose()?
+            .unzip();
         let change = RotateChange {
             mailbox: event.mailbox.clone(),
             client: event.client.clone(),
@@ -173,9 +177,9 @@ impl Vault {
         drop(sealing);
         drop(pair);
         let previous_code_probe = self.probe_previous(&provider, &mailbox, old_code).await;
-        if let Some(previous) = &previous_code_probe {
+        if let Some(previous) = previous_code_probe.as_ref().filter(|_| remembered.is_some()) {
             let answer = proto::rotate_response(&row, &probe, Some(previous)).encode_to_vec();
-            self.complete_answer(caller, request.as_ref(), answer).await;
+            self.complete_answer(remembered, answer).await;
         }
         Ok(Answer::Done(Rotated { row, probe, previous_code_probe }))
     }
@@ -198,7 +202,7 @@ impl Vault {
         }
         let pair = self.locks.lock(mailbox.as_str(), client.as_str()).await;
         let fields: [&[u8]; 3] = [mailbox.as_str().as_bytes(), client.as_str().as_bytes(), reason.as_bytes()];
-        let pending = match self.prior(caller, "Revoke", request.clone(), &fields).await? {
+        let pending = match self.prior(caller, "Revoke", request, &fields).await? {
             Prior::Replay(answer) => return Ok(Answer::Replayed(answer)),
             Prior::Run(pending) => pending,
         };
@@ -215,11 +219,13 @@ impl Vault {
             reason: reason.to_owned(),
             now: event.at,
         };
-        // Held until the commit, so the key the record is fingerprinted under is not retired first.
+        // Held until the commit, so the key the request is fingerprinted under is not retired
+        // first (its retry could not be checked).
         let sealing = self.keys.sealing().await;
-        let record = pending
+        let (record, remembered) = pending
             .map(|p| p.record(&self.keys.load(), event.at, |row| proto::revoke_response(row, None)))
-            .transpose()?;
+            .transpose()?
+            .unzip();
         let row = self.store.revoke(change, event, record).await?;
         drop(sealing);
         drop(pair);
@@ -227,9 +233,8 @@ impl Vault {
             Some(p) => self.probe_previous(&p, &mailbox, old_code).await,
             None => None,
         };
-        if let Some(probe) = &probe {
-            self.complete_answer(caller, request.as_ref(), proto::revoke_response(&row, Some(probe)).encode_to_vec())
-                .await;
+        if let Some(probe) = probe.as_ref().filter(|_| remembered.is_some()) {
+            self.complete_answer(remembered, proto::revoke_response(&row, Some(probe)).encode_to_vec()).await;
         }
         Ok(Answer::Done(Revoked { row, probe }))
     }

@@ -21,7 +21,7 @@ pub use crate::clock::{Clock, SystemClock};
 pub use budget::ProbeBudget;
 pub use error::VaultError;
 pub use lifecycle::{Revoked, Rotated};
-pub use requests::{Answer, KEEP_FOR as REQUESTS_KEPT_FOR};
+pub use requests::{Answer, KEEP_FOR as REQUESTS_KEPT_FOR, request_row_is_authentic};
 pub use rotation::{KeyRotation, RotationReport};
 
 use std::sync::Arc;

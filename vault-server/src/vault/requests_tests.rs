@@ -122,7 +122,7 @@ async fn a_retried_revoke_answers_the_revoke_even_after_a_new_bind() {
 }
 
 #[tokio::test]
-async fn ids_are_forgotten_after_a_day_and_at_a_key_rotation() {
+async fn ids_are_forgotten_after_a_day() {
     let (_tmp, vault, prober, clock) = setup(&[]);
     let admin = testkit::admin();
     let (m, c) = pair();
@@ -130,12 +130,53 @@ async fn ids_are_forgotten_after_a_day_and_at_a_key_rotation() {
     vault.revoke(&admin, m.clone(), c.clone(), "", None).await.unwrap();
     clock.set(1000 * DAY + i64::try_from(REQUESTS_KEPT_FOR.as_millis()).unwrap() + 1);
     assert!(matches!(bind(&vault, &admin, OLD, "req-1").await.unwrap(), Answer::Done(1)), "an expired id ran");
+    assert_eq!(prober.tried().len(), 3, "{:?}", prober.tried());
+}
 
-    // A rotation deletes the key the record was fingerprinted under, and the record with it.
-    vault.revoke(&admin, m.clone(), c.clone(), "", id("rev-2")).await.unwrap();
-    vault.rotate_data_key(Arc::new(admin.clone())).await.unwrap();
+#[tokio::test]
+async fn after_a_key_rotation_a_retry_is_refused_never_run_twice() {
+    let (_tmp, vault, prober, _) = setup(&[]);
+    let admin = testkit::admin();
+    let (m, c) = pair();
     bind(&vault, &admin, OLD, "").await.unwrap();
-    let after = vault.revoke(&admin, m.clone(), c.clone(), "", id("rev-2")).await.unwrap();
-    assert!(after.done().is_some(), "the id outlived its key");
-    assert_eq!(prober.tried().len(), 6, "{:?}", prober.tried());
+    vault.revoke(&admin, m.clone(), c.clone(), "", id("rev-1")).await.unwrap();
+    vault.rotate_data_key(Arc::new(admin.clone())).await.unwrap();
+    bind(&vault, &admin, NEW, "").await.unwrap();
+    let tried = prober.tried().len();
+    let retry = vault.revoke(&admin, m.clone(), c.clone(), "", id("rev-1")).await;
+    assert!(matches!(retry, Err(VaultError::RequestUnverifiable)), "{retry:?}");
+    assert_eq!(vault.get(&m, &c).await.unwrap().state, CredentialState::Active, "the retry revoked the new code");
+    assert_eq!(prober.tried().len(), tried);
+}
+
+#[tokio::test]
+async fn an_edited_remembered_answer_is_refused() {
+    let (tmp, vault, _, _) = setup(&[]);
+    let admin = testkit::admin();
+    bind(&vault, &admin, OLD, "req-1").await.unwrap();
+    let db = rusqlite::Connection::open(tmp.path().join("vault.db")).unwrap();
+    // Someone with the file flips the answer's probe outcome (field 2.1: ACCEPTED=1 to REJECTED=2).
+    let answer: Vec<u8> = db.query_row("SELECT answer FROM requests", [], |r| r.get(0)).unwrap();
+    let mut edited: proto::BindResponse = prost::Message::decode(answer.as_slice()).unwrap();
+    edited.probe.as_mut().unwrap().outcome = proto::ProbeOutcome::Rejected.into();
+    db.execute("UPDATE requests SET answer = ?1", [prost::Message::encode_to_vec(&edited)]).unwrap();
+    let retry = bind(&vault, &admin, OLD, "req-1").await;
+    assert!(matches!(retry, Err(VaultError::RequestDamaged)), "{retry:?}");
+    // A row moved to another id is refused the same way.
+    db.execute("UPDATE requests SET answer = ?1, request_id = 'req-2'", [answer]).unwrap();
+    assert!(matches!(bind(&vault, &admin, OLD, "req-2").await, Err(VaultError::RequestDamaged)));
+}
+
+#[tokio::test]
+async fn one_id_on_two_pairs_at_once_gives_one_change_and_one_refusal() {
+    let (_tmp, vault, _, _) = setup(&[]);
+    let admin = testkit::admin();
+    let c = ClientId::parse("sender").unwrap();
+    let on =
+        |mailbox: &str| vault.bind(&admin, Mailbox::parse(mailbox).unwrap(), c.clone(), AuthCode::new(OLD), id("same"));
+    let (a, b) = tokio::join!(on("alice@sina.com"), on("bob@sina.com"));
+    let refused = |r: &Result<_, VaultError>| matches!(r, Err(VaultError::InvalidField { field: "request_id", .. }));
+    assert!(a.is_ok() != b.is_ok() && (refused(&a) || refused(&b)), "{a:?} {b:?}");
+    let bound = vault.list(crate::store::ListQuery { limit: 10, ..Default::default() }).await.unwrap();
+    assert_eq!(bound.items.len(), 1, "both pairs were bound under one id");
 }

@@ -169,8 +169,6 @@ impl Db {
                 });
             }
             let retired: Vec<KeyId> = key_ids(&tx)?.into_iter().filter(|id| *id < active).collect();
-            // Their fingerprints cannot be checked without the key: a retry runs again.
-            tx.execute("DELETE FROM requests WHERE key_id < ?1", [active])?;
             tx.execute("DELETE FROM keyring WHERE key_id < ?1", [active])?;
             tx.commit()?;
             Retirement { retired, pending_codes: 0, pending_tokens: 0, destroyed: true }

@@ -6,15 +6,15 @@
 use rusqlite::Connection;
 use rusqlite::types::Value;
 
-use super::{keys, migrate, rows, token_rows};
+use super::{keys, migrate, requests, rows, token_rows};
 use crate::store::{
-    AuditQuery, AuditRecord, CredentialRow, ListQuery, StoreError, TokenRow, UnlockMaterial, UnreadableToken,
-    UnusedQuery,
+    AuditQuery, AuditRecord, CredentialRow, ListQuery, StoreError, StoredRequest, TokenRow, UnlockMaterial,
+    UnreadableToken, UnusedQuery,
 };
 
 /// The tables a row can be planted in, with their column counts.
-pub const TABLES: [(&str, usize); 5] =
-    [("credentials", 16), ("tokens", 8), ("keyring", 4), ("vault_meta", 6), ("audit_events", 11)];
+pub const TABLES: [(&str, usize); 6] =
+    [("credentials", 16), ("tokens", 8), ("keyring", 4), ("vault_meta", 6), ("audit_events", 11), ("requests", 8)];
 
 /// What the store's read paths made of the planted rows.
 #[derive(Debug, Default)]
@@ -23,6 +23,8 @@ pub struct ReadBack {
     pub tokens: Vec<Result<TokenRow, UnreadableToken>>,
     pub material: Option<UnlockMaterial>,
     pub audit: Vec<AuditRecord>,
+    /// Remembered requests with their caller and id.
+    pub requests: Vec<(String, String, StoredRequest)>,
     pub errors: Vec<StoreError>,
 }
 
@@ -34,7 +36,7 @@ pub fn plant_and_read(rows: &[(usize, Vec<Value>)]) -> Result<ReadBack, StoreErr
     migrate::apply(&mut conn)?;
     conn.pragma_update(None, "ignore_check_constraints", "ON")?;
     conn.pragma_update(None, "foreign_keys", "OFF")?;
-    let mut pairs = Vec::new();
+    let (mut pairs, mut request_ids) = (Vec::new(), Vec::new());
     for (table, values) in rows {
         let Some((name, n)) = TABLES.get(*table) else { continue };
         if values.len() != *n {
@@ -44,13 +46,23 @@ pub fn plant_and_read(rows: &[(usize, Vec<Value>)]) -> Result<ReadBack, StoreErr
         let columns = if *name == "credentials" { format!("({})", rows::COLUMNS) } else { String::new() };
         let sql = format!("INSERT INTO {name} {columns} VALUES ({marks})");
         if conn.execute(&sql, rusqlite::params_from_iter(values.iter())).is_ok()
-            && *name == "credentials"
-            && let (Value::Text(m), Value::Text(c)) = (&values[0], &values[1])
+            && let (Value::Text(a), Value::Text(b)) = (&values[0], &values[1])
         {
-            pairs.push((m.clone(), c.clone()));
+            match *name {
+                "credentials" => pairs.push((a.clone(), b.clone())),
+                "requests" => request_ids.push((a.clone(), b.clone())),
+                _ => {}
+            }
         }
     }
-    Ok(read_back(&conn, &pairs))
+    let mut back = read_back(&conn, &pairs);
+    for (caller, id) in &request_ids {
+        match requests::find(&conn, caller, id) {
+            Ok(found) => back.requests.extend(found.map(|f| (caller.clone(), id.clone(), f))),
+            Err(e) => back.errors.push(e),
+        }
+    }
+    Ok(back)
 }
 
 fn read_back(conn: &Connection, pairs: &[(String, String)]) -> ReadBack {

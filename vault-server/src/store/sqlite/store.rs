@@ -7,8 +7,9 @@ use super::Db;
 use crate::crypto::{KeyId, Salt, WrappedKey};
 use crate::store::{
     AuditEvent, AuditQuery, AuditRecord, AuditStore, CredentialRow, CredentialStore, DataKeyInfo, KeyMaterialStore,
-    ListQuery, Millis, NewBinding, ProbeRecord, RequestRecord, Reseal, Retirement, RevokeChange, RotateChange,
-    StoreError, StoredRequest, TokenRekey, TokenRow, TokenStore, UnlockMaterial, UnreadableToken, UnusedQuery,
+    ListQuery, Millis, NewBinding, ProbeRecord, RecordedAnswer, RequestKey, RequestRecord, Reseal, Retirement,
+    RevokeChange, RotateChange, StoreError, StoredRequest, TokenRekey, TokenRow, TokenStore, UnlockMaterial,
+    UnreadableToken, UnusedQuery,
 };
 
 /// The async face of [`Db`]: every call runs on the blocking pool.
@@ -112,13 +113,8 @@ impl CredentialStore for SqliteStore {
         self.hop(move |db| db.find_request(&caller, &request_id)).await
     }
 
-    async fn update_request_answer(
-        &self,
-        caller: String,
-        request_id: String,
-        answer: Vec<u8>,
-    ) -> Result<(), StoreError> {
-        self.hop(move |db| db.update_request_answer(&caller, &request_id, &answer)).await
+    async fn update_request_answer(&self, key: RequestKey, answer: RecordedAnswer) -> Result<(), StoreError> {
+        self.hop(move |db| db.update_request_answer(&key, &answer)).await
     }
 
     async fn record_probe(&self, probe: ProbeRecord, audit: AuditEvent) -> Result<CredentialRow, StoreError> {
