@@ -22,3 +22,4 @@ mod retries;
 mod review;
 mod rotation;
 mod storage;
+mod sweep;

@@ -43,6 +43,11 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// The vault itself, for work it schedules (a verification sweep); no token names it.
+    pub fn system() -> Self {
+        Self { token_id: "system".into(), role: Role::Admin }
+    }
+
     /// Admin-only RPCs.
     pub fn require_admin(&self, rpc: &'static str) -> Result<(), AuthError> {
         match self.role {

@@ -296,6 +296,27 @@ pub struct ServeArgs {
     /// as RotateDataKey does. Off by default.
     #[arg(long, env = "VAULT_DATA_KEY_MAX_AGE", value_name = "DURATION", value_parser = parse_max_age)]
     pub data_key_max_age: Option<std::time::Duration>,
+
+    /// Re-probe every active code about once per DURATION (e.g. `24h`), spread over the period,
+    /// so a code the provider stopped accepting is found before a sender fails with it; each
+    /// re-probe is recorded and audited as a Verify by `system`, and leaves each mailbox at least
+    /// half of its probe budget (one probe at least). Off by default; 24h suits most vaults.
+    #[arg(long, env = "VAULT_VERIFY_EVERY", value_name = "DURATION", value_parser = parse_max_age)]
+    pub verify_every: Option<std::time::Duration>,
+
+    /// Scheduled re-probes per second to one provider host at most (a decimal, e.g. 0.2).
+    #[arg(long, env = "VAULT_VERIFY_RATE", default_value_t = 0.5, value_name = "PER_SEC",
+          value_parser = parse_rate)]
+    pub verify_rate: f64,
+}
+
+/// A rate between 0.001 and 100 per second.
+fn parse_rate(text: &str) -> Result<f64, String> {
+    let rate: f64 = text.trim().parse().map_err(|_| format!("{text:?} is not a number (write e.g. 0.5)"))?;
+    if !(0.001..=100.0).contains(&rate) {
+        return Err("must be between 0.001 and 100 per second".into());
+    }
+    Ok(rate)
 }
 
 /// A humantime duration of at least one second.
@@ -324,6 +345,29 @@ mod tests {
         let both = ["vault-server", "token", "create", "--data-dir", "d", "--admin", "--client", "x"];
         assert!(Cli::try_parse_from(both).is_err());
         assert!(Cli::try_parse_from(["vault-server", "token", "create", "--data-dir", "d", "--client", "x"]).is_ok());
+    }
+
+    #[test]
+    fn verify_flags_are_checked() {
+        let serve = |extra: &[&str]| {
+            let mut args = vec!["vault-server", "serve", "--dev"];
+            args.extend_from_slice(extra);
+            Cli::try_parse_from(args)
+        };
+        let Command::Serve(s) = serve(&["--verify-every", "24h", "--verify-rate", "0.2"]).unwrap().command else {
+            panic!("not serve")
+        };
+        assert_eq!((s.verify_every, s.verify_rate), (Some(std::time::Duration::from_secs(86_400)), 0.2));
+        let Command::Serve(s) = serve(&[]).unwrap().command else { panic!("not serve") };
+        assert_eq!((s.verify_every, s.verify_rate), (None, 0.5), "off by default");
+        for bad in [
+            &["--verify-every", "0s"][..],
+            &["--verify-rate", "0"],
+            &["--verify-rate", "fast"],
+            &["--verify-rate", "NaN"],
+        ] {
+            assert!(serve(bad).is_err(), "{bad:?} accepted");
+        }
     }
 
     #[test]

@@ -82,7 +82,7 @@ pub fn listing_requests(data: &[u8]) {
     match which % 3 {
         0 => {
             let Ok(req) = proto::ListCredentialsRequest::decode(body) else { return };
-            if let Ok(q) = credentials_query(&req) {
+            if let Ok(q) = credentials_query(&req, 1_800_000_000_000) {
                 assert!((1..=MAX_PAGE_SIZE).contains(&q.limit));
                 check_filter(&q.mailbox, mailbox);
                 check_filter(&q.client, client);

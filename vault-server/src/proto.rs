@@ -73,6 +73,19 @@ impl From<DomainOutcome> for ProbeOutcome {
     }
 }
 
+/// The domain outcome a proto one names; `None` for UNSPECIFIED.
+pub fn domain_outcome(o: ProbeOutcome) -> Option<DomainOutcome> {
+    match o {
+        ProbeOutcome::Unspecified => None,
+        ProbeOutcome::Accepted => Some(DomainOutcome::Accepted),
+        ProbeOutcome::Rejected => Some(DomainOutcome::Rejected),
+        ProbeOutcome::Unreachable => Some(DomainOutcome::Unreachable),
+        ProbeOutcome::TlsFailed => Some(DomainOutcome::TlsFailed),
+        ProbeOutcome::TimedOut => Some(DomainOutcome::TimedOut),
+        ProbeOutcome::ProtocolError => Some(DomainOutcome::ProtocolError),
+    }
+}
+
 impl From<DomainReport> for ProbeReport {
     fn from(r: DomainReport) -> Self {
         Self {

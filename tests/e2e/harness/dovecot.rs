@@ -63,6 +63,8 @@ instance_name = vault-test-{port}
 base_dir = {dir}/run
 state_dir = {dir}/state
 log_path = {dir}/dovecot.log
+# Unix time with microseconds, so tests can measure the rate of logins.
+log_timestamp = "%s.%{{usecs}} "
 protocols = imap submission
 listen = 127.0.0.1
 hostname = smtp.sina.com
@@ -185,6 +187,21 @@ service anvil {{
         self.write_passdb("extra-imap", codes);
         self.write_passdb("extra-submission", codes);
         Self::settle();
+    }
+
+    /// The Unix times (seconds) of the IMAP logins tried for `user`, successful or not.
+    pub fn login_times(&self, user: &str) -> Vec<f64> {
+        let needle = format!("user=<{user}>");
+        self.log()
+            .lines()
+            .filter(|l| l.contains("imap-login:") && l.contains(&needle))
+            .filter(|l| l.contains("Login: ") || l.contains("auth failed"))
+            .filter_map(|l| {
+                // `%s.%{usecs}`: microseconds are not zero-padded, so not a decimal fraction.
+                let (secs, usecs) = l.split_whitespace().next()?.split_once('.')?;
+                Some(secs.parse::<f64>().ok()? + usecs.parse::<f64>().ok()? / 1e6)
+            })
+            .collect()
     }
 
     pub fn log(&self) -> String {

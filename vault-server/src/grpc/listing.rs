@@ -53,13 +53,26 @@ fn number(field: &'static str, s: &str) -> Result<i64, VaultError> {
     s.parse().map_err(|_| VaultError::InvalidField { field, reason: "not a token from this listing".into() })
 }
 
-/// A ListCredentials request as a store query; the fuzz target for listings calls it too.
-pub fn credentials_query(req: &proto::ListCredentialsRequest) -> Result<ListQuery, VaultError> {
-    let after = page_token::decode("credentials", &req.page_token, 2)?.map(|f| (f[0].clone(), f[1].clone()));
+/// A ListCredentials request as a store query, its verification cut-off taken from `now` on a
+/// first page; the fuzz target for listings calls it too.
+pub fn credentials_query(req: &proto::ListCredentialsRequest, now: i64) -> Result<ListQuery, VaultError> {
+    let (after, verified_before) = if let Some(f) = page_token::decode("credentials", &req.page_token, 3)? {
+        let cutoff = if f[2].is_empty() { None } else { Some(number("page_token", &f[2])?) };
+        (Some((f[0].clone(), f[1].clone())), cutoff)
+    } else {
+        let unchecked_for = req.not_verified_for.map(|d| duration("not_verified_for", &d)).transpose()?;
+        (None, unchecked_for.map(|d| now.saturating_sub(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))))
+    };
+    let last_probe_outcome =
+        proto::ProbeOutcome::try_from(req.last_probe_outcome).map(proto::domain_outcome).map_err(|_| {
+            VaultError::InvalidField { field: "last_probe_outcome", reason: "is not a ProbeOutcome".into() }
+        })?;
     Ok(ListQuery {
         mailbox: mailbox_filter(&req.mailbox)?,
         client: client_filter(&req.client)?,
         include_revoked: req.include_revoked,
+        last_probe_outcome,
+        verified_before,
         after,
         limit: page_size(req.page_size)?,
     })
@@ -69,10 +82,13 @@ pub async fn credentials(
     vault: &Vault,
     req: proto::ListCredentialsRequest,
 ) -> Result<proto::ListCredentialsResponse, VaultError> {
-    let query = credentials_query(&req)?;
+    let query = credentials_query(&req, vault.now_millis())?;
+    let cutoff = query.verified_before.map(|c| c.to_string()).unwrap_or_default();
     let page = vault.list(query).await?;
-    let next_page_token =
-        page.next_after().map(|r| page_token::encode("credentials", &[&r.mailbox, &r.client])).unwrap_or_default();
+    let next_page_token = page
+        .next_after()
+        .map(|r| page_token::encode("credentials", &[&r.mailbox, &r.client, &cutoff]))
+        .unwrap_or_default();
     Ok(proto::ListCredentialsResponse {
         credentials: page.items.into_iter().map(Into::into).collect(),
         next_page_token,

@@ -59,7 +59,10 @@ async fn answer(
             .iter()
             .map(|k| (k.key_id, u64::try_from(now.saturating_sub(k.created_at) / 1000).unwrap_or(0)))
             .collect();
+        let by_outcome =
+            store.count_by_outcome().await?.into_iter().map(|(o, n)| (o.map_or("NONE", |o| o.as_str()), n)).collect();
         Ok::<_, crate::store::StoreError>(Scraped {
+            by_outcome,
             bindings: vec![("active", active), ("revoked", revoked)],
             data_keys,
         })

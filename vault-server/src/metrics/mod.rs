@@ -91,6 +91,10 @@ pub struct Metrics {
     rotations: [AtomicU64; 2],
     /// Codes re-sealed and token rows re-keyed by rotations.
     rekeyed: [AtomicU64; 2],
+    /// Scheduled verifications by outcome (or SKIPPED_BUDGET, SKIPPED_ERROR).
+    sweeps: Mutex<BTreeMap<&'static str, u64>>,
+    /// Codes due for a scheduled verification at the sweep's last pass (at most one batch).
+    sweep_due: AtomicU64,
 }
 
 /// What a scrape reads from the store.
@@ -100,6 +104,8 @@ pub struct Scraped {
     pub bindings: Vec<(&'static str, u64)>,
     /// (key id, age in seconds), oldest first; the last is the active key.
     pub data_keys: Vec<(u32, u64)>,
+    /// Active bindings by their last probe's outcome (`NONE`: never probed).
+    pub by_outcome: Vec<(&'static str, u64)>,
 }
 
 impl Default for Metrics {
@@ -111,6 +117,8 @@ impl Default for Metrics {
             connections_refused: AtomicU64::new(0),
             rotations: Default::default(),
             rekeyed: Default::default(),
+            sweeps: Mutex::default(),
+            sweep_due: AtomicU64::new(0),
         }
     }
 }
@@ -159,6 +167,16 @@ impl Metrics {
     pub fn observe_rekeyed(&self, kind: &str, rows: usize) {
         let i = usize::from(kind != "code");
         self.rekeyed[i].fetch_add(u64::try_from(rows).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// One scheduled verification: its probe outcome, or why it was skipped.
+    pub fn observe_sweep(&self, outcome: &'static str) {
+        *lock(&self.sweeps).entry(outcome).or_default() += 1;
+    }
+
+    /// Codes the sweep found due at its last pass.
+    pub fn observe_sweep_due(&self, due: usize) {
+        self.sweep_due.store(u64::try_from(due).unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 
     /// The exposition text (Prometheus text format 0.0.4), with what the caller read from the
@@ -247,11 +265,42 @@ impl Collector for Scrape {
             let n = i64::try_from(*n).unwrap_or(i64::MAX);
             ConstGauge::new(n).encode(family.encode_family(&[("state", *state)])?)?;
         }
-        self.encode_keys(&mut encoder)
+        self.encode_keys(&mut encoder)?;
+        self.encode_verification(&mut encoder)
     }
 }
 
 impl Scrape {
+    fn encode_verification(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut family = encoder.encode_descriptor(
+            "vault_credentials_by_last_probe",
+            "Active bindings by their last probe's outcome (NONE: never probed); REJECTED ones no longer work.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (outcome, n) in &self.scraped.by_outcome {
+            let n = i64::try_from(*n).unwrap_or(i64::MAX);
+            ConstGauge::new(n).encode(family.encode_family(&[("outcome", *outcome)])?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "vault_scheduled_verifications",
+            "Scheduled verifications (serve --verify-every), by probe outcome or SKIPPED_BUDGET / SKIPPED_ERROR.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (outcome, n) in lock(&self.metrics.sweeps).iter() {
+            ConstCounter::new(*n).encode(family.encode_family(&[("outcome", *outcome)])?)?;
+        }
+        let due = i64::try_from(self.metrics.sweep_due.load(Ordering::Relaxed)).unwrap_or(i64::MAX);
+        ConstGauge::new(due).encode(encoder.encode_descriptor(
+            "vault_scheduled_verifications_due",
+            "Codes due for a scheduled verification at the sweep's last pass (at most 64); staying up means the sweep falls behind.",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        Ok(())
+    }
+
     fn encode_keys(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let keys = &self.scraped.data_keys;
         let gauge = |n: u64| ConstGauge::new(i64::try_from(n).unwrap_or(i64::MAX));
@@ -310,7 +359,13 @@ mod tests {
         let m = Arc::new(m);
         m.observe_rotation(true);
         m.observe_rekeyed("code", 3);
-        let scraped = Scraped { bindings: vec![("active", 2), ("revoked", 0)], data_keys: vec![(1, 90), (2, 5)] };
+        m.observe_sweep("REJECTED");
+        m.observe_sweep_due(7);
+        let scraped = Scraped {
+            bindings: vec![("active", 2), ("revoked", 0)],
+            data_keys: vec![(1, 90), (2, 5)],
+            by_outcome: vec![("ACCEPTED", 1), ("REJECTED", 1)],
+        };
         let text = m.render(&scraped).unwrap();
         assert!(text.contains("vault_data_key_age_seconds{key_id=\"1\"} 90"), "{text}");
         assert!(text.contains("vault_data_key_active_id 2"), "{text}");
@@ -330,5 +385,8 @@ mod tests {
             )
         );
         assert!(text.contains("vault_auth_failures_total{reason=\"AUTH_THROTTLED\"} 1"), "{text}");
+        assert!(text.contains("vault_credentials_by_last_probe{outcome=\"REJECTED\"} 1"), "{text}");
+        assert!(text.contains("vault_scheduled_verifications_total{outcome=\"REJECTED\"} 1"), "{text}");
+        assert!(text.contains("vault_scheduled_verifications_due 7"), "{text}");
     }
 }

@@ -140,6 +140,28 @@ impl Provider {
         }
     }
 
+    /// The hint when a stored code (Verify, a scheduled sweep) is refused: what most likely
+    /// happened at this provider, and what to do.
+    pub fn stored_code_rejected_hint(&self) -> String {
+        let cause = if self.id == "gmail" {
+            "Google revokes every app password when the account password changes, and one may have been removed by hand"
+                .to_owned()
+        } else if self.imap_steps == ImapSteps::NetEase {
+            "most likely the mailbox password was changed, the code was deleted or IMAP/SMTP service was switched off \
+             in webmail (an \"Unsafe Login\" refusal instead means the client must send IMAP ID, as the vault does)"
+                .to_owned()
+        } else {
+            "most likely the mailbox password was changed (which voids every client code) or the code was deleted \
+             or IMAP/SMTP switched off in webmail"
+                .to_owned()
+        };
+        format!(
+            "{} no longer accepts the stored code: {cause}. Make a new code ({}) and Rotate it in; senders using \
+             this pair fail until then.",
+            self.name, self.settings_path
+        )
+    }
+
     /// The hint when SMTP AUTH answered 535.
     pub fn smtp_rejected_hint(&self) -> String {
         format!(

@@ -22,7 +22,7 @@ use crate::provider::Registry;
 use crate::secret::Passphrase;
 use crate::server::{self, ConnectionLimits, Limits, ServeOptions};
 use crate::store::{CachedStore, DEFAULT_CAPACITY};
-use crate::vault::{KeyRotation, ProbeBudget, SystemClock, Vault};
+use crate::vault::{KeyRotation, ProbeBudget, Sweep, SweepSettings, SystemClock, Vault};
 
 /// Where `serve --dev` keeps its data and its generated passphrase.
 pub const DEV_DATA_DIR: &str = "vault-dev";
@@ -174,6 +174,10 @@ pub async fn serve(args: ServeArgs, env_passphrase: Option<Passphrase>) -> Resul
     );
     rotation.resume().await;
     let auto_rotation = args.data_key_max_age.map(|age| tokio::spawn(rotation.clone().rotate_when_older_than(age)));
+    let sweep = args.verify_every.map(|every| {
+        let settings = SweepSettings { every, rate_per_host: args.verify_rate };
+        tokio::spawn(Sweep::new(vault.clone(), settings).run())
+    });
     let listener = TcpListener::bind(args.listen).await.map_err(|e| RunError::Listen(args.listen, e))?;
     let addr = listener.local_addr().map_err(|e| RunError::Listen(args.listen, e))?;
     let metrics_task = match args.metrics_listen {
@@ -201,7 +205,7 @@ pub async fn serve(args: ServeArgs, env_passphrase: Option<Passphrase>) -> Resul
         shutdown,
     )
     .await?;
-    for task in [metrics_task, auto_rotation].into_iter().flatten() {
+    for task in [metrics_task, auto_rotation, sweep].into_iter().flatten() {
         task.abort();
     }
     match store.inner().sync().checkpoint() {

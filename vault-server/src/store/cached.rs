@@ -17,6 +17,7 @@ use super::{
     UnreadableToken, UnusedQuery,
 };
 use crate::crypto::{KeyId, Salt, WrappedKey};
+use crate::outcome::ProbeOutcome;
 
 /// Rows kept; about 200 bytes each.
 pub const DEFAULT_CAPACITY: usize = 100_000;
@@ -209,6 +210,14 @@ impl<S: Store> CredentialStore for CachedStore<S> {
 
     async fn count_by_state(&self) -> Result<(u64, u64), StoreError> {
         self.inner.count_by_state().await
+    }
+
+    async fn count_by_outcome(&self) -> Result<Vec<(Option<ProbeOutcome>, u64)>, StoreError> {
+        self.inner.count_by_outcome().await
+    }
+
+    async fn due_for_verification(&self, before: Millis, limit: usize) -> Result<Vec<CredentialRow>, StoreError> {
+        self.inner.due_for_verification(before, limit).await
     }
 
     async fn sealed_before(&self, active: KeyId, limit: usize) -> Result<Vec<CredentialRow>, StoreError> {

@@ -265,6 +265,10 @@ pub struct ListQuery {
     pub mailbox: Option<String>,
     pub client: Option<String>,
     pub include_revoked: bool,
+    /// Only active bindings whose last probe had this outcome.
+    pub last_probe_outcome: Option<ProbeOutcome>,
+    /// Only active bindings last verified (or, never verified, bound) before this.
+    pub verified_before: Option<Millis>,
     pub after: Option<(String, String)>,
     pub limit: usize,
 }
@@ -390,6 +394,11 @@ pub trait CredentialStore: Send + Sync + 'static {
     async fn record_reveals(&self, events: Vec<AuditEvent>) -> Result<(), StoreError>;
     /// Numbers of (active, revoked) bindings.
     async fn count_by_state(&self) -> Result<(u64, u64), StoreError>;
+    /// Numbers of active bindings by their last probe's outcome (`None`: never probed).
+    async fn count_by_outcome(&self) -> Result<Vec<(Option<ProbeOutcome>, u64)>, StoreError>;
+    /// Up to `limit` active bindings last verified (or bound) before `before`, oldest first: the
+    /// ones a verification sweep is due to probe.
+    async fn due_for_verification(&self, before: Millis, limit: usize) -> Result<Vec<CredentialRow>, StoreError>;
     /// Up to `limit` active bindings sealed under a key older than `active`.
     async fn sealed_before(&self, active: KeyId, limit: usize) -> Result<Vec<CredentialRow>, StoreError>;
     /// Applies re-seals in one transaction; returns how many rows still held their old seal (the

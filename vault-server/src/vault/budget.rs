@@ -33,21 +33,34 @@ impl ProbeBudget {
 
     /// Takes one probe for `mailbox`, or says how long until one is available.
     pub fn take(&self, mailbox: &str, now: Instant) -> Result<(), Duration> {
+        self.take_leaving(mailbox, now, 0.0)
+    }
+
+    /// Probes the scheduled sweep must leave in a bucket: half of it, at least one, so an
+    /// admin's Bind, Rotate or Verify always has one.
+    pub fn sweep_reserve(&self) -> f64 {
+        (self.burst / 2.0).floor().max(1.0)
+    }
+
+    /// Takes one probe for `mailbox` only if `keep` are left after it, or says how long until
+    /// then.
+    pub fn take_leaving(&self, mailbox: &str, now: Instant, keep: f64) -> Result<(), Duration> {
         let mut buckets = self.buckets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if buckets.len() >= PRUNE_AT {
             buckets.retain(|_, b| self.refill(*b, now) < self.burst);
         }
         let bucket = buckets.entry(mailbox.to_owned()).or_insert(Bucket { tokens: self.burst, at: now });
         let tokens = self.refill(*bucket, now);
-        if tokens >= 1.0 {
+        let need = 1.0 + keep;
+        if tokens >= need {
             *bucket = Bucket { tokens: tokens - 1.0, at: now };
             return Ok(());
         }
         *bucket = Bucket { tokens, at: now };
-        if self.per_sec <= 0.0 {
+        if self.per_sec <= 0.0 || need > self.burst {
             return Err(Duration::from_secs(3600));
         }
-        Err(Duration::from_secs_f64(((1.0 - tokens) / self.per_sec).ceil()))
+        Err(Duration::from_secs_f64(((need - tokens) / self.per_sec).ceil()))
     }
 }
 
@@ -69,5 +82,19 @@ mod tests {
         assert!(b.take("a@sina.com", t0 + Duration::from_secs(359)).is_err());
         assert!(b.take("a@sina.com", t0 + Duration::from_secs(361)).is_ok());
         assert!(b.take("a@sina.com", t0 + Duration::from_secs(362)).is_err());
+    }
+
+    #[test]
+    fn the_sweep_leaves_its_reserve_for_admins() {
+        let b = ProbeBudget::new(3, 10);
+        let t0 = Instant::now();
+        assert!((b.sweep_reserve() - 1.0).abs() < f64::EPSILON);
+        assert!(b.take_leaving("a@sina.com", t0, 1.0).is_ok());
+        assert!(b.take_leaving("a@sina.com", t0, 1.0).is_ok());
+        assert!(b.take_leaving("a@sina.com", t0, 1.0).is_err(), "the last probe is the admin's");
+        assert!(b.take("a@sina.com", t0).is_ok());
+        // A bucket of one is never touched by the sweep.
+        let one = ProbeBudget::new(1, 10);
+        assert!(one.take_leaving("a@sina.com", t0, one.sweep_reserve()).is_err());
     }
 }

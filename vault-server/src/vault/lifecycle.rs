@@ -3,6 +3,8 @@
 //! no probe budget), probes, then commits one short transaction with its audit event (and the
 //! request, if it has an id). A code the provider refused is audited too (no change).
 
+use std::sync::Arc;
+
 use prost::Message as _;
 
 use super::requests::{Answer, Prior};
@@ -13,8 +15,9 @@ use crate::outcome::ProbeOutcome;
 use crate::probe::ProbeReport;
 use crate::proto;
 use crate::secret::AuthCode;
+
 use crate::store::{
-    AuditEvent, CredentialRow, CredentialState, NewBinding, ProbeRecord, RevokeChange, RotateChange, StoredCode,
+    AuditEvent, CredentialRow, CredentialState, Millis, NewBinding, ProbeRecord, RevokeChange, RotateChange, StoredCode,
 };
 
 /// Longest revoke reason kept.
@@ -248,12 +251,50 @@ impl Vault {
     ) -> Result<(CredentialRow, ProbeReport), VaultError> {
         let _pair = self.locks.lock(mailbox.as_str(), client.as_str()).await;
         let row = self.store.get(mailbox.as_str(), client.as_str()).await?;
+        let event = self.event(caller, "Verify", (&mailbox, &client), "", None);
+        self.verify_row(row, &mailbox, event, 0.0).await
+    }
+
+    /// The scheduled sweep's Verify: recorded as one by the `system` caller, only if the binding
+    /// is still active and unchecked since `due_before`, and only from the share of the
+    /// mailbox's budget that leaves admins their reserve. `None` if it was no longer due.
+    pub async fn verify_due(
+        &self,
+        mailbox: Mailbox,
+        client: ClientId,
+        due_before: Millis,
+    ) -> Result<Option<ProbeReport>, VaultError> {
+        let _pair = self.locks.lock(mailbox.as_str(), client.as_str()).await;
+        let row = self.store.get(mailbox.as_str(), client.as_str()).await?;
+        if row.state != CredentialState::Active || row.last_verified_at.unwrap_or(row.created_at) >= due_before {
+            return Ok(None);
+        }
+        let mut event = self.event(&Caller::system(), "Verify", (&mailbox, &client), "", None);
+        event.caller_role = "system".into();
+        let keep = self.budget.sweep_reserve();
+        Ok(Some(self.verify_row(row, &mailbox, event, keep).await?.1))
+    }
+
+    /// Probes `row`'s code (leaving `keep` probes in the budget) and records the outcome with
+    /// `event`; the caller holds the pair's lock.
+    async fn verify_row(
+        &self,
+        row: Arc<CredentialRow>,
+        mailbox: &Mailbox,
+        event: AuditEvent,
+        keep: f64,
+    ) -> Result<(CredentialRow, ProbeReport), VaultError> {
         let (code, row) = self.decrypt(row).await?;
         let provider = self.provider_of_row(&row)?;
-        let report = self.probe(&provider, &mailbox, &code).await?;
+        let mut report = self.probe_leaving(&provider, mailbox, &code, keep).await?;
         drop(code);
+        // A stored code that worked before and is refused now: say what most likely happened
+        // (a more specific hint, such as NetEase's "Unsafe Login", stays).
+        if report.outcome == ProbeOutcome::Rejected && report.hint == provider.hint(ProbeOutcome::Rejected) {
+            report.hint = provider.stored_code_rejected_hint();
+        }
         let outcome = report.outcome;
-        let event = self.event(caller, "Verify", (&mailbox, &client), outcome.as_str(), Some(outcome));
+        let event = AuditEvent { outcome: outcome.as_str().to_owned(), probe_outcome: Some(outcome), ..event };
         let record = ProbeRecord {
             mailbox: event.mailbox.clone(),
             client: event.client.clone(),

@@ -13,6 +13,9 @@ mod requests;
 mod requests_tests;
 pub mod review;
 mod rotation;
+mod sweep;
+#[cfg(test)]
+mod sweep_tests;
 #[cfg(test)]
 pub mod testkit;
 mod usage;
@@ -23,6 +26,7 @@ pub use error::VaultError;
 pub use lifecycle::{Revoked, Rotated};
 pub use requests::{Answer, KEEP_FOR as REQUESTS_KEPT_FOR, request_row_is_authentic};
 pub use rotation::{KeyRotation, RotationReport};
+pub use sweep::{Sweep, SweepSettings};
 
 use std::sync::Arc;
 
@@ -135,8 +139,19 @@ impl Vault {
 
     /// Spends one probe from the mailbox's budget and probes.
     async fn probe(&self, provider: &Provider, mailbox: &Mailbox, code: &AuthCode) -> Result<ProbeReport, VaultError> {
+        self.probe_leaving(provider, mailbox, code, 0.0).await
+    }
+
+    /// Spends one probe from the mailbox's budget if `keep` are left after it, and probes.
+    async fn probe_leaving(
+        &self,
+        provider: &Provider,
+        mailbox: &Mailbox,
+        code: &AuthCode,
+        keep: f64,
+    ) -> Result<ProbeReport, VaultError> {
         self.budget
-            .take(mailbox.as_str(), std::time::Instant::now())
+            .take_leaving(mailbox.as_str(), std::time::Instant::now(), keep)
             .map_err(|retry_after| VaultError::RateLimited { retry_after })?;
         let report = self.prober.probe(ProbeRequest { provider, login: mailbox.as_str(), code }).await;
         self.metrics.observe_probe(&provider.id, report.outcome.as_str());

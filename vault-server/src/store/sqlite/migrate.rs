@@ -11,6 +11,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../../migrations/0003_seal_generation.sql"),
     include_str!("../../../../migrations/0004_data_key_rotation.sql"),
     include_str!("../../../../migrations/0005_requests.sql"),
+    include_str!("../../../../migrations/0006_verification_sweep.sql"),
 ];
 
 /// Applies the migrations this database has not seen, each in its own transaction.

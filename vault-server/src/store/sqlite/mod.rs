@@ -424,6 +424,14 @@ impl Db {
         self.with_reader(rows::count_by_state)
     }
 
+    pub fn count_by_outcome(&self) -> Result<Vec<(Option<ProbeOutcome>, u64)>, StoreError> {
+        self.with_reader(rows::count_by_outcome)
+    }
+
+    pub fn due_for_verification(&self, before: Millis, limit: usize) -> Result<Vec<CredentialRow>, StoreError> {
+        self.with_reader(|conn| rows::due_for_verification(conn, before, limit))
+    }
+
     pub fn insert_token(&self, t: &TokenRow) -> Result<(), StoreError> {
         token_rows::insert(&mut *self.writer()?, t)
     }

@@ -5,7 +5,8 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use crate::crypto::Sealed;
 use crate::outcome::ProbeOutcome;
 use crate::store::{
-    AuditEvent, AuditQuery, AuditRecord, CredentialRow, CredentialState, ListQuery, StoreError, StoredCode, UnusedQuery,
+    AuditEvent, AuditQuery, AuditRecord, CredentialRow, CredentialState, ListQuery, Millis, StoreError, StoredCode,
+    UnusedQuery,
 };
 
 /// The review's page: the range and the ORDER BY match the partial index credentials_unused.
@@ -85,11 +86,17 @@ pub(super) fn list(conn: &Connection, q: &ListQuery) -> Result<Vec<CredentialRow
     let sql = format!(
         "SELECT {COLUMNS} FROM credentials \
                  WHERE (?1 IS NULL OR mailbox = ?1) AND (?2 IS NULL OR client = ?2) AND (?3 OR state = 1) \
+                 AND (?7 IS NULL OR (state = 1 AND last_probe_outcome = ?7)) \
+                 AND (?8 IS NULL OR (state = 1 AND coalesce(last_verified_at, created_at) < ?8)) \
                  AND (mailbox, client) > (?4, ?5) ORDER BY mailbox, client LIMIT ?6"
     );
     let mut stmt = conn.prepare_cached(&sql)?;
     let limit = i64::try_from(q.limit).unwrap_or(i64::MAX);
-    let rows = stmt.query_map(params![q.mailbox, q.client, q.include_revoked, after_m, after_c, limit], read_row)?;
+    let outcome = q.last_probe_outcome.map(|o| o as i32);
+    let rows = stmt.query_map(
+        params![q.mailbox, q.client, q.include_revoked, after_m, after_c, limit, outcome, q.verified_before],
+        read_row,
+    )?;
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }
 pub(super) fn list_unused(conn: &Connection, q: &UnusedQuery) -> Result<Vec<CredentialRow>, StoreError> {
@@ -128,6 +135,30 @@ pub(super) fn audit_events(conn: &Connection, q: &AuditQuery) -> Result<Vec<Audi
     })?;
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }
+/// Active rows due for verification, by the index credentials_by_verification.
+pub(super) fn due_for_verification(
+    conn: &Connection,
+    before: Millis,
+    limit: usize,
+) -> Result<Vec<CredentialRow>, StoreError> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM credentials INDEXED BY credentials_by_verification \
+         WHERE state = 1 AND coalesce(last_verified_at, created_at) < ?1 \
+         ORDER BY coalesce(last_verified_at, created_at), mailbox, client LIMIT ?2"
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(params![before, i64::try_from(limit).unwrap_or(i64::MAX)], read_row)?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
+pub(super) fn count_by_outcome(conn: &Connection) -> Result<Vec<(Option<ProbeOutcome>, u64)>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT last_probe_outcome, count(*) FROM credentials WHERE state = 1 GROUP BY last_probe_outcome",
+    )?;
+    let rows = stmt.query_map([], |r| Ok((outcome_from(r.get(0)?), r.get::<_, i64>(1)?.try_into().unwrap_or(0))))?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
 pub(super) fn count_by_state(conn: &Connection) -> Result<(u64, u64), StoreError> {
     let (a, r): (i64, i64) = conn.query_row(
         "SELECT count(*) FILTER (WHERE state = 1), count(*) FILTER (WHERE state = 2) FROM credentials",

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use super::Db;
 use crate::crypto::{KeyId, Salt, WrappedKey};
+use crate::outcome::ProbeOutcome;
 use crate::store::{
     AuditEvent, AuditQuery, AuditRecord, AuditStore, CredentialRow, CredentialStore, DataKeyInfo, KeyMaterialStore,
     ListQuery, Millis, NewBinding, ProbeRecord, RecordedAnswer, RequestKey, RequestRecord, Reseal, Retirement,
@@ -135,6 +136,14 @@ impl CredentialStore for SqliteStore {
 
     async fn count_by_state(&self) -> Result<(u64, u64), StoreError> {
         self.hop(Db::count_by_state).await
+    }
+
+    async fn count_by_outcome(&self) -> Result<Vec<(Option<ProbeOutcome>, u64)>, StoreError> {
+        self.hop(Db::count_by_outcome).await
+    }
+
+    async fn due_for_verification(&self, before: Millis, limit: usize) -> Result<Vec<CredentialRow>, StoreError> {
+        self.hop(move |db| db.due_for_verification(before, limit)).await
     }
 
     async fn sealed_before(&self, active: KeyId, limit: usize) -> Result<Vec<CredentialRow>, StoreError> {

@@ -1,0 +1,139 @@
+//! Scheduled verification: every active code is re-probed about once per `every`, so a code the
+//! provider stopped accepting (password changed, code deleted, IMAP turned off) shows up before
+//! a sender fails with it.
+//!
+//! Which codes are due lives in the rows (`last_verified_at`, else the binding time), so a
+//! restart resumes where the sweep was, with no burst. Probes are spaced `every / active codes`
+//! apart (±25% jitter), so a period's probes spread over the period; at most `rate_per_host`
+//! per second go to one provider host; and each takes a probe from the mailbox's budget only if
+//! the admins' reserve is left (see [`ProbeBudget::sweep_reserve`](super::ProbeBudget)).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng as _;
+use tokio::time::Instant;
+
+use super::{Vault, VaultError};
+use crate::ids::{ClientId, Mailbox};
+use crate::store::{CredentialRow, Millis};
+
+/// Rows read per pass.
+const BATCH: usize = 64;
+/// Longest sleep between passes when nothing is due.
+const IDLE_CHECK: Duration = Duration::from_secs(60);
+/// Wait after a store error.
+const ERROR_BACKOFF: Duration = Duration::from_secs(5);
+
+/// `serve --verify-every` and `--verify-rate`.
+#[derive(Debug, Clone, Copy)]
+pub struct SweepSettings {
+    pub every: Duration,
+    /// Sweep logins per second to one provider host.
+    pub rate_per_host: f64,
+}
+
+/// The sweep's state between passes (all of it also recoverable from the rows).
+pub struct Sweep {
+    vault: Arc<Vault>,
+    settings: SweepSettings,
+    /// When each provider host may be probed next.
+    host_free_at: HashMap<String, Instant>,
+    /// Pairs skipped (budget spent, error) and when to try them again.
+    skipped: HashMap<(String, String), Instant>,
+}
+
+impl Sweep {
+    pub fn new(vault: Arc<Vault>, settings: SweepSettings) -> Self {
+        Self { vault, settings, host_free_at: HashMap::new(), skipped: HashMap::new() }
+    }
+
+    fn every_millis(&self) -> Millis {
+        i64::try_from(self.settings.every.as_millis()).unwrap_or(i64::MAX)
+    }
+
+    /// Runs until the task is dropped.
+    pub async fn run(mut self) {
+        tracing::info!(every = %humantime::format_duration(self.settings.every), rate_per_host = self.settings.rate_per_host, "verification sweep on");
+        loop {
+            let wait = match self.pass().await {
+                Ok(wait) => wait,
+                Err(e) => {
+                    tracing::warn!(error = %e, "verification sweep: cannot read the store; retrying");
+                    ERROR_BACKOFF
+                }
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Probes the rows due now (spaced out); returns how long to wait before the next pass.
+    async fn pass(&mut self) -> Result<Duration, VaultError> {
+        let now = self.vault.clock.now_millis();
+        let due_before = now.saturating_sub(self.every_millis());
+        let due = self.vault.store.due_for_verification(due_before, BATCH).await?;
+        let started = Instant::now();
+        self.skipped.retain(|_, until| *until > started);
+        let due: Vec<CredentialRow> =
+            due.into_iter().filter(|r| !self.skipped.contains_key(&(r.mailbox.clone(), r.client.clone()))).collect();
+        self.vault.metrics.observe_sweep_due(due.len());
+        if due.is_empty() {
+            return self.until_next_due(now).await;
+        }
+        let (active, _) = self.vault.store.count_by_state().await?;
+        let spacing = self.settings.every / u32::try_from(active.max(1)).unwrap_or(u32::MAX);
+        for row in due {
+            tokio::time::sleep(jittered(spacing)).await;
+            self.probe(row, due_before).await;
+        }
+        Ok(Duration::ZERO)
+    }
+
+    /// How long until the oldest active row falls due (at most [`IDLE_CHECK`]).
+    async fn until_next_due(&self, now: Millis) -> Result<Duration, VaultError> {
+        let oldest = self.vault.store.due_for_verification(Millis::MAX, 1).await?;
+        let wait = oldest.first().map_or(IDLE_CHECK, |r| {
+            let due_at = r.last_verified_at.unwrap_or(r.created_at).saturating_add(self.every_millis());
+            Duration::from_millis(u64::try_from(due_at.saturating_sub(now)).unwrap_or(0))
+        });
+        Ok(wait.clamp(Duration::from_millis(100), IDLE_CHECK))
+    }
+
+    /// Waits for the row's provider host, then verifies it as a scheduled Verify.
+    async fn probe(&mut self, row: CredentialRow, due_before: Millis) {
+        let (Ok(mailbox), Ok(client)) = (Mailbox::parse(&row.mailbox), ClientId::parse(&row.client)) else {
+            return;
+        };
+        let host = self.vault.registry.by_id(&row.provider).map_or_else(String::new, |p| p.imap.host.clone());
+        let gap = Duration::from_secs_f64(1.0 / self.settings.rate_per_host);
+        if let Some(free_at) = self.host_free_at.get(&host) {
+            tokio::time::sleep_until(*free_at).await;
+        }
+        let pair = (row.mailbox.clone(), row.client.clone());
+        let result = self.vault.verify_due(mailbox, client, due_before).await;
+        self.host_free_at.insert(host, Instant::now() + gap);
+        match result {
+            Ok(Some(report)) => {
+                tracing::info!(mailbox = %pair.0, client = %pair.1, outcome = report.outcome.as_str(), "scheduled verify");
+                self.vault.metrics.observe_sweep(report.outcome.as_str());
+            }
+            Ok(None) => {}
+            Err(VaultError::RateLimited { retry_after }) => {
+                tracing::debug!(mailbox = %pair.0, "scheduled verify skipped: the mailbox's budget is kept for admins");
+                self.vault.metrics.observe_sweep("SKIPPED_BUDGET");
+                self.skipped.insert(pair, Instant::now() + retry_after);
+            }
+            Err(e) => {
+                tracing::warn!(mailbox = %pair.0, client = %pair.1, error = %e, "scheduled verify failed");
+                self.vault.metrics.observe_sweep("SKIPPED_ERROR");
+                self.skipped.insert(pair, Instant::now() + self.settings.every / 4);
+            }
+        }
+    }
+}
+
+/// `d` ±25%, so sweeps of several servers or restarts do not fall into step.
+fn jittered(d: Duration) -> Duration {
+    d.mul_f64(rand::thread_rng().gen_range(0.75..1.25))
+}
