@@ -299,8 +299,8 @@ pub struct ServeArgs {
 
     /// Re-probe every active code about once per DURATION (e.g. `24h`), spread over the period,
     /// so a code the provider stopped accepting is found before a sender fails with it; each
-    /// re-probe is recorded and audited as a Verify by `system`, and leaves each mailbox at least
-    /// half of its probe budget (one probe at least). Off by default; 24h suits most vaults.
+    /// re-probe is recorded and audited as a Verify by `system`, and leaves each mailbox half of
+    /// its probe budget, rounded down, one probe at least. Off by default; 24h suits most vaults.
     #[arg(long, env = "VAULT_VERIFY_EVERY", value_name = "DURATION", value_parser = parse_max_age)]
     pub verify_every: Option<std::time::Duration>,
 

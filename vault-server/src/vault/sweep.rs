@@ -3,10 +3,11 @@
 //! a sender fails with it.
 //!
 //! Which codes are due lives in the rows (`last_verified_at`, else the binding time), so a
-//! restart resumes where the sweep was, with no burst. Probes are spaced `every / active codes`
-//! apart (±25% jitter), so a period's probes spread over the period; at most `rate_per_host`
-//! per second go to one provider host; and each takes a probe from the mailbox's budget only if
-//! the admins' reserve is left (see [`ProbeBudget::sweep_reserve`](super::ProbeBudget)).
+//! restart resumes where the sweep was, with no burst. Probe starts are spaced `every / active
+//! codes` apart (±25% jitter), so a period's probes spread over the period; one probe runs at a
+//! time; at most `rate_per_host` per second go to one provider host; and each takes a probe from
+//! the mailbox's budget only if the admins' reserve is left (see
+//! [`ProbeBudget::sweep_reserve`](super::ProbeBudget)).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,8 +20,10 @@ use super::{Vault, VaultError};
 use crate::ids::{ClientId, Mailbox};
 use crate::store::{CredentialRow, Millis};
 
-/// Rows read per pass.
+/// Rows probed per pass at most.
 const BATCH: usize = 64;
+/// Rows read per pass at most (skipped ones are read past).
+const READ_MAX: usize = 4096;
 /// Longest sleep between passes when nothing is due.
 const IDLE_CHECK: Duration = Duration::from_secs(60);
 /// Wait after a store error.
@@ -42,11 +45,13 @@ pub struct Sweep {
     host_free_at: HashMap<String, Instant>,
     /// Pairs skipped (budget spent, error) and when to try them again.
     skipped: HashMap<(String, String), Instant>,
+    /// When the next probe may start: the previous one's start plus the spacing.
+    next_start: Instant,
 }
 
 impl Sweep {
     pub fn new(vault: Arc<Vault>, settings: SweepSettings) -> Self {
-        Self { vault, settings, host_free_at: HashMap::new(), skipped: HashMap::new() }
+        Self { vault, settings, host_free_at: HashMap::new(), skipped: HashMap::new(), next_start: Instant::now() }
     }
 
     fn every_millis(&self) -> Millis {
@@ -72,19 +77,31 @@ impl Sweep {
     async fn pass(&mut self) -> Result<Duration, VaultError> {
         let now = self.vault.clock.now_millis();
         let due_before = now.saturating_sub(self.every_millis());
-        let due = self.vault.store.due_for_verification(due_before, BATCH).await?;
         let started = Instant::now();
         self.skipped.retain(|_, until| *until > started);
-        let due: Vec<CredentialRow> =
-            due.into_iter().filter(|r| !self.skipped.contains_key(&(r.mailbox.clone(), r.client.clone()))).collect();
+        let read = (BATCH + self.skipped.len()).min(READ_MAX);
+        let due = self.vault.store.due_for_verification(due_before, read).await?;
         self.vault.metrics.observe_sweep_due(due.len());
+        let unskipped = due.len();
+        let due: Vec<CredentialRow> = due
+            .into_iter()
+            .filter(|r| !self.skipped.contains_key(&(r.mailbox.clone(), r.client.clone())))
+            .take(BATCH)
+            .collect();
         if due.is_empty() {
+            if unskipped > 0 {
+                // Everything due is skipped for now: wait for the first skip to run out.
+                let first = self.skipped.values().min().map_or(IDLE_CHECK, |t| t.saturating_duration_since(started));
+                return Ok(first.clamp(Duration::from_secs(1), IDLE_CHECK));
+            }
             return self.until_next_due(now).await;
         }
         let (active, _) = self.vault.store.count_by_state().await?;
         let spacing = self.settings.every / u32::try_from(active.max(1)).unwrap_or(u32::MAX);
         for row in due {
-            tokio::time::sleep(jittered(spacing)).await;
+            // Spaced from the previous probe's start, so a pass over N codes takes one period.
+            tokio::time::sleep_until(self.next_start).await;
+            self.next_start = Instant::now() + jittered(spacing);
             self.probe(row, due_before).await;
         }
         Ok(Duration::ZERO)
@@ -102,7 +119,10 @@ impl Sweep {
 
     /// Waits for the row's provider host, then verifies it as a scheduled Verify.
     async fn probe(&mut self, row: CredentialRow, due_before: Millis) {
+        let pair = (row.mailbox.clone(), row.client.clone());
         let (Ok(mailbox), Ok(client)) = (Mailbox::parse(&row.mailbox), ClientId::parse(&row.client)) else {
+            // An edited row: it cannot be probed; look again next period.
+            self.skipped.insert(pair, Instant::now() + self.settings.every);
             return;
         };
         let host = self.vault.registry.by_id(&row.provider).map_or_else(String::new, |p| p.imap.host.clone());
@@ -110,12 +130,16 @@ impl Sweep {
         if let Some(free_at) = self.host_free_at.get(&host) {
             tokio::time::sleep_until(*free_at).await;
         }
-        let pair = (row.mailbox.clone(), row.client.clone());
         let result = self.vault.verify_due(mailbox, client, due_before).await;
-        self.host_free_at.insert(host, Instant::now() + gap);
         match result {
             Ok(Some(report)) => {
-                tracing::info!(mailbox = %pair.0, client = %pair.1, outcome = report.outcome.as_str(), "scheduled verify");
+                self.host_free_at.insert(host, Instant::now() + gap);
+                if report.outcome == crate::outcome::ProbeOutcome::Accepted {
+                    tracing::info!(mailbox = %pair.0, client = %pair.1, outcome = "ACCEPTED", "scheduled verify");
+                } else {
+                    let outcome = report.outcome.as_str();
+                    tracing::warn!(mailbox = %pair.0, client = %pair.1, outcome, hint = %report.hint, "scheduled verify");
+                }
                 self.vault.metrics.observe_sweep(report.outcome.as_str());
             }
             Ok(None) => {}
@@ -125,9 +149,11 @@ impl Sweep {
                 self.skipped.insert(pair, Instant::now() + retry_after);
             }
             Err(e) => {
+                // A row that cannot be probed (its provider is gone, its code does not open) is
+                // reported once a period, not retried in a loop.
                 tracing::warn!(mailbox = %pair.0, client = %pair.1, error = %e, "scheduled verify failed");
                 self.vault.metrics.observe_sweep("SKIPPED_ERROR");
-                self.skipped.insert(pair, Instant::now() + self.settings.every / 4);
+                self.skipped.insert(pair, Instant::now() + self.settings.every);
             }
         }
     }
