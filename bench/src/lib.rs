@@ -1,8 +1,5 @@
 //! Benchmark support for authcode-vault. See `bench/run.py` for the harness and BENCHMARKS.md
 //! for the figures.
 
-/// `vault.v1` server stubs for the bare baseline.
-#[allow(clippy::pedantic, missing_docs)]
-pub mod proto {
-    tonic::include_proto!("vault.v1");
-}
+/// `vault.v1`, whose server stubs answer UNIMPLEMENTED by default, for the bare baseline.
+pub use vault_proto as proto;

@@ -1,9 +1,6 @@
-//! The generated `vault.v1` types, their redacted Debug impls and the conversions from domain
-//! types.
+//! The `vault.v1` contract (the `vault-proto` crate) and the conversions from domain types.
 
 #![allow(clippy::pedantic, missing_docs)]
-
-use std::fmt;
 
 use prost_types::Timestamp;
 
@@ -11,46 +8,7 @@ use crate::outcome::ProbeOutcome as DomainOutcome;
 use crate::probe::ProbeReport as DomainReport;
 use crate::store::{AuditRecord, CredentialRow, CredentialState as DomainState};
 
-tonic::include_proto!("vault.v1");
-
-/// The encoded descriptor set served by reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/vault_descriptor.bin"));
-
-impl fmt::Debug for BindRequest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BindRequest")
-            .field("mailbox", &self.mailbox)
-            .field("client", &self.client)
-            .field("auth_code", &"[redacted]")
-            .field("request_id", &self.request_id)
-            .finish()
-    }
-}
-
-impl fmt::Debug for RotateRequest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RotateRequest")
-            .field("mailbox", &self.mailbox)
-            .field("client", &self.client)
-            .field("new_auth_code", &"[redacted]")
-            .field("expected_version", &self.expected_version)
-            .field("request_id", &self.request_id)
-            .finish()
-    }
-}
-
-impl fmt::Debug for RevealResponse {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RevealResponse")
-            .field("auth_code", &"[redacted]")
-            .field("version", &self.version)
-            .field("imap_host", &self.imap_host)
-            .field("imap_port", &self.imap_port)
-            .field("smtp_host", &self.smtp_host)
-            .field("smtp_port", &self.smtp_port)
-            .finish()
-    }
-}
+pub use vault_proto::*;
 
 /// Unix milliseconds to a protobuf timestamp.
 pub fn timestamp(millis: i64) -> Timestamp {
@@ -162,22 +120,6 @@ impl From<AuditRecord> for AuditEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn secret_fields_never_debug_print() {
-        let req = BindRequest {
-            mailbox: "a@sina.com".into(),
-            client: "x".into(),
-            auth_code: "CANARYCODE123456".into(),
-            ..Default::default()
-        };
-        let rot = RotateRequest { new_auth_code: "CANARYCODE123456".into(), ..Default::default() };
-        let rev = RevealResponse { auth_code: "CANARYCODE123456".into(), ..Default::default() };
-        for s in [format!("{req:?}"), format!("{rot:?}"), format!("{rev:?}")] {
-            assert!(!s.contains("CANARY"), "{s}");
-            assert!(s.contains("[redacted]"));
-        }
-    }
 
     #[test]
     fn timestamps_split_millis() {
