@@ -23,3 +23,4 @@ mod review;
 mod rotation;
 mod storage;
 mod sweep;
+mod vaultctl;

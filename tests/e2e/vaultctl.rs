@@ -1,0 +1,109 @@
+//! vaultctl, the admin CLI, against the real server and Dovecot: a code on stdin (and never in
+//! /proc/<pid>/cmdline), the review in table, JSON and CSV, the audit trail, reveal, and the
+//! exit code of each class of failure.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+
+use crate::harness::{ALICE, ALICE_CODE, BOB, BOB_CODE, Stack};
+
+/// Builds vaultctl (the client crate's `cli` feature) once, as a user would.
+fn vaultctl_bin() -> &'static PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--quiet", "--locked", "-p", "vault-client", "--features", "cli", "--bin", "vaultctl"])
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "cargo build of vaultctl failed");
+        PathBuf::from(crate::harness::vault::BIN).with_file_name("vaultctl")
+    })
+}
+
+fn vaultctl(stack: &Stack, token: &str, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(vaultctl_bin())
+        .args(args)
+        .env("VAULT_ADDR", stack.server.endpoint())
+        .env("VAULT_TOKEN", token)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run vaultctl");
+    if let Some(input) = stdin {
+        // The process is waiting for the code now: its command line must not hold it.
+        // Right after spawn the child may not have exec'd yet: wait for its own command line.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let cmdline = loop {
+            let raw = std::fs::read(format!("/proc/{}/cmdline", child.id())).unwrap_or_default();
+            let text = String::from_utf8_lossy(&raw).into_owned();
+            if text.contains("vaultctl") || std::time::Instant::now() > deadline {
+                break text;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        assert!(cmdline.contains("vaultctl"), "{args:?}: {cmdline:?}");
+        assert!(input.trim().is_empty() || !cmdline.contains(input.trim()), "the code is in argv: {cmdline}");
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    }
+    drop(child.stdin.take());
+    child.wait_with_output().unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn vaultctl_binds_from_stdin_reviews_audits_and_says_what_failed_by_exit_code() {
+    let stack = Stack::start();
+    let admin = stack.admin_token.clone();
+    let ok = |o: &Output| assert!(o.status.success(), "{:?}: {}", o.status, String::from_utf8_lossy(&o.stderr));
+
+    let out = vaultctl(&stack, &admin, &["bind", ALICE, "sender"], Some(&format!("{ALICE_CODE}\n")));
+    ok(&out);
+    assert!(stdout(&out).contains("bound alice@sina.com / sender, version 1"), "{}", stdout(&out));
+    assert!(!stdout(&out).contains(ALICE_CODE) && !String::from_utf8_lossy(&out.stderr).contains(ALICE_CODE));
+    ok(&vaultctl(&stack, &admin, &["bind", BOB, "sender"], Some(BOB_CODE)));
+
+    // Each class of failure has its exit code.
+    let code = |o: Output| o.status.code();
+    assert_eq!(code(vaultctl(&stack, &admin, &["bind", ALICE, "sender"], Some(ALICE_CODE))), Some(4), "already bound");
+    assert_eq!(code(vaultctl(&stack, &admin, &["bind", ALICE, "other"], Some("WRONGwrong123456"))), Some(5), "refused");
+    assert_eq!(code(vaultctl(&stack, &admin, &["get", ALICE, "nobody"], None)), Some(3), "not found");
+    assert_eq!(code(vaultctl(&stack, &admin, &["bind", ALICE, "x"], Some(""))), Some(2), "no code");
+    assert_eq!(code(vaultctl(&stack, "avt_nope", &["list"], None)), Some(7), "bad token");
+
+    // Bob changed his password; Verify finds it, and the review shows it in every format.
+    stack.dovecot.set_codes(&[(ALICE, ALICE_CODE)]);
+    let verify = vaultctl(&stack, &admin, &["verify", BOB, "sender"], None);
+    ok(&verify);
+    assert!(stdout(&verify).contains("PROBE_OUTCOME_REJECTED"), "{}", stdout(&verify));
+    let table = vaultctl(&stack, &admin, &["review"], None);
+    ok(&table);
+    let text = stdout(&table);
+    let refused = text.split("== refused by the provider").nth(1).unwrap_or_default();
+    assert!(refused.contains(BOB) && !refused.split("==").next().unwrap_or_default().contains(ALICE), "{text}");
+    let json = stdout(&vaultctl(&stack, &admin, &["review", "--format", "json"], None));
+    let parsed: serde_json::Value = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
+    let rejected = &parsed["refused by the provider at the last probe"];
+    assert_eq!(rejected[0]["mailbox"], BOB, "{json}");
+    assert_eq!(rejected[0]["last_probe"], "REJECTED", "{json}");
+    let csv = stdout(&vaultctl(&stack, &admin, &["review", "--format", "csv"], None));
+    assert!(csv.starts_with("section,mailbox,client,"), "{csv}");
+    assert!(
+        csv.lines().any(|l| l.starts_with("refused by the provider at the last probe,bob@sina.com,sender,")),
+        "{csv}"
+    );
+
+    // The audit trail, newest first; reveal with the client's token prints the code alone.
+    let audit = stdout(&vaultctl(&stack, &admin, &["audit", "--limit", "2"], None));
+    let first = audit.lines().nth(1).unwrap_or_default();
+    assert!(first.contains("Verify") && first.contains(BOB), "{audit}");
+    let reveal = vaultctl(&stack, &stack.client_token("sender"), &["reveal", ALICE, "sender"], None);
+    ok(&reveal);
+    assert_eq!(stdout(&reveal), format!("{ALICE_CODE}\n"));
+}

@@ -1,0 +1,310 @@
+//! vaultctl: the admin CLI of authcode-vault, built on vault-client. Codes are read from the
+//! terminal without echo, or from stdin; never from the command line, where `ps` and shell
+//! history would keep them.
+
+mod output;
+
+use std::io::{BufRead as _, IsTerminal as _};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use vault_client::proto::{self, ProbeOutcome};
+use vault_client::{ConnectOptions, Error, SecretString, TlsOptions, VaultClient};
+
+use output::{Format, Table};
+
+const EXIT_CODES: &str = "Exit codes: 0 done; 1 cannot reach the vault or other error; 2 bad usage or argument; \
+3 no such binding; 4 conflict (already bound, revoked, version moved); 5 the provider refused the code; \
+6 try again later (provider unreachable, rate limited, vault unavailable); 7 not authenticated or not allowed; \
+8 data loss or internal error.";
+
+#[derive(Parser)]
+#[command(name = "vaultctl", version, about = "Admin CLI for authcode-vault", after_help = EXIT_CODES)]
+struct Cli {
+    /// The vault's address (`https://...` with TLS).
+    #[arg(long, env = "VAULT_ADDR", default_value = "http://127.0.0.1:50051", global = true)]
+    addr: String,
+    /// A file holding the bearer token; else $VAULT_TOKEN.
+    #[arg(long, value_name = "PATH", global = true)]
+    token_file: Option<PathBuf>,
+    /// PEM CA that signed the vault's certificate (default: the public roots).
+    #[arg(long, env = "VAULT_CACERT", value_name = "PATH", global = true)]
+    ca_file: Option<PathBuf>,
+    /// Seconds a call may take.
+    #[arg(long, default_value_t = 60, value_name = "SECS", global = true)]
+    timeout: u64,
+    /// Output of get, list, review and audit.
+    #[arg(long, value_enum, default_value_t = Format::Table, global = true)]
+    format: Format,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Bind a code (read from the terminal without echo, or from stdin) after the provider accepts it.
+    Bind { mailbox: String, client: String },
+    /// Replace a code (read like bind) after the provider accepts the new one.
+    Rotate {
+        mailbox: String,
+        client: String,
+        /// Only if the binding is at this version.
+        #[arg(long, default_value_t = 0)]
+        expected_version: u64,
+    },
+    /// Destroy a code, keeping a tombstone.
+    Revoke {
+        mailbox: String,
+        client: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Re-probe a stored code and record the outcome.
+    Verify { mailbox: String, client: String },
+    /// A binding's metadata.
+    Get { mailbox: String, client: String },
+    /// Bindings' metadata, every page.
+    List {
+        #[arg(long, default_value = "")]
+        mailbox: String,
+        #[arg(long, default_value = "")]
+        client: String,
+        #[arg(long)]
+        include_revoked: bool,
+        /// Only codes the provider refused at their last probe.
+        #[arg(long)]
+        rejected: bool,
+        /// Only codes not verified for this long (e.g. 7d).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        not_verified_for: Option<Duration>,
+    },
+    /// The review: unused clients, codes the provider refuses, codes not verified lately.
+    Review {
+        /// A client is unused after this long without a Reveal.
+        #[arg(long, default_value = "90d", value_parser = humantime::parse_duration)]
+        unused_for: Duration,
+        /// A code is unchecked after this long without a probe.
+        #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+        not_verified_for: Duration,
+    },
+    /// The audit trail, newest first.
+    Audit {
+        #[arg(long, default_value = "")]
+        mailbox: String,
+        #[arg(long, default_value = "")]
+        client: String,
+        #[arg(long, default_value = "")]
+        caller: String,
+        /// Events at most.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Print a code (client token of that client) on stdout.
+    Reveal { mailbox: String, client: String },
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vaultctl: {e}");
+            ExitCode::from(exit_code(&e))
+        }
+    }
+}
+
+fn exit_code(e: &Error) -> u8 {
+    match e {
+        Error::InvalidArgument { .. } => 2,
+        Error::NotFound => 3,
+        Error::AlreadyBound | Error::Revoked | Error::VersionConflict { .. } => 4,
+        Error::ProbeRejected { .. } => 5,
+        Error::ProviderUnavailable { .. }
+        | Error::VaultUnavailable { .. }
+        | Error::RateLimited { .. }
+        | Error::AuthThrottled { .. } => 6,
+        Error::Unauthenticated { .. } | Error::PermissionDenied { .. } => 7,
+        Error::Tampered => 8,
+        Error::Other { code, .. } if *code == tonic::Code::Internal || *code == tonic::Code::DataLoss => 8,
+        Error::Other { code, .. } if *code == tonic::Code::FailedPrecondition => 4,
+        _ => 1,
+    }
+}
+
+fn token(cli: &Cli) -> Result<Option<SecretString>, Error> {
+    let config = |message: String| Error::InvalidArgument { message };
+    if let Some(path) = &cli.token_file {
+        let text = std::fs::read_to_string(path).map_err(|e| config(format!("cannot read {}: {e}", path.display())))?;
+        return Ok(Some(SecretString::from(text.trim().to_owned())));
+    }
+    Ok(std::env::var("VAULT_TOKEN").ok().filter(|t| !t.is_empty()).map(SecretString::from))
+}
+
+async fn connect(cli: &Cli) -> Result<VaultClient, Error> {
+    let tls = match &cli.ca_file {
+        Some(path) => {
+            let pem = std::fs::read(path).map_err(|e| Error::InvalidArgument {
+                message: format!("cannot read the CA file {}: {e}", path.display()),
+            })?;
+            Some(TlsOptions { ca_pem: Some(pem), ..TlsOptions::default() })
+        }
+        None if cli.addr.starts_with("https://") => Some(TlsOptions::default()),
+        None => None,
+    };
+    let options = ConnectOptions {
+        token: token(cli)?,
+        tls,
+        timeout: Some(Duration::from_secs(cli.timeout)),
+        connect_timeout: Some(Duration::from_secs(10)),
+    };
+    VaultClient::connect(cli.addr.clone(), options).await
+}
+
+/// The code from the terminal (no echo) or the first line of stdin.
+fn read_code(prompt: &str) -> Result<SecretString, Error> {
+    let bad = |message: String| Error::InvalidArgument { message };
+    let code = if std::io::stdin().is_terminal() {
+        rpassword::prompt_password(prompt).map_err(|e| bad(format!("cannot read the code: {e}")))?
+    } else {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line).map_err(|e| bad(format!("cannot read the code: {e}")))?;
+        line
+    };
+    let code = code.trim_end_matches(['\r', '\n']).to_owned();
+    if code.is_empty() {
+        return Err(bad("no code given (type it at the prompt, or pipe it on stdin)".into()));
+    }
+    Ok(SecretString::from(code))
+}
+
+fn probe_line(what: &str, p: Option<&proto::ProbeReport>) {
+    if let Some(p) = p {
+        println!("{what}: {} at {} — {}", p.outcome().as_str_name(), p.server, p.hint);
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Error> {
+    let mut vault = connect(&cli).await?;
+    match &cli.command {
+        Command::Bind { mailbox, client } => {
+            let code = read_code(&format!("auth code for {mailbox} / {client}: "))?;
+            let r = vault.bind(mailbox, client, code).await?;
+            println!("bound {mailbox} / {client}, version {}", r.credential.map_or(0, |c| c.version));
+            probe_line("probe", r.probe.as_ref());
+        }
+        Command::Rotate { mailbox, client, expected_version } => {
+            let code = read_code(&format!("new auth code for {mailbox} / {client}: "))?;
+            let r = vault.rotate(mailbox, client, code, *expected_version).await?;
+            println!("rotated {mailbox} / {client} to version {}", r.credential.map_or(0, |c| c.version));
+            probe_line("probe", r.probe.as_ref());
+            probe_line("previous code", r.previous_code_probe.as_ref());
+        }
+        Command::Revoke { mailbox, client, reason } => {
+            let r = vault.revoke(mailbox, client, reason).await?;
+            println!("revoked {mailbox} / {client}");
+            probe_line("revoked code", r.probe.as_ref());
+        }
+        Command::Verify { mailbox, client } => {
+            let r = vault.verify(mailbox, client).await?;
+            probe_line("probe", r.probe.as_ref());
+        }
+        Command::Get { mailbox, client } => {
+            let c = vault.get(mailbox, client).await?;
+            print!("{}", Table::credentials(std::slice::from_ref(&c)).render(cli.format));
+        }
+        Command::List { mailbox, client, include_revoked, rejected, not_verified_for } => {
+            let request = proto::ListCredentialsRequest {
+                mailbox: mailbox.clone(),
+                client: client.clone(),
+                include_revoked: *include_revoked,
+                last_probe_outcome: if *rejected { ProbeOutcome::Rejected.into() } else { 0 },
+                not_verified_for: not_verified_for.map(duration).transpose()?,
+                ..Default::default()
+            };
+            let all = list_all(&mut vault, request).await?;
+            print!("{}", Table::credentials(&all).render(cli.format));
+        }
+        Command::Review { unused_for, not_verified_for } => {
+            review(&mut vault, cli.format, *unused_for, *not_verified_for).await?;
+        }
+        Command::Audit { mailbox, client, caller, limit } => {
+            let mut events = Vec::new();
+            let mut page_token = String::new();
+            while events.len() < *limit {
+                let request = proto::ListAuditEventsRequest {
+                    mailbox: mailbox.clone(),
+                    client: client.clone(),
+                    caller: caller.clone(),
+                    page_token,
+                    ..Default::default()
+                };
+                let page = vault.audit_events(request).await?;
+                events.extend(page.events);
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = page.next_page_token;
+            }
+            events.truncate(*limit);
+            print!("{}", Table::audit(&events).render(cli.format));
+        }
+        Command::Reveal { mailbox, client } => {
+            use secrecy::ExposeSecret as _;
+            println!("{}", vault.reveal(mailbox, client).await?.code.expose_secret());
+        }
+    }
+    Ok(())
+}
+
+fn duration(d: Duration) -> Result<prost_types::Duration, Error> {
+    prost_types::Duration::try_from(d).map_err(|_| Error::InvalidArgument { message: "duration out of range".into() })
+}
+
+async fn list_all(
+    vault: &mut VaultClient,
+    mut request: proto::ListCredentialsRequest,
+) -> Result<Vec<proto::Credential>, Error> {
+    let mut all = Vec::new();
+    loop {
+        let page = vault.list(request.clone()).await?;
+        all.extend(page.credentials);
+        if page.next_page_token.is_empty() {
+            return Ok(all);
+        }
+        request.page_token = page.next_page_token;
+    }
+}
+
+async fn review(
+    vault: &mut VaultClient,
+    format: Format,
+    unused_for: Duration,
+    unchecked: Duration,
+) -> Result<(), Error> {
+    let mut unused = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = vault.list_unused(Some(unused_for), "", &page_token).await?;
+        unused.extend(page.clients);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    let rejected =
+        proto::ListCredentialsRequest { last_probe_outcome: ProbeOutcome::Rejected.into(), ..Default::default() };
+    let rejected = list_all(vault, rejected).await?;
+    let stale = proto::ListCredentialsRequest { not_verified_for: Some(duration(unchecked)?), ..Default::default() };
+    let stale = list_all(vault, stale).await?;
+    let sections = [
+        (format!("unused for {}", humantime::format_duration(unused_for)), Table::unused(&unused)),
+        ("refused by the provider at the last probe".to_owned(), Table::credentials(&rejected)),
+        (format!("not verified for {}", humantime::format_duration(unchecked)), Table::credentials(&stale)),
+    ];
+    print!("{}", output::sections(&sections, format));
+    Ok(())
+}

@@ -1,0 +1,187 @@
+//! Tables of credentials, unused clients and audit events, as aligned text, JSON or CSV.
+
+use std::fmt::Write as _;
+use std::time::{Duration, UNIX_EPOCH};
+
+use vault_client::proto;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+    Csv,
+}
+
+/// Named columns and their rows, all text.
+pub struct Table {
+    columns: &'static [&'static str],
+    rows: Vec<Vec<String>>,
+}
+
+fn time(t: Option<&prost_types::Timestamp>) -> String {
+    t.and_then(|t| {
+        let secs = u64::try_from(t.seconds).ok()?;
+        Some(humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string())
+    })
+    .unwrap_or_default()
+}
+
+fn outcome(o: i32) -> String {
+    proto::ProbeOutcome::try_from(o).map_or_else(
+        |_| o.to_string(),
+        |o| o.as_str_name().trim_start_matches("PROBE_OUTCOME_").trim_start_matches("UNSPECIFIED").to_owned(),
+    )
+}
+
+impl Table {
+    pub fn credentials(items: &[proto::Credential]) -> Self {
+        let rows = items
+            .iter()
+            .map(|c| {
+                vec![
+                    c.mailbox.clone(),
+                    c.client.clone(),
+                    c.state().as_str_name().trim_start_matches("CREDENTIAL_STATE_").to_owned(),
+                    c.version.to_string(),
+                    outcome(c.last_probe_outcome),
+                    time(c.last_verified_at.as_ref()),
+                    time(c.last_used_at.as_ref()),
+                ]
+            })
+            .collect();
+        let columns = &["mailbox", "client", "state", "version", "last_probe", "last_verified", "last_used"];
+        Self { columns, rows }
+    }
+
+    pub fn unused(items: &[proto::UnusedClient]) -> Self {
+        let rows = items
+            .iter()
+            .map(|c| {
+                vec![
+                    c.mailbox.clone(),
+                    c.client.clone(),
+                    time(c.last_used_at.as_ref()),
+                    time(c.created_at.as_ref()),
+                    outcome(c.last_probe_outcome),
+                ]
+            })
+            .collect();
+        Self { columns: &["mailbox", "client", "last_used", "bound", "last_probe"], rows }
+    }
+
+    pub fn audit(items: &[proto::AuditEvent]) -> Self {
+        let rows = items
+            .iter()
+            .map(|e| {
+                vec![
+                    e.id.to_string(),
+                    time(e.at.as_ref()),
+                    e.caller.clone(),
+                    e.caller_role.clone(),
+                    e.rpc.clone(),
+                    e.mailbox.clone(),
+                    e.client.clone(),
+                    e.outcome.clone(),
+                    outcome(e.probe_outcome),
+                    e.count.to_string(),
+                ]
+            })
+            .collect();
+        let columns = &["id", "at", "caller", "role", "rpc", "mailbox", "client", "outcome", "probe", "count"];
+        Self { columns, rows }
+    }
+
+    pub fn render(&self, format: Format) -> String {
+        match format {
+            Format::Table => self.text(),
+            Format::Json => format!("{}\n", self.json()),
+            Format::Csv => self.csv(None, true),
+        }
+    }
+
+    fn text(&self) -> String {
+        if self.rows.is_empty() {
+            return "(none)\n".to_owned();
+        }
+        let widths: Vec<usize> = (0..self.columns.len())
+            .map(|i| self.rows.iter().map(|r| r[i].chars().count()).chain([self.columns[i].len()]).max().unwrap_or(0))
+            .collect();
+        let mut out = String::new();
+        for row in std::iter::once(self.columns.iter().map(|c| (*c).to_owned()).collect::<Vec<_>>())
+            .chain(self.rows.iter().cloned())
+        {
+            let cells: Vec<String> = row.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
+            let _ = writeln!(out, "{}", cells.join("  ").trim_end());
+        }
+        out
+    }
+
+    fn json(&self) -> String {
+        let objects: Vec<String> = self
+            .rows
+            .iter()
+            .map(|r| {
+                let fields: Vec<String> =
+                    self.columns.iter().zip(r).map(|(c, v)| format!("{}:{}", json_string(c), json_string(v))).collect();
+                format!("{{{}}}", fields.join(","))
+            })
+            .collect();
+        format!("[{}]", objects.join(","))
+    }
+
+    fn csv(&self, section: Option<&str>, header: bool) -> String {
+        let mut out = String::new();
+        let lead = |v: &str| section.map(|s| format!("{},", csv_field(s))).unwrap_or_default() + v;
+        if header {
+            let names: Vec<&str> = self.columns.to_vec();
+            let _ = writeln!(
+                out,
+                "{}",
+                if section.is_some() { format!("section,{}", names.join(",")) } else { names.join(",") }
+            );
+        }
+        for r in &self.rows {
+            let _ = writeln!(out, "{}", lead(&r.iter().map(|v| csv_field(v)).collect::<Vec<_>>().join(",")));
+        }
+        out
+    }
+}
+
+/// Several titled tables: headed blocks of text, one JSON object, or CSV with a section column.
+pub fn sections(sections: &[(String, Table)], format: Format) -> String {
+    match format {
+        Format::Table => {
+            let mut out = String::new();
+            for (title, t) in sections {
+                let _ = write!(out, "== {title} ({})\n{}\n", t.rows.len(), t.text());
+            }
+            out
+        }
+        Format::Json => {
+            let parts: Vec<String> =
+                sections.iter().map(|(title, t)| format!("{}:{}", json_string(title), t.json())).collect();
+            format!("{{{}}}\n", parts.join(","))
+        }
+        Format::Csv => sections.iter().enumerate().map(|(i, (title, t))| t.csv(Some(title), i == 0)).collect(),
+    }
+}
+
+fn json_string(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_owned() }
+}
