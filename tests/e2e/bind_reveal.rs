@@ -77,7 +77,7 @@ async fn bind_with_a_wrong_code_is_probe_rejected_and_stores_nothing() {
     ));
     let err = c.bind(ALICE, "sender", code("WRONGwrong123456")).await.unwrap_err();
     assert!(
-        matches!(err, vault_client::Error::ProbeRejected { ref hint } if hint.contains("client auth code")),
+        matches!(err, vault_client::Error::ProbeRejected { ref hint, .. } if hint.contains("client auth code")),
         "{err:?}"
     );
 }

@@ -5,8 +5,7 @@
 //!   cargo run -p vault-client --example review -- http://127.0.0.1:50051 alice@sina.com sender
 //! ```
 
-use secrecy::ExposeSecret;
-use vault_client::{ConnectOptions, Error, SecretString, VaultClient};
+use vault_client::{ConnectOptions, Error, ExposeSecret, SecretString, VaultClient};
 
 fn env_secret(name: &str) -> Result<SecretString, String> {
     std::env::var(name).map(SecretString::from).map_err(|_| format!("set {name}"))
@@ -23,7 +22,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     match admin.bind(&mailbox, &client, env_secret("VAULT_AUTH_CODE")?).await {
         Ok(r) => println!("bound {mailbox}/{client}: probe {:?}", r.probe.map(|p| p.outcome())),
         Err(Error::AlreadyBound) => println!("{mailbox}/{client} is already bound"),
-        Err(Error::ProbeRejected { hint }) => return Err(format!("the provider refused the code: {hint}").into()),
+        Err(Error::ProbeRejected { hint, .. }) => return Err(format!("the provider refused the code: {hint}").into()),
         Err(e) => return Err(e.into()),
     }
 

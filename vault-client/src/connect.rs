@@ -45,9 +45,36 @@ impl ConnectOptions {
         Self { token: Some(token), ..Self::default() }
     }
 
+    /// Plaintext with the token from `$VAULT_TOKEN`, or else from the file `$VAULT_TOKEN_FILE`
+    /// names (trimmed); no token if neither is set.
+    pub fn from_env() -> Result<Self, Error> {
+        if let Some(t) = std::env::var("VAULT_TOKEN").ok().filter(|t| !t.is_empty()) {
+            return Ok(Self::with_token(SecretString::from(t)));
+        }
+        match std::env::var_os("VAULT_TOKEN_FILE") {
+            Some(path) => Self::with_token_file(std::path::Path::new(&path)),
+            None => Ok(Self::default()),
+        }
+    }
+
+    /// Plaintext with the token read from `path` (trimmed), e.g. a mounted secret.
+    pub fn with_token_file(path: &std::path::Path) -> Result<Self, Error> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::InvalidArgument {
+            message: format!("cannot read the token file {}: {e}", path.display()),
+        })?;
+        Ok(Self::with_token(SecretString::from(text.trim().to_owned())))
+    }
+
     pub(crate) async fn channel(self, endpoint: String) -> Result<(Channel, BearerToken), Error> {
-        let bad = |e: &dyn std::fmt::Display| Error::InvalidArgument { message: format!("bad endpoint: {e}") };
-        let mut ep = Channel::from_shared(endpoint).map_err(|e| bad(&e))?;
+        let bad = |e: &dyn std::fmt::Display| Error::InvalidArgument {
+            message: format!(
+                "bad endpoint {endpoint:?}: {e} (write e.g. http://127.0.0.1:50051 or https://vault.example.net)"
+            ),
+        };
+        if !endpoint.contains("://") {
+            return Err(bad(&"no scheme"));
+        }
+        let mut ep = Channel::from_shared(endpoint.clone()).map_err(|e| bad(&e))?;
         if let Some(t) = self.timeout {
             ep = ep.timeout(t);
         }
@@ -66,36 +93,79 @@ impl ConnectOptions {
             if let Some((cert, key)) = tls.identity {
                 cfg = cfg.identity(Identity::from_pem(cert, key));
             }
-            ep = ep.tls_config(cfg)?;
+            ep = ep.tls_config(cfg).map_err(|source| Error::Connect { endpoint: endpoint.clone(), source })?;
         }
-        let token = match self.token {
-            Some(t) => {
-                let mut v: AsciiMetadataValue = MetadataValue::try_from(format!("Bearer {}", t.expose_secret()))
-                    .map_err(|_| Error::InvalidArgument { message: "the token is not valid ASCII".into() })?;
-                v.set_sensitive(true);
-                Some(v)
-            }
-            None => None,
-        };
-        Ok((ep.connect().await?, BearerToken(token)))
+        let token = self.token.as_ref().map(bearer).transpose()?;
+        let connect = |source| Error::Connect { endpoint: endpoint.clone(), source };
+        let channel = ep.connect().await.map_err(connect)?;
+        Ok((channel, BearerToken { token, timeout: None }))
     }
 }
 
-/// Adds `authorization: Bearer ...` to every call. Debug never shows the token.
+/// The `authorization` header value for `token`, marked sensitive.
+pub(crate) fn bearer(token: &SecretString) -> Result<AsciiMetadataValue, Error> {
+    let mut v: AsciiMetadataValue = MetadataValue::try_from(format!("Bearer {}", token.expose_secret()))
+        .map_err(|_| Error::InvalidArgument { message: "the token is not valid ASCII".into() })?;
+    v.set_sensitive(true);
+    Ok(v)
+}
+
+/// Adds `authorization: Bearer ...` and the per-call deadline to every call. Debug never shows
+/// the token.
 #[derive(Clone)]
-pub struct BearerToken(Option<AsciiMetadataValue>);
+pub struct BearerToken {
+    pub(crate) token: Option<AsciiMetadataValue>,
+    pub(crate) timeout: Option<Duration>,
+}
 
 impl std::fmt::Debug for BearerToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_some() { "BearerToken([redacted])" } else { "BearerToken(None)" })
+        f.debug_struct("BearerToken")
+            .field("token", &self.token.as_ref().map(|_| "[redacted]"))
+            .field("timeout", &self.timeout)
+            .finish()
     }
 }
 
 impl tonic::service::Interceptor for BearerToken {
     fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(v) = &self.0 {
+        if let Some(v) = &self.token {
             request.metadata_mut().insert("authorization", v.clone());
         }
+        if let Some(t) = self.timeout {
+            request.set_timeout(t);
+        }
         Ok(request)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_missing_scheme_and_a_dead_port_say_different_things() {
+        let no_scheme = ConnectOptions::default().channel("127.0.0.1:50051".into()).await.unwrap_err();
+        assert!(
+            matches!(&no_scheme, Error::InvalidArgument { message } if message.contains("no scheme")),
+            "{no_scheme}"
+        );
+        // Port 9 (discard) on loopback: nothing listens in a test sandbox.
+        let dead = ConnectOptions::default().channel("http://127.0.0.1:9".into()).await.unwrap_err();
+        let text = dead.to_string();
+        assert!(matches!(dead, Error::Connect { .. }), "{text}");
+        assert!(text.contains("http://127.0.0.1:9") && text.to_lowercase().contains("refused"), "{text}");
+    }
+
+    #[test]
+    fn a_token_file_is_read_and_trimmed_and_never_printed() {
+        let dir = std::env::temp_dir().join(format!("vault-client-token-{}", std::process::id()));
+        std::fs::write(&dir, "avt_secret_value\n").unwrap();
+        let options = ConnectOptions::with_token_file(&dir).unwrap();
+        std::fs::remove_file(&dir).unwrap();
+        assert_eq!(options.token.as_ref().map(|t| t.expose_secret().to_owned()).as_deref(), Some("avt_secret_value"));
+        assert!(!format!("{options:?}").contains("avt_secret"));
+        let missing = ConnectOptions::with_token_file(std::path::Path::new("/nonexistent/token")).unwrap_err();
+        assert!(missing.to_string().contains("/nonexistent/token"), "{missing}");
     }
 }

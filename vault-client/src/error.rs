@@ -1,4 +1,6 @@
-//! Typed errors: gRPC status codes and rich details mapped to what a caller acts on.
+//! Typed errors: gRPC status codes and rich details mapped to what a caller acts on. The vault
+//! being unreachable, a configuration mistake, the provider refusing a code and the provider
+//! being unreachable are told apart; Display shows the cause chain.
 
 use std::time::Duration;
 
@@ -16,13 +18,28 @@ use tonic_types::StatusExt;
 #[non_exhaustive]
 pub enum Error {
     /// The endpoint could not be reached, or TLS could not be set up.
-    #[error("cannot connect to the vault: {0}")]
-    Connect(#[from] tonic::transport::Error),
-    /// The request was malformed (including a code in the wrong format for the provider);
-    /// `message` says which field and why.
+    #[error("cannot connect to the vault at {endpoint}: {}", chain(.source))]
+    Connect {
+        /// The address given.
+        endpoint: String,
+        /// What failed, with its causes.
+        source: tonic::transport::Error,
+    },
+    /// A call got no answer from the vault: the connection failed or was reset (a wrong
+    /// address, `http://` against a TLS server, the vault down). Writes sent by this crate were
+    /// resent with their request id first.
+    #[error(
+        "the vault did not answer ({message}); check the address, the scheme (https:// for a TLS server) and that it runs"
+    )]
+    VaultUnreachable {
+        /// What the transport said.
+        message: String,
+    },
+    /// The request was malformed (including a code in the wrong format for the provider, and a
+    /// bad endpoint or token in the options); `message` says which field and why.
     #[error("invalid argument: {message}")]
     InvalidArgument {
-        /// The server's explanation.
+        /// The server's (or this crate's) explanation.
         message: String,
     },
     /// The pair already has an active code (Bind); use Rotate, or Revoke first.
@@ -35,16 +52,25 @@ pub enum Error {
     #[error("the binding is revoked")]
     Revoked,
     /// The provider refused the code; nothing was changed. `hint` says what to do.
-    #[error("the provider refused the code: {hint}")]
+    #[error("the provider refused the code ({outcome}: {server_response}): {hint}")]
     ProbeRejected {
         /// Advice for the user, e.g. "use the client auth code, not the login password".
         hint: String,
+        /// The probe's outcome, e.g. `REJECTED`.
+        outcome: String,
+        /// What the provider's server answered.
+        server_response: String,
     },
-    /// The provider could not be reached or answered oddly; nothing was changed. Retryable.
+    /// The provider could not be reached or answered oddly; nothing was changed. Retryable
+    /// after `retry_after`.
     #[error("the provider is unavailable: {message}")]
     ProviderUnavailable {
         /// The server's explanation, including the probe outcome.
         message: String,
+        /// The ErrorInfo reason, e.g. `PROBE_UNREACHABLE` or `PROBE_TIMED_OUT`.
+        reason: String,
+        /// When to try again, if the vault said.
+        retry_after: Option<Duration>,
     },
     /// The mailbox's probe budget is spent; retry after the delay, if the server gave one.
     #[error("probe budget exhausted; retry after {retry_after:?}")]
@@ -76,7 +102,8 @@ pub enum Error {
         /// When the next attempt will be looked at.
         retry_after: Option<Duration>,
     },
-    /// The vault itself cannot serve now (e.g. it cannot read its token table). Retryable.
+    /// The vault answered but cannot serve now (it cannot read its token table or write its
+    /// database, a key rotation stopped). Retryable.
     #[error("the vault is unavailable: {message}")]
     VaultUnavailable {
         /// The server's explanation.
@@ -95,26 +122,44 @@ pub enum Error {
     },
 }
 
+/// An error and its sources, joined with ": ".
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = cause.source();
+    }
+    out
+}
+
 impl From<tonic::Status> for Error {
     fn from(s: tonic::Status) -> Self {
         let reason = s.get_details_error_info().map(|i| (i.reason, i.metadata));
+        let retry_after = s.get_details_retry_info().and_then(|r| r.retry_delay);
         let message = s.message().to_owned();
         match (s.code(), reason) {
             (Code::InvalidArgument, _) => Self::InvalidArgument { message },
             (Code::AlreadyExists, _) => Self::AlreadyBound,
             (Code::NotFound, _) => Self::NotFound,
-            (Code::FailedPrecondition, Some((r, meta))) if r == "PROBE_REJECTED" => {
-                Self::ProbeRejected { hint: meta.get("hint").cloned().unwrap_or(message) }
-            }
+            (Code::FailedPrecondition, Some((r, meta))) if r == "PROBE_REJECTED" => Self::ProbeRejected {
+                hint: meta.get("hint").cloned().unwrap_or(message),
+                outcome: meta.get("outcome").cloned().unwrap_or_default(),
+                server_response: meta.get("server_response").cloned().unwrap_or_default(),
+            },
             (Code::FailedPrecondition, Some((r, _))) if r == "REVOKED" => Self::Revoked,
-            (Code::Unavailable, Some((r, _))) if r == "TOKENS_UNAVAILABLE" => Self::VaultUnavailable { message },
-            (Code::Unavailable, _) => Self::ProviderUnavailable { message },
-            (Code::ResourceExhausted, Some((r, _))) if r == "AUTH_THROTTLED" => {
-                Self::AuthThrottled { retry_after: s.get_details_retry_info().and_then(|r| r.retry_delay) }
+            (Code::Unavailable, Some((reason, _))) if reason.starts_with("PROBE_") => {
+                Self::ProviderUnavailable { message, reason, retry_after }
             }
-            (Code::ResourceExhausted, _) => {
-                Self::RateLimited { retry_after: s.get_details_retry_info().and_then(|r| r.retry_delay) }
-            }
+            (Code::Unavailable, Some(_)) => Self::VaultUnavailable { message },
+            // No ErrorInfo: the transport failed, not the vault's logic.
+            (Code::Unavailable | Code::Unknown | Code::Cancelled, None) => Self::VaultUnreachable { message },
+            (Code::ResourceExhausted, Some((r, _))) if r == "AUTH_THROTTLED" => Self::AuthThrottled { retry_after },
+            (Code::ResourceExhausted, _) => Self::RateLimited { retry_after },
             (Code::Aborted, _) => Self::VersionConflict { message },
             (Code::Unauthenticated, _) => Self::Unauthenticated { message },
             (Code::PermissionDenied, _) => Self::PermissionDenied { message },
@@ -132,21 +177,23 @@ mod tests {
 
     use super::*;
 
+    fn with_reason(code: Code, reason: &str, meta: &[(&str, &str)]) -> tonic::Status {
+        let meta = meta.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect::<HashMap<_, _>>();
+        tonic::Status::with_error_details(code, "m", ErrorDetails::with_error_info(reason, "authcode-vault", meta))
+    }
+
     #[test]
     fn rich_details_become_typed_errors() {
-        let meta = HashMap::from([("hint".to_owned(), "use the client auth code".to_owned())]);
-        let rejected = tonic::Status::with_error_details(
+        let rejected = with_reason(
             Code::FailedPrecondition,
-            "refused",
-            ErrorDetails::with_error_info("PROBE_REJECTED", "authcode-vault", meta),
+            "PROBE_REJECTED",
+            &[("hint", "use the client auth code"), ("outcome", "REJECTED"), ("server_response", "NO [AUTH] bad")],
         );
-        assert!(matches!(Error::from(rejected), Error::ProbeRejected { hint } if hint == "use the client auth code"));
-        let revoked = tonic::Status::with_error_details(
-            Code::FailedPrecondition,
-            "revoked",
-            ErrorDetails::with_error_info("REVOKED", "authcode-vault", HashMap::new()),
-        );
-        assert!(matches!(Error::from(revoked), Error::Revoked));
+        let e = Error::from(rejected);
+        assert!(matches!(&e, Error::ProbeRejected { hint, server_response, .. }
+            if hint == "use the client auth code" && server_response == "NO [AUTH] bad"));
+        assert_eq!(e.to_string(), "the provider refused the code (REJECTED: NO [AUTH] bad): use the client auth code");
+        assert!(matches!(Error::from(with_reason(Code::FailedPrecondition, "REVOKED", &[])), Error::Revoked));
         let limited = tonic::Status::with_error_details(
             Code::ResourceExhausted,
             "slow down",
@@ -159,12 +206,14 @@ mod tests {
         assert!(
             matches!(Error::from(throttled), Error::AuthThrottled { retry_after: Some(d) } if d.as_millis() == 800)
         );
-        let tokens_down = tonic::Status::with_error_details(
-            Code::Unavailable,
-            "cannot read tokens",
-            ErrorDetails::with_error_info("TOKENS_UNAVAILABLE", "authcode-vault", HashMap::new()),
-        );
-        assert!(matches!(Error::from(tokens_down), Error::VaultUnavailable { .. }));
+        for reason in ["TOKENS_UNAVAILABLE", "STORAGE_UNAVAILABLE", "ROTATION_STOPPED"] {
+            assert!(matches!(Error::from(with_reason(Code::Unavailable, reason, &[])), Error::VaultUnavailable { .. }));
+        }
+        let provider = Error::from(with_reason(Code::Unavailable, "PROBE_UNREACHABLE", &[]));
+        assert!(matches!(provider, Error::ProviderUnavailable { ref reason, .. } if reason == "PROBE_UNREACHABLE"));
+        // The vault down is not the provider down.
+        assert!(matches!(Error::from(tonic::Status::unavailable("tcp connect error")), Error::VaultUnreachable { .. }));
+        assert!(matches!(Error::from(tonic::Status::cancelled("h2 reset")), Error::VaultUnreachable { .. }));
         assert!(matches!(Error::from(tonic::Status::data_loss("x")), Error::Tampered));
         assert!(matches!(Error::from(tonic::Status::aborted("x")), Error::VersionConflict { .. }));
         assert!(matches!(Error::from(tonic::Status::unauthenticated("x")), Error::Unauthenticated { .. }));

@@ -32,11 +32,13 @@ mod retry;
 
 pub use connect::{ConnectOptions, TlsOptions};
 pub use error::Error;
-pub use secrecy::SecretString;
+pub use secrecy::{ExposeSecret, SecretString};
+/// The gRPC status code of [`Error::Other`].
+pub use tonic::Code;
+/// A connection to build a client on with [`VaultClient::from_channel`].
+pub use tonic::transport::Channel;
 
-use secrecy::ExposeSecret;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
 
 use connect::BearerToken;
 use proto::auth_code_vault_client::AuthCodeVaultClient;
@@ -65,6 +67,8 @@ pub struct Revealed {
 #[derive(Debug, Clone)]
 pub struct VaultClient {
     inner: Inner,
+    channel: Channel,
+    token: BearerToken,
 }
 
 impl VaultClient {
@@ -85,7 +89,38 @@ impl VaultClient {
     /// ```
     pub async fn connect(endpoint: impl Into<String>, options: ConnectOptions) -> Result<Self, Error> {
         let (channel, token) = options.channel(endpoint.into()).await?;
-        Ok(Self { inner: AuthCodeVaultClient::with_interceptor(channel, token) })
+        Ok(Self::build(channel, token))
+    }
+
+    fn build(channel: Channel, token: BearerToken) -> Self {
+        Self { inner: AuthCodeVaultClient::with_interceptor(channel.clone(), token.clone()), channel, token }
+    }
+
+    /// A client over a channel the caller built (its own TLS, load balancing or interceptors
+    /// outside); `token`, if any, is sent on every call.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// let channel = tonic::transport::Channel::from_static("http://127.0.0.1:50051").connect().await?;
+    /// let vault = vault_client::VaultClient::from_channel(channel, None)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn from_channel(channel: Channel, token: Option<&SecretString>) -> Result<Self, Error> {
+        let token = token.map(connect::bearer).transpose()?;
+        Ok(Self::build(channel, BearerToken { token, timeout: None }))
+    }
+
+    /// The same connection with a deadline on each call made through the copy (sent to the vault
+    /// as `grpc-timeout`, so it stops work the caller gave up on).
+    ///
+    /// ```no_run
+    /// # async fn demo(vault: &vault_client::VaultClient) -> Result<(), vault_client::Error> {
+    /// let code = vault.with_timeout(std::time::Duration::from_millis(200)).reveal("alice@sina.com", "sender").await?;
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn with_timeout(&self, timeout: std::time::Duration) -> Self {
+        Self::build(self.channel.clone(), BearerToken { timeout: Some(timeout), ..self.token.clone() })
     }
 
     /// The generated client (with the token attached), for raw `tonic::Status` handling.
@@ -100,7 +135,7 @@ impl VaultClient {
     /// use vault_client::{Error, SecretString};
     /// match vault.bind("alice@sina.com", "sender", SecretString::from("abcd1234efgh5678")).await {
     ///     Ok(r) => println!("bound, version {}", r.credential.map_or(0, |c| c.version)),
-    ///     Err(Error::ProbeRejected { hint }) => eprintln!("Sina refused it: {hint}"),
+    ///     Err(Error::ProbeRejected { hint, .. }) => eprintln!("Sina refused it: {hint}"),
     ///     Err(e) => return Err(e),
     /// }
     /// # Ok(()) }

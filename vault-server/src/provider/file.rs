@@ -60,7 +60,8 @@ fn domains(id: &str, v: Vec<String>) -> Result<Vec<String>, String> {
             let ok = !d.is_empty()
                 && d.contains('.')
                 && d.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
-            if ok { Ok(d) } else { Err(format!("[{id}] domains: '{d}' is not a domain name")) }
+            // Echoed escaped: a value with a line break must not break the one-line error.
+            if ok { Ok(d) } else { Err(format!("[{id}] domains: '{}' is not a domain name", d.escape_debug())) }
         })
         .collect()
 }
@@ -112,11 +113,11 @@ fn apply_patch(id: &str, patch: Patch, existing: Option<Provider>) -> Result<Pro
 pub(super) fn parse_into(text: &str, providers: &mut Vec<Provider>) -> Result<(), String> {
     let patches: BTreeMap<String, Patch> = toml::from_str(text).map_err(|e| {
         let line = e.span().map_or(0, |span| text[..span.start.min(text.len())].matches('\n').count() + 1);
-        format!("invalid TOML at line {line}: {}", e.message().trim())
+        format!("invalid TOML at line {line}: {}", e.message().trim().replace(['\r', '\n'], " "))
     })?;
     for (id, patch) in patches {
         if !valid_id(&id) {
-            return Err(format!("[{id}]: provider ids are 1-32 of a-z, 0-9 and '-'"));
+            return Err(format!("[{}]: provider ids are 1-32 of a-z, 0-9 and '-'", id.escape_debug()));
         }
         // A domain moved to this provider leaves the one that had it.
         let pos = providers.iter().position(|p| p.id == id);
@@ -194,6 +195,9 @@ mod tests {
             ("[Bad_Id]\nsmtp_probe = true\n", "provider ids"),
             ("[sina]\ndomains = [\"not a domain\"]\n", "not a domain name"),
             ("[sina\n", "TOML"),
+            // Found by fuzzing: a domain with a line break made the error two lines.
+            ("[sina-vip]\ndomains = [\"s\\na\u{feff}.cn\"]\n", "not a domain name"),
+            ("[\"a\\nb\"]\nsmtp_probe = true\n", "provider ids"),
         ] {
             let e = parse(text).unwrap_err();
             assert!(e.contains(needle), "{text}: {e}");

@@ -31,7 +31,7 @@ impl std::str::FromStr for Endpoint {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || format!("'{s}' is not host:port");
+        let bad = || format!("'{}' is not host:port", s.escape_debug());
         let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
         let port: u16 = port.parse().map_err(|_| bad())?;
         if host.is_empty() || port == 0 || !host.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-') {
