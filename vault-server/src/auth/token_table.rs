@@ -191,16 +191,30 @@ impl Tokens {
         }
         drop(ring);
         tracing::trace!(active = table.len(), "token table loaded");
-        let mut current = self.table.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        // Uses recorded since the last flush carry over to the fresh entries.
-        for (id, old) in current.iter() {
-            if let Some(new) = table.get(id) {
-                new.last_used.fetch_max(old.last_used.load(Ordering::Relaxed), Ordering::Relaxed);
-                new.flushed.fetch_max(old.flushed.load(Ordering::Relaxed), Ordering::Relaxed);
+        let mut gone = Vec::new();
+        {
+            let mut current = self.table.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+            // Uses recorded since the last flush carry over to the fresh entries; those of tokens
+            // revoked meanwhile are written now, so the last use before a revocation is kept.
+            for (id, old) in current.iter() {
+                let used = old.last_used.load(Ordering::Relaxed);
+                match table.get(id) {
+                    Some(new) => {
+                        new.last_used.fetch_max(used, Ordering::Relaxed);
+                        new.flushed.fetch_max(old.flushed.load(Ordering::Relaxed), Ordering::Relaxed);
+                    }
+                    None if used > old.flushed.load(Ordering::Relaxed) => gone.push((id.clone(), used)),
+                    None => {}
+                }
             }
+            *current = table;
         }
-        *current = table;
         self.vouched_until.fetch_max(now.saturating_add(millis(VOUCH_FOR)), Ordering::Release);
+        if !gone.is_empty()
+            && let Err(e) = self.store.record_token_use(gone).await
+        {
+            tracing::warn!(error = %e, "could not record the last uses of revoked tokens");
+        }
         Ok(())
     }
 
@@ -319,6 +333,20 @@ mod tests {
 
     fn bearer(t: &Token) -> String {
         format!("Bearer {}", t.expose())
+    }
+
+    #[tokio::test]
+    async fn a_use_just_before_a_revocation_is_kept() {
+        let (_tmp, store, tokens) = setup();
+        let (token, id) = tokens.mint(&Role::Admin, 1_000).await.unwrap();
+        tokens.reload(1_000).await.unwrap();
+        tokens.authenticate(Some(&bearer(&token)), None, 2_000).await.unwrap();
+        // Revoked by `token revoke` (another process) before the server flushed the use.
+        store.revoke_token(id.clone(), 2_500).await.unwrap();
+        tokens.reload(3_000).await.unwrap();
+        let rows = store.tokens().await.unwrap();
+        let row = rows.iter().flatten().find(|t| t.id == id).unwrap();
+        assert_eq!((row.last_used_at, row.revoked_at), (Some(2_000), Some(2_500)));
     }
 
     #[tokio::test]

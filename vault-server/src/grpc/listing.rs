@@ -141,8 +141,9 @@ pub async fn unused(
 
 /// A ListAuditEvents request as a store query.
 pub fn audit_query(req: &proto::ListAuditEventsRequest) -> Result<AuditQuery, VaultError> {
-    let before_id =
-        page_token::decode("audit", &req.page_token, 1)?.map(|f| number("page_token", &f[0])).transpose()?;
+    let before = page_token::decode("audit", &req.page_token, 2)?
+        .map(|f| Ok::<_, VaultError>((number("page_token", &f[0])?, number("page_token", &f[1])?)))
+        .transpose()?;
     let caller = req.caller.trim();
     Ok(AuditQuery {
         mailbox: mailbox_filter(&req.mailbox)?,
@@ -150,7 +151,7 @@ pub fn audit_query(req: &proto::ListAuditEventsRequest) -> Result<AuditQuery, Va
         caller: (!caller.is_empty()).then(|| caller.to_owned()),
         since: req.since.as_ref().map(|t| millis("since", t)).transpose()?,
         until: req.until.as_ref().map(|t| millis("until", t)).transpose()?,
-        before_id,
+        before,
         limit: page_size(req.page_size)?,
     })
 }
@@ -161,8 +162,10 @@ pub async fn audit(
 ) -> Result<proto::ListAuditEventsResponse, VaultError> {
     let query = audit_query(&req)?;
     let page = vault.audit_events(query).await?;
-    let next_page_token =
-        page.next_after().map(|r| page_token::encode("audit", &[&r.id.to_string()])).unwrap_or_default();
+    let next_page_token = page
+        .next_after()
+        .map(|r| page_token::encode("audit", &[&r.event.at.to_string(), &r.id.to_string()]))
+        .unwrap_or_default();
     Ok(proto::ListAuditEventsResponse { events: page.items.into_iter().map(Into::into).collect(), next_page_token })
 }
 

@@ -125,14 +125,7 @@ pub async fn run(store: Arc<dyn Store>, ring: &Keyring) {
         ok(store.list_unused(UnusedQuery { cutoff: 65, mailbox: None, after: None, limit: 10 }).await, "unused");
     assert_eq!(unused.len(), 1, "only a@ (bound at 60) is older than 65");
 
-    // Audit: each successful change above wrote one event (failed ones none); newest first.
-    ok(store.audit(event("Bind", "z@sina.com", "x", 80)).await, "audit");
-    let events = ok(store.audit_events(AuditQuery { limit: 100, ..Default::default() }).await, "audit_events");
-    let rpcs: Vec<&str> = events.iter().map(|e| e.event.rpc.as_str()).collect();
-    assert_eq!(rpcs, ["Bind", "Import", "Bind", "Revoke", "Reveal", "Verify", "Rotate", "Bind"]);
-    assert_eq!(events[0].event.mailbox, "z@sina.com");
-    let only_a = AuditQuery { mailbox: Some(a.0.into()), limit: 100, ..Default::default() };
-    assert!(ok(store.audit_events(only_a).await, "audit filter").iter().all(|e| e.event.mailbox == a.0));
+    audit_trail(&*store, a.0).await;
 
     // Token rows.
     let token = TokenRow {
@@ -157,6 +150,30 @@ pub async fn run(store: Arc<dyn Store>, ring: &Keyring) {
 
     remembered_requests(&*store, ring).await;
     data_key_rotation(&*store, ring, material.salt).await;
+}
+
+/// Every successful change above wrote one event (failed ones none); newest first by time.
+async fn audit_trail(store: &dyn Store, a: &str) {
+    ok(store.audit(event("Bind", "z@sina.com", "x", 80)).await, "audit");
+    let events = ok(store.audit_events(AuditQuery { limit: 100, ..Default::default() }).await, "audit_events");
+    let rpcs: Vec<&str> = events.iter().map(|e| e.event.rpc.as_str()).collect();
+    assert_eq!(rpcs, ["Bind", "Import", "Bind", "Revoke", "Reveal", "Verify", "Rotate", "Bind"]);
+    assert_eq!(events[0].event.mailbox, "z@sina.com");
+    let only_a = AuditQuery { mailbox: Some(a.into()), limit: 100, ..Default::default() };
+    assert!(ok(store.audit_events(only_a).await, "audit filter").iter().all(|e| e.event.mailbox == a));
+    // Newest first by time, not by write order: Reveals aggregated in memory are written late.
+    ok(store.audit(event("Reveal", "z@sina.com", "x", 75)).await, "audit");
+    let two = ok(store.audit_events(AuditQuery { limit: 2, ..Default::default() }).await, "audit_events");
+    assert_eq!(
+        two.iter().map(|e| (e.event.rpc.as_str(), e.event.at)).collect::<Vec<_>>(),
+        [("Bind", 80), ("Reveal", 75)]
+    );
+    let after = AuditQuery { before: Some((75, two[1].id)), limit: 1, ..Default::default() };
+    assert_eq!(
+        ok(store.audit_events(after).await, "audit page")[0].event.rpc,
+        "Import",
+        "the next page goes on by time"
+    );
 }
 
 fn request(id: &str, now: i64, forget_before: i64) -> RequestRecord {

@@ -243,8 +243,8 @@ pub struct AuditQuery {
     pub caller: Option<String>,
     pub since: Option<Millis>,
     pub until: Option<Millis>,
-    /// Only ids below this (the keyset position).
-    pub before_id: Option<i64>,
+    /// Only events before this (time, id) keyset position: the list is newest first by time.
+    pub before: Option<(Millis, i64)>,
     pub limit: usize,
 }
 

@@ -12,6 +12,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../../migrations/0004_data_key_rotation.sql"),
     include_str!("../../../../migrations/0005_requests.sql"),
     include_str!("../../../../migrations/0006_verification_sweep.sql"),
+    include_str!("../../../../migrations/0007_audit_by_time.sql"),
 ];
 
 /// Applies the migrations this database has not seen, each in its own transaction.

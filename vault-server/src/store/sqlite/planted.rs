@@ -87,15 +87,8 @@ fn read_back(conn: &Connection, pairs: &[(String, String)]) -> ReadBack {
         Ok(m) => out.material = Some(m),
         Err(e) => out.errors.push(e),
     }
-    let audit = AuditQuery {
-        mailbox: None,
-        client: None,
-        caller: None,
-        since: None,
-        until: None,
-        before_id: None,
-        limit: 1000,
-    };
+    let audit =
+        AuditQuery { mailbox: None, client: None, caller: None, since: None, until: None, before: None, limit: 1000 };
     match rows::audit_events(conn, &audit) {
         Ok(a) => out.audit = a,
         Err(e) => out.errors.push(e),

@@ -110,29 +110,30 @@ pub(super) fn list_unused(conn: &Connection, q: &UnusedQuery) -> Result<Vec<Cred
 pub(super) fn audit_events(conn: &Connection, q: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, at, caller, caller_role, rpc, mailbox, client, outcome, probe_outcome, count, first_at \
-                 FROM audit_events WHERE id < ?1 AND (?2 IS NULL OR mailbox = ?2) AND (?3 IS NULL OR client = ?3) \
+                 FROM audit_events WHERE (at, id) < (?1, ?8) AND (?2 IS NULL OR mailbox = ?2) AND (?3 IS NULL OR client = ?3) \
                  AND (?4 IS NULL OR caller = ?4) AND (?5 IS NULL OR at >= ?5) AND (?6 IS NULL OR at < ?6) \
-                 ORDER BY id DESC LIMIT ?7",
+                 ORDER BY at DESC, id DESC LIMIT ?7",
     )?;
     let limit = i64::try_from(q.limit).unwrap_or(i64::MAX);
-    let before = q.before_id.unwrap_or(i64::MAX);
-    let rows = stmt.query_map(params![before, q.mailbox, q.client, q.caller, q.since, q.until, limit], |r| {
-        Ok(AuditRecord {
-            id: r.get(0)?,
-            event: AuditEvent {
-                at: r.get(1)?,
-                caller: r.get(2)?,
-                caller_role: r.get(3)?,
-                rpc: r.get(4)?,
-                mailbox: r.get(5)?,
-                client: r.get(6)?,
-                outcome: r.get(7)?,
-                probe_outcome: outcome_from(r.get(8)?),
-                count: r.get::<_, i64>(9)?.try_into().unwrap_or(0),
-                first_at: r.get(10)?,
-            },
-        })
-    })?;
+    let (before, before_id) = q.before.unwrap_or((i64::MAX, i64::MAX));
+    let rows =
+        stmt.query_map(params![before, q.mailbox, q.client, q.caller, q.since, q.until, limit, before_id], |r| {
+            Ok(AuditRecord {
+                id: r.get(0)?,
+                event: AuditEvent {
+                    at: r.get(1)?,
+                    caller: r.get(2)?,
+                    caller_role: r.get(3)?,
+                    rpc: r.get(4)?,
+                    mailbox: r.get(5)?,
+                    client: r.get(6)?,
+                    outcome: r.get(7)?,
+                    probe_outcome: outcome_from(r.get(8)?),
+                    count: r.get::<_, i64>(9)?.try_into().unwrap_or(0),
+                    first_at: r.get(10)?,
+                },
+            })
+        })?;
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }
 /// Active rows due for verification, by the index credentials_by_verification.
