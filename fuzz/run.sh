@@ -20,7 +20,7 @@ for t in "${targets[@]}"; do
     -max_total_time="$seconds" -print_final_stats=1 -rss_limit_mb=1024 >"work/$t.log" 2>&1; then
     failed+=("$t")
   fi
-  grep -E '^(#[0-9]+ +DONE|stat::number_of_executed_units|stat::peak_rss_mb|==[0-9]+==|SUMMARY|Test unit written|thread .* panicked)' "work/$t.log" | tail -n 8
+  grep -E '^(#[0-9]+[[:space:]]+DONE|stat::number_of_executed_units|stat::peak_rss_mb|==[0-9]+==|SUMMARY|Test unit written|thread .* panicked)' "work/$t.log" | tail -n 8
 done
 if [ ${#failed[@]} -gt 0 ]; then
   echo "crashed: ${failed[*]} (inputs in fuzz/artifacts/)" >&2
