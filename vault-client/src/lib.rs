@@ -27,11 +27,13 @@
 
 mod connect;
 mod error;
+mod listing;
 pub mod proto;
 mod retry;
 
 pub use connect::{ConnectOptions, TlsOptions};
 pub use error::Error;
+pub use listing::{AuditFilter, CredentialFilter};
 pub use secrecy::{ExposeSecret, SecretString};
 /// The gRPC status code of [`Error::Other`].
 pub use tonic::Code;

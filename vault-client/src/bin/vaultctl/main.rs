@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use vault_client::proto::{self, ProbeOutcome};
-use vault_client::{ConnectOptions, Error, SecretString, TlsOptions, VaultClient};
+use vault_client::{AuditFilter, ConnectOptions, CredentialFilter, Error, SecretString, TlsOptions, VaultClient};
 
 use output::{Format, Table};
 
@@ -217,40 +217,21 @@ async fn run(cli: Cli) -> Result<(), Error> {
             print!("{}", Table::credentials(std::slice::from_ref(&c)).render(cli.format));
         }
         Command::List { mailbox, client, include_revoked, rejected, not_verified_for } => {
-            let request = proto::ListCredentialsRequest {
+            let filter = CredentialFilter {
                 mailbox: mailbox.clone(),
                 client: client.clone(),
                 include_revoked: *include_revoked,
-                last_probe_outcome: if *rejected { ProbeOutcome::Rejected.into() } else { 0 },
-                not_verified_for: not_verified_for.map(duration).transpose()?,
-                ..Default::default()
+                last_probe_outcome: rejected.then_some(ProbeOutcome::Rejected),
+                not_verified_for: *not_verified_for,
             };
-            let all = list_all(&mut vault, request).await?;
-            print!("{}", Table::credentials(&all).render(cli.format));
+            print!("{}", Table::credentials(&vault.list_all(&filter).await?).render(cli.format));
         }
         Command::Review { unused_for, not_verified_for } => {
             review(&mut vault, cli.format, *unused_for, *not_verified_for).await?;
         }
         Command::Audit { mailbox, client, caller, limit } => {
-            let mut events = Vec::new();
-            let mut page_token = String::new();
-            while events.len() < *limit {
-                let request = proto::ListAuditEventsRequest {
-                    mailbox: mailbox.clone(),
-                    client: client.clone(),
-                    caller: caller.clone(),
-                    page_token,
-                    ..Default::default()
-                };
-                let page = vault.audit_events(request).await?;
-                events.extend(page.events);
-                if page.next_page_token.is_empty() {
-                    break;
-                }
-                page_token = page.next_page_token;
-            }
-            events.truncate(*limit);
-            print!("{}", Table::audit(&events).render(cli.format));
+            let filter = AuditFilter { mailbox: mailbox.clone(), client: client.clone(), caller: caller.clone() };
+            print!("{}", Table::audit(&vault.audit_all(&filter, *limit).await?).render(cli.format));
         }
         Command::Reveal { mailbox, client } => {
             use secrecy::ExposeSecret as _;
@@ -260,46 +241,16 @@ async fn run(cli: Cli) -> Result<(), Error> {
     Ok(())
 }
 
-fn duration(d: Duration) -> Result<prost_types::Duration, Error> {
-    prost_types::Duration::try_from(d).map_err(|_| Error::InvalidArgument { message: "duration out of range".into() })
-}
-
-async fn list_all(
-    vault: &mut VaultClient,
-    mut request: proto::ListCredentialsRequest,
-) -> Result<Vec<proto::Credential>, Error> {
-    let mut all = Vec::new();
-    loop {
-        let page = vault.list(request.clone()).await?;
-        all.extend(page.credentials);
-        if page.next_page_token.is_empty() {
-            return Ok(all);
-        }
-        request.page_token = page.next_page_token;
-    }
-}
-
 async fn review(
     vault: &mut VaultClient,
     format: Format,
     unused_for: Duration,
     unchecked: Duration,
 ) -> Result<(), Error> {
-    let mut unused = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let page = vault.list_unused(Some(unused_for), "", &page_token).await?;
-        unused.extend(page.clients);
-        if page.next_page_token.is_empty() {
-            break;
-        }
-        page_token = page.next_page_token;
-    }
-    let rejected =
-        proto::ListCredentialsRequest { last_probe_outcome: ProbeOutcome::Rejected.into(), ..Default::default() };
-    let rejected = list_all(vault, rejected).await?;
-    let stale = proto::ListCredentialsRequest { not_verified_for: Some(duration(unchecked)?), ..Default::default() };
-    let stale = list_all(vault, stale).await?;
+    let unused = vault.unused_all(Some(unused_for), "").await?;
+    let rejected = CredentialFilter { last_probe_outcome: Some(ProbeOutcome::Rejected), ..Default::default() };
+    let rejected = vault.list_all(&rejected).await?;
+    let stale = vault.list_all(&CredentialFilter { not_verified_for: Some(unchecked), ..Default::default() }).await?;
     let sections = [
         (format!("unused for {}", humantime::format_duration(unused_for)), Table::unused(&unused)),
         ("refused by the provider at the last probe".to_owned(), Table::credentials(&rejected)),
