@@ -32,10 +32,33 @@ pub struct ReadBack {
 /// database with the current schema, then reads everything back. Rows the schema refuses (a
 /// type, a NOT NULL, a duplicate key) are skipped, as an editor of the file would see them fail.
 pub fn plant_and_read(rows: &[(usize, Vec<Value>)]) -> Result<ReadBack, StoreError> {
+    // One schema per thread, emptied for each call: applying the migrations every time would
+    // cost the fuzzer most of its executions.
+    thread_local!(static CONN: std::cell::RefCell<Option<Connection>> = const { std::cell::RefCell::new(None) });
+    CONN.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let conn = match slot.take() {
+            Some(conn) => conn,
+            None => fresh()?,
+        };
+        let out = plant_into(&conn, rows);
+        *slot = Some(conn);
+        out
+    })
+}
+
+fn fresh() -> Result<Connection, StoreError> {
     let mut conn = Connection::open_in_memory()?;
     migrate::apply(&mut conn)?;
     conn.pragma_update(None, "ignore_check_constraints", "ON")?;
     conn.pragma_update(None, "foreign_keys", "OFF")?;
+    Ok(conn)
+}
+
+fn plant_into(conn: &Connection, rows: &[(usize, Vec<Value>)]) -> Result<ReadBack, StoreError> {
+    for (name, _) in TABLES {
+        conn.execute(&format!("DELETE FROM {name}"), [])?;
+    }
     let (mut pairs, mut request_ids) = (Vec::new(), Vec::new());
     for (table, values) in rows {
         let Some((name, n)) = TABLES.get(*table) else { continue };
@@ -55,9 +78,9 @@ pub fn plant_and_read(rows: &[(usize, Vec<Value>)]) -> Result<ReadBack, StoreErr
             }
         }
     }
-    let mut back = read_back(&conn, &pairs);
+    let mut back = read_back(conn, &pairs);
     for (caller, id) in &request_ids {
-        match requests::find(&conn, caller, id) {
+        match requests::find(conn, caller, id) {
             Ok(found) => back.requests.extend(found.map(|f| (caller.clone(), id.clone(), f))),
             Err(e) => back.errors.push(e),
         }
