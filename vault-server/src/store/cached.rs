@@ -1,7 +1,7 @@
 //! A read-through cache of credential rows in front of another store, so that a Reveal costs no
-//! SQLite read (and no file-lock syscalls). Every write through this store updates or drops the
-//! rows it touched; a generation counter keeps a read that raced a write from caching a stale
-//! row. The cache is bounded: once full, further rows are read from the store each time.
+//! SQLite read (and no file-lock syscalls). Every write through this store drops the rows it
+//! touched, before and after it; a generation counter keeps a read that raced a write from
+//! caching a stale row. The cache is bounded: once full, further rows are read from the store each time.
 //!
 //! All credential writes go through the one server process; a deployment with several replicas
 //! on one database would need cross-process invalidation before using this.
