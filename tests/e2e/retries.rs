@@ -144,3 +144,30 @@ async fn vault_client_retries_a_write_whose_answer_was_lost_and_binds_once() {
     assert_eq!(r.credential.unwrap().state(), proto::CredentialState::Revoked);
     assert_eq!(cuts.load(Ordering::SeqCst), 3);
 }
+
+#[tokio::test]
+async fn a_write_whose_caller_gave_up_runs_to_its_end_and_its_retry_gets_the_answer() {
+    let stack = Stack::start();
+    let mut c = stack.admin().await;
+    let bind = proto::BindRequest {
+        mailbox: BOB.into(),
+        client: "sender".into(),
+        auth_code: BOB_CODE.into(),
+        request_id: "e2e-gave-up-0001".into(),
+    };
+    // A deadline far shorter than the IMAP probe: the server drops the handler at once.
+    let mut hasty = tonic::Request::new(bind.clone());
+    hasty.set_timeout(std::time::Duration::from_millis(1));
+    let status = c.raw().bind(hasty).await.unwrap_err();
+    assert!(matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled), "{status:?}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while c.get(BOB, "sender").await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "the write stopped with its caller");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let before = logins(&stack);
+    let retry = c.raw().bind(bind).await.unwrap();
+    assert!(replayed(&retry), "the retry ran again");
+    assert_eq!(retry.get_ref().credential.as_ref().unwrap().version, 1);
+    assert_eq!(logins(&stack), before);
+}
