@@ -1,7 +1,8 @@
 //! Idempotent writes against the real binary and Dovecot: a Bind or Rotate retried with the same
 //! request id is answered once (one IMAP login), across a restart; the same id for another
 //! request is refused; and vault-client, whose first answer is lost with the connection after
-//! the commit, retries by itself and gets that answer.
+//! the commit, retries by itself and gets that answer; a write whose caller gave up mid-probe
+//! still commits once.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -145,9 +146,42 @@ async fn vault_client_retries_a_write_whose_answer_was_lost_and_binds_once() {
     assert_eq!(cuts.load(Ordering::SeqCst), 3);
 }
 
-#[tokio::test]
+/// Forwards TCP connections to `upstream`, each only once `gate` has a permit; `entered` gets a
+/// message as each connection arrives (so a test knows a probe has started and is held).
+async fn gated_proxy(
+    upstream: std::net::SocketAddr,
+    gate: Arc<tokio::sync::Semaphore>,
+    entered: tokio::sync::mpsc::UnboundedSender<()>,
+) -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut client, _)) = listener.accept().await else { return };
+            let (gate, entered) = (gate.clone(), entered.clone());
+            tokio::spawn(async move {
+                let _ = entered.send(());
+                let Ok(_permit) = gate.acquire().await else { return };
+                let mut server = TcpStream::connect(upstream).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_whose_caller_gave_up_runs_to_its_end_and_its_retry_gets_the_answer() {
-    let stack = Stack::start();
+    let mut stack = Stack::start();
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let (entered_tx, mut entered) = tokio::sync::mpsc::unbounded_channel();
+    let held = gated_proxy(stack.dovecot.imaps, gate.clone(), entered_tx).await;
+    stack.restart_with(&[
+        "--probe-resolve".into(),
+        format!("imap.sina.com:993={held}"),
+        "--probe-burst".into(),
+        "100".into(),
+    ]);
     let mut c = stack.admin().await;
     let bind = proto::BindRequest {
         mailbox: BOB.into(),
@@ -155,11 +189,16 @@ async fn a_write_whose_caller_gave_up_runs_to_its_end_and_its_retry_gets_the_ans
         auth_code: BOB_CODE.into(),
         request_id: "e2e-gave-up-0001".into(),
     };
-    // A deadline far shorter than the IMAP probe: the server drops the handler at once.
-    let mut hasty = tonic::Request::new(bind.clone());
-    hasty.set_timeout(std::time::Duration::from_millis(1));
-    let status = c.raw().bind(hasty).await.unwrap_err();
-    assert!(matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled), "{status:?}");
+    // The caller gives up while the probe is held: dropping the call resets its stream.
+    let (mut hasty, first) = (c.raw().clone(), bind.clone());
+    let call = tokio::spawn(async move { hasty.bind(first).await });
+    entered.recv().await.unwrap();
+    call.abort();
+    assert!(call.await.unwrap_err().is_cancelled());
+    // Give the reset time to reach the server before the probe may go on.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    gate.add_permits(100);
+
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while c.get(BOB, "sender").await.is_err() {
         assert!(std::time::Instant::now() < deadline, "the write stopped with its caller");
