@@ -4,7 +4,8 @@
 
 mod output;
 
-use std::io::{BufRead as _, IsTerminal as _};
+use std::io::{IsTerminal as _, Read as _};
+use std::os::fd::AsFd as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -170,15 +171,34 @@ fn read_code(prompt: &str) -> Result<SecretString, Error> {
     let code = if std::io::stdin().is_terminal() {
         rpassword::prompt_password(prompt).map_err(|e| bad(format!("cannot read the code: {e}")))?
     } else {
-        let mut line = String::new();
-        std::io::stdin().lock().read_line(&mut line).map_err(|e| bad(format!("cannot read the code: {e}")))?;
-        line
+        read_stdin_line().map_err(|e| bad(format!("cannot read the code: {e}")))?
     };
     let code = code.trim_end_matches(['\r', '\n']).to_owned();
     if code.is_empty() {
         return Err(bad("no code given (type it at the prompt, or pipe it on stdin)".into()));
     }
     Ok(SecretString::from(code))
+}
+
+/// One line of stdin, read a byte at a time so the rest stays for the next program, as the
+/// shell's `read` leaves it (a script can pipe several codes to several commands).
+fn read_stdin_line() -> std::io::Result<String> {
+    let mut stdin = std::fs::File::from(std::io::stdin().as_fd().try_clone_to_owned()?);
+    let mut line = Vec::with_capacity(64);
+    let mut byte = [0u8; 1];
+    loop {
+        match stdin.read(&mut byte) {
+            Ok(0) => break,
+            Ok(_) if byte[0] == b'\n' => break,
+            Ok(_) if line.len() >= 4096 => {
+                return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "the line is too long"));
+            }
+            Ok(_) => line.push(byte[0]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    String::from_utf8(line).map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8"))
 }
 
 fn probe_line(what: &str, p: Option<&proto::ProbeReport>) {
