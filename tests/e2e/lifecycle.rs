@@ -144,6 +144,19 @@ async fn revoke_says_when_the_provider_still_accepts_the_destroyed_code() {
     let probe = c.revoke(ALICE, "sender", "").await.unwrap().probe.unwrap();
     assert_eq!(probe.outcome(), ProbeOutcome::Accepted);
     assert!(probe.hint.contains("Delete it in webmail"), "{}", probe.hint);
+    // The audit trail keeps what that probe found: a second event, after the commit's.
+    let filter = vault_client::AuditFilter { mailbox: ALICE.into(), ..Default::default() };
+    let events = c.audit_all(&filter, 10).await.unwrap();
+    let trail: Vec<(&str, &str, ProbeOutcome)> =
+        events.iter().map(|e| (e.rpc.as_str(), e.outcome.as_str(), e.probe_outcome())).collect();
+    assert_eq!(
+        trail,
+        [
+            ("Revoke", "OLD_CODE_PROBED", ProbeOutcome::Accepted),
+            ("Revoke", "OK", ProbeOutcome::Unspecified),
+            ("Bind", "OK", ProbeOutcome::Accepted)
+        ]
+    );
 }
 
 #[tokio::test]

@@ -55,15 +55,16 @@ async fn usage_survives_a_graceful_restart_and_the_review_and_audit_trail_list_i
     // The audit trail: newest first; the three Reveals are one aggregated event.
     let sender_id = format!("tk_{}", &stack.client_token("sender")[4..16]);
     let events = admin.audit_events(proto::ListAuditEventsRequest::default()).await.unwrap().events;
-    let rpcs: Vec<&str> = events.iter().map(|e| e.rpc.as_str()).collect();
-    assert_eq!(rpcs, ["Reveal", "Revoke", "Bind", "Bind", "Bind"]);
+    let rpcs: Vec<(&str, &str)> = events.iter().map(|e| (e.rpc.as_str(), e.outcome.as_str())).collect();
+    let revoke = [("Revoke", "OLD_CODE_PROBED"), ("Revoke", "OK")];
+    assert_eq!(rpcs, [[("Reveal", "OK")].as_slice(), &revoke, &[("Bind", "OK"); 3]].concat());
     let reveal = &events[0];
     assert_eq!(
         (reveal.count, reveal.caller.as_str(), reveal.caller_role.as_str()),
         (3, sender_id.as_str(), "client:sender")
     );
-    assert_eq!(events[2].probe_outcome(), proto::ProbeOutcome::Accepted);
-    assert_eq!(events[1].caller_role, "admin");
+    assert_eq!(events[3].probe_outcome(), proto::ProbeOutcome::Accepted);
+    assert_eq!((events[1].caller_role.as_str(), events[2].caller_role.as_str()), ("admin", "admin"));
     let by_sender = format!(r#"{{"caller":"{sender_id}"}}"#);
     let out =
         grpcurl::call(&stack.server, &["-H", &auth, "-d", &by_sender], &["vault.v1.AuthCodeVault/ListAuditEvents"]);

@@ -176,10 +176,11 @@ impl Vault {
             code: StoredCode { key_id, generation: Some(generation), sealed },
             now: event.at,
         };
+        let audited = event.clone();
         let row = self.store.rotate(change, event, record).await?;
         drop(sealing);
         drop(pair);
-        let previous_code_probe = self.probe_previous(&provider, &mailbox, old_code).await;
+        let previous_code_probe = self.probe_previous(&provider, &mailbox, old_code, &audited).await;
         if let Some(previous) = previous_code_probe.as_ref().filter(|_| remembered.is_some()) {
             let answer = proto::rotate_response(&row, &probe, Some(previous)).encode_to_vec();
             self.complete_answer(remembered, answer).await;
@@ -229,11 +230,12 @@ impl Vault {
             .map(|p| p.record(&self.keys.load(), event.at, |row| proto::revoke_response(row, None)))
             .transpose()?
             .unzip();
+        let audited = event.clone();
         let row = self.store.revoke(change, event, record).await?;
         drop(sealing);
         drop(pair);
         let probe = match provider {
-            Some(p) => self.probe_previous(&p, &mailbox, old_code).await,
+            Some(p) => self.probe_previous(&p, &mailbox, old_code, &audited).await,
             None => None,
         };
         if let Some(probe) = probe.as_ref().filter(|_| remembered.is_some()) {

@@ -40,7 +40,7 @@ use crate::probe::{ProbeReport, ProbeRequest, Prober};
 use crate::provider::{Provider, Registry};
 use crate::secret::AuthCode;
 use crate::store::{
-    AuditQuery, AuditRecord, CredentialRow, CredentialState, ListQuery, Store, StoreError, UnusedQuery,
+    AuditEvent, AuditQuery, AuditRecord, CredentialRow, CredentialState, ListQuery, Store, StoreError, UnusedQuery,
 };
 use locks::PairLocks;
 use usage::Usage;
@@ -171,6 +171,7 @@ impl Vault {
         provider: &Provider,
         mailbox: &Mailbox,
         code: Option<AuthCode>,
+        change: &AuditEvent,
     ) -> Option<ProbeReport> {
         let code = code?;
         let Ok(mut report) = self.probe(provider, mailbox, &code).await else {
@@ -178,6 +179,18 @@ impl Vault {
             return None;
         };
         report.hint = provider.previous_code_hint(report.outcome);
+        // The change's own event was written in its commit, before this probe ran.
+        let at = self.clock.now_millis();
+        let probed = AuditEvent {
+            at,
+            first_at: at,
+            outcome: "OLD_CODE_PROBED".to_owned(),
+            probe_outcome: Some(report.outcome),
+            ..change.clone()
+        };
+        if let Err(e) = self.store.audit(probed).await {
+            tracing::warn!(error = %e, "could not audit the probe of a replaced code");
+        }
         Some(report)
     }
 
