@@ -143,6 +143,7 @@ async fn revoke_says_when_the_provider_still_accepts_the_destroyed_code() {
     c.bind(ALICE, "sender", code(ALICE_CODE)).await.unwrap();
     let probe = c.revoke(ALICE, "sender", "").await.unwrap().probe.unwrap();
     assert_eq!(probe.outcome(), ProbeOutcome::Accepted);
+    assert_eq!(probe.server_response, "OK Logged in", "not Dovecot's own reply");
     assert!(probe.hint.contains("Delete it in webmail"), "{}", probe.hint);
     // The audit trail keeps what that probe found: a second event, after the commit's.
     let filter = vault_client::AuditFilter { mailbox: ALICE.into(), ..Default::default() };

@@ -1,18 +1,15 @@
 //! The IMAP login probe: greeting, LOGIN, then (NetEase) ID and EXAMINE INBOX, then LOGOUT.
 
-use async_imap::error::Error as ImapError;
-use async_imap::imap_proto::{Response, Status};
-use tokio::io::{AsyncRead, AsyncWrite};
+use async_imap::imap_proto::{Response, ResponseCode, Status};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
 
 use super::{ProbeOutcome, Step};
 use crate::provider::{ImapSteps, Provider};
 use crate::secret::AuthCode;
 
-/// What the probe says about itself in the IMAP ID command (RFC 2971).
-const ID_FIELDS: [(&str, Option<&str>); 2] =
-    [("name", Some("authcode-vault")), ("version", Some(env!("CARGO_PKG_VERSION")))];
-
-/// Runs the provider's IMAP steps on an open TLS stream.
+/// Runs the provider's IMAP steps on an open TLS stream. Each command is sent and read to its
+/// tagged completion here (async-imap parses), so an accepted probe reports the server's own
+/// words, as a refused one does.
 pub async fn probe<S>(stream: S, provider: &Provider, login: &str, code: &AuthCode) -> Step
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + std::fmt::Debug,
@@ -27,54 +24,104 @@ where
         Err(e) => return Step::new(ProbeOutcome::ProtocolError, format!("reading the greeting failed: {e}")),
     }
     tracing::debug!(steps = ?provider.imap_steps, "IMAP greeting received; sending LOGIN");
-    let mut session = match client.login(login, code.expose()).await {
-        Ok(session) => session,
-        Err((e, _)) => return failure("LOGIN", &e),
+    let (Some(user), Some(secret)) = (quoted(login), quoted(code.expose())) else {
+        return Step::new(ProbeOutcome::ProtocolError, "LOGIN: the login or the code has a line break");
     };
-    let mut step = Step::new(ProbeOutcome::Accepted, "OK LOGIN completed");
+    let secret = zeroize::Zeroizing::new(secret);
+    let command = zeroize::Zeroizing::new(format!("LOGIN {user} {}", secret.as_str()));
+    let mut step = match tagged(&mut client, 1, "LOGIN", &command).await {
+        Ok(reply) => Step::new(ProbeOutcome::Accepted, reply),
+        Err(step) => return step,
+    };
+    drop(command);
     if provider.imap_steps == ImapSteps::NetEase {
         // NetEase accepts LOGIN from any client, then refuses mailbox access with
         // "NO ... Unsafe Login" unless the client identified itself with ID first.
         tracing::debug!("LOGIN accepted; sending ID and EXAMINE INBOX");
-        if let Err(e) = session.id(ID_FIELDS).await {
-            step = failure("ID", &e);
-        } else if let Err(e) = session.examine("INBOX").await {
-            step = failure("EXAMINE INBOX", &e);
-            if step.outcome == ProbeOutcome::Rejected && step.text.to_ascii_lowercase().contains("unsafe login") {
-                step.hint = Some(provider.unsafe_login_hint());
-            }
-        } else {
-            step = Step::new(ProbeOutcome::Accepted, "OK LOGIN, ID and EXAMINE INBOX completed");
-        }
+        let id = format!("ID (\"name\" \"authcode-vault\" \"version\" \"{}\")", env!("CARGO_PKG_VERSION"));
+        step = match tagged(&mut client, 2, "ID", &id).await {
+            Err(failed) => failed,
+            Ok(_) => match tagged(&mut client, 3, "EXAMINE INBOX", "EXAMINE INBOX").await {
+                Ok(reply) => Step::new(ProbeOutcome::Accepted, format!("{}; EXAMINE INBOX: {reply}", step.text)),
+                Err(mut failed) => {
+                    if failed.outcome == ProbeOutcome::Rejected
+                        && failed.text.to_ascii_lowercase().contains("unsafe login")
+                    {
+                        failed.hint = Some(provider.unsafe_login_hint());
+                    }
+                    failed
+                }
+            },
+        };
     }
     tracing::debug!(outcome = step.outcome.as_str(), "IMAP probe done; LOGOUT");
     // The answer is already known; a failed LOGOUT changes nothing.
-    let _ = session.logout().await;
+    let _ = tagged(&mut client, 4, "LOGOUT", "LOGOUT").await;
     step
 }
 
-fn failure(command: &str, e: &ImapError) -> Step {
-    match e {
-        ImapError::No(text) => Step::new(ProbeOutcome::Rejected, format!("{command}: NO {}", tidy_status(text))),
-        ImapError::Bad(text) => Step::new(ProbeOutcome::ProtocolError, format!("{command}: BAD {}", tidy_status(text))),
-        ImapError::Io(e) => Step::new(ProbeOutcome::Unreachable, format!("{command}: connection failed: {e}")),
-        other => Step::new(ProbeOutcome::ProtocolError, format!("{command} failed: {other}")),
+/// Sends `command` under the tag `name`'s position `n` and reads responses up to its tagged
+/// completion: the server's reply (`OK ...`) when it succeeded, else the failed step (NO is a
+/// refusal). Written to the stream itself: async-imap keeps tagged commands of an
+/// unauthenticated client private, and its LOGIN drops the server's reply.
+async fn tagged<S>(client: &mut async_imap::Client<S>, n: u32, name: &str, command: &str) -> Result<String, Step>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + std::fmt::Debug,
+{
+    let tag = format!("V{n}");
+    let line = zeroize::Zeroizing::new(format!("{tag} {command}\r\n"));
+    let stream = client.get_mut();
+    if let Err(e) = async {
+        stream.write_all(line.as_bytes()).await?;
+        stream.flush().await
+    }
+    .await
+    {
+        return Err(Step::new(ProbeOutcome::Unreachable, format!("{name}: connection failed: {e}")));
+    }
+    drop(line);
+    loop {
+        let response = match client.read_response().await {
+            Ok(Some(response)) => response,
+            Ok(None) => {
+                return Err(Step::new(ProbeOutcome::Unreachable, format!("{name}: the server closed the connection")));
+            }
+            Err(e) => return Err(Step::new(ProbeOutcome::ProtocolError, format!("{name}: {e}"))),
+        };
+        let Response::Done { tag: done, status, code, information } = response.parsed() else { continue };
+        if done.0 != tag {
+            continue;
+        }
+        let text = wire_text(code.as_ref(), information.as_deref());
+        return match status {
+            Status::Ok => Ok(format!("OK {text}")),
+            Status::No => Err(Step::new(ProbeOutcome::Rejected, format!("{name}: NO {text}"))),
+            _ => Err(Step::new(ProbeOutcome::ProtocolError, format!("{name}: BAD {text}"))),
+        };
     }
 }
 
-/// async-imap reports `code: Some(AuthenticationFailed), info: Some("...")`; turn that back into
-/// the wire form `[AUTHENTICATIONFAILED] ...` that admins recognise.
-fn tidy_status(text: &str) -> String {
-    let code = text
-        .strip_prefix("code: Some(")
-        .and_then(|rest| rest.split_once(')'))
-        .map(|(c, _)| format!("[{}] ", c.to_ascii_uppercase()));
-    let info =
-        text.split_once("info: Some(\"").and_then(|(_, rest)| rest.rsplit_once("\")")).map(|(i, _)| i.to_owned());
-    match (code, info) {
-        (None, None) => text.to_owned(),
-        (c, i) => format!("{}{}", c.unwrap_or_default(), i.unwrap_or_default()),
+/// An IMAP quoted string, as async-imap writes one; `None` if it cannot be one (a line break).
+fn quoted(value: &str) -> Option<String> {
+    if value.contains(['\r', '\n']) {
+        return None;
     }
+    Some(format!("\"{}\"", value.replace('\\', "\\\\").replace('"', "\\\"")))
+}
+
+/// A completion's text in the wire form admins recognise: `[AUTHENTICATIONFAILED] ...`. A
+/// CAPABILITY code (Dovecot sends its whole list with LOGIN) says nothing about the code.
+fn wire_text(code: Option<&ResponseCode<'_>>, information: Option<&str>) -> String {
+    let code = code.and_then(|c| match c {
+        ResponseCode::Capabilities(_) => None,
+        ResponseCode::ReadOnly => Some("[READ-ONLY] ".to_owned()),
+        ResponseCode::ReadWrite => Some("[READ-WRITE] ".to_owned()),
+        other => {
+            let name = format!("{other:?}");
+            Some(format!("[{}] ", name.split(['(', ' ', '{']).next().unwrap_or_default().to_ascii_uppercase()))
+        }
+    });
+    format!("{}{}", code.unwrap_or_default(), information.unwrap_or_default()).trim_end().to_owned()
 }
 
 #[cfg(test)]
@@ -84,19 +131,25 @@ mod tests {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
     use tokio::net::{TcpListener, TcpStream};
 
-    use super::{probe, tidy_status};
+    use super::{probe, quoted, wire_text};
     use crate::outcome::ProbeOutcome;
     use crate::provider::Registry;
     use crate::secret::AuthCode;
 
     #[test]
-    fn tidies_async_imap_status_text() {
-        assert_eq!(
-            tidy_status("code: Some(AuthenticationFailed), info: Some(\"Authentication failed.\")"),
-            "[AUTHENTICATIONFAILED] Authentication failed."
-        );
-        assert_eq!(tidy_status("code: None, info: Some(\"Unsafe Login\")"), "Unsafe Login");
-        assert_eq!(tidy_status("plain"), "plain");
+    fn completion_text_keeps_the_wire_form_and_drops_the_capability_list() {
+        use async_imap::imap_proto::ResponseCode;
+        assert_eq!(wire_text(Some(&ResponseCode::Alert), Some("Try later.")), "[ALERT] Try later.");
+        assert_eq!(wire_text(None, Some("Unsafe Login")), "Unsafe Login");
+        assert_eq!(wire_text(Some(&ResponseCode::Capabilities(vec![])), Some("Logged in")), "Logged in");
+        assert_eq!(wire_text(Some(&ResponseCode::ReadOnly), None), "[READ-ONLY]");
+        assert_eq!(wire_text(Some(&ResponseCode::TryCreate), Some("x")), "[TRYCREATE] x");
+    }
+
+    #[test]
+    fn quotes_like_imap_and_refuses_line_breaks() {
+        assert_eq!(quoted(r#"a"b\c"#).as_deref(), Some(r#""a\"b\\c""#));
+        assert_eq!(quoted("a\r\nb"), None);
     }
 
     /// A scripted fake of NetEase's IMAP server (stock Dovecot cannot reproduce it): LOGIN
@@ -155,6 +208,7 @@ mod tests {
     async fn netease_probe_sends_id_before_examine_scripted_fake_imap_server() {
         let (step, seen) = run("163.com", false).await;
         assert_eq!(step.outcome, ProbeOutcome::Accepted, "{}", step.text);
+        assert_eq!(step.text, "OK LOGIN completed; EXAMINE INBOX: OK [READ-ONLY] EXAMINE completed");
         assert_eq!(seen, ["LOGIN", "ID", "EXAMINE", "LOGOUT"]);
     }
 
@@ -173,7 +227,7 @@ mod tests {
         // A LOGIN-only probe would call this NetEase account fine: exactly the false positive
         // that the NetEase steps exist to avoid.
         let (step, seen) = run("sina.com", true).await;
-        assert_eq!(step.outcome, ProbeOutcome::Accepted);
+        assert_eq!((step.outcome, step.text.as_str()), (ProbeOutcome::Accepted, "OK LOGIN completed"));
         assert_eq!(seen, ["LOGIN", "LOGOUT"]);
     }
 }
