@@ -61,12 +61,14 @@ impl Drop for Playground {
 #[test]
 fn the_readme_walkthrough_runs_as_written() {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
-    // Inside the workspace, so `cargo run -p ...` works as written; `tests/` is linked in so
-    // `tests/playground.sh` does too.
+    // Inside the workspace, so `cargo run -p ...` works as written; `tests/` and `proto/` are
+    // linked in so paths relative to the repository root do too.
     let scratch = repo.join("target");
     std::fs::create_dir_all(&scratch).unwrap();
     let work = tempfile::Builder::new().prefix("readme-walkthrough").tempdir_in(&scratch).unwrap();
-    std::os::unix::fs::symlink(repo.join("tests"), work.path().join("tests")).unwrap();
+    for dir in ["tests", "proto"] {
+        std::os::unix::fs::symlink(repo.join(dir), work.path().join(dir)).unwrap();
+    }
     assert!(
         TcpStream::connect(DEV_ADDR).is_err(),
         "something already listens on {DEV_ADDR} (a `serve --dev`?); the walkthrough needs that port"
@@ -120,6 +122,9 @@ fn the_readme_walkthrough_runs_as_written() {
     assert!(stdout.contains("PROBE_OUTCOME_ACCEPTED"), "no accepted probe was shown:\n{report}");
     assert!(stdout.lines().any(|l| l == "PLAYGROUNDalice2"), "vaultctl reveal did not print the code alone:\n{report}");
     assert!(stdout.contains("CREDENTIAL_STATE_REVOKED"), "the revoke was not shown:\n{report}");
+    // Python: the listing, and a refusal's ErrorInfo read through grpcio-status.
+    assert!(stdout.contains("alice@sina.com thunderbird CREDENTIAL_STATE_REVOKED version"), "{report}");
+    assert!(stdout.contains("FAILED_PRECONDITION PROBE_REJECTED "), "Python did not read the details:\n{report}");
     // The codes went through stdin and heredocs only: none is in the server's log (the
     // playground's own banner names them).
     let server_log: Vec<String> =
