@@ -7,7 +7,7 @@
 #
 # Mailboxes Dovecot knows, with the codes it accepts (16 letters or digits, as Sina's are):
 #   alice@sina.com  PLAYGROUNDalice1 (and PLAYGROUNDalice2, a second code to rotate to)
-#   bob@sina.com    PLAYGROUNDbob001
+#   bob@sina.com    PLAYGROUNDbob001 (and PLAYGROUNDbob002)
 set -euo pipefail
 repo=$(cd "$(dirname "$(readlink -f "$0")")/.." && pwd)
 dir=$PWD/vault-playground
@@ -42,7 +42,7 @@ if [ ! -s "$dir/ca.pem" ] || [ ! -s "$dir/server.pem" ]; then
 fi
 
 printf 'alice@sina.com:PLAYGROUNDalice1\nbob@sina.com:PLAYGROUNDbob001\n' >"$dir/passdb/codes"
-printf 'alice@sina.com:PLAYGROUNDalice2\n' >"$dir/passdb/extra"
+printf 'alice@sina.com:PLAYGROUNDalice2\nbob@sina.com:PLAYGROUNDbob002\n' >"$dir/passdb/extra"
 chmod 0644 "$dir"/passdb/*
 
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
@@ -128,7 +128,7 @@ done
 
 cat <<BANNER
 playground: Dovecot plays imap.sina.com on 127.0.0.1:$imaps (log: $dir/dovecot.log)
-playground: alice@sina.com accepts PLAYGROUNDalice1 and PLAYGROUNDalice2; bob@sina.com accepts PLAYGROUNDbob001
+playground: alice@sina.com accepts PLAYGROUNDalice1 and PLAYGROUNDalice2; bob@sina.com accepts PLAYGROUNDbob001 and PLAYGROUNDbob002
 BANNER
 cargo run -q --manifest-path "$repo/Cargo.toml" -p vault-server -- serve --dev \
   --probe-resolve "imap.sina.com:993=127.0.0.1:$imaps" --probe-resolve "smtp.sina.com:465=127.0.0.1:$smtps" \

@@ -13,9 +13,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const README: &str = include_str!("../README.md");
-/// What a reader types at the walkthrough's prompts, in order: Bind, Rotate (grpcurl), then
-/// vaultctl's bind and rotate. The playground's Dovecot accepts both of alice's codes.
-const TYPED: &str = "PLAYGROUNDalice1\nPLAYGROUNDalice2\nPLAYGROUNDalice1\nPLAYGROUNDalice2\n";
+/// What a reader types at the walkthrough's prompts, in order: Bind, Rotate (grpcurl), bob's
+/// two codes for the Rust example, then vaultctl's bind and rotate. The playground's Dovecot
+/// accepts both codes of each.
+const TYPED: &str =
+    "PLAYGROUNDalice1\nPLAYGROUNDalice2\nPLAYGROUNDbob001\nPLAYGROUNDbob002\nPLAYGROUNDalice1\nPLAYGROUNDalice2\n";
 const DEV_ADDR: &str = "127.0.0.1:50051";
 
 /// The `sh` blocks that follow a line equal to `marker`, in order.
@@ -122,6 +124,9 @@ fn the_readme_walkthrough_runs_as_written() {
     assert!(stdout.contains("PROBE_OUTCOME_ACCEPTED"), "no accepted probe was shown:\n{report}");
     assert!(stdout.lines().any(|l| l == "PLAYGROUNDalice2"), "vaultctl reveal did not print the code alone:\n{report}");
     assert!(stdout.contains("CREDENTIAL_STATE_REVOKED"), "the revoke was not shown:\n{report}");
+    // The Rust example made every call (the last one rotates the data key).
+    assert!(stdout.contains("bind: version 1, OK Logged in"), "{report}");
+    assert!(stdout.contains("rotate data key: key "), "the Rust example stopped early:\n{report}");
     // Python: the listing, and a refusal's ErrorInfo read through grpcio-status.
     assert!(stdout.contains("alice@sina.com thunderbird CREDENTIAL_STATE_REVOKED version"), "{report}");
     assert!(stdout.contains("FAILED_PRECONDITION PROBE_REJECTED "), "Python did not read the details:\n{report}");
@@ -129,7 +134,7 @@ fn the_readme_walkthrough_runs_as_written() {
     // playground's own banner names them).
     let server_log: Vec<String> =
         playground.log().lines().filter(|l| !l.starts_with("playground:")).map(str::to_owned).collect();
-    for code in ["PLAYGROUNDalice1", "PLAYGROUNDalice2"] {
+    for code in ["PLAYGROUNDalice1", "PLAYGROUNDalice2", "PLAYGROUNDbob001", "PLAYGROUNDbob002"] {
         assert!(!server_log.iter().any(|l| l.contains(code)), "the server logged a code:\n{report}");
     }
 }

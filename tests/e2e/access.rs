@@ -174,11 +174,11 @@ async fn a_token_row_inserted_by_hand_is_refused() {
     .unwrap();
     drop(db);
     let mut c = stack.server.client_with(Some(forged)).await;
-    let err = c.list(proto::ListCredentialsRequest::default()).await.unwrap_err();
+    let err = c.list(&Default::default(), "").await.unwrap_err();
     assert!(matches!(err, vault_client::Error::Unauthenticated { .. }), "{err:?}");
     stack.server.wait_for_log("no valid MAC");
     // The real admin token still works.
-    stack.admin().await.list(proto::ListCredentialsRequest::default()).await.unwrap();
+    stack.admin().await.list(&Default::default(), "").await.unwrap();
 }
 
 #[tokio::test]
@@ -217,7 +217,7 @@ async fn tls_and_mtls_on_the_listener() {
     admin.bind(ALICE, "sender", SecretString::from(ALICE_CODE)).await.unwrap();
     // Plaintext to a TLS listener fails.
     let mut plain = stack.server.client_with(Some(&stack.admin_token)).await;
-    assert!(plain.list(proto::ListCredentialsRequest::default()).await.is_err());
+    assert!(plain.list(&Default::default(), "").await.is_err());
 
     // grpcurl over TLS with -cacert, as the README shows: the admin lifecycle.
     let auth = format!("authorization: Bearer {}", stack.admin_token);
@@ -247,7 +247,7 @@ async fn tls_and_mtls_on_the_listener() {
     let no_cert = VaultClient::connect(https.clone(), options(&stack.admin_token, Some(tls.clone()))).await;
     let refused = match no_cert {
         Err(_) => true,
-        Ok(mut c) => c.list(proto::ListCredentialsRequest::default()).await.is_err(),
+        Ok(mut c) => c.list(&Default::default(), "").await.is_err(),
     };
     assert!(refused, "mTLS listener accepted a client without a certificate");
     let with_cert = TlsOptions {
@@ -255,7 +255,7 @@ async fn tls_and_mtls_on_the_listener() {
         ..tls
     };
     let mut c = VaultClient::connect(https, options(&stack.admin_token, Some(with_cert))).await.unwrap();
-    assert_eq!(c.list(proto::ListCredentialsRequest::default()).await.unwrap().credentials.len(), 1);
+    assert_eq!(c.list(&Default::default(), "").await.unwrap().items.len(), 1);
 }
 
 #[test]

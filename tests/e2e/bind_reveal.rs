@@ -28,12 +28,12 @@ async fn bind_with_the_right_code_then_reveal_returns_it_also_after_restart() {
     let mut c = stack.admin().await;
     // Mixed case and spaces are canonicalised/stripped.
     let resp = c.bind(" Alice@Sina.com ", "Sender", code("CANA RYal ice0 0001")).await.unwrap();
-    let cred = resp.credential.unwrap();
+    let cred = resp.credential;
     assert_eq!((cred.mailbox.as_str(), cred.client.as_str(), cred.provider.as_str()), (ALICE, "sender", "sina"));
     assert_eq!(cred.version, 1);
-    assert_eq!(cred.state(), proto::CredentialState::Active);
-    let probe = resp.probe.unwrap();
-    assert_eq!(probe.outcome(), ProbeOutcome::Accepted);
+    assert_eq!(cred.state, proto::CredentialState::Active);
+    let probe = resp.probe;
+    assert_eq!(probe.outcome, ProbeOutcome::Accepted);
     assert_eq!(probe.server, "imap.sina.com:993");
     stack.dovecot.wait_for_log(&format!("Login: user=<{ALICE}>"));
 
@@ -52,7 +52,7 @@ async fn bind_with_the_right_code_then_reveal_returns_it_also_after_restart() {
     let revealed = stack.as_client("SENDER").await.reveal("ALICE@sina.com", "SENDER").await.unwrap();
     assert_eq!(revealed.code.expose_secret(), ALICE_CODE);
     let cred = c.get(ALICE, "sender").await.unwrap();
-    assert_eq!(cred.last_probe_outcome(), ProbeOutcome::Accepted);
+    assert_eq!(cred.last_probe_outcome, ProbeOutcome::Accepted);
     assert!(cred.created_at.is_some() && cred.last_verified_at.is_some());
 }
 

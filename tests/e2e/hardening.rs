@@ -148,7 +148,7 @@ async fn silent_connections_are_closed_and_the_cap_closes_extra_ones_at_once() {
     }
     assert!(started.elapsed() < Duration::from_secs(3));
     // And the listener serves again.
-    stack.admin().await.list(proto::ListCredentialsRequest::default()).await.unwrap();
+    stack.admin().await.list(&Default::default(), "").await.unwrap();
 }
 
 /// The ErrorInfo reason of a status.
@@ -379,7 +379,7 @@ async fn streaming_health_calls_hold_their_public_slots() {
     assert_eq!(refused.code(), Code::ResourceExhausted);
     assert_eq!(reason(&refused), "PUBLIC_BUDGET_EXHAUSTED");
     // The vault itself is not affected.
-    stack.admin().await.list(proto::ListCredentialsRequest::default()).await.unwrap();
+    stack.admin().await.list(&Default::default(), "").await.unwrap();
     drop((a, b));
     tokio::time::sleep(Duration::from_millis(200)).await;
     health.check(watch()).await.expect("slots come back when the streams end");

@@ -44,8 +44,8 @@ settings_path = "Settings → Security → Client codes"
     stack.restart_with(&["--providers".into(), file]);
     let mut c = stack.admin().await;
     let r = c.bind(CAROL, "sender", SecretString::from(CAROL_CODE)).await.unwrap();
-    assert_eq!(r.credential.unwrap().provider, "corp");
-    assert_eq!(r.probe.unwrap().server, "imap.corp.example:993");
+    assert_eq!(r.credential.provider, "corp");
+    assert_eq!(r.probe.server, "imap.corp.example:993");
     let revealed = stack.as_client("sender").await.reveal(CAROL, "sender").await.unwrap();
     assert_eq!(revealed.code.expose_secret(), CAROL_CODE);
     assert_eq!((revealed.imap_host.as_str(), revealed.smtp_host.as_str()), ("imap.corp.example", "smtp.corp.example"));
@@ -92,8 +92,8 @@ async fn smtp_auth_535_is_rejected_with_the_advice_users_need() {
 
     // Bob's code works on both: the report names both servers.
     let r = c.bind(BOB, "sender", SecretString::from(BOB_CODE)).await.unwrap();
-    let probe = r.probe.unwrap();
-    assert_eq!(probe.outcome(), ProbeOutcome::Accepted);
+    let probe = r.probe;
+    assert_eq!(probe.outcome, ProbeOutcome::Accepted);
     assert_eq!(probe.server, "imap.sina.com:993, smtp.sina.com:465");
 
     // The server-wide flag turns SMTP probing on without a file.

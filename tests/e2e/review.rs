@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 use tonic::Code;
-use vault_client::proto;
+use vault_client::{AuditFilter, UnusedFilter, proto};
 
 use crate::harness::{ALICE, ALICE_CODE, BOB, BOB_CODE, Stack, grpcurl};
 
@@ -35,13 +35,14 @@ async fn usage_survives_a_graceful_restart_and_the_review_and_audit_trail_list_i
     assert!(admin.get(ALICE, "foxmail").await.unwrap().last_used_at.is_none());
 
     // Unused for zero seconds: every active pair, oldest activity first; revoked bob excluded.
-    let page = admin.list_unused(Some(Duration::ZERO), "", "").await.unwrap();
-    let names: Vec<String> = page.clients.iter().map(|c| format!("{}/{}", c.mailbox, c.client)).collect();
+    let page =
+        admin.list_unused(&UnusedFilter { unused_for: Some(Duration::ZERO), ..Default::default() }, "").await.unwrap();
+    let names: Vec<String> = page.items.iter().map(|c| format!("{}/{}", c.mailbox, c.client)).collect();
     assert_eq!(names, ["alice@sina.com/foxmail", "alice@sina.com/sender"]);
-    assert!(page.clients[0].last_used_at.is_none() && page.clients[1].last_used_at.is_some());
-    assert_eq!(page.clients[1].last_probe_outcome(), proto::ProbeOutcome::Accepted);
+    assert!(page.items[0].last_used_at.is_none() && page.items[1].last_used_at.is_some());
+    assert_eq!(page.items[1].last_probe_outcome, proto::ProbeOutcome::Accepted);
     // The default window (90 days) lists nothing this fresh.
-    assert!(admin.list_unused(None, "", "").await.unwrap().clients.is_empty());
+    assert!(admin.list_unused(&UnusedFilter::default(), "").await.unwrap().items.is_empty());
 
     let auth = format!("authorization: Bearer {}", stack.admin_token);
     let out = grpcurl::call(
@@ -54,7 +55,7 @@ async fn usage_survives_a_graceful_restart_and_the_review_and_audit_trail_list_i
 
     // The audit trail: newest first; the three Reveals are one aggregated event.
     let sender_id = format!("tk_{}", &stack.client_token("sender")[4..16]);
-    let events = admin.audit_events(proto::ListAuditEventsRequest::default()).await.unwrap().events;
+    let events = admin.audit_events(&AuditFilter::default(), "").await.unwrap().items;
     let rpcs: Vec<(&str, &str)> = events.iter().map(|e| (e.rpc.as_str(), e.outcome.as_str())).collect();
     let revoke = [("Revoke", "OLD_CODE_PROBED"), ("Revoke", "OK")];
     assert_eq!(rpcs, [[("Reveal", "OK")].as_slice(), &revoke, &[("Bind", "OK"); 3]].concat());
@@ -63,7 +64,7 @@ async fn usage_survives_a_graceful_restart_and_the_review_and_audit_trail_list_i
         (reveal.count, reveal.caller.as_str(), reveal.caller_role.as_str()),
         (3, sender_id.as_str(), "client:sender")
     );
-    assert_eq!(events[3].probe_outcome(), proto::ProbeOutcome::Accepted);
+    assert_eq!(events[3].probe_outcome, Some(proto::ProbeOutcome::Accepted));
     assert_eq!((events[1].caller_role.as_str(), events[2].caller_role.as_str()), ("admin", "admin"));
     let by_sender = format!(r#"{{"caller":"{sender_id}"}}"#);
     let out =
@@ -76,7 +77,7 @@ async fn refused_probes_are_audited_and_a_failed_audit_write_blocks_the_change()
     let stack = Stack::start();
     let mut admin = stack.admin().await;
     assert!(admin.bind(ALICE, "sender", code("WRONGwrong123456")).await.is_err());
-    let events = admin.audit_events(proto::ListAuditEventsRequest::default()).await.unwrap().events;
+    let events = admin.audit_events(&AuditFilter::default(), "").await.unwrap().items;
     assert_eq!((events[0].rpc.as_str(), events[0].outcome.as_str()), ("Bind", "PROBE_REJECTED"));
     admin.bind(ALICE, "sender", code(ALICE_CODE)).await.unwrap();
 
@@ -91,7 +92,7 @@ async fn refused_probes_are_audited_and_a_failed_audit_write_blocks_the_change()
     assert!(matches!(admin.get(BOB, "sender").await, Err(vault_client::Error::NotFound)));
     assert!(admin.revoke(ALICE, "sender", "").await.is_err());
     let cred = admin.get(ALICE, "sender").await.unwrap();
-    assert_eq!(cred.state(), proto::CredentialState::Active, "revoked without an audit row");
+    assert_eq!(cred.state, proto::CredentialState::Active, "revoked without an audit row");
     db.execute_batch("DROP TRIGGER audit_fails;").unwrap();
     admin.revoke(ALICE, "sender", "").await.unwrap();
 }

@@ -24,7 +24,7 @@ fn unix_now() -> f64 {
 }
 
 async fn outcome_of(c: &mut vault_client::VaultClient, mailbox: &str) -> ProbeOutcome {
-    c.get(mailbox, "sender").await.unwrap().last_probe_outcome()
+    c.get(mailbox, "sender").await.unwrap().last_probe_outcome
 }
 
 #[tokio::test]
@@ -56,13 +56,13 @@ async fn a_code_deleted_upstream_is_found_within_a_period_at_the_configured_rate
     let names: Vec<&str> = listed.credentials.iter().map(|x| x.mailbox.as_str()).collect();
     assert_eq!(names, [BOB]);
     let bob = c.get(BOB, "sender").await.unwrap();
-    assert_eq!(bob.state(), proto::CredentialState::Active, "a dead code stays stored for the admin to rotate");
+    assert_eq!(bob.state, proto::CredentialState::Active, "a dead code stays stored for the admin to rotate");
 
     // The sweep left Bob's mailbox its reserve: an admin Verify still probes.
     let admin_window = unix_now();
     let verify = c.verify(BOB, "sender").await.expect("the sweep starved the admin's Verify");
     let admin_window = (admin_window, unix_now());
-    let hint = verify.probe.unwrap().hint;
+    let hint = verify.probe.hint;
     assert!(hint.contains("password was changed") && hint.contains("Rotate"), "{hint}");
 
     // Audited as a Verify by `system`.

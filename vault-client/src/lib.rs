@@ -1,9 +1,13 @@
 //! Client for authcode-vault, the gRPC vault for mail-provider client auth codes.
 //!
-//! [`VaultClient`] wraps the generated stubs in [`proto`] with one method per RPC and a typed
-//! [`Error`]. Auth codes travel as [`SecretString`] and never appear in a Debug print. A
-//! sync worker reveals its own code with a client token; admin tools bind, rotate, revoke,
-//! verify and review with an admin token.
+//! [`VaultClient`] has one method per RPC, plain Rust values in and out ([`Credential`],
+//! [`ProbeReport`], [`Page`], times as `SystemTime`) and a typed [`Error`]; the generated
+//! messages in [`proto`] stay reachable through [`VaultClient::raw`]. Auth codes travel as
+//! [`SecretString`] and never appear in a Debug print. A sync worker reveals its own code with
+//! a client token; admin tools bind, rotate, revoke, verify and review with an admin token.
+//! The listings take a plain filter and a page token and return a [`Page`]; `list_all`,
+//! `unused_all` and `audit_all` walk every page. `examples/lifecycle.rs` calls every RPC once
+//! (the README's walkthrough runs it against a real server).
 //!
 //! The channel reconnects by itself after a dropped connection; set per-call and connect
 //! timeouts and TLS in [`ConnectOptions`]. `bind`, `rotate` and `revoke` send a fresh
@@ -30,15 +34,20 @@ mod error;
 mod listing;
 pub mod proto;
 mod retry;
+mod types;
 
 pub use connect::{ConnectOptions, TlsOptions};
 pub use error::Error;
-pub use listing::{AuditFilter, CredentialFilter};
+pub use listing::{AuditFilter, CredentialFilter, UnusedFilter};
+pub use proto::{CredentialState, ProbeOutcome};
 pub use secrecy::{ExposeSecret, SecretString};
 /// The gRPC status code of [`Error::Other`].
 pub use tonic::Code;
 /// A connection to build a client on with [`VaultClient::from_channel`].
 pub use tonic::transport::Channel;
+pub use types::{
+    AuditEvent, Bound, Credential, DataKeyRotated, Page, ProbeReport, Revoked, Rotated, UnusedClient, Verified,
+};
 
 use tonic::service::interceptor::InterceptedService;
 
@@ -136,18 +145,13 @@ impl VaultClient {
     /// # async fn demo(vault: &mut vault_client::VaultClient) -> Result<(), vault_client::Error> {
     /// use vault_client::{Error, SecretString};
     /// match vault.bind("alice@sina.com", "sender", SecretString::from("abcd1234efgh5678")).await {
-    ///     Ok(r) => println!("bound, version {}", r.credential.map_or(0, |c| c.version)),
+    ///     Ok(r) => println!("bound, version {}: {}", r.credential.version, r.probe.server_response),
     ///     Err(Error::ProbeRejected { hint, .. }) => eprintln!("Sina refused it: {hint}"),
     ///     Err(e) => return Err(e),
     /// }
     /// # Ok(()) }
     /// ```
-    pub async fn bind(
-        &mut self,
-        mailbox: &str,
-        client: &str,
-        code: SecretString,
-    ) -> Result<proto::BindResponse, Error> {
+    pub async fn bind(&mut self, mailbox: &str, client: &str, code: SecretString) -> Result<Bound, Error> {
         let req = proto::BindRequest {
             mailbox: mailbox.to_owned(),
             client: client.to_owned(),
@@ -155,7 +159,7 @@ impl VaultClient {
             request_id: retry::request_id(),
         };
         let id = req.request_id.clone();
-        retry::write(&self.inner, req, &id, |mut c, r| async move { c.bind(r).await }).await
+        retry::write(&self.inner, req, &id, |mut c, r| async move { c.bind(r).await }).await?.try_into()
     }
 
     /// Fetches the plaintext code for (mailbox, client) and the provider's servers (client
@@ -188,9 +192,9 @@ impl VaultClient {
     ///
     /// ```no_run
     /// # async fn demo(vault: &mut vault_client::VaultClient) -> Result<(), vault_client::Error> {
-    /// use vault_client::{SecretString, proto::ProbeOutcome};
+    /// use vault_client::{ProbeOutcome, SecretString};
     /// let r = vault.rotate("alice@sina.com", "sender", SecretString::from("ijkl9012mnop3456"), 1).await?;
-    /// if r.previous_code_probe.is_some_and(|p| p.outcome() == ProbeOutcome::Accepted) {
+    /// if r.previous_code_probe.is_some_and(|p| p.outcome == ProbeOutcome::Accepted) {
     ///     println!("delete the old code in webmail");
     /// }
     /// # Ok(()) }
@@ -201,7 +205,7 @@ impl VaultClient {
         client: &str,
         new_code: SecretString,
         expected_version: u64,
-    ) -> Result<proto::RotateResponse, Error> {
+    ) -> Result<Rotated, Error> {
         let req = proto::RotateRequest {
             mailbox: mailbox.to_owned(),
             client: client.to_owned(),
@@ -210,7 +214,7 @@ impl VaultClient {
             request_id: retry::request_id(),
         };
         let id = req.request_id.clone();
-        retry::write(&self.inner, req, &id, |mut c, r| async move { c.rotate(r).await }).await
+        retry::write(&self.inner, req, &id, |mut c, r| async move { c.rotate(r).await }).await?.try_into()
     }
 
     /// Destroys the code and keeps a tombstone (admin); then says whether the provider still
@@ -222,7 +226,7 @@ impl VaultClient {
     /// if let Some(p) = r.probe { println!("{}", p.hint); }
     /// # Ok(()) }
     /// ```
-    pub async fn revoke(&mut self, mailbox: &str, client: &str, reason: &str) -> Result<proto::RevokeResponse, Error> {
+    pub async fn revoke(&mut self, mailbox: &str, client: &str, reason: &str) -> Result<Revoked, Error> {
         let req = proto::RevokeRequest {
             mailbox: mailbox.to_owned(),
             client: client.to_owned(),
@@ -230,7 +234,7 @@ impl VaultClient {
             request_id: retry::request_id(),
         };
         let id = req.request_id.clone();
-        retry::write(&self.inner, req, &id, |mut c, r| async move { c.revoke(r).await }).await
+        retry::write(&self.inner, req, &id, |mut c, r| async move { c.revoke(r).await }).await?.try_into()
     }
 
     /// Re-probes the stored code and records the outcome (admin).
@@ -238,83 +242,12 @@ impl VaultClient {
     /// ```no_run
     /// # async fn demo(vault: &mut vault_client::VaultClient) -> Result<(), vault_client::Error> {
     /// let r = vault.verify("alice@sina.com", "sender").await?;
-    /// println!("{:?}: {}", r.probe.as_ref().map(|p| p.outcome()), r.probe.map(|p| p.hint).unwrap_or_default());
+    /// println!("{:?}: {}", r.probe.outcome, r.probe.hint);
     /// # Ok(()) }
     /// ```
-    pub async fn verify(&mut self, mailbox: &str, client: &str) -> Result<proto::VerifyResponse, Error> {
+    pub async fn verify(&mut self, mailbox: &str, client: &str) -> Result<Verified, Error> {
         let req = proto::VerifyRequest { mailbox: mailbox.to_owned(), client: client.to_owned() };
-        Ok(self.inner.verify(req).await?.into_inner())
-    }
-
-    /// One page of bindings' metadata (admin); pass the returned `next_page_token` for the next
-    /// page.
-    ///
-    /// ```no_run
-    /// # async fn demo(vault: &mut vault_client::VaultClient) -> Result<(), vault_client::Error> {
-    /// use vault_client::proto::ListCredentialsRequest;
-    /// let mut token = String::new();
-    /// loop {
-    ///     let page = vault.list(ListCredentialsRequest { page_token: token, ..Default::default() }).await?;
-    ///     for c in &page.credentials { println!("{} {}", c.mailbox, c.client); }
-    ///     if page.next_page_token.is_empty() { break; }
-    ///     token = page.next_page_token;
-    /// }
-    /// # Ok(()) }
-    /// ```
-    pub async fn list(
-        &mut self,
-        request: proto::ListCredentialsRequest,
-    ) -> Result<proto::ListCredentialsResponse, Error> {
-        Ok(self.inner.list_credentials(request).await?.into_inner())
-    }
-
-    /// One page of the quarterly review (admin): active bindings with no Reveal within
-    /// `unused_for` (`None`: 90 days), oldest activity first. `mailbox` empty for all. Pass
-    /// `next_page_token` back for the next page.
-    ///
-    /// ```no_run
-    /// # async fn demo(vault: &mut vault_client::VaultClient) -> Result<(), vault_client::Error> {
-    /// let page = vault.list_unused(None, "", "").await?;
-    /// for c in page.clients {
-    ///     println!("{} {} last used {:?}", c.mailbox, c.client, c.last_used_at);
-    /// }
-    /// # Ok(()) }
-    /// ```
-    pub async fn list_unused(
-        &mut self,
-        unused_for: Option<std::time::Duration>,
-        mailbox: &str,
-        page_token: &str,
-    ) -> Result<proto::ListUnusedClientsResponse, Error> {
-        let unused_for = unused_for
-            .map(prost_types::Duration::try_from)
-            .transpose()
-            .map_err(|_| Error::InvalidArgument { message: "unused_for is out of range".into() })?;
-        let req = proto::ListUnusedClientsRequest {
-            unused_for,
-            mailbox: mailbox.to_owned(),
-            page_size: 0,
-            page_token: page_token.to_owned(),
-        };
-        Ok(self.inner.list_unused_clients(req).await?.into_inner())
-    }
-
-    /// One page of the audit trail, newest first (admin).
-    ///
-    /// ```no_run
-    /// # async fn demo(vault: &mut vault_client::VaultClient) -> Result<(), vault_client::Error> {
-    /// use vault_client::proto::ListAuditEventsRequest;
-    /// let req = ListAuditEventsRequest { mailbox: "alice@sina.com".into(), ..Default::default() };
-    /// for e in vault.audit_events(req).await?.events {
-    ///     println!("{} {} by {} ({}): {}", e.id, e.rpc, e.caller, e.caller_role, e.outcome);
-    /// }
-    /// # Ok(()) }
-    /// ```
-    pub async fn audit_events(
-        &mut self,
-        request: proto::ListAuditEventsRequest,
-    ) -> Result<proto::ListAuditEventsResponse, Error> {
-        Ok(self.inner.list_audit_events(request).await?.into_inner())
+        self.inner.verify(req).await?.into_inner().try_into()
     }
 
     /// A binding's metadata, never its code (admin, or the client for its own pairs).
@@ -325,15 +258,22 @@ impl VaultClient {
     /// println!("version {} last verified {:?}", c.version, c.last_verified_at);
     /// # Ok(()) }
     /// ```
-    pub async fn get(&mut self, mailbox: &str, client: &str) -> Result<proto::Credential, Error> {
+    pub async fn get(&mut self, mailbox: &str, client: &str) -> Result<Credential, Error> {
         let req = proto::GetCredentialRequest { mailbox: mailbox.to_owned(), client: client.to_owned() };
-        Ok(self.inner.get_credential(req).await?.into_inner())
+        Ok(self.inner.get_credential(req).await?.into_inner().into())
     }
 
     /// Rotates the data key (admin): every code is re-sealed under a new key and the old key
     /// is deleted before this returns. If the call's deadline passes first, the rotation goes
     /// on in the server; calling again joins it.
-    pub async fn rotate_data_key(&mut self) -> Result<proto::RotateDataKeyResponse, Error> {
-        Ok(self.inner.rotate_data_key(proto::RotateDataKeyRequest {}).await?.into_inner())
+    ///
+    /// ```no_run
+    /// # async fn demo(vault: &mut vault_client::VaultClient) -> Result<(), vault_client::Error> {
+    /// let r = vault.rotate_data_key().await?;
+    /// println!("key {} now; {} codes re-sealed, keys {:?} deleted", r.active_key_id, r.codes_resealed, r.retired_key_ids);
+    /// # Ok(()) }
+    /// ```
+    pub async fn rotate_data_key(&mut self) -> Result<DataKeyRotated, Error> {
+        Ok(self.inner.rotate_data_key(proto::RotateDataKeyRequest {}).await?.into_inner().into())
     }
 }

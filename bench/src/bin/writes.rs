@@ -7,11 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use vault_client::{ConnectOptions, SecretString, VaultClient, proto::ProbeReport};
-
-fn latency(p: Option<&ProbeReport>) -> Duration {
-    p.and_then(|p| p.latency).and_then(|d| Duration::try_from(d).ok()).unwrap_or_default()
-}
+use vault_client::{ConnectOptions, SecretString, VaultClient};
 
 fn percentiles(mut v: Vec<Duration>) -> (f64, f64) {
     v.sort();
@@ -44,13 +40,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let t = Instant::now();
         let r = vault.bind(&mailbox, "sender", SecretString::from(first)).await?;
         let total = t.elapsed();
-        let probe = latency(r.probe.as_ref());
+        let probe = r.probe.latency;
         bind.0.push(probe);
         bind.1.push(total.saturating_sub(probe));
         let t = Instant::now();
         let r = vault.rotate(&mailbox, "sender", SecretString::from(second), 1).await?;
         let total = t.elapsed();
-        let probe = latency(r.probe.as_ref()) + latency(r.previous_code_probe.as_ref());
+        let probe = r.probe.latency + r.previous_code_probe.map_or(Duration::ZERO, |p| p.latency);
         rotate.0.push(probe);
         rotate.1.push(total.saturating_sub(probe));
     }

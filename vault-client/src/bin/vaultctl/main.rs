@@ -11,8 +11,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use vault_client::proto::{self, ProbeOutcome};
-use vault_client::{AuditFilter, ConnectOptions, CredentialFilter, Error, SecretString, TlsOptions, VaultClient};
+use vault_client::{
+    AuditFilter, ConnectOptions, CredentialFilter, Error, ProbeOutcome, ProbeReport, SecretString, TlsOptions,
+    UnusedFilter, VaultClient,
+};
 
 use output::{Format, Table};
 
@@ -201,9 +203,9 @@ fn read_stdin_line() -> std::io::Result<String> {
     String::from_utf8(line).map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8"))
 }
 
-fn probe_line(what: &str, p: Option<&proto::ProbeReport>) {
+fn probe_line(what: &str, p: Option<&ProbeReport>) {
     if let Some(p) = p {
-        println!("{what}: {} at {} — {}", p.outcome().as_str_name(), p.server, p.hint);
+        println!("{what}: {} at {} — {}", p.outcome.as_str_name(), p.server, p.hint);
     }
 }
 
@@ -213,14 +215,14 @@ async fn run(cli: Cli) -> Result<(), Error> {
         Command::Bind { mailbox, client } => {
             let code = read_code(&format!("auth code for {mailbox} / {client}: "))?;
             let r = vault.bind(mailbox, client, code).await?;
-            println!("bound {mailbox} / {client}, version {}", r.credential.map_or(0, |c| c.version));
-            probe_line("probe", r.probe.as_ref());
+            println!("bound {mailbox} / {client}, version {}", r.credential.version);
+            probe_line("probe", Some(&r.probe));
         }
         Command::Rotate { mailbox, client, expected_version } => {
             let code = read_code(&format!("new auth code for {mailbox} / {client}: "))?;
             let r = vault.rotate(mailbox, client, code, *expected_version).await?;
-            println!("rotated {mailbox} / {client} to version {}", r.credential.map_or(0, |c| c.version));
-            probe_line("probe", r.probe.as_ref());
+            println!("rotated {mailbox} / {client} to version {}", r.credential.version);
+            probe_line("probe", Some(&r.probe));
             probe_line("previous code", r.previous_code_probe.as_ref());
         }
         Command::Revoke { mailbox, client, reason } => {
@@ -230,7 +232,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
         }
         Command::Verify { mailbox, client } => {
             let r = vault.verify(mailbox, client).await?;
-            probe_line("probe", r.probe.as_ref());
+            probe_line("probe", Some(&r.probe));
         }
         Command::Get { mailbox, client } => {
             let c = vault.get(mailbox, client).await?;
@@ -250,7 +252,12 @@ async fn run(cli: Cli) -> Result<(), Error> {
             review(&mut vault, cli.format, *unused_for, *not_verified_for).await?;
         }
         Command::Audit { mailbox, client, caller, limit } => {
-            let filter = AuditFilter { mailbox: mailbox.clone(), client: client.clone(), caller: caller.clone() };
+            let filter = AuditFilter {
+                mailbox: mailbox.clone(),
+                client: client.clone(),
+                caller: caller.clone(),
+                ..Default::default()
+            };
             print!("{}", Table::audit(&vault.audit_all(&filter, *limit).await?).render(cli.format));
         }
         Command::Reveal { mailbox, client } => {
@@ -267,7 +274,7 @@ async fn review(
     unused_for: Duration,
     unchecked: Duration,
 ) -> Result<(), Error> {
-    let unused = vault.unused_all(Some(unused_for), "").await?;
+    let unused = vault.unused_all(&UnusedFilter { unused_for: Some(unused_for), ..Default::default() }).await?;
     let rejected = CredentialFilter { last_probe_outcome: Some(ProbeOutcome::Rejected), ..Default::default() };
     let rejected = vault.list_all(&rejected).await?;
     let stale = vault.list_all(&CredentialFilter { not_verified_for: Some(unchecked), ..Default::default() }).await?;

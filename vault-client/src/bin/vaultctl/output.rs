@@ -1,9 +1,9 @@
 //! Tables of credentials, unused clients and audit events, as aligned text, JSON or CSV.
 
 use std::fmt::Write as _;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::SystemTime;
 
-use vault_client::proto;
+use vault_client::{AuditEvent, Credential, ProbeOutcome, UnusedClient};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -18,34 +18,28 @@ pub struct Table {
     rows: Vec<Vec<String>>,
 }
 
-fn time(t: Option<&prost_types::Timestamp>) -> String {
-    t.and_then(|t| {
-        let secs = u64::try_from(t.seconds).ok()?;
-        Some(humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string())
-    })
-    .unwrap_or_default()
+fn time(t: Option<SystemTime>) -> String {
+    t.map(|t| humantime::format_rfc3339_seconds(t).to_string()).unwrap_or_default()
 }
 
-fn outcome(o: i32) -> String {
-    proto::ProbeOutcome::try_from(o).map_or_else(
-        |_| o.to_string(),
-        |o| o.as_str_name().trim_start_matches("PROBE_OUTCOME_").trim_start_matches("UNSPECIFIED").to_owned(),
-    )
+fn outcome(o: Option<ProbeOutcome>) -> String {
+    o.map(|o| o.as_str_name().trim_start_matches("PROBE_OUTCOME_").trim_start_matches("UNSPECIFIED").to_owned())
+        .unwrap_or_default()
 }
 
 impl Table {
-    pub fn credentials(items: &[proto::Credential]) -> Self {
+    pub fn credentials(items: &[Credential]) -> Self {
         let rows = items
             .iter()
             .map(|c| {
                 vec![
                     c.mailbox.clone(),
                     c.client.clone(),
-                    c.state().as_str_name().trim_start_matches("CREDENTIAL_STATE_").to_owned(),
+                    c.state.as_str_name().trim_start_matches("CREDENTIAL_STATE_").to_owned(),
                     c.version.to_string(),
-                    outcome(c.last_probe_outcome),
-                    time(c.last_verified_at.as_ref()),
-                    time(c.last_used_at.as_ref()),
+                    outcome(Some(c.last_probe_outcome)),
+                    time(c.last_verified_at),
+                    time(c.last_used_at),
                 ]
             })
             .collect();
@@ -53,29 +47,29 @@ impl Table {
         Self { columns, rows }
     }
 
-    pub fn unused(items: &[proto::UnusedClient]) -> Self {
+    pub fn unused(items: &[UnusedClient]) -> Self {
         let rows = items
             .iter()
             .map(|c| {
                 vec![
                     c.mailbox.clone(),
                     c.client.clone(),
-                    time(c.last_used_at.as_ref()),
-                    time(c.created_at.as_ref()),
-                    outcome(c.last_probe_outcome),
+                    time(c.last_used_at),
+                    time(c.created_at),
+                    outcome(Some(c.last_probe_outcome)),
                 ]
             })
             .collect();
         Self { columns: &["mailbox", "client", "last_used", "bound", "last_probe"], rows }
     }
 
-    pub fn audit(items: &[proto::AuditEvent]) -> Self {
+    pub fn audit(items: &[AuditEvent]) -> Self {
         let rows = items
             .iter()
             .map(|e| {
                 vec![
                     e.id.to_string(),
-                    time(e.at.as_ref()),
+                    time(e.at),
                     e.caller.clone(),
                     e.caller_role.clone(),
                     e.rpc.clone(),
