@@ -9,6 +9,7 @@
 #   alice@sina.com  PLAYGROUNDalice1 (and PLAYGROUNDalice2, a second code to rotate to)
 #   bob@sina.com    PLAYGROUNDbob001 (and PLAYGROUNDbob002)
 set -euo pipefail
+umask 077
 repo=$(cd "$(dirname "$(readlink -f "$0")")/.." && pwd)
 dir=$PWD/vault-playground
 
@@ -17,15 +18,25 @@ missing=()
 [ -x /usr/sbin/dovecot ] || missing+=(dovecot-imapd)
 [ -x /usr/lib/dovecot/submission ] || missing+=(dovecot-submissiond)
 command -v openssl >/dev/null || missing+=(openssl)
+command -v python3 >/dev/null || missing+=(python3)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "playground: installing ${missing[*]}"
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
+# Refuse a directory (or a link) someone else planted: as root, writing through it would
+# overwrite files anywhere.
+if [ -L "$dir" ] || { [ -e "$dir" ] && [ "$(stat -c %u "$dir")" != "$(id -u)" ]; }; then
+  echo "playground: $dir is a link or belongs to another user; remove it first" >&2
+  exit 1
+fi
 mkdir -p "$dir"/run "$dir"/state "$dir"/passdb "$dir"/mail
-chmod 0755 "$dir" "$dir"/passdb
-chmod 0777 "$dir"/mail
+if [ "$(id -u)" -eq 0 ]; then
+  # Dovecot's unprivileged processes read the passdb and write mail as nobody.
+  chmod 0755 "$dir" "$dir"/passdb
+  chown nobody:nogroup "$dir"/mail
+fi
 
 # A test CA and a certificate for the Sina hosts, made once.
 if [ ! -s "$dir/ca.pem" ] || [ ! -s "$dir/server.pem" ]; then
@@ -38,12 +49,11 @@ if [ ! -s "$dir/ca.pem" ] || [ ! -s "$dir/server.pem" ]; then
     >"$dir/server.ext"
   openssl x509 -req -in "$dir/server.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" -CAcreateserial \
     -days 365 -extfile "$dir/server.ext" -out "$dir/server.pem" 2>/dev/null
-  chmod 0600 "$dir/ca.key" "$dir/server.key"
 fi
 
 printf 'alice@sina.com:PLAYGROUNDalice1\nbob@sina.com:PLAYGROUNDbob001\n' >"$dir/passdb/codes"
 printf 'alice@sina.com:PLAYGROUNDalice2\nbob@sina.com:PLAYGROUNDbob002\n' >"$dir/passdb/extra"
-chmod 0644 "$dir"/passdb/*
+if [ "$(id -u)" -eq 0 ]; then chmod 0644 "$dir"/passdb/*; fi
 
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 imaps=$(free_port)

@@ -42,8 +42,7 @@ canary_with_filter! {
     canaries_at_trace: "trace",
     canaries_with_a_bind_span_filter: "[bind]=trace",
     canaries_with_an_rpc_field_span_filter: "[{rpc}]=trace",
-    canaries_with_async_imap_at_trace: "async_imap=trace",
-    canaries_with_the_imap_stream_at_trace: "async_imap::imap_stream=trace",
+    canaries_with_the_probe_at_trace: "vault_server::probe=trace",
     canaries_with_lettre_at_trace: "lettre=trace",
     canaries_with_h2_at_trace: "h2=trace",
 }

@@ -152,17 +152,43 @@ impl VaultClient {
     }
 }
 
-/// Fetches pages from the first (empty token) until the last or `limit` entries.
+/// Fetches pages from the first (empty token) until the last or `limit` entries. A server
+/// that hands back the token it was given would keep this going forever: that is an error.
 async fn walk<T>(limit: usize, mut page: impl AsyncFnMut(String) -> Result<Page<T>, Error>) -> Result<Vec<T>, Error> {
     let (mut all, mut token) = (Vec::new(), String::new());
     while all.len() < limit {
-        let next = page(token).await?;
+        let next = page(token.clone()).await?;
         all.extend(next.items);
         if next.next_page_token.is_empty() {
             break;
+        }
+        if next.next_page_token == token {
+            let message = "the vault answered a page with the token that asked for it".to_owned();
+            return Err(Error::Other { code: crate::Code::Internal, message });
         }
         token = next.next_page_token;
     }
     all.truncate(limit);
     Ok(all)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn walks_every_page_and_stops_on_a_token_handed_back() {
+        let mut served = 0;
+        let pages = walk(usize::MAX, async |token: String| {
+            served += 1;
+            let next = if token.len() < 2 { format!("{token}x") } else { String::new() };
+            Ok(Page { items: vec![token], next_page_token: next })
+        })
+        .await
+        .unwrap();
+        assert_eq!((pages, served), (vec![String::new(), "x".into(), "xx".into()], 3));
+
+        let stuck = walk(usize::MAX, async |_| Ok(Page { items: vec![1], next_page_token: "same".into() })).await;
+        assert!(matches!(stuck, Err(Error::Other { .. })), "{stuck:?}");
+    }
 }

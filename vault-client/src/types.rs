@@ -1,6 +1,8 @@
 //! What the vault answers, as plain Rust: times are `SystemTime`, durations `Duration`, enums
 //! typed, absent reports `None`. Built from the wire messages in [`crate::proto`], which stay
-//! available through [`crate::VaultClient::raw`].
+//! available through [`crate::VaultClient::raw`]. A time this platform cannot hold is `None`,
+//! and an enum value newer than this crate reads as `Unspecified`: use `raw()` for the exact
+//! wire values.
 
 use std::time::{Duration, SystemTime};
 

@@ -1,35 +1,45 @@
 //! The IMAP login probe: greeting, LOGIN, then (NetEase) ID and EXAMINE INBOX, then LOGOUT.
 
-use async_imap::imap_proto::{Response, ResponseCode, Status};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
+use imap_proto::parser::parse_response;
+use imap_proto::{Response, ResponseCode, Status};
+use tokio::io::{AsyncRead, AsyncWrite};
+use zeroize::Zeroizing;
+
+use super::imap_wire::{MAX_RESPONSE, Wire, WireError};
 
 use super::{ProbeOutcome, Step};
 use crate::provider::{ImapSteps, Provider};
 use crate::secret::AuthCode;
 
 /// Runs the provider's IMAP steps on an open TLS stream. Each command is sent and read to its
-/// tagged completion here (async-imap parses), so an accepted probe reports the server's own
-/// words, as a refused one does.
+/// tagged completion here, with bounds ([`Wire`]), and parsed by imap-proto; an accepted probe
+/// reports the server's own words, as a refused one does.
 pub async fn probe<S>(stream: S, provider: &Provider, login: &str, code: &AuthCode) -> Step
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send + std::fmt::Debug,
+    S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let mut client = async_imap::Client::new(stream);
-    match client.read_response().await {
-        Ok(Some(greeting)) => match greeting.parsed() {
-            Response::Data { status: Status::Ok, .. } => {}
-            other => return Step::new(ProbeOutcome::ProtocolError, format!("unexpected greeting: {other:?}")),
-        },
-        Ok(None) => return Step::new(ProbeOutcome::ProtocolError, "connection closed before the greeting"),
-        Err(e) => return Step::new(ProbeOutcome::ProtocolError, format!("reading the greeting failed: {e}")),
+    let mut wire = Wire::new(stream);
+    let greeting = match wire.response().await {
+        Ok(greeting) => greeting,
+        Err(e) => return wire_failure("reading the greeting", e),
+    };
+    match parse_response(&greeting) {
+        Ok((_, Response::Data { status: Status::Ok, .. })) => {}
+        Ok((_, other)) => return Step::new(ProbeOutcome::ProtocolError, format!("unexpected greeting: {other:?}")),
+        Err(_) => return Step::new(ProbeOutcome::ProtocolError, "the greeting is not IMAP"),
     }
     tracing::debug!(steps = ?provider.imap_steps, "IMAP greeting received; sending LOGIN");
-    let (Some(user), Some(secret)) = (quoted(login), quoted(code.expose())) else {
-        return Step::new(ProbeOutcome::ProtocolError, "LOGIN: the login or the code has a line break");
+    let mut command = Zeroizing::new(Vec::with_capacity(16 + 2 * (login.len() + code.expose().len())));
+    command.extend_from_slice(b"V1 LOGIN ");
+    let quotable = push_quoted(&mut command, login) && {
+        command.push(b' ');
+        push_quoted(&mut command, code.expose())
     };
-    let secret = zeroize::Zeroizing::new(secret);
-    let command = zeroize::Zeroizing::new(format!("LOGIN {user} {}", secret.as_str()));
-    let mut step = match tagged(&mut client, 1, "LOGIN", &command).await {
+    if !quotable {
+        return Step::new(ProbeOutcome::ProtocolError, "LOGIN: the login or the code is not printable ASCII");
+    }
+    command.extend_from_slice(b"\r\n");
+    let mut step = match tagged(&mut wire, "V1", "LOGIN", &command).await {
         Ok(reply) => Step::new(ProbeOutcome::Accepted, reply),
         Err(step) => return step,
     };
@@ -38,10 +48,10 @@ where
         // NetEase accepts LOGIN from any client, then refuses mailbox access with
         // "NO ... Unsafe Login" unless the client identified itself with ID first.
         tracing::debug!("LOGIN accepted; sending ID and EXAMINE INBOX");
-        let id = format!("ID (\"name\" \"authcode-vault\" \"version\" \"{}\")", env!("CARGO_PKG_VERSION"));
-        step = match tagged(&mut client, 2, "ID", &id).await {
+        let id = format!("V2 ID (\"name\" \"authcode-vault\" \"version\" \"{}\")\r\n", env!("CARGO_PKG_VERSION"));
+        step = match tagged(&mut wire, "V2", "ID", id.as_bytes()).await {
             Err(failed) => failed,
-            Ok(_) => match tagged(&mut client, 3, "EXAMINE INBOX", "EXAMINE INBOX").await {
+            Ok(_) => match tagged(&mut wire, "V3", "EXAMINE INBOX", b"V3 EXAMINE INBOX\r\n").await {
                 Ok(reply) => Step::new(ProbeOutcome::Accepted, format!("{}; EXAMINE INBOX: {reply}", step.text)),
                 Err(mut failed) => {
                     if failed.outcome == ProbeOutcome::Rejected
@@ -55,40 +65,32 @@ where
         };
     }
     tracing::debug!(outcome = step.outcome.as_str(), "IMAP probe done; LOGOUT");
-    // The answer is already known; a failed LOGOUT changes nothing.
-    let _ = tagged(&mut client, 4, "LOGOUT", "LOGOUT").await;
+    // The answer is already known: a LOGOUT that fails or stalls changes nothing (and must not
+    // turn an accepted code into a timeout).
+    let _ = tokio::time::timeout(LOGOUT_WAIT, tagged(&mut wire, "V4", "LOGOUT", b"V4 LOGOUT\r\n")).await;
     step
 }
 
-/// Sends `command` under the tag `name`'s position `n` and reads responses up to its tagged
-/// completion: the server's reply (`OK ...`) when it succeeded, else the failed step (NO is a
-/// refusal). Written to the stream itself: async-imap keeps tagged commands of an
-/// unauthenticated client private, and its LOGIN drops the server's reply.
-async fn tagged<S>(client: &mut async_imap::Client<S>, n: u32, name: &str, command: &str) -> Result<String, Step>
+/// How long a finished probe waits for the server's answer to LOGOUT.
+const LOGOUT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+/// Most responses read while waiting for one command's completion.
+const MAX_RESPONSES: usize = 64;
+
+/// Sends `line` (tagged `tag`) and reads responses up to its tagged completion: the server's
+/// reply (`OK ...`) when it succeeded, else the failed step (NO is a refusal).
+async fn tagged<S>(wire: &mut Wire<S>, tag: &str, name: &str, line: &[u8]) -> Result<String, Step>
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send + std::fmt::Debug,
+    S: AsyncRead + AsyncWrite + Unpin,
 {
-    let tag = format!("V{n}");
-    let line = zeroize::Zeroizing::new(format!("{tag} {command}\r\n"));
-    let stream = client.get_mut();
-    if let Err(e) = async {
-        stream.write_all(line.as_bytes()).await?;
-        stream.flush().await
-    }
-    .await
-    {
+    if let Err(e) = wire.send(line).await {
         return Err(Step::new(ProbeOutcome::Unreachable, format!("{name}: connection failed: {e}")));
     }
-    drop(line);
-    loop {
-        let response = match client.read_response().await {
-            Ok(Some(response)) => response,
-            Ok(None) => {
-                return Err(Step::new(ProbeOutcome::Unreachable, format!("{name}: the server closed the connection")));
-            }
-            Err(e) => return Err(Step::new(ProbeOutcome::ProtocolError, format!("{name}: {e}"))),
+    for _ in 0..MAX_RESPONSES {
+        let raw = wire.response().await.map_err(|e| wire_failure(name, e))?;
+        let Ok((_, response)) = parse_response(&raw) else {
+            return Err(Step::new(ProbeOutcome::ProtocolError, format!("{name}: the server's answer is not IMAP")));
         };
-        let Response::Done { tag: done, status, code, information } = response.parsed() else { continue };
+        let Response::Done { tag: done, status, code, information } = response else { continue };
         if done.0 != tag {
             continue;
         }
@@ -99,14 +101,35 @@ where
             _ => Err(Step::new(ProbeOutcome::ProtocolError, format!("{name}: BAD {text}"))),
         };
     }
+    Err(Step::new(ProbeOutcome::ProtocolError, format!("{name}: no completion after {MAX_RESPONSES} responses")))
 }
 
-/// An IMAP quoted string, as async-imap writes one; `None` if it cannot be one (a line break).
-fn quoted(value: &str) -> Option<String> {
-    if value.contains(['\r', '\n']) {
-        return None;
+fn wire_failure(name: &str, e: WireError) -> Step {
+    match e {
+        WireError::Io(e) => Step::new(ProbeOutcome::Unreachable, format!("{name}: connection failed: {e}")),
+        WireError::Closed => Step::new(ProbeOutcome::Unreachable, format!("{name}: the server closed the connection")),
+        WireError::TooLong => Step::new(
+            ProbeOutcome::ProtocolError,
+            format!("{name}: the server sent more than a probe reads ({} KiB per answer)", MAX_RESPONSE / 1024),
+        ),
     }
-    Some(format!("\"{}\"", value.replace('\\', "\\\\").replace('"', "\\\"")))
+}
+
+/// Appends `value` as an IMAP quoted string; false (nothing sensible appended) unless it is
+/// printable ASCII, which is all a login or a code may be here.
+fn push_quoted(out: &mut Vec<u8>, value: &str) -> bool {
+    if !value.bytes().all(|b| (0x20..=0x7e).contains(&b)) {
+        return false;
+    }
+    out.push(b'"');
+    for b in value.bytes() {
+        if b == b'"' || b == b'\\' {
+            out.push(b'\\');
+        }
+        out.push(b);
+    }
+    out.push(b'"');
+    true
 }
 
 /// A completion's text in the wire form admins recognise: `[AUTHENTICATIONFAILED] ...`. A
@@ -131,14 +154,14 @@ mod tests {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
     use tokio::net::{TcpListener, TcpStream};
 
-    use super::{probe, quoted, wire_text};
+    use super::{probe, push_quoted, wire_text};
     use crate::outcome::ProbeOutcome;
     use crate::provider::Registry;
     use crate::secret::AuthCode;
 
     #[test]
     fn completion_text_keeps_the_wire_form_and_drops_the_capability_list() {
-        use async_imap::imap_proto::ResponseCode;
+        use imap_proto::ResponseCode;
         assert_eq!(wire_text(Some(&ResponseCode::Alert), Some("Try later.")), "[ALERT] Try later.");
         assert_eq!(wire_text(None, Some("Unsafe Login")), "Unsafe Login");
         assert_eq!(wire_text(Some(&ResponseCode::Capabilities(vec![])), Some("Logged in")), "Logged in");
@@ -147,9 +170,13 @@ mod tests {
     }
 
     #[test]
-    fn quotes_like_imap_and_refuses_line_breaks() {
-        assert_eq!(quoted(r#"a"b\c"#).as_deref(), Some(r#""a\"b\\c""#));
-        assert_eq!(quoted("a\r\nb"), None);
+    fn quotes_like_imap_and_refuses_what_is_not_printable_ascii() {
+        let mut out = Vec::new();
+        assert!(push_quoted(&mut out, r#"a"b\c"#));
+        assert_eq!(out, br#""a\"b\\c""#);
+        for bad in ["a\r\nb", "a\0b", "pässword"] {
+            assert!(!push_quoted(&mut Vec::new(), bad), "{bad:?}");
+        }
     }
 
     /// A scripted fake of NetEase's IMAP server (stock Dovecot cannot reproduce it): LOGIN
@@ -220,6 +247,35 @@ mod tests {
         let hint = step.hint.expect("NetEase hint");
         assert!(hint.contains("NetEase 126 Mail") && hint.contains("Unsafe Login"), "{hint}");
         assert_eq!(seen, ["LOGIN", "ID", "EXAMINE", "LOGOUT"]);
+    }
+
+    /// A server that accepts LOGIN and then never answers, holding the connection open.
+    async fn silent_after_login() -> std::net::SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (read, mut write) = stream.into_split();
+            let mut lines = BufReader::new(read).lines();
+            write.write_all(b"* OK ready\r\n").await.unwrap();
+            let login = lines.next_line().await.unwrap().unwrap();
+            let tag = login.split(' ').next().unwrap().to_owned();
+            write.write_all(format!("{tag} OK Logged in\r\n").as_bytes()).await.unwrap();
+            while let Ok(Some(_)) = lines.next_line().await {}
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_logout_that_never_completes_does_not_undo_an_accepted_login() {
+        let registry = Registry::builtin();
+        let stream = TcpStream::connect(silent_after_login().await).await.unwrap();
+        let started = std::time::Instant::now();
+        let code = AuthCode::new("ABCDEFGH12345678");
+        let probing = probe(stream, registry.lookup("sina.com").unwrap(), "a@sina.com", &code);
+        let step = tokio::time::timeout(std::time::Duration::from_secs(5), probing).await.expect("the probe hung");
+        assert_eq!((step.outcome, step.text.as_str()), (ProbeOutcome::Accepted, "OK Logged in"));
+        assert!(started.elapsed() < std::time::Duration::from_secs(3));
     }
 
     #[tokio::test]

@@ -2,6 +2,7 @@
 
 mod connect;
 mod imap;
+mod imap_wire;
 mod network;
 mod report;
 mod smtp;

@@ -51,9 +51,13 @@ impl FailedProbe {
 const MAX_RESPONSE_CHARS: usize = 200;
 
 /// Makes server text safe to show: no control characters, bounded length, and the secret
-/// replaced if a server ever echoes it.
+/// replaced if a server ever echoes it, as sent or as the escaped IMAP string it went out as.
 pub fn sanitize(text: &str, secret: &str) -> String {
-    let text = if secret.is_empty() { text.to_owned() } else { text.replace(secret, "[redacted]") };
+    let mut text = text.to_owned();
+    if !secret.is_empty() {
+        let escaped = secret.replace('\\', "\\\\").replace('"', "\\\"");
+        text = text.replace(&escaped, "[redacted]").replace(secret, "[redacted]");
+    }
     let cleaned: String = text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
     let trimmed = cleaned.trim();
     if trimmed.chars().count() > MAX_RESPONSE_CHARS {
@@ -73,6 +77,7 @@ mod tests {
     fn sanitize_strips_controls_secret_and_length() {
         assert_eq!(sanitize("NO bad\r\n", "x"), "NO bad");
         assert_eq!(sanitize("echo s3cr3t!", "s3cr3t"), "echo [redacted]!");
+        assert_eq!(sanitize(r#"BAD "a\"b\\c" unknown"#, r#"a"b\c"#), "BAD \"[redacted]\" unknown");
         assert_eq!(sanitize(&"a".repeat(500), "").chars().count(), MAX_RESPONSE_CHARS + 1);
     }
 

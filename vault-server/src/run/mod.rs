@@ -23,7 +23,6 @@ pub use serve::DEV_DATA_DIR;
 /// The cap is a second filter that every line must also pass, so no `--log-level` string (span
 /// filters and more specific targets included) can lift it.
 const CAPPED_TARGETS: &[&str] = &[
-    "async_imap",
     "imap_proto",
     "lettre",
     "h2",

@@ -182,17 +182,23 @@ fn read_code(prompt: &str) -> Result<SecretString, Error> {
     Ok(SecretString::from(code))
 }
 
+/// Longest code line read from stdin.
+const MAX_LINE: usize = 4096;
+
 /// One line of stdin, read a byte at a time so the rest stays for the next program, as the
 /// shell's `read` leaves it (a script can pipe several codes to several commands).
 fn read_stdin_line() -> std::io::Result<String> {
     let mut stdin = std::fs::File::from(std::io::stdin().as_fd().try_clone_to_owned()?);
-    let mut line = Vec::with_capacity(64);
+    // Sized once, so the code is never copied by a reallocation.
+    let mut line = Vec::with_capacity(MAX_LINE);
     let mut byte = [0u8; 1];
     loop {
         match stdin.read(&mut byte) {
             Ok(0) => break,
             Ok(_) if byte[0] == b'\n' => break,
-            Ok(_) if line.len() >= 4096 => {
+            Ok(_) if line.len() >= MAX_LINE => {
+                // Consume the rest of the line, so it cannot become the next program's input.
+                while stdin.read(&mut byte).is_ok_and(|n| n == 1 && byte[0] != b'\n') {}
                 return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "the line is too long"));
             }
             Ok(_) => line.push(byte[0]),

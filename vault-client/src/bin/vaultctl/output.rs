@@ -1,7 +1,7 @@
 //! Tables of credentials, unused clients and audit events, as aligned text, JSON or CSV.
 
 use std::fmt::Write as _;
-use std::time::SystemTime;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use vault_client::{AuditEvent, Credential, ProbeOutcome, UnusedClient};
 
@@ -18,8 +18,16 @@ pub struct Table {
     rows: Vec<Vec<String>>,
 }
 
+/// RFC 3339, or the seconds since 1970 for a time outside years 1970-9999 (which the formatter
+/// cannot write).
 fn time(t: Option<SystemTime>) -> String {
-    t.map(|t| humantime::format_rfc3339_seconds(t).to_string()).unwrap_or_default()
+    const YEAR_10000: u64 = 253_402_300_800;
+    t.map(|t| match t.duration_since(UNIX_EPOCH) {
+        Ok(d) if d.as_secs() < YEAR_10000 => humantime::format_rfc3339_seconds(t).to_string(),
+        Ok(d) => format!("@{}", d.as_secs()),
+        Err(e) => format!("@-{}", e.duration().as_secs()),
+    })
+    .unwrap_or_default()
 }
 
 fn outcome(o: Option<ProbeOutcome>) -> String {
