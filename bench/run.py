@@ -271,7 +271,41 @@ def compare(tmp):
     return results
 
 
-def scale(tmp):
+def spread(tmp, port, token, count, distribution):
+    """One run of bench/src/bin/spread.rs (tonic clients, 16x10, every answer checked)."""
+    token_file = os.path.join(tmp, "spread-token")
+    with open(token_file, "w") as f:
+        f.write(token)
+    os.chmod(token_file, 0o600)
+    out = subprocess.run([os.path.join(BIN, "spread"), f"http://127.0.0.1:{port}", "--token-file", token_file,
+                          "--count", str(count), "--distribution", distribution, "--seconds", str(SECONDS)],
+                         check=True, capture_output=True, text=True).stdout
+    r = json.loads(out)
+    if r["errors"] or r["wrong"] or not r["requests"]:
+        sys.exit(f"spread {distribution}: {r}")
+    return r
+
+
+def spread_runs(tmp, port, token, count, distributions):
+    """Interleaved repetitions of `spread` for each distribution: {distribution: [runs]}."""
+    runs = {d: [] for d in distributions}
+    for rep in range(REPS):
+        for d in distributions:
+            runs[d].append(spread(tmp, port, token, count, d))
+            print(f"rep {rep + 1} spread {count:>9,} {d:<8} {runs[d][-1]['rps']:>10,.0f} req/s", flush=True)
+    return runs
+
+
+def spread_small(tmp):
+    """The small vault's single-key figure with the spread client, for the scale ratios."""
+    data, pf, client, _, _ = prepare_vault(tmp, 1000)
+    vault, port, _, _ = start_vault(data, pf, os.path.join(tmp, "spread-small.log"))
+    runs = spread_runs(tmp, port, client, 1000, ["one"])["one"]
+    stop(vault)
+    return runs
+
+
+def scale(tmp, rotate=True):
     data, pf, client, admin, load_s = prepare_vault(tmp, SCALE_ROWS)
     starts = []
     for _ in range(3):
@@ -293,12 +327,13 @@ def scale(tmp):
     review.calibrate(pilot_conns=1)
     review.rate_guess = min(review.rate_guess, 500)
     pages = review.run(1, 1, tmp)
+    spread_1m = spread_runs(tmp, port, client, SCALE_ROWS, ["one", "uniform", "zipf"])
     rss = rss_mib(vault.pid)
-    rotate_s, during = rotate_data_key(s, port, mport, admin, tmp)
+    rotate_s, during = rotate_data_key(s, port, mport, admin, tmp) if rotate else (0.0, [])
     stop(vault)
     return {"rows": SCALE_ROWS, "load_s": load_s, "start_s": statistics.median(starts), "reveal": reveal,
             "page_mean_ms": pages["mean_ms"], "page_p99_ms": pages["p99_ms"], "rss": rss,
-            "rotate_s": rotate_s, "reveal_during_rotation": during}
+            "rotate_s": rotate_s, "reveal_during_rotation": during, "spread": spread_1m}
 
 
 def rotate_data_key(reveal, port, mport, admin, tmp):
@@ -496,7 +531,7 @@ not affected (they read from the row cache).
 """
 
 
-def write(results, sc, wr):
+def write(results, sc, wr, spread_lines):
     def row(name, label):
         rs = results[(name, label)]
         return (f"{fmt(rs, 'rate')} | {fmt(rs, 'mean_ms', digits=2)} | {fmt(rs, 'p99_ms', digits=2)} | "
@@ -539,8 +574,9 @@ def write(results, sc, wr):
               f"| `serve` start-up to SERVING (unlock included) | < 1 s | {sc['start_s']:.2f} s | {'yes' if sc['start_s'] < 1 else 'NO'} |",
               f"| a `ListUnusedClients` page of 100 | < 50 ms | mean {sc['page_mean_ms']:.1f} ms, p99 {sc['page_p99_ms']:.1f} ms | {'yes' if sc['page_p99_ms'] < 50 else 'NO'} |",
               f"| Reveal throughput vs the small vault | within 10% | {big:,.0f} vs {small:,.0f} req/s ({big / small:.2f}x) | {'yes' if big / small >= 0.9 else 'NO'} |",
-              f"| server RSS | < 100 MiB | {sc['rss']:.0f} MiB | {'yes' if sc['rss'] < 100 else 'NO'} |", "",
-              "## Write path", "",
+              f"| server RSS | < 100 MiB | {sc['rss']:.0f} MiB | {'yes' if sc['rss'] < 100 else 'NO'} |", ""]
+    lines += spread_lines
+    lines += ["## Write path", "",
               f"{wr['count']} Binds then {wr['count']} Rotates, one at a time, against a local Dovecot playing",
               "imap.sina.com over TLS (`bench/src/bin/writes.rs`). Probe time is what the vault's probe reports;",
               "server time is the rest of the call (validation, budget, sealing, the SQLite commit with",
@@ -569,7 +605,38 @@ def write(results, sc, wr):
     print("\n".join(lines))
 
 
+def spread_table(small, sc):
+    """The keys-spread table: the 1M vault's Reveal over one, uniform and Zipf pairs against the
+    small vault's single key, all with the same tonic client."""
+    med = lambda runs, key: statistics.median(r[key] for r in runs)
+    base, base_p99 = med(small, "rps"), med(small, "p99_ms")
+    lines = [f"## Scale: Reveal with keys spread over {sc['rows']:,} bindings", "",
+             "`bench/src/bin/spread.rs`: tonic clients, 16 connections x 10 in flight, each call for a pair drawn",
+             "from all bindings (uniform, Zipf s=1, or always one), every answer checked against the pair's code.",
+             f"Baseline: the same client against the 1,000-binding vault, one key. RSS after the runs: {sc['rss']:.0f} MiB.", "",
+             "| vault | keys | req/s | p50 ms | p99 ms | vs small, one key |", "|---|---|---|---|---|---|",
+             f"| 1,000 bindings | one | {base:,.0f} | {med(small, 'p50_ms'):.2f} | {base_p99:.2f} | 1.00x |"]
+    for d in ["one", "uniform", "zipf"]:
+        runs = sc["spread"][d]
+        lines.append(f"| {sc['rows']:,} | {d} | {med(runs, 'rps'):,.0f} | {med(runs, 'p50_ms'):.2f} | "
+                     f"{med(runs, 'p99_ms'):.2f} | {med(runs, 'rps') / base:.2f}x |")
+    worst = min(med(sc["spread"][d], "rps") for d in ["uniform", "zipf"]) / base
+    worst_p99 = max(med(sc["spread"][d], "p99_ms") for d in ["uniform", "zipf"]) / base_p99
+    lines += ["", "| goal | target | measured | met |", "|---|---|---|---|",
+              f"| uniform and Zipf throughput vs the small vault's one key | >= 0.85x | {worst:.2f}x (worse of the two) | {'yes' if worst >= 0.85 else 'NO'} |",
+              f"| their p99 vs the small vault's | <= 2x | {worst_p99:.2f}x | {'yes' if worst_p99 <= 2 else 'NO'} |",
+              f"| server RSS | < 100 MiB | {sc['rss']:.0f} MiB | {'yes' if sc['rss'] < 100 else 'NO'} |", ""]
+    return lines
+
+
 def main():
+    if "--spread-only" in sys.argv:
+        # The keys-spread table alone, printed.
+        with tempfile.TemporaryDirectory(prefix="vault-bench") as tmp:
+            small = spread_small(tmp)
+            sc = scale(tmp, rotate=False)
+            print("\n".join(spread_table(small, sc)))
+        return
     if "--rotation-only" in sys.argv:
         # The scale run alone, printed (for measuring the re-seal without the whole comparison).
         with tempfile.TemporaryDirectory(prefix="vault-bench") as tmp:
@@ -584,9 +651,10 @@ def main():
         return
     with tempfile.TemporaryDirectory(prefix="vault-bench") as tmp:
         results = compare(tmp)
+        small = spread_small(tmp)
         sc = scale(tmp)
         wr = writes(tmp)
-        write(results, sc, wr)
+        write(results, sc, wr, spread_table(small, sc))
 
 
 if __name__ == "__main__":
