@@ -110,6 +110,8 @@ struct Tally {
     latencies_us: Vec<u32>,
     errors: u64,
     wrong: u64,
+    /// The first failure's status, to say what went wrong.
+    first_error: Option<String>,
 }
 
 #[tokio::main]
@@ -151,7 +153,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                             tally.latencies_us.push(us);
                         }
                         Ok(_) => tally.wrong += 1,
-                        Err(_) => tally.errors += 1,
+                        Err(status) => {
+                            tally.errors += 1;
+                            let what = || format!("{:?}: {}", status.code(), status.message());
+                            tally.first_error.get_or_insert_with(what);
+                        }
                     }
                 }
             }));
@@ -163,6 +169,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         all.latencies_us.extend(t.latencies_us);
         all.errors += t.errors;
         all.wrong += t.wrong;
+        all.first_error = all.first_error.or(t.first_error);
     }
     all.latencies_us.sort_unstable();
     let percentile = |p: f64| {
@@ -176,8 +183,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let ok = all.latencies_us.len() as u64;
     #[allow(clippy::cast_precision_loss)]
     let rps = ok as f64 / args.seconds;
+    let first_error = all.first_error.unwrap_or_default().replace(['"', '\\'], "'");
     println!(
-        "{{\"requests\":{},\"errors\":{},\"wrong\":{},\"rps\":{rps:.0},\"p50_ms\":{:.3},\"p99_ms\":{:.3}}}",
+        "{{\"requests\":{},\"errors\":{},\"wrong\":{},\"rps\":{rps:.0},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"first_error\":\"{first_error}\"}}",
         ok + all.errors + all.wrong,
         all.errors,
         all.wrong,

@@ -51,6 +51,9 @@ pub struct Db {
     writer: Mutex<Connection>,
     readers: Mutex<Readers>,
     returned: Condvar,
+    /// A reader of its own for the token table: its re-read must never queue behind a flood of
+    /// Reveal cache misses holding the pool, or every token would be refused (fail-closed).
+    tokens_reader: Mutex<Option<Connection>>,
 }
 
 impl std::fmt::Debug for Db {
@@ -132,6 +135,7 @@ impl Db {
             writer: Mutex::new(writer),
             readers: Mutex::new(Readers::default()),
             returned: Condvar::new(),
+            tokens_reader: Mutex::new(None),
         })
     }
 
@@ -170,6 +174,18 @@ impl Db {
         let out = f(&conn);
         lock(&self.readers).idle.push(conn);
         self.returned.notify_one();
+        out
+    }
+
+    /// Runs `f` on the token table's own reader, opened on first use.
+    fn with_tokens_reader<T>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let mut slot = lock(&self.tokens_reader);
+        let conn = match slot.take() {
+            Some(conn) => conn,
+            None => open_conn(&self.path)?,
+        };
+        let out = f(&conn);
+        *slot = Some(conn);
         out
     }
 
@@ -437,7 +453,7 @@ impl Db {
     }
 
     pub fn tokens(&self) -> Result<Vec<Result<TokenRow, UnreadableToken>>, StoreError> {
-        self.with_reader(token_rows::all)
+        self.with_tokens_reader(token_rows::all)
     }
 
     /// Revokes a token (destroying its MAC), then truncates the WAL, so the old row, MAC
@@ -457,6 +473,41 @@ impl Db {
 mod tests {
     use super::*;
     use crate::crypto::{Key, Keyring};
+
+    #[test]
+    fn the_token_table_is_read_while_every_pooled_reader_is_busy() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (_, wrapped) = Keyring::generate(&Key::random());
+        let material = UnlockMaterial { salt: Salt([0; 16]), params: KdfParams::FLOOR, keys: vec![wrapped] };
+        let db = std::sync::Arc::new(Db::create(&tmp.path().join("v.db"), &material, 0).unwrap());
+        // Reveal misses hold the whole pool (and more wait for it).
+        let held: Vec<Connection> = (0..MAX_READERS).map(|_| db.acquire_reader().unwrap()).collect();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reading = db.clone();
+        std::thread::spawn(move || tx.send(reading.tokens().map(|t| t.len())).unwrap());
+        let read = rx.recv_timeout(std::time::Duration::from_secs(5)).expect("the token read waited for the pool");
+        assert_eq!(read.unwrap(), 0);
+        drop(held);
+    }
+
+    #[test]
+    fn the_metrics_counts_read_a_covering_index_not_the_table() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (_, wrapped) = Keyring::generate(&Key::random());
+        let material = UnlockMaterial { salt: Salt([0; 16]), params: KdfParams::FLOOR, keys: vec![wrapped] };
+        let store = Db::create(&tmp.path().join("v.db"), &material, 0).unwrap();
+        let conn = lock(&store.writer);
+        for query in [rows::COUNT_BY_STATE, rows::COUNT_BY_OUTCOME] {
+            let plan: Vec<String> = conn
+                .prepare(&format!("EXPLAIN QUERY PLAN {query}"))
+                .unwrap()
+                .query_map([], |r| r.get::<_, String>(3))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            assert_eq!(plan, ["SCAN credentials USING COVERING INDEX credentials_by_outcome_state"], "{query}");
+        }
+    }
 
     #[test]
     fn the_review_query_walks_its_index() {

@@ -152,19 +152,20 @@ pub(super) fn due_for_verification(
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }
 
+/// Active bindings by last probe outcome (a scan of the narrow `credentials_by_outcome_state`).
+pub(super) const COUNT_BY_OUTCOME: &str =
+    "SELECT last_probe_outcome, count(*) FROM credentials WHERE state = 1 GROUP BY last_probe_outcome";
+/// Bindings by state (the same index).
+pub(super) const COUNT_BY_STATE: &str =
+    "SELECT count(*) FILTER (WHERE state = 1), count(*) FILTER (WHERE state = 2) FROM credentials";
+
 pub(super) fn count_by_outcome(conn: &Connection) -> Result<Vec<(Option<ProbeOutcome>, u64)>, StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT last_probe_outcome, count(*) FROM credentials WHERE state = 1 GROUP BY last_probe_outcome",
-    )?;
+    let mut stmt = conn.prepare_cached(COUNT_BY_OUTCOME)?;
     let rows = stmt.query_map([], |r| Ok((outcome_from(r.get(0)?), r.get::<_, i64>(1)?.try_into().unwrap_or(0))))?;
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }
 
 pub(super) fn count_by_state(conn: &Connection) -> Result<(u64, u64), StoreError> {
-    let (a, r): (i64, i64) = conn.query_row(
-        "SELECT count(*) FILTER (WHERE state = 1), count(*) FILTER (WHERE state = 2) FROM credentials",
-        [],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )?;
+    let (a, r): (i64, i64) = conn.query_row(COUNT_BY_STATE, [], |r| Ok((r.get(0)?, r.get(1)?)))?;
     Ok((a.try_into().unwrap_or(0), r.try_into().unwrap_or(0)))
 }
