@@ -75,20 +75,46 @@ const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 /// Re-reads tokens (so revocations apply within a second); writes coalesced usage every
 /// `usage_flush`.
 async fn upkeep(vault: Arc<Vault>, tokens: Arc<Tokens>, usage_flush: Duration) {
-    let mut reload = tokio::time::interval(RELOAD_EVERY);
-    reload.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut flush = tokio::time::interval_at(tokio::time::Instant::now() + usage_flush, usage_flush);
-    flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = reload.tick() => {
-                if let Err(e) = tokens.reload(SystemClock.now_millis()).await {
-                    tracing::warn!(error = %e, "token table refresh failed");
-                }
+    let reload = || {
+        let tokens = tokens.clone();
+        async move {
+            if let Err(e) = tokens.reload(SystemClock.now_millis()).await {
+                tracing::warn!(error = %e, "token table refresh failed");
             }
-            _ = flush.tick() => flush_usage(&vault, &tokens).await,
         }
-    }
+    };
+    let flush = || {
+        let (vault, tokens) = (vault.clone(), tokens.clone());
+        async move { flush_usage(&vault, &tokens).await }
+    };
+    side_by_side(reload, usage_flush, flush).await;
+}
+
+/// Runs `reload` every [`RELOAD_EVERY`] and `flush` every `every`, side by side: a long flush
+/// (a busy hour's usage at a million bindings) must never hold up the token re-read, or the
+/// table would outlive its vouch and every token be refused.
+async fn side_by_side<R: Future<Output = ()>, F: Future<Output = ()>>(
+    mut reload: impl FnMut() -> R,
+    every: Duration,
+    mut flush: impl FnMut() -> F,
+) {
+    let reloads = async {
+        let mut tick = tokio::time::interval(RELOAD_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            reload().await;
+        }
+    };
+    let flushes = async {
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            flush().await;
+        }
+    };
+    tokio::join!(reloads, flushes);
 }
 
 /// Writes Reveal usage and token last-used times; failures keep them for the next try.
@@ -172,4 +198,26 @@ pub async fn serve(
     upkeep.abort();
     flush_usage(&vault, &tokens).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_long_usage_flush_does_not_hold_up_the_token_reloads() {
+        let reloads = AtomicU32::new(0);
+        let reload = || {
+            reloads.fetch_add(1, Ordering::Relaxed);
+            std::future::ready(())
+        };
+        // The first flush starts after 50 ms and takes 10 s.
+        let flush = || tokio::time::sleep(Duration::from_secs(10));
+        let run = side_by_side(reload, Duration::from_millis(50), flush);
+        let _ = tokio::time::timeout(Duration::from_secs(1), run).await;
+        // About one every RELOAD_EVERY (250 ms), the flush notwithstanding; one, if it waited.
+        assert!(reloads.load(Ordering::Relaxed) >= 3, "{} reloads", reloads.load(Ordering::Relaxed));
+    }
 }
