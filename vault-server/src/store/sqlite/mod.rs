@@ -474,12 +474,19 @@ mod tests {
     use super::*;
     use crate::crypto::{Key, Keyring};
 
-    #[test]
-    fn the_token_table_is_read_while_every_pooled_reader_is_busy() {
+    /// An empty database in a temp dir (kept alive by the returned guard).
+    fn fresh() -> (tempfile::TempDir, Db) {
         let tmp = tempfile::tempdir().unwrap();
         let (_, wrapped) = Keyring::generate(&Key::random());
         let material = UnlockMaterial { salt: Salt([0; 16]), params: KdfParams::FLOOR, keys: vec![wrapped] };
-        let db = std::sync::Arc::new(Db::create(&tmp.path().join("v.db"), &material, 0).unwrap());
+        let db = Db::create(&tmp.path().join("v.db"), &material, 0).unwrap();
+        (tmp, db)
+    }
+
+    #[test]
+    fn the_token_table_is_read_while_every_pooled_reader_is_busy() {
+        let (_tmp, db) = fresh();
+        let db = std::sync::Arc::new(db);
         // Reveal misses hold the whole pool (and more wait for it).
         let held: Vec<Connection> = (0..MAX_READERS).map(|_| db.acquire_reader().unwrap()).collect();
         let (tx, rx) = std::sync::mpsc::channel();
@@ -492,10 +499,7 @@ mod tests {
 
     #[test]
     fn the_metrics_counts_read_a_covering_index_not_the_table() {
-        let tmp = tempfile::tempdir().unwrap();
-        let (_, wrapped) = Keyring::generate(&Key::random());
-        let material = UnlockMaterial { salt: Salt([0; 16]), params: KdfParams::FLOOR, keys: vec![wrapped] };
-        let store = Db::create(&tmp.path().join("v.db"), &material, 0).unwrap();
+        let (_tmp, store) = fresh();
         let conn = lock(&store.writer);
         for query in [rows::COUNT_BY_STATE, rows::COUNT_BY_OUTCOME] {
             let plan: Vec<String> = conn
@@ -511,10 +515,7 @@ mod tests {
 
     #[test]
     fn the_review_query_walks_its_index() {
-        let tmp = tempfile::tempdir().unwrap();
-        let (_, wrapped) = Keyring::generate(&Key::random());
-        let material = UnlockMaterial { salt: Salt([0; 16]), params: KdfParams::FLOOR, keys: vec![wrapped] };
-        let store = Db::create(&tmp.path().join("v.db"), &material, 0).unwrap();
+        let (_tmp, store) = fresh();
         let conn = lock(&store.writer);
         let plan: Vec<String> = conn
             .prepare(&format!("EXPLAIN QUERY PLAN SELECT mailbox FROM credentials {}", rows::UNUSED_PAGE))
