@@ -11,6 +11,7 @@ use crate::auth::{Role, Token, check_token, rekey, token_from_header};
 use crate::crypto::{Key, Keyring};
 use crate::grpc::{audit_query, credentials_query, unused_query};
 use crate::ids::{ClientId, Mailbox, RequestId};
+use crate::outcome::ProbeOutcome;
 use crate::proto;
 use crate::provider::Registry;
 use crate::secret::AuthCode;
@@ -22,13 +23,14 @@ use crate::vault::review::MAX_PAGE_SIZE;
 pub type Target = fn(&[u8]);
 
 /// Every target, by the name its `fuzz/fuzz_targets/<name>.rs` and corpus directory use.
-pub const TARGETS: [(&str, Target); 6] = [
+pub const TARGETS: [(&str, Target); 7] = [
     ("identifiers", identifiers),
     ("auth_codes", auth_codes),
     ("listing_requests", listing_requests),
     ("bearer_tokens", bearer_tokens),
     ("providers_toml", providers_toml),
     ("stored_rows", stored_rows),
+    ("imap_answers", imap_answers),
 ];
 
 /// Mailbox, client and request identifiers: an accepted one is canonical (parsing it again
@@ -146,6 +148,42 @@ pub fn providers_toml(data: &[u8]) {
             }
         }
     }
+}
+
+/// What an IMAP server answers a probe (a hostile provider, or anyone on its path), the first
+/// byte choosing Sina (LOGIN) or NetEase (LOGIN, ID, EXAMINE): the probe ends, reads within its
+/// bounds, calls a code ACCEPTED only after the server completed LOGIN (and EXAMINE) with OK,
+/// and never puts the code in its text.
+pub fn imap_answers(data: &[u8]) {
+    use tokio::io::AsyncWriteExt as _;
+    const CODE: &str = "FUZZcode12345678";
+    let Some((&choice, answers)) = data.split_first() else { return };
+    let answers = &answers[..answers.len().min(256 * 1024)];
+    let domain = if choice % 2 == 0 { "sina.com" } else { "163.com" };
+    let registry = Registry::builtin();
+    let Some(provider) = registry.lookup(domain) else { return };
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_time().build() else { return };
+    let probed = runtime.block_on(async {
+        // The server's side: everything it will ever say, then end of stream; the probe's
+        // commands land in the rest of the buffer.
+        let (ours, mut theirs) = tokio::io::duplex(1 << 20);
+        // The buffer holds them all (at most 256 KiB), so these cannot fail.
+        if theirs.write_all(answers).await.is_err() || theirs.shutdown().await.is_err() {
+            return None;
+        }
+        let login = format!("fuzz@{domain}");
+        let outcome = crate::probe::imap_outcome(ours, provider, &login, &AuthCode::new(CODE)).await;
+        drop(theirs);
+        Some(outcome)
+    });
+    let Some((outcome, text)) = probed else { return };
+    if outcome == ProbeOutcome::Accepted {
+        let completed = |tag: &[u8]| answers.windows(tag.len()).any(|w| w.eq_ignore_ascii_case(tag));
+        assert!(completed(b"V1 OK"), "ACCEPTED without a completed LOGIN: {text:?}");
+        assert!(domain == "sina.com" || completed(b"V3 OK"), "NetEase ACCEPTED without EXAMINE: {text:?}");
+    }
+    assert!(!text.contains(CODE), "the code is in the probe's text");
+    assert!(text.len() < 64 * 1024, "{} bytes of text", text.len());
 }
 
 /// Rows planted in the database by someone who edits the file: every read path answers with a

@@ -31,6 +31,20 @@ pub trait Prober: Send + Sync + 'static {
     async fn probe(&self, req: ProbeRequest<'_>) -> ProbeReport;
 }
 
+/// The IMAP probe alone on `stream` (the fuzz target's way in): its outcome and raw text.
+pub(crate) async fn imap_outcome<S>(
+    stream: S,
+    provider: &Provider,
+    login: &str,
+    code: &AuthCode,
+) -> (ProbeOutcome, String)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+{
+    let step = imap::probe(stream, provider, login, code).await;
+    (step.outcome, step.text)
+}
+
 /// One protocol step's result, before sanitising. `hint` overrides the provider's default.
 #[derive(Debug)]
 struct Step {
