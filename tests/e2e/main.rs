@@ -18,6 +18,7 @@ mod hardening;
 mod keys;
 mod lifecycle;
 mod providers;
+mod replicas;
 mod retries;
 mod review;
 mod rotation;

@@ -117,7 +117,9 @@ pub enum TokenCommand {
     #[command(group(clap::ArgGroup::new("role").required(true).multiple(false).args(["admin", "client"])))]
     Create {
         #[arg(long, env = "VAULT_DATA_DIR", value_name = "DIR")]
-        data_dir: PathBuf,
+        data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        database: DatabaseArgs,
         #[command(flatten)]
         passphrase: PassphraseArgs,
         /// An admin token: every RPC except Reveal.
@@ -130,12 +132,16 @@ pub enum TokenCommand {
     /// List tokens: id, role, created, last used (Unix seconds), state. Never the tokens.
     List {
         #[arg(long, env = "VAULT_DATA_DIR", value_name = "DIR")]
-        data_dir: PathBuf,
+        data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        database: DatabaseArgs,
     },
     /// Revoke a token by id; a running server refuses it within a second.
     Revoke {
         #[arg(long, env = "VAULT_DATA_DIR", value_name = "DIR")]
-        data_dir: PathBuf,
+        data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        database: DatabaseArgs,
         /// The token id, as `token list` shows it (tk_...).
         id: String,
     },
@@ -149,11 +155,47 @@ pub struct PassphraseArgs {
     pub passphrase_file: Option<PathBuf>,
 }
 
+/// A `--database` value as given: a URL may hold a password, so Debug never shows it, and
+/// reading it never fails in clap (whose error would repeat it); it is checked after.
+#[derive(Clone)]
+pub struct DatabaseUrl(pub String);
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DatabaseUrl([redacted])")
+    }
+}
+
+impl std::str::FromStr for DatabaseUrl {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseArgs {
+    /// Where the vault's rows live: `sqlite:` (vault.db in --data-dir) or a PostgreSQL URL,
+    /// postgres://USER:PASSWORD@HOST:PORT/DB, that several replicas share. TLS to it when the
+    /// URL says sslmode=require (the server's certificate and name are always verified). The
+    /// URL is never printed or logged.
+    #[arg(long, env = "VAULT_DATABASE", value_name = "URL", default_value = "sqlite:", hide_env_values = true)]
+    pub database: DatabaseUrl,
+
+    /// PEM CA certificate(s) to trust for the database's TLS, besides the public roots.
+    #[arg(long, env = "VAULT_DATABASE_CA_FILE", value_name = "FILE")]
+    pub database_ca_file: Option<PathBuf>,
+}
+
 #[derive(Debug, Args)]
 pub struct InitArgs {
-    /// Data dir to create (mode 0700); must not hold a vault yet.
+    /// Data dir to create (mode 0700); must not hold a vault yet. Not with a PostgreSQL
+    /// --database.
     #[arg(long, env = "VAULT_DATA_DIR", value_name = "DIR")]
-    pub data_dir: PathBuf,
+    pub data_dir: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub database: DatabaseArgs,
 
     #[command(flatten)]
     pub passphrase: PassphraseArgs,
@@ -161,9 +203,13 @@ pub struct InitArgs {
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Data dir made by `init`. With --dev it defaults to ./vault-dev.
-    #[arg(long, env = "VAULT_DATA_DIR", value_name = "DIR", required_unless_present = "dev")]
+    /// Data dir made by `init`. With --dev it defaults to ./vault-dev. Not with a PostgreSQL
+    /// --database.
+    #[arg(long, env = "VAULT_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub database: DatabaseArgs,
 
     /// Quick start: use ./vault-dev (or --data-dir), generate a passphrase file (0600) in it
     /// and initialise on first run.
@@ -371,8 +417,7 @@ mod tests {
     }
 
     #[test]
-    fn serve_needs_a_data_dir_unless_dev() {
-        assert!(Cli::try_parse_from(["vault-server", "serve"]).is_err());
+    fn serve_parses_a_data_dir_or_dev() {
         assert!(Cli::try_parse_from(["vault-server", "serve", "--dev"]).is_ok());
         let cli = Cli::try_parse_from([
             "vault-server",

@@ -2,6 +2,7 @@
 
 pub mod dovecot;
 pub mod grpcurl;
+pub mod pg;
 pub mod pki;
 pub mod vault;
 

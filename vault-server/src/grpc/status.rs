@@ -104,6 +104,12 @@ impl From<VaultError> for Status {
                     details,
                 )
             }
+            VaultError::RotationShared => error_info(
+                Code::FailedPrecondition,
+                "data-key rotation is not available while replicas share a PostgreSQL database: the other replicas would not know the new key; nothing was changed".into(),
+                "ROTATION_NOT_SHARED",
+                vec![],
+            ),
             VaultError::Internal(msg) => {
                 tracing::error!(error = %msg, "internal error");
                 Status::internal("internal error; see the server log")
@@ -277,6 +283,7 @@ mod tests {
             (VaultError::Store(StoreError::Corrupt("x".into())), Code::Internal, ""),
             (VaultError::Store(StoreError::Full), Code::ResourceExhausted, "STORAGE_FULL"),
             (VaultError::Store(StoreError::Unavailable("read-only".into())), Code::Unavailable, "STORAGE_UNAVAILABLE"),
+            (VaultError::RotationShared, Code::FailedPrecondition, "ROTATION_NOT_SHARED"),
             (VaultError::Internal("x".into()), Code::Internal, ""),
         ];
         for (error, code, want_reason) in cases {

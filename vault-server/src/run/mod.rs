@@ -1,5 +1,6 @@
 //! Process start-up: logging, passphrase input, and the subcommands.
 
+mod database;
 mod serve;
 mod token_cli;
 
@@ -35,6 +36,9 @@ const CAPPED_TARGETS: &[&str] = &[
     "rustls",
     "tokio_rustls",
     "tokio_util",
+    "tokio_postgres",
+    "deadpool_postgres",
+    "postgres_protocol",
 ];
 
 /// Everything that stops the process; each displays as one line.
@@ -70,6 +74,8 @@ pub enum RunError {
     Token(String),
     #[error("storage failed: {0}")]
     Store(#[from] StoreError),
+    #[error("{0}")]
+    Database(String),
 }
 
 /// The passphrases given through the environment, taken out of it by `main` before anything
@@ -236,9 +242,11 @@ pub(crate) fn read_passphrase(args: &PassphraseArgs, env: Option<Passphrase>) ->
 }
 
 fn init(args: &InitArgs, env_passphrase: Option<Passphrase>) -> Result<(), RunError> {
+    let database = database::Database::from_args(&args.database, args.data_dir.as_deref())?;
     let passphrase = read_passphrase(&args.passphrase, env_passphrase)?;
-    datadir::init(&args.data_dir, &passphrase, now())?;
-    println!("initialised {}", args.data_dir.display());
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(RunError::Runtime)?;
+    runtime.block_on(database.init(&passphrase, now()))?;
+    println!("initialised {database}");
     Ok(())
 }
 

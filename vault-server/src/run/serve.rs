@@ -11,17 +11,19 @@ use base64::Engine as _;
 use rand::RngCore as _;
 use tokio::net::TcpListener;
 
+use super::database::{Database, Opened};
 use super::{RunError, now, read_passphrase};
 use crate::auth::{Role, Tokens};
 use crate::cli::{PassphraseArgs, ServeArgs};
 use crate::crypto::LiveKeyring;
+use crate::crypto::{Kek, Keyring};
 use crate::datadir;
 use crate::metrics::{Metrics, MetricsLimits, serve_metrics};
 use crate::probe::{NetworkProber, ProbeSettings, ProbeTls};
 use crate::provider::Registry;
 use crate::secret::Passphrase;
 use crate::server::{self, ConnectionLimits, Limits, ServeOptions};
-use crate::store::{CachedStore, DEFAULT_CAPACITY};
+use crate::store::{CachedStore, CredentialStore as _, DEFAULT_CAPACITY, Store};
 use crate::vault::{KeyRotation, ProbeBudget, Sweep, SweepSettings, SystemClock, Vault};
 
 /// Where `serve --dev` keeps its data and its generated passphrase.
@@ -120,14 +122,26 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, RunError> 
 }
 
 pub async fn serve(args: ServeArgs, env_passphrase: Option<Passphrase>) -> Result<(), RunError> {
-    let (dir, passphrase_args, new_dev_vault) = if args.dev {
-        let dir = args.data_dir.clone().unwrap_or_else(|| PathBuf::from(DEV_DATA_DIR));
-        let (file, new) = prepare_dev(&dir, args.passphrase.passphrase_file.clone())?;
-        (dir, PassphraseArgs { passphrase_file: Some(file) }, new)
+    let database = if args.dev {
+        if !matches!(Database::from_args(&args.database, Some(Path::new(DEV_DATA_DIR)))?, Database::DataDir(_)) {
+            return Err(RunError::Dev("--dev keeps its vault in a data dir; it takes no PostgreSQL --database".into()));
+        }
+        None
     } else {
-        // clap guarantees --data-dir without --dev.
-        let dir = args.data_dir.clone().ok_or_else(|| RunError::Dev("--data-dir is required".into()))?;
-        (dir, PassphraseArgs { passphrase_file: args.passphrase.passphrase_file.clone() }, false)
+        Some(Database::from_args(&args.database, args.data_dir.as_deref())?)
+    };
+    let (dir, passphrase_args, new_dev_vault) = match &database {
+        None => {
+            let dir = args.data_dir.clone().unwrap_or_else(|| PathBuf::from(DEV_DATA_DIR));
+            let (file, new) = prepare_dev(&dir, args.passphrase.passphrase_file.clone())?;
+            (Some(dir), PassphraseArgs { passphrase_file: Some(file) }, new)
+        }
+        Some(Database::DataDir(dir)) => {
+            (Some(dir.clone()), PassphraseArgs { passphrase_file: args.passphrase.passphrase_file.clone() }, false)
+        }
+        Some(Database::Postgres { .. }) => {
+            (None, PassphraseArgs { passphrase_file: args.passphrase.passphrase_file.clone() }, false)
+        }
     };
     let listener_tls = server_tls(&args)?;
     if listener_tls.is_none() && !args.listen.ip().is_loopback() && !args.allow_plaintext {
@@ -139,6 +153,17 @@ pub async fn serve(args: ServeArgs, env_passphrase: Option<Passphrase>) -> Resul
         None => Registry::builtin(),
     };
     let passphrase = read_passphrase(&passphrase_args, env_passphrase)?;
+    let Some(dir) = dir else {
+        // PostgreSQL: replicas share the database; none owns it.
+        let Some(database) = database else { return Err(RunError::Dev("no database".into())) };
+        let (store, keyring, kek) = database.unlock(&passphrase).await?;
+        drop(passphrase);
+        let Opened::Postgres(store) = store else { return Err(RunError::Database("not PostgreSQL".into())) };
+        let described = store.describe().to_owned();
+        run_vault(args, store, keyring, kek, false, registry, tls, listener_tls, &described).await?;
+        tracing::info!("stopped");
+        return Ok(());
+    };
     datadir::check_present(&dir)?;
     // One server per data dir: a second one would serve from a cache the first one invalidates.
     let _owner = datadir::lock_for_serve(&dir)?;
@@ -146,7 +171,48 @@ pub async fn serve(args: ServeArgs, env_passphrase: Option<Passphrase>) -> Resul
     let (store, keyring, kek) = datadir::unlock_keeping_kek(&dir, &passphrase)?;
     drop(passphrase);
     datadir::upgrade_seals(&dir, &store, &keyring)?;
+    let described = format!("data dir {}", dir.display());
+    let store = run_vault(args, store, keyring, kek, new_dev_vault, registry, tls, listener_tls, &described).await?;
+    match store.inner().sync().checkpoint() {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::warn!(
+                "WAL checkpoint at shutdown was kept from finishing; the WAL will be replayed at next start"
+            );
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "WAL checkpoint at shutdown failed; the WAL will be replayed at next start");
+        }
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Wires the vault together over an unlocked store and serves until a signal; returns the store
+/// (for the engine's own shutdown work).
+#[allow(clippy::too_many_arguments)]
+async fn run_vault<S: Store>(
+    args: ServeArgs,
+    store: S,
+    keyring: Keyring,
+    kek: Kek,
+    new_dev_vault: bool,
+    registry: Registry,
+    tls: ProbeTls,
+    listener_tls: Option<Arc<rustls::ServerConfig>>,
+    described: &str,
+) -> Result<Arc<CachedStore<S>>, RunError> {
+    if store.shared() && args.data_key_max_age.is_some() {
+        return Err(RunError::Database(
+            "--data-key-max-age is not available with a PostgreSQL --database: replicas would not know the new key"
+                .into(),
+        ));
+    }
     let store = Arc::new(CachedStore::new(store, DEFAULT_CAPACITY));
+    let follower = {
+        let store = store.clone();
+        tokio::spawn(async move { store.follow_changes().await })
+    };
     let keys = Arc::new(LiveKeyring::new(keyring));
     let tokens = Arc::new(Tokens::new(store.clone(), keys.clone()));
     if new_dev_vault {
@@ -172,7 +238,9 @@ pub async fn serve(args: ServeArgs, env_passphrase: Option<Passphrase>) -> Resul
         )
         .with_rotation(rotation.clone()),
     );
-    rotation.resume().await;
+    if !store.shared() {
+        rotation.resume().await;
+    }
     let auto_rotation = args.data_key_max_age.map(|age| tokio::spawn(rotation.clone().rotate_when_older_than(age)));
     let sweep = args.verify_every.map(|every| {
         let settings = SweepSettings { every, rate_per_host: args.verify_rate };
@@ -191,7 +259,7 @@ pub async fn serve(args: ServeArgs, env_passphrase: Option<Passphrase>) -> Resul
     };
     let shutdown = shutdown_signal()?;
     let scheme = if args.tls_cert.is_some() { "TLS" } else { "plaintext" };
-    tracing::info!(data_dir = %dir.display(), "listening on {addr} ({scheme})");
+    tracing::info!(database = %described, "listening on {addr} ({scheme})");
     server::serve(
         listener,
         vault,
@@ -205,20 +273,9 @@ pub async fn serve(args: ServeArgs, env_passphrase: Option<Passphrase>) -> Resul
         shutdown,
     )
     .await?;
+    follower.abort();
     for task in [metrics_task, auto_rotation, sweep].into_iter().flatten() {
         task.abort();
     }
-    match store.inner().sync().checkpoint() {
-        Ok(true) => {}
-        Ok(false) => {
-            tracing::warn!(
-                "WAL checkpoint at shutdown was kept from finishing; the WAL will be replayed at next start"
-            );
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "WAL checkpoint at shutdown failed; the WAL will be replayed at next start");
-        }
-    }
-    tracing::info!("stopped");
-    Ok(())
+    Ok(store)
 }

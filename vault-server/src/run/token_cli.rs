@@ -1,21 +1,18 @@
-//! `token create | list | revoke`: run against the data dir, also while a server runs (it sees
-//! changes within a second).
+//! `token create | list | revoke`: run against the data dir or the PostgreSQL database, also
+//! while servers run (they see changes within a second).
 
 use std::sync::Arc;
 
+use super::database::Database;
 use super::{RunError, now, read_passphrase};
 use crate::auth::{Role, Tokens};
 use crate::cli::{TokenArgs, TokenCommand};
-use crate::datadir::{self, DataDirError};
 use crate::ids::ClientId;
 use crate::secret::Passphrase;
-use crate::store::{SqliteStore, StoreError};
+use crate::store::StoreError;
 
-fn open(dir: &std::path::Path) -> Result<SqliteStore, RunError> {
-    if !datadir::is_initialised(dir) {
-        return Err(DataDirError::NotInitialised(dir.to_owned()).into());
-    }
-    Ok(SqliteStore::open(&datadir::db_path(dir))?)
+fn runtime() -> Result<tokio::runtime::Runtime, RunError> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(RunError::Runtime)
 }
 
 fn millis_to_text(ms: Option<i64>) -> String {
@@ -24,7 +21,8 @@ fn millis_to_text(ms: Option<i64>) -> String {
 
 pub fn run(args: TokenArgs, env_passphrase: Option<Passphrase>) -> Result<(), RunError> {
     match args.command {
-        TokenCommand::Create { data_dir, passphrase, admin, client } => {
+        TokenCommand::Create { data_dir, database, passphrase, admin, client } => {
+            let database = Database::from_args(&database, data_dir.as_deref())?;
             let role = match (admin, client) {
                 (true, None) => Role::Admin,
                 (false, Some(id)) => Role::Client(
@@ -34,19 +32,21 @@ pub fn run(args: TokenArgs, env_passphrase: Option<Passphrase>) -> Result<(), Ru
             };
             // Minting needs the keyring (token rows are MAC'd under a key derived from it).
             let passphrase = read_passphrase(&passphrase, env_passphrase)?;
-            let (store, keyring) = datadir::unlock(&data_dir, &passphrase)?;
-            let tokens = Tokens::new(Arc::new(store), Arc::new(crate::crypto::LiveKeyring::new(keyring)));
-            let runtime =
-                tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(RunError::Runtime)?;
-            let (token, id) = runtime.block_on(tokens.mint(&role, now()))?;
+            let (token, id) = runtime()?.block_on(async {
+                let (store, keyring, _) = database.unlock(&passphrase).await?;
+                let tokens = Tokens::new(store.into_store(), Arc::new(crate::crypto::LiveKeyring::new(keyring)));
+                Ok::<_, RunError>(tokens.mint(&role, now()).await?)
+            })?;
             eprintln!("created token {id} ({role}); it is shown once, below");
             println!("{}", token.expose());
             Ok(())
         }
-        TokenCommand::List { data_dir } => {
-            let store = open(&data_dir)?;
+        TokenCommand::List { data_dir, database } => {
+            let database = Database::from_args(&database, data_dir.as_deref())?;
+            let rows = runtime()?
+                .block_on(async { Ok::<_, RunError>(database.open().await?.into_store().tokens().await?) })?;
             println!("{:<16} {:<28} {:>12} {:>12} STATE", "ID", "ROLE", "CREATED", "LAST USED");
-            for read in store.sync().tokens()? {
+            for read in rows {
                 match read {
                     Ok(t) => {
                         // Revoking destroys the MAC; a row without one is never honoured.
@@ -70,9 +70,12 @@ pub fn run(args: TokenArgs, env_passphrase: Option<Passphrase>) -> Result<(), Ru
             }
             Ok(())
         }
-        TokenCommand::Revoke { data_dir, id } => {
-            let store = open(&data_dir)?;
-            match store.sync().revoke_token(&id, now()) {
+        TokenCommand::Revoke { data_dir, database, id } => {
+            let database = Database::from_args(&database, data_dir.as_deref())?;
+            let revoked = runtime()?.block_on(async {
+                Ok::<_, RunError>(database.open().await?.into_store().revoke_token(id.clone(), now()).await)
+            })?;
+            match revoked {
                 Ok(()) => {
                     eprintln!("revoked token {id}; a running server refuses it within a second");
                     Ok(())

@@ -3,24 +3,39 @@
 //! touched, before and after it; a generation counter keeps a read that raced a write from
 //! caching a stale row. The cache is bounded: once full, further rows are read from the store each time.
 //!
-//! All credential writes go through the one server process; a deployment with several replicas
-//! on one database would need cross-process invalidation before using this.
+//! When other processes write the same database (replicas on PostgreSQL), [`follow_changes`]
+//! drops what they changed, read from the store's change log every [`FOLLOW_EVERY`]; the cache
+//! serves only while its last good read began less than [`TRUST_FOR`] ago, so a Revoke on
+//! another replica is honoured here within that, also when the log cannot be read.
+//!
+//! [`follow_changes`]: CachedStore::follow_changes
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use super::{
-    AuditEvent, AuditQuery, AuditRecord, AuditStore, CredentialRow, CredentialStore, DataKeyInfo, KeyMaterialStore,
-    ListQuery, Millis, NewBinding, ProbeRecord, RecordedAnswer, RequestKey, RequestRecord, Reseal, Retirement,
-    RevokeChange, RotateChange, Store, StoreError, StoredRequest, TokenRekey, TokenRow, TokenStore, UnlockMaterial,
-    UnreadableToken, UnusedQuery,
+    AuditEvent, AuditQuery, AuditRecord, AuditStore, Bucket, Changes, CredentialRow, CredentialStore, DataKeyInfo,
+    KeyMaterialStore, ListQuery, Millis, NewBinding, ProbeRecord, RecordedAnswer, RequestKey, RequestRecord, Reseal,
+    Retirement, RevokeChange, RotateChange, Store, StoreError, StoredRequest, TokenRekey, TokenRow, TokenStore,
+    UnlockMaterial, UnreadableToken, UnusedQuery,
 };
 use crate::crypto::{KeyId, Salt, WrappedKey};
 use crate::outcome::ProbeOutcome;
 
 /// Rows kept; about 200 bytes each.
 pub const DEFAULT_CAPACITY: usize = 100_000;
+/// How often a cache over a shared database reads its change log.
+pub const FOLLOW_EVERY: Duration = Duration::from_millis(200);
+/// How long a good read of the change log vouches for the cache.
+pub const TRUST_FOR: Duration = Duration::from_secs(1);
+
+fn now_millis() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
 
 type Rows = HashMap<String, HashMap<String, Arc<CredentialRow>>>;
 
@@ -36,6 +51,9 @@ pub struct CachedStore<S> {
     cache: RwLock<Cache>,
     generation: AtomicU64,
     capacity: usize,
+    /// Millis until which the cache may serve: forever over a database no one else writes,
+    /// else the start of the last good change-log read plus [`TRUST_FOR`].
+    trusted_until: AtomicI64,
 }
 
 impl<S> std::fmt::Debug for CachedStore<S> {
@@ -46,7 +64,66 @@ impl<S> std::fmt::Debug for CachedStore<S> {
 
 impl<S: Store> CachedStore<S> {
     pub fn new(inner: S, capacity: usize) -> Self {
-        Self { inner, cache: RwLock::new(Cache::default()), generation: AtomicU64::new(0), capacity }
+        let trusted_until = AtomicI64::new(if inner.shared() { Millis::MIN } else { Millis::MAX });
+        Self { inner, cache: RwLock::new(Cache::default()), generation: AtomicU64::new(0), capacity, trusted_until }
+    }
+
+    fn trusted(&self) -> bool {
+        let until = self.trusted_until.load(Ordering::Acquire);
+        until == Millis::MAX || now_millis() < until
+    }
+
+    /// Drops every row.
+    fn forget_all(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        let mut cache = self.write_cache();
+        cache.rows.clear();
+        cache.len = 0;
+    }
+
+    /// Reads the change log once, dropping what changed; returns the next cursor. A cache that
+    /// is no longer trusted (reads failed for longer than [`TRUST_FOR`]) starts over from empty.
+    async fn follow_once(&self, cursor: Option<u64>) -> Result<u64, StoreError> {
+        let started = now_millis();
+        let cursor = if self.trusted() { cursor } else { None };
+        let Changes { pairs, all, cursor: next } = self.inner.changes_since(cursor).await?;
+        if all || cursor.is_none() {
+            self.forget_all();
+        } else {
+            for (m, c) in &pairs {
+                self.forget(m, c);
+            }
+        }
+        let trust = i64::try_from(TRUST_FOR.as_millis()).unwrap_or(i64::MAX);
+        self.trusted_until.fetch_max(started.saturating_add(trust), Ordering::AcqRel);
+        Ok(next)
+    }
+
+    /// Follows the change log of a shared database for as long as the server runs (returns at
+    /// once over one that is not shared).
+    pub async fn follow_changes(&self) {
+        if !self.inner.shared() {
+            return;
+        }
+        let mut cursor = None;
+        let mut failing = false;
+        loop {
+            match self.follow_once(cursor).await {
+                Ok(next) => {
+                    if failing {
+                        tracing::info!("the change log is read again; the row cache serves again");
+                    }
+                    (cursor, failing) = (Some(next), false);
+                }
+                Err(e) => {
+                    if !failing {
+                        tracing::warn!(error = %e, "cannot read the change log; the row cache stops serving within a second");
+                    }
+                    failing = true;
+                }
+            }
+            tokio::time::sleep(FOLLOW_EVERY).await;
+        }
     }
 
     pub fn inner(&self) -> &S {
@@ -86,6 +163,9 @@ impl<S: Store> CachedStore<S> {
     }
 
     fn lookup(&self, mailbox: &str, client: &str) -> Option<Arc<CredentialRow>> {
+        if !self.trusted() {
+            return None;
+        }
         let cache = self.cache.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         cache.rows.get(mailbox).and_then(|c| c.get(client)).cloned()
     }
@@ -120,6 +200,44 @@ impl<S: Store> KeyMaterialStore for CachedStore<S> {
 
 #[tonic::async_trait]
 impl<S: Store> CredentialStore for CachedStore<S> {
+    fn shared(&self) -> bool {
+        self.inner.shared()
+    }
+
+    async fn changes_since(&self, cursor: Option<u64>) -> Result<Changes, StoreError> {
+        self.inner.changes_since(cursor).await
+    }
+
+    /// Once taken, the pair's row is read afresh: another replica may have changed it
+    /// moments ago.
+    async fn lease_pair(
+        &self,
+        mailbox: &str,
+        client: &str,
+        holder: &str,
+        now: Millis,
+        until: Millis,
+    ) -> Result<bool, StoreError> {
+        let taken = self.inner.lease_pair(mailbox, client, holder, now, until).await?;
+        if taken && self.inner.shared() {
+            self.forget(mailbox, client);
+        }
+        Ok(taken)
+    }
+
+    async fn release_pair(&self, mailbox: String, client: String, holder: String) -> Result<(), StoreError> {
+        self.inner.release_pair(mailbox, client, holder).await
+    }
+
+    async fn take_probe(
+        &self,
+        mailbox: &str,
+        now: Millis,
+        bucket: Bucket,
+    ) -> Result<Option<Result<(), Duration>>, StoreError> {
+        self.inner.take_probe(mailbox, now, bucket).await
+    }
+
     fn cached(&self, mailbox: &str, client: &str) -> Option<Arc<CredentialRow>> {
         self.lookup(mailbox, client)
     }
@@ -132,7 +250,7 @@ impl<S: Store> CredentialStore for CachedStore<S> {
         let row = self.inner.get(mailbox, client).await?;
         let mut cache = self.write_cache();
         // Cache only if no write happened since the read began, and while there is room.
-        if self.generation.load(Ordering::Acquire) == generation && cache.len < self.capacity {
+        if self.generation.load(Ordering::Acquire) == generation && cache.len < self.capacity && self.trusted() {
             let previous = cache.rows.entry(mailbox.to_owned()).or_default().insert(client.to_owned(), row.clone());
             if previous.is_none() {
                 cache.len += 1;

@@ -322,6 +322,26 @@ pub struct Retirement {
     pub destroyed: bool,
 }
 
+/// A probe budget's shape: `burst` probes at once, refilled at `per_sec`; a take succeeds only
+/// if `keep` are left after it.
+#[derive(Debug, Clone, Copy)]
+pub struct Bucket {
+    pub burst: f64,
+    pub per_sec: f64,
+    pub keep: f64,
+}
+
+/// What [`CredentialStore::changes_since`] found.
+#[derive(Debug, Clone, Default)]
+pub struct Changes {
+    /// Pairs to drop.
+    pub pairs: Vec<(String, String)>,
+    /// Drop everything (the first read, or a change to the whole table).
+    pub all: bool,
+    /// Where the next read starts.
+    pub cursor: u64,
+}
+
 /// Salt, KDF parameters and wrapped data keys.
 #[tonic::async_trait]
 pub trait KeyMaterialStore: Send + Sync + 'static {
@@ -357,6 +377,44 @@ pub trait CredentialStore: Send + Sync + 'static {
     /// The row if it is at hand without I/O (a cache); the Reveal hot path asks this first.
     fn cached(&self, _mailbox: &str, _client: &str) -> Option<Arc<CredentialRow>> {
         None
+    }
+    /// Whether other processes write this database too (replicas on PostgreSQL): a cache in
+    /// front of it must follow [`changes_since`](Self::changes_since).
+    fn shared(&self) -> bool {
+        false
+    }
+    /// Pairs changed (by anyone) since `cursor`, for caches to drop; `None`: from now on, with
+    /// `all` set. Engines that are not [`shared`](Self::shared) report nothing.
+    async fn changes_since(&self, _cursor: Option<u64>) -> Result<Changes, StoreError> {
+        Ok(Changes::default())
+    }
+    /// Takes the pair's lease for `holder` until `until` (a shared engine: one replica at a time
+    /// changes a pair); `false` while another holder has it and `now` is before its expiry.
+    /// Engines that are not shared always grant it (the process's own lock is enough).
+    async fn lease_pair(
+        &self,
+        _mailbox: &str,
+        _client: &str,
+        _holder: &str,
+        _now: Millis,
+        _until: Millis,
+    ) -> Result<bool, StoreError> {
+        Ok(true)
+    }
+    /// Gives the pair's lease back, if `holder` still has it.
+    async fn release_pair(&self, _mailbox: String, _client: String, _holder: String) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// Takes one probe from `mailbox`'s budget shared by every replica (a token bucket of
+    /// `burst`, refilled at `per_sec`) if `keep` are left after it; `Err(wait)` says when one
+    /// will be. `None` from an engine that is not shared: the process's own budget applies.
+    async fn take_probe(
+        &self,
+        _mailbox: &str,
+        _now: Millis,
+        _bucket: Bucket,
+    ) -> Result<Option<Result<(), std::time::Duration>>, StoreError> {
+        Ok(None)
     }
     /// Inserts a binding, or re-binds a revoked pair at version 1. `AlreadyExists` if active.
     /// `request`, if any, is remembered in the same transaction (as with rotate and revoke),

@@ -31,6 +31,11 @@ impl ProbeBudget {
         (b.tokens + now.saturating_duration_since(b.at).as_secs_f64() * self.per_sec).min(self.burst)
     }
 
+    /// The bucket's shape for a take that leaves `keep` (what a shared budget is given).
+    pub fn bucket(&self, keep: f64) -> crate::store::Bucket {
+        crate::store::Bucket { burst: self.burst, per_sec: self.per_sec, keep }
+    }
+
     /// Takes one probe for `mailbox`, or says how long until one is available.
     pub fn take(&self, mailbox: &str, now: Instant) -> Result<(), Duration> {
         self.take_leaving(mailbox, now, 0.0)

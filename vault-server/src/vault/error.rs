@@ -50,6 +50,10 @@ pub enum VaultError {
     /// A data-key rotation stopped before the old key was deleted; it resumes on the next call.
     #[error("the data-key rotation stopped: {0}")]
     RotationStopped(String),
+    /// RotateDataKey on replicas sharing a PostgreSQL database: the others would not know the
+    /// new key.
+    #[error("data-key rotation is not available on a shared database")]
+    RotationShared,
     #[error("internal error: {0}")]
     Internal(String),
 }

@@ -86,7 +86,7 @@ impl Vault {
         code: AuthCode,
         request: Option<RequestId>,
     ) -> Result<Answer<(CredentialRow, ProbeReport)>, VaultError> {
-        let _pair = self.locks.lock(mailbox.as_str(), client.as_str()).await;
+        let _pair = self.lock_pair(mailbox.as_str(), client.as_str()).await?;
         // A retry is answered first: a providers file changed since must not refuse it.
         let fields: [&[u8]; 3] = [mailbox.as_str().as_bytes(), client.as_str().as_bytes(), code.expose().as_bytes()];
         let pending = match self.prior(caller, "Bind", request, &fields).await? {
@@ -136,7 +136,7 @@ impl Vault {
         expected_version: Option<u64>,
         request: Option<RequestId>,
     ) -> Result<Answer<Rotated>, VaultError> {
-        let pair = self.locks.lock(mailbox.as_str(), client.as_str()).await;
+        let pair = self.lock_pair(mailbox.as_str(), client.as_str()).await?;
         let expected = expected_version.unwrap_or(0).to_be_bytes();
         let fields: [&[u8]; 4] =
             [mailbox.as_str().as_bytes(), client.as_str().as_bytes(), new_code.expose().as_bytes(), &expected];
@@ -204,7 +204,7 @@ impl Vault {
                 reason: format!("must be at most {MAX_REASON_CHARS} characters without control characters"),
             });
         }
-        let pair = self.locks.lock(mailbox.as_str(), client.as_str()).await;
+        let pair = self.lock_pair(mailbox.as_str(), client.as_str()).await?;
         let fields: [&[u8]; 3] = [mailbox.as_str().as_bytes(), client.as_str().as_bytes(), reason.as_bytes()];
         let pending = match self.prior(caller, "Revoke", request, &fields).await? {
             Prior::Replay(answer) => return Ok(Answer::Replayed(answer)),
@@ -251,7 +251,7 @@ impl Vault {
         mailbox: Mailbox,
         client: ClientId,
     ) -> Result<(CredentialRow, ProbeReport), VaultError> {
-        let _pair = self.locks.lock(mailbox.as_str(), client.as_str()).await;
+        let _pair = self.lock_pair(mailbox.as_str(), client.as_str()).await?;
         let row = self.store.get(mailbox.as_str(), client.as_str()).await?;
         let event = self.event(caller, "Verify", (&mailbox, &client), "", None);
         self.verify_row(row, &mailbox, event, 0.0).await
@@ -266,7 +266,7 @@ impl Vault {
         client: ClientId,
         due_before: Millis,
     ) -> Result<Option<ProbeReport>, VaultError> {
-        let _pair = self.locks.lock(mailbox.as_str(), client.as_str()).await;
+        let _pair = self.lock_pair(mailbox.as_str(), client.as_str()).await?;
         let row = self.store.get(mailbox.as_str(), client.as_str()).await?;
         if row.state != CredentialState::Active || row.last_verified_at.unwrap_or(row.created_at) >= due_before {
             return Ok(None);

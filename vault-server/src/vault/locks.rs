@@ -1,5 +1,5 @@
 //! One async mutex per (mailbox, client), so changes to a pair run one at a time in this
-//! process. The mutex is held across that pair's probe, which makes a racing second change wait
+//! process (and, over a shared database, a lease row across replicas: see `Vault::lock_pair`). The mutex is held across that pair's probe, which makes a racing second change wait
 //! and then fail its cheap checks instead of probing the provider again. No database
 //! transaction is ever open during a probe; the store re-checks state and version on commit.
 

@@ -62,6 +62,36 @@ enum Opened {
     Failed(VaultError),
 }
 
+/// How long a pair's lease lasts: longer than any probe (whose overall timeout is far less),
+/// so only a replica that died mid-change leaves one to expire.
+const LEASE_FOR: std::time::Duration = std::time::Duration::from_secs(120);
+/// How often a change waiting for another replica's lease asks again.
+const LEASE_POLL: std::time::Duration = std::time::Duration::from_millis(50);
+/// This process, among replicas holding leases.
+static REPLICA: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| format!("{:016x}", rand::random::<u64>()));
+/// Leases taken by this process so far: each holder is unique.
+static LEASES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// A pair taken for a change: the process's lock and, over a shared database, the lease, given
+/// back when dropped.
+pub(crate) struct PairGuard {
+    _local: tokio::sync::OwnedMutexGuard<()>,
+    lease: Option<(Arc<dyn Store>, String, String, String)>,
+}
+
+impl Drop for PairGuard {
+    fn drop(&mut self) {
+        let Some((store, mailbox, client, holder)) = self.lease.take() else { return };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(e) = store.release_pair(mailbox, client, holder).await {
+                    tracing::warn!(error = %e, "could not give a pair's lease back; it expires by itself");
+                }
+            });
+        }
+    }
+}
+
 /// The vault: store, keys, providers, prober and probe budget.
 pub struct Vault {
     store: Arc<dyn Store>,
@@ -100,6 +130,27 @@ impl Vault {
         }
     }
 
+    /// Takes the pair for a change: this process's lock, then (over a shared database) the
+    /// pair's lease, polled until the replica holding it is done or its lease expired. Under
+    /// both, the row is read afresh, so a call that waited fails its cheap checks and never
+    /// probes again what another replica just probed.
+    pub(crate) async fn lock_pair(&self, mailbox: &str, client: &str) -> Result<PairGuard, VaultError> {
+        let local = self.locks.lock(mailbox, client).await;
+        if !self.store.shared() {
+            return Ok(PairGuard { _local: local, lease: None });
+        }
+        let holder = format!("{}/{}", *REPLICA, LEASES.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        loop {
+            let now = self.clock.now_millis();
+            let until = now.saturating_add(i64::try_from(LEASE_FOR.as_millis()).unwrap_or(i64::MAX));
+            if self.store.lease_pair(mailbox, client, &holder, now, until).await? {
+                let lease = Some((self.store.clone(), mailbox.to_owned(), client.to_owned(), holder));
+                return Ok(PairGuard { _local: local, lease });
+            }
+            tokio::time::sleep(LEASE_POLL).await;
+        }
+    }
+
     /// Enables `RotateDataKey`: `rotation` holds the KEK this server unlocked with.
     #[must_use]
     pub fn with_rotation(mut self, rotation: Arc<KeyRotation>) -> Self {
@@ -110,6 +161,9 @@ impl Vault {
     /// Rotates the data key (or joins the rotation under way) and waits until the old key is
     /// deleted; dropping the future leaves the rotation running.
     pub async fn rotate_data_key(&self, caller: Arc<Caller>) -> Result<RotationReport, VaultError> {
+        if self.store.shared() {
+            return Err(VaultError::RotationShared);
+        }
         let rotation =
             self.rotation.as_ref().ok_or_else(|| VaultError::Internal("key rotation is not enabled".into()))?;
         rotation.rotate(caller).await
@@ -150,8 +204,9 @@ impl Vault {
         code: &AuthCode,
         keep: f64,
     ) -> Result<ProbeReport, VaultError> {
-        self.budget
-            .take_leaving(mailbox.as_str(), std::time::Instant::now(), keep)
+        let shared = self.store.take_probe(mailbox.as_str(), self.clock.now_millis(), self.budget.bucket(keep)).await?;
+        shared
+            .unwrap_or_else(|| self.budget.take_leaving(mailbox.as_str(), std::time::Instant::now(), keep))
             .map_err(|retry_after| VaultError::RateLimited { retry_after })?;
         let report = self.prober.probe(ProbeRequest { provider, login: mailbox.as_str(), code }).await;
         self.metrics.observe_probe(&provider.id, report.outcome.as_str());

@@ -34,6 +34,8 @@ pub struct PgStore {
     pool: Pool,
     /// What a log line may say of the database: host, port and name, never the password.
     describe: Arc<str>,
+    /// Reads of the change log so far (it is trimmed every few hundred).
+    polls: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -75,7 +77,8 @@ fn parse_url(url: &str) -> Result<tokio_postgres::Config, StoreError> {
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(WAIT);
     }
-    config.application_name("vault-server");
+    // The pid tells replicas apart in pg_stat_activity.
+    config.application_name(format!("vault-server/{}", std::process::id()));
     Ok(config)
 }
 
@@ -108,7 +111,7 @@ impl PgStore {
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
             .map_err(|e| StoreError::Unavailable(format!("PostgreSQL pool: {e}")))?;
-        let store = Self { pool, describe };
+        let store = Self { pool, describe, polls: Arc::default() };
         let mut client = store.pool.get().await?;
         migrate::apply(&mut client).await?;
         Ok(store)

@@ -10,11 +10,14 @@ use super::rows::{self, INSERT_AUDIT, audit_values, refs};
 use crate::crypto::{KeyId, Salt, WrappedKey};
 use crate::outcome::ProbeOutcome;
 use crate::store::{
-    AuditEvent, AuditQuery, AuditRecord, AuditStore, CredentialRow, CredentialState, CredentialStore, DataKeyInfo,
-    KeyMaterialStore, ListQuery, Millis, NewBinding, ProbeRecord, RecordedAnswer, RequestKey, RequestRecord, Reseal,
-    Retirement, RevokeChange, RotateChange, StoreError, StoredRequest, TokenRekey, TokenRow, TokenStore,
-    UnlockMaterial, UnreadableToken, UnusedQuery,
+    AuditEvent, AuditQuery, AuditRecord, AuditStore, Bucket, Changes, CredentialRow, CredentialState, CredentialStore,
+    DataKeyInfo, KeyMaterialStore, ListQuery, Millis, NewBinding, ProbeRecord, RecordedAnswer, RequestKey,
+    RequestRecord, Reseal, Retirement, RevokeChange, RotateChange, StoreError, StoredRequest, TokenRekey, TokenRow,
+    TokenStore, UnlockMaterial, UnreadableToken, UnusedQuery,
 };
+
+/// Change-log reads between trims of the log.
+const TRIM_EVERY_POLLS: u64 = 300;
 
 fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
@@ -209,6 +212,117 @@ impl KeyMaterialStore for PgStore {
 
 #[tonic::async_trait]
 impl CredentialStore for PgStore {
+    fn shared(&self) -> bool {
+        true
+    }
+
+    /// The cursor is the oldest transaction still running at the last read (its snapshot's
+    /// xmin): rows of any transaction from there on are read again, so a change committed after
+    /// a later-numbered one is never skipped.
+    async fn changes_since(&self, cursor: Option<u64>) -> Result<Changes, StoreError> {
+        let mut conn = self.pool.get().await?;
+        let tx = conn
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await?;
+        let xmin: String =
+            tx.query_one("SELECT pg_snapshot_xmin(pg_current_snapshot())::text", &[]).await?.try_get(0)?;
+        let next = xmin.parse::<u64>().map_err(|_| StoreError::Corrupt("a transaction id is not a number".into()))?;
+        let Some(from) = cursor else {
+            tx.commit().await?;
+            return Ok(Changes { pairs: Vec::new(), all: true, cursor: next });
+        };
+        let stmt =
+            tx.prepare_cached("SELECT DISTINCT mailbox, client FROM changes WHERE txid >= $1::text::xid8").await?;
+        let mut changes = Changes { pairs: Vec::new(), all: false, cursor: next };
+        for r in tx.query(&stmt, &[&from.to_string()]).await? {
+            let (mailbox, client): (String, String) = (r.try_get(0)?, r.try_get(1)?);
+            // A TRUNCATE by hand writes an empty pair: everything goes.
+            changes.all |= mailbox.is_empty();
+            changes.pairs.push((mailbox, client));
+        }
+        tx.commit().await?;
+        // Now and then, the log is trimmed: a cache that has not read it for longer than it
+        // trusts itself starts over from empty, so no reader needs rows this old.
+        if self.polls.fetch_add(1, std::sync::atomic::Ordering::Relaxed).is_multiple_of(TRIM_EVERY_POLLS) {
+            conn.execute("DELETE FROM changes WHERE at < now() - interval '10 minutes'", &[]).await?;
+        }
+        Ok(changes)
+    }
+
+    async fn lease_pair(
+        &self,
+        mailbox: &str,
+        client: &str,
+        holder: &str,
+        now: Millis,
+        until: Millis,
+    ) -> Result<bool, StoreError> {
+        let conn = self.pool.get().await?;
+        let taken = conn
+            .execute(
+                "INSERT INTO pair_leases (mailbox, client, holder, expires_at) VALUES ($1, $2, $3, $5) \
+                 ON CONFLICT (mailbox, client) DO UPDATE SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at \
+                 WHERE pair_leases.expires_at <= $4 OR pair_leases.holder = EXCLUDED.holder",
+                &[&mailbox, &client, &holder, &now, &until],
+            )
+            .await?;
+        Ok(taken == 1)
+    }
+
+    async fn release_pair(&self, mailbox: String, client: String, holder: String) -> Result<(), StoreError> {
+        let conn = self.pool.get().await?;
+        conn.execute(
+            "DELETE FROM pair_leases WHERE mailbox = $1 AND client = $2 AND holder = $3",
+            &[&mailbox, &client, &holder],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The bucket is created full; then one statement refills it for the time since its last
+    /// use and takes a probe only if enough are left (concurrent takes serialise on the row).
+    async fn take_probe(
+        &self,
+        mailbox: &str,
+        now: Millis,
+        bucket: Bucket,
+    ) -> Result<Option<Result<(), std::time::Duration>>, StoreError> {
+        let Bucket { burst, per_sec, keep } = bucket;
+        let need = 1.0 + keep;
+        let conn = self.pool.get().await?;
+        conn.execute(
+            "INSERT INTO probe_budget (mailbox, tokens, updated_at) VALUES ($1, $2, $3) ON CONFLICT (mailbox) DO NOTHING",
+            &[&mailbox, &burst, &now],
+        )
+        .await?;
+        let row = conn
+            .query_one(
+                "WITH taken AS (UPDATE probe_budget SET \
+                              tokens = least($2::float8, tokens + greatest(0, $3::bigint - updated_at) / 1000.0::float8 * $4::float8) - 1, \
+                              updated_at = greatest(updated_at, $3::bigint) \
+                           WHERE mailbox = $1 \
+                             AND least($2::float8, tokens + greatest(0, $3::bigint - updated_at) / 1000.0::float8 * $4::float8) >= $5::float8 \
+                           RETURNING 1) \
+                 SELECT (SELECT count(*) FROM taken), \
+                        coalesce((SELECT least($2::float8, tokens + greatest(0, $3::bigint - updated_at) / 1000.0::float8 * $4::float8) \
+                                  FROM probe_budget WHERE mailbox = $1), $2::float8)",
+                &[&mailbox, &burst, &now, &per_sec, &need],
+            )
+            .await?;
+        let taken: i64 = row.try_get(0)?;
+        if taken == 1 {
+            return Ok(Some(Ok(())));
+        }
+        let tokens: f64 = row.try_get(1)?;
+        if per_sec <= 0.0 || need > burst {
+            return Ok(Some(Err(std::time::Duration::from_secs(3600))));
+        }
+        Ok(Some(Err(std::time::Duration::from_secs_f64(((need - tokens) / per_sec).ceil()))))
+    }
+
     async fn get(&self, mailbox: &str, client: &str) -> Result<Arc<CredentialRow>, StoreError> {
         let conn = self.pool.get().await?;
         let stmt = conn.prepare_cached(&rows::get_sql()).await?;

@@ -1,0 +1,168 @@
+//! Two replicas of the real binary on one PostgreSQL database (a throwaway cluster), probing a
+//! real Dovecot: what one replica changes, the other honours within a second; a pair's change
+//! runs on one replica at a time; the probe budget is one for all.
+
+use std::time::{Duration, Instant};
+
+use secrecy::{ExposeSecret, SecretString};
+use tonic::Code;
+
+use crate::harness::dovecot::Dovecot;
+use crate::harness::pki::TestPki;
+use crate::harness::vault::{VaultServer, path_str, run};
+use crate::harness::{ALICE, ALICE_CODE, BOB, BOB_CODE, PASSPHRASE, Stack, pg};
+
+struct Replicas {
+    _tmp: tempfile::TempDir,
+    dovecot: Dovecot,
+    url: String,
+    a: VaultServer,
+    b: VaultServer,
+    admin: String,
+    sender: String,
+}
+
+impl Replicas {
+    async fn start(burst: &str) -> Self {
+        let tmp = tempfile::Builder::new().prefix("vault-replicas").tempdir().unwrap();
+        let pki = TestPki::generate(tmp.path(), &["imap.sina.com", "smtp.sina.com"]);
+        let dovecot = Dovecot::start(tmp.path(), &pki, &[(ALICE, ALICE_CODE), (BOB, BOB_CODE)]);
+        let url = pg::fresh_database().await;
+        let passphrase_file = tmp.path().join("passphrase");
+        std::fs::write(&passphrase_file, PASSPHRASE).unwrap();
+        std::fs::set_permissions(&passphrase_file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        let pf = path_str(&passphrase_file).to_owned();
+        let out = run(&["init", "--database", &url, "--passphrase-file", &pf], &[]);
+        assert!(out.status.success(), "init: {}", String::from_utf8_lossy(&out.stderr));
+        let mint = |role: &[&str]| {
+            let mut args = vec!["token", "create", "--database", &url, "--passphrase-file", &pf];
+            args.extend_from_slice(role);
+            let out = run(&args, &[]);
+            assert!(out.status.success(), "token create: {}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8(out.stdout).unwrap().trim().to_owned()
+        };
+        let (admin, sender) = (mint(&["--admin"]), mint(&["--client", "sender"]));
+        let a = Self::replica(&url, &passphrase_file, &pki, &dovecot, burst);
+        let b = Self::replica(&url, &passphrase_file, &pki, &dovecot, burst);
+        Self { _tmp: tmp, dovecot, url, a, b, admin, sender }
+    }
+
+    fn replica(url: &str, pf: &std::path::Path, pki: &TestPki, dovecot: &Dovecot, burst: &str) -> VaultServer {
+        let mut args: Vec<String> = ["serve", "--database", url, "--passphrase-file", path_str(pf)]
+            .into_iter()
+            .chain(["--listen", "127.0.0.1:0", "--probe-burst", burst])
+            .map(String::from)
+            .collect();
+        args.extend(Stack::probe_args(pki, dovecot));
+        VaultServer::spawn(&args, None).unwrap_or_else(|log| panic!("replica did not start:\n{log}"))
+    }
+
+    /// Runs SQL on the test database as its owner.
+    async fn sql(&self, statement: &str) {
+        let (client, connection) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls).await.unwrap();
+        let task = tokio::spawn(connection);
+        client.batch_execute(statement).await.unwrap();
+        drop(client);
+        let _ = task.await;
+    }
+}
+
+fn code(s: &str) -> SecretString {
+    SecretString::from(s)
+}
+
+/// Reveals on `server` until it is refused; how long that took.
+async fn refused_after(server: &VaultServer, token: &str, mailbox: &str) -> Duration {
+    let started = Instant::now();
+    let mut c = server.client_with(Some(token)).await;
+    loop {
+        match c.reveal(mailbox, "sender").await {
+            Ok(_) => assert!(started.elapsed() < Duration::from_secs(5), "still revealed after 5 s"),
+            Err(vault_client::Error::Revoked) => return started.elapsed(),
+            Err(e) => panic!("unexpected: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_bind_on_one_replica_reveals_on_the_other_and_a_revoke_there_is_honoured_within_a_second() {
+    let r = Replicas::start("100").await;
+    let mut a = r.a.client_with(Some(&r.admin)).await;
+    a.bind(ALICE, "sender", code(ALICE_CODE)).await.unwrap();
+    a.bind(BOB, "sender", code(BOB_CODE)).await.unwrap();
+    let mut b = r.b.client_with(Some(&r.sender)).await;
+    // Read twice: the second is served from B's row cache.
+    for _ in 0..2 {
+        assert_eq!(b.reveal(ALICE, "sender").await.unwrap().code.expose_secret(), ALICE_CODE);
+        assert_eq!(b.reveal(BOB, "sender").await.unwrap().code.expose_secret(), BOB_CODE);
+    }
+    a.revoke(ALICE, "sender", "laptop stolen").await.unwrap();
+    let took = refused_after(&r.b, &r.sender, ALICE).await;
+    assert!(took < Duration::from_secs(1), "B revealed a revoked code for {took:?}");
+
+    // B loses every connection to the database (its change-log reader among them): still
+    // within a second.
+    let pid = r.b.pid();
+    r.sql(&format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'vault-server/{pid}'"
+    ))
+    .await;
+    a.revoke(BOB, "sender", "laptop stolen").await.unwrap();
+    let took = refused_after(&r.b, &r.sender, BOB).await;
+    assert!(took < Duration::from_secs(1), "B revealed a revoked code for {took:?}");
+    // And B serves again once it reconnected: the new binding within a second too.
+    a.bind(ALICE, "sender", code(ALICE_CODE)).await.unwrap();
+    let started = Instant::now();
+    loop {
+        match b.reveal(ALICE, "sender").await {
+            Ok(revealed) => break assert_eq!(revealed.code.expose_secret(), ALICE_CODE),
+            Err(vault_client::Error::Revoked) => assert!(started.elapsed() < Duration::from_secs(1), "still revoked"),
+            Err(e) => panic!("unexpected: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!r.a.log().contains(ALICE_CODE) && !r.b.log().contains(ALICE_CODE));
+    assert!(!r.a.log().contains(&r.url) && !r.b.log().contains(&r.url), "a log line holds the database URL");
+}
+
+#[tokio::test]
+async fn two_binds_of_one_pair_on_two_replicas_give_one_ok_one_already_exists_and_one_login() {
+    let r = Replicas::start("100").await;
+    let mut a = r.a.client_with(Some(&r.admin)).await;
+    let mut b = r.b.client_with(Some(&r.admin)).await;
+    let (x, y) = tokio::join!(a.bind(ALICE, "sender", code(ALICE_CODE)), b.bind(ALICE, "sender", code(ALICE_CODE)));
+    let outcomes = [x.is_ok(), y.is_ok()];
+    assert_eq!(outcomes.iter().filter(|ok| **ok).count(), 1, "{x:?} {y:?}");
+    let refused = if x.is_ok() { y } else { x };
+    assert!(matches!(refused, Err(vault_client::Error::AlreadyBound)), "{refused:?}");
+    assert_eq!(r.dovecot.login_times(ALICE).len(), 1, "the waiting replica probed too:\n{}", r.dovecot.log());
+}
+
+#[tokio::test]
+async fn the_probe_budget_is_one_for_all_replicas() {
+    // Burst 3: the Bind takes one, so of four Verifies spread over both replicas two run.
+    let r = Replicas::start("3").await;
+    let mut a = r.a.client_with(Some(&r.admin)).await;
+    let mut b = r.b.client_with(Some(&r.admin)).await;
+    a.bind(ALICE, "sender", code(ALICE_CODE)).await.unwrap();
+    let mut codes = Vec::new();
+    for i in 0..4 {
+        let c = if i % 2 == 0 { &mut a } else { &mut b };
+        codes.push(
+            match c
+                .raw()
+                .verify(vault_client::proto::VerifyRequest { mailbox: ALICE.into(), client: "sender".into() })
+                .await
+            {
+                Ok(_) => Code::Ok,
+                Err(status) => status.code(),
+            },
+        );
+    }
+    assert_eq!(codes, [Code::Ok, Code::Ok, Code::ResourceExhausted, Code::ResourceExhausted]);
+    // A data-key rotation would leave the other replica without the new key: refused.
+    let refused = a.raw().rotate_data_key(vault_client::proto::RotateDataKeyRequest::default()).await.unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert_eq!(r.dovecot.login_times(ALICE).len(), 3, "one Bind and two Verifies reached the provider");
+}
