@@ -103,16 +103,16 @@ CREATE TABLE changes (
 );
 
 CREATE INDEX changes_by_txid ON changes (txid);
-CREATE INDEX changes_by_age ON changes (at);
 
-CREATE FUNCTION vault_note_change() RETURNS trigger LANGUAGE plpgsql AS $$
+-- `SET search_path FROM CURRENT`: the log written is this schema's, whoever edits the table.
+CREATE FUNCTION vault_note_change() RETURNS trigger LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 BEGIN
-    IF TG_OP = 'DELETE' THEN
+    IF TG_OP IN ('DELETE', 'UPDATE') THEN
         INSERT INTO changes (mailbox, client) VALUES (OLD.mailbox, OLD.client);
-    ELSE
+    END IF;
+    IF TG_OP IN ('INSERT', 'UPDATE') THEN
         INSERT INTO changes (mailbox, client) VALUES (NEW.mailbox, NEW.client);
     END IF;
-    PERFORM pg_notify('vault_changes', '');
     RETURN NULL;
 END $$;
 
@@ -129,10 +129,9 @@ CREATE TRIGGER credentials_update AFTER UPDATE ON credentials
                         NEW.last_verified_at, NEW.last_probe_outcome, NEW.generation))
     EXECUTE FUNCTION vault_note_change();
 -- The whole table at once (TRUNCATE by hand): every cache empties.
-CREATE FUNCTION vault_note_truncate() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION vault_note_truncate() RETURNS trigger LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 BEGIN
     INSERT INTO changes (mailbox, client) VALUES ('', '');
-    PERFORM pg_notify('vault_changes', '');
     RETURN NULL;
 END $$;
 CREATE TRIGGER credentials_truncate AFTER TRUNCATE ON credentials

@@ -79,6 +79,8 @@ async fn refused_after(server: &VaultServer, token: &str, mailbox: &str) -> Dura
         match c.reveal(mailbox, "sender").await {
             Ok(_) => assert!(started.elapsed() < Duration::from_secs(5), "still revealed after 5 s"),
             Err(vault_client::Error::Revoked) => return started.elapsed(),
+            // Right after its connections were killed, a call may find one dead: not served.
+            Err(vault_client::Error::VaultUnavailable { .. }) => {}
             Err(e) => panic!("unexpected: {e}"),
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -117,7 +119,9 @@ async fn a_bind_on_one_replica_reveals_on_the_other_and_a_revoke_there_is_honour
     loop {
         match b.reveal(ALICE, "sender").await {
             Ok(revealed) => break assert_eq!(revealed.code.expose_secret(), ALICE_CODE),
-            Err(vault_client::Error::Revoked) => assert!(started.elapsed() < Duration::from_secs(1), "still revoked"),
+            Err(vault_client::Error::Revoked | vault_client::Error::VaultUnavailable { .. }) => {
+                assert!(started.elapsed() < Duration::from_secs(1), "still revoked")
+            }
             Err(e) => panic!("unexpected: {e}"),
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

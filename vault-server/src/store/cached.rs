@@ -31,10 +31,12 @@ pub const FOLLOW_EVERY: Duration = Duration::from_millis(200);
 /// How long a good read of the change log vouches for the cache.
 pub const TRUST_FOR: Duration = Duration::from_secs(1);
 
+/// Millis on a monotonic clock (since the first call): a wall clock stepped back must not
+/// stretch the trust window.
 fn now_millis() -> Millis {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let start = START.get_or_init(std::time::Instant::now);
+    i64::try_from(start.elapsed().as_millis()).unwrap_or(i64::MAX)
 }
 
 type Rows = HashMap<String, HashMap<String, Arc<CredentialRow>>>;

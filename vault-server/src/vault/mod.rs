@@ -62,9 +62,9 @@ enum Opened {
     Failed(VaultError),
 }
 
-/// How long a pair's lease lasts: longer than any probe (whose overall timeout is far less),
-/// so only a replica that died mid-change leaves one to expire.
-const LEASE_FOR: std::time::Duration = std::time::Duration::from_secs(120);
+/// How long a pair's lease lasts: longer than the longest probe `--probe-timeout` allows (300 s)
+/// plus its commit, so only a replica that died mid-change leaves one to expire.
+const LEASE_FOR: std::time::Duration = std::time::Duration::from_secs(360);
 /// How often a change waiting for another replica's lease asks again.
 const LEASE_POLL: std::time::Duration = std::time::Duration::from_millis(50);
 /// This process, among replicas holding leases.
@@ -140,12 +140,17 @@ impl Vault {
             return Ok(PairGuard { _local: local, lease: None });
         }
         let holder = format!("{}/{}", *REPLICA, LEASES.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        // Made before the first try: a call cancelled while its lease was being written still
+        // gives it back (the holder is unique, so this never releases another's).
+        let guard = PairGuard {
+            _local: local,
+            lease: Some((self.store.clone(), mailbox.to_owned(), client.to_owned(), holder.clone())),
+        };
+        let ttl = i64::try_from(LEASE_FOR.as_millis()).unwrap_or(i64::MAX);
         loop {
             let now = self.clock.now_millis();
-            let until = now.saturating_add(i64::try_from(LEASE_FOR.as_millis()).unwrap_or(i64::MAX));
-            if self.store.lease_pair(mailbox, client, &holder, now, until).await? {
-                let lease = Some((self.store.clone(), mailbox.to_owned(), client.to_owned(), holder));
-                return Ok(PairGuard { _local: local, lease });
+            if self.store.lease_pair(mailbox, client, &holder, now, now.saturating_add(ttl)).await? {
+                return Ok(guard);
             }
             tokio::time::sleep(LEASE_POLL).await;
         }

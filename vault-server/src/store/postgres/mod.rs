@@ -36,6 +36,8 @@ pub struct PgStore {
     describe: Arc<str>,
     /// Reads of the change log so far (it is trimmed every few hundred).
     polls: Arc<std::sync::atomic::AtomicU64>,
+    /// When an xmin was noted for the next trim, and which.
+    trim: Arc<std::sync::Mutex<Option<(std::time::Instant, u64)>>>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -77,6 +79,19 @@ fn parse_url(url: &str) -> Result<tokio_postgres::Config, StoreError> {
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(WAIT);
     }
+    // `prefer` (the driver's default) falls back to plaintext when the server (or anyone on the
+    // path) declines TLS: off loopback, only `sslmode=require` is accepted.
+    let loopback = config.get_hosts().iter().all(|h| match h {
+        tokio_postgres::config::Host::Tcp(name) => {
+            name == "localhost" || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+        }
+        tokio_postgres::config::Host::Unix(_) => true,
+    });
+    if !loopback && config.get_ssl_mode() != tokio_postgres::config::SslMode::Require {
+        return Err(StoreError::Unavailable(
+            "the database is not on loopback: add sslmode=require to the URL (TLS, certificate verified)".into(),
+        ));
+    }
     // The pid tells replicas apart in pg_stat_activity.
     config.application_name(format!("vault-server/{}", std::process::id()));
     Ok(config)
@@ -111,7 +126,7 @@ impl PgStore {
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
             .map_err(|e| StoreError::Unavailable(format!("PostgreSQL pool: {e}")))?;
-        let store = Self { pool, describe, polls: Arc::default() };
+        let store = Self { pool, describe, polls: Arc::default(), trim: Arc::default() };
         let mut client = store.pool.get().await?;
         migrate::apply(&mut client).await?;
         Ok(store)
@@ -168,5 +183,29 @@ impl PgStore {
             keys.push(WrappedKey { key_id, sealed: Sealed { nonce, ciphertext: r.try_get(2)? } });
         }
         Ok(UnlockMaterial { salt, params, keys })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_database_off_loopback_needs_tls_required_and_errors_never_repeat_the_url() {
+        for url in
+            ["postgres://vault:s3cretpw@db.example:5432/vault", "postgres://vault:s3cretpw@10.0.0.5/v?sslmode=prefer"]
+        {
+            let err = parse_url(url).map(|_| ()).unwrap_err().to_string();
+            assert!(err.contains("sslmode=require") && !err.contains("s3cretpw"), "{err}");
+        }
+        for url in [
+            "postgres://vault:s3cretpw@db.example:5432/vault?sslmode=require",
+            "postgres://vault:s3cretpw@127.0.0.1:5432/vault",
+            "postgres://vault:s3cretpw@localhost/vault",
+        ] {
+            assert!(parse_url(url).is_ok(), "{url}");
+        }
+        let err = parse_url("postgres://vault:s3cretpw@db/x?sslmode=bogus").map(|_| ()).unwrap_err().to_string();
+        assert!(!err.contains("s3cretpw"), "{err}");
     }
 }

@@ -18,6 +18,8 @@ use crate::store::{
 
 /// Change-log reads between trims of the log.
 const TRIM_EVERY_POLLS: u64 = 300;
+/// How long every reader has to see a change before it may be trimmed.
+const TRIM_AFTER: std::time::Duration = std::time::Duration::from_secs(600);
 
 fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
@@ -230,7 +232,9 @@ impl CredentialStore for PgStore {
         let xmin: String =
             tx.query_one("SELECT pg_snapshot_xmin(pg_current_snapshot())::text", &[]).await?.try_get(0)?;
         let next = xmin.parse::<u64>().map_err(|_| StoreError::Corrupt("a transaction id is not a number".into()))?;
-        let Some(from) = cursor else {
+        // No cursor yet, or transaction ids went backwards (the database was restored or moved
+        // to another cluster): nothing read before can be trusted.
+        let Some(from) = cursor.filter(|from| *from <= next) else {
             tx.commit().await?;
             return Ok(Changes { pairs: Vec::new(), all: true, cursor: next });
         };
@@ -244,14 +248,34 @@ impl CredentialStore for PgStore {
             changes.pairs.push((mailbox, client));
         }
         tx.commit().await?;
-        // Now and then, the log is trimmed: a cache that has not read it for longer than it
-        // trusts itself starts over from empty, so no reader needs rows this old.
+        // Now and then, the log is trimmed of rows every reader has had ten minutes to see: those
+        // of transactions older than the xmin noted at least that long ago (all of them had
+        // ended by then). A cache that has not read the log for longer than it trusts itself
+        // starts over from empty, so no reader needs them.
         if self.polls.fetch_add(1, std::sync::atomic::Ordering::Relaxed).is_multiple_of(TRIM_EVERY_POLLS) {
-            conn.execute("DELETE FROM changes WHERE at < now() - interval '10 minutes'", &[]).await?;
+            let due = {
+                let mut noted = self.trim.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                match *noted {
+                    Some((at, xmin)) if at.elapsed() >= TRIM_AFTER => {
+                        *noted = Some((std::time::Instant::now(), next));
+                        Some(xmin)
+                    }
+                    Some(_) => None,
+                    None => {
+                        *noted = Some((std::time::Instant::now(), next));
+                        None
+                    }
+                }
+            };
+            if let Some(xmin) = due {
+                conn.execute("DELETE FROM changes WHERE txid < $1::text::xid8", &[&xmin.to_string()]).await?;
+            }
         }
         Ok(changes)
     }
 
+    /// Expiry is on the database's clock (the lease lasts `until - now`), so replicas whose
+    /// clocks disagree still agree on when a lease ends.
     async fn lease_pair(
         &self,
         mailbox: &str,
@@ -260,13 +284,16 @@ impl CredentialStore for PgStore {
         now: Millis,
         until: Millis,
     ) -> Result<bool, StoreError> {
+        let ttl = until.saturating_sub(now).max(0);
         let conn = self.pool.get().await?;
         let taken = conn
             .execute(
-                "INSERT INTO pair_leases (mailbox, client, holder, expires_at) VALUES ($1, $2, $3, $5) \
+                "WITH clock AS (SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS now) \
+                 INSERT INTO pair_leases (mailbox, client, holder, expires_at) \
+                 SELECT $1, $2, $3, clock.now + $4 FROM clock \
                  ON CONFLICT (mailbox, client) DO UPDATE SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at \
-                 WHERE pair_leases.expires_at <= $4 OR pair_leases.holder = EXCLUDED.holder",
-                &[&mailbox, &client, &holder, &now, &until],
+                 WHERE pair_leases.expires_at <= EXCLUDED.expires_at - $4 OR pair_leases.holder = EXCLUDED.holder",
+                &[&mailbox, &client, &holder, &ttl],
             )
             .await?;
         Ok(taken == 1)
