@@ -20,6 +20,7 @@ struct Replicas {
     b: VaultServer,
     admin: String,
     sender: String,
+    sender_id: String,
 }
 
 impl Replicas {
@@ -42,9 +43,14 @@ impl Replicas {
             String::from_utf8(out.stdout).unwrap().trim().to_owned()
         };
         let (admin, sender) = (mint(&["--admin"]), mint(&["--client", "sender"]));
+        let listed = run(&["token", "list", "--database", &url], &[]);
+        assert!(listed.status.success(), "token list: {}", String::from_utf8_lossy(&listed.stderr));
+        let listed = String::from_utf8(listed.stdout).unwrap();
+        let sender_id = listed.lines().find(|l| l.contains("client:sender")).and_then(|l| l.split_whitespace().next());
+        let sender_id = sender_id.unwrap_or_else(|| panic!("no sender token in:\n{listed}")).to_owned();
         let a = Self::replica(&url, &passphrase_file, &pki, &dovecot, burst);
         let b = Self::replica(&url, &passphrase_file, &pki, &dovecot, burst);
-        Self { _tmp: tmp, dovecot, url, a, b, admin, sender }
+        Self { _tmp: tmp, dovecot, url, a, b, admin, sender, sender_id }
     }
 
     fn replica(url: &str, pf: &std::path::Path, pki: &TestPki, dovecot: &Dovecot, burst: &str) -> VaultServer {
@@ -122,6 +128,19 @@ async fn a_bind_on_one_replica_reveals_on_the_other_and_a_revoke_there_is_honour
             Err(vault_client::Error::Revoked | vault_client::Error::VaultUnavailable { .. }) => {
                 assert!(started.elapsed() < Duration::from_secs(1), "still revoked")
             }
+            Err(e) => panic!("unexpected: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A token revoked by the CLI against the database is refused by every replica within a
+    // second.
+    let out = run(&["token", "revoke", "--database", &r.url, &r.sender_id], &[]);
+    assert!(out.status.success(), "token revoke: {}", String::from_utf8_lossy(&out.stderr));
+    let started = Instant::now();
+    loop {
+        match b.reveal(ALICE, "sender").await {
+            Ok(_) => assert!(started.elapsed() < Duration::from_secs(1), "a revoked token still served"),
+            Err(vault_client::Error::Unauthenticated { .. }) => break,
             Err(e) => panic!("unexpected: {e}"),
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

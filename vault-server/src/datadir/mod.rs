@@ -16,7 +16,7 @@ use std::fs;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::crypto::{CryptoError, KdfParams, Keyring, Salt, derive_kek};
+use crate::crypto::{CryptoError, Keyring};
 use crate::secret::Passphrase;
 use crate::store::{SqliteStore, StoreError, UnlockMaterial};
 
@@ -94,11 +94,7 @@ pub fn init(dir: &Path, passphrase: &Passphrase, now: i64) -> Result<(), DataDir
         return Err(DataDirError::AlreadyInitialised(dir.to_owned()));
     }
     create_private_dir(dir)?;
-    let salt = Salt::random();
-    let params = KdfParams::FLOOR;
-    let kek = derive_kek(passphrase, &salt, params).map_err(|e| DataDirError::Crypto(dir.to_owned(), e))?;
-    let (_, wrapped) = Keyring::generate(&kek);
-    let material = UnlockMaterial { salt, params, keys: vec![wrapped] };
+    let material = UnlockMaterial::generate(passphrase).map_err(|e| DataDirError::Crypto(dir.to_owned(), e))?;
     SqliteStore::create(&db_path(dir), &material, now).map_err(|e| DataDirError::Store(dir.to_owned(), e))?;
     Ok(())
 }
@@ -124,13 +120,11 @@ pub fn unlock_keeping_kek(
     }
     let store = SqliteStore::open(&db_path(dir)).map_err(store_err)?;
     let material = store.sync().unlock_material().map_err(store_err)?;
-    let kek =
-        derive_kek(passphrase, &material.salt, material.params).map_err(|e| DataDirError::Crypto(dir.to_owned(), e))?;
-    let keyring = Keyring::unlock(&kek, &material.keys).map_err(|e| match e {
+    let (keyring, kek) = material.open(passphrase).map_err(|e| match e {
         CryptoError::Decrypt => DataDirError::WrongPassphrase(dir.to_owned()),
         e => DataDirError::Crypto(dir.to_owned(), e),
     })?;
-    Ok((store, keyring, crate::crypto::Kek { key: kek, salt: material.salt }))
+    Ok((store, keyring, kek))
 }
 
 #[cfg(test)]

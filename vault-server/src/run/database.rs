@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::RunError;
 use crate::cli::DatabaseArgs;
-use crate::crypto::{CryptoError, KdfParams, Kek, Keyring, Salt, derive_kek};
+use crate::crypto::{CryptoError, Kek, Keyring};
 use crate::datadir::{self, DataDirError, MIN_PASSPHRASE_CHARS};
 use crate::secret::Passphrase;
 use crate::store::{PgStore, SqliteStore, Store, StoreError, UnlockMaterial};
@@ -30,21 +30,6 @@ impl std::fmt::Display for Database {
         match self {
             Self::DataDir(dir) => write!(f, "data dir {}", dir.display()),
             Self::Postgres { .. } => f.write_str("the PostgreSQL database (--database)"),
-        }
-    }
-}
-
-/// A store of either engine, opened.
-pub enum Opened {
-    Sqlite(SqliteStore),
-    Postgres(PgStore),
-}
-
-impl Opened {
-    pub fn into_store(self) -> Arc<dyn Store> {
-        match self {
-            Self::Sqlite(s) => Arc::new(s),
-            Self::Postgres(s) => Arc::new(s),
         }
     }
 }
@@ -87,11 +72,8 @@ impl Database {
                     return Err(DataDirError::WeakPassphrase.into());
                 }
                 let store = Self::connect(url, ca_file.as_deref()).await?;
-                let salt = Salt::random();
-                let params = KdfParams::FLOOR;
-                let kek = derive_kek(passphrase, &salt, params).map_err(|e| RunError::Database(e.to_string()))?;
-                let (_, wrapped) = Keyring::generate(&kek);
-                match store.create(&UnlockMaterial { salt, params, keys: vec![wrapped] }, now).await {
+                let material = UnlockMaterial::generate(passphrase).map_err(|e| RunError::Database(e.to_string()))?;
+                match store.create(&material, now).await {
                     Err(StoreError::AlreadyExists) => Err(RunError::Database(
                         "the PostgreSQL database already holds a vault; refusing to overwrite it".into(),
                     )),
@@ -102,48 +84,55 @@ impl Database {
     }
 
     /// Opens the store without unlocking it (token list and revoke).
-    pub async fn open(&self) -> Result<Opened, RunError> {
+    pub async fn open(&self) -> Result<Arc<dyn Store>, RunError> {
         match self {
             Self::DataDir(dir) => {
                 if !datadir::is_initialised(dir) {
                     return Err(DataDirError::NotInitialised(dir.clone()).into());
                 }
-                Ok(Opened::Sqlite(SqliteStore::open(&datadir::db_path(dir))?))
+                Ok(Arc::new(SqliteStore::open(&datadir::db_path(dir))?))
             }
-            Self::Postgres { url, ca_file } => Ok(Opened::Postgres(Self::connect(url, ca_file.as_deref()).await?)),
+            Self::Postgres { url, ca_file } => Ok(Arc::new(Self::connect(url, ca_file.as_deref()).await?)),
         }
     }
 
     /// Opens the store and unlocks its keyring; a wrong passphrase stops here.
-    pub async fn unlock(&self, passphrase: &Passphrase) -> Result<(Opened, Keyring, Kek), RunError> {
+    pub async fn unlock(&self, passphrase: &Passphrase) -> Result<(Arc<dyn Store>, Keyring, Kek), RunError> {
         match self {
             Self::DataDir(dir) => {
                 let (store, keyring, kek) = datadir::unlock_keeping_kek(dir, passphrase)?;
-                Ok((Opened::Sqlite(store), keyring, kek))
+                Ok((Arc::new(store), keyring, kek))
             }
             Self::Postgres { url, ca_file } => {
-                let store = Self::connect(url, ca_file.as_deref()).await?;
-                let material = match crate::store::KeyMaterialStore::unlock_material(&store).await {
-                    Err(StoreError::NotInitialised) => {
-                        return Err(RunError::Database(
-                            "the PostgreSQL database holds no vault; run `vault-server init --database URL` first"
-                                .into(),
-                        ));
-                    }
-                    other => other?,
-                };
-                let key = derive_kek(passphrase, &material.salt, material.params)
-                    .map_err(|e| RunError::Database(e.to_string()))?;
-                let keyring = Keyring::unlock(&key, &material.keys).map_err(|e| match e {
-                    CryptoError::Decrypt => RunError::Database(
-                        "wrong passphrase for the PostgreSQL database: the keyring did not unlock".into(),
-                    ),
-                    e => RunError::Database(e.to_string()),
-                })?;
-                Ok((Opened::Postgres(store), keyring, Kek { key, salt: material.salt }))
+                let (store, keyring, kek) = unlock_postgres(url, ca_file.as_deref(), passphrase).await?;
+                Ok((Arc::new(store), keyring, kek))
             }
         }
     }
+}
+
+/// Connects to a PostgreSQL vault and unlocks its keyring.
+pub async fn unlock_postgres(
+    url: &str,
+    ca_file: Option<&Path>,
+    passphrase: &Passphrase,
+) -> Result<(PgStore, Keyring, Kek), RunError> {
+    let store = Database::connect(url, ca_file).await?;
+    let material = match crate::store::KeyMaterialStore::unlock_material(&store).await {
+        Err(StoreError::NotInitialised) => {
+            return Err(RunError::Database(
+                "the PostgreSQL database holds no vault; run `vault-server init --database URL` first".into(),
+            ));
+        }
+        other => other?,
+    };
+    let (keyring, kek) = material.open(passphrase).map_err(|e| match e {
+        CryptoError::Decrypt => {
+            RunError::Database("wrong passphrase for the PostgreSQL database: the keyring did not unlock".into())
+        }
+        e => RunError::Database(e.to_string()),
+    })?;
+    Ok((store, keyring, kek))
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use base64::Engine as _;
 use rand::RngCore as _;
 use tokio::net::TcpListener;
 
-use super::database::{Database, Opened};
+use super::database::{Database, unlock_postgres};
 use super::{RunError, now, read_passphrase};
 use crate::auth::{Role, Tokens};
 use crate::cli::{PassphraseArgs, ServeArgs};
@@ -122,26 +122,16 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, RunError> 
 }
 
 pub async fn serve(args: ServeArgs, env_passphrase: Option<Passphrase>) -> Result<(), RunError> {
-    let database = if args.dev {
+    let (database, passphrase_args, new_dev_vault) = if args.dev {
         if !matches!(Database::from_args(&args.database, Some(Path::new(DEV_DATA_DIR)))?, Database::DataDir(_)) {
             return Err(RunError::Dev("--dev keeps its vault in a data dir; it takes no PostgreSQL --database".into()));
         }
-        None
+        let dir = args.data_dir.clone().unwrap_or_else(|| PathBuf::from(DEV_DATA_DIR));
+        let (file, new) = prepare_dev(&dir, args.passphrase.passphrase_file.clone())?;
+        (Database::DataDir(dir), PassphraseArgs { passphrase_file: Some(file) }, new)
     } else {
-        Some(Database::from_args(&args.database, args.data_dir.as_deref())?)
-    };
-    let (dir, passphrase_args, new_dev_vault) = match &database {
-        None => {
-            let dir = args.data_dir.clone().unwrap_or_else(|| PathBuf::from(DEV_DATA_DIR));
-            let (file, new) = prepare_dev(&dir, args.passphrase.passphrase_file.clone())?;
-            (Some(dir), PassphraseArgs { passphrase_file: Some(file) }, new)
-        }
-        Some(Database::DataDir(dir)) => {
-            (Some(dir.clone()), PassphraseArgs { passphrase_file: args.passphrase.passphrase_file.clone() }, false)
-        }
-        Some(Database::Postgres { .. }) => {
-            (None, PassphraseArgs { passphrase_file: args.passphrase.passphrase_file.clone() }, false)
-        }
+        let database = Database::from_args(&args.database, args.data_dir.as_deref())?;
+        (database, PassphraseArgs { passphrase_file: args.passphrase.passphrase_file.clone() }, false)
     };
     let listener_tls = server_tls(&args)?;
     if listener_tls.is_none() && !args.listen.ip().is_loopback() && !args.allow_plaintext {
@@ -153,16 +143,17 @@ pub async fn serve(args: ServeArgs, env_passphrase: Option<Passphrase>) -> Resul
         None => Registry::builtin(),
     };
     let passphrase = read_passphrase(&passphrase_args, env_passphrase)?;
-    let Some(dir) = dir else {
-        // PostgreSQL: replicas share the database; none owns it.
-        let Some(database) = database else { return Err(RunError::Dev("no database".into())) };
-        let (store, keyring, kek) = database.unlock(&passphrase).await?;
-        drop(passphrase);
-        let Opened::Postgres(store) = store else { return Err(RunError::Database("not PostgreSQL".into())) };
-        let described = store.describe().to_owned();
-        run_vault(args, store, keyring, kek, false, registry, tls, listener_tls, &described).await?;
-        tracing::info!("stopped");
-        return Ok(());
+    let dir = match database {
+        Database::DataDir(dir) => dir,
+        Database::Postgres { url, ca_file } => {
+            // Replicas share the database; none owns it.
+            let (store, keyring, kek) = unlock_postgres(&url, ca_file.as_deref(), &passphrase).await?;
+            drop(passphrase);
+            let described = store.describe().to_owned();
+            run_vault(args, store, keyring, kek, false, registry, tls, listener_tls, &described).await?;
+            tracing::info!("stopped");
+            return Ok(());
+        }
     };
     datadir::check_present(&dir)?;
     // One server per data dir: a second one would serve from a cache the first one invalidates.

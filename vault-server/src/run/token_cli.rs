@@ -34,7 +34,7 @@ pub fn run(args: TokenArgs, env_passphrase: Option<Passphrase>) -> Result<(), Ru
             let passphrase = read_passphrase(&passphrase, env_passphrase)?;
             let (token, id) = runtime()?.block_on(async {
                 let (store, keyring, _) = database.unlock(&passphrase).await?;
-                let tokens = Tokens::new(store.into_store(), Arc::new(crate::crypto::LiveKeyring::new(keyring)));
+                let tokens = Tokens::new(store, Arc::new(crate::crypto::LiveKeyring::new(keyring)));
                 Ok::<_, RunError>(tokens.mint(&role, now()).await?)
             })?;
             eprintln!("created token {id} ({role}); it is shown once, below");
@@ -43,8 +43,7 @@ pub fn run(args: TokenArgs, env_passphrase: Option<Passphrase>) -> Result<(), Ru
         }
         TokenCommand::List { data_dir, database } => {
             let database = Database::from_args(&database, data_dir.as_deref())?;
-            let rows = runtime()?
-                .block_on(async { Ok::<_, RunError>(database.open().await?.into_store().tokens().await?) })?;
+            let rows = runtime()?.block_on(async { Ok::<_, RunError>(database.open().await?.tokens().await?) })?;
             println!("{:<16} {:<28} {:>12} {:>12} STATE", "ID", "ROLE", "CREATED", "LAST USED");
             for read in rows {
                 match read {
@@ -72,9 +71,8 @@ pub fn run(args: TokenArgs, env_passphrase: Option<Passphrase>) -> Result<(), Ru
         }
         TokenCommand::Revoke { data_dir, database, id } => {
             let database = Database::from_args(&database, data_dir.as_deref())?;
-            let revoked = runtime()?.block_on(async {
-                Ok::<_, RunError>(database.open().await?.into_store().revoke_token(id.clone(), now()).await)
-            })?;
+            let revoked = runtime()?
+                .block_on(async { Ok::<_, RunError>(database.open().await?.revoke_token(id.clone(), now()).await) })?;
             match revoked {
                 Ok(()) => {
                     eprintln!("revoked token {id}; a running server refuses it within a second");

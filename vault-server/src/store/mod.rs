@@ -68,6 +68,26 @@ pub struct UnlockMaterial {
     pub keys: Vec<WrappedKey>,
 }
 
+impl UnlockMaterial {
+    /// A new vault's: a fresh salt, the KDF floor, and one data key wrapped under the KEK.
+    pub fn generate(passphrase: &crate::secret::Passphrase) -> Result<Self, crate::crypto::CryptoError> {
+        let (salt, params) = (Salt::random(), KdfParams::FLOOR);
+        let kek = crate::crypto::derive_kek(passphrase, &salt, params)?;
+        let (_, wrapped) = crate::crypto::Keyring::generate(&kek);
+        Ok(Self { salt, params, keys: vec![wrapped] })
+    }
+
+    /// Re-derives the KEK and unwraps the data keys; a wrong passphrase is `Decrypt`.
+    pub fn open(
+        &self,
+        passphrase: &crate::secret::Passphrase,
+    ) -> Result<(crate::crypto::Keyring, crate::crypto::Kek), crate::crypto::CryptoError> {
+        let key = crate::crypto::derive_kek(passphrase, &self.salt, self.params)?;
+        let keyring = crate::crypto::Keyring::unlock(&key, &self.keys)?;
+        Ok((keyring, crate::crypto::Kek { key, salt: self.salt }))
+    }
+}
+
 /// A code as stored: the key that sealed it, the seal's generation (bound into the AAD; `None`
 /// for rows sealed before generations existed), and the sealed bytes.
 #[derive(Debug, Clone)]

@@ -189,6 +189,99 @@ impl PgStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::{Bucket, CredentialStore as _};
+
+    /// A store on a fresh database holding a vault.
+    async fn fresh() -> (PgStore, crate::crypto::Keyring) {
+        let url = testdb::fresh_database().await;
+        let (ring, material) = crate::store::contract::keyring();
+        let store = PgStore::connect(&url, None).await.unwrap();
+        store.create(&material, 0).await.unwrap();
+        (store, ring)
+    }
+
+    #[tokio::test]
+    async fn a_lease_is_one_holders_until_released_or_expired_on_the_database_clock() {
+        let (store, _) = fresh().await;
+        let lease = |holder: &'static str, ttl: i64| {
+            let store = store.clone();
+            // The replica's own clock is far off: only the difference counts.
+            async move { store.lease_pair("a@sina.com", "x", holder, 5_000_000, 5_000_000 + ttl).await.unwrap() }
+        };
+        assert!(lease("a", 60_000).await);
+        assert!(!lease("b", 60_000).await, "taken while held");
+        assert!(lease("a", 60_000).await, "its holder may take it again");
+        store.release_pair("a@sina.com".into(), "x".into(), "b".into()).await.unwrap();
+        assert!(!lease("b", 60_000).await, "another holder's release gives nothing back");
+        store.release_pair("a@sina.com".into(), "x".into(), "a".into()).await.unwrap();
+        assert!(lease("b", 0).await, "free once released");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        assert!(lease("c", 60_000).await, "an expired lease is taken over");
+        assert!(store.lease_pair("a@sina.com", "y", "b", 0, 60_000).await.unwrap(), "other pairs are free");
+    }
+
+    #[tokio::test]
+    async fn the_shared_budget_gives_exactly_its_burst_to_concurrent_takes() {
+        let (store, _) = fresh().await;
+        let bucket = Bucket { burst: 3.0, per_sec: 0.0, keep: 0.0 };
+        let takes = (0..10).map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.take_probe("a@sina.com", 1_000, bucket).await.unwrap() })
+        });
+        let mut granted = 0;
+        for take in takes {
+            match take.await.unwrap() {
+                Some(Ok(())) => granted += 1,
+                Some(Err(wait)) => assert_eq!(wait, std::time::Duration::from_secs(3600)),
+                None => panic!("PostgreSQL's budget is shared"),
+            }
+        }
+        assert_eq!(granted, 3);
+        let refill = Bucket { burst: 3.0, per_sec: 1.0, keep: 0.0 };
+        assert!(matches!(store.take_probe("a@sina.com", 1_000, refill).await.unwrap(), Some(Err(_))));
+        assert!(matches!(store.take_probe("a@sina.com", 2_100, refill).await.unwrap(), Some(Ok(()))), "refilled");
+        let keep = Bucket { burst: 3.0, per_sec: 0.0, keep: 1.0 };
+        assert!(matches!(store.take_probe("b@sina.com", 0, keep).await.unwrap(), Some(Ok(()))));
+        assert!(matches!(store.take_probe("b@sina.com", 0, keep).await.unwrap(), Some(Ok(()))));
+        assert!(matches!(store.take_probe("b@sina.com", 0, keep).await.unwrap(), Some(Err(_))), "keeps one");
+    }
+
+    #[tokio::test]
+    async fn the_change_log_names_changed_pairs_and_starts_over_when_it_cannot_follow() {
+        let (store, ring) = fresh().await;
+        let first = store.changes_since(None).await.unwrap();
+        assert!(first.all, "the first read drops everything");
+        let (key_id, generation, sealed) = ring.seal_code("a@sina.com", "x", 1, b"code");
+        let new = crate::store::NewBinding {
+            mailbox: crate::ids::Mailbox::parse("a@sina.com").unwrap(),
+            client: crate::ids::ClientId::parse("x").unwrap(),
+            provider: "sina".into(),
+            code: crate::store::StoredCode { key_id, generation: Some(generation), sealed },
+            now: 1,
+            probe_outcome: crate::outcome::ProbeOutcome::Accepted,
+        };
+        let event = crate::store::contract::event("Bind", "a@sina.com", "x", 1);
+        store.bind(new, event.clone(), None).await.unwrap();
+        let changed = store.changes_since(Some(first.cursor)).await.unwrap();
+        assert!(!changed.all);
+        assert_eq!(changed.pairs, [("a@sina.com".to_owned(), "x".to_owned())]);
+        // A Reveal's usage is no change a cache must drop.
+        let quiet = store.changes_since(Some(changed.cursor)).await.unwrap();
+        let mut late = event.clone();
+        late.at = 7;
+        store.record_reveals(vec![late]).await.unwrap();
+        // Another replica's flush of an older use comes in last: the latest use stays.
+        store.record_reveals(vec![event]).await.unwrap();
+        assert_eq!(store.get("a@sina.com", "x").await.unwrap().last_used_at, Some(7));
+        let after_use = store.changes_since(Some(quiet.cursor)).await.unwrap();
+        assert!(after_use.pairs.is_empty() && !after_use.all, "{after_use:?}");
+        // A cursor the database has not reached (restored elsewhere): start over.
+        assert!(store.changes_since(Some(u64::MAX)).await.unwrap().all);
+        // A TRUNCATE by hand empties every cache.
+        let conn = store.pool.get().await.unwrap();
+        conn.batch_execute("TRUNCATE credentials").await.unwrap();
+        assert!(store.changes_since(Some(after_use.cursor)).await.unwrap().all);
+    }
 
     #[test]
     fn a_database_off_loopback_needs_tls_required_and_errors_never_repeat_the_url() {

@@ -16,6 +16,9 @@ use crate::store::{
     TokenStore, UnlockMaterial, UnreadableToken, UnusedQuery,
 };
 
+/// A boxed future (a write's step, run inside its transaction).
+type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
 /// Change-log reads between trims of the log.
 const TRIM_EVERY_POLLS: u64 = 300;
 /// How long every reader has to see a change before it may be trimmed.
@@ -108,7 +111,7 @@ impl PgStore {
         change: F,
     ) -> Result<CredentialRow, StoreError>
     where
-        F: for<'a> FnOnce(&'a Transaction<'a>, CredentialRow) -> futures_like::BoxFuture<'a, Result<(), StoreError>>,
+        F: for<'a> FnOnce(&'a Transaction<'a>, CredentialRow) -> BoxFuture<'a, Result<(), StoreError>>,
     {
         let mut client_conn = self.pool.get().await?;
         let tx = client_conn.transaction().await?;
@@ -119,11 +122,6 @@ impl PgStore {
         tx.commit().await?;
         Ok(row)
     }
-}
-
-/// A boxed future, without pulling in the futures crate.
-mod futures_like {
-    pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 }
 
 #[tonic::async_trait]
