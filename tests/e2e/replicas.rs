@@ -189,3 +189,37 @@ async fn the_probe_budget_is_one_for_all_replicas() {
     assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
     assert_eq!(r.dovecot.login_times(ALICE).len(), 3, "one Bind and two Verifies reached the provider");
 }
+
+#[tokio::test]
+async fn a_replica_killed_during_reveal_load_fails_no_reveal_of_a_client_given_both() {
+    let mut r = Replicas::start("100").await;
+    let mut admin = r.a.client_with(Some(&r.admin)).await;
+    admin.bind(ALICE, "sender", code(ALICE_CODE)).await.unwrap();
+    let options = vault_client::ConnectOptions::with_token(SecretString::from(r.sender.clone()));
+    let client = vault_client::VaultClient::connect_many([r.a.endpoint(), r.b.endpoint()], options).await.unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let workers: Vec<_> = (0..8)
+        .map(|_| {
+            let (mut client, stop) = (client.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut done = 0u32;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let revealed =
+                        client.reveal(ALICE, "sender").await.unwrap_or_else(|e| panic!("a Reveal failed: {e}"));
+                    assert_eq!(revealed.code.expose_secret(), ALICE_CODE);
+                    done += 1;
+                }
+                done
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    r.a.kill_hard();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total = 0;
+    for w in workers {
+        total += w.await.unwrap();
+    }
+    assert!(total > 100, "only {total} Reveals in 2 s");
+}

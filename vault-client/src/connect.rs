@@ -66,6 +66,44 @@ impl ConnectOptions {
     }
 
     pub(crate) async fn channel(self, endpoint: String) -> Result<(Channel, BearerToken), Error> {
+        let ep = self.endpoint(&endpoint)?;
+        let channel = ep.connect().await.map_err(|source| Error::Connect { endpoint: endpoint.clone(), source })?;
+        Ok((channel, self.bearer_token()?))
+    }
+
+    /// Channels to every endpoint (replicas of one vault). Each connects now if it can, else
+    /// when a call first needs it; at least one must answer now.
+    pub(crate) async fn channels(self, endpoints: Vec<String>) -> Result<(Vec<Channel>, BearerToken), Error> {
+        if endpoints.is_empty() {
+            return Err(Error::InvalidArgument { message: "no endpoint given".into() });
+        }
+        let mut channels = Vec::with_capacity(endpoints.len());
+        let mut first_failure = None;
+        let mut reachable = false;
+        for endpoint in &endpoints {
+            let ep = self.endpoint(endpoint)?;
+            match ep.connect().await {
+                Ok(channel) => {
+                    reachable = true;
+                    channels.push(channel);
+                }
+                Err(source) => {
+                    first_failure.get_or_insert(Error::Connect { endpoint: endpoint.clone(), source });
+                    channels.push(ep.connect_lazy());
+                }
+            }
+        }
+        match first_failure {
+            Some(e) if !reachable => Err(e),
+            _ => Ok((channels, self.bearer_token()?)),
+        }
+    }
+
+    fn bearer_token(&self) -> Result<BearerToken, Error> {
+        Ok(BearerToken { token: self.token.as_ref().map(bearer).transpose()?, timeout: None })
+    }
+
+    fn endpoint(&self, endpoint: &str) -> Result<tonic::transport::Endpoint, Error> {
         let bad = |e: &dyn std::fmt::Display| Error::InvalidArgument {
             message: format!(
                 "bad endpoint {endpoint:?}: {e} (write e.g. http://127.0.0.1:50051 or https://vault.example.net)"
@@ -74,31 +112,28 @@ impl ConnectOptions {
         if !endpoint.contains("://") {
             return Err(bad(&"no scheme"));
         }
-        let mut ep = Channel::from_shared(endpoint.clone()).map_err(|e| bad(&e))?;
+        let mut ep = Channel::from_shared(endpoint.to_owned()).map_err(|e| bad(&e))?;
         if let Some(t) = self.timeout {
             ep = ep.timeout(t);
         }
         if let Some(t) = self.connect_timeout {
             ep = ep.connect_timeout(t);
         }
-        if let Some(tls) = self.tls {
+        if let Some(tls) = &self.tls {
             let mut cfg = ClientTlsConfig::new();
-            cfg = match tls.ca_pem {
+            cfg = match &tls.ca_pem {
                 Some(ca) => cfg.ca_certificate(Certificate::from_pem(ca)),
                 None => cfg.with_webpki_roots(),
             };
-            if let Some(d) = tls.domain {
-                cfg = cfg.domain_name(d);
+            if let Some(d) = &tls.domain {
+                cfg = cfg.domain_name(d.clone());
             }
-            if let Some((cert, key)) = tls.identity {
+            if let Some((cert, key)) = &tls.identity {
                 cfg = cfg.identity(Identity::from_pem(cert, key));
             }
-            ep = ep.tls_config(cfg).map_err(|source| Error::Connect { endpoint: endpoint.clone(), source })?;
+            ep = ep.tls_config(cfg).map_err(|source| Error::Connect { endpoint: endpoint.to_owned(), source })?;
         }
-        let token = self.token.as_ref().map(bearer).transpose()?;
-        let connect = |source| Error::Connect { endpoint: endpoint.clone(), source };
-        let channel = ep.connect().await.map_err(connect)?;
-        Ok((channel, BearerToken { token, timeout: None }))
+        Ok(ep)
     }
 }
 

@@ -14,6 +14,11 @@
 //! `request_id` and, when the connection fails before an answer arrives, send the same call again
 //! (up to 3 times): the vault answers a repeated id once, so a retry never binds or rotates twice.
 //!
+//! [`VaultClient::connect_many`] takes every replica of a vault that share one database. Calls
+//! go to them in turn; a call that finds its replica unreachable or unable to serve
+//! (`UNAVAILABLE`, after the `RetryInfo` delay if the vault sent one) goes to the next one:
+//! Reveal, Get, Verify and the listings each replica once, writes with their request id as above.
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), vault_client::Error> {
 //! use secrecy::{ExposeSecret, SecretString};
@@ -74,11 +79,17 @@ pub struct Revealed {
     pub smtp_port: u16,
 }
 
-/// A connection to the vault. Cheap to clone; clones share the connection.
+/// A connection to the vault (or to each of its replicas). Cheap to clone; clones share the
+/// connections.
 #[derive(Debug, Clone)]
 pub struct VaultClient {
+    /// The first replica's client, for [`VaultClient::raw`].
     inner: Inner,
-    channel: Channel,
+    /// One client per replica (never empty).
+    replicas: std::sync::Arc<[Inner]>,
+    channels: std::sync::Arc<[Channel]>,
+    /// The replica the next call starts at, shared by clones.
+    next: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     token: BearerToken,
 }
 
@@ -100,11 +111,49 @@ impl VaultClient {
     /// ```
     pub async fn connect(endpoint: impl Into<String>, options: ConnectOptions) -> Result<Self, Error> {
         let (channel, token) = options.channel(endpoint.into()).await?;
-        Ok(Self::build(channel, token))
+        Ok(Self::build(channel, Vec::new(), token))
     }
 
-    fn build(channel: Channel, token: BearerToken) -> Self {
-        Self { inner: AuthCodeVaultClient::with_interceptor(channel.clone(), token.clone()), channel, token }
+    /// Connects to several replicas of one vault (sharing one PostgreSQL database). Calls are
+    /// spread over them in turn, and one that finds its replica down goes to the next. At least
+    /// one must answer now; the others are connected when first needed.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), vault_client::Error> {
+    /// use vault_client::{ConnectOptions, SecretString, VaultClient};
+    /// let replicas = ["https://vault-a.internal:50051", "https://vault-b.internal:50051"];
+    /// let options = ConnectOptions::with_token(SecretString::from("avt_..."));
+    /// let mut vault = VaultClient::connect_many(replicas, options).await?;
+    /// let code = vault.reveal("alice@sina.com", "sender").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect_many<I, E>(endpoints: I, options: ConnectOptions) -> Result<Self, Error>
+    where
+        I: IntoIterator<Item = E>,
+        E: Into<String>,
+    {
+        let (channels, token) = options.channels(endpoints.into_iter().map(Into::into).collect()).await?;
+        let mut channels = channels.into_iter();
+        let first = channels.next().ok_or_else(|| Error::InvalidArgument { message: "no endpoint given".into() })?;
+        Ok(Self::build(first, channels.collect(), token))
+    }
+
+    fn build(first: Channel, rest: Vec<Channel>, token: BearerToken) -> Self {
+        let client = |channel: &Channel| AuthCodeVaultClient::with_interceptor(channel.clone(), token.clone());
+        let inner = client(&first);
+        let channels: std::sync::Arc<[Channel]> = std::iter::once(first).chain(rest).collect();
+        let replicas = channels.iter().map(client).collect();
+        Self { inner, replicas, channels, next: std::sync::Arc::default(), token }
+    }
+
+    /// The client of replica `i` (modulo their number).
+    pub(crate) fn replica(&self, i: usize) -> Inner {
+        self.replicas.get(i % self.replicas.len().max(1)).unwrap_or(&self.inner).clone()
+    }
+
+    /// How many replicas, and the one this call starts at.
+    pub(crate) fn turn(&self) -> (usize, usize) {
+        (self.replicas.len(), self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
     }
 
     /// A client over a channel the caller built (its own TLS, load balancing or interceptors
@@ -118,7 +167,7 @@ impl VaultClient {
     /// ```
     pub fn from_channel(channel: Channel, token: Option<&SecretString>) -> Result<Self, Error> {
         let token = token.map(connect::bearer).transpose()?;
-        Ok(Self::build(channel, BearerToken { token, timeout: None }))
+        Ok(Self::build(channel, Vec::new(), BearerToken { token, timeout: None }))
     }
 
     /// The same connection with a deadline on each call made through the copy (sent to the vault
@@ -131,10 +180,15 @@ impl VaultClient {
     /// ```
     #[must_use]
     pub fn with_timeout(&self, timeout: std::time::Duration) -> Self {
-        Self::build(self.channel.clone(), BearerToken { timeout: Some(timeout), ..self.token.clone() })
+        let token = BearerToken { timeout: Some(timeout), ..self.token.clone() };
+        let client = |channel: &Channel| AuthCodeVaultClient::with_interceptor(channel.clone(), token.clone());
+        let replicas: std::sync::Arc<[Inner]> = self.channels.iter().map(client).collect();
+        let inner = replicas.first().cloned().unwrap_or_else(|| self.inner.clone());
+        Self { inner, replicas, channels: self.channels.clone(), next: self.next.clone(), token }
     }
 
-    /// The generated client (with the token attached), for raw `tonic::Status` handling.
+    /// The generated client (with the token attached) of the first replica, for raw
+    /// `tonic::Status` handling.
     pub fn raw(&mut self) -> &mut Inner {
         &mut self.inner
     }
@@ -159,7 +213,7 @@ impl VaultClient {
             request_id: retry::request_id(),
         };
         let id = req.request_id.clone();
-        retry::write(&self.inner, req, &id, |mut c, r| async move { c.bind(r).await }).await?.try_into()
+        retry::write(self, req, &id, |mut c, r| async move { c.bind(r).await }).await?.try_into()
     }
 
     /// Fetches the plaintext code for (mailbox, client) and the provider's servers (client
@@ -174,7 +228,7 @@ impl VaultClient {
     /// ```
     pub async fn reveal(&mut self, mailbox: &str, client: &str) -> Result<Revealed, Error> {
         let req = proto::RevealRequest { mailbox: mailbox.to_owned(), client: client.to_owned() };
-        let r = self.inner.reveal(req).await?.into_inner();
+        let r = retry::read(self, req, |mut c, r| async move { c.reveal(r).await }).await?;
         let port = |p: u32| u16::try_from(p).unwrap_or(0);
         Ok(Revealed {
             code: SecretString::from(r.auth_code),
@@ -214,7 +268,7 @@ impl VaultClient {
             request_id: retry::request_id(),
         };
         let id = req.request_id.clone();
-        retry::write(&self.inner, req, &id, |mut c, r| async move { c.rotate(r).await }).await?.try_into()
+        retry::write(self, req, &id, |mut c, r| async move { c.rotate(r).await }).await?.try_into()
     }
 
     /// Destroys the code and keeps a tombstone (admin); then says whether the provider still
@@ -234,7 +288,7 @@ impl VaultClient {
             request_id: retry::request_id(),
         };
         let id = req.request_id.clone();
-        retry::write(&self.inner, req, &id, |mut c, r| async move { c.revoke(r).await }).await?.try_into()
+        retry::write(self, req, &id, |mut c, r| async move { c.revoke(r).await }).await?.try_into()
     }
 
     /// Re-probes the stored code and records the outcome (admin).
@@ -247,7 +301,9 @@ impl VaultClient {
     /// ```
     pub async fn verify(&mut self, mailbox: &str, client: &str) -> Result<Verified, Error> {
         let req = proto::VerifyRequest { mailbox: mailbox.to_owned(), client: client.to_owned() };
-        self.inner.verify(req).await?.into_inner().try_into()
+        // Not resent: a Verify that got through probes the provider, and a second one would again.
+        let (_, turn) = self.turn();
+        self.replica(turn).verify(req).await?.into_inner().try_into()
     }
 
     /// A binding's metadata, never its code (admin, or the client for its own pairs).
@@ -260,7 +316,7 @@ impl VaultClient {
     /// ```
     pub async fn get(&mut self, mailbox: &str, client: &str) -> Result<Credential, Error> {
         let req = proto::GetCredentialRequest { mailbox: mailbox.to_owned(), client: client.to_owned() };
-        Ok(self.inner.get_credential(req).await?.into_inner().into())
+        Ok(retry::read(self, req, |mut c, r| async move { c.get_credential(r).await }).await?.into())
     }
 
     /// Rotates the data key (admin): every code is re-sealed under a new key and the old key

@@ -80,7 +80,7 @@ impl VaultClient {
             page_size: 0,
             page_token: page_token.to_owned(),
         };
-        let page = self.raw().list_credentials(request).await?.into_inner();
+        let page = crate::retry::read(self, request, |mut c, r| async move { c.list_credentials(r).await }).await?;
         Ok(Page {
             items: page.credentials.into_iter().map(Into::into).collect(),
             next_page_token: page.next_page_token,
@@ -106,7 +106,7 @@ impl VaultClient {
             page_size: 0,
             page_token: page_token.to_owned(),
         };
-        let page = self.raw().list_unused_clients(request).await?.into_inner();
+        let page = crate::retry::read(self, request, |mut c, r| async move { c.list_unused_clients(r).await }).await?;
         Ok(Page { items: page.clients.into_iter().map(Into::into).collect(), next_page_token: page.next_page_token })
     }
 
@@ -131,7 +131,7 @@ impl VaultClient {
             page_size: 0,
             page_token: page_token.to_owned(),
         };
-        let page = self.raw().list_audit_events(request).await?.into_inner();
+        let page = crate::retry::read(self, request, |mut c, r| async move { c.list_audit_events(r).await }).await?;
         Ok(Page { items: page.events.into_iter().map(Into::into).collect(), next_page_token: page.next_page_token })
     }
 

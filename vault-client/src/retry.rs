@@ -1,5 +1,7 @@
-//! Safe retries of writes: each call gets a fresh request id, and a call whose answer was lost
+//! Safe retries. Writes: each call gets a fresh request id, and a call whose answer was lost
 //! with the connection is sent again with the same id, which the vault answers only once.
+//! Reads: over several replicas, one that is unreachable or cannot serve is replaced by the
+//! next.
 
 use std::future::Future;
 use std::time::Duration;
@@ -7,7 +9,7 @@ use std::time::Duration;
 use tonic::Code;
 use tonic_types::StatusExt as _;
 
-use crate::{Error, Inner};
+use crate::{Error, VaultClient};
 
 /// Sends of one write at most.
 const ATTEMPTS: u32 = 3;
@@ -32,19 +34,63 @@ fn lost_in_transit(s: &tonic::Status) -> bool {
     matches!(s.code(), Code::Unavailable | Code::Unknown) && s.get_details_error_info().is_none()
 }
 
-/// Sends `req` through `call`, again with the same request id after a transport failure; once
-/// only if `request_id` is empty (no id: a resend could run twice).
-pub(crate) async fn write<Req, Resp, F, Fut>(inner: &Inner, req: Req, request_id: &str, call: F) -> Result<Resp, Error>
+/// Whether another replica may answer a read: this one was not reached, or answered that it
+/// cannot serve now (not the provider being down: every replica probes the same one).
+fn another_may_answer(s: &tonic::Status) -> bool {
+    match s.code() {
+        Code::Unavailable => s.get_details_error_info().is_none_or(|info| !info.reason.starts_with("PROBE_")),
+        Code::Unknown => s.get_details_error_info().is_none(),
+        _ => false,
+    }
+}
+
+/// The longest `RetryInfo` delay honoured before asking the next replica.
+const MAX_RETRY_WAIT: Duration = Duration::from_secs(2);
+
+/// Sends a read (Reveal, Get, a listing) to the replica whose turn it is, and to each next one
+/// while they cannot answer, waiting what the vault's `RetryInfo` asks first.
+pub(crate) async fn read<Req, Resp, F, Fut>(client: &VaultClient, req: Req, call: F) -> Result<Resp, Error>
 where
     Req: Clone,
-    F: Fn(Inner, Req) -> Fut,
+    F: Fn(crate::Inner, Req) -> Fut,
+    Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
+{
+    let (replicas, start) = client.turn();
+    let mut attempt = 0;
+    loop {
+        match call(client.replica(start.wrapping_add(attempt)), req.clone()).await {
+            Ok(r) => return Ok(r.into_inner()),
+            Err(s) if attempt + 1 < replicas && another_may_answer(&s) => {
+                if let Some(wait) = s.get_details_retry_info().and_then(|r| r.retry_delay) {
+                    tokio::time::sleep(wait.min(MAX_RETRY_WAIT)).await;
+                }
+                attempt += 1;
+            }
+            Err(s) => return Err(s.into()),
+        }
+    }
+}
+
+/// Sends `req` through `call`, again with the same request id after a transport failure (to the
+/// next replica, if there are several); once only if `request_id` is empty (no id: a resend
+/// could run twice).
+pub(crate) async fn write<Req, Resp, F, Fut>(
+    client: &VaultClient,
+    req: Req,
+    request_id: &str,
+    call: F,
+) -> Result<Resp, Error>
+where
+    Req: Clone,
+    F: Fn(crate::Inner, Req) -> Fut,
     Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
 {
     let attempts = if request_id.is_empty() { 1 } else { ATTEMPTS };
     let mut backoff = FIRST_BACKOFF;
     let mut attempt = 1;
+    let (_, start) = client.turn();
     loop {
-        match call(inner.clone(), req.clone()).await {
+        match call(client.replica(start.wrapping_add(attempt as usize - 1)), req.clone()).await {
             Ok(r) => return Ok(r.into_inner()),
             Err(s) if attempt < attempts && lost_in_transit(&s) => {
                 tokio::time::sleep(backoff).await;
@@ -84,5 +130,24 @@ mod tests {
         assert!(!lost_in_transit(&tonic::Status::already_exists("bound")));
         assert!(!lost_in_transit(&tonic::Status::cancelled("Timeout expired")), "the caller's own deadline");
         assert!(!lost_in_transit(&tonic::Status::deadline_exceeded("deadline")));
+    }
+
+    #[test]
+    fn a_read_goes_to_another_replica_only_when_this_one_cannot_serve() {
+        let info = |code, reason: &str| {
+            tonic::Status::with_error_details(
+                code,
+                "x",
+                ErrorDetails::with_error_info(reason, "authcode-vault", HashMap::new()),
+            )
+        };
+        assert!(another_may_answer(&tonic::Status::unavailable("transport error")));
+        assert!(another_may_answer(&tonic::Status::unknown("connection reset")));
+        assert!(another_may_answer(&info(Code::Unavailable, "STORAGE_UNAVAILABLE")));
+        assert!(another_may_answer(&info(Code::Unavailable, "TOKENS_UNAVAILABLE")));
+        assert!(!another_may_answer(&info(Code::Unavailable, "PROBE_UNREACHABLE")), "the provider is one for all");
+        assert!(!another_may_answer(&info(Code::FailedPrecondition, "REVOKED")));
+        assert!(!another_may_answer(&tonic::Status::not_found("no such binding")));
+        assert!(!another_may_answer(&tonic::Status::deadline_exceeded("the caller's deadline")));
     }
 }
