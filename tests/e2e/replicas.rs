@@ -223,3 +223,46 @@ async fn a_replica_killed_during_reveal_load_fails_no_reveal_of_a_client_given_b
     }
     assert!(total > 100, "only {total} Reveals in 2 s");
 }
+
+#[tokio::test]
+async fn a_data_dir_moved_into_postgres_serves_its_codes_tokens_and_audit_trail() {
+    let mut stack = Stack::start();
+    let mut admin = stack.admin().await;
+    admin.bind(ALICE, "sender", code(ALICE_CODE)).await.unwrap();
+    admin.bind(BOB, "sender", code(BOB_CODE)).await.unwrap();
+    admin.revoke(BOB, "sender", "laptop stolen").await.unwrap();
+    let sender = stack.client_token("sender");
+    let (dir, pf) = (path_str(&stack.data.dir).to_owned(), path_str(&stack.data.passphrase_file).to_owned());
+    let migrate = |url: &str, pf: &str| {
+        run(&["migrate-store", "--data-dir", &dir, "--database", url, "--passphrase-file", pf], &[])
+    };
+    let url = pg::fresh_database().await;
+
+    let busy = migrate(&url, &pf);
+    assert!(!busy.status.success() && String::from_utf8_lossy(&busy.stderr).contains("in use"), "{busy:?}");
+    assert!(stack.server.stop().success());
+    let wrong = stack.data.dir.parent().unwrap().join("wrong");
+    std::fs::write(&wrong, "not the passphrase at all").unwrap();
+    std::fs::set_permissions(&wrong, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let refused = migrate(&url, path_str(&wrong));
+    assert!(!refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains("wrong passphrase"));
+
+    let out = migrate(&url, &pf);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("moved 1 active and 1 revoked bindings, 2 tokens"), "{stdout}");
+    let again = migrate(&url, &pf);
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already holds a vault"), "{again:?}");
+
+    let replica = Replicas::replica(&url, &stack.data.passphrase_file, &stack.pki, &stack.dovecot, "100");
+    let mut client = replica.client_with(Some(&sender)).await;
+    assert_eq!(client.reveal(ALICE, "sender").await.unwrap().code.expose_secret(), ALICE_CODE);
+    assert!(matches!(client.reveal(BOB, "sender").await, Err(vault_client::Error::Revoked)));
+    let mut admin = replica.client_with(Some(&stack.admin_token)).await;
+    let trail = admin.audit_all(&vault_client::AuditFilter::default(), usize::MAX).await.unwrap();
+    let rpcs: Vec<&str> = trail.iter().map(|e| e.rpc.as_str()).collect();
+    assert_eq!(rpcs.iter().filter(|r| **r == "Bind").count(), 2, "{rpcs:?}");
+    let revoke_at = rpcs.iter().position(|r| *r == "Revoke").unwrap();
+    let last_bind_at = rpcs.iter().rposition(|r| *r == "Bind").unwrap();
+    assert!(revoke_at < last_bind_at, "newest first, as in the data dir: {rpcs:?}");
+}

@@ -46,6 +46,10 @@ pub enum Command {
     Passphrase(PassphraseCommandArgs),
     /// Write a consistent copy of the vault while it serves, or check one (`backup verify`).
     Backup(BackupArgs),
+    /// Move a data dir's vault into an empty PostgreSQL database (--database), sealed as it is:
+    /// codes, tokens and the audit trail. Needs the passphrase; refuses while a server uses the
+    /// data dir.
+    MigrateStore(MigrateStoreArgs),
     /// Make a new data dir from a backup; the target must be missing or empty.
     Restore {
         /// The data dir to create.
@@ -185,6 +189,19 @@ pub struct DatabaseArgs {
     /// PEM CA certificate(s) to trust for the database's TLS, besides the public roots.
     #[arg(long, env = "VAULT_DATABASE_CA_FILE", value_name = "FILE")]
     pub database_ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct MigrateStoreArgs {
+    /// The data dir to move from (left as it is).
+    #[arg(long, env = "VAULT_DATA_DIR", value_name = "DIR")]
+    pub data_dir: PathBuf,
+
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    #[command(flatten)]
+    pub passphrase: PassphraseArgs,
 }
 
 #[derive(Debug, Args)]

@@ -1,6 +1,7 @@
 //! Process start-up: logging, passphrase input, and the subcommands.
 
 mod database;
+mod migrate_store;
 mod serve;
 mod token_cli;
 
@@ -119,6 +120,7 @@ pub fn main(cli: Cli, env: EnvPassphrases) -> Result<(), RunError> {
             // clap requires --data-dir and FILE without a subcommand.
             _ => Err(RunError::Dev("backup needs --data-dir DIR and FILE, or `backup verify FILE`".into())),
         },
+        Command::MigrateStore(args) => migrate_store::run(&args, env_passphrase),
         Command::Restore { data_dir, file } => {
             datadir::restore(&data_dir, &file)?;
             println!(

@@ -10,7 +10,7 @@ mod postgres;
 mod sqlite;
 
 pub use cached::{CachedStore, DEFAULT_CAPACITY};
-pub use postgres::PgStore;
+pub use postgres::{Batch, Moved, PgStore};
 pub use sqlite::{Db as SqliteDb, SqliteStore};
 /// The fuzz entry point for stored rows (not an API).
 #[doc(hidden)]

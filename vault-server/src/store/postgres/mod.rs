@@ -4,6 +4,7 @@
 //! (see [`PgStore::changes_since`]).
 
 mod error;
+mod import;
 mod migrate;
 mod rows;
 mod store;
@@ -19,6 +20,8 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use rustls::{ClientConfig, RootCertStore};
 use rustls_pki_types::{CertificateDer, pem::PemObject};
 use tokio_postgres_rustls::MakeRustlsConnect;
+
+pub use import::{Batch, Moved};
 
 use super::{Millis, StoreError, UnlockMaterial};
 use crate::crypto::{KdfParams, Salt, Sealed, WrappedKey};
@@ -111,6 +114,33 @@ fn blob_array<const N: usize>(v: Vec<u8>, what: &str) -> Result<[u8; N], StoreEr
     v.try_into().map_err(|_| StoreError::Corrupt(format!("{what} has the wrong length")))
 }
 
+/// Inserts the unlock material in `tx`; `AlreadyExists` if there is one.
+async fn create_in(
+    tx: &deadpool_postgres::Transaction<'_>,
+    material: &UnlockMaterial,
+    now: Millis,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO vault_meta (id, kdf_salt, kdf_m_kib, kdf_t, kdf_p, created_at) VALUES (1, $1, $2, $3, $4, $5)",
+        &[
+            &&material.salt.0[..],
+            &i64::from(material.params.m_kib),
+            &i64::from(material.params.t),
+            &i64::from(material.params.p),
+            &now,
+        ],
+    )
+    .await?;
+    for k in &material.keys {
+        tx.execute(
+            "INSERT INTO keyring (key_id, nonce, wrapped_dek, created_at) VALUES ($1, $2, $3, $4)",
+            &[&i64::from(k.key_id), &&k.sealed.nonce[..], &k.sealed.ciphertext, &now],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
 impl PgStore {
     /// Connects (checking the server answers) and applies pending migrations.
     pub async fn connect(url: &str, ca_file: Option<&Path>) -> Result<Self, StoreError> {
@@ -141,24 +171,7 @@ impl PgStore {
     pub async fn create(&self, material: &UnlockMaterial, now: Millis) -> Result<(), StoreError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        tx.execute(
-            "INSERT INTO vault_meta (id, kdf_salt, kdf_m_kib, kdf_t, kdf_p, created_at) VALUES (1, $1, $2, $3, $4, $5)",
-            &[
-                &&material.salt.0[..],
-                &i64::from(material.params.m_kib),
-                &i64::from(material.params.t),
-                &i64::from(material.params.p),
-                &now,
-            ],
-        )
-        .await?;
-        for k in &material.keys {
-            tx.execute(
-                "INSERT INTO keyring (key_id, nonce, wrapped_dek, created_at) VALUES ($1, $2, $3, $4)",
-                &[&i64::from(k.key_id), &&k.sealed.nonce[..], &k.sealed.ciphertext, &now],
-            )
-            .await?;
-        }
+        create_in(&tx, material, now).await?;
         tx.commit().await?;
         Ok(())
     }
