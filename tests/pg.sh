@@ -2,7 +2,8 @@
 # Starts a throwaway PostgreSQL cluster for the tests and prints its URL on stdout: a temp dir,
 # a free loopback port, password (SCRAM) authentication, run as the `postgres` user (via
 # runuser) when started by root. It stops, and its dir goes, once process WATCH_PID has exited.
-# Installs Debian's postgresql package when it is missing (as root).
+# Installs Debian's postgresql package when it is missing (as root). fsync is off (a throwaway
+# cluster for tests) unless VAULT_PG_FSYNC=on (the benchmarks).
 #   usage: tests/pg.sh WATCH_PID
 set -euo pipefail
 watch=${1:?usage: tests/pg.sh WATCH_PID}
@@ -32,9 +33,9 @@ password=$(head -c 24 /dev/urandom | base64 | tr -dc 'A-Za-z0-9')
 "${as[@]}" "$bindir/initdb" -D "$dir/data" -U vault --auth=scram-sha-256 --pwfile="$dir/pw" -E UTF8 \
     --no-locale >"$dir/initdb.log" 2>&1 || { cat "$dir/initdb.log" >&2; exit 1; }
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-# fsync off: a throwaway cluster for tests (the benchmarks start their own with it on).
+fsync=${VAULT_PG_FSYNC:-off}
 "${as[@]}" "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
-    -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c fsync=off -c max_connections=400" start >/dev/null \
+    -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c fsync=$fsync -c max_connections=400" start >/dev/null \
     || { cat "$dir/server.log" >&2; exit 1; }
 stop="${as[*]} $bindir/pg_ctl -D $dir/data -m immediate stop"
 nohup setsid bash -c "while kill -0 $watch 2>/dev/null; do sleep 1; done; $stop; rm -rf '$dir'" \
