@@ -11,6 +11,37 @@ use super::connect::Connector;
 use super::{ProbeOutcome, ProbeReport, ProbeRequest, Prober, Step, imap, sanitize, smtp};
 use crate::provider::Endpoint;
 
+/// How long a shared host slot lasts at most: past any probe (`--probe-timeout` is at most
+/// 300 s), so only a replica that died mid-probe leaves one to expire.
+const SLOT_FOR: Duration = Duration::from_secs(360);
+/// How often a probe waiting for another replica's slot asks again.
+const SLOT_POLL: Duration = Duration::from_millis(50);
+/// This process, among replicas holding slots.
+static PROCESS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| format!("{:016x}", rand::random::<u64>()));
+/// Slots taken by this process so far: each holder is unique.
+static SLOTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// A shared host slot, given back when dropped.
+struct SharedSlot {
+    store: Arc<dyn crate::store::Store>,
+    host: String,
+    holder: String,
+}
+
+impl Drop for SharedSlot {
+    fn drop(&mut self) {
+        let (store, host, holder) =
+            (self.store.clone(), std::mem::take(&mut self.host), std::mem::take(&mut self.holder));
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(e) = store.release_host_slot(host, holder).await {
+                    tracing::warn!(error = %e, "could not give a shared probe slot back; it expires by itself");
+                }
+            });
+        }
+    }
+}
+
 /// Probe settings from the command line.
 #[derive(Debug, Clone)]
 pub struct ProbeSettings {
@@ -22,16 +53,45 @@ pub struct ProbeSettings {
     pub smtp_for_all: bool,
 }
 
-#[derive(Debug)]
 pub struct NetworkProber {
     connector: Connector,
     settings: ProbeSettings,
     hosts: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Replicas on one database: the per-host cap is also taken there, so it holds for all.
+    shared: Option<Arc<dyn crate::store::Store>>,
+}
+
+impl std::fmt::Debug for NetworkProber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetworkProber").field("settings", &self.settings).finish_non_exhaustive()
+    }
 }
 
 impl NetworkProber {
     pub fn new(tls: super::ProbeTls, settings: ProbeSettings) -> Self {
-        Self { connector: Connector::new(tls, settings.connect_timeout), settings, hosts: Mutex::new(HashMap::new()) }
+        let connector = Connector::new(tls, settings.connect_timeout);
+        Self { connector, settings, hosts: Mutex::new(HashMap::new()), shared: None }
+    }
+
+    /// Takes every host slot in `store` too (a shared database): the cap is one for all replicas.
+    #[must_use]
+    pub fn with_shared_slots(mut self, store: Arc<dyn crate::store::Store>) -> Self {
+        self.shared = Some(store);
+        self
+    }
+
+    /// The shared slot for `host`, polled until one is free; `Err` if the store cannot say.
+    async fn shared_slot(&self, host: &str) -> Result<Option<SharedSlot>, crate::store::StoreError> {
+        let Some(store) = &self.shared else { return Ok(None) };
+        let cap = u32::try_from(self.settings.per_host_concurrency).unwrap_or(u32::MAX);
+        let holder = format!("{}/{}", *PROCESS, SLOTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        // Made first: a probe cancelled while taking it still gives it back.
+        let slot = SharedSlot { store: store.clone(), host: host.to_owned(), holder };
+        let ttl = i64::try_from(SLOT_FOR.as_millis()).unwrap_or(i64::MAX);
+        while !store.take_host_slot(host, cap, &slot.holder, 0, ttl).await? {
+            tokio::time::sleep(SLOT_POLL).await;
+        }
+        Ok(Some(slot))
     }
 
     fn host_slots(&self, host: &str) -> Arc<Semaphore> {
@@ -42,11 +102,19 @@ impl NetworkProber {
             .clone()
     }
 
-    /// One endpoint, with its host's slot held for the duration.
+    /// One endpoint, with its host's slot held for the duration (this process's, then the
+    /// shared one).
     async fn step(&self, endpoint: &Endpoint, req: &ProbeRequest<'_>, smtp: bool) -> Step {
         let slots = self.host_slots(&endpoint.host);
         let Ok(_slot) = slots.acquire_owned().await else {
             return Step::new(ProbeOutcome::ProtocolError, "probe slots closed");
+        };
+        let _shared = match self.shared_slot(&endpoint.host).await {
+            Ok(slot) => slot,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot take a shared probe slot; not probing");
+                return Step::new(ProbeOutcome::Unreachable, "the probe slots shared by the replicas cannot be read");
+            }
         };
         let stream = match self.connector.connect(endpoint).await {
             Ok(s) => s,

@@ -212,7 +212,10 @@ async fn run_vault<S: Store>(
         println!("admin token (shown once): {}", token.expose());
     }
     tokens.reload(now()).await?;
-    let prober = prober(&args, tls);
+    let mut prober = prober(&args, tls);
+    if store.shared() {
+        prober = prober.with_shared_slots(store.clone());
+    }
     let budget = ProbeBudget::new(args.probe_burst, args.probe_per_hour);
     let registry_metrics = Arc::new(Metrics::default());
     let rotation =

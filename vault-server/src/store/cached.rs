@@ -231,6 +231,21 @@ impl<S: Store> CredentialStore for CachedStore<S> {
         self.inner.release_pair(mailbox, client, holder).await
     }
 
+    async fn take_host_slot(
+        &self,
+        host: &str,
+        cap: u32,
+        holder: &str,
+        now: Millis,
+        until: Millis,
+    ) -> Result<bool, StoreError> {
+        self.inner.take_host_slot(host, cap, holder, now, until).await
+    }
+
+    async fn release_host_slot(&self, host: String, holder: String) -> Result<(), StoreError> {
+        self.inner.release_host_slot(host, holder).await
+    }
+
     async fn take_probe(
         &self,
         mailbox: &str,

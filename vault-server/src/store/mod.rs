@@ -425,6 +425,23 @@ pub trait CredentialStore: Send + Sync + 'static {
     async fn release_pair(&self, _mailbox: String, _client: String, _holder: String) -> Result<(), StoreError> {
         Ok(())
     }
+    /// Takes one of `cap` probe slots for `host` shared by every replica, for `holder` until
+    /// `until` (on the database's clock, as `until - now`); `false` while all are held. Engines
+    /// that are not shared always grant it (the process's own cap is enough).
+    async fn take_host_slot(
+        &self,
+        _host: &str,
+        _cap: u32,
+        _holder: &str,
+        _now: Millis,
+        _until: Millis,
+    ) -> Result<bool, StoreError> {
+        Ok(true)
+    }
+    /// Gives `holder`'s slot for `host` back.
+    async fn release_host_slot(&self, _host: String, _holder: String) -> Result<(), StoreError> {
+        Ok(())
+    }
     /// Takes one probe from `mailbox`'s budget shared by every replica (a token bucket of
     /// `burst`, refilled at `per_sec`) if `keep` are left after it; `Err(wait)` says when one
     /// will be. `None` from an engine that is not shared: the process's own budget applies.

@@ -4,7 +4,10 @@
 
 use crate::store::StoreError;
 
-const MIGRATIONS: &[&str] = &[include_str!("../../../../migrations/postgres/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../../../migrations/postgres/0001_init.sql"),
+    include_str!("../../../../migrations/postgres/0002_host_slots.sql"),
+];
 
 /// The advisory lock key migrations run under ("vault" in ASCII).
 const MIGRATION_LOCK: i64 = 0x0076_6175_6c74;

@@ -307,6 +307,41 @@ impl CredentialStore for PgStore {
         Ok(())
     }
 
+    /// A free slot is one never taken or expired; two replicas racing for one settle on the
+    /// primary key, and the loser finds all held (its caller asks again).
+    async fn take_host_slot(
+        &self,
+        host: &str,
+        cap: u32,
+        holder: &str,
+        now: Millis,
+        until: Millis,
+    ) -> Result<bool, StoreError> {
+        let (cap, ttl) = (i32::try_from(cap).unwrap_or(i32::MAX), until.saturating_sub(now).max(0));
+        let conn = self.pool.get().await?;
+        let taken = conn
+            .execute(
+                "WITH clock AS (SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS now), \
+                 free AS (SELECT s FROM generate_series(0, $2::integer - 1) AS s, clock \
+                          WHERE NOT EXISTS (SELECT 1 FROM host_slots h \
+                                            WHERE h.host = $1 AND h.slot = s AND h.expires_at > clock.now) \
+                          ORDER BY s LIMIT 1) \
+                 INSERT INTO host_slots (host, slot, holder, expires_at) \
+                 SELECT $1, free.s, $3, clock.now + $4 FROM free, clock \
+                 ON CONFLICT (host, slot) DO UPDATE SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at \
+                 WHERE host_slots.expires_at <= EXCLUDED.expires_at - $4",
+                &[&host, &cap, &holder, &ttl],
+            )
+            .await?;
+        Ok(taken == 1)
+    }
+
+    async fn release_host_slot(&self, host: String, holder: String) -> Result<(), StoreError> {
+        let conn = self.pool.get().await?;
+        conn.execute("DELETE FROM host_slots WHERE host = $1 AND holder = $2", &[&host, &holder]).await?;
+        Ok(())
+    }
+
     /// The bucket is created full; then one statement refills it for the time since its last
     /// use and takes a probe only if enough are left (concurrent takes serialise on the row).
     async fn take_probe(
