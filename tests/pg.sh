@@ -34,6 +34,7 @@ password=$(head -c 24 /dev/urandom | base64 | tr -dc 'A-Za-z0-9')
     --no-locale >"$dir/initdb.log" 2>&1 || { cat "$dir/initdb.log" >&2; exit 1; }
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 fsync=${VAULT_PG_FSYNC:-off}
+case $fsync in on | off) ;; *) echo "tests/pg.sh: VAULT_PG_FSYNC must be on or off" >&2; exit 1 ;; esac
 "${as[@]}" "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
     -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c fsync=$fsync -c max_connections=400" start >/dev/null \
     || { cat "$dir/server.log" >&2; exit 1; }

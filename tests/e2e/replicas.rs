@@ -164,11 +164,13 @@ async fn two_binds_of_one_pair_on_two_replicas_give_one_ok_one_already_exists_an
 
 #[tokio::test]
 async fn the_probe_budget_is_one_for_all_replicas() {
-    // Burst 3: the Bind takes one, so of four Verifies spread over both replicas two run.
+    // Burst 3, full again after the Bind (its bucket dropped): of four Verifies spread over both
+    // replicas, three run and one is refused. Per-replica buckets would run all four.
     let r = Replicas::start("3").await;
     let mut a = r.a.client_with(Some(&r.admin)).await;
     let mut b = r.b.client_with(Some(&r.admin)).await;
     a.bind(ALICE, "sender", code(ALICE_CODE)).await.unwrap();
+    r.sql("DELETE FROM probe_budget").await;
     let mut codes = Vec::new();
     for i in 0..4 {
         let c = if i % 2 == 0 { &mut a } else { &mut b };
@@ -183,11 +185,11 @@ async fn the_probe_budget_is_one_for_all_replicas() {
             },
         );
     }
-    assert_eq!(codes, [Code::Ok, Code::Ok, Code::ResourceExhausted, Code::ResourceExhausted]);
+    assert_eq!(codes, [Code::Ok, Code::Ok, Code::Ok, Code::ResourceExhausted]);
     // A data-key rotation would leave the other replica without the new key: refused.
     let refused = a.raw().rotate_data_key(vault_client::proto::RotateDataKeyRequest::default()).await.unwrap_err();
     assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
-    assert_eq!(r.dovecot.login_times(ALICE).len(), 3, "one Bind and two Verifies reached the provider");
+    assert_eq!(r.dovecot.login_times(ALICE).len(), 4, "one Bind and three Verifies reached the provider");
 }
 
 #[tokio::test]
@@ -265,4 +267,33 @@ async fn a_data_dir_moved_into_postgres_serves_its_codes_tokens_and_audit_trail(
     let revoke_at = rpcs.iter().position(|r| *r == "Revoke").unwrap();
     let last_bind_at = rpcs.iter().rposition(|r| *r == "Bind").unwrap();
     assert!(revoke_at < last_bind_at, "newest first, as in the data dir: {rpcs:?}");
+}
+
+#[tokio::test]
+async fn a_replica_that_stops_answering_is_passed_over_by_a_client_with_a_timeout() {
+    let stack = Stack::start();
+    let mut admin = stack.admin().await;
+    admin.bind(ALICE, "sender", code(ALICE_CODE)).await.unwrap();
+    // A replica whose host stopped answering: connections are accepted and never served.
+    let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hole_addr = hole.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in hole.incoming() {
+            held.push(conn);
+        }
+    });
+    let options = vault_client::ConnectOptions {
+        token: Some(SecretString::from(stack.client_token("sender"))),
+        timeout: Some(Duration::from_millis(500)),
+        ..Default::default()
+    };
+    let client =
+        vault_client::VaultClient::connect_many([format!("http://{hole_addr}"), stack.server.endpoint()], options);
+    let mut client = tokio::time::timeout(Duration::from_secs(10), client).await.expect("connect_many hung").unwrap();
+    let started = Instant::now();
+    for _ in 0..6 {
+        assert_eq!(client.reveal(ALICE, "sender").await.unwrap().code.expose_secret(), ALICE_CODE);
+    }
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?} for 6 Reveals", started.elapsed());
 }

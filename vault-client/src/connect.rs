@@ -8,6 +8,13 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 use crate::Error;
 
+/// `connect_many`'s connect timeout when the options set none.
+const MANY_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// `connect_many`'s HTTP/2 keepalive: a ping this often, the connection given up after this
+/// long without an answer.
+const KEEPALIVE_EVERY: Duration = Duration::from_secs(5);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// TLS for the connection to the vault.
 #[derive(Debug, Clone, Default)]
 pub struct TlsOptions {
@@ -81,7 +88,14 @@ impl ConnectOptions {
         let mut first_failure = None;
         let mut reachable = false;
         for endpoint in &endpoints {
-            let ep = self.endpoint(endpoint)?;
+            // A replica that stopped answering (no reset) must not hold calls for the OS's TCP
+            // timeout: connects give up, and keepalive pings find a dead connection.
+            let ep = self
+                .endpoint(endpoint)?
+                .connect_timeout(self.connect_timeout.unwrap_or(MANY_CONNECT_TIMEOUT))
+                .http2_keep_alive_interval(KEEPALIVE_EVERY)
+                .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+                .keep_alive_while_idle(true);
             match ep.connect().await {
                 Ok(channel) => {
                     reachable = true;

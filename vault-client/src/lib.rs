@@ -16,8 +16,11 @@
 //!
 //! [`VaultClient::connect_many`] takes every replica of a vault that share one database. Calls
 //! go to them in turn; a call that finds its replica unreachable or unable to serve
-//! (`UNAVAILABLE`, after the `RetryInfo` delay if the vault sent one) goes to the next one:
-//! Reveal, Get, Verify and the listings each replica once, writes with their request id as above.
+//! (`UNAVAILABLE`, after the `RetryInfo` delay if the vault sent one, or its per-call timeout
+//! expired) goes to the next one: Reveal, Get and the listings try each replica once, writes are
+//! resent with their request id as above, and Verify (which probes the provider) is never resent.
+//! Without a connect timeout in the options, `connect_many` sets 2 s, and its connections send
+//! HTTP/2 keepalive pings, so a replica that stopped answering is given up on.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), vault_client::Error> {

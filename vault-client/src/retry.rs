@@ -34,12 +34,13 @@ fn lost_in_transit(s: &tonic::Status) -> bool {
     matches!(s.code(), Code::Unavailable | Code::Unknown) && s.get_details_error_info().is_none()
 }
 
-/// Whether another replica may answer a read: this one was not reached, or answered that it
-/// cannot serve now (not the provider being down: every replica probes the same one).
+/// Whether another replica may answer a read: this one was not reached, did not answer within
+/// the call's own timeout, or answered that it cannot serve now (not the provider being down:
+/// every replica probes the same one). A read runs nothing twice, so asking again is safe.
 fn another_may_answer(s: &tonic::Status) -> bool {
     match s.code() {
         Code::Unavailable => s.get_details_error_info().is_none_or(|info| !info.reason.starts_with("PROBE_")),
-        Code::Unknown => s.get_details_error_info().is_none(),
+        Code::Unknown | Code::Cancelled | Code::DeadlineExceeded => s.get_details_error_info().is_none(),
         _ => false,
     }
 }
@@ -148,6 +149,7 @@ mod tests {
         assert!(!another_may_answer(&info(Code::Unavailable, "PROBE_UNREACHABLE")), "the provider is one for all");
         assert!(!another_may_answer(&info(Code::FailedPrecondition, "REVOKED")));
         assert!(!another_may_answer(&tonic::Status::not_found("no such binding")));
-        assert!(!another_may_answer(&tonic::Status::deadline_exceeded("the caller's deadline")));
+        assert!(another_may_answer(&tonic::Status::cancelled("Timeout expired")), "a replica that hangs");
+        assert!(another_may_answer(&tonic::Status::deadline_exceeded("deadline")));
     }
 }

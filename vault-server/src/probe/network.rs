@@ -11,9 +11,10 @@ use super::connect::Connector;
 use super::{ProbeOutcome, ProbeReport, ProbeRequest, Prober, Step, imap, sanitize, smtp};
 use crate::provider::Endpoint;
 
-/// How long a shared host slot lasts at most: past any probe (`--probe-timeout` is at most
-/// 300 s), so only a replica that died mid-probe leaves one to expire.
-const SLOT_FOR: Duration = Duration::from_secs(360);
+/// How long a shared host slot outlives the probe's overall timeout (no probe holds one longer),
+/// so a slot left behind (a replica that died mid-probe or stopped, a release lost to a
+/// cancellation) blocks nobody for long.
+const SLOT_GRACE: Duration = Duration::from_secs(5);
 /// How often a probe waiting for another replica's slot asks again.
 const SLOT_POLL: Duration = Duration::from_millis(50);
 /// This process, among replicas holding slots.
@@ -87,7 +88,7 @@ impl NetworkProber {
         let holder = format!("{}/{}", *PROCESS, SLOTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
         // Made first: a probe cancelled while taking it still gives it back.
         let slot = SharedSlot { store: store.clone(), host: host.to_owned(), holder };
-        let ttl = i64::try_from(SLOT_FOR.as_millis()).unwrap_or(i64::MAX);
+        let ttl = i64::try_from((self.settings.overall_timeout + SLOT_GRACE).as_millis()).unwrap_or(i64::MAX);
         while !store.take_host_slot(host, cap, &slot.holder, 0, ttl).await? {
             tokio::time::sleep(SLOT_POLL).await;
         }

@@ -7,7 +7,10 @@ use super::{RunError, now, read_passphrase};
 use crate::cli::MigrateStoreArgs;
 use crate::datadir;
 use crate::secret::Passphrase;
-use crate::store::{AuditQuery, Batch, CredentialStore as _, ListQuery, Moved, PgStore, SqliteStore, StoreError};
+use crate::store::{
+    AuditQuery, Batch, CredentialStore as _, KeyMaterialStore as _, ListQuery, Moved, PgStore, SqliteDb, SqliteStore,
+    StoreError,
+};
 
 /// Rows read from the data dir per batch.
 const BATCH: usize = 1000;
@@ -29,11 +32,27 @@ pub fn run(args: &MigrateStoreArgs, env_passphrase: Option<Passphrase>) -> Resul
         let target = PgStore::connect(&url, ca_file.as_deref())
             .await
             .map_err(|e| RunError::Database(format!("PostgreSQL --database: {e}")))?;
-        let moved = copy(&source, &target).await.map_err(|e| match e {
-            StoreError::AlreadyExists => {
-                RunError::Database("the PostgreSQL database already holds a vault; nothing was copied".into())
+        match target.unlock_material().await {
+            Err(StoreError::NotInitialised) => {}
+            Ok(_) => {
+                return Err(RunError::Database(
+                    "the PostgreSQL database already holds a vault; nothing was copied".into(),
+                ));
             }
+            Err(e) => return Err(e.into()),
+        }
+        let moved = copy(&source, &target).await.map_err(|e| {
+            match e {
+            StoreError::AlreadyExists => RunError::Database(
+                "a row of the data dir conflicts with one in the database (a vault made meanwhile?); nothing was copied"
+                    .into(),
+            ),
+            StoreError::Conflict => RunError::Database(
+                "a token or passphrase command changed the data dir during the copy; nothing was copied, run it again"
+                    .into(),
+            ),
             e => RunError::Database(format!("the copy failed and was rolled back: {e}")),
+        }
         })?;
         check(&url, ca_file.as_deref(), &passphrase, moved).await?;
         Ok::<_, RunError>(moved)
@@ -51,9 +70,23 @@ pub fn run(args: &MigrateStoreArgs, env_passphrase: Option<Passphrase>) -> Resul
     Ok(())
 }
 
-/// Every row of `source` into `target`, in one transaction there.
+/// What a token or passphrase command (which do not take the data dir's lock) would change:
+/// the salt and key wrappings, and each token's MAC and revocation.
+fn fingerprint(db: &SqliteDb) -> Result<Vec<Vec<u8>>, StoreError> {
+    let material = db.unlock_material()?;
+    let mut out = vec![material.salt.0.to_vec()];
+    out.extend(material.keys.iter().map(|k| k.sealed.nonce.to_vec()));
+    for t in db.tokens()?.into_iter().flatten() {
+        out.push([t.id.as_bytes(), &t.mac, &t.revoked_at.unwrap_or(0).to_be_bytes()].concat());
+    }
+    Ok(out)
+}
+
+/// Every row of `source` into `target`, in one transaction there; `Conflict` (and nothing
+/// committed) if the tokens or the unlock material changed meanwhile.
 async fn copy(source: &SqliteStore, target: &PgStore) -> Result<Moved, StoreError> {
     let db = source.sync();
+    let unchanged = fingerprint(db)?;
     let material = db.unlock_material()?;
     // The audit trail is read newest first; it is written oldest first.
     let mut audit = Vec::new();
@@ -80,7 +113,12 @@ async fn copy(source: &SqliteStore, target: &PgStore) -> Result<Moved, StoreErro
     target
         .import_vault(&material, now(), || {
             let next = if rows_done {
-                tokens.take().map(Batch::Tokens).or_else(|| audit.take().map(Batch::Audit))
+                let next = tokens.take().map(Batch::Tokens).or_else(|| audit.take().map(Batch::Audit));
+                // The last call, before the commit: nothing the copy read may have changed.
+                if next.is_none() && fingerprint(db).ok().as_ref() != Some(&unchanged) {
+                    return std::future::ready(Err(StoreError::Conflict));
+                }
+                next
             } else {
                 let query =
                     ListQuery { include_revoked: true, after: after.take(), limit: BATCH, ..Default::default() };
@@ -137,4 +175,45 @@ async fn check(
         return Err(RunError::Database(format!("{opened} active codes in the database, {} moved", moved.active)));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::TokenRow;
+
+    #[test]
+    fn the_fingerprint_sees_what_token_and_passphrase_commands_change() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (_, material) = crate::store::contract::keyring();
+        let db = SqliteStore::create(&tmp.path().join("v.db"), &material, 0).unwrap();
+        let db = db.sync();
+        let token = |id: &str| TokenRow {
+            id: id.into(),
+            role: "admin".into(),
+            digest: vec![1; 32],
+            key_id: material.keys[0].key_id,
+            mac: vec![2; 32],
+            created_at: 0,
+            last_used_at: None,
+            revoked_at: None,
+        };
+        db.insert_token(&token("tk_aaaaaaaaaaaa")).unwrap();
+        let first = fingerprint(db).unwrap();
+        assert_eq!(fingerprint(db).unwrap(), first, "a read changes nothing");
+        db.record_token_use(&[("tk_aaaaaaaaaaaa".into(), 5)]).unwrap();
+        assert_eq!(fingerprint(db).unwrap(), first, "a use is no change to copy again");
+        db.insert_token(&token("tk_bbbbbbbbbbbb")).unwrap();
+        let minted = fingerprint(db).unwrap();
+        assert_ne!(minted, first, "a token minted meanwhile");
+        db.revoke_token("tk_aaaaaaaaaaaa", 9).unwrap();
+        assert_ne!(fingerprint(db).unwrap(), minted, "a token revoked meanwhile");
+        let before = db.unlock_material().unwrap();
+        let mut changed = before.clone();
+        changed.salt = crate::crypto::Salt([9; 16]);
+        changed.keys[0].sealed.nonce = [7; 24];
+        let revoked = fingerprint(db).unwrap();
+        db.replace_unlock_material(&before, &changed).unwrap();
+        assert_ne!(fingerprint(db).unwrap(), revoked, "a passphrase changed meanwhile");
+    }
 }

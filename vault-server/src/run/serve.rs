@@ -26,6 +26,9 @@ use crate::server::{self, ConnectionLimits, Limits, ServeOptions};
 use crate::store::{CachedStore, CredentialStore as _, DEFAULT_CAPACITY, Store};
 use crate::vault::{KeyRotation, ProbeBudget, Sweep, SweepSettings, SystemClock, Vault};
 
+/// How long a pair's lease outlives the probe's timeout: the commit after it.
+const LEASE_COMMIT_GRACE: Duration = Duration::from_secs(30);
+
 /// Where `serve --dev` keeps its data and its generated passphrase.
 pub const DEV_DATA_DIR: &str = "vault-dev";
 const DEV_PASSPHRASE_FILE: &str = "passphrase";
@@ -230,7 +233,8 @@ async fn run_vault<S: Store>(
             Arc::new(SystemClock),
             registry_metrics.clone(),
         )
-        .with_rotation(rotation.clone()),
+        .with_rotation(rotation.clone())
+        .with_lease_for(Duration::from_secs(args.probe_timeout) + LEASE_COMMIT_GRACE),
     );
     if !store.shared() {
         rotation.resume().await;

@@ -62,8 +62,9 @@ enum Opened {
     Failed(VaultError),
 }
 
-/// How long a pair's lease lasts: longer than the longest probe `--probe-timeout` allows (300 s)
-/// plus its commit, so only a replica that died mid-change leaves one to expire.
+/// How long a pair's lease lasts unless [`Vault::with_lease_for`] says: longer than the longest
+/// probe `--probe-timeout` allows (300 s) plus its commit, so only a replica that died
+/// mid-change leaves one to expire.
 const LEASE_FOR: std::time::Duration = std::time::Duration::from_secs(360);
 /// How often a change waiting for another replica's lease asks again.
 const LEASE_POLL: std::time::Duration = std::time::Duration::from_millis(50);
@@ -104,6 +105,7 @@ pub struct Vault {
     usage: Usage,
     metrics: Arc<Metrics>,
     rotation: Option<Arc<KeyRotation>>,
+    lease_for: std::time::Duration,
 }
 
 impl Vault {
@@ -127,6 +129,7 @@ impl Vault {
             usage: Usage::default(),
             metrics,
             rotation: None,
+            lease_for: LEASE_FOR,
         }
     }
 
@@ -146,7 +149,7 @@ impl Vault {
             _local: local,
             lease: Some((self.store.clone(), mailbox.to_owned(), client.to_owned(), holder.clone())),
         };
-        let ttl = i64::try_from(LEASE_FOR.as_millis()).unwrap_or(i64::MAX);
+        let ttl = i64::try_from(self.lease_for.as_millis()).unwrap_or(i64::MAX);
         loop {
             let now = self.clock.now_millis();
             if self.store.lease_pair(mailbox, client, &holder, now, now.saturating_add(ttl)).await? {
@@ -154,6 +157,15 @@ impl Vault {
             }
             tokio::time::sleep(LEASE_POLL).await;
         }
+    }
+
+    /// How long a pair's lease lasts (over a shared database): the probe's overall timeout plus
+    /// time to commit, so a lease left by a replica that died mid-change holds others off no
+    /// longer than that.
+    #[must_use]
+    pub fn with_lease_for(mut self, lease_for: std::time::Duration) -> Self {
+        self.lease_for = lease_for;
+        self
     }
 
     /// Enables `RotateDataKey`: `rotation` holds the KEK this server unlocked with.
