@@ -90,6 +90,8 @@ pub struct VaultClient {
     inner: Inner,
     /// One client per replica (never empty).
     replicas: std::sync::Arc<[Inner]>,
+    /// The first replica's channel, and every replica's.
+    first: Channel,
     channels: std::sync::Arc<[Channel]>,
     /// The replica the next call starts at, shared by clones.
     next: std::sync::Arc<std::sync::atomic::AtomicUsize>,
@@ -142,11 +144,20 @@ impl VaultClient {
     }
 
     fn build(first: Channel, rest: Vec<Channel>, token: BearerToken) -> Self {
+        let channels = std::iter::once(first.clone()).chain(rest).collect();
+        Self::assemble(first, channels, token, std::sync::Arc::default())
+    }
+
+    /// The clients over `channels` (`first` among them) sending `token`.
+    fn assemble(
+        first: Channel,
+        channels: std::sync::Arc<[Channel]>,
+        token: BearerToken,
+        next: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    ) -> Self {
         let client = |channel: &Channel| AuthCodeVaultClient::with_interceptor(channel.clone(), token.clone());
-        let inner = client(&first);
-        let channels: std::sync::Arc<[Channel]> = std::iter::once(first).chain(rest).collect();
-        let replicas = channels.iter().map(client).collect();
-        Self { inner, replicas, channels, next: std::sync::Arc::default(), token }
+        let (inner, replicas) = (client(&first), channels.iter().map(client).collect());
+        Self { inner, replicas, first, channels, next, token }
     }
 
     /// The client of replica `i` (modulo their number).
@@ -184,10 +195,7 @@ impl VaultClient {
     #[must_use]
     pub fn with_timeout(&self, timeout: std::time::Duration) -> Self {
         let token = BearerToken { timeout: Some(timeout), ..self.token.clone() };
-        let client = |channel: &Channel| AuthCodeVaultClient::with_interceptor(channel.clone(), token.clone());
-        let replicas: std::sync::Arc<[Inner]> = self.channels.iter().map(client).collect();
-        let inner = replicas.first().cloned().unwrap_or_else(|| self.inner.clone());
-        Self { inner, replicas, channels: self.channels.clone(), next: self.next.clone(), token }
+        Self::assemble(self.first.clone(), self.channels.clone(), token, self.next.clone())
     }
 
     /// The generated client (with the token attached) of the first replica, for raw
