@@ -151,8 +151,11 @@ pub fn main(cli: Cli, env: EnvPassphrases) -> Result<(), RunError> {
             }
         },
         Command::Serve(args) => {
-            let runtime =
-                tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(RunError::Runtime)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .max_blocking_threads(serve::MAX_BLOCKING_THREADS)
+                .build()
+                .map_err(RunError::Runtime)?;
             runtime.block_on(serve::serve(*args, env_passphrase))
         }
     }
