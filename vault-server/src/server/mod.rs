@@ -87,15 +87,20 @@ async fn upkeep(vault: Arc<Vault>, tokens: Arc<Tokens>, usage_flush: Duration) {
         let (vault, tokens) = (vault.clone(), tokens.clone());
         async move { flush_usage(&vault, &tokens).await }
     };
-    side_by_side(reload, usage_flush, flush).await;
+    let filled = || {
+        let vault = vault.clone();
+        async move { vault.usage_filled().await }
+    };
+    side_by_side(reload, usage_flush, filled, flush).await;
 }
 
-/// Runs `reload` every [`RELOAD_EVERY`] and `flush` every `every`, side by side: a long flush
-/// (a busy hour's usage at a million bindings) must never hold up the token re-read, or the
-/// table would outlive its vouch and every token be refused.
-async fn side_by_side<R: Future<Output = ()>, F: Future<Output = ()>>(
+/// Runs `reload` every [`RELOAD_EVERY`], and `flush` every `every` or as soon as `filled`
+/// resolves, side by side: a long flush (a busy hour's usage at a million bindings) must never
+/// hold up the token re-read, or the table would outlive its vouch and every token be refused.
+async fn side_by_side<R: Future<Output = ()>, E: Future<Output = ()>, F: Future<Output = ()>>(
     mut reload: impl FnMut() -> R,
     every: Duration,
+    mut filled: impl FnMut() -> E,
     mut flush: impl FnMut() -> F,
 ) {
     let reloads = async {
@@ -110,7 +115,10 @@ async fn side_by_side<R: Future<Output = ()>, F: Future<Output = ()>>(
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tick.tick().await;
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = filled() => tick.reset(),
+            }
             flush().await;
         }
     };
@@ -215,9 +223,31 @@ mod tests {
         };
         // The first flush starts after 50 ms and takes 10 s.
         let flush = || tokio::time::sleep(Duration::from_secs(10));
-        let run = side_by_side(reload, Duration::from_millis(50), flush);
+        let run = side_by_side(reload, Duration::from_millis(50), std::future::pending, flush);
         let _ = tokio::time::timeout(Duration::from_secs(1), run).await;
         // About one every RELOAD_EVERY (250 ms), the flush notwithstanding; one, if it waited.
         assert!(reloads.load(Ordering::Relaxed) >= 3, "{} reloads", reloads.load(Ordering::Relaxed));
+    }
+
+    #[tokio::test]
+    async fn filled_usage_is_flushed_before_its_interval() {
+        let full = tokio::sync::Notify::new();
+        let flushes = AtomicU32::new(0);
+        let flush = || {
+            flushes.fetch_add(1, Ordering::Relaxed);
+            std::future::ready(())
+        };
+        let run = side_by_side(|| std::future::ready(()), Duration::from_secs(3600), || full.notified(), flush);
+        let check = async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert_eq!(flushes.load(Ordering::Relaxed), 0, "flushed before the interval or the signal");
+            full.notify_one();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert_eq!(flushes.load(Ordering::Relaxed), 1, "the signal did not flush");
+        };
+        tokio::select! {
+            () = run => unreachable!("runs for ever"),
+            () = check => {}
+        }
     }
 }

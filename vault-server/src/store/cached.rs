@@ -1,7 +1,7 @@
 //! A read-through cache of credential rows in front of another store, so that a Reveal costs no
 //! SQLite read (and no file-lock syscalls). Every write through this store drops the rows it
 //! touched, before and after it; a generation counter keeps a read that raced a write from
-//! caching a stale row. The cache is bounded: once full, further rows are read from the store each time.
+//! caching a stale row. The cache is bounded: once full, it starts over empty.
 //!
 //! When other processes write the same database (replicas on PostgreSQL), [`follow_changes`]
 //! drops what they changed, read from the store's change log every [`FOLLOW_EVERY`]; the cache
@@ -24,8 +24,10 @@ use super::{
 use crate::crypto::{KeyId, Salt, WrappedKey};
 use crate::outcome::ProbeOutcome;
 
-/// Rows kept; about 200 bytes each.
-pub const DEFAULT_CAPACITY: usize = 100_000;
+/// Rows kept; about 750 bytes each. Small, because a miss on SQLite is a point read on the
+/// calling thread (a few microseconds): the cache saves that for the pairs in steady use, and a
+/// million rows would cost far more memory than they save time.
+pub const DEFAULT_CAPACITY: usize = 10_000;
 /// How often a cache over a shared database reads its change log.
 pub const FOLLOW_EVERY: Duration = Duration::from_millis(200);
 /// How long a good read of the change log vouches for the cache.
@@ -264,10 +266,18 @@ impl<S: Store> CredentialStore for CachedStore<S> {
             return Ok(row);
         }
         let generation = self.generation.load(Ordering::Acquire);
-        let row = self.inner.get(mailbox, client).await?;
+        let row = match self.inner.get_here(mailbox, client) {
+            Some(row) => row?,
+            None => self.inner.get(mailbox, client).await?,
+        };
         let mut cache = self.write_cache();
-        // Cache only if no write happened since the read began, and while there is room.
-        if self.generation.load(Ordering::Acquire) == generation && cache.len < self.capacity && self.trusted() {
+        // Cache only if no write happened since the read began. A full cache starts over: the
+        // rows in use come back at once, the rest no longer take memory.
+        if self.generation.load(Ordering::Acquire) == generation && self.trusted() {
+            if cache.len >= self.capacity {
+                cache.rows.clear();
+                cache.len = 0;
+            }
             let previous = cache.rows.entry(mailbox.to_owned()).or_default().insert(client.to_owned(), row.clone());
             if previous.is_none() {
                 cache.len += 1;
@@ -338,13 +348,22 @@ impl<S: Store> CredentialStore for CachedStore<S> {
     }
 
     async fn record_reveals(&self, events: Vec<AuditEvent>) -> Result<(), StoreError> {
-        // last_used_at changes: drop those rows so the next read sees it.
-        let pairs: Vec<(String, String)> = events.iter().map(|e| (e.mailbox.clone(), e.client.clone())).collect();
-        let out = self.inner.record_reveals(events).await;
-        for (m, c) in pairs {
-            self.forget(&m, &c);
+        let uses: Vec<(String, String, Millis)> =
+            events.iter().map(|e| (e.mailbox.clone(), e.client.clone(), e.at)).collect();
+        self.inner.record_reveals(events).await?;
+        // Only last_used_at changed: the cached rows keep serving with it set as the store now
+        // has it (the latest use), rather than being dropped and read again. A read that raced
+        // the flush does not cache its row.
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        let mut cache = self.write_cache();
+        for (m, c, at) in uses {
+            if let Some(row) = cache.rows.get_mut(&m).and_then(|r| r.get_mut(&c))
+                && row.last_used_at.is_none_or(|last| last < at)
+            {
+                Arc::make_mut(row).last_used_at = Some(at);
+            }
         }
-        out
+        Ok(())
     }
 
     async fn count_by_state(&self) -> Result<(u64, u64), StoreError> {
@@ -453,12 +472,32 @@ mod tests {
         store.bind(new, event(), None).await.unwrap();
         assert_eq!(store.get("a@sina.com", "x").await.unwrap().version, 1);
         assert_eq!(store.cache.read().unwrap().len, 1);
+        // A usage flush keeps the row cached, with its new last use.
+        let used = AuditEvent { rpc: "Reveal".into(), at: 7, ..event() };
+        store.record_reveals(vec![used]).await.unwrap();
+        assert_eq!(store.cached("a@sina.com", "x").expect("dropped by a usage flush").last_used_at, Some(7));
+        assert_eq!(store.inner().get("a@sina.com", "x").await.unwrap().last_used_at, Some(7));
         let revoke = RevokeChange { mailbox: "a@sina.com".into(), client: "x".into(), reason: "gone".into(), now: 2 };
         store.revoke(revoke, event(), None).await.unwrap();
         assert!(store.get("a@sina.com", "x").await.unwrap().code.is_none(), "stale row after revoke");
         assert_eq!(store.cache.read().unwrap().len, 1);
-        // Full: another pair is read but not cached.
+        // A pair that is not there is not cached.
         assert!(matches!(store.get("b@sina.com", "x").await, Err(StoreError::NotFound)));
         assert_eq!(store.cache.read().unwrap().len, 1);
+        // Full: another row starts the cache over.
+        let (key_id, generation, sealed) = ring.seal_code("c@sina.com", "x", 1, b"code");
+        let other = NewBinding {
+            mailbox: Mailbox::parse("c@sina.com").unwrap(),
+            client: ClientId::parse("x").unwrap(),
+            provider: "sina".into(),
+            code: StoredCode { key_id, generation: Some(generation), sealed },
+            now: 1,
+            probe_outcome: ProbeOutcome::Accepted,
+        };
+        store.bind(other, event(), None).await.unwrap();
+        store.get("c@sina.com", "x").await.unwrap();
+        let cache = store.cache.read().unwrap();
+        assert_eq!(cache.len, 1);
+        assert!(cache.rows.contains_key("c@sina.com") && !cache.rows.contains_key("a@sina.com"));
     }
 }

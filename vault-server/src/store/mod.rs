@@ -398,6 +398,11 @@ pub trait CredentialStore: Send + Sync + 'static {
     fn cached(&self, _mailbox: &str, _client: &str) -> Option<Arc<CredentialRow>> {
         None
     }
+    /// [`get`](Self::get) done at once on the calling thread, when the engine can do it in
+    /// microseconds without waiting; `None` means use `get`.
+    fn get_here(&self, _mailbox: &str, _client: &str) -> Option<Result<Arc<CredentialRow>, StoreError>> {
+        None
+    }
     /// Whether other processes write this database too (replicas on PostgreSQL): a cache in
     /// front of it must follow [`changes_since`](Self::changes_since).
     fn shared(&self) -> bool {

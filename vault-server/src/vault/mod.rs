@@ -68,6 +68,8 @@ enum Opened {
 const LEASE_FOR: std::time::Duration = std::time::Duration::from_secs(360);
 /// How often a change waiting for another replica's lease asks again.
 const LEASE_POLL: std::time::Duration = std::time::Duration::from_millis(50);
+/// Reveal usage events written per transaction.
+const USAGE_BATCH: usize = 5_000;
 /// This process, among replicas holding leases.
 static REPLICA: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| format!("{:016x}", rand::random::<u64>()));
 /// Leases taken by this process so far: each holder is unique.
@@ -328,15 +330,22 @@ impl Vault {
     /// Writes the coalesced Reveal usage (audit events and `last_used_at`). On failure the
     /// usage is kept for the next flush.
     pub async fn flush_usage(&self) -> Result<(), VaultError> {
-        let events = self.usage.take();
-        if events.is_empty() {
-            return Ok(());
-        }
-        if let Err(e) = self.store.record_reveals(events.clone()).await {
-            self.usage.restore(events);
-            return Err(e.into());
+        let mut taken = self.usage.take();
+        // Short transactions, so that a flush of many pairs never holds the writer for long.
+        while !taken.is_empty() {
+            let batch = taken.batch(USAGE_BATCH);
+            if let Err(e) = self.store.record_reveals(batch.clone()).await {
+                self.usage.restore(batch);
+                self.usage.restore(taken.rest());
+                return Err(e.into());
+            }
         }
         Ok(())
+    }
+
+    /// Resolves once enough Reveal usage is pending that it should be flushed now.
+    pub async fn usage_filled(&self) {
+        self.usage.filled().await;
     }
 
     /// A page of the quarterly review. Pending usage is flushed first, so the page is exact.

@@ -36,6 +36,19 @@ use rows::{get_row, insert_audit};
 /// its own page cache; further readers wait for one to come back.
 const MAX_READERS: usize = 4;
 
+/// Slots of [`Db::get_here`] readers: more than a runtime's worker threads here, so each
+/// worker keeps one of its own.
+const HERE_SLOTS: usize = 8;
+
+/// This thread's slot among [`HERE_SLOTS`], fixed on first use.
+fn here_slot() -> usize {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    thread_local! {
+        static SLOT: usize = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % HERE_SLOTS;
+    }
+    SLOT.with(|s| *s)
+}
+
 /// Idle reader connections, and how many exist in all.
 #[derive(Default)]
 struct Readers {
@@ -54,6 +67,9 @@ pub struct Db {
     /// A reader of its own for the token table: its re-read must never queue behind a flood of
     /// Reveal cache misses holding the pool, or every token would be refused (fail-closed).
     tokens_reader: Mutex<Option<Connection>>,
+    /// Readers for point reads on the calling thread ([`Db::get_here`]), one slot per thread
+    /// (by [`here_slot`]), opened on first use.
+    here: [Mutex<Option<Connection>>; HERE_SLOTS],
 }
 
 impl std::fmt::Debug for Db {
@@ -136,6 +152,7 @@ impl Db {
             readers: Mutex::new(Readers::default()),
             returned: Condvar::new(),
             tokens_reader: Mutex::new(None),
+            here: std::array::from_fn(|_| Mutex::new(None)),
         })
     }
 
@@ -269,6 +286,23 @@ impl Db {
 
     pub fn get(&self, mailbox: &str, client: &str) -> Result<std::sync::Arc<CredentialRow>, StoreError> {
         self.with_reader(|conn| get_row(conn, mailbox, client)?.map(std::sync::Arc::new).ok_or(StoreError::NotFound))
+    }
+
+    /// [`Db::get`] on the calling thread, on this thread's own reader, never waiting: `None`
+    /// when that reader is in use or the read fails (SQLite busy, say), and the caller reads
+    /// through the pool instead. A point read is a few microseconds from the OS page cache, less than a hop to
+    /// the blocking pool costs, so an async worker may call this.
+    pub fn get_here(&self, mailbox: &str, client: &str) -> Option<Result<std::sync::Arc<CredentialRow>, StoreError>> {
+        let mut slot = self.here[here_slot()].try_lock().ok()?;
+        if slot.is_none() {
+            let conn = open_conn(&self.path).ok()?;
+            // Busy means wait; here it means go to the pool.
+            conn.busy_timeout(std::time::Duration::ZERO).ok()?;
+            *slot = Some(conn);
+        }
+        // Any error (busy included) is left to the pool's read, which waits and reports it.
+        let row = get_row(slot.as_ref()?, mailbox, client).ok()?;
+        Some(row.map(std::sync::Arc::new).ok_or(StoreError::NotFound))
     }
 
     pub fn import(&self, rows: &[NewBinding], audit: &AuditEvent) -> Result<(), StoreError> {
@@ -495,6 +529,33 @@ mod tests {
         let read = rx.recv_timeout(std::time::Duration::from_secs(5)).expect("the token read waited for the pool");
         assert_eq!(read.unwrap(), 0);
         drop(held);
+    }
+
+    #[test]
+    fn a_point_read_here_sees_committed_rows_and_steps_aside_when_its_reader_is_taken() {
+        let (_tmp, db) = fresh();
+        let key_id: u32 = lock(&db.writer).query_row("SELECT key_id FROM keyring", [], |r| r.get(0)).unwrap();
+        let insert = "INSERT INTO credentials (mailbox, client, provider, state, version, key_id, nonce, ciphertext, \
+                      created_at, generation) VALUES (?1, 'x', 'sina', 1, 1, ?2, zeroblob(24), x'0102', 1, zeroblob(16))";
+        lock(&db.writer).execute(insert, params!["a@sina.com", key_id]).unwrap();
+        let row = db.get_here("a@sina.com", "x").expect("read here").unwrap();
+        assert_eq!((row.version, row.provider.as_str()), (1, "sina"));
+        assert!(matches!(db.get_here("b@sina.com", "x"), Some(Err(StoreError::NotFound))));
+        // A writer's open transaction neither blocks the read nor shows through it.
+        {
+            let mut writer = lock(&db.writer);
+            let tx = writer.transaction_with_behavior(TransactionBehavior::Immediate).unwrap();
+            tx.execute(insert, params!["b@sina.com", key_id]).unwrap();
+            tx.execute("UPDATE credentials SET version = 2 WHERE mailbox = 'a@sina.com'", []).unwrap();
+            assert_eq!(db.get_here("a@sina.com", "x").expect("read here").unwrap().version, 1);
+            assert!(matches!(db.get_here("b@sina.com", "x"), Some(Err(StoreError::NotFound))));
+            tx.commit().unwrap();
+        }
+        assert_eq!(db.get_here("a@sina.com", "x").expect("read here").unwrap().version, 2);
+        // This thread's reader in use (a re-entrant call, say): the caller goes to the pool.
+        let _held = lock(&db.here[here_slot()]);
+        assert!(db.get_here("a@sina.com", "x").is_none(), "waited for, or shared, a reader in use");
+        assert_eq!(db.get("a@sina.com", "x").unwrap().version, 2);
     }
 
     #[test]

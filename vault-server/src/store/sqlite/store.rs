@@ -1,4 +1,5 @@
-//! The async face of the SQLite engine: the store traits, each call run on the blocking pool.
+//! The async face of the SQLite engine: the store traits, each call run on the blocking pool
+//! (but a point read, which is cheaper than the hop: [`Db::get_here`]).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use crate::store::{
     UnreadableToken, UnusedQuery,
 };
 
-/// The async face of [`Db`]: every call runs on the blocking pool.
+/// The async face of [`Db`]: every call but a point read runs on the blocking pool.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     db: Arc<Db>,
@@ -77,6 +78,10 @@ impl CredentialStore for SqliteStore {
     async fn get(&self, mailbox: &str, client: &str) -> Result<Arc<CredentialRow>, StoreError> {
         let (m, c) = (mailbox.to_owned(), client.to_owned());
         self.hop(move |db| db.get(&m, &c)).await
+    }
+
+    fn get_here(&self, mailbox: &str, client: &str) -> Option<Result<Arc<CredentialRow>, StoreError>> {
+        self.db.get_here(mailbox, client)
     }
 
     async fn bind(
