@@ -188,7 +188,9 @@ def stop(proc):
 
 
 def prepare_vault(tmp, rows):
-    data, pf = os.path.join(tmp, f"data-{rows}"), os.path.join(tmp, "passphrase")
+    # A directory of its own each time: several parts of a run make a vault of the same size.
+    own = tempfile.mkdtemp(prefix=f"vault-{rows}-", dir=tmp)
+    data, pf = os.path.join(own, "data"), os.path.join(own, "passphrase")
     with open(pf, "w") as f:
         f.write(PASSPHRASE)
     os.chmod(pf, 0o600)
@@ -346,8 +348,12 @@ def rotate_data_key(reveal, port, mport, admin, tmp):
 
     def call():
         t0 = time.time()
-        done["r"] = h2load(f"http://127.0.0.1:{port}/vault.v1.AuthCodeVault/RotateDataKey", body,
-                           GRPC + [f"authorization: Bearer {admin}"], 1, 1, 1)
+        # A call whose deadline (60 s) passes leaves the rotation running; calling again joins it.
+        for _ in range(10):
+            done["r"] = h2load(f"http://127.0.0.1:{port}/vault.v1.AuthCodeVault/RotateDataKey", body,
+                               GRPC + [f"authorization: Bearer {admin}"], 1, 1, 1)
+            if done["r"]["data"] > 0:
+                break
         done["s"] = time.time() - t0
 
     thread = threading.Thread(target=call)
@@ -442,8 +448,12 @@ def writes(tmp, database=None):
     """Bind then Rotate, one at a time, on a new vault: in a data dir, or in PostgreSQL `database`."""
     count = 50 if QUICK else 300
     dovecot, port, ca = start_dovecot(tmp, count)
-    pf = os.path.join(tmp, "passphrase")
-    where = ["--database", database] if database else ["--data-dir", os.path.join(tmp, "data-writes")]
+    own = tempfile.mkdtemp(prefix="vault-writes-", dir=tmp)
+    pf = os.path.join(own, "passphrase")
+    with open(pf, "w") as f:
+        f.write(PASSPHRASE)
+    os.chmod(pf, 0o600)
+    where = ["--database", database] if database else ["--data-dir", os.path.join(own, "data")]
     vault_cli("init", *where, "--passphrase-file", pf)
     admin = vault_cli("token", "create", *where, "--passphrase-file", pf, "--admin").stdout.strip()
     vport = free_port()
@@ -596,6 +606,28 @@ What remains beyond bare tonic: the XChaCha20-Poly1305 decrypt, the SHA-256 of t
 header bytes of the bearer token (HPACK), and three small tower layers (timeout, concurrency
 limit, and one that counts RPCs in flight and records metrics). The rest of the profile is h2, hpack, tokio and the kernel,
 which bare pays too.
+
+With keys spread over 1,000,000 bindings (2026-11-28, `spread` uniform, 16x10, 3x8 s on a fresh
+server, A/B against the previous binary on the same data dir):
+
+- A row cache miss used to hop to the blocking pool (4 SQLite readers behind a condvar). It is now
+  one point read on the calling thread, on that thread's own reader, never waiting (the pool
+  only when that reader is in use): first run 10.1k -> 12.9k req/s, warm 14-15k -> 15-16k, and
+  the server's threads 11 -> 4. In the profile of that run SQLite and its file reads are about 7%
+  of the server's CPU; h2/hyper/tonic about 31%, the kernel's network path most of its 25%.
+- The row cache held 100,000 rows of about 750 bytes (75 MiB) and stopped caching when full; at
+  a million bindings it served about 1 in 10 uniform Reveals. It now holds 10,000 and starts over
+  when full (hot pairs come back at once): RSS after the runs 163 -> 53-70 MiB.
+- Reveal usage (one window per caller and pair) took about 300 bytes a window and was written
+  only every 30 s: with keys spread that is 300k+ windows. Windows are now about 100 bytes and
+  are flushed once 100,000 are pending, in key order, 5,000 per transaction.
+- What is left is the usage write itself. Each window of a pair not used in the last flush
+  updates the pair's row, moves its entry in the review index and adds an audit row to the
+  by-pair index: about three random page writes, then the checkpoint's fsync. Measured at 1M
+  uniform: 100-250 µs per window on this disk (a 20,000-window flush took 5 s), so sustained
+  uniform Reveals above about 5-10k distinct pairs per second outrun the flush, and the pending
+  windows grow. That is the design's rule (one audit event per caller, pair and flush window,
+  and an exact `lastUsedAt`); meeting it at this rate needs a decision on that rule, not code.
 
 Machine notes: h2load runs on the same two cores as the servers, so every p99 at 160 in flight
 includes queueing behind the load generator (bare tonic's own p99 is in the same range). On this
