@@ -629,6 +629,12 @@ server, A/B against the previous binary on the same data dir):
   windows grow. That is the design's rule (one audit event per caller, pair and flush window,
   and an exact `lastUsedAt`); meeting it at this rate needs a decision on that rule, not code.
 
+The crypto backends: a sealed code is a few dozen bytes, and at that size the AVX2 ChaCha20 and
+Poly1305 backends cost more to set up than they save. `.cargo/config.toml` selects the portable
+ones (`chacha20_force_soft`, `poly1305_force_soft`; both constant-time). `bench/ab.py`, two
+interleaved runs at 160 in flight: 1.02x and 1.06x Reveal throughput, 1.3 and 4.5 µs less server
+CPU per Reveal (2026-11-28).
+
 Machine notes: h2load runs on the same two cores as the servers, so every p99 at 160 in flight
 includes queueing behind the load generator (bare tonic's own p99 is in the same range). On this
 machine bare tonic is only about 10x OpenBao, so a Reveal at 0.8x bare cannot reach 10x OpenBao
