@@ -69,6 +69,9 @@ pub struct ServeOptions {
     pub metrics: Arc<Metrics>,
 }
 
+/// Least time between a flush and an early one (asked for by a full usage map).
+const EARLY_FLUSH_GAP: Duration = Duration::from_secs(2);
+
 /// Largest HTTP/2 header list accepted.
 const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 
@@ -114,12 +117,19 @@ async fn side_by_side<R: Future<Output = ()>, E: Future<Output = ()>, F: Future<
     let flushes = async {
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut early_from = tokio::time::Instant::now();
         loop {
+            let early = async {
+                filled().await;
+                tokio::time::sleep_until(early_from).await;
+            };
             tokio::select! {
                 _ = tick.tick() => {}
-                () = filled() => tick.reset(),
+                () = early => tick.reset(),
             }
             flush().await;
+            // A database that keeps failing is retried early at most this often.
+            early_from = tokio::time::Instant::now() + EARLY_FLUSH_GAP;
         }
     };
     tokio::join!(reloads, flushes);

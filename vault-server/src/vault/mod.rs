@@ -105,6 +105,8 @@ pub struct Vault {
     clock: Arc<dyn Clock>,
     locks: PairLocks,
     usage: Usage,
+    /// Held by the usage flush in progress.
+    flushing: tokio::sync::Mutex<()>,
     metrics: Arc<Metrics>,
     rotation: Option<Arc<KeyRotation>>,
     lease_for: std::time::Duration,
@@ -129,6 +131,7 @@ impl Vault {
             clock,
             locks: PairLocks::default(),
             usage: Usage::default(),
+            flushing: tokio::sync::Mutex::new(()),
             metrics,
             rotation: None,
             lease_for: LEASE_FOR,
@@ -330,13 +333,16 @@ impl Vault {
     /// Writes the coalesced Reveal usage (audit events and `last_used_at`). On failure the
     /// usage is kept for the next flush.
     pub async fn flush_usage(&self) -> Result<(), VaultError> {
+        // One flush at a time: the review's flush waits for the periodic one to finish, so its
+        // page counts every use taken before it.
+        let _one = self.flushing.lock().await;
         let mut taken = self.usage.take();
         // Short transactions, so that a flush of many pairs never holds the writer for long.
+        // What is not written goes back to pending when `taken` drops (failure or cancellation).
         while !taken.is_empty() {
             let batch = taken.batch(USAGE_BATCH);
             if let Err(e) = self.store.record_reveals(batch.clone()).await {
                 self.usage.restore(batch);
-                self.usage.restore(taken.rest());
                 return Err(e.into());
             }
         }

@@ -99,6 +99,8 @@ struct Pending {
     /// Token id to its index in `callers`.
     indexes: HashMap<String, u32>,
     windows: HashMap<Key, Window>,
+    /// A flush was asked for since the last take.
+    asked: bool,
 }
 
 impl Pending {
@@ -124,14 +126,25 @@ impl From<&KeyRef<'_>> for Key {
 }
 
 /// Windows taken for a flush, handed out as audit events (rpc `Reveal`) a batch at a time, so
-/// that a large flush never holds them all as events at once.
+/// that a large flush never holds them all as events at once. Those not handed out when it is
+/// dropped (a flush cancelled between batches) go back to pending.
 #[derive(Debug)]
-pub struct Taken {
+pub struct Taken<'a> {
+    usage: &'a Usage,
     callers: Vec<(String, String)>,
     windows: std::vec::IntoIter<(Key, Window)>,
 }
 
-impl Taken {
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        if !self.is_empty() {
+            let rest = self.batch(usize::MAX);
+            self.usage.restore(rest);
+        }
+    }
+}
+
+impl Taken<'_> {
     pub fn is_empty(&self) -> bool {
         self.windows.len() == 0
     }
@@ -161,6 +174,7 @@ impl Taken {
     }
 
     /// All that is left, as audit events.
+    #[cfg(test)]
     pub fn rest(mut self) -> Vec<AuditEvent> {
         self.batch(usize::MAX)
     }
@@ -184,7 +198,10 @@ impl Usage {
         let index = pending.caller_index(&caller.token_id, || caller.role.to_string());
         let key = KeyRef { caller: index, mailbox: mailbox.as_str(), client: client.as_str() };
         pending.add(key, Window { count: 1, first: now, last: now });
-        if pending.windows.len() == FLUSH_AT {
+        // Once per take: after a failed flush the windows come back, and the next Reveal asks
+        // again (the flush loop paces these).
+        if pending.windows.len() >= FLUSH_AT && !pending.asked {
+            pending.asked = true;
             self.full.notify_one();
         }
     }
@@ -195,12 +212,12 @@ impl Usage {
     }
 
     /// Takes the pending windows, in (mailbox, client) order, to be written batch by batch.
-    pub fn take(&self) -> Taken {
+    pub fn take(&self) -> Taken<'_> {
         let Pending { callers, windows, .. } = std::mem::take(&mut *self.lock());
         let mut windows: Vec<(Key, Window)> = windows.into_iter().collect();
         // In key order, each batch updates the rows page by page instead of all over the file.
         windows.sort_unstable_by(|(a, _), (b, _)| a.parts().cmp(&b.parts()));
-        Taken { callers, windows: windows.into_iter() }
+        Taken { usage: self, callers, windows: windows.into_iter() }
     }
 
     /// Puts events back after a failed flush, merging with uses recorded since.
@@ -246,6 +263,22 @@ mod tests {
         assert_eq!((a_events[0].count, a_events[0].first_at, a_events[0].at), (4, 10, 40));
     }
 
+    #[test]
+    fn windows_not_handed_out_go_back_when_a_flush_is_dropped() {
+        let u = Usage::default();
+        let a = Caller { token_id: "tk_a".into(), role: Role::Client(ClientId::parse("sender").unwrap()) };
+        let c = ClientId::parse("sender").unwrap();
+        for i in 0..10 {
+            u.record(&a, &Mailbox::parse(&format!("m{i}@sina.com")).unwrap(), &c, 1);
+        }
+        let mut taken = u.take();
+        assert_eq!(taken.batch(4).len(), 4);
+        drop(taken);
+        let left = u.take().rest();
+        assert_eq!(left.len(), 6, "the windows not handed out were lost");
+        assert!(left.iter().all(|e| e.caller == "tk_a" && e.caller_role == "client:sender" && e.count == 1));
+    }
+
     #[tokio::test]
     async fn asks_for_a_flush_when_full() {
         let u = Usage::default();
@@ -264,5 +297,11 @@ mod tests {
         let events = [first, taken.rest()].concat();
         assert_eq!(events.len(), FLUSH_AT);
         assert!(events.iter().all(|e| e.caller == "tk_a" && e.client == "sender" && e.mailbox.ends_with("@sina.com")));
+        // The flush failed: the windows come back, and the next new pair asks once more.
+        u.restore(events);
+        u.record(&a, &Mailbox::parse("again@sina.com").unwrap(), &c, 1);
+        assert!(tokio::time::timeout(wait, u.filled()).await.is_ok(), "did not ask after a failed flush");
+        u.record(&a, &Mailbox::parse("more@sina.com").unwrap(), &c, 1);
+        assert!(tokio::time::timeout(wait, u.filled()).await.is_err(), "asked twice for one take");
     }
 }
