@@ -166,6 +166,24 @@ impl<S: Store> CachedStore<S> {
         out
     }
 
+    /// Caches a row read while the generation was `generation`, unless a write happened since
+    /// the read began. A full cache starts over: the rows in use come back at once, the rest no
+    /// longer take memory.
+    fn keep(&self, mailbox: &str, client: &str, generation: u64, row: &Arc<CredentialRow>) {
+        let mut cache = self.write_cache();
+        if self.generation.load(Ordering::Acquire) != generation || !self.trusted() {
+            return;
+        }
+        if cache.len >= self.capacity {
+            cache.rows.clear();
+            cache.len = 0;
+        }
+        let previous = cache.rows.entry(mailbox.to_owned()).or_default().insert(client.to_owned(), row.clone());
+        if previous.is_none() {
+            cache.len += 1;
+        }
+    }
+
     fn lookup(&self, mailbox: &str, client: &str) -> Option<Arc<CredentialRow>> {
         if !self.trusted() {
             return None;
@@ -257,32 +275,27 @@ impl<S: Store> CredentialStore for CachedStore<S> {
         self.inner.take_probe(mailbox, now, bucket).await
     }
 
-    fn cached(&self, mailbox: &str, client: &str) -> Option<Arc<CredentialRow>> {
-        self.lookup(mailbox, client)
+    /// A cached row, or the engine's own read on this thread (cached then).
+    fn get_here(&self, mailbox: &str, client: &str) -> Option<Result<Arc<CredentialRow>, StoreError>> {
+        if let Some(row) = self.lookup(mailbox, client) {
+            return Some(Ok(row));
+        }
+        let generation = self.generation.load(Ordering::Acquire);
+        let row = match self.inner.get_here(mailbox, client)? {
+            Ok(row) => row,
+            Err(e) => return Some(Err(e)),
+        };
+        self.keep(mailbox, client, generation, &row);
+        Some(Ok(row))
     }
 
     async fn get(&self, mailbox: &str, client: &str) -> Result<Arc<CredentialRow>, StoreError> {
-        if let Some(row) = self.lookup(mailbox, client) {
-            return Ok(row);
+        if let Some(row) = self.get_here(mailbox, client) {
+            return row;
         }
         let generation = self.generation.load(Ordering::Acquire);
-        let row = match self.inner.get_here(mailbox, client) {
-            Some(row) => row?,
-            None => self.inner.get(mailbox, client).await?,
-        };
-        let mut cache = self.write_cache();
-        // Cache only if no write happened since the read began. A full cache starts over: the
-        // rows in use come back at once, the rest no longer take memory.
-        if self.generation.load(Ordering::Acquire) == generation && self.trusted() {
-            if cache.len >= self.capacity {
-                cache.rows.clear();
-                cache.len = 0;
-            }
-            let previous = cache.rows.entry(mailbox.to_owned()).or_default().insert(client.to_owned(), row.clone());
-            if previous.is_none() {
-                cache.len += 1;
-            }
-        }
+        let row = self.inner.get(mailbox, client).await?;
+        self.keep(mailbox, client, generation, &row);
         Ok(row)
     }
 
@@ -475,7 +488,7 @@ mod tests {
         // A usage flush keeps the row cached, with its new last use.
         let used = AuditEvent { rpc: "Reveal".into(), at: 7, ..event() };
         store.record_reveals(vec![used]).await.unwrap();
-        assert_eq!(store.cached("a@sina.com", "x").expect("dropped by a usage flush").last_used_at, Some(7));
+        assert_eq!(store.lookup("a@sina.com", "x").expect("dropped by a usage flush").last_used_at, Some(7));
         assert_eq!(store.inner().get("a@sina.com", "x").await.unwrap().last_used_at, Some(7));
         let revoke = RevokeChange { mailbox: "a@sina.com".into(), client: "x".into(), reason: "gone".into(), now: 2 };
         store.revoke(revoke, event(), None).await.unwrap();

@@ -115,6 +115,20 @@ pub struct CredentialRow {
     pub last_probe_outcome: Option<ProbeOutcome>,
 }
 
+impl CredentialRow {
+    /// The precondition of a change to the row inside its write transaction: still active and,
+    /// when `version` is given, still at it (`Revoked`, `Conflict`).
+    pub fn check_current(&self, version: Option<u64>) -> Result<(), StoreError> {
+        if self.state != CredentialState::Active {
+            return Err(StoreError::Revoked);
+        }
+        if version.is_some_and(|v| v != self.version) {
+            return Err(StoreError::Conflict);
+        }
+        Ok(())
+    }
+}
+
 /// A fresh binding to insert after its probe was accepted.
 #[derive(Debug, Clone)]
 pub struct NewBinding {
@@ -394,12 +408,9 @@ pub trait KeyMaterialStore: Send + Sync + 'static {
 pub trait CredentialStore: Send + Sync + 'static {
     /// One binding; `NotFound` if the pair was never bound.
     async fn get(&self, mailbox: &str, client: &str) -> Result<Arc<CredentialRow>, StoreError>;
-    /// The row if it is at hand without I/O (a cache); the Reveal hot path asks this first.
-    fn cached(&self, _mailbox: &str, _client: &str) -> Option<Arc<CredentialRow>> {
-        None
-    }
-    /// [`get`](Self::get) done at once on the calling thread, when the engine can do it in
-    /// microseconds without waiting; `None` means use `get`.
+    /// [`get`](Self::get) done at once on the calling thread, when it takes microseconds and
+    /// no waiting (a cache hit, an embedded engine's point read); `None` means use `get`. The
+    /// Reveal hot path asks this first.
     fn get_here(&self, _mailbox: &str, _client: &str) -> Option<Result<Arc<CredentialRow>, StoreError>> {
         None
     }

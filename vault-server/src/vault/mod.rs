@@ -320,8 +320,8 @@ impl Vault {
     /// Decrypts a pair's code and counts the use in memory: a cached row (or, on a miss, the
     /// store's read) and a decrypt, no disk write.
     pub async fn reveal(&self, caller: &Caller, mailbox: &Mailbox, client: &ClientId) -> Result<Revealed, VaultError> {
-        let row = match self.store.cached(mailbox.as_str(), client.as_str()) {
-            Some(row) => row,
+        let row = match self.store.get_here(mailbox.as_str(), client.as_str()) {
+            Some(row) => row?,
             None => self.store.get(mailbox.as_str(), client.as_str()).await?,
         };
         let (code, row) = self.decrypt(row).await?;

@@ -434,12 +434,7 @@ impl CredentialStore for PgStore {
         let (mailbox, client) = (c.mailbox.clone(), c.client.clone());
         self.write(&mailbox, &client, request, move |tx, row| {
             Box::pin(async move {
-                if row.state != CredentialState::Active {
-                    return Err(StoreError::Revoked);
-                }
-                if row.version != c.from_version {
-                    return Err(StoreError::Conflict);
-                }
+                row.check_current(Some(c.from_version))?;
                 let next = i64::try_from(c.from_version + 1).map_err(|_| StoreError::Conflict)?;
                 let generation = c.code.generation.as_ref().map(|g| &g[..]);
                 tx.execute(
@@ -473,9 +468,7 @@ impl CredentialStore for PgStore {
         let (mailbox, client) = (c.mailbox.clone(), c.client.clone());
         self.write(&mailbox, &client, request, move |tx, row| {
             Box::pin(async move {
-                if row.state != CredentialState::Active {
-                    return Err(StoreError::Revoked);
-                }
+                row.check_current(None)?;
                 tx.execute(
                     "UPDATE credentials SET state = 2, key_id = NULL, nonce = NULL, ciphertext = NULL, \
                      generation = NULL, revoked_at = $3, revoke_reason = $4 WHERE mailbox = $1 AND client = $2",
@@ -522,12 +515,7 @@ impl CredentialStore for PgStore {
         let (mailbox, client) = (p.mailbox.clone(), p.client.clone());
         self.write(&mailbox, &client, None, move |tx, row| {
             Box::pin(async move {
-                if row.state != CredentialState::Active {
-                    return Err(StoreError::Revoked);
-                }
-                if row.version != p.version {
-                    return Err(StoreError::Conflict);
-                }
+                row.check_current(Some(p.version))?;
                 tx.execute(
                     "UPDATE credentials SET last_verified_at = $3, last_probe_outcome = $4 \
                      WHERE mailbox = $1 AND client = $2",

@@ -361,12 +361,7 @@ impl Db {
         request: Option<RequestRecord>,
     ) -> Result<CredentialRow, StoreError> {
         self.write(&c.mailbox, &c.client, request, |tx, row| {
-            if row.state != CredentialState::Active {
-                return Err(StoreError::Revoked);
-            }
-            if row.version != c.from_version {
-                return Err(StoreError::Conflict);
-            }
+            row.check_current(Some(c.from_version))?;
             let next = i64::try_from(c.from_version + 1).map_err(|_| StoreError::Conflict)?;
             tx.execute(
                 "UPDATE credentials SET version = ?3, key_id = ?4, nonce = ?5, ciphertext = ?6, rotated_at = ?7, \
@@ -406,9 +401,7 @@ impl Db {
     ) -> Result<CredentialRow, StoreError> {
         let (mailbox, client, reason, now) = (&c.mailbox, &c.client, &c.reason, c.now);
         self.write(mailbox, client, request, |tx, row| {
-            if row.state != CredentialState::Active {
-                return Err(StoreError::Revoked);
-            }
+            row.check_current(None)?;
             tx.execute(
                 "UPDATE credentials SET state = 2, key_id = NULL, nonce = NULL, ciphertext = NULL, generation = NULL, \
                  revoked_at = ?3, revoke_reason = ?4 WHERE mailbox = ?1 AND client = ?2",
@@ -421,12 +414,7 @@ impl Db {
     pub fn record_probe(&self, p: &ProbeRecord, audit: &AuditEvent) -> Result<CredentialRow, StoreError> {
         let (mailbox, client, version, outcome, now) = (&p.mailbox, &p.client, p.version, p.outcome, p.now);
         self.write(mailbox, client, None, |tx, row| {
-            if row.state != CredentialState::Active {
-                return Err(StoreError::Revoked);
-            }
-            if row.version != version {
-                return Err(StoreError::Conflict);
-            }
+            row.check_current(Some(version))?;
             tx.execute(
                 "UPDATE credentials SET last_verified_at = ?3, last_probe_outcome = ?4 WHERE mailbox = ?1 AND client = ?2",
                 params![mailbox, client, now, outcome as i32],
