@@ -1,7 +1,9 @@
 //! A read-through cache of credential rows in front of another store, so that a Reveal costs no
 //! SQLite read (and no file-lock syscalls). Every write through this store drops the rows it
 //! touched, before and after it; a generation counter keeps a read that raced a write from
-//! caching a stale row. The cache is bounded: once full, it starts over empty.
+//! caching a stale row. The cache is bounded: once full, it starts over empty. A row is cached
+//! on its second miss within a while (a [`Doorkeeper`]), so pairs read once, as in a spread over
+//! many bindings, neither cost an insert nor push out the rows in steady use.
 //!
 //! When other processes write the same database (replicas on PostgreSQL), [`follow_changes`]
 //! drops what they changed, read from the store's change log every [`FOLLOW_EVERY`]; the cache
@@ -11,7 +13,8 @@
 //! [`follow_changes`]: CachedStore::follow_changes
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -43,6 +46,50 @@ fn now_millis() -> Millis {
 
 type Rows = HashMap<String, HashMap<String, Arc<CredentialRow>>>;
 
+/// The cache's admission: which pairs missed since its last reset, as two bits each in a
+/// fixed bit array (lock-free, so a miss that is not admitted takes no lock). Reset after
+/// `4 x capacity` misses: at least 16 bits per miss until then keep false admissions under 1%.
+struct Doorkeeper {
+    bits: Box<[AtomicU64]>,
+    hasher: RandomState,
+    misses: AtomicUsize,
+    reset_after: usize,
+}
+
+impl Doorkeeper {
+    fn new(capacity: usize) -> Self {
+        let reset_after = capacity.max(1).saturating_mul(4);
+        let words = (reset_after.saturating_mul(16) / 64).max(1).next_power_of_two();
+        Self {
+            bits: (0..words).map(|_| AtomicU64::new(0)).collect(),
+            hasher: RandomState::new(),
+            misses: AtomicUsize::new(0),
+            reset_after,
+        }
+    }
+
+    /// Whether the pair missed before since the last reset; marks it as missed.
+    fn admit(&self, mailbox: &str, client: &str) -> bool {
+        if self.misses.fetch_add(1, Ordering::Relaxed) + 1 >= self.reset_after {
+            // One caller resets; a miss racing the reset is at worst admitted a miss late.
+            self.misses.store(0, Ordering::Relaxed);
+            for word in &self.bits {
+                word.store(0, Ordering::Relaxed);
+            }
+        }
+        let hash = self.hasher.hash_one((mailbox, client));
+        let mask = self.bits.len() * 64 - 1;
+        #[allow(clippy::cast_possible_truncation)] // only the low bits are used
+        let (a, b) = (hash as usize & mask, (hash >> 32) as usize & mask);
+        let mut seen = true;
+        for bit in [a, b] {
+            let flag = 1u64 << (bit % 64);
+            seen &= self.bits[bit / 64].fetch_or(flag, Ordering::Relaxed) & flag != 0;
+        }
+        seen
+    }
+}
+
 #[derive(Debug, Default)]
 struct Cache {
     rows: Rows,
@@ -53,6 +100,7 @@ struct Cache {
 pub struct CachedStore<S> {
     inner: S,
     cache: RwLock<Cache>,
+    doorkeeper: Doorkeeper,
     generation: AtomicU64,
     capacity: usize,
     /// Millis until which the cache may serve: forever over a database no one else writes,
@@ -69,7 +117,14 @@ impl<S> std::fmt::Debug for CachedStore<S> {
 impl<S: Store> CachedStore<S> {
     pub fn new(inner: S, capacity: usize) -> Self {
         let trusted_until = AtomicI64::new(if inner.shared() { Millis::MIN } else { Millis::MAX });
-        Self { inner, cache: RwLock::new(Cache::default()), generation: AtomicU64::new(0), capacity, trusted_until }
+        Self {
+            inner,
+            cache: RwLock::new(Cache::default()),
+            doorkeeper: Doorkeeper::new(capacity),
+            generation: AtomicU64::new(0),
+            capacity,
+            trusted_until,
+        }
     }
 
     fn trusted(&self) -> bool {
@@ -166,10 +221,13 @@ impl<S: Store> CachedStore<S> {
         out
     }
 
-    /// Caches a row read while the generation was `generation`, unless a write happened since
-    /// the read began. A full cache starts over: the rows in use come back at once, the rest no
-    /// longer take memory.
+    /// Caches a row read while the generation was `generation` (on its second miss), unless a
+    /// write happened since the read began. A full cache starts over: the rows in use come back
+    /// at once, the rest no longer take memory.
     fn keep(&self, mailbox: &str, client: &str, generation: u64, row: &Arc<CredentialRow>) {
+        if !self.doorkeeper.admit(mailbox, client) {
+            return;
+        }
         let mut cache = self.write_cache();
         if self.generation.load(Ordering::Acquire) != generation || !self.trusted() {
             return;
@@ -483,6 +541,9 @@ mod tests {
             probe_outcome: ProbeOutcome::Accepted,
         };
         store.bind(new, event(), None).await.unwrap();
+        // Cached on its second miss.
+        assert_eq!(store.get("a@sina.com", "x").await.unwrap().version, 1);
+        assert_eq!(store.cache.read().unwrap().len, 0);
         assert_eq!(store.get("a@sina.com", "x").await.unwrap().version, 1);
         assert_eq!(store.cache.read().unwrap().len, 1);
         // A usage flush keeps the row cached, with its new last use.
@@ -509,8 +570,21 @@ mod tests {
         };
         store.bind(other, event(), None).await.unwrap();
         store.get("c@sina.com", "x").await.unwrap();
+        store.get("c@sina.com", "x").await.unwrap();
         let cache = store.cache.read().unwrap();
         assert_eq!(cache.len, 1);
         assert!(cache.rows.contains_key("c@sina.com") && !cache.rows.contains_key("a@sina.com"));
+    }
+
+    #[test]
+    fn the_doorkeeper_admits_a_second_miss_and_forgets_after_four_times_the_capacity() {
+        let door = Doorkeeper::new(100);
+        assert!(!door.admit("a@sina.com", "x"), "admitted on its first miss");
+        assert!(door.admit("a@sina.com", "x"), "not admitted on its second miss");
+        assert!(!door.admit("a@sina.com", "y") && !door.admit("b@sina.com", "x"), "another pair shares its bits");
+        // 400 misses in all since the last reset start it over.
+        let admitted = (0..397).filter(|i| door.admit(&format!("m{i}@sina.com"), "x")).count();
+        assert!(admitted < 20, "{admitted} of 397 new pairs admitted on their first miss");
+        assert!(!door.admit("a@sina.com", "x"), "remembered past the reset");
     }
 }
