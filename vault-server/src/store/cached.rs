@@ -47,10 +47,12 @@ fn now_millis() -> Millis {
 type Rows = HashMap<String, HashMap<String, Arc<CredentialRow>>>;
 
 /// The cache's admission: which pairs missed since its last reset, as two bits each in a
-/// fixed bit array (lock-free, so a miss that is not admitted takes no lock). Reset after
-/// `4 x capacity` misses: at least 16 bits per miss until then keep false admissions under 1%.
+/// fixed bit array (lock-free, so a miss that is not admitted takes no lock), cleared every
+/// `4 x capacity` misses. At least 32 bits per miss in a period keep false admissions (a first
+/// miss whose two bits others set) under 0.4%.
 struct Doorkeeper {
     bits: Box<[AtomicU64]>,
+    mask: usize,
     hasher: RandomState,
     misses: AtomicUsize,
     reset_after: usize,
@@ -59,9 +61,10 @@ struct Doorkeeper {
 impl Doorkeeper {
     fn new(capacity: usize) -> Self {
         let reset_after = capacity.max(1).saturating_mul(4);
-        let words = (reset_after.saturating_mul(16) / 64).max(1).next_power_of_two();
+        let words = (reset_after.saturating_mul(32) / 64).max(1).next_power_of_two();
         Self {
             bits: (0..words).map(|_| AtomicU64::new(0)).collect(),
+            mask: words.saturating_mul(64) - 1,
             hasher: RandomState::new(),
             misses: AtomicUsize::new(0),
             reset_after,
@@ -70,17 +73,17 @@ impl Doorkeeper {
 
     /// Whether the pair missed before since the last reset; marks it as missed.
     fn admit(&self, mailbox: &str, client: &str) -> bool {
-        if self.misses.fetch_add(1, Ordering::Relaxed) + 1 >= self.reset_after {
-            // One caller resets; a miss racing the reset is at worst admitted a miss late.
+        if self.misses.fetch_add(1, Ordering::Relaxed) + 1 == self.reset_after {
+            // Exactly one miss per period counts to `reset_after`; a miss racing its reset is at
+            // worst admitted a miss late.
             self.misses.store(0, Ordering::Relaxed);
             for word in &self.bits {
                 word.store(0, Ordering::Relaxed);
             }
         }
         let hash = self.hasher.hash_one((mailbox, client));
-        let mask = self.bits.len() * 64 - 1;
         #[allow(clippy::cast_possible_truncation)] // only the low bits are used
-        let (a, b) = (hash as usize & mask, (hash >> 32) as usize & mask);
+        let (a, b) = (hash as usize & self.mask, (hash >> 32) as usize & self.mask);
         let mut seen = true;
         for bit in [a, b] {
             let flag = 1u64 << (bit % 64);
@@ -223,7 +226,7 @@ impl<S: Store> CachedStore<S> {
 
     /// Caches a row read while the generation was `generation` (on its second miss), unless a
     /// write happened since the read began. A full cache starts over: the rows in use come back
-    /// at once, the rest no longer take memory.
+    /// on their next misses, the rest no longer take memory.
     fn keep(&self, mailbox: &str, client: &str, generation: u64, row: &Arc<CredentialRow>) {
         if !self.doorkeeper.admit(mailbox, client) {
             return;
@@ -582,9 +585,12 @@ mod tests {
         assert!(!door.admit("a@sina.com", "x"), "admitted on its first miss");
         assert!(door.admit("a@sina.com", "x"), "not admitted on its second miss");
         assert!(!door.admit("a@sina.com", "y") && !door.admit("b@sina.com", "x"), "another pair shares its bits");
-        // 400 misses in all since the last reset start it over.
-        let admitted = (0..397).filter(|i| door.admit(&format!("m{i}@sina.com"), "x")).count();
-        assert!(admitted < 20, "{admitted} of 397 new pairs admitted on their first miss");
+        // The 400th miss of a period clears it: remembered at the 399th, forgotten after.
+        let admitted = (0..394).filter(|i| door.admit(&format!("m{i}@sina.com"), "x")).count();
+        assert!(admitted < 10, "{admitted} of 394 new pairs admitted on their first miss");
+        assert!(door.admit("a@sina.com", "x"), "forgotten before the end of its period");
+        let _ = door.admit("m-last@sina.com", "x");
         assert!(!door.admit("a@sina.com", "x"), "remembered past the reset");
+        assert!(door.admit("a@sina.com", "x"), "not admitted on its second miss of the new period");
     }
 }
