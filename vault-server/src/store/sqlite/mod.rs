@@ -563,6 +563,21 @@ mod tests {
     }
 
     #[test]
+    fn the_start_up_search_for_legacy_seals_reads_only_its_partial_index() {
+        let (_tmp, store) = fresh();
+        let conn = lock(&store.writer);
+        let query = format!("EXPLAIN QUERY PLAN SELECT mailbox FROM credentials {}", maintenance::LEGACY_SEALED);
+        let plan: Vec<String> = conn
+            .prepare(&query)
+            .unwrap()
+            .query_map([1], |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(plan, ["SCAN credentials USING INDEX credentials_legacy_sealed"], "{query}");
+    }
+
+    #[test]
     fn the_review_query_walks_its_index() {
         let (_tmp, store) = fresh();
         let conn = lock(&store.writer);
