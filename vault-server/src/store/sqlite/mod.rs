@@ -578,6 +578,44 @@ mod tests {
     }
 
     #[test]
+    fn an_audit_page_reads_the_index_of_its_filter() {
+        let (_tmp, store) = fresh();
+        let conn = lock(&store.writer);
+        let query = |mailbox: Option<&str>, client: Option<&str>, caller: Option<&str>| AuditQuery {
+            mailbox: mailbox.map(str::to_owned),
+            client: client.map(str::to_owned),
+            caller: caller.map(str::to_owned),
+            since: None,
+            until: None,
+            before: None,
+            limit: 10,
+        };
+        let m = Some("a@sina.com");
+        for (q, index, sorted) in [
+            (query(m, Some("x"), None), "audit_events_by_pair", true),
+            (query(m, Some("x"), Some("t")), "audit_events_by_pair", true),
+            (query(None, None, Some("t")), "audit_events_by_caller", true),
+            (query(None, Some("x"), Some("t")), "audit_events_by_caller", true),
+            (query(m, None, None), "audit_events_by_pair", false),
+            (query(None, Some("x"), None), "audit_events_by_time", true),
+            (query(None, None, None), "audit_events_by_time", true),
+        ] {
+            let sql = rows::audit_page_sql(&q);
+            let values = params![1, q.mailbox, q.client, q.caller, None::<i64>, None::<i64>, 10, 1];
+            let plan: Vec<String> = conn
+                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .unwrap()
+                .query_map(values, |r| r.get::<_, String>(3))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            let plan = plan.join("; ");
+            assert!(plan.starts_with(&format!("SEARCH audit_events USING INDEX {index} (")), "{q:?}: {plan}");
+            assert_eq!(!plan.contains("TEMP B-TREE"), sorted, "{q:?}: {plan}");
+        }
+    }
+
+    #[test]
     fn the_review_query_walks_its_index() {
         let (_tmp, store) = fresh();
         let conn = lock(&store.writer);
