@@ -213,6 +213,63 @@ mod tests {
         (store, ring)
     }
 
+    /// A prepared statement may run on a generic plan, where `$N IS NULL OR ...` is no index
+    /// condition: a page by pair or caller must still read that filter's index.
+    #[tokio::test]
+    async fn an_audit_page_by_pair_or_caller_reads_its_index_in_a_generic_plan() {
+        let url = testdb::fresh_database().await;
+        let store = PgStore::connect(&url, None).await.unwrap();
+        store.create(&crate::store::contract::keyring().1, 0).await.unwrap();
+        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(connection);
+        client.batch_execute("SET plan_cache_mode = force_generic_plan; SET enable_seqscan = off").await.unwrap();
+        let query = |mailbox: Option<&str>, client: Option<&str>, caller: Option<&str>| crate::store::AuditQuery {
+            mailbox: mailbox.map(str::to_owned),
+            client: client.map(str::to_owned),
+            caller: caller.map(str::to_owned),
+            limit: 10,
+            ..Default::default()
+        };
+        for (i, (q, index)) in [
+            (query(Some("a@sina.com"), Some("x"), None), "audit_events_by_pair"),
+            (query(Some("a@sina.com"), Some("x"), Some("t")), "audit_events_by_pair"),
+            (query(None, None, Some("t")), "audit_events_by_caller"),
+            (query(None, None, None), "audit_events_by_time"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let sql = rows::audit_page_sql(&q);
+            client
+                .batch_execute(&format!(
+                    "PREPARE page{i} (bigint, text, text, text, bigint, bigint, bigint, bigint) AS {sql}"
+                ))
+                .await
+                .unwrap();
+            let arg = |v: &Option<String>| v.as_ref().map_or("NULL".to_owned(), |v| format!("'{v}'"));
+            let explain = format!(
+                "EXPLAIN EXECUTE page{i} (1, {}, {}, {}, NULL, NULL, 10, 1)",
+                arg(&q.mailbox),
+                arg(&q.client),
+                arg(&q.caller)
+            );
+            let plan: Vec<String> = client
+                .simple_query(&explain)
+                .await
+                .unwrap()
+                .into_iter()
+                .filter_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+                    _ => None,
+                })
+                .collect();
+            let plan = plan.join("\n");
+            for name in ["audit_events_by_pair", "audit_events_by_caller", "audit_events_by_time"] {
+                assert_eq!(plan.contains(name), name == index, "{q:?} ({name}):\n{plan}");
+            }
+        }
+    }
+
     #[tokio::test]
     async fn a_lease_is_one_holders_until_released_or_expired_on_the_database_clock() {
         let (store, _) = fresh().await;

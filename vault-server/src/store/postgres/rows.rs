@@ -133,11 +133,29 @@ pub(super) fn unused_values(q: &UnusedQuery) -> Values {
     vec![Box::new(q.cutoff), Box::new(q.mailbox.clone()), Box::new(k), Box::new(m), Box::new(c), Box::new(limit)]
 }
 
-pub(super) const AUDIT_PAGE: &str = "SELECT id, at, caller, caller_role, rpc, mailbox, client, outcome, probe_outcome, \
-     count, first_at FROM audit_events WHERE (at, id) < ($1, $8) AND ($2::text IS NULL OR mailbox = $2) \
-     AND ($3::text IS NULL OR client = $3) AND ($4::text IS NULL OR caller = $4) \
-     AND ($5::bigint IS NULL OR at >= $5) AND ($6::bigint IS NULL OR at < $6) \
-     ORDER BY at DESC, id DESC LIMIT $7";
+/// An audit page's SQL for the filters `q` sets: a pair or a caller as a plain equality, so
+/// that a prepared statement's generic plan (`$N IS NULL OR ...` is no index condition) still
+/// reads `audit_events_by_pair` or `audit_events_by_caller`, not the whole trail by time.
+pub(super) fn audit_page_sql(q: &AuditQuery) -> &'static str {
+    macro_rules! page {
+        ($filter:literal) => {
+            concat!(
+                "SELECT id, at, caller, caller_role, rpc, mailbox, client, outcome, probe_outcome, count, first_at \
+                 FROM audit_events WHERE ",
+                $filter,
+                " (at, id) < ($1, $8) AND ($2::text IS NULL OR mailbox = $2) \
+                 AND ($3::text IS NULL OR client = $3) AND ($4::text IS NULL OR caller = $4) \
+                 AND ($5::bigint IS NULL OR at >= $5) AND ($6::bigint IS NULL OR at < $6) \
+                 ORDER BY at DESC, id DESC LIMIT $7"
+            )
+        };
+    }
+    match (&q.mailbox, &q.client, &q.caller) {
+        (Some(_), Some(_), _) => page!("mailbox = $2 AND client = $3 AND"),
+        (_, _, Some(_)) => page!("caller = $4 AND"),
+        (_, _, None) => page!(""),
+    }
+}
 
 pub(super) fn audit_page_values(q: &AuditQuery) -> Values {
     let limit = i64::try_from(q.limit).unwrap_or(i64::MAX);

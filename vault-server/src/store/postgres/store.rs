@@ -685,7 +685,7 @@ impl AuditStore for PgStore {
 
     async fn audit_events(&self, query: AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {
         let conn = self.pool.get().await?;
-        let stmt = conn.prepare_cached(rows::AUDIT_PAGE).await?;
+        let stmt = conn.prepare_cached(rows::audit_page_sql(&query)).await?;
         let values = rows::audit_page_values(&query);
         let found = conn.query(&stmt, &refs(&values)).await?;
         found.iter().map(rows::read_audit).collect()

@@ -566,7 +566,8 @@ mod tests {
     fn the_start_up_search_for_legacy_seals_reads_only_its_partial_index() {
         let (_tmp, store) = fresh();
         let conn = lock(&store.writer);
-        let query = format!("EXPLAIN QUERY PLAN SELECT mailbox FROM credentials {}", maintenance::LEGACY_SEALED);
+        let query =
+            format!("EXPLAIN QUERY PLAN SELECT {} FROM credentials {}", rows::COLUMNS, maintenance::LEGACY_SEALED);
         let plan: Vec<String> = conn
             .prepare(&query)
             .unwrap()
@@ -574,7 +575,12 @@ mod tests {
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap();
-        assert_eq!(plan, ["SCAN credentials USING INDEX credentials_legacy_sealed"], "{query}");
+        // SCAN, not SEARCH: the partial index holds exactly the rows wanted (almost always none).
+        assert_eq!(plan.len(), 1, "{plan:?}");
+        assert!(
+            plan[0].starts_with("SCAN credentials USING ") && plan[0].ends_with("credentials_legacy_sealed"),
+            "{plan:?}"
+        );
     }
 
     #[test]
@@ -591,14 +597,14 @@ mod tests {
             limit: 10,
         };
         let m = Some("a@sina.com");
-        for (q, index, sorted) in [
-            (query(m, Some("x"), None), "audit_events_by_pair", true),
-            (query(m, Some("x"), Some("t")), "audit_events_by_pair", true),
-            (query(None, None, Some("t")), "audit_events_by_caller", true),
-            (query(None, Some("x"), Some("t")), "audit_events_by_caller", true),
-            (query(m, None, None), "audit_events_by_pair", false),
-            (query(None, Some("x"), None), "audit_events_by_time", true),
-            (query(None, None, None), "audit_events_by_time", true),
+        for (q, index) in [
+            (query(m, Some("x"), None), "audit_events_by_pair"),
+            (query(m, Some("x"), Some("t")), "audit_events_by_pair"),
+            (query(None, None, Some("t")), "audit_events_by_caller"),
+            (query(None, Some("x"), Some("t")), "audit_events_by_caller"),
+            (query(m, None, None), "audit_events_by_time"),
+            (query(None, Some("x"), None), "audit_events_by_time"),
+            (query(None, None, None), "audit_events_by_time"),
         ] {
             let sql = rows::audit_page_sql(&q);
             let values = params![1, q.mailbox, q.client, q.caller, None::<i64>, None::<i64>, 10, 1];
@@ -611,7 +617,7 @@ mod tests {
                 .unwrap();
             let plan = plan.join("; ");
             assert!(plan.starts_with(&format!("SEARCH audit_events USING INDEX {index} (")), "{q:?}: {plan}");
-            assert_eq!(!plan.contains("TEMP B-TREE"), sorted, "{q:?}: {plan}");
+            assert!(!plan.contains("TEMP B-TREE"), "the ORDER BY must come from the index: {q:?}: {plan}");
         }
     }
 
