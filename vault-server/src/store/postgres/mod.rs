@@ -213,16 +213,43 @@ mod tests {
         (store, ring)
     }
 
-    /// A prepared statement may run on a generic plan, where `$N IS NULL OR ...` is no index
-    /// condition: a page by pair or caller must still read that filter's index.
-    #[tokio::test]
-    async fn an_audit_page_by_pair_or_caller_reads_its_index_in_a_generic_plan() {
+    /// A connection to a fresh vault database that plans prepared statements generically (as a
+    /// pooled connection may after a few runs) and avoids sequential scans where it can.
+    async fn generic_planner() -> tokio_postgres::Client {
         let url = testdb::fresh_database().await;
         let store = PgStore::connect(&url, None).await.unwrap();
         store.create(&crate::store::contract::keyring().1, 0).await.unwrap();
         let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
         tokio::spawn(connection);
         client.batch_execute("SET plan_cache_mode = force_generic_plan; SET enable_seqscan = off").await.unwrap();
+        client
+    }
+
+    /// The generic plan of `sql` prepared as `name` with parameter `types`, run with `args`.
+    async fn generic_plan(client: &tokio_postgres::Client, name: &str, types: &str, sql: &str, args: &str) -> String {
+        client.batch_execute(&format!("PREPARE {name} ({types}) AS {sql}")).await.unwrap();
+        let plan: Vec<String> = client
+            .simple_query(&format!("EXPLAIN EXECUTE {name} ({args})"))
+            .await
+            .unwrap()
+            .into_iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+                _ => None,
+            })
+            .collect();
+        plan.join("\n")
+    }
+
+    fn arg(v: Option<&String>) -> String {
+        v.map_or("NULL".to_owned(), |v| format!("'{v}'"))
+    }
+
+    /// A prepared statement may run on a generic plan, where `$N IS NULL OR ...` is no index
+    /// condition: a page by pair or caller must still read that filter's index.
+    #[tokio::test]
+    async fn an_audit_page_by_pair_or_caller_reads_its_index_in_a_generic_plan() {
+        let client = generic_planner().await;
         let query = |mailbox: Option<&str>, client: Option<&str>, caller: Option<&str>| crate::store::AuditQuery {
             mailbox: mailbox.map(str::to_owned),
             client: client.map(str::to_owned),
@@ -239,34 +266,39 @@ mod tests {
         .into_iter()
         .enumerate()
         {
-            let sql = rows::audit_page_sql(&q);
-            client
-                .batch_execute(&format!(
-                    "PREPARE page{i} (bigint, text, text, text, bigint, bigint, bigint, bigint) AS {sql}"
-                ))
-                .await
-                .unwrap();
-            let arg = |v: &Option<String>| v.as_ref().map_or("NULL".to_owned(), |v| format!("'{v}'"));
-            let explain = format!(
-                "EXPLAIN EXECUTE page{i} (1, {}, {}, {}, NULL, NULL, 10, 1)",
-                arg(&q.mailbox),
-                arg(&q.client),
-                arg(&q.caller)
+            let types = "bigint, text, text, text, bigint, bigint, bigint, bigint";
+            let args = format!(
+                "1, {}, {}, {}, NULL, NULL, 10, 1",
+                arg(q.mailbox.as_ref()),
+                arg(q.client.as_ref()),
+                arg(q.caller.as_ref())
             );
-            let plan: Vec<String> = client
-                .simple_query(&explain)
-                .await
-                .unwrap()
-                .into_iter()
-                .filter_map(|m| match m {
-                    tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
-                    _ => None,
-                })
-                .collect();
-            let plan = plan.join("\n");
+            let plan = generic_plan(&client, &format!("audit{i}"), types, rows::audit_page_sql(&q), &args).await;
             for name in ["audit_events_by_pair", "audit_events_by_caller", "audit_events_by_time"] {
                 assert_eq!(plan.contains(name), name == index, "{q:?} ({name}):\n{plan}");
             }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_list_page_by_mailbox_or_client_reads_its_key_or_index_in_a_generic_plan() {
+        let client = generic_planner().await;
+        let (m, c) = (Some("a@sina.com".to_owned()), Some("x".to_owned()));
+        for (i, (q, index, cond)) in [
+            (crate::store::ListQuery { mailbox: m, ..Default::default() }, "credentials_pkey", "mailbox = $1"),
+            (crate::store::ListQuery { client: c, ..Default::default() }, "credentials_by_client", "client = $2"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let types = "text, text, boolean, text, text, bigint, integer, bigint";
+            let args =
+                format!("{}, {}, false, '', '', 10, NULL, NULL", arg(q.mailbox.as_ref()), arg(q.client.as_ref()));
+            let plan = generic_plan(&client, &format!("list{i}"), types, &rows::list_sql(&q), &args).await;
+            let scan = plan.lines().find(|l| l.contains("Index Scan")).unwrap_or_default();
+            let condition = plan.lines().find(|l| l.trim_start().starts_with("Index Cond:")).unwrap_or_default();
+            assert!(scan.contains(index) && condition.contains(cond), "{q:?}:\n{plan}");
+            assert!(!plan.contains("Sort"), "the ORDER BY must come from the key or index: {q:?}:\n{plan}");
         }
     }
 

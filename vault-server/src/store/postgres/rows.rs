@@ -92,10 +92,18 @@ pub(super) fn audit_values(e: &AuditEvent) -> Values {
     ]
 }
 
-pub(super) fn list_sql() -> String {
+/// A List page's SQL for the filters `q` sets: a mailbox or a client as a plain equality, so a
+/// prepared statement's generic plan still reads the primary key or `credentials_by_client`
+/// from the cursor on.
+pub(super) fn list_sql(q: &ListQuery) -> String {
+    let filter = match (&q.mailbox, &q.client) {
+        (Some(_), _) => "mailbox = $1 AND",
+        (None, Some(_)) => "client = $2 AND mailbox >= $4 AND",
+        (None, None) => "",
+    };
     format!(
         "SELECT {COLUMNS} FROM credentials \
-         WHERE ($1::text IS NULL OR mailbox = $1) AND ($2::text IS NULL OR client = $2) AND ($3 OR state = 1) \
+         WHERE {filter} ($1::text IS NULL OR mailbox = $1) AND ($2::text IS NULL OR client = $2) AND ($3 OR state = 1) \
          AND ($7::integer IS NULL OR (state = 1 AND last_probe_outcome = $7)) \
          AND ($8::bigint IS NULL OR (state = 1 AND coalesce(last_verified_at, created_at) < $8)) \
          AND (mailbox, client) > ($4, $5) ORDER BY mailbox, client LIMIT $6"

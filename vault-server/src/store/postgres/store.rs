@@ -530,7 +530,7 @@ impl CredentialStore for PgStore {
 
     async fn list(&self, query: ListQuery) -> Result<Vec<CredentialRow>, StoreError> {
         let conn = self.pool.get().await?;
-        let stmt = conn.prepare_cached(&rows::list_sql()).await?;
+        let stmt = conn.prepare_cached(&rows::list_sql(&query)).await?;
         let values = rows::list_values(&query);
         let found = conn.query(&stmt, &refs(&values)).await?;
         rows::read_rows(&found)

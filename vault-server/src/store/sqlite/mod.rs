@@ -622,6 +622,33 @@ mod tests {
     }
 
     #[test]
+    fn a_list_page_reads_the_key_or_index_of_its_filter() {
+        let (_tmp, store) = fresh();
+        let conn = lock(&store.writer);
+        let m = Some("a@sina.com".to_owned());
+        let c = Some("x".to_owned());
+        for (q, reads) in [
+            (ListQuery { mailbox: m.clone(), ..ListQuery::default() }, "PRIMARY KEY (mailbox=?"),
+            (ListQuery { mailbox: m, client: c.clone(), ..ListQuery::default() }, "PRIMARY KEY (mailbox=?"),
+            (ListQuery { client: c, ..ListQuery::default() }, "INDEX credentials_by_client (client=? AND mailbox>?)"),
+            (ListQuery::default(), "PRIMARY KEY ((mailbox,client)>(?,?))"),
+        ] {
+            let sql = rows::list_sql(&q);
+            let values = params![q.mailbox, q.client, false, "", "", 10, None::<i64>, None::<i64>];
+            let plan: Vec<String> = conn
+                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .unwrap()
+                .query_map(values, |r| r.get::<_, String>(3))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            let plan = plan.join("; ");
+            assert!(plan.starts_with(&format!("SEARCH credentials USING {reads}")), "{q:?}: {plan}");
+            assert!(!plan.contains("TEMP B-TREE"), "the ORDER BY must come from the key or index: {q:?}: {plan}");
+        }
+    }
+
+    #[test]
     fn the_review_query_walks_its_index() {
         let (_tmp, store) = fresh();
         let conn = lock(&store.writer);

@@ -81,16 +81,27 @@ pub(super) fn insert_audit(tx: &rusqlite::Transaction<'_>, e: &AuditEvent) -> Re
     Ok(())
 }
 
-pub(super) fn list(conn: &Connection, q: &ListQuery) -> Result<Vec<CredentialRow>, StoreError> {
-    let (after_m, after_c) = q.after.clone().unwrap_or_default();
-    let sql = format!(
-        "SELECT {COLUMNS} FROM credentials \
-                 WHERE (?1 IS NULL OR mailbox = ?1) AND (?2 IS NULL OR client = ?2) AND (?3 OR state = 1) \
+/// A List page's SQL for the filters `q` sets. A mailbox is a prefix of the primary key; a
+/// client alone reads `credentials_by_client` from the cursor's mailbox on. (With only the
+/// `?N IS NULL OR` filters the planner walked the primary key to its end: 0.6 s for one
+/// mailbox's page at a million bindings.)
+pub(super) fn list_sql(q: &ListQuery) -> String {
+    let filter = match (&q.mailbox, &q.client) {
+        (Some(_), _) => "WHERE mailbox = ?1 AND",
+        (None, Some(_)) => "INDEXED BY credentials_by_client WHERE client = ?2 AND mailbox >= ?4 AND",
+        (None, None) => "WHERE",
+    };
+    format!(
+        "SELECT {COLUMNS} FROM credentials {filter} (?1 IS NULL OR mailbox = ?1) AND (?2 IS NULL OR client = ?2) AND (?3 OR state = 1) \
                  AND (?7 IS NULL OR (state = 1 AND last_probe_outcome = ?7)) \
                  AND (?8 IS NULL OR (state = 1 AND coalesce(last_verified_at, created_at) < ?8)) \
                  AND (mailbox, client) > (?4, ?5) ORDER BY mailbox, client LIMIT ?6"
-    );
-    let mut stmt = conn.prepare_cached(&sql)?;
+    )
+}
+
+pub(super) fn list(conn: &Connection, q: &ListQuery) -> Result<Vec<CredentialRow>, StoreError> {
+    let (after_m, after_c) = q.after.clone().unwrap_or_default();
+    let mut stmt = conn.prepare_cached(&list_sql(q))?;
     let limit = i64::try_from(q.limit).unwrap_or(i64::MAX);
     let outcome = q.last_probe_outcome.map(|o| o as i32);
     let rows = stmt.query_map(
