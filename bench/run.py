@@ -618,6 +618,12 @@ server, A/B against the previous binary on the same data dir):
 - The row cache held 100,000 rows of about 750 bytes (75 MiB) and stopped caching when full; at
   a million bindings it served about 1 in 10 uniform Reveals. It now holds 10,000 and starts over
   when full (hot pairs come back at once): RSS after the runs 163 -> 53-70 MiB.
+- Admission (2026-11-28, later): a row is cached only when it misses a second time within a
+  period of 40,000 misses (a two-bit-per-pair doorkeeper, lock-free). Pairs read once no longer
+  take the cache's write lock, allocate a row for it, or start it over and throw out the Zipf
+  head. 1M Zipf, 3x8 s, A/B twice on one data dir: medians 12.6k and 15.2k -> 14.4k and 16.5k
+  req/s, p99 24-31 -> 21-25 ms. Uniform is unchanged within this machine's noise (almost every
+  uniform Reveal is a miss either way).
 - Reveal usage (one window per caller and pair) took about 300 bytes a window and was written
   only every 30 s: with keys spread that is 300k+ windows. Windows are now about 100 bytes and
   are flushed once 100,000 are pending, in key order, 5,000 per transaction.
@@ -634,6 +640,23 @@ Poly1305 backends cost more to set up than they save. `.cargo/config.toml` selec
 ones (`chacha20_force_soft`, `poly1305_force_soft`; both constant-time). `bench/ab.py`, two
 interleaved runs at 160 in flight: 1.02x and 1.06x Reveal throughput, 1.3 and 4.5 µs less server
 CPU per Reveal (2026-11-28).
+
+Start-up at 1M: the search for legacy seals at every start was planned over
+`credentials_by_verification` (every active row, each looked up) once that index came in: 5 s to
+SERVING. It now names its partial index (almost always empty): 0.27 s on a 1M data dir. List
+and ListAuditEvents pages filtered by mailbox, client, pair or caller had the same kind of plan
+(`?N IS NULL OR` filters are no index condition): a pair's audit page took 11-31 s at 4M events,
+a mailbox's List page 0.6 s at 1M; each filter shape now reads its key or index (under 1 ms).
+
+Where a Bind's server time goes (2026-11-28, timers added for one run and removed, 100 Binds
+interleaved with Rotates, server p50 2.9 ms): the SQLite transaction 1.4 ms at p50 (BEGIN
+IMMEDIATE 0.05, the inserts 0.2, the commit's 13 WAL pages and fsync 1.2; p90 2.3, p95 3.0 ms),
+the blocking-pool hops and the request-id lookup 0.1-0.2 ms (0.8 ms when a pool thread must be
+started), sealing and checks under 0.1 ms, and the client, h2 and loopback the remaining ~0.9 ms.
+The disk itself, measured the same way as the fsync line above but with 13 pages: appended
+(the WAL grows, as after every Rotate's truncation) p50 0.61 ms, p99 1.7-2.2 ms; overwritten in
+place p50 0.26 ms, p99 0.48 ms. So the commit alone exceeds "fsync p99 + 1 ms" whenever the WAL
+grows, and a Rotate's truncation (the destruction promise) makes the next write grow it.
 
 Machine notes: h2load runs on the same two cores as the servers, so every p99 at 160 in flight
 includes queueing behind the load generator (bare tonic's own p99 is in the same range). On this
