@@ -617,7 +617,7 @@ server, A/B against the previous binary on the same data dir):
   of the server's CPU; h2/hyper/tonic about 31%, the kernel's network path most of its 25%.
 - The row cache held 100,000 rows of about 750 bytes (75 MiB) and stopped caching when full; at
   a million bindings it served about 1 in 10 uniform Reveals. It now holds 10,000 and starts over
-  when full (hot pairs come back at once): RSS after the runs 163 -> 53-70 MiB.
+  when full (hot pairs come back on their next misses): RSS after the runs 163 -> 53-70 MiB.
 - Admission (2026-11-28, later): a row is cached only when it misses a second time within a
   period of 40,000 misses (a two-bit-per-pair doorkeeper, lock-free). Pairs read once no longer
   take the cache's write lock, allocate a row for it, or start it over and throw out the Zipf
