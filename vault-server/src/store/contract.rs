@@ -129,6 +129,7 @@ pub async fn run(store: Arc<dyn Store>, ring: &Keyring, files: Files) {
     assert_eq!(names, ["a@sina.com/sender", "b@sina.com/x", "c@sina.com/x"]);
     let after = ListQuery { after: Some(("a@sina.com".into(), "sender".into())), limit: 1, ..Default::default() };
     assert_eq!(ok(store.list(after).await, "list after")[0].mailbox, "b@sina.com");
+    filtered_lists(&*store).await;
     assert_eq!(ok(store.count_by_state().await, "count"), (3, 0));
     let unused =
         ok(store.list_unused(UnusedQuery { cutoff: 65, mailbox: None, after: None, limit: 10 }).await, "unused");
@@ -162,6 +163,36 @@ pub async fn run(store: Arc<dyn Store>, ring: &Keyring, files: Files) {
 }
 
 /// Every successful change above wrote one event (failed ones none); newest first by time.
+/// Lists filtered by client or mailbox, from cursors before, inside and past the mailbox (each
+/// engine reads a filter's own key or index from the cursor on).
+async fn filtered_lists(store: &dyn Store) {
+    // Filtered, from a cursor in the middle of a mailbox: the row after it in that mailbox stays.
+    let names = |rows: Vec<super::CredentialRow>| {
+        rows.iter().map(|r| format!("{}/{}", r.mailbox, r.client)).collect::<Vec<_>>()
+    };
+    let by_client = ListQuery {
+        client: Some("x".into()),
+        after: Some(("b@sina.com".into(), "a".into())),
+        limit: 10,
+        ..Default::default()
+    };
+    assert_eq!(names(ok(store.list(by_client).await, "list by client")), ["b@sina.com/x", "c@sina.com/x"]);
+    let by_mailbox = ListQuery {
+        mailbox: Some("b@sina.com".into()),
+        after: Some(("a@sina.com".into(), "zzz".into())),
+        limit: 10,
+        ..Default::default()
+    };
+    assert_eq!(names(ok(store.list(by_mailbox).await, "list by mailbox")), ["b@sina.com/x"]);
+    let past = ListQuery {
+        mailbox: Some("b@sina.com".into()),
+        after: Some(("b@sina.com".into(), "x".into())),
+        limit: 10,
+        ..Default::default()
+    };
+    assert!(ok(store.list(past).await, "list past the mailbox").is_empty());
+}
+
 async fn audit_trail(store: &dyn Store, a: &str) {
     ok(store.audit(event("Bind", "z@sina.com", "x", 80)).await, "audit");
     let events = ok(store.audit_events(AuditQuery { limit: 100, ..Default::default() }).await, "audit_events");

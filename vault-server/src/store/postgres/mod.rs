@@ -303,6 +303,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_review_page_for_one_mailbox_reads_its_key_in_a_generic_plan() {
+        let client = generic_planner().await;
+        // Statistics of a real vault: many mailboxes, so one mailbox is a few rows.
+        client
+            .batch_execute(
+                "INSERT INTO credentials (mailbox, client, provider, state, version, key_id, nonce, ciphertext, created_at) \
+                 SELECT 'm' || i || '@sina.com', 'sender', 'sina', 1, 1, (SELECT min(key_id) FROM keyring), '\\x00', '\\x00', i \
+                 FROM generate_series(1, 20000) AS i; ANALYZE credentials",
+            )
+            .await
+            .unwrap();
+        let q = crate::store::UnusedQuery { cutoff: 1, mailbox: Some("a@sina.com".to_owned()), after: None, limit: 10 };
+        let types = "bigint, text, bigint, text, text, bigint";
+        let plan =
+            generic_plan(&client, "unused", types, &rows::unused_sql(&q), "1, 'a@sina.com', 0, '', '', 10").await;
+        let condition = plan.lines().find(|l| l.trim_start().starts_with("Index Cond:")).unwrap_or_default();
+        assert!(plan.contains("credentials_pkey") && condition.contains("mailbox = $2"), "{plan}");
+    }
+
+    #[tokio::test]
     async fn a_lease_is_one_holders_until_released_or_expired_on_the_database_clock() {
         let (store, _) = fresh().await;
         let lease = |holder: &'static str, ttl: i64| {

@@ -126,9 +126,12 @@ pub(super) fn list_values(q: &ListQuery) -> Values {
     ]
 }
 
-pub(super) fn unused_sql() -> String {
+/// The review's page; one mailbox's as a plain equality, so a generic plan reads that
+/// mailbox's bindings, not every binding unused since the cutoff.
+pub(super) fn unused_sql(q: &UnusedQuery) -> String {
+    let filter = if q.mailbox.is_some() { "mailbox = $2 AND" } else { "" };
     format!(
-        "SELECT {COLUMNS} FROM credentials WHERE state = 1 AND coalesce(last_used_at, created_at) < $1 \
+        "SELECT {COLUMNS} FROM credentials WHERE {filter} state = 1 AND coalesce(last_used_at, created_at) < $1 \
          AND ($2::text IS NULL OR mailbox = $2) \
          AND (coalesce(last_used_at, created_at), mailbox, client) > ($3, $4, $5) \
          ORDER BY coalesce(last_used_at, created_at), mailbox, client LIMIT $6"

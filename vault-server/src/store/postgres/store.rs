@@ -538,7 +538,7 @@ impl CredentialStore for PgStore {
 
     async fn list_unused(&self, query: UnusedQuery) -> Result<Vec<CredentialRow>, StoreError> {
         let conn = self.pool.get().await?;
-        let stmt = conn.prepare_cached(&rows::unused_sql()).await?;
+        let stmt = conn.prepare_cached(&rows::unused_sql(&query)).await?;
         let values = rows::unused_values(&query);
         let found = conn.query(&stmt, &refs(&values)).await?;
         rows::read_rows(&found)

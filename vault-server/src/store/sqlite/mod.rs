@@ -662,5 +662,14 @@ mod tests {
         let plan = plan.join("; ");
         assert!(plan.contains("credentials_unused"), "{plan}");
         assert!(!plan.contains("TEMP B-TREE"), "the ORDER BY must come from the index: {plan}");
+        // One mailbox: its own bindings, not every unused one.
+        let plan: Vec<String> = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN SELECT mailbox FROM credentials {}", rows::UNUSED_MAILBOX_PAGE))
+            .unwrap()
+            .query_map(params![0, "a@sina.com", 0, "", "", 10], |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(plan[0].starts_with("SEARCH credentials USING PRIMARY KEY (mailbox=?"), "{plan:?}");
     }
 }

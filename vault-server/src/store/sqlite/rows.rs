@@ -9,10 +9,23 @@ use crate::store::{
     UnusedQuery,
 };
 
+macro_rules! unused_page {
+    ($filter:literal) => {
+        concat!(
+            "WHERE ",
+            $filter,
+            "state = 1 AND coalesce(last_used_at, created_at) < ?1 AND (?2 IS NULL OR mailbox = ?2) \
+             AND (coalesce(last_used_at, created_at), mailbox, client) > (?3, ?4, ?5) \
+             ORDER BY coalesce(last_used_at, created_at), mailbox, client LIMIT ?6"
+        )
+    };
+}
+
 /// The review's page: the range and the ORDER BY match the partial index credentials_unused.
-pub(super) const UNUSED_PAGE: &str = "WHERE state = 1 AND coalesce(last_used_at, created_at) < ?1 AND (?2 IS NULL OR mailbox = ?2) \
-     AND (coalesce(last_used_at, created_at), mailbox, client) > (?3, ?4, ?5) \
-     ORDER BY coalesce(last_used_at, created_at), mailbox, client LIMIT ?6";
+pub(super) const UNUSED_PAGE: &str = unused_page!("");
+/// The review of one mailbox: its few bindings by primary key, sorted. (Walking
+/// credentials_unused for one mailbox read every binding unused since the cutoff.)
+pub(super) const UNUSED_MAILBOX_PAGE: &str = unused_page!("mailbox = ?2 AND ");
 
 pub(super) const COLUMNS: &str = "mailbox, client, provider, state, version, key_id, nonce, ciphertext, created_at, \
      rotated_at, revoked_at, revoke_reason, last_used_at, last_verified_at, last_probe_outcome, generation";
@@ -111,7 +124,8 @@ pub(super) fn list(conn: &Connection, q: &ListQuery) -> Result<Vec<CredentialRow
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }
 pub(super) fn list_unused(conn: &Connection, q: &UnusedQuery) -> Result<Vec<CredentialRow>, StoreError> {
-    let sql = format!("SELECT {COLUMNS} FROM credentials {UNUSED_PAGE}");
+    let page = if q.mailbox.is_some() { UNUSED_MAILBOX_PAGE } else { UNUSED_PAGE };
+    let sql = format!("SELECT {COLUMNS} FROM credentials {page}");
     let (k, m, c) = q.after.clone().unwrap_or((i64::MIN, String::new(), String::new()));
     let limit = i64::try_from(q.limit).unwrap_or(i64::MAX);
     let mut stmt = conn.prepare_cached(&sql)?;
