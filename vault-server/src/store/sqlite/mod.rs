@@ -546,18 +546,18 @@ mod tests {
         assert_eq!(db.get("a@sina.com", "x").unwrap().version, 2);
     }
 
+    /// What `EXPLAIN QUERY PLAN` says of `sql` run with `values`, a line per step.
+    fn explain(conn: &rusqlite::Connection, sql: &str, values: impl rusqlite::Params) -> Vec<String> {
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        stmt.query_map(values, |r| r.get::<_, String>(3)).unwrap().collect::<Result<_, _>>().unwrap()
+    }
+
     #[test]
     fn the_metrics_counts_read_a_covering_index_not_the_table() {
         let (_tmp, store) = fresh();
         let conn = lock(&store.writer);
         for query in [rows::COUNT_BY_STATE, rows::COUNT_BY_OUTCOME] {
-            let plan: Vec<String> = conn
-                .prepare(&format!("EXPLAIN QUERY PLAN {query}"))
-                .unwrap()
-                .query_map([], |r| r.get::<_, String>(3))
-                .unwrap()
-                .collect::<Result<_, _>>()
-                .unwrap();
+            let plan = explain(&conn, query, []);
             assert_eq!(plan, ["SCAN credentials USING COVERING INDEX credentials_by_outcome_state"], "{query}");
         }
     }
@@ -566,15 +566,8 @@ mod tests {
     fn the_start_up_search_for_legacy_seals_reads_only_its_partial_index() {
         let (_tmp, store) = fresh();
         let conn = lock(&store.writer);
-        let query =
-            format!("EXPLAIN QUERY PLAN SELECT {} FROM credentials {}", rows::COLUMNS, maintenance::LEGACY_SEALED);
-        let plan: Vec<String> = conn
-            .prepare(&query)
-            .unwrap()
-            .query_map([1], |r| r.get::<_, String>(3))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let query = format!("SELECT {} FROM credentials {}", rows::COLUMNS, maintenance::LEGACY_SEALED);
+        let plan = explain(&conn, &query, [1]);
         // SCAN, not SEARCH: the partial index holds exactly the rows wanted (almost always none).
         assert_eq!(plan.len(), 1, "{plan:?}");
         assert!(
@@ -608,13 +601,7 @@ mod tests {
         ] {
             let sql = rows::audit_page_sql(&q);
             let values = params![1, q.mailbox, q.client, q.caller, None::<i64>, None::<i64>, 10, 1];
-            let plan: Vec<String> = conn
-                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
-                .unwrap()
-                .query_map(values, |r| r.get::<_, String>(3))
-                .unwrap()
-                .collect::<Result<_, _>>()
-                .unwrap();
+            let plan = explain(&conn, sql, values);
             let plan = plan.join("; ");
             assert!(plan.starts_with(&format!("SEARCH audit_events USING INDEX {index} (")), "{q:?}: {plan}");
             assert!(!plan.contains("TEMP B-TREE"), "the ORDER BY must come from the index: {q:?}: {plan}");
@@ -635,13 +622,7 @@ mod tests {
         ] {
             let sql = rows::list_sql(&q);
             let values = params![q.mailbox, q.client, false, "", "", 10, None::<i64>, None::<i64>];
-            let plan: Vec<String> = conn
-                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
-                .unwrap()
-                .query_map(values, |r| r.get::<_, String>(3))
-                .unwrap()
-                .collect::<Result<_, _>>()
-                .unwrap();
+            let plan = explain(&conn, &sql, values);
             let plan = plan.join("; ");
             assert!(plan.starts_with(&format!("SEARCH credentials USING {reads}")), "{q:?}: {plan}");
             assert!(!plan.contains("TEMP B-TREE"), "the ORDER BY must come from the key or index: {q:?}: {plan}");
@@ -652,24 +633,20 @@ mod tests {
     fn the_review_query_walks_its_index() {
         let (_tmp, store) = fresh();
         let conn = lock(&store.writer);
-        let plan: Vec<String> = conn
-            .prepare(&format!("EXPLAIN QUERY PLAN SELECT mailbox FROM credentials {}", rows::UNUSED_PAGE))
-            .unwrap()
-            .query_map(params![0, None::<String>, 0, "", "", 10], |r| r.get::<_, String>(3))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let plan = explain(
+            &conn,
+            &format!("SELECT mailbox FROM credentials {}", rows::UNUSED_PAGE),
+            params![0, None::<String>, 0, "", "", 10],
+        );
         let plan = plan.join("; ");
         assert!(plan.contains("credentials_unused"), "{plan}");
         assert!(!plan.contains("TEMP B-TREE"), "the ORDER BY must come from the index: {plan}");
         // One mailbox: its own bindings, not every unused one.
-        let plan: Vec<String> = conn
-            .prepare(&format!("EXPLAIN QUERY PLAN SELECT mailbox FROM credentials {}", rows::UNUSED_MAILBOX_PAGE))
-            .unwrap()
-            .query_map(params![0, "a@sina.com", 0, "", "", 10], |r| r.get::<_, String>(3))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let plan = explain(
+            &conn,
+            &format!("SELECT mailbox FROM credentials {}", rows::UNUSED_MAILBOX_PAGE),
+            params![0, "a@sina.com", 0, "", "", 10],
+        );
         assert!(plan[0].starts_with("SEARCH credentials USING PRIMARY KEY (mailbox=?"), "{plan:?}");
     }
 }
