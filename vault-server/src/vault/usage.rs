@@ -35,8 +35,22 @@ struct KeyRef<'a> {
 }
 
 impl Key {
+    fn new(caller: u32, mailbox: &str, client: &str) -> Self {
+        let split = u32::try_from(mailbox.len()).unwrap_or(u32::MAX);
+        let mut pair = String::with_capacity(mailbox.len() + client.len());
+        pair.push_str(mailbox);
+        pair.push_str(client);
+        Self { caller, split, pair: pair.into_boxed_str() }
+    }
+
     fn parts(&self) -> (&str, &str) {
         self.pair.split_at(self.split as usize)
+    }
+}
+
+impl From<&KeyRef<'_>> for Key {
+    fn from(k: &KeyRef<'_>) -> Self {
+        Key::new(k.caller, k.mailbox, k.client)
     }
 }
 
@@ -64,16 +78,6 @@ impl Hash for KeyRef<'_> {
 impl Equivalent<Key> for KeyRef<'_> {
     fn equivalent(&self, key: &Key) -> bool {
         self.caller == key.caller && key.parts() == (self.mailbox, self.client)
-    }
-}
-
-impl Key {
-    fn new(caller: u32, mailbox: &str, client: &str) -> Self {
-        let split = u32::try_from(mailbox.len()).unwrap_or(u32::MAX);
-        let mut pair = String::with_capacity(mailbox.len() + client.len());
-        pair.push_str(mailbox);
-        pair.push_str(client);
-        Self { caller, split, pair: pair.into_boxed_str() }
     }
 }
 
@@ -116,12 +120,6 @@ impl Pending {
 
     fn add(&mut self, key: KeyRef<'_>, w: Window) {
         self.windows.entry_ref(&key).and_modify(|p| p.merge(w)).or_insert_with(|| w);
-    }
-}
-
-impl From<&KeyRef<'_>> for Key {
-    fn from(k: &KeyRef<'_>) -> Self {
-        Key::new(k.caller, k.mailbox, k.client)
     }
 }
 

@@ -290,8 +290,8 @@ impl Db {
 
     /// [`Db::get`] on the calling thread, on this thread's own reader, never waiting: `None`
     /// when that reader is in use or the read fails (SQLite busy, say), and the caller reads
-    /// through the pool instead. A point read is a few microseconds from the OS page cache, less than a hop to
-    /// the blocking pool costs, so an async worker may call this.
+    /// through the pool instead. A point read is a few microseconds from the OS page cache, less
+    /// than a hop to the blocking pool costs, so an async worker may call this.
     pub fn get_here(&self, mailbox: &str, client: &str) -> Option<Result<std::sync::Arc<CredentialRow>, StoreError>> {
         let mut slot = self.here[here_slot()].try_lock().ok()?;
         if slot.is_none() {

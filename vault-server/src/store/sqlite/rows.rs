@@ -123,6 +123,7 @@ pub(super) fn list(conn: &Connection, q: &ListQuery) -> Result<Vec<CredentialRow
     )?;
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }
+
 pub(super) fn list_unused(conn: &Connection, q: &UnusedQuery) -> Result<Vec<CredentialRow>, StoreError> {
     let page = if q.mailbox.is_some() { UNUSED_MAILBOX_PAGE } else { UNUSED_PAGE };
     let sql = format!("SELECT {COLUMNS} FROM credentials {page}");
@@ -132,6 +133,7 @@ pub(super) fn list_unused(conn: &Connection, q: &UnusedQuery) -> Result<Vec<Cred
     let rows = stmt.query_map(params![q.cutoff, q.mailbox, k, m, c, limit], read_row)?;
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }
+
 /// An audit page's SQL for the filters `q` sets. SQLite picks no index by a filter written as
 /// `?N IS NULL OR ...`, so each shape names its index: a pair reads `audit_events_by_pair`, a
 /// caller `audit_events_by_caller`, the rest walks `audit_events_by_time` (a mailbox alone too:
