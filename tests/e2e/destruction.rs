@@ -5,6 +5,7 @@
 use secrecy::SecretString;
 use vault_client::proto;
 
+use crate::harness::vault::{VaultServer, path_str};
 use crate::harness::{ALICE, ALICE_CODE, BOB, BOB_CODE, Stack};
 
 /// The sealed bytes of a pair's row, as an attacker reading the file would get them.
@@ -118,4 +119,38 @@ async fn a_seal_stripped_of_its_generation_is_data_loss() {
     let err = stack.as_client("sender").await.reveal(ALICE, "sender").await.unwrap_err();
     assert!(matches!(err, vault_client::Error::Tampered), "{err:?}");
     stack.server.wait_for_log("legacy seal does not open");
+}
+
+/// A trigger planted in the database file to keep every code a Revoke or Rotate destroys: the
+/// server refuses to start on it, names it, says how to remove it, and leaves the file as it was.
+#[tokio::test]
+async fn a_trigger_planted_to_keep_destroyed_codes_is_refused_at_start() {
+    let mut stack = Stack::start();
+    stack.admin().await.bind(ALICE, "sender", SecretString::from(ALICE_CODE)).await.unwrap();
+    assert!(stack.server.stop().success());
+    let plant = "CREATE TABLE loot (nonce BLOB, ciphertext BLOB); \
+                 CREATE TRIGGER keep_codes BEFORE UPDATE OF ciphertext ON credentials \
+                 BEGIN INSERT INTO loot VALUES (old.nonce, old.ciphertext); END;";
+    rusqlite::Connection::open(stack.data.db()).unwrap().execute_batch(plant).unwrap();
+    let before = std::fs::read(stack.data.db()).unwrap();
+
+    let mut args: Vec<String> =
+        ["serve", "--data-dir", path_str(&stack.data.dir), "--passphrase-file"].map(String::from).into();
+    args.extend([path_str(&stack.data.passphrase_file).into(), "--listen".into(), "127.0.0.1:0".into()]);
+    args.extend(Stack::default_args(&stack.pki, &stack.dovecot));
+    let log = match VaultServer::spawn(&args, None) {
+        Ok(_) => panic!("started on a database with a planted trigger"),
+        Err(log) => log,
+    };
+    assert!(log.contains("trigger \"keep_codes\" is not part of it (remove it: DROP TRIGGER \"keep_codes\")"), "{log}");
+    assert!(log.contains("table \"loot\""), "{log}");
+    assert_eq!(std::fs::read(stack.data.db()).unwrap(), before, "the refused start changed the database");
+
+    // Removed as the message says, the vault starts, and a Rotate keeps no copy.
+    let undo = "DROP TRIGGER \"keep_codes\"; DROP TABLE \"loot\";";
+    rusqlite::Connection::open(stack.data.db()).unwrap().execute_batch(undo).unwrap();
+    stack.restart_after_stop();
+    let old = sealed(&stack, ALICE);
+    stack.admin().await.rotate(ALICE, "sender", SecretString::from(ALICE_CODE), 1).await.unwrap();
+    assert_gone(&stack, &old, "after a Rotate once the trigger was removed");
 }
