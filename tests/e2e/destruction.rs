@@ -121,17 +121,28 @@ async fn a_seal_stripped_of_its_generation_is_data_loss() {
     stack.server.wait_for_log("legacy seal does not open");
 }
 
-/// A trigger planted in the database file to keep every code a Revoke or Rotate destroys: the
-/// server refuses to start on it, names it, says how to remove it, and leaves the file as it was.
+/// A trigger planted in the database file to keep every code a Rotate or Revoke destroys. While
+/// the server runs, every write it would join fails and it copies nothing; at the next start the
+/// server refuses the file, names the trigger, says how to remove it, and leaves the file as it was.
 #[tokio::test]
-async fn a_trigger_planted_to_keep_destroyed_codes_is_refused_at_start() {
+async fn a_trigger_planted_to_keep_destroyed_codes_is_refused() {
     let mut stack = Stack::start();
-    stack.admin().await.bind(ALICE, "sender", SecretString::from(ALICE_CODE)).await.unwrap();
+    let mut admin = stack.admin().await;
+    admin.bind(ALICE, "sender", SecretString::from(ALICE_CODE)).await.unwrap();
+    let plant = "PRAGMA writable_schema = ON; CREATE TABLE sqlite_loot (nonce BLOB, ciphertext BLOB); \
+                 CREATE TRIGGER sqlite_keep BEFORE UPDATE ON credentials \
+                 BEGIN INSERT INTO sqlite_loot VALUES (old.nonce, old.ciphertext); END;";
+    let attacker = rusqlite::Connection::open(stack.data.db()).unwrap();
+    attacker.execute_batch(plant).unwrap();
+    let err = admin.rotate(ALICE, "sender", SecretString::from(ALICE_CODE), 1).await.unwrap_err();
+    assert!(matches!(err, vault_client::Error::Other { code: tonic::Code::Internal, .. }), "{err:?}");
+    let err = admin.revoke(ALICE, "sender", "").await.unwrap_err();
+    assert!(matches!(err, vault_client::Error::Other { code: tonic::Code::Internal, .. }), "{err:?}");
+    let loot: i64 = attacker.query_row("SELECT count(*) FROM sqlite_loot", [], |r| r.get(0)).unwrap();
+    assert_eq!(loot, 0, "the planted trigger copied a code");
+    drop(attacker);
+    assert!(stack.server.log().contains("a trigger or view added to the database by hand"), "no log line says why");
     assert!(stack.server.stop().success());
-    let plant = "CREATE TABLE loot (nonce BLOB, ciphertext BLOB); \
-                 CREATE TRIGGER keep_codes BEFORE UPDATE OF ciphertext ON credentials \
-                 BEGIN INSERT INTO loot VALUES (old.nonce, old.ciphertext); END;";
-    rusqlite::Connection::open(stack.data.db()).unwrap().execute_batch(plant).unwrap();
     let before = std::fs::read(stack.data.db()).unwrap();
 
     let mut args: Vec<String> =
@@ -142,12 +153,16 @@ async fn a_trigger_planted_to_keep_destroyed_codes_is_refused_at_start() {
         Ok(_) => panic!("started on a database with a planted trigger"),
         Err(log) => log,
     };
-    assert!(log.contains("trigger \"keep_codes\" is not part of it (remove it: DROP TRIGGER \"keep_codes\")"), "{log}");
-    assert!(log.contains("table \"loot\""), "{log}");
+    assert!(
+        log.contains("trigger \"sqlite_keep\" is not part of it (remove it: DROP TRIGGER \"sqlite_keep\")"),
+        "{log}"
+    );
+    assert!(log.contains("table \"sqlite_loot\""), "{log}");
     assert_eq!(std::fs::read(stack.data.db()).unwrap(), before, "the refused start changed the database");
 
     // Removed as the message says, the vault starts, and a Rotate keeps no copy.
-    let undo = "DROP TRIGGER \"keep_codes\"; DROP TABLE \"loot\";";
+    let undo = "DROP TRIGGER \"sqlite_keep\"; PRAGMA writable_schema = ON; \
+                DELETE FROM sqlite_master WHERE type = 'table' AND name = 'sqlite_loot'; VACUUM;";
     rusqlite::Connection::open(stack.data.db()).unwrap().execute_batch(undo).unwrap();
     stack.restart_after_stop();
     let old = sealed(&stack, ALICE);

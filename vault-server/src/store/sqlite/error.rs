@@ -27,6 +27,12 @@ impl From<rusqlite::Error> for StoreError {
             | ErrorCode::SystemIoFailure
             | ErrorCode::PermissionDenied => Self::Unavailable(e.to_string()),
             ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase => Self::Corrupt(e.to_string()),
+            // Only the writer's authorizer refuses, and only work a trigger or view would do.
+            ErrorCode::AuthorizationForStatementDenied => Self::Corrupt(
+                "a trigger or view added to the database by hand took part in a write; the write was refused \
+                 and nothing was written (the next start names it)"
+                    .into(),
+            ),
             _ => Self::Backend(e.to_string()),
         }
     }

@@ -42,11 +42,13 @@ pub fn apply(conn: &mut Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Schema objects but SQLite's own (`sqlite_*`: autoindexes, `ANALYZE` statistics), by (type,
-/// name), each with its SQL, whitespace collapsed.
+/// Every schema object but `ANALYZE`'s statistics tables, by (type, name), each with its SQL,
+/// whitespace collapsed. Names starting `sqlite_` are compared too: `writable_schema` lets anyone
+/// create a trigger under SQLite's reserved prefix.
 fn schema_objects(conn: &Connection) -> Result<BTreeMap<(String, String), String>, StoreError> {
     let mut stmt = conn.prepare(
-        "SELECT type, name, coalesce(sql, '') FROM sqlite_master WHERE name NOT LIKE 'sqlite\\_%' ESCAPE '\\'",
+        "SELECT type, name, coalesce(sql, '') FROM sqlite_master \
+         WHERE NOT (type = 'table' AND name IN ('sqlite_stat1', 'sqlite_stat2', 'sqlite_stat3', 'sqlite_stat4'))",
     )?;
     let rows = stmt.query_map([], |r| Ok(((r.get(0)?, r.get(1)?), r.get::<_, String>(2)?)))?;
     let mut objects = BTreeMap::new();
@@ -67,15 +69,16 @@ fn check_schema(conn: &Connection, applied: usize) -> Result<(), StoreError> {
     let have = schema_objects(conn)?;
     let mut problems = Vec::new();
     for ((kind, name), sql) in &want {
+        let named = quoted(name);
         match have.get(&(kind.clone(), name.clone())) {
-            None if kind == "index" => problems.push(format!("index {name:?} is missing (recreate it: {sql})")),
-            None => problems.push(format!("{kind} {name:?} is missing")),
-            Some(found) if found != sql => problems.push(format!("{kind} {name:?} differs from its migration")),
+            None if kind == "index" => problems.push(format!("index {named} is missing (recreate it: {sql})")),
+            None => problems.push(format!("{kind} {named} is missing")),
+            Some(found) if found != sql => problems.push(format!("{kind} {named} differs from its migration")),
             Some(_) => {}
         }
     }
     for (kind, name) in have.keys().filter(|k| !want.contains_key(*k)) {
-        problems.push(format!("{kind} {name:?} is not part of it (remove it: DROP {} {name:?})", kind.to_uppercase()));
+        problems.push(format!("{kind} {} is not part of it ({})", quoted(name), removal(kind, name)));
     }
     if problems.is_empty() {
         return Ok(());
@@ -89,6 +92,30 @@ fn check_schema(conn: &Connection, applied: usize) -> Result<(), StoreError> {
     }
     message.push_str(". Nothing was changed: undo the edit, or restore the data dir from a backup");
     Err(StoreError::Corrupt(message))
+}
+
+/// `name` as an SQL identifier; Debug-escaped if it holds control characters, so that a log line
+/// stays one line.
+fn quoted(name: &str) -> String {
+    if name.chars().any(char::is_control) { format!("{name:?}") } else { format!("\"{}\"", name.replace('"', "\"\"")) }
+}
+
+/// How to remove an object that is not part of the schema. SQLite refuses to drop a table or
+/// view under its reserved prefix, so those leave through `sqlite_master` (and `VACUUM` frees
+/// their pages).
+fn removal(kind: &str, name: &str) -> String {
+    let reserved = name.get(..7).is_some_and(|p| p.eq_ignore_ascii_case("sqlite_"));
+    if name.chars().any(char::is_control) {
+        "remove it".to_owned()
+    } else if reserved && matches!(kind, "table" | "view") {
+        format!(
+            "remove it: PRAGMA writable_schema = ON; DELETE FROM sqlite_master WHERE type = '{kind}' AND name = '{}'; \
+             then VACUUM",
+            name.replace('\'', "''")
+        )
+    } else {
+        format!("remove it: DROP {} {}", kind.to_uppercase(), quoted(name))
+    }
 }
 
 #[cfg(test)]
@@ -119,6 +146,11 @@ mod tests {
     fn a_migrated_database_and_its_statistics_pass() {
         let (_tmp, path) = migrated();
         reopen_after(&path, "ANALYZE; PRAGMA optimize;").unwrap();
+        let stats: i64 = Connection::open(&path)
+            .unwrap()
+            .query_row("SELECT count(*) FROM sqlite_master WHERE name = 'sqlite_stat1'", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(stats, 1, "ANALYZE wrote no statistics table: the test proves nothing");
         reopen_after(&path, "").unwrap();
     }
 
@@ -133,6 +165,36 @@ mod tests {
         assert!(m.contains("trigger \"keep_codes\" is not part of it (remove it: DROP TRIGGER \"keep_codes\")"), "{m}");
         assert!(m.contains("table \"loot\""), "{m}");
         assert!(m.contains("Nothing was changed"), "{m}");
+    }
+
+    #[test]
+    fn a_trigger_under_sqlites_reserved_prefix_is_refused_too() {
+        let (_tmp, path) = migrated();
+        let m = refused(reopen_after(
+            &path,
+            "PRAGMA writable_schema = ON; CREATE TABLE sqlite_loot (c BLOB); \
+             CREATE TRIGGER sqlite_keep BEFORE UPDATE OF ciphertext ON credentials \
+             BEGIN INSERT INTO sqlite_loot VALUES (old.ciphertext); END;",
+        ));
+        assert!(
+            m.contains("trigger \"sqlite_keep\" is not part of it (remove it: DROP TRIGGER \"sqlite_keep\")"),
+            "{m}"
+        );
+        let how =
+            "PRAGMA writable_schema = ON; DELETE FROM sqlite_master WHERE type = 'table' AND name = 'sqlite_loot'";
+        assert!(m.contains(&format!("table \"sqlite_loot\" is not part of it (remove it: {how}; then VACUUM)")), "{m}");
+        // Done as it says, the file passes and is whole.
+        reopen_after(&path, &format!("DROP TRIGGER sqlite_keep; {how}; VACUUM;")).unwrap();
+        let check: String =
+            Connection::open(&path).unwrap().query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+        assert_eq!(check, "ok");
+    }
+
+    #[test]
+    fn a_name_with_a_line_break_stays_on_one_line() {
+        let (_tmp, path) = migrated();
+        let m = refused(reopen_after(&path, "CREATE TABLE \"x\ny\" (c);"));
+        assert!(m.contains("table \"x\\ny\" is not part of it (remove it)") && !m.contains('\n'), "{m}");
     }
 
     #[test]

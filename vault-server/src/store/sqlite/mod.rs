@@ -143,6 +143,16 @@ impl Db {
     }
 
     fn with_writer(path: &Path, writer: Connection) -> Result<Self, StoreError> {
+        // The schema has no triggers or views. One planted while the server runs (the start-up
+        // check catches the others) would run inside every write it matches, copying a code
+        // aside before its destruction, say: the writer refuses to prepare any such work.
+        writer.authorizer(Some(|ctx: rusqlite::hooks::AuthContext<'_>| {
+            if ctx.accessor.is_some() {
+                rusqlite::hooks::Authorization::Deny
+            } else {
+                rusqlite::hooks::Authorization::Allow
+            }
+        }));
         let identity =
             file_identity(path).map_err(|e| StoreError::Unavailable(format!("cannot stat {}: {e}", path.display())))?;
         Ok(Self {
@@ -544,6 +554,44 @@ mod tests {
         let _held = lock(&db.here[here_slot()]);
         assert!(db.get_here("a@sina.com", "x").is_none(), "waited for, or shared, a reader in use");
         assert_eq!(db.get("a@sina.com", "x").unwrap().version, 2);
+    }
+
+    #[test]
+    fn a_trigger_planted_while_serving_makes_writes_fail_and_copies_nothing() {
+        let (tmp, db) = fresh();
+        let key_id: u32 = lock(&db.writer).query_row("SELECT key_id FROM keyring", [], |r| r.get(0)).unwrap();
+        let insert = "INSERT INTO credentials (mailbox, client, provider, state, version, key_id, nonce, ciphertext, \
+                      created_at, generation) VALUES ('a@sina.com', 'x', 'sina', 1, 1, ?1, zeroblob(24), x'0102', 1, \
+                      zeroblob(16))";
+        lock(&db.writer).execute(insert, [key_id]).unwrap();
+        let used = AuditEvent {
+            at: 5,
+            caller: "tk_a".into(),
+            caller_role: "client:x".into(),
+            rpc: "Reveal".into(),
+            mailbox: "a@sina.com".into(),
+            client: "x".into(),
+            outcome: "OK".into(),
+            probe_outcome: None,
+            count: 1,
+            first_at: 5,
+        };
+        // Its statements are prepared (and cached) before the trigger exists.
+        db.record_reveals(std::slice::from_ref(&used)).unwrap();
+        let attacker = Connection::open(tmp.path().join("v.db")).unwrap();
+        attacker
+            .execute_batch(
+                "PRAGMA writable_schema = ON; CREATE TABLE sqlite_loot (c BLOB); \
+                 CREATE TRIGGER sqlite_keep BEFORE UPDATE ON credentials \
+                 BEGIN INSERT INTO sqlite_loot VALUES (old.ciphertext); END;",
+            )
+            .unwrap();
+        let refused = db.record_reveals(std::slice::from_ref(&used));
+        assert!(matches!(&refused, Err(StoreError::Corrupt(m)) if m.contains("trigger or view")), "{refused:?}");
+        let loot: i64 = attacker.query_row("SELECT count(*) FROM sqlite_loot", [], |r| r.get(0)).unwrap();
+        assert_eq!(loot, 0, "the trigger copied a ciphertext");
+        attacker.execute_batch("DROP TRIGGER sqlite_keep;").unwrap();
+        db.record_reveals(&[used]).unwrap();
     }
 
     /// What `EXPLAIN QUERY PLAN` says of `sql` run with `values`, a line per step.
