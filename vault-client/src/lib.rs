@@ -302,7 +302,7 @@ impl VaultClient {
         retry::write(self, req, &id, |mut c, r| async move { c.revoke(r).await }).await?.try_into()
     }
 
-    /// Re-probes the stored code and records the outcome (admin).
+    /// Re-probes the stored code and records a verdict (admin); an outage is only reported.
     ///
     /// ```no_run
     /// # async fn demo(vault: &mut vault_client::VaultClient) -> Result<(), vault_client::Error> {

@@ -86,7 +86,7 @@ pub struct Revoked {
 /// A Verify's answer: the stored code probed again, whatever the outcome.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verified {
-    /// The binding, with the outcome recorded.
+    /// The binding, with a verdict (ACCEPTED, REJECTED) recorded; as it was after an outage.
     pub credential: Credential,
     /// The probe.
     pub probe: ProbeReport,

@@ -49,6 +49,12 @@ pub enum ProbeFailure {
 }
 
 impl ProbeOutcome {
+    /// ACCEPTED or REJECTED: the provider judged the code. The others are outages that checked
+    /// nothing.
+    pub fn is_verdict(self) -> bool {
+        matches!(self, Self::Accepted | Self::Rejected)
+    }
+
     /// `None` for ACCEPTED, else the failure.
     pub fn failure(self) -> Option<ProbeFailure> {
         match self {

@@ -20,9 +20,9 @@ use std::time::Duration;
 
 use super::{
     AuditEvent, AuditQuery, AuditRecord, AuditStore, Bucket, Changes, CredentialRow, CredentialStore, DataKeyInfo,
-    KeyMaterialStore, ListQuery, Millis, NewBinding, ProbeRecord, RecordedAnswer, RequestKey, RequestRecord, Reseal,
-    Retirement, RevokeChange, RotateChange, Store, StoreError, StoredRequest, TokenRekey, TokenRow, TokenStore,
-    UnlockMaterial, UnreadableToken, UnusedQuery,
+    DuePosition, KeyMaterialStore, ListQuery, Millis, NewBinding, ProbeRecord, RecordedAnswer, RequestKey,
+    RequestRecord, Reseal, Retirement, RevokeChange, RotateChange, Store, StoreError, StoredRequest, TokenRekey,
+    TokenRow, TokenStore, UnlockMaterial, UnreadableToken, UnusedQuery,
 };
 use crate::crypto::{KeyId, Salt, WrappedKey};
 use crate::outcome::ProbeOutcome;
@@ -448,8 +448,13 @@ impl<S: Store> CredentialStore for CachedStore<S> {
         self.inner.count_by_outcome().await
     }
 
-    async fn due_for_verification(&self, before: Millis, limit: usize) -> Result<Vec<CredentialRow>, StoreError> {
-        self.inner.due_for_verification(before, limit).await
+    async fn due_for_verification(
+        &self,
+        before: Millis,
+        after: Option<DuePosition>,
+        limit: usize,
+    ) -> Result<Vec<CredentialRow>, StoreError> {
+        self.inner.due_for_verification(before, after, limit).await
     }
 
     async fn sealed_before(&self, active: KeyId, limit: usize) -> Result<Vec<CredentialRow>, StoreError> {

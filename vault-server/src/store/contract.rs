@@ -4,9 +4,9 @@
 use std::sync::Arc;
 
 use super::{
-    AuditEvent, AuditQuery, CredentialState, ListQuery, NewBinding, ProbeRecord, RecordedAnswer, RequestKey,
-    RequestRecord, Reseal, Retirement, RevokeChange, RotateChange, Store, StoreError, StoredCode, TokenRekey, TokenRow,
-    UnusedQuery,
+    AuditEvent, AuditQuery, CredentialRow, CredentialState, ListQuery, NewBinding, ProbeRecord, RecordedAnswer,
+    RequestKey, RequestRecord, Reseal, Retirement, RevokeChange, RotateChange, Store, StoreError, StoredCode,
+    TokenRekey, TokenRow, UnusedQuery,
 };
 use crate::crypto::{Key, Keyring, Salt};
 use crate::ids::{ClientId, Mailbox};
@@ -191,6 +191,15 @@ async fn filtered_lists(store: &dyn Store) {
         ..Default::default()
     };
     assert!(ok(store.list(past).await, "list past the mailbox").is_empty());
+
+    // The sweep's pages: oldest first, then on from a cursor, ties at one time included.
+    let first = ok(store.due_for_verification(1000, None, 2).await, "due");
+    assert_eq!(names(first.clone()), ["a@sina.com/sender", "b@sina.com/x"]);
+    let next = ok(store.due_for_verification(1000, first.last().map(CredentialRow::due_position), 2).await, "due");
+    assert_eq!(names(next.clone()), ["c@sina.com/x"], "the tie at the cursor's time was lost");
+    let end = ok(store.due_for_verification(1000, next.last().map(CredentialRow::due_position), 2).await, "due");
+    assert!(end.is_empty());
+    assert_eq!(names(ok(store.due_for_verification(70, None, 10).await, "due")), ["a@sina.com/sender"]);
 }
 
 async fn audit_trail(store: &dyn Store, a: &str) {

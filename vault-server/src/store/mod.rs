@@ -295,6 +295,16 @@ pub struct UnusedQuery {
     pub limit: usize,
 }
 
+/// A position among the rows due for verification: (last verified, else bound; mailbox; client).
+pub type DuePosition = (Millis, String, String);
+
+impl CredentialRow {
+    /// This row's position among the rows due for verification.
+    pub fn due_position(&self) -> DuePosition {
+        (self.last_verified_at.unwrap_or(self.created_at), self.mailbox.clone(), self.client.clone())
+    }
+}
+
 /// Filters and keyset position for listing credentials, ordered by (mailbox, client).
 #[derive(Debug, Default, Clone)]
 pub struct ListQuery {
@@ -515,9 +525,14 @@ pub trait CredentialStore: Send + Sync + 'static {
     async fn count_by_state(&self) -> Result<(u64, u64), StoreError>;
     /// Numbers of active bindings by their last probe's outcome (`None`: never probed).
     async fn count_by_outcome(&self) -> Result<Vec<(Option<ProbeOutcome>, u64)>, StoreError>;
-    /// Up to `limit` active bindings last verified (or bound) before `before`, oldest first: the
-    /// ones a verification sweep is due to probe.
-    async fn due_for_verification(&self, before: Millis, limit: usize) -> Result<Vec<CredentialRow>, StoreError>;
+    /// Up to `limit` active bindings last verified (or bound) before `before`, oldest first, from
+    /// past `after` on: the ones a verification sweep is due to probe.
+    async fn due_for_verification(
+        &self,
+        before: Millis,
+        after: Option<DuePosition>,
+        limit: usize,
+    ) -> Result<Vec<CredentialRow>, StoreError>;
     /// Up to `limit` active bindings sealed under a key older than `active`.
     async fn sealed_before(&self, active: KeyId, limit: usize) -> Result<Vec<CredentialRow>, StoreError>;
     /// Applies re-seals in one transaction; returns how many rows still held their old seal (the

@@ -244,7 +244,7 @@ impl Vault {
         Ok(Answer::Done(Revoked { row, probe }))
     }
 
-    /// Re-probes the stored code and records the outcome, whatever it is.
+    /// Re-probes the stored code and records a verdict on the binding (see [`Vault::verify_row`]).
     pub async fn verify(
         &self,
         caller: &Caller,
@@ -277,8 +277,11 @@ impl Vault {
         Ok(Some(self.verify_row(row, &mailbox, event, keep).await?.1))
     }
 
-    /// Probes `row`'s code (leaving `keep` probes in the budget) and records the outcome with
-    /// `event`; the caller holds the pair's lock.
+    /// Probes `row`'s code (leaving `keep` probes in the budget) and audits the outcome with
+    /// `event`; the caller holds the pair's lock. Only a verdict (ACCEPTED, REJECTED) is recorded
+    /// on the binding: an outage checked nothing, so it neither clears a REJECTED code nor counts
+    /// as a check (someone who can cut the vault off from the provider could otherwise hide dead
+    /// codes from the review and the alert).
     async fn verify_row(
         &self,
         row: Arc<CredentialRow>,
@@ -297,6 +300,10 @@ impl Vault {
         }
         let outcome = report.outcome;
         let event = AuditEvent { outcome: outcome.as_str().to_owned(), probe_outcome: Some(outcome), ..event };
+        if !outcome.is_verdict() {
+            self.store.audit(event).await?;
+            return Ok(((*row).clone(), report));
+        }
         let record = ProbeRecord {
             mailbox: event.mailbox.clone(),
             client: event.client.clone(),

@@ -18,12 +18,14 @@ use tokio::time::Instant;
 
 use super::{Vault, VaultError};
 use crate::ids::{ClientId, Mailbox};
-use crate::store::{CredentialRow, Millis};
+use crate::store::{CredentialRow, DuePosition, Millis};
 
-/// Rows probed per pass at most.
-const BATCH: usize = 64;
-/// Rows read per pass at most (skipped ones are read past).
-const READ_MAX: usize = 4096;
+/// Due rows read per pass, from where the previous pass stopped (so that skipped rows, which
+/// stay the oldest, are read past instead of filling every page).
+const PAGE: usize = 64;
+/// How long a code whose probe reached no verdict (the provider unreachable, say) waits before
+/// the sweep tries it again, at most (and at most a period).
+const OUTAGE_RETRY: Duration = Duration::from_secs(3600);
 /// Longest sleep between passes when nothing is due.
 const IDLE_CHECK: Duration = Duration::from_secs(60);
 /// Wait after a store error.
@@ -47,11 +49,24 @@ pub struct Sweep {
     skipped: HashMap<(String, String), Instant>,
     /// When the next probe may start: the previous one's start plus the spacing.
     next_start: Instant,
+    /// Where this round over the due rows stopped; `None`: the next pass starts a round from the
+    /// oldest.
+    cursor: Option<DuePosition>,
+    /// Whether this round has tried a row yet.
+    tried_in_round: bool,
 }
 
 impl Sweep {
     pub fn new(vault: Arc<Vault>, settings: SweepSettings) -> Self {
-        Self { vault, settings, host_free_at: HashMap::new(), skipped: HashMap::new(), next_start: Instant::now() }
+        Self {
+            vault,
+            settings,
+            host_free_at: HashMap::new(),
+            skipped: HashMap::new(),
+            next_start: Instant::now(),
+            cursor: None,
+            tried_in_round: false,
+        }
     }
 
     fn every_millis(&self) -> Millis {
@@ -73,29 +88,41 @@ impl Sweep {
         }
     }
 
-    /// Probes the rows due now (spaced out); returns how long to wait before the next pass.
-    async fn pass(&mut self) -> Result<Duration, VaultError> {
+    /// Probes the next page of rows due now (spaced out); returns how long to wait before the
+    /// next pass.
+    pub(super) async fn pass(&mut self) -> Result<Duration, VaultError> {
         let now = self.vault.clock.now_millis();
         let due_before = now.saturating_sub(self.every_millis());
         let started = Instant::now();
         self.skipped.retain(|_, until| *until > started);
-        let read = (BATCH + self.skipped.len()).min(READ_MAX);
-        let due = self.vault.store.due_for_verification(due_before, read).await?;
-        self.vault.metrics.observe_sweep_due(due.len());
-        let unskipped = due.len();
-        let due: Vec<CredentialRow> = due
-            .into_iter()
-            .filter(|r| !self.skipped.contains_key(&(r.mailbox.clone(), r.client.clone())))
-            .take(BATCH)
-            .collect();
-        if due.is_empty() {
-            if unskipped > 0 {
-                // Everything due is skipped for now: wait for the first skip to run out.
-                let first = self.skipped.values().min().map_or(IDLE_CHECK, |t| t.saturating_duration_since(started));
-                return Ok(first.clamp(Duration::from_secs(1), IDLE_CHECK));
-            }
-            return self.until_next_due(now).await;
+        let from_oldest = self.cursor.is_none();
+        if from_oldest {
+            self.tried_in_round = false;
         }
+        let page = self.vault.store.due_for_verification(due_before, self.cursor.take(), PAGE).await?;
+        if from_oldest {
+            self.vault.metrics.observe_sweep_due(page.len());
+        }
+        // A full page: the round goes on from its last row. A short one ends the round.
+        if page.len() == PAGE {
+            self.cursor = page.last().map(CredentialRow::due_position);
+        }
+        let read = page.len();
+        let due: Vec<CredentialRow> =
+            page.into_iter().filter(|r| !self.skipped.contains_key(&(r.mailbox.clone(), r.client.clone()))).collect();
+        if due.is_empty() {
+            if self.cursor.is_some() || self.tried_in_round {
+                // Read on past skipped rows, or start the next round.
+                return Ok(Duration::ZERO);
+            }
+            if from_oldest && read == 0 {
+                return self.until_next_due(now).await;
+            }
+            // A whole round found only skipped rows: wait for the first skip to run out.
+            let first = self.skipped.values().min().map_or(IDLE_CHECK, |t| t.saturating_duration_since(started));
+            return Ok(first.clamp(Duration::from_secs(1), IDLE_CHECK));
+        }
+        self.tried_in_round = true;
         let (active, _) = self.vault.store.count_by_state().await?;
         let spacing = self.settings.every / u32::try_from(active.max(1)).unwrap_or(u32::MAX);
         for row in due {
@@ -109,7 +136,7 @@ impl Sweep {
 
     /// How long until the oldest active row falls due (at most [`IDLE_CHECK`]).
     async fn until_next_due(&self, now: Millis) -> Result<Duration, VaultError> {
-        let oldest = self.vault.store.due_for_verification(Millis::MAX, 1).await?;
+        let oldest = self.vault.store.due_for_verification(Millis::MAX, None, 1).await?;
         let wait = oldest.first().map_or(IDLE_CHECK, |r| {
             let due_at = r.last_verified_at.unwrap_or(r.created_at).saturating_add(self.every_millis());
             Duration::from_millis(u64::try_from(due_at.saturating_sub(now)).unwrap_or(0))
@@ -141,6 +168,10 @@ impl Sweep {
                     tracing::warn!(mailbox = %pair.0, client = %pair.1, outcome, hint = %report.hint, "scheduled verify");
                 }
                 self.vault.metrics.observe_sweep(report.outcome.as_str());
+                if !report.outcome.is_verdict() {
+                    // Still due (an outage checked nothing): not again before the provider had time.
+                    self.skipped.insert(pair, Instant::now() + self.settings.every.min(OUTAGE_RETRY));
+                }
             }
             Ok(None) => {}
             Err(VaultError::RateLimited { retry_after }) => {

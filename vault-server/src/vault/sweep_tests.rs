@@ -67,3 +67,67 @@ async fn the_sweep_never_takes_the_admins_last_probe() {
     assert_eq!(done, 1, "the sweep took more than the bucket's share");
     vault.verify(&testkit::admin(), m, c).await.expect("the admin's Verify found no probe left");
 }
+
+#[tokio::test]
+async fn an_outage_neither_clears_a_rejected_code_nor_counts_as_a_check() {
+    use crate::outcome::ProbeOutcome::{TimedOut, Unreachable};
+    let clock = Arc::new(FakeClock::default());
+    clock.set(1000 * DAY);
+    let prober = Scripted::new(&[Accepted, Rejected, Unreachable, TimedOut]);
+    let (_tmp, vault) = testkit::vault_with(clock.clone(), prober, ProbeBudget::new(10, 10));
+    bind(&vault, "alice@sina.com").await;
+    let (m, c) = ids("alice@sina.com");
+    clock.set(1001 * DAY);
+    assert_eq!(vault.verify_due(m.clone(), c.clone(), 1001 * DAY - 1).await.unwrap().unwrap().outcome, Rejected);
+    // The provider cannot be reached (or the path to it was cut) for the next sweep and Verify.
+    clock.set(1002 * DAY);
+    let report = vault.verify_due(m.clone(), c.clone(), 1002 * DAY - 1).await.unwrap().unwrap();
+    assert_eq!(report.outcome, Unreachable);
+    let (row, report) = vault.verify(&testkit::admin(), m, c).await.unwrap();
+    assert_eq!(report.outcome, TimedOut);
+    assert_eq!((row.last_probe_outcome, row.last_verified_at), (Some(Rejected), Some(1001 * DAY)));
+    let dead = ListQuery { last_probe_outcome: Some(Rejected), limit: 10, ..ListQuery::default() };
+    assert_eq!(vault.list(dead).await.unwrap().items.len(), 1, "the outage cleared the dead code");
+    let unchecked = ListQuery { verified_before: Some(1002 * DAY), limit: 10, ..ListQuery::default() };
+    assert_eq!(vault.list(unchecked).await.unwrap().items.len(), 1, "the outage passed for a check");
+    // Both are in the audit trail all the same.
+    let events = vault.audit_events(AuditQuery { limit: 2, ..AuditQuery::default() }).await.unwrap();
+    let outcomes: Vec<&str> = events.items.iter().map(|e| e.event.outcome.as_str()).collect();
+    assert_eq!(outcomes, ["TIMED_OUT", "UNREACHABLE"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn rows_that_cannot_be_probed_never_keep_the_sweep_from_the_others() {
+    use super::sweep::{Sweep, SweepSettings};
+    let clock = Arc::new(FakeClock::default());
+    clock.set(1000 * DAY);
+    let prober = Scripted::new(&[Accepted, Accepted]);
+    let (tmp, vault) = testkit::vault_with(clock.clone(), prober, ProbeBudget::new(10, 10));
+    bind(&vault, "good@sina.com").await;
+    // 5,000 older bindings whose code does not open (altered in the file): each is tried, fails,
+    // and is skipped for a period, and stays the oldest due.
+    let mut db = rusqlite::Connection::open(tmp.path().join("vault.db")).unwrap();
+    let key_id: i64 = db.query_row("SELECT key_id FROM keyring", [], |r| r.get(0)).unwrap();
+    let tx = db.transaction().unwrap();
+    for i in 0..5000 {
+        tx.execute(
+            "INSERT INTO credentials (mailbox, client, provider, state, version, key_id, nonce, ciphertext, \
+             created_at, generation) VALUES (?1, 'sender', 'sina', 1, 1, ?2, zeroblob(24), x'00', ?3, zeroblob(16))",
+            rusqlite::params![format!("m{i:04}@sina.com"), key_id, 900 * DAY],
+        )
+        .unwrap();
+    }
+    tx.commit().unwrap();
+    clock.set(1002 * DAY);
+    let settings = SweepSettings { every: std::time::Duration::from_secs(86_400), rate_per_host: 1000.0 };
+    let mut sweep = Sweep::new(vault.clone(), settings);
+    let (m, c) = ids("good@sina.com");
+    for _ in 0..200 {
+        sweep.pass().await.unwrap();
+        let row = vault.get(&m, &c).await.unwrap();
+        if row.last_verified_at == Some(1002 * DAY) {
+            return;
+        }
+    }
+    panic!("200 passes never reached the code bound after 5,000 that cannot be probed");
+}

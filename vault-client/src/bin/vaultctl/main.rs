@@ -64,7 +64,7 @@ enum Command {
         #[arg(long, default_value = "")]
         reason: String,
     },
-    /// Re-probe a stored code and record the outcome.
+    /// Re-probe a stored code and record a verdict (an outage is only reported).
     Verify { mailbox: String, client: String },
     /// A binding's metadata.
     Get { mailbox: String, client: String },

@@ -320,6 +320,29 @@ mod tests {
             generic_plan(&client, "unused", types, &rows::unused_sql(&q), "1, 'a@sina.com', 0, '', '', 10").await;
         let condition = plan.lines().find(|l| l.trim_start().starts_with("Index Cond:")).unwrap_or_default();
         assert!(plan.contains("credentials_pkey") && condition.contains("mailbox = $2"), "{plan}");
+        // Every mailbox: a later page starts at its cursor in credentials_unused.
+        let q = crate::store::UnusedQuery { mailbox: None, ..q };
+        let plan = generic_plan(
+            &client,
+            "unused_all",
+            types,
+            &rows::unused_sql(&q),
+            "5000, NULL, 10, 'm10@sina.com', 'sender', 10",
+        )
+        .await;
+        let condition = plan.lines().find(|l| l.trim_start().starts_with("Index Cond:")).unwrap_or_default();
+        assert!(plan.contains("credentials_unused") && condition.contains("> ROW($3, $4, $5)"), "{plan}");
+    }
+
+    #[tokio::test]
+    async fn the_sweeps_page_starts_where_the_last_one_stopped_in_a_generic_plan() {
+        let client = generic_planner().await;
+        let types = "bigint, bigint, text, text, bigint";
+        let plan = generic_plan(&client, "due", types, &rows::due_sql(), "10, 5, 'a@sina.com', 'x', 64").await;
+        let condition = plan.lines().find(|l| l.trim_start().starts_with("Index Cond:")).unwrap_or_default();
+        assert!(plan.contains("credentials_by_verification"), "{plan}");
+        assert!(condition.contains("ROW(") && condition.contains("> ROW($2, $3, $4)"), "{plan}");
+        assert!(!plan.contains("Sort"), "the ORDER BY must come from the index:\n{plan}");
     }
 
     #[tokio::test]

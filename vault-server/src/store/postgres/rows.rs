@@ -204,7 +204,8 @@ pub(super) fn read_audit(r: &Row) -> Result<AuditRecord, StoreError> {
 pub(super) fn due_sql() -> String {
     format!(
         "SELECT {COLUMNS} FROM credentials WHERE state = 1 AND coalesce(last_verified_at, created_at) < $1 \
-         ORDER BY coalesce(last_verified_at, created_at), mailbox, client LIMIT $2"
+         AND (coalesce(last_verified_at, created_at), mailbox, client) > ($2, $3, $4) \
+         ORDER BY coalesce(last_verified_at, created_at), mailbox, client LIMIT $5"
     )
 }
 

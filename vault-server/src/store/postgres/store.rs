@@ -11,7 +11,7 @@ use crate::crypto::{KeyId, Salt, WrappedKey};
 use crate::outcome::ProbeOutcome;
 use crate::store::{
     AuditEvent, AuditQuery, AuditRecord, AuditStore, Bucket, Changes, CredentialRow, CredentialState, CredentialStore,
-    DataKeyInfo, KeyMaterialStore, ListQuery, Millis, NewBinding, ProbeRecord, RecordedAnswer, RequestKey,
+    DataKeyInfo, DuePosition, KeyMaterialStore, ListQuery, Millis, NewBinding, ProbeRecord, RecordedAnswer, RequestKey,
     RequestRecord, Reseal, Retirement, RevokeChange, RotateChange, StoreError, StoredRequest, TokenRekey, TokenRow,
     TokenStore, UnlockMaterial, UnreadableToken, UnusedQuery,
 };
@@ -595,11 +595,17 @@ impl CredentialStore for PgStore {
         Ok(out)
     }
 
-    async fn due_for_verification(&self, before: Millis, limit: usize) -> Result<Vec<CredentialRow>, StoreError> {
+    async fn due_for_verification(
+        &self,
+        before: Millis,
+        after: Option<DuePosition>,
+        limit: usize,
+    ) -> Result<Vec<CredentialRow>, StoreError> {
         let conn = self.pool.get().await?;
         let stmt = conn.prepare_cached(&rows::due_sql()).await?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        rows::read_rows(&conn.query(&stmt, &[&before, &limit]).await?)
+        let (k, m, c) = after.unwrap_or((i64::MIN, String::new(), String::new()));
+        rows::read_rows(&conn.query(&stmt, &[&before, &k, &m, &c, &limit]).await?)
     }
 
     async fn sealed_before(&self, active: KeyId, limit: usize) -> Result<Vec<CredentialRow>, StoreError> {

@@ -25,8 +25,9 @@ use std::sync::{Condvar, Mutex};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
 use super::{
-    AuditEvent, AuditQuery, AuditRecord, CredentialRow, CredentialState, ListQuery, Millis, NewBinding, ProbeRecord,
-    RequestRecord, RevokeChange, RotateChange, StoreError, TokenRow, UnlockMaterial, UnreadableToken, UnusedQuery,
+    AuditEvent, AuditQuery, AuditRecord, CredentialRow, CredentialState, DuePosition, ListQuery, Millis, NewBinding,
+    ProbeRecord, RequestRecord, RevokeChange, RotateChange, StoreError, TokenRow, UnlockMaterial, UnreadableToken,
+    UnusedQuery,
 };
 use crate::crypto::{KdfParams, Salt, Sealed, WrappedKey};
 use crate::outcome::ProbeOutcome;
@@ -476,8 +477,13 @@ impl Db {
         self.with_reader(rows::count_by_outcome)
     }
 
-    pub fn due_for_verification(&self, before: Millis, limit: usize) -> Result<Vec<CredentialRow>, StoreError> {
-        self.with_reader(|conn| rows::due_for_verification(conn, before, limit))
+    pub fn due_for_verification(
+        &self,
+        before: Millis,
+        after: Option<&DuePosition>,
+        limit: usize,
+    ) -> Result<Vec<CredentialRow>, StoreError> {
+        self.with_reader(|conn| rows::due_for_verification(conn, before, after, limit))
     }
 
     pub fn insert_token(&self, t: &TokenRow) -> Result<(), StoreError> {
@@ -687,7 +693,8 @@ mod tests {
             params![0, None::<String>, 0, "", "", 10],
         );
         let plan = plan.join("; ");
-        assert!(plan.contains("credentials_unused"), "{plan}");
+        // Later pages start at their cursor, not at the oldest unused binding.
+        assert!(plan.contains("credentials_unused (<expr>>? AND <expr><?)"), "{plan}");
         assert!(!plan.contains("TEMP B-TREE"), "the ORDER BY must come from the index: {plan}");
         // One mailbox: its own bindings, not every unused one.
         let plan = explain(
@@ -696,5 +703,17 @@ mod tests {
             params![0, "a@sina.com", 0, "", "", 10],
         );
         assert!(plan[0].starts_with("SEARCH credentials USING PRIMARY KEY (mailbox=?"), "{plan:?}");
+    }
+
+    #[test]
+    fn the_sweeps_page_starts_where_the_last_one_stopped() {
+        let (_tmp, store) = fresh();
+        let conn = lock(&store.writer);
+        let sql = format!("SELECT mailbox FROM credentials {}", rows::DUE_PAGE);
+        let plan = explain(&conn, &sql, params![10, 5, "a@sina.com", "x", 64]).join("; ");
+        // A range on the whole (time, mailbox, client) key, not the oldest rows read past again.
+        assert!(plan.contains("credentials_by_verification (<expr>>? AND <expr><?)"), "{plan}");
+        assert!(plan.contains("SEARCH"), "{plan}");
+        assert!(!plan.contains("TEMP B-TREE"), "the ORDER BY must come from the index: {plan}");
     }
 }

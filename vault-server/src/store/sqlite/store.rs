@@ -8,10 +8,10 @@ use super::Db;
 use crate::crypto::{KeyId, Salt, WrappedKey};
 use crate::outcome::ProbeOutcome;
 use crate::store::{
-    AuditEvent, AuditQuery, AuditRecord, AuditStore, CredentialRow, CredentialStore, DataKeyInfo, KeyMaterialStore,
-    ListQuery, Millis, NewBinding, ProbeRecord, RecordedAnswer, RequestKey, RequestRecord, Reseal, Retirement,
-    RevokeChange, RotateChange, StoreError, StoredRequest, TokenRekey, TokenRow, TokenStore, UnlockMaterial,
-    UnreadableToken, UnusedQuery,
+    AuditEvent, AuditQuery, AuditRecord, AuditStore, CredentialRow, CredentialStore, DataKeyInfo, DuePosition,
+    KeyMaterialStore, ListQuery, Millis, NewBinding, ProbeRecord, RecordedAnswer, RequestKey, RequestRecord, Reseal,
+    Retirement, RevokeChange, RotateChange, StoreError, StoredRequest, TokenRekey, TokenRow, TokenStore,
+    UnlockMaterial, UnreadableToken, UnusedQuery,
 };
 
 /// The async face of [`Db`]: every call but a point read runs on the blocking pool.
@@ -147,8 +147,13 @@ impl CredentialStore for SqliteStore {
         self.hop(Db::count_by_outcome).await
     }
 
-    async fn due_for_verification(&self, before: Millis, limit: usize) -> Result<Vec<CredentialRow>, StoreError> {
-        self.hop(move |db| db.due_for_verification(before, limit)).await
+    async fn due_for_verification(
+        &self,
+        before: Millis,
+        after: Option<DuePosition>,
+        limit: usize,
+    ) -> Result<Vec<CredentialRow>, StoreError> {
+        self.hop(move |db| db.due_for_verification(before, after.as_ref(), limit)).await
     }
 
     async fn sealed_before(&self, active: KeyId, limit: usize) -> Result<Vec<CredentialRow>, StoreError> {
