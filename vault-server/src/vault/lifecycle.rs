@@ -244,7 +244,8 @@ impl Vault {
         Ok(Answer::Done(Revoked { row, probe }))
     }
 
-    /// Re-probes the stored code and records a verdict on the binding (see [`Vault::verify_row`]).
+    /// Re-probes the stored code and records a verdict (ACCEPTED, REJECTED) on the binding; an
+    /// outage is answered and audited only.
     pub async fn verify(
         &self,
         caller: &Caller,
