@@ -237,6 +237,33 @@ async fn a_malformed_token_row_is_skipped_reported_and_survives_a_restart() {
     let text = String::from_utf8_lossy(&list.stdout).into_owned();
     assert!(text.lines().any(|l| l.starts_with("tk_badbadbadbad") && l.ends_with("unreadable")), "{text}");
     assert!(String::from_utf8_lossy(&list.stderr).contains("tk_badbadbadbad"));
+    // A forged admin row, well formed but with a MAC no mint made: the list says so, given the
+    // passphrase, and never calls it active without it.
+    edit_db(
+        &stack,
+        "INSERT INTO tokens (id, role, digest, key_id, mac, created_at) \
+         VALUES ('tk_forgedforged', 'admin', randomblob(32), (SELECT max(key_id) FROM keyring), randomblob(32), 0)",
+        [],
+    );
+    let state_of = |args: &[&str], id: &str| {
+        let out = run(args, &[]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let line = text.lines().find(|l| l.starts_with(id)).unwrap_or_else(|| panic!("{id} not in:\n{text}"));
+        (
+            line.split_whitespace().last().unwrap_or_default().to_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let dir = path_str(&stack.data.dir);
+    let checked = ["token", "list", "--data-dir", dir, "--passphrase-file", path_str(&stack.data.passphrase_file)];
+    let (state, warnings) = state_of(&checked, "tk_forgedforged");
+    assert_eq!(state, "unreadable");
+    assert!(warnings.contains("tk_forgedforged has no valid MAC"), "{warnings}");
+    assert_eq!(state_of(&checked, &token_id(&fresh)).0, "active");
+    let (state, note) = state_of(&["token", "list", "--data-dir", dir], "tk_forgedforged");
+    assert_eq!(state, "unchecked");
+    assert!(note.contains("MACs not checked"), "{note}");
     // And so does a restart.
     stack.restart_server();
     let mut fresh_client = stack.server.client_with(Some(&fresh)).await;

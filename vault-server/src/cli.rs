@@ -133,12 +133,16 @@ pub enum TokenCommand {
         #[arg(long, value_name = "ID")]
         client: Option<String>,
     },
-    /// List tokens: id, role, created, last used (Unix seconds), state. Never the tokens.
+    /// List tokens: id, role, created, last used (Unix seconds), state. Never the tokens. With
+    /// the passphrase, each row's MAC is checked (a row written by hand shows as `unreadable`);
+    /// without it, rows not revoked show as `unchecked`.
     List {
         #[arg(long, env = "VAULT_DATA_DIR", value_name = "DIR")]
         data_dir: Option<PathBuf>,
         #[command(flatten)]
         database: DatabaseArgs,
+        #[command(flatten)]
+        passphrase: PassphraseArgs,
     },
     /// Revoke a token by id; a running server refuses it within a second.
     Revoke {

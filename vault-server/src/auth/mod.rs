@@ -12,7 +12,7 @@ pub use bearer::Token;
 #[doc(hidden)]
 pub use bearer::{check as check_token, from_header as token_from_header};
 pub use throttle::{FAILURE_BURST, FAILURES_PER_SEC};
-pub use token_table::{RELOAD_EVERY, Tokens, VOUCH_FOR, rekey};
+pub use token_table::{RELOAD_EVERY, Tokens, VOUCH_FOR, authentic, rekey};
 
 use std::sync::Arc;
 

@@ -79,7 +79,7 @@ fn mac_fields<'a>(
 
 /// Whether a stored row carries a valid MAC (it was minted with the passphrase and never
 /// revoked: revoking destroys the MAC).
-fn authentic(ring: &Keyring, t: &TokenRow) -> bool {
+pub fn authentic(ring: &Keyring, t: &TokenRow) -> bool {
     ring.token_mac_key(t.key_id).is_ok_and(|key| {
         let (key_id, created) = (t.key_id.to_be_bytes(), t.created_at.to_be_bytes());
         verify_hmac(&key, &mac_fields(&t.id, &t.role, &t.digest, &key_id, &created), &t.mac)

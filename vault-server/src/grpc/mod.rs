@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 use tracing::{Instrument as _, instrument};
+use zeroize::Zeroize as _;
 
 use crate::auth::caller;
 use crate::ids::{ClientId, Mailbox, RequestId};
@@ -73,11 +74,13 @@ impl AuthCodeVault for VaultService {
     async fn bind(&self, request: Request<proto::BindRequest>) -> Result<Response<proto::BindResponse>, Status> {
         let who = caller(&request)?;
         who.require_admin("Bind")?;
-        let req = request.into_inner();
+        let mut req = request.into_inner();
+        let code = AuthCode::new(&req.auth_code);
+        // The message's copy is zeroed at once; only the vault's own (zeroed on drop) remains.
+        req.auth_code.zeroize();
         let (mailbox, client) = pair(&req.mailbox, &req.client)?;
         record_pair(&mailbox, &client);
         let request_id = RequestId::parse(&req.request_id).map_err(VaultError::from)?;
-        let code = AuthCode::new(&req.auth_code);
         drop(req);
         let vault = self.vault.clone();
         let answer = to_completion(async move { vault.bind(&who, mailbox, client, code, request_id).await }).await?;
@@ -91,11 +94,12 @@ impl AuthCodeVault for VaultService {
     async fn rotate(&self, request: Request<proto::RotateRequest>) -> Result<Response<proto::RotateResponse>, Status> {
         let who = caller(&request)?;
         who.require_admin("Rotate")?;
-        let req = request.into_inner();
+        let mut req = request.into_inner();
+        let code = AuthCode::new(&req.new_auth_code);
+        req.new_auth_code.zeroize();
         let (mailbox, client) = pair(&req.mailbox, &req.client)?;
         record_pair(&mailbox, &client);
         let request_id = RequestId::parse(&req.request_id).map_err(VaultError::from)?;
-        let code = AuthCode::new(&req.new_auth_code);
         let expected = (req.expected_version != 0).then_some(req.expected_version);
         drop(req);
         let vault = self.vault.clone();

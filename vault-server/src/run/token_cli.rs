@@ -41,15 +41,38 @@ pub fn run(args: TokenArgs, env_passphrase: Option<Passphrase>) -> Result<(), Ru
             println!("{}", token.expose());
             Ok(())
         }
-        TokenCommand::List { data_dir, database } => {
+        TokenCommand::List { data_dir, database, passphrase } => {
             let database = Database::from_args(&database, data_dir.as_deref())?;
-            let rows = runtime()?.block_on(async { Ok::<_, RunError>(database.open().await?.tokens().await?) })?;
+            // Only the keyring tells a minted row from one written into the database by hand.
+            let given = passphrase.passphrase_file.is_some() || env_passphrase.is_some();
+            let passphrase = given.then(|| read_passphrase(&passphrase, env_passphrase)).transpose()?;
+            let (rows, keyring) = runtime()?.block_on(async {
+                let (store, keyring) = match &passphrase {
+                    Some(p) => database.unlock(p).await.map(|(store, keyring, _)| (store, Some(keyring)))?,
+                    None => (database.open().await?, None),
+                };
+                Ok::<_, RunError>((store.tokens().await?, keyring))
+            })?;
+            if keyring.is_none() {
+                eprintln!(
+                    "note: MACs not checked (no passphrase: pass --passphrase-file FILE or set VAULT_PASSPHRASE), so \
+                     a row written into the database by hand cannot be told from a minted one"
+                );
+            }
             println!("{:<16} {:<28} {:>12} {:>12} STATE", "ID", "ROLE", "CREATED", "LAST USED");
             for read in rows {
                 match read {
                     Ok(t) => {
                         // Revoking destroys the MAC; a row without one is never honoured.
-                        let state = if t.revoked_at.is_some() || t.mac.is_empty() { "revoked" } else { "active" };
+                        let state = match &keyring {
+                            _ if t.revoked_at.is_some() || t.mac.is_empty() => "revoked",
+                            None => "unchecked",
+                            Some(ring) if crate::auth::authentic(ring, &t) => "active",
+                            Some(_) => {
+                                eprintln!("warning: token row {} has no valid MAC; the server refuses it", t.id);
+                                "unreadable"
+                            }
+                        };
                         println!(
                             "{:<16} {:<28} {:>12} {:>12} {state}",
                             t.id,

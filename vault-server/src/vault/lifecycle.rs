@@ -95,6 +95,13 @@ impl Vault {
         };
         let provider = self.provider_for_mailbox(&mailbox)?;
         Self::check_format(&provider, &code)?;
+        if !mailbox.as_str().is_ascii() {
+            // IMAP LOGIN carries no other: refused here, before a probe is spent on it.
+            return Err(VaultError::InvalidField {
+                field: "mailbox",
+                reason: "must be ASCII: a provider's IMAP LOGIN cannot carry other characters".into(),
+            });
+        }
         if self.find(&mailbox, &client).await?.is_some_and(|r| r.state == CredentialState::Active) {
             return Err(VaultError::AlreadyExists);
         }

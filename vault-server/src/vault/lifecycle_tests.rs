@@ -168,3 +168,15 @@ async fn verify_records_a_rejection_and_keeps_the_code() {
     assert_eq!(row.last_verified_at, Some(1000 * DAY));
     assert_eq!(revealed(&vault).await.unwrap(), OLD, "a rejected code stays stored");
 }
+
+#[tokio::test]
+async fn a_mailbox_imap_cannot_log_in_as_is_refused_before_any_probe() {
+    let (_tmp, vault, prober) = setup(&[ProbeOutcome::Accepted], 3);
+    let m = Mailbox::parse("\u{7528}\u{6237}@sina.com").unwrap();
+    let err = vault.bind(&testkit::admin(), m, ClientId::parse("sender").unwrap(), AuthCode::new(OLD), None).await;
+    assert!(
+        matches!(&err, Err(VaultError::InvalidField { field: "mailbox", reason }) if reason.contains("ASCII")),
+        "{err:?}"
+    );
+    assert!(prober.tried().is_empty(), "a probe was spent on it");
+}
