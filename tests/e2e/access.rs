@@ -128,7 +128,8 @@ async fn a_revoked_token_is_refused_within_a_second_and_list_never_shows_tokens(
     c.reveal(ALICE, "sender").await.unwrap();
 
     let dir = path_str(&stack.data.dir);
-    let list = run(&["token", "list", "--data-dir", dir], &[]);
+    let list =
+        run(&["token", "list", "--data-dir", dir, "--passphrase-file", path_str(&stack.data.passphrase_file)], &[]);
     assert!(list.status.success());
     let text = String::from_utf8_lossy(&list.stdout).into_owned();
     let id = format!("tk_{}", &token[4..16]);
