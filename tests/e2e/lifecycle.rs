@@ -135,6 +135,12 @@ async fn revoke_commits_while_the_provider_is_down_and_the_pair_can_be_bound_aga
     let cred = r.credential;
     assert_eq!((cred.state, cred.version), (CredentialState::Active, 1));
     assert_eq!(stack.as_client("sender").await.reveal(ALICE, "sender").await.unwrap().code.expose_secret(), ALICE_CODE);
+    // The new binding replaced the tombstone; the trail still says who revoked it, and why.
+    let filter = vault_client::AuditFilter { mailbox: ALICE.into(), client: "sender".into(), ..Default::default() };
+    let events = c.audit_events(&filter, "").await.unwrap().items;
+    let revoke = events.iter().find(|e| e.rpc == "Revoke" && e.outcome == "OK").expect("no Revoke event");
+    assert_eq!((revoke.reason.as_str(), revoke.caller_role.as_str()), ("laptop stolen", "admin"));
+    assert!(events.iter().filter(|e| e.rpc != "Revoke").all(|e| e.reason.is_empty()), "{events:?}");
 }
 
 #[tokio::test]

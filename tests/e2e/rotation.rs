@@ -54,6 +54,7 @@ fn seed(data: &DataDir, n: usize) {
         probe_outcome: None,
         count: n as u64,
         first_at: 1,
+        reason: String::new(),
     };
     store.sync().import(&rows, &audit).unwrap();
     store.sync().checkpoint().unwrap();

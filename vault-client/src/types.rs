@@ -116,7 +116,7 @@ pub struct AuditEvent {
     pub at: Option<SystemTime>,
     /// The caller's token id (`tk_...`), or `system`.
     pub caller: String,
-    /// `admin` or `client:<id>`.
+    /// `admin`, `client:<id>` or `system`.
     pub caller_role: String,
     /// Bind, Rotate, Revoke, Verify, Reveal or RotateDataKey.
     pub rpc: String,
@@ -132,6 +132,8 @@ pub struct AuditEvent {
     pub count: u64,
     /// The first of those calls.
     pub first_at: Option<SystemTime>,
+    /// A Revoke's reason; empty for other events.
+    pub reason: String,
 }
 
 /// A RotateDataKey's answer.
@@ -267,6 +269,7 @@ impl From<proto::AuditEvent> for AuditEvent {
             probe_outcome,
             count: e.count,
             first_at: time(e.first_at),
+            reason: e.reason,
         }
     }
 }

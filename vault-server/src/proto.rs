@@ -113,6 +113,7 @@ impl From<AuditRecord> for AuditEvent {
             probe_outcome: e.probe_outcome.map_or(ProbeOutcome::Unspecified, ProbeOutcome::from).into(),
             count: e.count,
             first_at: Some(timestamp(e.first_at)),
+            reason: e.reason,
         }
     }
 }

@@ -104,6 +104,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             probe_outcome: None,
             count: u64::from(last - first),
             first_at: now,
+            reason: String::new(),
         };
         target.import(rows, audit)?;
         first = last;

@@ -23,6 +23,7 @@ fn event(rpc: &str, mailbox: &str, at: i64) -> AuditEvent {
         probe_outcome: None,
         count: 1,
         first_at: at,
+        reason: String::new(),
     }
 }
 

@@ -529,6 +529,7 @@ mod tests {
             probe_outcome: None,
             count: 1,
             first_at: 1,
+            reason: String::new(),
         }
     }
 

@@ -25,6 +25,7 @@ pub(crate) fn event(rpc: &str, mailbox: &str, client: &str, at: i64) -> AuditEve
         probe_outcome: None,
         count: 1,
         first_at: at,
+        reason: String::new(),
     }
 }
 
@@ -103,7 +104,8 @@ pub async fn run(store: Arc<dyn Store>, ring: &Keyring, files: Files) {
 
     // Revoke: tombstone without a code; twice is Revoked; then every change is Revoked.
     let revoke = || RevokeChange { mailbox: a.0.into(), client: a.1.into(), reason: "gone".into(), now: 50 };
-    let tomb = ok(store.revoke(revoke(), event("Revoke", a.0, a.1, 50), None).await, "revoke");
+    let revoked = AuditEvent { reason: "gone".into(), ..event("Revoke", a.0, a.1, 50) };
+    let tomb = ok(store.revoke(revoke(), revoked, None).await, "revoke");
     assert_eq!(
         (tomb.state, tomb.revoked_at, tomb.revoke_reason.as_deref()),
         (CredentialState::Revoked, Some(50), Some("gone"))
@@ -208,6 +210,8 @@ async fn audit_trail(store: &dyn Store, a: &str) {
     let rpcs: Vec<&str> = events.iter().map(|e| e.event.rpc.as_str()).collect();
     assert_eq!(rpcs, ["Bind", "Import", "Bind", "Revoke", "Reveal", "Verify", "Rotate", "Bind"]);
     assert_eq!(events[0].event.mailbox, "z@sina.com");
+    let reasons: Vec<&str> = events.iter().map(|e| e.event.reason.as_str()).collect();
+    assert_eq!(reasons, ["", "", "", "gone", "", "", "", ""], "a Revoke's reason is kept with its event");
     let only_a = AuditQuery { mailbox: Some(a.into()), limit: 100, ..Default::default() };
     assert!(ok(store.audit_events(only_a).await, "audit filter").iter().all(|e| e.event.mailbox == a));
     // Newest first by time, not by write order: Reveals aggregated in memory are written late.

@@ -241,6 +241,8 @@ pub struct AuditEvent {
     pub probe_outcome: Option<ProbeOutcome>,
     pub count: u64,
     pub first_at: Millis,
+    /// A Revoke's reason, as given; empty otherwise.
+    pub reason: String,
 }
 
 /// A caller token as stored: never the token, only its digest, and a MAC over the row.

@@ -61,6 +61,7 @@ impl Vault {
             probe_outcome: probe,
             count: 1,
             first_at: at,
+            reason: String::new(),
         }
     }
 
@@ -223,7 +224,8 @@ impl Vault {
         }
         let provider = self.provider_of_row(&row).ok();
         let old_code = self.decrypt(row.clone()).await.ok().map(|(code, _)| code);
-        let event = self.event(caller, "Revoke", (&mailbox, &client), "OK", None);
+        let event =
+            AuditEvent { reason: reason.to_owned(), ..self.event(caller, "Revoke", (&mailbox, &client), "OK", None) };
         let change = RevokeChange {
             mailbox: event.mailbox.clone(),
             client: event.client.clone(),

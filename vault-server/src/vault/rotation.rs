@@ -325,6 +325,7 @@ impl KeyRotation {
             probe_outcome: None,
             count: 1,
             first_at: now,
+            reason: String::new(),
         };
         if let Err(e) = self.store.audit(event).await {
             tracing::warn!(error = %e, "could not audit the data-key rotation");

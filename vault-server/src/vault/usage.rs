@@ -166,6 +166,7 @@ impl Taken<'_> {
                     probe_outcome: None,
                     count: w.count,
                     first_at: w.first,
+                    reason: String::new(),
                 }
             })
             .collect()

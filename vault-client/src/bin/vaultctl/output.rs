@@ -86,10 +86,12 @@ impl Table {
                     e.outcome.clone(),
                     outcome(e.probe_outcome),
                     e.count.to_string(),
+                    e.reason.clone(),
                 ]
             })
             .collect();
-        let columns = &["id", "at", "caller", "role", "rpc", "mailbox", "client", "outcome", "probe", "count"];
+        let columns =
+            &["id", "at", "caller", "role", "rpc", "mailbox", "client", "outcome", "probe", "count", "reason"];
         Self { columns, rows }
     }
 

@@ -7,6 +7,7 @@ use crate::store::StoreError;
 const MIGRATIONS: &[&str] = &[
     include_str!("../../../../migrations/postgres/0001_init.sql"),
     include_str!("../../../../migrations/postgres/0002_host_slots.sql"),
+    include_str!("../../../../migrations/postgres/0003_audit_reason.sql"),
 ];
 
 /// The advisory lock key migrations run under ("vault" in ASCII).

@@ -72,7 +72,7 @@ pub(super) fn lock_sql() -> String {
 }
 
 pub(super) const INSERT_AUDIT: &str = "INSERT INTO audit_events (at, caller, caller_role, rpc, mailbox, client, outcome, \
-     probe_outcome, count, first_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+     probe_outcome, count, first_at, reason) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
 
 /// INSERT_AUDIT's parameters for `e`.
 pub(super) fn audit_values(e: &AuditEvent) -> Values {
@@ -89,6 +89,7 @@ pub(super) fn audit_values(e: &AuditEvent) -> Values {
         Box::new(outcome),
         Box::new(count),
         Box::new(e.first_at),
+        Box::new(e.reason.clone()),
     ]
 }
 
@@ -151,7 +152,7 @@ pub(super) fn audit_page_sql(q: &AuditQuery) -> &'static str {
     macro_rules! page {
         ($filter:literal) => {
             concat!(
-                "SELECT id, at, caller, caller_role, rpc, mailbox, client, outcome, probe_outcome, count, first_at \
+                "SELECT id, at, caller, caller_role, rpc, mailbox, client, outcome, probe_outcome, count, first_at, reason \
                  FROM audit_events WHERE ",
                 $filter,
                 " (at, id) < ($1, $8) AND ($2::text IS NULL OR mailbox = $2) \
@@ -197,6 +198,7 @@ pub(super) fn read_audit(r: &Row) -> Result<AuditRecord, StoreError> {
             probe_outcome: outcome_from(r.try_get(8)?),
             count: r.try_get::<_, i64>(9)?.try_into().unwrap_or(0),
             first_at: r.try_get(10)?,
+            reason: r.try_get(11)?,
         },
     })
 }

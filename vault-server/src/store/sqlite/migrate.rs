@@ -19,6 +19,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../../migrations/0006_verification_sweep.sql"),
     include_str!("../../../../migrations/0007_audit_by_time.sql"),
     include_str!("../../../../migrations/0008_counts_by_state.sql"),
+    include_str!("../../../../migrations/0009_audit_reason.sql"),
 ];
 
 /// Applies the migrations this database has not seen, each in its own transaction.

@@ -581,6 +581,7 @@ mod tests {
             probe_outcome: None,
             count: 1,
             first_at: 5,
+            reason: String::new(),
         };
         // Its statements are prepared (and cached) before the trigger exists.
         db.record_reveals(std::slice::from_ref(&used)).unwrap();

@@ -14,7 +14,7 @@ use crate::store::{
 
 /// The tables a row can be planted in, with their column counts.
 pub const TABLES: [(&str, usize); 6] =
-    [("credentials", 16), ("tokens", 8), ("keyring", 4), ("vault_meta", 6), ("audit_events", 11), ("requests", 8)];
+    [("credentials", 16), ("tokens", 8), ("keyring", 4), ("vault_meta", 6), ("audit_events", 12), ("requests", 8)];
 
 /// What the store's read paths made of the planted rows.
 #[derive(Debug, Default)]

@@ -80,7 +80,7 @@ pub(super) fn get_row(conn: &Connection, mailbox: &str, client: &str) -> Result<
 pub(super) fn insert_audit(tx: &rusqlite::Transaction<'_>, e: &AuditEvent) -> Result<(), StoreError> {
     tx.prepare_cached(
         "INSERT INTO audit_events (at, caller, caller_role, rpc, mailbox, client, outcome, probe_outcome, count, \
-         first_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+         first_at, reason) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
     )?
     .execute(params![
         e.at,
@@ -92,7 +92,8 @@ pub(super) fn insert_audit(tx: &rusqlite::Transaction<'_>, e: &AuditEvent) -> Re
         e.outcome,
         e.probe_outcome.map(|o| o as i32),
         i64::try_from(e.count).unwrap_or(i64::MAX),
-        e.first_at
+        e.first_at,
+        e.reason
     ])?;
     Ok(())
 }
@@ -146,7 +147,7 @@ pub(super) fn audit_page_sql(q: &AuditQuery) -> &'static str {
     macro_rules! page {
         ($from:literal) => {
             concat!(
-                "SELECT id, at, caller, caller_role, rpc, mailbox, client, outcome, probe_outcome, count, first_at \
+                "SELECT id, at, caller, caller_role, rpc, mailbox, client, outcome, probe_outcome, count, first_at, reason \
                  FROM audit_events ",
                 $from,
                 " (at, id) < (?1, ?8) AND (?2 IS NULL OR mailbox = ?2) AND (?3 IS NULL OR client = ?3) \
@@ -181,6 +182,7 @@ pub(super) fn audit_events(conn: &Connection, q: &AuditQuery) -> Result<Vec<Audi
                     probe_outcome: outcome_from(r.get(8)?),
                     count: r.get::<_, i64>(9)?.try_into().unwrap_or(0),
                     first_at: r.get(10)?,
+                    reason: r.get(11)?,
                 },
             })
         })?;
