@@ -43,21 +43,46 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
 #[test]
 fn the_contract_and_the_client_package_and_a_bare_consumer_compiles() {
+    // Packaged without cargo's own verify: it unpacks and builds the packages as registry crates,
+    // which it never rebuilds for the same version, so a proto field added since went missing.
     let status = cargo(&workspace())
-        .args(["package", "--quiet", "--offline", "--allow-dirty", "-p", "vault-proto", "-p", "vault-client"])
+        .args([
+            "package",
+            "--quiet",
+            "--offline",
+            "--allow-dirty",
+            "--no-verify",
+            "-p",
+            "vault-proto",
+            "-p",
+            "vault-client",
+        ])
         .status()
         .unwrap();
     assert!(status.success(), "cargo package failed");
 
     let dir = std::env::temp_dir().join(format!("vault-client-consumer-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("src")).unwrap();
+    // The packages as published, unpacked: built from what they hold, and nothing else.
+    let version = env!("CARGO_PKG_VERSION");
+    for name in ["vault-proto", "vault-client"] {
+        let crate_file = workspace().join(format!("target/package/{name}-{version}.crate"));
+        let out = Command::new("tar").arg("xzf").arg(&crate_file).arg("-C").arg(&dir).output().unwrap();
+        assert!(
+            out.status.success(),
+            "cannot unpack {}: {}",
+            crate_file.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     let manifest = format!(
         "[package]\nname = \"consumer\"\nversion = \"0.0.0\"\nedition = \"2024\"\n\n[dependencies]\n\
          vault-client = {{ path = {:?} }}\ntokio = {{ version = \"1\", features = [\"macros\", \"rt-multi-thread\"] }}\n\n\
-         [workspace]\n",
-        workspace().join("vault-client")
+         [patch.crates-io]\nvault-proto = {{ path = {:?} }}\n\n[workspace]\n",
+        dir.join(format!("vault-client-{version}")),
+        dir.join(format!("vault-proto-{version}")),
     );
-    std::fs::create_dir_all(dir.join("src")).unwrap();
     std::fs::write(dir.join("Cargo.toml"), manifest).unwrap();
     std::fs::write(dir.join("src/main.rs"), MAIN).unwrap();
     // The workspace's lock, so the same versions (already built) are used, offline.
