@@ -448,3 +448,44 @@ async fn a_tls_client_that_never_speaks_http2_is_closed() {
     assert!(matches!(read, Ok(Ok(0) | Err(_))), "the stalled TLS connection was kept: {read:?}");
     assert!(started.elapsed() < Duration::from_secs(3), "closed only after {:?}", started.elapsed());
 }
+
+/// A connection that sent the HTTP/2 preface from `source` (any 127/8 address on Linux), and
+/// whether the server answered it with its SETTINGS frame.
+fn h2_from(source: &str, to: std::net::SocketAddr) -> (TcpStream, bool) {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.bind(&source.parse::<std::net::SocketAddr>().unwrap().into()).unwrap();
+    socket.connect(&to.into()).unwrap();
+    let mut s: TcpStream = socket.into();
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut header = [0u8; 9];
+    let answered = s.read_exact(&mut header).is_ok() && header[3] == 0x4;
+    (s, answered)
+}
+
+#[tokio::test]
+async fn one_peer_cannot_hold_every_connection() {
+    let mut stack = Stack::start();
+    stack.restart_with(&["--max-connections-per-peer".into(), "3".into()]);
+    let addr = stack.server.addr;
+    // Three open HTTP/2 connections from one address, then held silently (pings would keep them).
+    let held: Vec<TcpStream> = (0..3)
+        .map(|_| {
+            let (s, answered) = h2_from("127.0.0.1:0", addr);
+            assert!(answered, "a connection under the peer's cap was refused");
+            s
+        })
+        .collect();
+    let (_, answered) = h2_from("127.0.0.1:0", addr);
+    assert!(!answered, "a fourth connection from the same address was served");
+    let (_other, answered) = h2_from("127.0.0.2:0", addr);
+    assert!(answered, "another address was refused");
+    // Closed, the slots come back.
+    drop(held);
+    let started = Instant::now();
+    while !h2_from("127.0.0.1:0", addr).1 {
+        assert!(started.elapsed() < Duration::from_secs(5), "the closed connections' slots never came back");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stack.admin().await.list(&Default::default(), "").await.unwrap();
+}

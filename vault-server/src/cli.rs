@@ -304,6 +304,13 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_connections: u32,
 
+    /// Open gRPC connections from one peer (an IPv4 address, or an IPv6 /64) at most; one over
+    /// it is closed on accept. Behind a proxy that connects from one address, raise it to
+    /// --max-connections.
+    #[arg(long, env = "VAULT_MAX_CONNECTIONS_PER_PEER", default_value_t = 512, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections_per_peer: u32,
+
     /// Seconds a new connection has to finish its TLS handshake (with TLS on) and send the
     /// HTTP/2 preface; silent or stalled connections are closed.
     #[arg(long, env = "VAULT_HANDSHAKE_TIMEOUT", default_value_t = 10, value_name = "SECS",

@@ -33,9 +33,10 @@ pub struct FailureThrottle {
     peers: Mutex<HashMap<IpAddr, Bucket>>,
 }
 
-/// One bucket per IPv4 address (also when it arrives IPv4-mapped on a dual-stack listener), and
-/// per /64 for IPv6 (one host usually holds a whole /64).
-fn peer_key(ip: IpAddr) -> IpAddr {
+/// A peer: an IPv4 address (also when it arrives IPv4-mapped on a dual-stack listener), or an
+/// IPv6 /64 (one host usually holds a whole /64). One failure bucket, and one connection count,
+/// per peer.
+pub fn peer_key(ip: IpAddr) -> IpAddr {
     match ip.to_canonical() {
         v4 @ IpAddr::V4(_) => v4,
         IpAddr::V6(v6) => {

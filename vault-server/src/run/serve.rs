@@ -90,6 +90,7 @@ fn limits(args: &ServeArgs) -> Limits {
     Limits {
         connections: ConnectionLimits {
             max_connections,
+            max_per_peer: usize::try_from(args.max_connections_per_peer).unwrap_or(usize::MAX),
             handshake_timeout: Duration::from_secs(args.handshake_timeout),
             tcp_keepalive: Duration::from_secs(args.tcp_keepalive),
         },

@@ -1,12 +1,14 @@
-//! The accept loop in front of tonic: a cap on open connections, TCP keepalive and no Nagle, and
-//! an opening deadline, so that idle sockets cannot pile up. A connection over the cap is closed
-//! at once. Within the handshake timeout a connection must finish its TLS handshake (if TLS is
+//! The accept loop in front of tonic: a cap on open connections, and on those of one peer, TCP
+//! keepalive and no Nagle, and an opening deadline, so that idle sockets cannot pile up and one
+//! host cannot hold every slot. A connection over either cap is closed at once. Within the handshake timeout a connection must finish its TLS handshake (if TLS is
 //! on) and send the whole HTTP/2 preface; HTTP/2 pings take over from there. The preface read
 //! here is replayed to the server.
 
+use std::collections::HashMap;
 use std::io;
+use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -22,7 +24,10 @@ use crate::metrics::Metrics;
 pub struct ConnectionLimits {
     /// Open connections at most; more are closed on accept.
     pub max_connections: usize,
-    /// Time for a new connection's first byte (and, with TLS, again for the handshake).
+    /// Open connections from one peer ([`crate::auth::peer_key`]) at most.
+    pub max_per_peer: usize,
+    /// Time for a new connection to finish its TLS handshake (with TLS on) and send the HTTP/2
+    /// preface, both within it.
     pub handshake_timeout: Duration,
     /// Idle time before TCP keepalive probes start.
     pub tcp_keepalive: Duration,
@@ -45,6 +50,48 @@ pub struct Admitted {
     io: Io,
     opening: &'static [u8],
     _permit: OwnedSemaphorePermit,
+    _peer: PeerSlot,
+}
+
+/// Open connections per peer; a peer leaves the map with its last connection, so it holds at
+/// most as many entries as there are connections.
+#[derive(Debug, Default)]
+struct PeerCounts(Mutex<HashMap<IpAddr, usize>>);
+
+/// One of a peer's connections, given back when it closes.
+#[derive(Debug)]
+struct PeerSlot {
+    peers: Arc<PeerCounts>,
+    key: IpAddr,
+}
+
+impl PeerCounts {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A slot for `key`, unless it already holds `max`.
+    fn take(self: &Arc<Self>, key: IpAddr, max: usize) -> Option<PeerSlot> {
+        let mut counts = self.lock();
+        let held = counts.entry(key).or_insert(0);
+        if *held >= max {
+            return None;
+        }
+        *held += 1;
+        Some(PeerSlot { peers: self.clone(), key })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut counts = self.peers.lock();
+        if let Some(held) = counts.get_mut(&self.key) {
+            *held = held.saturating_sub(1);
+            if *held == 0 {
+                counts.remove(&self.key);
+            }
+        }
+    }
 }
 
 impl Connected for Admitted {
@@ -155,6 +202,7 @@ pub fn admit(
 ) -> tokio_stream::wrappers::ReceiverStream<io::Result<Admitted>> {
     let (tx, rx) = mpsc::channel(64);
     let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let peers = Arc::new(PeerCounts::default());
     let tls = tls.map(tokio_rustls::TlsAcceptor::from);
     tokio::spawn(async move {
         loop {
@@ -162,14 +210,19 @@ pub fn admit(
                 () = tx.closed() => return,
                 accepted = listener.accept() => accepted,
             };
-            let stream = match accepted {
-                Ok((stream, _)) => stream,
+            let (stream, from) = match accepted {
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of descriptors or a transient error: back off instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
+            };
+            let Some(slot) = peers.take(crate::auth::peer_key(from.ip()), limits.max_per_peer) else {
+                metrics.observe_connection_refused();
+                tracing::debug!("a peer's connection cap reached; closing its new connection");
+                continue;
             };
             let Ok(permit) = permits.clone().try_acquire_owned() else {
                 metrics.observe_connection_refused();
@@ -183,7 +236,7 @@ pub fn admit(
             let (tx, tls) = (tx.clone(), tls.clone());
             tokio::spawn(async move {
                 if let Some(io) = open(stream, tls.as_ref(), limits.handshake_timeout).await {
-                    let _ = tx.send(Ok(Admitted { io, opening: PREFACE, _permit: permit })).await;
+                    let _ = tx.send(Ok(Admitted { io, opening: PREFACE, _permit: permit, _peer: slot })).await;
                 } else {
                     tracing::debug!("a connection did not open HTTP/2 within the handshake timeout; closed");
                 }
