@@ -156,7 +156,7 @@ impl Tokens {
         let mut table = HashMap::new();
         let mut report = |id: &str, why: &str| {
             if state.reported.insert(format!("{id}\n{why}")) {
-                tracing::warn!(token_id = %id, "token row refused: {why}; the other tokens are unaffected");
+                tracing::warn!(token_id = %id.escape_debug(), "token row refused: {why}; the other tokens are unaffected");
             }
         };
         // The keyring is taken before the rows: a rotation re-keys rows before it retires a key,

@@ -294,7 +294,7 @@ impl Scrape {
         let due = i64::try_from(self.metrics.sweep_due.load(Ordering::Relaxed)).unwrap_or(i64::MAX);
         ConstGauge::new(due).encode(encoder.encode_descriptor(
             "vault_scheduled_verifications_due",
-            "Codes due for a scheduled verification at the sweep's last pass (at most 64); staying up means the sweep falls behind.",
+            "Codes due for a scheduled verification, and not skipped (an outage, an error), in the sweep's last page (at most 64); staying up means the sweep falls behind.",
             None,
             MetricType::Gauge,
         )?)?;

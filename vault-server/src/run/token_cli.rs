@@ -15,6 +15,12 @@ fn runtime() -> Result<tokio::runtime::Runtime, RunError> {
     tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(RunError::Runtime)
 }
 
+/// A field of a token row as the terminal may show it: a row written by hand can hold escape
+/// sequences that would repaint the line (an `active` over its real state, say).
+fn shown(field: &str) -> String {
+    field.escape_debug().to_string()
+}
+
 fn millis_to_text(ms: Option<i64>) -> String {
     ms.map_or_else(|| "-".to_owned(), |ms| format!("{}", ms / 1000))
 }
@@ -69,14 +75,17 @@ pub fn run(args: TokenArgs, env_passphrase: Option<Passphrase>) -> Result<(), Ru
                             None => "unchecked",
                             Some(ring) if crate::auth::authentic(ring, &t) => "active",
                             Some(_) => {
-                                eprintln!("warning: token row {} has no valid MAC; the server refuses it", t.id);
+                                eprintln!(
+                                    "warning: token row {} has no valid MAC; the server refuses it",
+                                    shown(&t.id)
+                                );
                                 "unreadable"
                             }
                         };
                         println!(
                             "{:<16} {:<28} {:>12} {:>12} {state}",
-                            t.id,
-                            t.role,
+                            shown(&t.id),
+                            shown(&t.role),
                             millis_to_text(Some(t.created_at)),
                             millis_to_text(t.last_used_at)
                         );
@@ -84,9 +93,10 @@ pub fn run(args: TokenArgs, env_passphrase: Option<Passphrase>) -> Result<(), Ru
                     Err(bad) => {
                         eprintln!(
                             "warning: token row {} is unreadable ({}); the server refuses it",
-                            bad.id, bad.reason
+                            shown(&bad.id),
+                            bad.reason
                         );
-                        println!("{:<16} {:<28} {:>12} {:>12} unreadable", bad.id, "-", "-", "-");
+                        println!("{:<16} {:<28} {:>12} {:>12} unreadable", shown(&bad.id), "-", "-", "-");
                     }
                 }
             }

@@ -180,3 +180,13 @@ async fn a_mailbox_imap_cannot_log_in_as_is_refused_before_any_probe() {
     );
     assert!(prober.tried().is_empty(), "a probe was spent on it");
 }
+
+#[tokio::test]
+async fn a_revoke_reason_that_holds_the_code_is_refused_and_nothing_changes() {
+    let (_tmp, vault, _) = setup(&[ProbeOutcome::Accepted], 3);
+    bind(&vault, OLD).await.unwrap();
+    let (m, c) = pair();
+    let err = vault.revoke(&testkit::admin(), m, c, &format!("pasted {OLD} by mistake"), None).await;
+    assert!(matches!(&err, Err(VaultError::InvalidField { field: "reason", .. })), "{:?}", err.err());
+    assert_eq!(revealed(&vault).await.unwrap(), OLD, "the binding changed");
+}

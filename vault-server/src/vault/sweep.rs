@@ -20,12 +20,18 @@ use super::{Vault, VaultError};
 use crate::ids::{ClientId, Mailbox};
 use crate::store::{CredentialRow, DuePosition, Millis};
 
-/// Due rows read per pass, from where the previous pass stopped (so that skipped rows, which
-/// stay the oldest, are read past instead of filling every page).
+/// Due rows read per pass, on from where the previous pass stopped: rows it skips stay the
+/// oldest, and are read again only once a skip runs out (at most once a [`RESCAN_GAP`]).
 const PAGE: usize = 64;
+/// Least time between two reads of the due rows from the oldest.
+const RESCAN_GAP: Duration = Duration::from_secs(60);
 /// How long a code whose probe reached no verdict (the provider unreachable, say) waits before
-/// the sweep tries it again, at most (and at most a period).
+/// the sweep tries it again (at most a period).
 const OUTAGE_RETRY: Duration = Duration::from_secs(3600);
+/// How long a provider host that just had an outage gets no sweep probe; doubled while its
+/// outages go on, up to [`OUTAGE_RETRY`]. Its other codes wait meanwhile, without a probe each,
+/// so an outage at one provider costs the others nothing.
+const HOST_FIRST_RETRY: Duration = Duration::from_secs(60);
 /// Longest sleep between passes when nothing is due.
 const IDLE_CHECK: Duration = Duration::from_secs(60);
 /// Wait after a store error.
@@ -45,15 +51,18 @@ pub struct Sweep {
     settings: SweepSettings,
     /// When each provider host may be probed next.
     host_free_at: HashMap<String, Instant>,
-    /// Pairs skipped (budget spent, error) and when to try them again.
+    /// Pairs skipped (budget spent, error, outage) and when to try them again.
     skipped: HashMap<(String, String), Instant>,
+    /// Provider hosts in an outage: until when they get no probe, and the wait after the next.
+    hosts_down: HashMap<String, (Instant, Duration)>,
     /// When the next probe may start: the previous one's start plus the spacing.
     next_start: Instant,
-    /// Where this round over the due rows stopped; `None`: the next pass starts a round from the
-    /// oldest.
+    /// The last due row read; `None`: the next pass reads from the oldest.
     cursor: Option<DuePosition>,
-    /// Whether this round has tried a row yet.
-    tried_in_round: bool,
+    /// A skip ran out since the last read from the oldest.
+    rescan_due: bool,
+    /// The earliest time for the next read from the oldest.
+    rescan_after: Instant,
 }
 
 impl Sweep {
@@ -64,8 +73,10 @@ impl Sweep {
             host_free_at: HashMap::new(),
             skipped: HashMap::new(),
             next_start: Instant::now(),
+            hosts_down: HashMap::new(),
             cursor: None,
-            tried_in_round: false,
+            rescan_due: false,
+            rescan_after: Instant::now(),
         }
     }
 
@@ -94,73 +105,79 @@ impl Sweep {
         let now = self.vault.clock.now_millis();
         let due_before = now.saturating_sub(self.every_millis());
         let started = Instant::now();
+        let skips = self.skipped.len();
         self.skipped.retain(|_, until| *until > started);
-        let from_oldest = self.cursor.is_none();
-        if from_oldest {
-            self.tried_in_round = false;
+        self.rescan_due |= self.skipped.len() < skips;
+        // Rows newly due sort after the cursor; those before it were probed (and moved on) or
+        // skipped, so they are read again only once a skip has run out.
+        if self.rescan_due && started >= self.rescan_after {
+            (self.cursor, self.rescan_due, self.rescan_after) = (None, false, started + RESCAN_GAP);
         }
-        let page = self.vault.store.due_for_verification(due_before, self.cursor.take(), PAGE).await?;
-        if from_oldest {
-            self.vault.metrics.observe_sweep_due(page.len());
+        let page = self.vault.store.due_for_verification(due_before, self.cursor.clone(), PAGE).await?;
+        if let Some(last) = page.last() {
+            self.cursor = Some(last.due_position());
         }
-        // A full page: the round goes on from its last row. A short one ends the round.
-        if page.len() == PAGE {
-            self.cursor = page.last().map(CredentialRow::due_position);
-        }
-        let read = page.len();
+        let full = page.len() == PAGE;
         let due: Vec<CredentialRow> =
             page.into_iter().filter(|r| !self.skipped.contains_key(&(r.mailbox.clone(), r.client.clone()))).collect();
+        self.vault.metrics.observe_sweep_due(due.len());
         if due.is_empty() {
-            if self.cursor.is_some() || self.tried_in_round {
-                // Read on past skipped rows, or start the next round.
+            if full {
+                // Read on past skipped rows.
                 return Ok(Duration::ZERO);
             }
-            if from_oldest && read == 0 {
-                return self.until_next_due(now).await;
-            }
-            // A whole round found only skipped rows: wait for the first skip to run out.
-            let first = self.skipped.values().min().map_or(IDLE_CHECK, |t| t.saturating_duration_since(started));
-            return Ok(first.clamp(Duration::from_secs(1), IDLE_CHECK));
+            // Nothing due past the cursor: wait for the next row to fall due or a skip to run out.
+            let wake = if self.rescan_due { Some(self.rescan_after) } else { self.skipped.values().min().copied() };
+            let until_wake = wake.map_or(IDLE_CHECK, |t| t.saturating_duration_since(started));
+            let until_due = self.until_next_due(now).await?;
+            return Ok(until_due.min(until_wake).clamp(Duration::from_millis(100), IDLE_CHECK));
         }
-        self.tried_in_round = true;
         let (active, _) = self.vault.store.count_by_state().await?;
         let spacing = self.settings.every / u32::try_from(active.max(1)).unwrap_or(u32::MAX);
         for row in due {
-            // Spaced from the previous probe's start, so a pass over N codes takes one period.
+            let host = self.vault.registry.by_id(&row.provider).map_or_else(String::new, |p| p.imap.host.clone());
+            if let Some(&(until, _)) = self.hosts_down.get(&host).filter(|(until, _)| *until > Instant::now()) {
+                // Its host is in an outage: the code waits for it, and takes no probe's spacing.
+                self.skipped.insert((row.mailbox, row.client), until);
+                continue;
+            }
+            // Spaced from the previous probe's start, so a pass over N codes takes one period; a
+            // code that never reached the provider (its row does not open, say) takes no space.
             tokio::time::sleep_until(self.next_start).await;
-            self.next_start = Instant::now() + jittered(spacing);
-            self.probe(row, due_before).await;
+            let next = Instant::now() + jittered(spacing);
+            if self.probe(row, host, due_before).await {
+                self.next_start = next;
+            }
         }
         Ok(Duration::ZERO)
     }
 
-    /// How long until the oldest active row falls due (at most [`IDLE_CHECK`]).
+    /// How long until the first row past the cursor falls due (at most [`IDLE_CHECK`]).
     async fn until_next_due(&self, now: Millis) -> Result<Duration, VaultError> {
-        let oldest = self.vault.store.due_for_verification(Millis::MAX, None, 1).await?;
-        let wait = oldest.first().map_or(IDLE_CHECK, |r| {
+        let next = self.vault.store.due_for_verification(Millis::MAX, self.cursor.clone(), 1).await?;
+        let wait = next.first().map_or(IDLE_CHECK, |r| {
             let due_at = r.last_verified_at.unwrap_or(r.created_at).saturating_add(self.every_millis());
             Duration::from_millis(u64::try_from(due_at.saturating_sub(now)).unwrap_or(0))
         });
         Ok(wait.clamp(Duration::from_millis(100), IDLE_CHECK))
     }
 
-    /// Waits for the row's provider host, then verifies it as a scheduled Verify.
-    async fn probe(&mut self, row: CredentialRow, due_before: Millis) {
+    /// Waits for the row's provider host, then verifies it as a scheduled Verify; whether a probe
+    /// went to the provider.
+    async fn probe(&mut self, row: CredentialRow, host: String, due_before: Millis) -> bool {
         let pair = (row.mailbox.clone(), row.client.clone());
         let (Ok(mailbox), Ok(client)) = (Mailbox::parse(&row.mailbox), ClientId::parse(&row.client)) else {
             // An edited row: it cannot be probed; look again next period.
             self.skipped.insert(pair, Instant::now() + self.settings.every);
-            return;
+            return false;
         };
-        let host = self.vault.registry.by_id(&row.provider).map_or_else(String::new, |p| p.imap.host.clone());
         let gap = Duration::from_secs_f64(1.0 / self.settings.rate_per_host);
         if let Some(free_at) = self.host_free_at.get(&host) {
             tokio::time::sleep_until(*free_at).await;
         }
-        let result = self.vault.verify_due(mailbox, client, due_before).await;
-        match result {
+        match self.vault.verify_due(mailbox, client, due_before).await {
             Ok(Some(report)) => {
-                self.host_free_at.insert(host, Instant::now() + gap);
+                self.host_free_at.insert(host.clone(), Instant::now() + gap);
                 if report.outcome == crate::outcome::ProbeOutcome::Accepted {
                     tracing::info!(mailbox = %pair.0, client = %pair.1, outcome = "ACCEPTED", "scheduled verify");
                 } else {
@@ -168,16 +185,25 @@ impl Sweep {
                     tracing::warn!(mailbox = %pair.0, client = %pair.1, outcome, hint = %report.hint, "scheduled verify");
                 }
                 self.vault.metrics.observe_sweep(report.outcome.as_str());
-                if !report.outcome.is_verdict() {
-                    // Still due (an outage checked nothing): not again before the provider had time.
-                    self.skipped.insert(pair, Instant::now() + self.settings.every.min(OUTAGE_RETRY));
+                let longest = self.settings.every.min(OUTAGE_RETRY);
+                if report.outcome.is_verdict() {
+                    self.hosts_down.remove(&host);
+                } else {
+                    // Still due (an outage checked nothing): this code waits long, so that a
+                    // mailbox the provider never answers does not hold its host back; the host
+                    // waits a while, longer while its outages go on.
+                    let wait = self.hosts_down.get(&host).map_or(HOST_FIRST_RETRY, |&(_, next)| next).min(longest);
+                    self.hosts_down.insert(host, (Instant::now() + wait, (wait * 2).min(longest)));
+                    self.skipped.insert(pair, Instant::now() + longest);
                 }
+                true
             }
-            Ok(None) => {}
+            Ok(None) => false,
             Err(VaultError::RateLimited { retry_after }) => {
                 tracing::debug!(mailbox = %pair.0, "scheduled verify skipped: the mailbox's budget is kept for admins");
                 self.vault.metrics.observe_sweep("SKIPPED_BUDGET");
                 self.skipped.insert(pair, Instant::now() + retry_after);
+                false
             }
             Err(e) => {
                 // A row that cannot be probed (its provider is gone, its code does not open) is
@@ -185,6 +211,7 @@ impl Sweep {
                 tracing::warn!(mailbox = %pair.0, client = %pair.1, error = %e, "scheduled verify failed");
                 self.vault.metrics.observe_sweep("SKIPPED_ERROR");
                 self.skipped.insert(pair, Instant::now() + self.settings.every);
+                false
             }
         }
     }

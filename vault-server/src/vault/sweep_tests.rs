@@ -122,12 +122,88 @@ async fn rows_that_cannot_be_probed_never_keep_the_sweep_from_the_others() {
     let settings = SweepSettings { every: std::time::Duration::from_secs(86_400), rate_per_host: 1000.0 };
     let mut sweep = Sweep::new(vault.clone(), settings);
     let (m, c) = ids("good@sina.com");
+    let mut reached = false;
     for _ in 0..200 {
         sweep.pass().await.unwrap();
-        let row = vault.get(&m, &c).await.unwrap();
-        if row.last_verified_at == Some(1002 * DAY) {
-            return;
+        if vault.get(&m, &c).await.unwrap().last_verified_at == Some(1002 * DAY) {
+            reached = true;
+            break;
         }
     }
-    panic!("200 passes never reached the code bound after 5,000 that cannot be probed");
+    assert!(reached, "200 passes never reached the code bound after 5,000 that cannot be probed");
+    // Then nothing is due but the skipped: the sweep waits instead of reading them page after
+    // page (79 pages a round), until a skip runs out.
+    let (started, mut passes) = (tokio::time::Instant::now(), 0);
+    while started.elapsed() < std::time::Duration::from_secs(3600) {
+        let wait = sweep.pass().await.unwrap();
+        passes += 1;
+        tokio::time::sleep(wait).await;
+    }
+    assert!(passes <= 120, "{passes} passes in an hour with nothing to probe");
+}
+
+/// Accepts every code until `down` is set; then the provider at `host` is unreachable. Counts
+/// the probes each host gets.
+#[derive(Debug)]
+struct Outage {
+    host: &'static str,
+    down: std::sync::atomic::AtomicBool,
+    probes: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+}
+
+#[tonic::async_trait]
+impl crate::probe::Prober for Outage {
+    async fn probe(&self, req: crate::probe::ProbeRequest<'_>) -> crate::probe::ProbeReport {
+        let host = req.provider.imap.host.clone();
+        *self.probes.lock().unwrap().entry(host.clone()).or_default() += 1;
+        let down = self.down.load(std::sync::atomic::Ordering::Relaxed) && host == self.host;
+        let outcome = if down { crate::outcome::ProbeOutcome::Unreachable } else { Accepted };
+        crate::probe::ProbeReport {
+            outcome,
+            server: req.provider.imap.to_string(),
+            server_response: String::new(),
+            hint: String::new(),
+            latency: std::time::Duration::ZERO,
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_outage_at_one_provider_costs_the_others_nothing() {
+    use super::sweep::{Sweep, SweepSettings};
+    let clock = Arc::new(FakeClock::default());
+    clock.set(1000 * DAY);
+    let prober = Arc::new(Outage { host: "imap.sina.com", down: false.into(), probes: std::sync::Mutex::default() });
+    let (_tmp, vault) = testkit::vault_with(clock.clone(), prober.clone(), ProbeBudget::new(100, 100));
+    // 300 Sina codes, the oldest, and 30 at NetEase.
+    for i in 0..300 {
+        bind(&vault, &format!("s{i:03}@sina.com")).await;
+    }
+    clock.set(1000 * DAY + 1000);
+    for i in 0..30 {
+        bind(&vault, &format!("n{i:02}@163.com")).await;
+    }
+    prober.down.store(true, std::sync::atomic::Ordering::Relaxed);
+    prober.probes.lock().unwrap().clear();
+    clock.set(1002 * DAY);
+    let settings = SweepSettings { every: std::time::Duration::from_secs(86_400), rate_per_host: 1000.0 };
+    let mut sweep = Sweep::new(vault.clone(), settings);
+    let started = tokio::time::Instant::now();
+    // 330 codes a day is a probe every 4.4 minutes: NetEase's 30 take about 2.2 hours.
+    loop {
+        let wait = sweep.pass().await.unwrap();
+        let mut verified = 0;
+        for i in 0..30 {
+            let (m, c) = ids(&format!("n{i:02}@163.com"));
+            verified += usize::from(vault.get(&m, &c).await.unwrap().last_verified_at == Some(1002 * DAY));
+        }
+        if verified == 30 {
+            break;
+        }
+        let elapsed = started.elapsed();
+        assert!(elapsed < std::time::Duration::from_secs(6 * 3600), "{verified} of 30 verified after {elapsed:?}");
+        tokio::time::sleep(wait).await;
+    }
+    let sina = prober.probes.lock().unwrap().get("imap.sina.com").copied().unwrap_or(0);
+    assert!(sina <= 12, "{sina} probes went to the provider in an outage, one per code");
 }

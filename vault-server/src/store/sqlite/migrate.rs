@@ -43,55 +43,77 @@ pub fn apply(conn: &mut Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Every schema object but `ANALYZE`'s statistics tables, by (type, name), each with its SQL,
-/// whitespace collapsed. Names starting `sqlite_` are compared too: `writable_schema` lets anyone
-/// create a trigger under SQLite's reserved prefix.
-fn schema_objects(conn: &Connection) -> Result<BTreeMap<(String, String), String>, StoreError> {
-    let mut stmt = conn.prepare(
-        "SELECT type, name, coalesce(sql, '') FROM sqlite_master \
-         WHERE NOT (type = 'table' AND name IN ('sqlite_stat1', 'sqlite_stat2', 'sqlite_stat3', 'sqlite_stat4'))",
-    )?;
+/// Every schema object, `sqlite_`-named ones too (`writable_schema` lets anyone create a
+/// trigger under SQLite's reserved prefix; the server never writes `ANALYZE` statistics, which
+/// steer the planner), by (type, name), each with its SQL exactly as stored.
+type Schema = BTreeMap<(String, String), String>;
+
+fn schema_objects(conn: &Connection) -> Result<Schema, StoreError> {
+    let mut stmt = conn.prepare("SELECT type, name, coalesce(sql, '') FROM sqlite_master")?;
     let rows = stmt.query_map([], |r| Ok(((r.get(0)?, r.get(1)?), r.get::<_, String>(2)?)))?;
-    let mut objects = BTreeMap::new();
-    for row in rows {
-        let (key, sql) = row?;
-        objects.insert(key, sql.split_whitespace().collect::<Vec<_>>().join(" "));
+    Ok(rows.collect::<Result<Schema, _>>()?)
+}
+
+/// The schema after each number of migrations, from none to all.
+fn reference_schemas() -> Result<Vec<Schema>, StoreError> {
+    let reference = Connection::open_in_memory()?;
+    let mut schemas = vec![schema_objects(&reference)?];
+    for sql in MIGRATIONS {
+        reference.execute_batch(sql)?;
+        schemas.push(schema_objects(&reference)?);
     }
-    Ok(objects)
+    Ok(schemas)
 }
 
 /// Fails, changing nothing, unless `conn`'s schema is what the first `applied` migrations create.
 fn check_schema(conn: &Connection, applied: usize) -> Result<(), StoreError> {
-    let reference = Connection::open_in_memory()?;
-    for sql in MIGRATIONS.iter().take(applied) {
-        reference.execute_batch(sql)?;
-    }
-    let want = schema_objects(&reference)?;
+    let references = reference_schemas()?;
     let have = schema_objects(conn)?;
-    let mut problems = Vec::new();
-    for ((kind, name), sql) in &want {
+    let Some(want) = references.get(applied) else {
+        return Err(StoreError::Corrupt(format!("schema version {applied} is unknown")));
+    };
+    if &have == want {
+        return Ok(());
+    }
+    let refused = "its schema was changed outside vault-server and it is refused";
+    // The schema of another version: the recorded version was lost (a dump and reload resets it).
+    if let Some(k) = references.iter().position(|r| *r == have) {
+        return Err(StoreError::Corrupt(format!(
+            "{refused}: it is the schema of migration {k}, but the file says {applied} \
+             (PRAGMA user_version = {k} restores it, if the file came from a dump of a vault). No \
+             migration ran and no row was written"
+        )));
+    }
+    // Objects some migration creates are never advised away: their rows are the vault's.
+    let ours = references.last().cloned().unwrap_or_default();
+    // Objects no migration makes first (the likeliest tampering), then changed or missing ones,
+    // then later migrations' objects.
+    let (mut foreign, mut changed, mut later) = (Vec::new(), Vec::new(), Vec::new());
+    for ((kind, name), sql) in want {
         let named = quoted(name);
         match have.get(&(kind.clone(), name.clone())) {
-            None if kind == "index" => problems.push(format!("index {named} is missing (recreate it: {sql})")),
-            None => problems.push(format!("{kind} {named} is missing")),
-            Some(found) if found != sql => problems.push(format!("{kind} {named} differs from its migration")),
+            None if kind == "index" => changed.push(format!("index {named} is missing (recreate it: {sql})")),
+            None => changed.push(format!("{kind} {named} is missing")),
+            Some(found) if found != sql => changed.push(format!("{kind} {named} differs from its migration")),
             Some(_) => {}
         }
     }
-    for (kind, name) in have.keys().filter(|k| !want.contains_key(*k)) {
-        problems.push(format!("{kind} {} is not part of it ({})", quoted(name), removal(kind, name)));
+    for key @ (kind, name) in have.keys().filter(|k| !want.contains_key(*k)) {
+        let named = quoted(name);
+        if ours.contains_key(key) {
+            later.push(format!("{kind} {named} is not part of it (a later migration makes it)"));
+        } else {
+            foreign.push(format!("{kind} {named} is not part of it ({})", removal(kind, name)));
+        }
     }
-    if problems.is_empty() {
-        return Ok(());
-    }
+    let problems = [foreign, changed, later].concat();
     // Keep the message readable whatever was done to the file.
     let shown = problems.len().min(5);
-    let mut message =
-        format!("its schema was changed outside vault-server and it is refused: {}", problems[..shown].join("; "));
+    let mut message = format!("{refused}: {}", problems[..shown].join("; "));
     if problems.len() > shown {
         message = format!("{message}; and {} more", problems.len() - shown);
     }
-    message.push_str(". Nothing was changed: undo the edit, or restore the data dir from a backup");
+    message.push_str(". No migration ran and no row was written: undo the edit, or restore the data dir from a backup");
     Err(StoreError::Corrupt(message))
 }
 
@@ -106,9 +128,10 @@ fn quoted(name: &str) -> String {
 /// their pages).
 fn removal(kind: &str, name: &str) -> String {
     let reserved = name.get(..7).is_some_and(|p| p.eq_ignore_ascii_case("sqlite_"));
+    let statistics = name.get(..11).is_some_and(|p| p.eq_ignore_ascii_case("sqlite_stat"));
     if name.chars().any(char::is_control) {
         "remove it".to_owned()
-    } else if reserved && matches!(kind, "table" | "view") {
+    } else if reserved && !statistics && matches!(kind, "table" | "view") {
         format!(
             "remove it: PRAGMA writable_schema = ON; DELETE FROM sqlite_master WHERE type = '{kind}' AND name = '{}'; \
              then VACUUM",
@@ -144,15 +167,53 @@ mod tests {
     }
 
     #[test]
-    fn a_migrated_database_and_its_statistics_pass() {
+    fn a_migrated_database_passes_and_planner_statistics_are_refused() {
         let (_tmp, path) = migrated();
-        reopen_after(&path, "ANALYZE; PRAGMA optimize;").unwrap();
-        let stats: i64 = Connection::open(&path)
-            .unwrap()
-            .query_row("SELECT count(*) FROM sqlite_master WHERE name = 'sqlite_stat1'", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(stats, 1, "ANALYZE wrote no statistics table: the test proves nothing");
         reopen_after(&path, "").unwrap();
+        // Statistics steer the planner (a planted row sent the review page to a full scan); the
+        // server never writes them.
+        let m = refused(reopen_after(&path, "ANALYZE;"));
+        assert!(m.contains("table \"sqlite_stat1\" is not part of it (remove it: DROP TABLE \"sqlite_stat1\")"), "{m}");
+        let drops = ["sqlite_stat1", "sqlite_stat4"]
+            .iter()
+            .filter(|t| m.contains(&format!("DROP TABLE \"{t}\"")))
+            .map(|t| format!("DROP TABLE {t};"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        reopen_after(&path, &drops).unwrap();
+    }
+
+    #[test]
+    fn a_table_changed_in_sqlite_master_is_refused_to_the_byte() {
+        let (_tmp, path) = migrated();
+        // A no-break space turns the foreign key's target into another table's name.
+        let edit = "PRAGMA writable_schema = ON; \
+                    UPDATE sqlite_master SET sql = replace(sql, 'REFERENCES keyring (key_id)', \
+                    'REFERENCES keyring' || char(160) || '(key_id)') WHERE name = 'credentials'; \
+                    PRAGMA writable_schema = OFF;";
+        let conn = Connection::open(&path).unwrap();
+        let version: i64 = conn.query_row("PRAGMA schema_version", [], |r| r.get(0)).unwrap();
+        conn.execute_batch(edit).unwrap();
+        conn.execute_batch(&format!("PRAGMA writable_schema = ON; PRAGMA schema_version = {};", version + 1)).unwrap();
+        drop(conn);
+        let m = refused(apply(&mut Connection::open(&path).unwrap()));
+        assert!(m.contains("table \"credentials\" differs from its migration"), "{m}");
+    }
+
+    #[test]
+    fn a_lost_schema_version_is_named_and_nothing_of_the_vault_is_advised_away() {
+        let (_tmp, path) = migrated();
+        let m = refused(reopen_after(&path, "PRAGMA user_version = 0;"));
+        let latest = MIGRATIONS.len();
+        assert!(m.contains(&format!("it is the schema of migration {latest}, but the file says 0")), "{m}");
+        assert!(m.contains(&format!("PRAGMA user_version = {latest}")) && !m.contains("DROP"), "{m}");
+        // An older version recorded, and an object no migration makes: that one is named first;
+        // the later migrations' objects are named as theirs, never as something to drop.
+        let m = refused(reopen_after(&path, &format!("PRAGMA user_version = {}; CREATE TABLE loot (c);", latest - 2)));
+        let first = "its schema was changed outside vault-server and it is refused: table \"loot\" is not part of it \
+                     (remove it: DROP TABLE \"loot\")";
+        assert!(m.starts_with(first), "{m}");
+        assert!(m.contains("(a later migration makes it)") && m.matches("DROP").count() == 1, "{m}");
     }
 
     #[test]
@@ -165,7 +226,7 @@ mod tests {
         ));
         assert!(m.contains("trigger \"keep_codes\" is not part of it (remove it: DROP TRIGGER \"keep_codes\")"), "{m}");
         assert!(m.contains("table \"loot\""), "{m}");
-        assert!(m.contains("Nothing was changed"), "{m}");
+        assert!(m.contains("No migration ran and no row was written"), "{m}");
     }
 
     #[test]

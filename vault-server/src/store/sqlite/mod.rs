@@ -92,6 +92,16 @@ fn configure(conn: &Connection) -> Result<(), StoreError> {
 fn open_conn(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
     configure(&conn)?;
+    // The schema has no triggers or views. One planted while the server runs (the start-up
+    // check catches the others) would run inside every write it matches, copying a code
+    // aside before its destruction, say: every connection refuses to prepare any such work.
+    conn.authorizer(Some(|ctx: rusqlite::hooks::AuthContext<'_>| {
+        if ctx.accessor.is_some() {
+            rusqlite::hooks::Authorization::Deny
+        } else {
+            rusqlite::hooks::Authorization::Allow
+        }
+    }));
     Ok(conn)
 }
 
@@ -144,16 +154,6 @@ impl Db {
     }
 
     fn with_writer(path: &Path, writer: Connection) -> Result<Self, StoreError> {
-        // The schema has no triggers or views. One planted while the server runs (the start-up
-        // check catches the others) would run inside every write it matches, copying a code
-        // aside before its destruction, say: the writer refuses to prepare any such work.
-        writer.authorizer(Some(|ctx: rusqlite::hooks::AuthContext<'_>| {
-            if ctx.accessor.is_some() {
-                rusqlite::hooks::Authorization::Deny
-            } else {
-                rusqlite::hooks::Authorization::Allow
-            }
-        }));
         let identity =
             file_identity(path).map_err(|e| StoreError::Unavailable(format!("cannot stat {}: {e}", path.display())))?;
         Ok(Self {
