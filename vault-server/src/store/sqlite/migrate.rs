@@ -22,8 +22,16 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../../migrations/0009_audit_reason.sql"),
 ];
 
-/// Applies the migrations this database has not seen, each in its own transaction.
+/// Applies the migrations this database has not seen, each in its own transaction, once its
+/// schema is checked.
 pub fn apply(conn: &mut Connection) -> Result<(), StoreError> {
+    let applied = version(conn)?;
+    check_schema(conn, applied)?;
+    migrate_from(conn, applied)
+}
+
+/// The file's schema version, refused if newer than this binary.
+fn version(conn: &Connection) -> Result<usize, StoreError> {
     let applied: usize = conn
         .query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))
         .map(|v| usize::try_from(v).unwrap_or(usize::MAX))?;
@@ -33,11 +41,26 @@ pub fn apply(conn: &mut Connection) -> Result<(), StoreError> {
             MIGRATIONS.len()
         )));
     }
-    check_schema(conn, applied)?;
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
+    Ok(applied)
+}
+
+/// Applies the migrations after `applied`. The version is read again under each write lock: a
+/// CLI command opening the file while a server migrates it (a large table can take seconds)
+/// read it before the server committed, and applied the server's migration a second time.
+fn migrate_from(conn: &mut Connection, mut applied: usize) -> Result<(), StoreError> {
+    while let Some(sql) = MIGRATIONS.get(applied) {
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let now = version(&tx)?;
+        if now != applied {
+            // Migrated meanwhile by another process: checked like the file was.
+            check_schema(&tx, now)?;
+            tx.commit()?;
+            applied = now;
+            continue;
+        }
         tx.execute_batch(sql)?;
-        tx.pragma_update(None, "user_version", i64::try_from(i + 1).unwrap_or(i64::MAX))?;
+        applied += 1;
+        tx.pragma_update(None, "user_version", i64::try_from(applied).unwrap_or(i64::MAX))?;
         tx.commit()?;
     }
     Ok(())
@@ -285,6 +308,24 @@ mod tests {
         assert_eq!(version, 1, "a migration ran on a refused database");
         Connection::open(&path).unwrap().execute_batch("DROP INDEX extra;").unwrap();
         apply(&mut Connection::open(&path).unwrap()).unwrap();
+    }
+
+    #[test]
+    fn a_migration_another_process_applied_meanwhile_is_not_applied_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("v.db");
+        let older = MIGRATIONS.len() - 1;
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(&MIGRATIONS[..older].concat()).unwrap();
+        conn.pragma_update(None, "user_version", i64::try_from(older).unwrap()).unwrap();
+        drop(conn);
+        // This one read the version (and checked the schema) before the other one migrated.
+        let mut late = Connection::open(&path).unwrap();
+        assert_eq!(version(&late).unwrap(), older);
+        apply(&mut Connection::open(&path).unwrap()).unwrap();
+        migrate_from(&mut late, older).unwrap();
+        assert_eq!(version(&late).unwrap(), MIGRATIONS.len());
+        apply(&mut late).unwrap();
     }
 
     #[test]
