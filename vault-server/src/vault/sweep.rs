@@ -21,10 +21,14 @@ use crate::ids::{ClientId, Mailbox};
 use crate::store::{CredentialRow, DuePosition, Millis};
 
 /// Due rows read per pass, on from where the previous pass stopped: rows it skips stay the
-/// oldest, and are read again only once a skip runs out (at most once a [`RESCAN_GAP`]).
+/// oldest, and are read again only once a skip runs out (at most once a [`RESCAN_GAP`]), or
+/// after [`RESCAN_EVERY`].
 const PAGE: usize = 64;
 /// Least time between two reads of the due rows from the oldest.
 const RESCAN_GAP: Duration = Duration::from_secs(60);
+/// Most time between two reads from the oldest: a row can fall due before the cursor without a
+/// skip running out (bindings imported with their old times while the server runs).
+const RESCAN_EVERY: Duration = Duration::from_secs(3600);
 /// How long a code whose probe reached no verdict (the provider unreachable, say) waits before
 /// the sweep tries it again (at most a period).
 const OUTAGE_RETRY: Duration = Duration::from_secs(3600);
@@ -61,8 +65,8 @@ pub struct Sweep {
     cursor: Option<DuePosition>,
     /// A skip ran out since the last read from the oldest.
     rescan_due: bool,
-    /// The earliest time for the next read from the oldest.
-    rescan_after: Instant,
+    /// When the last read from the oldest started.
+    rescanned_at: Instant,
 }
 
 impl Sweep {
@@ -76,7 +80,7 @@ impl Sweep {
             hosts_down: HashMap::new(),
             cursor: None,
             rescan_due: false,
-            rescan_after: Instant::now(),
+            rescanned_at: Instant::now(),
         }
     }
 
@@ -110,8 +114,9 @@ impl Sweep {
         self.rescan_due |= self.skipped.len() < skips;
         // Rows newly due sort after the cursor; those before it were probed (and moved on) or
         // skipped, so they are read again only once a skip has run out.
-        if self.rescan_due && started >= self.rescan_after {
-            (self.cursor, self.rescan_due, self.rescan_after) = (None, false, started + RESCAN_GAP);
+        let since = started.saturating_duration_since(self.rescanned_at);
+        if (self.rescan_due && since >= RESCAN_GAP) || since >= RESCAN_EVERY {
+            (self.cursor, self.rescan_due, self.rescanned_at) = (None, false, started);
         }
         let page = self.vault.store.due_for_verification(due_before, self.cursor.clone(), PAGE).await?;
         if let Some(last) = page.last() {
@@ -127,7 +132,11 @@ impl Sweep {
                 return Ok(Duration::ZERO);
             }
             // Nothing due past the cursor: wait for the next row to fall due or a skip to run out.
-            let wake = if self.rescan_due { Some(self.rescan_after) } else { self.skipped.values().min().copied() };
+            let wake = if self.rescan_due {
+                Some(self.rescanned_at + RESCAN_GAP)
+            } else {
+                self.skipped.values().min().copied()
+            };
             let until_wake = wake.map_or(IDLE_CHECK, |t| t.saturating_duration_since(started));
             let until_due = self.until_next_due(now).await?;
             return Ok(until_due.min(until_wake).clamp(Duration::from_millis(100), IDLE_CHECK));
