@@ -13,7 +13,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
-        .generate_default_stubs(env::var_os("CARGO_FEATURE_DEFAULT_STUBS").is_some())
         // Secret-bearing messages get hand-written, redacted Debug impls (src/lib.rs).
         .skip_debug([".vault.v1.BindRequest", ".vault.v1.RotateRequest", ".vault.v1.RevealResponse"])
         .compile_fds(fds)?;

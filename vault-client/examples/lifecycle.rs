@@ -6,7 +6,7 @@
 //! ```sh
 //! export VAULT_ADDR=http://127.0.0.1:50051 ADMIN_TOKEN=avt_... CLIENT_TOKEN=avt_...  # a --client sender token
 //! read -rsp 'auth code: ' CODE; echo; read -rsp 'new auth code: ' NEW; echo
-//! printf '%s\n%s\n' "$CODE" "$NEW" | cargo run -p vault-client --example lifecycle -- bob@sina.com sender
+//! printf '%s\n%s\n' "$CODE" "$NEW" | cargo run --example lifecycle -- bob@sina.com sender
 //! ```
 
 use std::io::BufRead as _;

@@ -7,10 +7,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use tonic::{Request, Response, Status};
-use vault_bench::proto::{
-    RevealRequest, RevealResponse,
-    auth_code_vault_server::{AuthCodeVault, AuthCodeVaultServer},
-};
+use vault_bench::proto::{RevealRequest, RevealResponse};
+
+/// `vault.v1`'s server with default stubs (bench/build.rs); generated code.
+#[allow(clippy::pedantic)]
+mod stubs {
+    tonic::include_proto!("vault.v1");
+}
+use stubs::auth_code_vault_server::{AuthCodeVault, AuthCodeVaultServer};
 
 struct Bare {
     values: HashMap<(String, String), RevealResponse>,

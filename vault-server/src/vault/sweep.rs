@@ -10,11 +10,12 @@
 //! [`ProbeBudget::sweep_reserve`](super::ProbeBudget)).
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rand::Rng as _;
-use tokio::time::Instant;
 
 use super::{Vault, VaultError};
 use crate::ids::{ClientId, Mailbox};
@@ -49,10 +50,32 @@ pub struct SweepSettings {
     pub rate_per_host: f64,
 }
 
+/// Where the sweep reads the time and waits: tokio's timer when serving, a simulated one in
+/// unit tests (hours of sweeping in milliseconds, without tokio's `test-util` in the build).
+pub trait Timer: Send + Sync {
+    fn now(&self) -> Instant;
+    fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+}
+
+/// tokio's timer.
+#[derive(Debug, Clone, Copy)]
+pub struct TokioTimer;
+
+impl Timer for TokioTimer {
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+
+    fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(tokio::time::sleep_until(deadline.into()))
+    }
+}
+
 /// The sweep's state between passes (all of it also recoverable from the rows).
 pub struct Sweep {
     vault: Arc<Vault>,
     settings: SweepSettings,
+    timer: Arc<dyn Timer>,
     /// When each provider host may be probed next.
     host_free_at: HashMap<String, Instant>,
     /// Pairs skipped (budget spent, error, outage) and when to try them again.
@@ -71,17 +94,27 @@ pub struct Sweep {
 
 impl Sweep {
     pub fn new(vault: Arc<Vault>, settings: SweepSettings) -> Self {
+        Self::with_timer(vault, settings, Arc::new(TokioTimer))
+    }
+
+    pub(super) fn with_timer(vault: Arc<Vault>, settings: SweepSettings, timer: Arc<dyn Timer>) -> Self {
+        let now = timer.now();
         Self {
             vault,
             settings,
+            timer,
             host_free_at: HashMap::new(),
             skipped: HashMap::new(),
-            next_start: Instant::now(),
+            next_start: now,
             hosts_down: HashMap::new(),
             cursor: None,
             rescan_due: false,
-            rescanned_at: Instant::now(),
+            rescanned_at: now,
         }
+    }
+
+    fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        self.timer.sleep_until(deadline)
     }
 
     fn every_millis(&self) -> Millis {
@@ -99,7 +132,7 @@ impl Sweep {
                     ERROR_BACKOFF
                 }
             };
-            tokio::time::sleep(wait).await;
+            self.sleep_until(self.timer.now() + wait).await;
         }
     }
 
@@ -108,7 +141,7 @@ impl Sweep {
     pub(super) async fn pass(&mut self) -> Result<Duration, VaultError> {
         let now = self.vault.clock.now_millis();
         let due_before = now.saturating_sub(self.every_millis());
-        let started = Instant::now();
+        let started = self.timer.now();
         let skips = self.skipped.len();
         self.skipped.retain(|_, until| *until > started);
         self.rescan_due |= self.skipped.len() < skips;
@@ -145,15 +178,15 @@ impl Sweep {
         let spacing = self.settings.every / u32::try_from(active.max(1)).unwrap_or(u32::MAX);
         for row in due {
             let host = self.vault.registry.by_id(&row.provider).map_or_else(String::new, |p| p.imap.host.clone());
-            if let Some(&(until, _)) = self.hosts_down.get(&host).filter(|(until, _)| *until > Instant::now()) {
+            if let Some(&(until, _)) = self.hosts_down.get(&host).filter(|(until, _)| *until > self.timer.now()) {
                 // Its host is in an outage: the code waits for it, and takes no probe's spacing.
                 self.skipped.insert((row.mailbox, row.client), until);
                 continue;
             }
             // Spaced from the previous probe's start, so a pass over N codes takes one period; a
             // code that never reached the provider (its row does not open, say) takes no space.
-            tokio::time::sleep_until(self.next_start).await;
-            let next = Instant::now() + jittered(spacing);
+            self.sleep_until(self.next_start).await;
+            let next = self.timer.now() + jittered(spacing);
             if self.probe(row, host, due_before).await {
                 self.next_start = next;
             }
@@ -177,16 +210,16 @@ impl Sweep {
         let pair = (row.mailbox.clone(), row.client.clone());
         let (Ok(mailbox), Ok(client)) = (Mailbox::parse(&row.mailbox), ClientId::parse(&row.client)) else {
             // An edited row: it cannot be probed; look again next period.
-            self.skipped.insert(pair, Instant::now() + self.settings.every);
+            self.skipped.insert(pair, self.timer.now() + self.settings.every);
             return false;
         };
         let gap = Duration::from_secs_f64(1.0 / self.settings.rate_per_host);
         if let Some(free_at) = self.host_free_at.get(&host) {
-            tokio::time::sleep_until(*free_at).await;
+            self.sleep_until(*free_at).await;
         }
         match self.vault.verify_due(mailbox, client, due_before).await {
             Ok(Some(report)) => {
-                self.host_free_at.insert(host.clone(), Instant::now() + gap);
+                self.host_free_at.insert(host.clone(), self.timer.now() + gap);
                 if report.outcome == crate::outcome::ProbeOutcome::Accepted {
                     tracing::info!(mailbox = %pair.0, client = %pair.1, outcome = "ACCEPTED", "scheduled verify");
                 } else {
@@ -202,8 +235,8 @@ impl Sweep {
                     // mailbox the provider never answers does not hold its host back; the host
                     // waits a while, longer while its outages go on.
                     let wait = self.hosts_down.get(&host).map_or(HOST_FIRST_RETRY, |&(_, next)| next).min(longest);
-                    self.hosts_down.insert(host, (Instant::now() + wait, (wait * 2).min(longest)));
-                    self.skipped.insert(pair, Instant::now() + longest);
+                    self.hosts_down.insert(host, (self.timer.now() + wait, (wait * 2).min(longest)));
+                    self.skipped.insert(pair, self.timer.now() + longest);
                 }
                 true
             }
@@ -211,7 +244,7 @@ impl Sweep {
             Err(VaultError::RateLimited { retry_after }) => {
                 tracing::debug!(mailbox = %pair.0, "scheduled verify skipped: the mailbox's budget is kept for admins");
                 self.vault.metrics.observe_sweep("SKIPPED_BUDGET");
-                self.skipped.insert(pair, Instant::now() + retry_after);
+                self.skipped.insert(pair, self.timer.now() + retry_after);
                 false
             }
             Err(e) => {
@@ -219,7 +252,7 @@ impl Sweep {
                 // reported once a period, not retried in a loop.
                 tracing::warn!(mailbox = %pair.0, client = %pair.1, error = %e, "scheduled verify failed");
                 self.vault.metrics.observe_sweep("SKIPPED_ERROR");
-                self.skipped.insert(pair, Instant::now() + self.settings.every);
+                self.skipped.insert(pair, self.timer.now() + self.settings.every);
                 false
             }
         }

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use super::sweep::Timer as _;
 use super::testkit::{self, DAY, FakeClock, Scripted};
 use super::{ProbeBudget, Vault};
 use crate::ids::{ClientId, Mailbox};
@@ -96,9 +97,10 @@ async fn an_outage_neither_clears_a_rejected_code_nor_counts_as_a_check() {
     assert_eq!(outcomes, ["TIMED_OUT", "UNREACHABLE"]);
 }
 
-#[tokio::test(start_paused = true)]
+#[tokio::test]
 async fn rows_that_cannot_be_probed_never_keep_the_sweep_from_the_others() {
     use super::sweep::{Sweep, SweepSettings};
+    let timer = Arc::new(SimTimer::default());
     let clock = Arc::new(FakeClock::default());
     clock.set(1000 * DAY);
     let prober = Scripted::new(&[Accepted, Accepted]);
@@ -120,7 +122,7 @@ async fn rows_that_cannot_be_probed_never_keep_the_sweep_from_the_others() {
     tx.commit().unwrap();
     clock.set(1002 * DAY);
     let settings = SweepSettings { every: std::time::Duration::from_secs(86_400), rate_per_host: 1000.0 };
-    let mut sweep = Sweep::new(vault.clone(), settings);
+    let mut sweep = Sweep::with_timer(vault.clone(), settings, timer.clone());
     let (m, c) = ids("good@sina.com");
     let mut reached = false;
     for _ in 0..200 {
@@ -133,11 +135,11 @@ async fn rows_that_cannot_be_probed_never_keep_the_sweep_from_the_others() {
     assert!(reached, "200 passes never reached the code bound after 5,000 that cannot be probed");
     // Then nothing is due but the skipped: the sweep waits instead of reading them page after
     // page (79 pages a round), until a skip runs out.
-    let (started, mut passes) = (tokio::time::Instant::now(), 0);
-    while started.elapsed() < std::time::Duration::from_secs(1800) {
+    let (started, mut passes) = (timer.now(), 0);
+    while timer.now() - started < std::time::Duration::from_secs(1800) {
         let wait = sweep.pass().await.unwrap();
         passes += 1;
-        tokio::time::sleep(wait).await;
+        timer.sleep_until(timer.now() + wait).await;
     }
     assert!(passes <= 60, "{passes} passes in half an hour with nothing to probe");
     // A binding that falls due before the cursor with no skip running out (imported with its
@@ -146,11 +148,42 @@ async fn rows_that_cannot_be_probed_never_keep_the_sweep_from_the_others() {
     let old = "UPDATE credentials SET created_at = ?1, last_verified_at = ?1 WHERE mailbox = 'late@sina.com'";
     assert_eq!(db.execute(old, [800 * DAY]).unwrap(), 1);
     let (late_m, late_c) = ids("late@sina.com");
-    let started = tokio::time::Instant::now();
+    let started = timer.now();
     while vault.get(&late_m, &late_c).await.unwrap().last_verified_at != Some(1002 * DAY) {
-        assert!(started.elapsed() < std::time::Duration::from_secs(2 * 3600), "the late binding was never verified");
+        assert!(
+            timer.now() - started < std::time::Duration::from_secs(2 * 3600),
+            "the late binding was never verified"
+        );
         let wait = sweep.pass().await.unwrap();
-        tokio::time::sleep(wait).await;
+        timer.sleep_until(timer.now() + wait).await;
+    }
+}
+
+/// Simulated time: a wait ends at once, with the clock moved on to its end.
+#[derive(Debug)]
+struct SimTimer {
+    start: std::time::Instant,
+    elapsed: std::sync::Mutex<std::time::Duration>,
+}
+
+impl Default for SimTimer {
+    fn default() -> Self {
+        Self { start: std::time::Instant::now(), elapsed: std::sync::Mutex::default() }
+    }
+}
+
+impl super::sweep::Timer for SimTimer {
+    fn now(&self) -> std::time::Instant {
+        self.start + *self.elapsed.lock().unwrap()
+    }
+
+    fn sleep_until(
+        &self,
+        deadline: std::time::Instant,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        let mut elapsed = self.elapsed.lock().unwrap();
+        *elapsed = (*elapsed).max(deadline.saturating_duration_since(self.start));
+        Box::pin(std::future::ready(()))
     }
 }
 
@@ -180,9 +213,10 @@ impl crate::probe::Prober for Outage {
     }
 }
 
-#[tokio::test(start_paused = true)]
+#[tokio::test]
 async fn an_outage_at_one_provider_costs_the_others_nothing() {
     use super::sweep::{Sweep, SweepSettings};
+    let timer = Arc::new(SimTimer::default());
     let clock = Arc::new(FakeClock::default());
     clock.set(1000 * DAY);
     let prober = Arc::new(Outage { host: "imap.sina.com", down: false.into(), probes: std::sync::Mutex::default() });
@@ -199,8 +233,8 @@ async fn an_outage_at_one_provider_costs_the_others_nothing() {
     prober.probes.lock().unwrap().clear();
     clock.set(1002 * DAY);
     let settings = SweepSettings { every: std::time::Duration::from_secs(86_400), rate_per_host: 1000.0 };
-    let mut sweep = Sweep::new(vault.clone(), settings);
-    let started = tokio::time::Instant::now();
+    let mut sweep = Sweep::with_timer(vault.clone(), settings, timer.clone());
+    let started = timer.now();
     // 330 codes a day is a probe every 4.4 minutes: NetEase's 30 take about 2.2 hours.
     loop {
         let wait = sweep.pass().await.unwrap();
@@ -212,9 +246,9 @@ async fn an_outage_at_one_provider_costs_the_others_nothing() {
         if verified == 30 {
             break;
         }
-        let elapsed = started.elapsed();
+        let elapsed = timer.now() - started;
         assert!(elapsed < std::time::Duration::from_secs(6 * 3600), "{verified} of 30 verified after {elapsed:?}");
-        tokio::time::sleep(wait).await;
+        timer.sleep_until(timer.now() + wait).await;
     }
     let sina = prober.probes.lock().unwrap().get("imap.sina.com").copied().unwrap_or(0);
     assert!(sina <= 12, "{sina} probes went to the provider in an outage, one per code");
