@@ -149,6 +149,127 @@ async fn a_bind_on_one_replica_reveals_on_the_other_and_a_revoke_there_is_honour
     assert!(!r.a.log().contains(&r.url) && !r.b.log().contains(&r.url), "a log line holds the database URL");
 }
 
+/// Reveals `mailbox` on `server` until it answers the code; how long that took.
+async fn revealed_after(server: &VaultServer, token: &str, mailbox: &str, want: &str) -> Duration {
+    let started = Instant::now();
+    let mut c = server.client_with(Some(token)).await;
+    loop {
+        match c.reveal(mailbox, "sender").await {
+            Ok(r) if r.code.expose_secret() == want => return started.elapsed(),
+            Ok(_) => {}
+            Err(vault_client::Error::VaultUnavailable { .. } | vault_client::Error::Revoked) => {}
+            Err(e) => panic!("unexpected: {e}"),
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "not the new code after 5 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits up to 3 s for `server`'s log to hold `line`.
+async fn logged(server: &VaultServer, line: &str) {
+    let started = Instant::now();
+    while !server.log().contains(line) {
+        assert!(started.elapsed() < Duration::from_secs(3), "the log never said {line:?}:\n{}", server.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_change_log_trigger_switched_off_by_hand_never_lets_a_replica_serve_a_revoked_code() {
+    let r = Replicas::start("100").await;
+    let mut a = r.a.client_with(Some(&r.admin)).await;
+    a.bind(ALICE, "sender", code(ALICE_CODE)).await.unwrap();
+    a.bind(BOB, "sender", code(BOB_CODE)).await.unwrap();
+    let mut b = r.b.client_with(Some(&r.sender)).await;
+    let cache_both = async |b: &mut vault_client::VaultClient| {
+        for _ in 0..3 {
+            assert_eq!(b.reveal(ALICE, "sender").await.unwrap().code.expose_secret(), ALICE_CODE);
+            assert_eq!(b.reveal(BOB, "sender").await.unwrap().code.expose_secret(), BOB_CODE);
+        }
+    };
+    cache_both(&mut b).await;
+
+    // Revoked by hand with the trigger off, on again in the same transaction: no log row, and no
+    // read ever sees the trigger off. B drops its whole cache on seeing the trigger rewritten.
+    r.sql(&format!(
+        "BEGIN; ALTER TABLE credentials DISABLE TRIGGER credentials_update; \
+         UPDATE credentials SET state = 2, key_id = NULL, nonce = NULL, ciphertext = NULL, revoked_at = 0 \
+         WHERE mailbox = '{ALICE}'; \
+         ALTER TABLE credentials ENABLE ALWAYS TRIGGER credentials_update; COMMIT"
+    ))
+    .await;
+    let took = refused_after(&r.b, &r.sender, ALICE).await;
+    assert!(took < Duration::from_secs(1), "B revealed a code revoked by hand for {took:?}");
+
+    // Left disabled (a bulk load's habit): A's Revoke writes no change-log row; B stops
+    // trusting its cache instead, serves from the database, and says why.
+    r.sql("ALTER TABLE credentials DISABLE TRIGGER credentials_update").await;
+    a.revoke(BOB, "sender", "laptop stolen").await.unwrap();
+    let took = refused_after(&r.b, &r.sender, BOB).await;
+    assert!(took < Duration::from_secs(1), "B revealed a revoked code for {took:?}");
+    let said = "trigger credentials_update on credentials is disabled (ALTER TABLE credentials ENABLE ALWAYS TRIGGER credentials_update)";
+    logged(&r.b, said).await;
+    a.bind(BOB, "sender", code(BOB_CODE)).await.unwrap();
+    let took = revealed_after(&r.b, &r.sender, BOB, BOB_CODE).await;
+    assert!(took < Duration::from_secs(1), "B refused a new binding for {took:?}");
+
+    // A replica started meanwhile refuses, saying how to repair it; repaired so, it starts.
+    // The token commands still work: a token revoke must never wait on the change log.
+    let pf = r._tmp.path().join("passphrase");
+    let serve: Vec<String> =
+        ["serve", "--database", &r.url, "--passphrase-file", path_str(&pf), "--listen", "127.0.0.1:0"]
+            .into_iter()
+            .map(String::from)
+            .collect();
+    let refused = VaultServer::spawn(&serve, None).err().expect("a replica started with the change log off");
+    assert!(refused.contains(said), "{refused}");
+    let listed = run(&["token", "list", "--database", &r.url], &[]);
+    assert!(listed.status.success(), "token list: {}", String::from_utf8_lossy(&listed.stderr));
+    r.sql("ALTER TABLE credentials ENABLE ALWAYS TRIGGER credentials_update").await;
+    drop(VaultServer::spawn(&serve, None).unwrap_or_else(|log| panic!("did not start once repaired:\n{log}")));
+    logged(&r.b, "the change log is read again; the row cache serves again").await;
+
+    // Sessions in replica mode (a DBA's way round foreign keys, and what replication tools
+    // set): the vault's triggers fire always, so B's cache keeps hearing of changes.
+    a.bind(ALICE, "sender", code(ALICE_CODE)).await.unwrap();
+    let took = revealed_after(&r.b, &r.sender, ALICE, ALICE_CODE).await;
+    assert!(took < Duration::from_secs(1), "B refused a new binding for {took:?}");
+    let db = r.url.rsplit('/').next().unwrap().split('?').next().unwrap().to_owned();
+    r.sql(&format!(
+        "ALTER DATABASE {db} SET session_replication_role = replica; \
+         SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND application_name LIKE 'vault-server/%'"
+    ))
+    .await;
+    // Their connections were cut: the first calls may meet a dead one.
+    revealed_after(&r.b, &r.sender, BOB, BOB_CODE).await;
+    cache_both(&mut b).await;
+    let mut tries = 0;
+    while let Err(e) = a.revoke(BOB, "sender", "laptop stolen").await {
+        assert!(matches!(e, vault_client::Error::VaultUnavailable { .. }) && tries < 50, "revoke: {e}");
+        tries += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let took = refused_after(&r.b, &r.sender, BOB).await;
+    assert!(took < Duration::from_secs(1), "B revealed a revoked code for {took:?}");
+    assert!(!r.b.log().contains("fires only in some sessions"), "{}", r.b.log());
+
+    // Someone else's trigger on a vault table (it could copy what the vault destroys): refused
+    // at start, with how to remove it.
+    r.sql(
+        "CREATE TABLE loot (c bytea); \
+         CREATE FUNCTION keep() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN INSERT INTO loot VALUES (OLD.ciphertext); RETURN NULL; END $$; \
+         CREATE TRIGGER keep AFTER UPDATE ON credentials FOR EACH ROW EXECUTE FUNCTION keep()",
+    )
+    .await;
+    let refused = VaultServer::spawn(&serve, None).err().expect("a replica started beside a foreign trigger");
+    assert!(
+        refused
+            .contains(r#"trigger "keep" on "credentials" is not the vault's (DROP TRIGGER "keep" ON "credentials")"#),
+        "{refused}"
+    );
+}
+
 #[tokio::test]
 async fn two_binds_of_one_pair_on_two_replicas_give_one_ok_one_already_exists_and_one_login() {
     let r = Replicas::start("100").await;

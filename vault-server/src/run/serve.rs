@@ -158,6 +158,7 @@ pub async fn serve(args: ServeArgs, env_passphrase: Option<Passphrase>) -> Resul
             // Replicas share the database; none owns it.
             let (store, keyring, kek) = unlock_postgres(&url, ca_file.as_deref(), &passphrase).await?;
             drop(passphrase);
+            store.check_schema().await.map_err(|e| RunError::Database(format!("PostgreSQL --database: {e}")))?;
             let described = store.describe().to_owned();
             run_vault(args, store, keyring, kek, false, registry, tls, listener_tls, &described).await?;
             tracing::info!("stopped");

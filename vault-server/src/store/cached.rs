@@ -168,20 +168,22 @@ impl<S: Store> CachedStore<S> {
             return;
         }
         let mut cursor = None;
-        let mut failing = false;
+        // The last failure's error, logged once (and again when the error changes).
+        let mut failing: Option<String> = None;
         loop {
             match self.follow_once(cursor).await {
                 Ok(next) => {
-                    if failing {
+                    if failing.take().is_some() {
                         tracing::info!("the change log is read again; the row cache serves again");
                     }
-                    (cursor, failing) = (Some(next), false);
+                    cursor = Some(next);
                 }
                 Err(e) => {
-                    if !failing {
-                        tracing::warn!(error = %e, "cannot read the change log; the row cache stops serving within a second");
+                    let said = e.to_string();
+                    if failing.as_ref() != Some(&said) {
+                        tracing::warn!(error = %said, "cannot read the change log; the row cache stops serving within a second");
                     }
-                    failing = true;
+                    failing = Some(said);
                 }
             }
             tokio::time::sleep(FOLLOW_EVERY).await;

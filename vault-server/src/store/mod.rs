@@ -53,6 +53,12 @@ pub enum StoreError {
     RequestIdTaken,
 }
 
+/// `name` as an SQL identifier in a message; Debug-escaped if it holds control characters, so
+/// that a log line stays one line.
+fn quoted(name: &str) -> String {
+    if name.chars().any(char::is_control) { format!("{name:?}") } else { format!("\"{}\"", name.replace('"', "\"\"")) }
+}
+
 /// Whether a binding holds a code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CredentialState {

@@ -4,10 +4,11 @@
 
 use crate::store::StoreError;
 
-const MIGRATIONS: &[&str] = &[
+pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("../../../../migrations/postgres/0001_init.sql"),
     include_str!("../../../../migrations/postgres/0002_host_slots.sql"),
     include_str!("../../../../migrations/postgres/0003_audit_reason.sql"),
+    include_str!("../../../../migrations/postgres/0004_change_log_guarded.sql"),
 ];
 
 /// The advisory lock key migrations run under ("vault" in ASCII).

@@ -4,6 +4,7 @@
 //! (see [`PgStore::changes_since`]).
 
 mod error;
+mod guards;
 mod import;
 mod migrate;
 mod rows;
@@ -41,6 +42,8 @@ pub struct PgStore {
     polls: Arc<std::sync::atomic::AtomicU64>,
     /// When an xmin was noted for the next trim, and which.
     trim: Arc<std::sync::Mutex<Option<(std::time::Instant, u64)>>>,
+    /// The change log's catalog stamp at the last good read of the log (see [`guards`]).
+    guarded: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -156,10 +159,17 @@ impl PgStore {
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
             .map_err(|e| StoreError::Unavailable(format!("PostgreSQL pool: {e}")))?;
-        let store = Self { pool, describe, polls: Arc::default(), trim: Arc::default() };
+        let store = Self { pool, describe, polls: Arc::default(), trim: Arc::default(), guarded: Arc::default() };
         let mut client = store.pool.get().await?;
         migrate::apply(&mut client).await?;
         Ok(store)
+    }
+
+    /// Refuses a database whose change log is not as the migrations made it, or with someone
+    /// else's trigger or rule on a vault table (`serve` checks this before it serves).
+    pub async fn check_schema(&self) -> Result<(), StoreError> {
+        let client = self.pool.get().await?;
+        guards::check(&guards::read(&**client).await?, guards::Scope::Everything)
     }
 
     /// Host, port and database name (no password), for log lines.

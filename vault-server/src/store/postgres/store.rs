@@ -227,13 +227,29 @@ impl CredentialStore for PgStore {
             .read_only(true)
             .start()
             .await?;
+        // A change made while the change log was not as its migrations made it is in no log: no
+        // read vouches for the cache meanwhile, and the next good one drops all of it. So does one
+        // after any trigger or rule was written (a trigger disabled and enabled in one
+        // transaction is no longer disabled when the read comes).
+        let catalog = super::guards::read(&*tx).await?;
+        if let Err(e) = super::guards::check(&catalog, super::guards::Scope::ChangeLog) {
+            *self.guarded.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+            return Err(e);
+        }
+        let stamp = super::guards::stamp(&catalog);
+        let rewritten =
+            self.guarded.lock().unwrap_or_else(std::sync::PoisonError::into_inner).as_deref() != Some(&stamp);
+        // Noted once a read has succeeded: a failed one must not let the next skip the drop.
+        let note =
+            |stamp: String| *self.guarded.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(stamp);
         let xmin: String =
             tx.query_one("SELECT pg_snapshot_xmin(pg_current_snapshot())::text", &[]).await?.try_get(0)?;
         let next = xmin.parse::<u64>().map_err(|_| StoreError::Corrupt("a transaction id is not a number".into()))?;
         // No cursor yet, or transaction ids went backwards (the database was restored or moved
         // to another cluster): nothing read before can be trusted.
-        let Some(from) = cursor.filter(|from| *from <= next) else {
+        let Some(from) = cursor.filter(|from| *from <= next && !rewritten) else {
             tx.commit().await?;
+            note(stamp);
             return Ok(Changes { pairs: Vec::new(), all: true, cursor: next });
         };
         let stmt =
@@ -246,6 +262,7 @@ impl CredentialStore for PgStore {
             changes.pairs.push((mailbox, client));
         }
         tx.commit().await?;
+        note(stamp);
         // Now and then, the log is trimmed of rows every reader has had ten minutes to see: those
         // of transactions older than the xmin noted at least that long ago (all of them had
         // ended by then). A cache that has not read the log for longer than it trusts itself
@@ -266,7 +283,14 @@ impl CredentialStore for PgStore {
                 }
             };
             if let Some(xmin) = due {
-                conn.execute("DELETE FROM changes WHERE txid < $1::text::xid8", &[&xmin.to_string()]).await?;
+                // The read stands whether or not the trim succeeds; a failed one is tried again.
+                let trimmed =
+                    conn.execute("DELETE FROM changes WHERE txid < $1::text::xid8", &[&xmin.to_string()]).await;
+                if let Err(e) = trimmed {
+                    tracing::warn!(error = %StoreError::from(e), "cannot trim the change log; trying again later");
+                    *self.trim.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+                        Some((std::time::Instant::now(), xmin));
+                }
             }
         }
         Ok(changes)

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use rusqlite::Connection;
 
-use crate::store::StoreError;
+use crate::store::{StoreError, quoted};
 
 const MIGRATIONS: &[&str] = &[
     include_str!("../../../../migrations/0001_init.sql"),
@@ -138,12 +138,6 @@ fn check_schema(conn: &Connection, applied: usize) -> Result<(), StoreError> {
     }
     message.push_str(". No migration ran and no row was written: undo the edit, or restore the data dir from a backup");
     Err(StoreError::Corrupt(message))
-}
-
-/// `name` as an SQL identifier; Debug-escaped if it holds control characters, so that a log line
-/// stays one line.
-fn quoted(name: &str) -> String {
-    if name.chars().any(char::is_control) { format!("{name:?}") } else { format!("\"{}\"", name.replace('"', "\"\"")) }
 }
 
 /// How to remove an object that is not part of the schema. SQLite refuses to drop a table or
