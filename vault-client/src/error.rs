@@ -103,7 +103,7 @@ pub enum Error {
         retry_after: Option<Duration>,
     },
     /// The vault answered but cannot serve now (it cannot read its token table or write its
-    /// database, a key rotation stopped). Retryable.
+    /// database, its disk is full, a key rotation stopped). Retryable.
     #[error("the vault is unavailable: {message}")]
     VaultUnavailable {
         /// The server's explanation.
@@ -155,11 +155,16 @@ impl From<tonic::Status> for Error {
             (Code::Unavailable, Some((reason, _))) if reason.starts_with("PROBE_") => {
                 Self::ProviderUnavailable { message, reason, retry_after }
             }
-            (Code::Unavailable, Some(_)) => Self::VaultUnavailable { message },
+            (Code::ResourceExhausted, Some((r, _))) if r == "AUTH_THROTTLED" => Self::AuthThrottled { retry_after },
+            (Code::ResourceExhausted, Some((r, _))) if r == "PROBE_BUDGET_EXHAUSTED" => {
+                Self::RateLimited { retry_after }
+            }
+            // Another RESOURCE_EXHAUSTED is the vault's own (`STORAGE_FULL`: its disk is full),
+            // not the mailbox's probe budget.
+            (Code::Unavailable | Code::ResourceExhausted, Some(_)) => Self::VaultUnavailable { message },
             // No ErrorInfo: the transport failed, not the vault's logic.
             (Code::Unavailable | Code::Unknown | Code::Cancelled, None) => Self::VaultUnreachable { message },
-            (Code::ResourceExhausted, Some((r, _))) if r == "AUTH_THROTTLED" => Self::AuthThrottled { retry_after },
-            (Code::ResourceExhausted, _) => Self::RateLimited { retry_after },
+            (Code::ResourceExhausted, None) => Self::RateLimited { retry_after },
             (Code::Aborted, _) => Self::VersionConflict { message },
             (Code::Unauthenticated, _) => Self::Unauthenticated { message },
             (Code::PermissionDenied, _) => Self::PermissionDenied { message },
@@ -206,6 +211,15 @@ mod tests {
         assert!(
             matches!(Error::from(throttled), Error::AuthThrottled { retry_after: Some(d) } if d.as_millis() == 800)
         );
+        // A full disk is the vault's, not the mailbox's probe budget.
+        assert!(matches!(
+            Error::from(with_reason(Code::ResourceExhausted, "STORAGE_FULL", &[])),
+            Error::VaultUnavailable { .. }
+        ));
+        assert!(matches!(
+            Error::from(with_reason(Code::ResourceExhausted, "PROBE_BUDGET_EXHAUSTED", &[])),
+            Error::RateLimited { .. }
+        ));
         for reason in ["TOKENS_UNAVAILABLE", "STORAGE_UNAVAILABLE", "ROTATION_STOPPED"] {
             assert!(matches!(Error::from(with_reason(Code::Unavailable, reason, &[])), Error::VaultUnavailable { .. }));
         }

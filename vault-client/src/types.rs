@@ -32,9 +32,10 @@ pub struct Credential {
     pub revoke_reason: String,
     /// The last Reveal recorded.
     pub last_used_at: Option<SystemTime>,
-    /// The last probe of the stored code (Verify or the sweep).
+    /// When a probe last reached a verdict on the code (Bind, Rotate, Verify, the sweep; an
+    /// outage does not count).
     pub last_verified_at: Option<SystemTime>,
-    /// That probe's outcome (`Unspecified`: never probed since the bind).
+    /// That verdict (`Unspecified`: none recorded, as for a binding moved in without one).
     pub last_probe_outcome: ProbeOutcome,
 }
 

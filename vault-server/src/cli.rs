@@ -356,8 +356,9 @@ pub struct ServeArgs {
     pub metrics_listen: Option<SocketAddr>,
 
     /// Seconds between writes of coalesced Reveal usage (last-used times and aggregated audit
-    /// events); written sooner once 100,000 (caller, pair) windows are pending. A crash loses at
-    /// most this much usage precision, never a credential.
+    /// events); written sooner once 100,000 (caller, pair) windows are pending. A crash loses the
+    /// uses not yet written (a pair used only since keeps its older last-used time), never a
+    /// credential.
     #[arg(long, env = "VAULT_USAGE_FLUSH_INTERVAL", default_value_t = 30, value_name = "SECS",
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub usage_flush_interval: u64,

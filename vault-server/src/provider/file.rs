@@ -115,6 +115,21 @@ pub(super) fn parse_into(text: &str, providers: &mut Vec<Provider>) -> Result<()
         let line = e.span().map_or(0, |span| text[..span.start.min(text.len())].matches('\n').count() + 1);
         format!("invalid TOML at line {line}: {}", e.message().trim().replace(['\r', '\n'], " "))
     })?;
+    // A domain in two tables would go to the one whose id sorts last: refused as ambiguous.
+    let mut named: BTreeMap<String, &str> = BTreeMap::new();
+    for (id, patch) in &patches {
+        for d in patch.domains.iter().flatten() {
+            let d = d.trim().to_ascii_lowercase();
+            if let Some(other) = named.insert(d.clone(), id) {
+                return Err(format!(
+                    "domain '{}' is named by both [{}] and [{}]; name it in one",
+                    d.escape_debug(),
+                    other.escape_debug(),
+                    id.escape_debug()
+                ));
+            }
+        }
+    }
     for (id, patch) in patches {
         if !valid_id(&id) {
             return Err(format!("[{}]: provider ids are 1-32 of a-z, 0-9 and '-'", id.escape_debug()));
@@ -198,6 +213,11 @@ mod tests {
             // Found by fuzzing: a domain with a line break made the error two lines.
             ("[sina-vip]\ndomains = [\"s\\na\u{feff}.cn\"]\n", "not a domain name"),
             ("[\"a\\nb\"]\nsmtp_probe = true\n", "provider ids"),
+            // Which would win is no order a reader sees (tables are applied by id).
+            (
+                "[zmail]\ndomains = [\"x.example\"]\n[sina]\ndomains = [\"X.example\"]\n",
+                "'x.example' is named by both [sina] and [zmail]",
+            ),
         ] {
             let e = parse(text).unwrap_err();
             assert!(e.contains(needle), "{text}: {e}");
