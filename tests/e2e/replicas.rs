@@ -254,6 +254,23 @@ async fn a_change_log_trigger_switched_off_by_hand_never_lets_a_replica_serve_a_
     assert!(took < Duration::from_secs(1), "B revealed a revoked code for {took:?}");
     assert!(!r.b.log().contains("fires only in some sessions"), "{}", r.b.log());
 
+    // Recreated to fire on nothing (WHEN (false)) and enabled as before: not its migration's
+    // trigger, so B stops trusting its cache.
+    for _ in 0..3 {
+        assert_eq!(b.reveal(ALICE, "sender").await.unwrap().code.expose_secret(), ALICE_CODE);
+    }
+    r.sql(
+        "BEGIN; DROP TRIGGER credentials_update ON credentials; \
+         CREATE TRIGGER credentials_update AFTER UPDATE ON credentials FOR EACH ROW WHEN (false) \
+         EXECUTE FUNCTION vault_note_change(); \
+         ALTER TABLE credentials ENABLE ALWAYS TRIGGER credentials_update; COMMIT",
+    )
+    .await;
+    a.revoke(ALICE, "sender", "laptop stolen").await.unwrap();
+    let took = refused_after(&r.b, &r.sender, ALICE).await;
+    assert!(took < Duration::from_secs(1), "B revealed a revoked code for {took:?}");
+    logged(&r.b, "trigger credentials_update on credentials is not the one its migration made").await;
+
     // Someone else's trigger on a vault table (it could copy what the vault destroys): refused
     // at start, with how to remove it.
     r.sql(

@@ -14,13 +14,13 @@ use tokio_postgres::GenericClient;
 use super::migrate::MIGRATIONS;
 use crate::store::{StoreError, quoted};
 
-/// Each change-log trigger on `credentials`, the function it runs, its `pg_trigger.tgtype`
-/// (row-level 1, INSERT 4, DELETE 8, UPDATE 16, TRUNCATE 32; AFTER is 0) and whether it has a
-/// WHEN clause.
-const CHANGE_LOG: [(&str, &str, i32, bool); 3] = [
-    ("credentials_insert_or_delete", "vault_note_change", 1 | 4 | 8, false),
-    ("credentials_update", "vault_note_change", 1 | 16, true),
-    ("credentials_truncate", "vault_note_truncate", 32, false),
+/// Each change-log trigger on `credentials`, the function it runs and its `pg_trigger.tgtype`
+/// (row-level 1, INSERT 4, DELETE 8, UPDATE 16, TRUNCATE 32; AFTER is 0). None has a WHEN
+/// clause (migration 0004 moved the update trigger's into its function).
+const CHANGE_LOG: [(&str, &str, i32); 3] = [
+    ("credentials_insert_or_delete", "vault_note_change", 1 | 4 | 8),
+    ("credentials_update", "vault_note_change", 1 | 16),
+    ("credentials_truncate", "vault_note_truncate", 32),
 ];
 
 /// The tables the migrations create (others in the schema are none of the vault's business).
@@ -39,25 +39,31 @@ const TABLES: [&str; 11] = [
 ];
 
 /// The user triggers on the vault's tables (foreign-key triggers are internal, not listed). A
-/// function is pinned when it is a PL/pgSQL one of the tables' schema with one setting, a
-/// search path that ends in `pg_temp` (migration 0004).
+/// function is pinned when it is a PL/pgSQL one of the tables' schema whose one setting is the
+/// search path migration 0004 gave it: that schema, then `pg_temp`.
 const TRIGGERS: &str = "SELECT c.relname::text, t.tgname::text, t.tgenabled::text, p.proname::text, p.prosrc, \
      t.tgtype::int4, cardinality(t.tgattr::int2[]) = 0, t.tgqual IS NOT NULL, \
-     (p.pronamespace = c.relnamespace AND l.lanname = 'plpgsql' AND cardinality(p.proconfig) = 1 \
-      AND p.proconfig[1] LIKE 'search\\_path=%, pg\\_temp'), \
+     (p.pronamespace = c.relnamespace AND l.lanname = 'plpgsql' \
+      AND p.proconfig = ARRAY['search_path=' || quote_ident(current_schema()) || ', pg_temp']), \
      concat_ws(':', t.oid, t.xmin, p.oid, p.xmin) \
      FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_proc p ON p.oid = t.tgfoid \
      JOIN pg_language l ON l.oid = p.prolang \
      WHERE c.relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = current_schema()) \
      AND c.relname = ANY($1) AND NOT t.tgisinternal ORDER BY 1, 2";
-/// The rules on the vault's tables (a view's own `_RETURN` rule aside), and the kind of
-/// `changes` and whether row security filters it.
+/// The rules on the vault's tables (a view's own `_RETURN` rule aside).
 const RULES: &str = "SELECT c.relname::text, r.rulename::text, concat_ws(':', r.oid, r.xmin) \
      FROM pg_rewrite r JOIN pg_class c ON c.oid = r.ev_class \
      WHERE c.relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = current_schema()) \
      AND c.relname = ANY($1) AND r.rulename <> '_RETURN' ORDER BY 1, 2";
-const LOG_TABLE: &str = "SELECT c.relkind::text, c.relrowsecurity FROM pg_class c \
-     WHERE c.relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = current_schema()) AND c.relname = 'changes'";
+/// `credentials` and `changes`: each must be a plain, permanent table without row security or
+/// inheritance (a child's rows fire none of the parent's row triggers), and its id and file
+/// go into the stamp (a log dropped and made again, or truncated, loses rows no one read).
+const LOG_TABLES: &str = "SELECT c.relname::text, \
+     c.relkind = 'r' AND c.relpersistence = 'p' AND NOT c.relrowsecurity \
+     AND NOT EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhparent = c.oid OR i.inhrelid = c.oid), \
+     concat_ws(':', c.oid, c.relfilenode) FROM pg_class c \
+     WHERE c.relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = current_schema()) \
+     AND c.relname IN ('credentials', 'changes') ORDER BY 1";
 
 /// A trigger as the catalog has it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,8 +98,8 @@ pub(super) struct Rule {
 pub(super) struct Catalog {
     pub triggers: Vec<Trigger>,
     pub rules: Vec<Rule>,
-    /// `changes` is a plain table (`relkind` `r`) without row security.
-    pub plain_log: bool,
+    /// `credentials` and `changes` as they are: (name, plain, stamp). See [`LOG_TABLES`].
+    pub tables: Vec<(String, bool, String)>,
 }
 
 /// How much [`problems`] asks for.
@@ -126,9 +132,8 @@ pub(super) async fn read(client: &impl GenericClient) -> Result<Catalog, StoreEr
     for r in client.query(RULES, &[&tables]).await? {
         catalog.rules.push(Rule { table: r.try_get(0)?, name: r.try_get(1)?, stamp: r.try_get(2)? });
     }
-    if let Some(r) = client.query_opt(LOG_TABLE, &[]).await? {
-        let (kind, row_security): (String, bool) = (r.try_get(0)?, r.try_get(1)?);
-        catalog.plain_log = kind == "r" && !row_security;
+    for r in client.query(LOG_TABLES, &[]).await? {
+        catalog.tables.push((r.try_get(0)?, r.try_get::<_, Option<bool>>(1)?.unwrap_or(false), r.try_get(2)?));
     }
     Ok(catalog)
 }
@@ -150,14 +155,16 @@ pub(super) fn check(catalog: &Catalog, scope: Scope) -> Result<(), StoreError> {
 /// written, dropped or added.
 pub(super) fn stamp(catalog: &Catalog) -> String {
     let triggers = catalog.triggers.iter().map(|t| t.stamp.as_str());
-    triggers.chain(catalog.rules.iter().map(|r| r.stamp.as_str())).collect::<Vec<_>>().join(",")
+    let rules = catalog.rules.iter().map(|r| r.stamp.as_str());
+    let tables = catalog.tables.iter().map(|(_, _, stamp)| stamp.as_str());
+    triggers.chain(rules).chain(tables).collect::<Vec<_>>().join(",")
 }
 
 /// What is wrong, worded with its repair; empty when nothing is.
 pub(super) fn problems(catalog: &Catalog, scope: Scope) -> Vec<String> {
     let mut found = Vec::new();
     let recreate = "drop it and recreate it, and its function, as migrations/postgres/0001_init.sql and 0004 do";
-    for (name, function, kind, has_when) in CHANGE_LOG {
+    for (name, function, kind) in CHANGE_LOG {
         let Some(t) = catalog.triggers.iter().find(|t| t.table == "credentials" && t.name == name) else {
             found.push(format!("trigger {name} on credentials is missing (recreate it, and its function, as migrations/postgres/0001_init.sql and 0004 do)"));
             continue;
@@ -167,7 +174,7 @@ pub(super) fn problems(catalog: &Catalog, scope: Scope) -> Vec<String> {
             && t.function_pinned
             && t.kind == kind
             && t.all_columns
-            && t.has_when == has_when;
+            && !t.has_when;
         if !same {
             found.push(format!("trigger {name} on credentials is not the one its migration made ({recreate})"));
         }
@@ -180,8 +187,13 @@ pub(super) fn problems(catalog: &Catalog, scope: Scope) -> Vec<String> {
             "trigger {name} on credentials {fires} (ALTER TABLE credentials ENABLE ALWAYS TRIGGER {name})"
         ));
     }
-    if !catalog.plain_log {
-        found.push("changes is not a plain table without row security (it must be as migrations/postgres/0001_init.sql makes it)".to_owned());
+    for table in ["credentials", "changes"] {
+        if !catalog.tables.iter().any(|(name, plain, _)| name == table && *plain) {
+            found.push(format!(
+                "{table} is not a plain, permanent table without row security or inheritance (as \
+                 migrations/postgres/0001_init.sql makes it)"
+            ));
+        }
     }
     let ours = |t: &Trigger| t.table == "credentials" && CHANGE_LOG.iter().any(|(name, ..)| t.name == *name);
     // Anywhere while serving, one on `changes` could keep rows out of the log; at start, one on
@@ -218,7 +230,7 @@ mod tests {
         let triggers = CHANGE_LOG
             .iter()
             .enumerate()
-            .map(|(i, (name, function, kind, has_when))| Trigger {
+            .map(|(i, (name, function, kind))| Trigger {
                 table: "credentials".into(),
                 name: (*name).into(),
                 enabled: "A".into(),
@@ -226,12 +238,13 @@ mod tests {
                 body: body_of(function).unwrap().into(),
                 kind: *kind,
                 all_columns: true,
-                has_when: *has_when,
+                has_when: false,
                 function_pinned: true,
                 stamp: format!("{i}:1"),
             })
             .collect();
-        Catalog { triggers, rules: Vec::new(), plain_log: true }
+        let tables = ["changes", "credentials"].iter().map(|t| ((*t).to_owned(), true, format!("{t}:1"))).collect();
+        Catalog { triggers, rules: Vec::new(), tables }
     }
 
     #[test]
@@ -285,9 +298,13 @@ mod tests {
             assert_eq!(found.len(), 1, "{found:?}");
             assert!(found[0].contains("credentials_update on credentials is not the one its migration made"));
         }
-        let mut c = ours();
-        c.plain_log = false;
-        assert!(problems(&c, Scope::ChangeLog)[0].contains("changes is not a plain table"));
+        for i in 0..2 {
+            let mut c = ours();
+            c.tables[i].1 = false;
+            assert!(problems(&c, Scope::ChangeLog)[0].contains("is not a plain, permanent table"));
+            c.tables.remove(i);
+            assert!(problems(&c, Scope::ChangeLog)[0].contains("is not a plain, permanent table"));
+        }
     }
 
     #[test]
@@ -298,6 +315,9 @@ mod tests {
         assert_ne!(stamp(&c), base);
         let mut c = ours();
         c.rules.push(Rule { table: "tokens".into(), name: "r".into(), stamp: "7:7".into() });
+        assert_ne!(stamp(&c), base);
+        let mut c = ours();
+        c.tables[0].2 = "changes:2".into();
         assert_ne!(stamp(&c), base);
         assert_eq!(stamp(&ours()), base);
     }

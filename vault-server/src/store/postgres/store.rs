@@ -249,6 +249,13 @@ impl CredentialStore for PgStore {
         // to another cluster): nothing read before can be trusted.
         let Some(from) = cursor.filter(|from| *from <= next && !rewritten) else {
             tx.commit().await?;
+            if rewritten {
+                // A writer still open under the trigger or function as they were may commit
+                // after this read, unlogged: wait for each (SHARE waits out ROW EXCLUSIVE).
+                let lock = conn.transaction().await?;
+                lock.batch_execute("SET LOCAL lock_timeout = '1s'; LOCK TABLE credentials IN SHARE MODE").await?;
+                lock.commit().await?;
+            }
             note(stamp);
             return Ok(Changes { pairs: Vec::new(), all: true, cursor: next });
         };
