@@ -30,7 +30,7 @@ BEGIN
     INSERT INTO changes (txid, mailbox, client) VALUES (pg_current_xact_id(), '', '');
     RETURN NULL;
 END $$;
-DROP TRIGGER credentials_update ON credentials;
+DROP TRIGGER IF EXISTS credentials_update ON credentials;
 CREATE TRIGGER credentials_update AFTER UPDATE ON credentials
     FOR EACH ROW EXECUTE FUNCTION vault_note_change();
 

@@ -9,13 +9,15 @@ use std::sync::OnceLock;
 
 use crate::harness::{ALICE, ALICE_CODE, BOB, BOB_CODE, Stack};
 
-/// Builds vaultctl (the client crate's `cli` feature) once, as a user would.
+/// Builds vaultctl (the client crate's `cli` feature) once, as the README does: from the
+/// repository's root, with the workspace's features (so it reuses the suite's build).
 fn vaultctl_bin() -> &'static PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
-            .args(["build", "--quiet", "--locked", "-p", "vault-client", "--features", "cli", "--bin", "vaultctl"])
+            .args(["build", "--quiet", "--locked", "--bin", "vaultctl", "--features", "vault-client/cli"])
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
             .status()
             .expect("run cargo build");
         assert!(status.success(), "cargo build of vaultctl failed");

@@ -120,7 +120,9 @@ pub(super) fn parse_into(text: &str, providers: &mut Vec<Provider>) -> Result<()
     for (id, patch) in &patches {
         for d in patch.domains.iter().flatten() {
             let d = d.trim().to_ascii_lowercase();
-            if let Some(other) = named.insert(d.clone(), id) {
+            if let Some(other) = named.insert(d.clone(), id)
+                && other != id.as_str()
+            {
                 return Err(format!(
                     "domain '{}' is named by both [{}] and [{}]; name it in one",
                     d.escape_debug(),
@@ -198,6 +200,9 @@ mod tests {
         let ps = parse("[sina-vip]\ndomains = [\"sina.cn\"]\n").unwrap();
         assert!(find(&ps, "sina-vip").domains.contains(&"sina.cn".to_owned()));
         assert!(!find(&ps, "sina").domains.contains(&"sina.cn".to_owned()));
+        // Named twice in one table is no ambiguity.
+        let ps = parse("[sina]\ndomains = [\"a.example\", \"A.example\"]\n").unwrap();
+        assert!(find(&ps, "sina").domains.contains(&"a.example".to_owned()));
     }
 
     #[test]

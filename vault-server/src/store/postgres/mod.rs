@@ -42,8 +42,8 @@ pub struct PgStore {
     polls: Arc<std::sync::atomic::AtomicU64>,
     /// When an xmin was noted for the next trim, and which.
     trim: Arc<std::sync::Mutex<Option<(std::time::Instant, u64)>>>,
-    /// The change log's catalog stamp at the last good read of the log (see [`guards`]).
-    guarded: Arc<std::sync::Mutex<Option<String>>>,
+    /// What the reads of the change log saw of its catalog (see [`guards`]).
+    guarded: Arc<std::sync::Mutex<store::Guarded>>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -427,6 +427,34 @@ mod tests {
         assert!(matches!(store.take_probe("b@sina.com", 0, keep).await.unwrap(), Some(Ok(()))));
         assert!(matches!(store.take_probe("b@sina.com", 0, keep).await.unwrap(), Some(Ok(()))));
         assert!(matches!(store.take_probe("b@sina.com", 0, keep).await.unwrap(), Some(Err(_))), "keeps one");
+    }
+
+    #[tokio::test]
+    async fn a_catalog_rewrite_drops_every_read_until_the_writers_open_then_have_ended() {
+        let (store, _ring) = fresh().await;
+        let first = store.changes_since(None).await.unwrap();
+        let steady = store.changes_since(Some(first.cursor)).await.unwrap();
+        assert!(!steady.all, "nothing changed");
+        // A writer of credentials still open (as one under a function since put back would be)
+        // when the catalog is rewritten: ALTER FUNCTION takes no lock on the table.
+        let writer = store.pool.get().await.unwrap();
+        writer.batch_execute("BEGIN; UPDATE credentials SET last_used_at = 1 WHERE false").await.unwrap();
+        let admin = store.pool.get().await.unwrap();
+        admin
+            .batch_execute(
+                "DO $$ BEGIN EXECUTE format('ALTER FUNCTION vault_note_truncate() SET search_path = %I, pg_temp', \
+                 current_schema()); END $$",
+            )
+            .await
+            .unwrap();
+        let seen = store.changes_since(Some(steady.cursor)).await.unwrap();
+        assert!(seen.all, "a rewrite drops the cache");
+        let again = store.changes_since(Some(seen.cursor)).await.unwrap();
+        assert!(again.all, "a writer open at the rewrite may still commit unlogged");
+        writer.batch_execute("COMMIT").await.unwrap();
+        let last = store.changes_since(Some(again.cursor)).await.unwrap();
+        assert!(last.all, "the read that finds them ended drops it once more");
+        assert!(!store.changes_since(Some(last.cursor)).await.unwrap().all, "then the log is followed again");
     }
 
     #[tokio::test]

@@ -210,6 +210,16 @@ impl KeyMaterialStore for PgStore {
     }
 }
 
+/// What the last reads of the change log saw of the catalog (see [`super::guards::stamp`]).
+#[derive(Debug, Default)]
+pub(super) struct Guarded {
+    /// The stamp every read since has been able to trust.
+    noted: Option<String>,
+    /// A new stamp, and the writers of `credentials` (virtual transaction ids) open when it was
+    /// first seen: it is noted once none of them is.
+    pending: Option<(String, Vec<String>)>,
+}
+
 #[tonic::async_trait]
 impl CredentialStore for PgStore {
     fn shared(&self) -> bool {
@@ -228,35 +238,58 @@ impl CredentialStore for PgStore {
             .start()
             .await?;
         // A change made while the change log was not as its migrations made it is in no log: no
-        // read vouches for the cache meanwhile, and the next good one drops all of it. So does one
-        // after any trigger or rule was written (a trigger disabled and enabled in one
-        // transaction is no longer disabled when the read comes).
+        // read vouches for the cache meanwhile. A read that finds any trigger or rule rewritten
+        // since the last good one (a trigger disabled and enabled in one transaction is no
+        // longer disabled when the read comes) drops the whole cache, and goes on dropping it
+        // until every writer of `credentials` open then has ended: one still open under the
+        // trigger or function as they were may commit unlogged. Waiting for them by their locks,
+        // not with one, never holds up the writers.
         let catalog = super::guards::read(&*tx).await?;
         if let Err(e) = super::guards::check(&catalog, super::guards::Scope::ChangeLog) {
-            *self.guarded.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+            *self.guarded.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Guarded::default();
             return Err(e);
         }
         let stamp = super::guards::stamp(&catalog);
-        let rewritten =
-            self.guarded.lock().unwrap_or_else(std::sync::PoisonError::into_inner).as_deref() != Some(&stamp);
-        // Noted once a read has succeeded: a failed one must not let the next skip the drop.
-        let note =
-            |stamp: String| *self.guarded.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(stamp);
+        let (noted, waited) = {
+            let guarded = self.guarded.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let waited = guarded.pending.as_ref().filter(|(seen, _)| *seen == stamp).map(|(_, w)| w.clone());
+            (guarded.noted.as_deref() == Some(&stamp), waited)
+        };
+        // `None`: nothing to wait for; else the writers open when the new stamp was first seen,
+        // and whether all of them have ended.
+        let settled = if noted {
+            None
+        } else {
+            let open: Vec<String> = tx
+                .query_one(
+                    "SELECT coalesce(array_agg(DISTINCT virtualtransaction), '{}') FROM pg_locks \
+                     WHERE locktype = 'relation' AND mode = 'RowExclusiveLock' AND relation = 'credentials'::regclass \
+                     AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+                    &[],
+                )
+                .await?
+                .try_get(0)?;
+            let waited = waited.unwrap_or_else(|| open.clone());
+            let ended = !waited.iter().any(|w| open.contains(w));
+            Some((waited, ended))
+        };
         let xmin: String =
             tx.query_one("SELECT pg_snapshot_xmin(pg_current_snapshot())::text", &[]).await?.try_get(0)?;
         let next = xmin.parse::<u64>().map_err(|_| StoreError::Corrupt("a transaction id is not a number".into()))?;
+        // Noted once a read has succeeded: a failed one must not let the next skip the drop.
+        let note = || {
+            let mut guarded = self.guarded.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            match &settled {
+                None => {}
+                Some((_, true)) => *guarded = Guarded { noted: Some(stamp.clone()), pending: None },
+                Some((waited, false)) => guarded.pending = Some((stamp.clone(), waited.clone())),
+            }
+        };
         // No cursor yet, or transaction ids went backwards (the database was restored or moved
         // to another cluster): nothing read before can be trusted.
-        let Some(from) = cursor.filter(|from| *from <= next && !rewritten) else {
+        let Some(from) = cursor.filter(|from| *from <= next && settled.is_none()) else {
             tx.commit().await?;
-            if rewritten {
-                // A writer still open under the trigger or function as they were may commit
-                // after this read, unlogged: wait for each (SHARE waits out ROW EXCLUSIVE).
-                let lock = conn.transaction().await?;
-                lock.batch_execute("SET LOCAL lock_timeout = '1s'; LOCK TABLE credentials IN SHARE MODE").await?;
-                lock.commit().await?;
-            }
-            note(stamp);
+            note();
             return Ok(Changes { pairs: Vec::new(), all: true, cursor: next });
         };
         let stmt =
@@ -269,7 +302,7 @@ impl CredentialStore for PgStore {
             changes.pairs.push((mailbox, client));
         }
         tx.commit().await?;
-        note(stamp);
+        note();
         // Now and then, the log is trimmed of rows every reader has had ten minutes to see: those
         // of transactions older than the xmin noted at least that long ago (all of them had
         // ended by then). A cache that has not read the log for longer than it trusts itself
