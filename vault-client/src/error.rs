@@ -162,9 +162,11 @@ impl From<tonic::Status> for Error {
             // Another RESOURCE_EXHAUSTED is the vault's own (`STORAGE_FULL`: its disk is full),
             // not the mailbox's probe budget.
             (Code::Unavailable | Code::ResourceExhausted, Some(_)) => Self::VaultUnavailable { message },
-            // No ErrorInfo: the transport failed, not the vault's logic.
-            (Code::Unavailable | Code::Unknown | Code::Cancelled, None) => Self::VaultUnreachable { message },
-            (Code::ResourceExhausted, None) => Self::RateLimited { retry_after },
+            // No ErrorInfo: the transport failed (or h2 refused, ENHANCE_YOUR_CALM), not the
+            // vault's logic.
+            (Code::Unavailable | Code::Unknown | Code::Cancelled | Code::ResourceExhausted, None) => {
+                Self::VaultUnreachable { message }
+            }
             (Code::Aborted, _) => Self::VersionConflict { message },
             (Code::Unauthenticated, _) => Self::Unauthenticated { message },
             (Code::PermissionDenied, _) => Self::PermissionDenied { message },
@@ -199,11 +201,10 @@ mod tests {
             if hint == "use the client auth code" && server_response == "NO [AUTH] bad"));
         assert_eq!(e.to_string(), "the provider refused the code (REJECTED: NO [AUTH] bad): use the client auth code");
         assert!(matches!(Error::from(with_reason(Code::FailedPrecondition, "REVOKED", &[])), Error::Revoked));
-        let limited = tonic::Status::with_error_details(
-            Code::ResourceExhausted,
-            "slow down",
-            ErrorDetails::with_retry_info(Some(Duration::from_secs(360))),
-        );
+        // As the vault sends it: ErrorInfo and RetryInfo.
+        let mut details = ErrorDetails::with_retry_info(Some(Duration::from_secs(360)));
+        details.set_error_info("PROBE_BUDGET_EXHAUSTED", "authcode-vault", HashMap::new());
+        let limited = tonic::Status::with_error_details(Code::ResourceExhausted, "slow down", details);
         assert!(matches!(Error::from(limited), Error::RateLimited { retry_after: Some(d) } if d.as_secs() == 360));
         let mut details = ErrorDetails::with_retry_info(Some(Duration::from_millis(800)));
         details.set_error_info("AUTH_THROTTLED", "authcode-vault", HashMap::new());
@@ -211,7 +212,12 @@ mod tests {
         assert!(
             matches!(Error::from(throttled), Error::AuthThrottled { retry_after: Some(d) } if d.as_millis() == 800)
         );
-        // A full disk is the vault's, not the mailbox's probe budget.
+        // A full disk is the vault's, not the mailbox's probe budget; nor is a transport's
+        // RESOURCE_EXHAUSTED without the vault's ErrorInfo.
+        assert!(matches!(
+            Error::from(tonic::Status::resource_exhausted("GOAWAY ENHANCE_YOUR_CALM")),
+            Error::VaultUnreachable { .. }
+        ));
         assert!(matches!(
             Error::from(with_reason(Code::ResourceExhausted, "STORAGE_FULL", &[])),
             Error::VaultUnavailable { .. }
