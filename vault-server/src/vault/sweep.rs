@@ -52,14 +52,14 @@ pub struct SweepSettings {
 
 /// Where the sweep reads the time and waits: tokio's timer when serving, a simulated one in
 /// unit tests (hours of sweeping in milliseconds, without tokio's `test-util` in the build).
-pub trait Timer: Send + Sync {
+pub(super) trait Timer: Send + Sync {
     fn now(&self) -> Instant;
     fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
 }
 
 /// tokio's timer.
 #[derive(Debug, Clone, Copy)]
-pub struct TokioTimer;
+struct TokioTimer;
 
 impl Timer for TokioTimer {
     fn now(&self) -> Instant {
@@ -113,10 +113,6 @@ impl Sweep {
         }
     }
 
-    fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
-        self.timer.sleep_until(deadline)
-    }
-
     fn every_millis(&self) -> Millis {
         i64::try_from(self.settings.every.as_millis()).unwrap_or(i64::MAX)
     }
@@ -132,7 +128,7 @@ impl Sweep {
                     ERROR_BACKOFF
                 }
             };
-            self.sleep_until(self.timer.now() + wait).await;
+            self.timer.sleep_until(self.timer.now() + wait).await;
         }
     }
 
@@ -185,7 +181,7 @@ impl Sweep {
             }
             // Spaced from the previous probe's start, so a pass over N codes takes one period; a
             // code that never reached the provider (its row does not open, say) takes no space.
-            self.sleep_until(self.next_start).await;
+            self.timer.sleep_until(self.next_start).await;
             let next = self.timer.now() + jittered(spacing);
             if self.probe(row, host, due_before).await {
                 self.next_start = next;
@@ -215,7 +211,7 @@ impl Sweep {
         };
         let gap = Duration::from_secs_f64(1.0 / self.settings.rate_per_host);
         if let Some(free_at) = self.host_free_at.get(&host) {
-            self.sleep_until(*free_at).await;
+            self.timer.sleep_until(*free_at).await;
         }
         match self.vault.verify_due(mailbox, client, due_before).await {
             Ok(Some(report)) => {
