@@ -34,7 +34,7 @@ fn seed(data: &DataDir, n: usize) {
         .map(|i| {
             let (key_id, generation, sealed) = ring.seal_code(&mailbox(i), "sender", 1, code(i).as_bytes());
             NewBinding {
-                mailbox: Mailbox::parse(&mailbox(i)).unwrap(),
+                mailbox: Mailbox::parse(mailbox(i)).unwrap(),
                 client: client.clone(),
                 provider: "sina".into(),
                 code: StoredCode { key_id, generation: Some(generation), sealed },

@@ -37,13 +37,13 @@ pub const TARGETS: [(&str, Target); 7] = [
 /// gives it back) and keeps the rules every lookup, AAD and fingerprint relies on.
 pub fn identifiers(data: &[u8]) {
     let raw = String::from_utf8_lossy(data);
-    if let Ok(m) = Mailbox::parse(&raw) {
+    if let Ok(m) = Mailbox::parse(raw.as_ref()) {
         let s = m.as_str();
         assert!(s.len() <= 254 && !s.chars().any(|c| c.is_control() || c.is_whitespace()), "{s:?}");
         assert!(!m.domain().is_empty() && s.contains('@'), "{s:?}");
         assert_eq!(Mailbox::parse(s).as_ref(), Ok(&m), "not canonical");
     }
-    if let Ok(c) = ClientId::parse(&raw) {
+    if let Ok(c) = ClientId::parse(raw.as_ref()) {
         let s = c.as_str();
         assert!((1..=63).contains(&s.len()), "{s:?}");
         assert!(s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b)), "{s:?}");

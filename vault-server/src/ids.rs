@@ -17,10 +17,25 @@ pub struct InvalidId {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Mailbox(String);
 
+/// `raw` trimmed and lower-cased; an owned ASCII string already trimmed is lower-cased in
+/// place (a Reveal's hot path: no allocation).
+fn trimmed_lowercase(raw: String) -> String {
+    if !raw.is_ascii() {
+        return raw.trim().to_lowercase();
+    }
+    if raw.trim().len() == raw.len() {
+        let mut raw = raw;
+        raw.make_ascii_lowercase();
+        return raw;
+    }
+    raw.trim().to_ascii_lowercase()
+}
+
 impl Mailbox {
-    pub fn parse(raw: &str) -> Result<Self, InvalidId> {
+    /// Takes a `String` without copying it (or copies a `&str`).
+    pub fn parse(raw: impl Into<String>) -> Result<Self, InvalidId> {
         let bad = |reason| InvalidId { field: "mailbox", reason };
-        let s = raw.trim().to_lowercase();
+        let s = trimmed_lowercase(raw.into());
         if s.is_empty() {
             return Err(bad("must not be empty"));
         }
@@ -60,9 +75,11 @@ impl fmt::Display for Mailbox {
 pub struct ClientId(String);
 
 impl ClientId {
-    pub fn parse(raw: &str) -> Result<Self, InvalidId> {
+    /// Takes a `String` without copying it (or copies a `&str`).
+    pub fn parse(raw: impl Into<String>) -> Result<Self, InvalidId> {
         let bad = |reason| InvalidId { field: "client", reason };
-        let s = raw.to_ascii_lowercase();
+        let mut s = raw.into();
+        s.make_ascii_lowercase();
         let mut chars = s.chars();
         match chars.next() {
             None => return Err(bad("must not be empty")),
@@ -129,6 +146,17 @@ mod tests {
     }
 
     #[test]
+    fn an_owned_mailbox_is_canonicalised_like_a_borrowed_one() {
+        for raw in
+            ["alice@sina.com", "Alice@Sina.COM", " alice@sina.com\t", "\u{7528}\u{6237}@Sina.com", " \u{C9}ve@QQ.com "]
+        {
+            assert_eq!(Mailbox::parse(raw.to_owned()), Mailbox::parse(raw), "{raw:?}");
+        }
+        assert_eq!(Mailbox::parse("\u{C9}VE@qq.com").unwrap().as_str(), "\u{e9}ve@qq.com");
+        assert_eq!(ClientId::parse("Sender".to_owned()).unwrap().as_str(), "sender");
+    }
+
+    #[test]
     fn mailbox_rejects_bad_forms() {
         for raw in ["", "alice", "al ice@sina.com", "a\u{7}@sina.com", "@sina.com", "alice@"] {
             assert!(Mailbox::parse(raw).is_err(), "{raw:?} accepted");
@@ -149,7 +177,7 @@ mod tests {
     #[test]
     fn client_id_rules() {
         assert_eq!(ClientId::parse("Sender-1").unwrap().as_str(), "sender-1");
-        assert!(ClientId::parse(&"a".repeat(63)).is_ok());
+        assert!(ClientId::parse("a".repeat(63)).is_ok());
         for raw in ["", "-x", "a b", "a/b", &"a".repeat(64), "ü"] {
             assert!(ClientId::parse(raw).is_err(), "{raw:?} accepted");
         }

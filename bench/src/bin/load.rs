@@ -76,7 +76,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     while first < args.count {
         let last = (first + args.batch).min(args.count);
         let mailboxes: Vec<Mailbox> =
-            (first..last).map(|i| Mailbox::parse(&format!("user{i:06}@sina.com"))).collect::<Result<_, _>>()?;
+            (first..last).map(|i| Mailbox::parse(format!("user{i:06}@sina.com"))).collect::<Result<_, _>>()?;
         let rows: Vec<NewBinding> = mailboxes
             .into_iter()
             .zip(first..last)

@@ -247,7 +247,11 @@ impl Tokens {
     fn lookup(&self, id: &str, digest: &[u8; 32], now: Millis) -> Option<Arc<Caller>> {
         let table = self.table.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         let entry = table.get(id).filter(|e| bool::from(e.digest.ct_eq(digest)))?;
-        entry.last_used.fetch_max(now, Ordering::Relaxed);
+        // A read first: callers on every core share this entry, and a write per call would
+        // bounce its cache line between them.
+        if entry.last_used.load(Ordering::Relaxed) < now {
+            entry.last_used.fetch_max(now, Ordering::Relaxed);
+        }
         Some(entry.caller.clone())
     }
 

@@ -16,11 +16,11 @@ fn filter<T>(raw: &str, parse: impl FnOnce(&str) -> Result<T, InvalidId>) -> Res
 }
 
 fn mailbox_filter(raw: &str) -> Result<Option<String>, VaultError> {
-    Ok(filter(raw, Mailbox::parse)?.map(|m| m.as_str().to_owned()))
+    Ok(filter(raw, |m| Mailbox::parse(m))?.map(|m| m.as_str().to_owned()))
 }
 
 fn client_filter(raw: &str) -> Result<Option<String>, VaultError> {
-    Ok(filter(raw, ClientId::parse)?.map(|c| c.as_str().to_owned()))
+    Ok(filter(raw, |c| ClientId::parse(c))?.map(|c| c.as_str().to_owned()))
 }
 
 fn page_size(requested: u32) -> Result<usize, VaultError> {

@@ -32,7 +32,7 @@ impl VaultService {
     }
 }
 
-fn pair(mailbox: &str, client: &str) -> Result<(Mailbox, ClientId), VaultError> {
+fn pair(mailbox: String, client: String) -> Result<(Mailbox, ClientId), VaultError> {
     Ok((Mailbox::parse(mailbox)?, ClientId::parse(client)?))
 }
 
@@ -78,7 +78,7 @@ impl AuthCodeVault for VaultService {
         let code = AuthCode::new(&req.auth_code);
         // The message's copy is zeroed at once; only the vault's own (zeroed on drop) remains.
         req.auth_code.zeroize();
-        let (mailbox, client) = pair(&req.mailbox, &req.client)?;
+        let (mailbox, client) = pair(std::mem::take(&mut req.mailbox), std::mem::take(&mut req.client))?;
         record_pair(&mailbox, &client);
         let request_id = RequestId::parse(&req.request_id).map_err(VaultError::from)?;
         drop(req);
@@ -97,7 +97,7 @@ impl AuthCodeVault for VaultService {
         let mut req = request.into_inner();
         let code = AuthCode::new(&req.new_auth_code);
         req.new_auth_code.zeroize();
-        let (mailbox, client) = pair(&req.mailbox, &req.client)?;
+        let (mailbox, client) = pair(std::mem::take(&mut req.mailbox), std::mem::take(&mut req.client))?;
         record_pair(&mailbox, &client);
         let request_id = RequestId::parse(&req.request_id).map_err(VaultError::from)?;
         let expected = (req.expected_version != 0).then_some(req.expected_version);
@@ -115,8 +115,8 @@ impl AuthCodeVault for VaultService {
     async fn revoke(&self, request: Request<proto::RevokeRequest>) -> Result<Response<proto::RevokeResponse>, Status> {
         let who = caller(&request)?;
         who.require_admin("Revoke")?;
-        let req = request.into_inner();
-        let (mailbox, client) = pair(&req.mailbox, &req.client)?;
+        let mut req = request.into_inner();
+        let (mailbox, client) = pair(std::mem::take(&mut req.mailbox), std::mem::take(&mut req.client))?;
         record_pair(&mailbox, &client);
         let request_id = RequestId::parse(&req.request_id).map_err(VaultError::from)?;
         let vault = self.vault.clone();
@@ -132,8 +132,8 @@ impl AuthCodeVault for VaultService {
     async fn verify(&self, request: Request<proto::VerifyRequest>) -> Result<Response<proto::VerifyResponse>, Status> {
         let who = caller(&request)?;
         who.require_admin("Verify")?;
-        let req = request.into_inner();
-        let (mailbox, client) = pair(&req.mailbox, &req.client)?;
+        let mut req = request.into_inner();
+        let (mailbox, client) = pair(std::mem::take(&mut req.mailbox), std::mem::take(&mut req.client))?;
         record_pair(&mailbox, &client);
         let (row, probe) = self.vault.verify(&who, mailbox, client).await?;
         Ok(Response::new(proto::VerifyResponse { credential: Some(row.into()), probe: Some(probe.into()) }))
@@ -143,8 +143,8 @@ impl AuthCodeVault for VaultService {
     #[instrument(level = "debug", skip_all, fields(rpc = "Reveal", mailbox, client))]
     async fn reveal(&self, request: Request<proto::RevealRequest>) -> Result<Response<proto::RevealResponse>, Status> {
         let who = caller(&request)?;
-        let req = request.into_inner();
-        let (mailbox, client) = pair(&req.mailbox, &req.client)?;
+        let mut req = request.into_inner();
+        let (mailbox, client) = pair(std::mem::take(&mut req.mailbox), std::mem::take(&mut req.client))?;
         record_pair(&mailbox, &client);
         who.require_client("Reveal", &client)?;
         let revealed = self.vault.reveal(&who, &mailbox, &client).await?;
@@ -165,8 +165,8 @@ impl AuthCodeVault for VaultService {
         request: Request<proto::GetCredentialRequest>,
     ) -> Result<Response<proto::Credential>, Status> {
         let who = caller(&request)?;
-        let req = request.into_inner();
-        let (mailbox, client) = pair(&req.mailbox, &req.client)?;
+        let mut req = request.into_inner();
+        let (mailbox, client) = pair(std::mem::take(&mut req.mailbox), std::mem::take(&mut req.client))?;
         record_pair(&mailbox, &client);
         who.require_admin_or_client("GetCredential", &client)?;
         Ok(Response::new(std::sync::Arc::unwrap_or_clone(self.vault.get(&mailbox, &client).await?).into()))

@@ -74,6 +74,9 @@ pub struct AccountingService<S> {
     accounting: Accounting,
 }
 
+/// Built once: a header name given as a string is parsed on every lookup.
+static GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+
 /// The gRPC code of a `grpc-status` header value (absent means OK; unparsable, UNKNOWN).
 fn code(status: Option<&http::HeaderValue>) -> usize {
     status.map_or(0, |v| v.to_str().ok().and_then(|v| v.parse().ok()).unwrap_or(2))
@@ -101,7 +104,7 @@ where
         Box::pin(async move {
             let out = fut.await;
             let code = match &out {
-                Ok(resp) => code(resp.headers().get("grpc-status")),
+                Ok(resp) => code(resp.headers().get(&GRPC_STATUS)),
                 Err(_) => 2,
             };
             metrics.observe_rpc(uri.path().rsplit('/').next().unwrap_or_default(), code, started.elapsed());

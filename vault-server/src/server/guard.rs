@@ -29,10 +29,17 @@ pub const PUBLIC_TIMEOUT: Duration = Duration::from_secs(10);
 /// Who may call, and how many calls run at once.
 #[derive(Clone)]
 enum Gate {
-    /// Bearer token first; then wait for a slot.
-    Authenticated { tokens: Arc<Tokens>, metrics: Arc<Metrics> },
-    /// No token; a slot now or RESOURCE_EXHAUSTED.
-    Public,
+    /// Bearer token first; then wait for a slot. One `Arc`, so a call clones one refcount.
+    Authenticated(Arc<Admission>),
+    /// No token; a slot of these (shared by the open services) now, or RESOURCE_EXHAUSTED.
+    Public(Arc<Semaphore>),
+}
+
+/// What an authenticated call passes through.
+struct Admission {
+    tokens: Arc<Tokens>,
+    metrics: Arc<Metrics>,
+    slots: Semaphore,
 }
 
 /// A service behind its gate and its slots.
@@ -40,18 +47,17 @@ enum Gate {
 pub struct Guarded<S> {
     inner: S,
     gate: Gate,
-    slots: Arc<Semaphore>,
 }
 
 impl<S> Guarded<S> {
     /// The vault service: authenticated, `slots` calls at once (more wait).
     pub fn authenticated(inner: S, tokens: Arc<Tokens>, metrics: Arc<Metrics>, slots: usize) -> Self {
-        Self { inner, gate: Gate::Authenticated { tokens, metrics }, slots: Arc::new(Semaphore::new(slots)) }
+        Self { inner, gate: Gate::Authenticated(Arc::new(Admission { tokens, metrics, slots: Semaphore::new(slots) })) }
     }
 
     /// Health and reflection: sharing `slots`, refused over them.
     pub fn public(inner: S, slots: Arc<Semaphore>) -> Self {
-        Self { inner, gate: Gate::Public, slots }
+        Self { inner, gate: Gate::Public(slots) }
     }
 }
 
@@ -77,29 +83,28 @@ where
 
     fn call(&mut self, mut req: http::Request<Body>) -> Self::Future {
         let mut inner = self.inner.clone();
-        let slots = self.slots.clone();
         match &self.gate {
-            Gate::Authenticated { tokens, metrics } => {
-                let (tokens, metrics) = (tokens.clone(), metrics.clone());
+            Gate::Authenticated(admission) => {
+                let admission = admission.clone();
                 Box::pin(async move {
                     let peer = req.extensions().get::<TcpConnectInfo>().and_then(TcpConnectInfo::remote_addr);
                     let header = req.headers().get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-                    match tokens.authenticate(header, peer.map(|a| a.ip()), SystemClock.now_millis()).await {
+                    match admission.tokens.authenticate(header, peer.map(|a| a.ip()), SystemClock.now_millis()).await {
                         Ok(caller) => {
                             req.extensions_mut().insert(caller);
                         }
                         Err(e) => {
-                            metrics.observe_auth_failure(e.reason());
+                            admission.metrics.observe_auth_failure(e.reason());
                             return Ok(tonic::Status::from(e).into_http());
                         }
                     }
                     // The semaphore is never closed; a failed acquire would only mean no limit.
-                    let _slot = slots.acquire_owned().await.ok();
+                    let _slot = admission.slots.acquire().await.ok();
                     inner.call(req).await
                 })
             }
-            Gate::Public => {
-                let Ok(slot) = slots.try_acquire_owned() else {
+            Gate::Public(slots) => {
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
                     let response = public_budget_exhausted().into_http();
                     return Box::pin(async move { Ok(response) });
                 };

@@ -383,7 +383,7 @@ mod tests {
     }
 
     fn mailbox(i: usize) -> Mailbox {
-        Mailbox::parse(&format!("user{i}@sina.com")).unwrap()
+        Mailbox::parse(format!("user{i}@sina.com")).unwrap()
     }
 
     /// `n` bindings under the current key, in one import.

@@ -268,7 +268,7 @@ mod tests {
         let a = Caller { token_id: "tk_a".into(), role: Role::Client(ClientId::parse("sender").unwrap()) };
         let c = ClientId::parse("sender").unwrap();
         for i in 0..10 {
-            u.record(&a, &Mailbox::parse(&format!("m{i}@sina.com")).unwrap(), &c, 1);
+            u.record(&a, &Mailbox::parse(format!("m{i}@sina.com")).unwrap(), &c, 1);
         }
         let mut taken = u.take();
         assert_eq!(taken.batch(4).len(), 4);
@@ -284,7 +284,7 @@ mod tests {
         let a = Caller { token_id: "tk_a".into(), role: Role::Client(ClientId::parse("sender").unwrap()) };
         let c = ClientId::parse("sender").unwrap();
         for i in 0..FLUSH_AT - 1 {
-            u.record(&a, &Mailbox::parse(&format!("m{i}@sina.com")).unwrap(), &c, 1);
+            u.record(&a, &Mailbox::parse(format!("m{i}@sina.com")).unwrap(), &c, 1);
         }
         let wait = Duration::from_millis(50);
         assert!(tokio::time::timeout(wait, u.filled()).await.is_err(), "asked below FLUSH_AT");
