@@ -120,9 +120,9 @@ async fn stream_flood_and_idle_sockets_do_not_starve_reveal() {
 }
 
 #[tokio::test]
-async fn silent_connections_are_closed_and_the_cap_closes_extra_ones_at_once() {
+async fn silent_connections_are_closed_and_the_oldest_gives_way_at_the_cap() {
     let mut stack = Stack::start();
-    stack.restart_with(&["--handshake-timeout".into(), "1".into(), "--max-connections".into(), "4".into()]);
+    stack.restart_with(&["--handshake-timeout".into(), "3".into(), "--max-connections".into(), "4".into()]);
     let addr = stack.server.addr;
     // Two say nothing, two send one byte of the HTTP/2 preface and stop (slowloris).
     let idle: Vec<TcpStream> = (0..4)
@@ -135,18 +135,19 @@ async fn silent_connections_are_closed_and_the_cap_closes_extra_ones_at_once() {
         })
         .collect();
     std::thread::sleep(Duration::from_millis(200));
-    // Over the cap: closed at once.
-    let mut extra = TcpStream::connect(addr).unwrap();
-    extra.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    // Over the cap: served (SETTINGS), in place of the oldest of them, closed at once.
     let started = Instant::now();
-    assert_eq!(extra.read(&mut [0u8; 1]).unwrap_or(0), 0, "the server answered a connection over its cap");
-    assert!(started.elapsed() < Duration::from_millis(900), "closed only after {:?}", started.elapsed());
-    // The silent and the stalled ones are closed after the handshake timeout.
+    let (_extra, answered) = h2_from("127.0.0.1:0", addr);
+    assert!(answered, "at the cap, a new connection was refused while silent ones held every slot");
+    let mut idle = idle.into_iter();
+    let mut oldest = idle.next().unwrap();
+    assert!(closed_within(&mut oldest, Duration::from_millis(300)), "the oldest silent connection kept its slot");
+    assert!(started.elapsed() < Duration::from_secs(1), "it gave way only after {:?}", started.elapsed());
+    // The others are closed after the handshake timeout.
     for mut s in idle {
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        assert_eq!(s.read(&mut [0u8; 1]).unwrap_or(0), 0);
+        assert!(closed_within(&mut s, Duration::from_secs(5)), "a silent connection was kept");
     }
-    assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(started.elapsed() < Duration::from_secs(5));
     // And the listener serves again.
     stack.admin().await.list(&Default::default(), "").await.unwrap();
 }
@@ -488,4 +489,76 @@ async fn one_peer_cannot_hold_every_connection() {
         std::thread::sleep(Duration::from_millis(50));
     }
     stack.admin().await.list(&Default::default(), "").await.unwrap();
+}
+
+/// Whether the server closes `s` within `within`, reading (and dropping) what it sends meanwhile.
+fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        s.set_read_timeout(Some(left.min(Duration::from_millis(100)))).unwrap();
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(_) => return true,
+        }
+    }
+}
+
+#[tokio::test]
+async fn connections_without_a_token_give_way_at_the_cap_to_callers_with_one() {
+    let mut stack = Stack::start();
+    stack.restart_with(&["--max-connections".into(), "6".into(), "--max-connections-per-peer".into(), "2".into()]);
+    stack.admin().await.bind(ALICE, "sender", SecretString::from(ALICE_CODE)).await.unwrap();
+    let addr = stack.server.addr;
+    // A caller with a token, connected before the flood.
+    let mut early = stack.as_client("sender").await;
+    early.reveal(ALICE, "sender").await.unwrap();
+    // Five connections without a token, from three addresses (under each one's cap), fill the
+    // other slots and are held silently.
+    let mut held: Vec<TcpStream> = ["127.0.0.2:0", "127.0.0.2:0", "127.0.0.3:0", "127.0.0.3:0", "127.0.0.4:0"]
+        .iter()
+        .map(|from| {
+            let (s, answered) = h2_from(from, addr);
+            assert!(answered, "a connection under the caps was refused");
+            s
+        })
+        .collect();
+    // One more without a token is served in place of the oldest such one.
+    let (mut sixth, answered) = h2_from("127.0.0.4:0", addr);
+    assert!(answered, "at the cap, a new connection was refused while one without a token held a slot");
+    assert!(closed_within(&mut held[0], Duration::from_secs(5)), "the oldest connection without a token was kept");
+    // A new caller with a token is served too, in place of the next oldest.
+    let mut fresh = stack.as_client("sender").await;
+    let revealed = fresh.reveal(ALICE, "sender").await.expect("a caller with a token was kept out by the flood");
+    assert_eq!(secrecy::ExposeSecret::expose_secret(&revealed.code), ALICE_CODE);
+    assert!(closed_within(&mut held[1], Duration::from_secs(5)), "the next oldest connection was kept");
+    // The caller connected before the flood kept its connection: had it been closed, its
+    // reconnection would have closed a third connection without a token.
+    early.reveal(ALICE, "sender").await.unwrap();
+    for (i, s) in held.iter_mut().enumerate().skip(2) {
+        assert!(!closed_within(s, Duration::from_millis(300)), "connection {i} was closed, but only two gave way");
+    }
+    assert!(!closed_within(&mut sixth, Duration::from_millis(300)), "the newest connection was closed");
+    // With every slot held by callers that authenticated, a new connection is closed at once.
+    let mut callers = vec![early, fresh];
+    drop(held);
+    drop(sixth);
+    for from in ["127.0.0.5", "127.0.0.5", "127.0.0.6", "127.0.0.6"] {
+        let mut c = stack.server.client_from(from, Some(&stack.client_token("sender"))).await;
+        c.reveal(ALICE, "sender").await.unwrap();
+        callers.push(c);
+    }
+    let started = Instant::now();
+    let (_, answered) = h2_from("127.0.0.7:0", addr);
+    assert!(!answered, "a connection over a cap held by callers with tokens was served");
+    assert!(started.elapsed() < Duration::from_millis(900), "closed only after {:?}", started.elapsed());
+    for c in &mut callers {
+        c.reveal(ALICE, "sender").await.expect("a caller with a token lost its connection");
+    }
 }

@@ -299,7 +299,9 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub probe_host_concurrency: u32,
 
-    /// Open gRPC connections at most; a connection over the cap is closed on accept.
+    /// Open gRPC connections at most. At the cap, the oldest connection that has not carried an
+    /// authenticated call is closed to admit a new one; a new one is closed on accept only when
+    /// every open connection has authenticated.
     #[arg(long, env = "VAULT_MAX_CONNECTIONS", default_value_t = 4096, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_connections: u32,

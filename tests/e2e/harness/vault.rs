@@ -151,6 +151,18 @@ impl VaultServer {
         vault_client::VaultClient::connect(self.endpoint(), options).await.expect("connect")
     }
 
+    /// A plaintext client sending `token`, its connection from `source` (any 127/8 address).
+    pub async fn client_from(&self, source: &str, token: Option<&str>) -> vault_client::VaultClient {
+        let channel = tonic::transport::Endpoint::from_shared(self.endpoint())
+            .expect("endpoint")
+            .local_address(Some(source.parse().expect("source address")))
+            .connect()
+            .await
+            .expect("connect");
+        let token = token.map(vault_client::SecretString::from);
+        vault_client::VaultClient::from_channel(channel, token.as_ref()).expect("client")
+    }
+
     /// A stand-in for a server that was moved out (for stopping it on another thread).
     pub fn placeholder() -> Self {
         Self { child: None, addr: SocketAddr::from(([127, 0, 0, 1], 0)), log: Arc::default(), readers: Vec::new() }

@@ -87,6 +87,8 @@ pub struct Metrics {
     probes: Mutex<BTreeMap<(String, &'static str), u64>>,
     auth_failures: [AtomicU64; AUTH_REASONS.len()],
     connections_refused: AtomicU64,
+    /// Connections without a token closed at the cap to admit a new one.
+    connections_given_way: AtomicU64,
     /// Data-key rotations finished and stopped.
     rotations: [AtomicU64; 2],
     /// Codes re-sealed and token rows re-keyed by rotations.
@@ -115,6 +117,7 @@ impl Default for Metrics {
             probes: Mutex::default(),
             auth_failures: Default::default(),
             connections_refused: AtomicU64::new(0),
+            connections_given_way: AtomicU64::new(0),
             rotations: Default::default(),
             rekeyed: Default::default(),
             sweeps: Mutex::default(),
@@ -153,9 +156,14 @@ impl Metrics {
         }
     }
 
-    /// One connection closed on accept because the connection cap was reached.
+    /// One connection closed on accept: the cap was reached, every open one authenticated.
     pub fn observe_connection_refused(&self) {
         self.connections_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One connection that had not authenticated, closed at the cap to admit a new one.
+    pub fn observe_connection_given_way(&self) {
+        self.connections_given_way.fetch_add(1, Ordering::Relaxed);
     }
 
     /// One data-key rotation that finished (`true`) or stopped.
@@ -256,7 +264,13 @@ impl Collector for Scrape {
         }
         ConstCounter::new(m.connections_refused.load(Ordering::Relaxed)).encode(encoder.encode_descriptor(
             "vault_connections_refused",
-            "Connections closed on accept because the connection cap was reached.",
+            "Connections closed on accept because the connection cap was reached and every open connection had authenticated.",
+            None,
+            MetricType::Counter,
+        )?)?;
+        ConstCounter::new(m.connections_given_way.load(Ordering::Relaxed)).encode(encoder.encode_descriptor(
+            "vault_connections_given_way",
+            "Connections that had not authenticated, closed at the cap to admit a new one.",
             None,
             MetricType::Counter,
         )?)?;

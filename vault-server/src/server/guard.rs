@@ -15,9 +15,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::body::Body;
 use tonic::codegen::http;
 use tonic::server::NamedService;
-use tonic::transport::server::TcpConnectInfo;
 use tower_service::Service;
 
+use super::listener::Peer;
 use crate::auth::Tokens;
 use crate::clock::{Clock, SystemClock};
 use crate::grpc::public_budget_exhausted;
@@ -87,10 +87,15 @@ where
             Gate::Authenticated(admission) => {
                 let admission = admission.clone();
                 Box::pin(async move {
-                    let peer = req.extensions().get::<TcpConnectInfo>().and_then(TcpConnectInfo::remote_addr);
+                    let peer = req.extensions().get::<Peer>();
+                    let ip = peer.and_then(|p| p.tcp.remote_addr()).map(|a| a.ip());
                     let header = req.headers().get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-                    match admission.tokens.authenticate(header, peer.map(|a| a.ip()), SystemClock.now_millis()).await {
+                    match admission.tokens.authenticate(header, ip, SystemClock.now_millis()).await {
                         Ok(caller) => {
+                            // Its connection keeps its slot at the cap from now on.
+                            if let Some(peer) = peer {
+                                peer.standing.authenticated();
+                            }
                             req.extensions_mut().insert(caller);
                         }
                         Err(e) => {

@@ -1,6 +1,8 @@
 //! The accept loop in front of tonic: a cap on open connections, and on those of one peer, TCP
 //! keepalive and no Nagle, and an opening deadline, so that idle sockets cannot pile up and one
-//! host cannot hold every slot. A connection over either cap is closed at once. Within the handshake timeout a connection must finish its TLS handshake (if TLS is
+//! host cannot hold every slot. A connection over the peer's cap is closed at once; at the
+//! global cap, a connection that has not authenticated gives way (the `evict` module). Within the
+//! handshake timeout a connection must finish its TLS handshake (if TLS is
 //! on) and send the whole HTTP/2 preface; HTTP/2 pings take over from there. The preface read
 //! here is replayed to the server.
 
@@ -17,6 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
+use super::evict::{Evictable, Standing};
 use crate::metrics::Metrics;
 
 /// Connection-level limits.
@@ -49,8 +52,17 @@ enum Io {
 pub struct Admitted {
     io: Io,
     opening: &'static [u8],
+    standing: Arc<Standing>,
     _permit: OwnedSemaphorePermit,
     _peer: PeerSlot,
+}
+
+/// What each call learns of its connection: the peer's address, and the connection's
+/// standing (a call that authenticates marks it).
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub tcp: TcpConnectInfo,
+    pub standing: Arc<Standing>,
 }
 
 /// Open connections per peer; a peer leaves the map with its last connection, so it holds at
@@ -95,13 +107,25 @@ impl Drop for PeerSlot {
 }
 
 impl Connected for Admitted {
-    type ConnectInfo = TcpConnectInfo;
+    type ConnectInfo = Peer;
 
-    fn connect_info(&self) -> TcpConnectInfo {
-        match &self.io {
+    fn connect_info(&self) -> Peer {
+        let tcp = match &self.io {
             Io::Plain(s) => s.connect_info(),
             Io::Tls(s) => s.get_ref().0.connect_info(),
-        }
+        };
+        Peer { tcp, standing: self.standing.clone() }
+    }
+}
+
+/// The error a connection chosen to give way fails its I/O with, so the server drops it.
+fn given_way() -> io::Error {
+    io::Error::new(io::ErrorKind::ConnectionAborted, "closed to admit another connection at the cap")
+}
+
+impl Admitted {
+    fn given_way(&self, cx: &mut Context<'_>) -> bool {
+        self.standing.poll_closing(cx).is_ready()
     }
 }
 
@@ -117,6 +141,9 @@ macro_rules! on_io {
 
 impl AsyncRead for Admitted {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if self.given_way(cx) {
+            return Poll::Ready(Err(given_way()));
+        }
         if !self.opening.is_empty() {
             let n = self.opening.len().min(buf.remaining());
             buf.put_slice(&self.opening[..n]);
@@ -129,10 +156,16 @@ impl AsyncRead for Admitted {
 
 impl AsyncWrite for Admitted {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        if self.given_way(cx) {
+            return Poll::Ready(Err(given_way()));
+        }
         on_io!(self, s => Pin::new(s).poll_write(cx, buf))
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.given_way(cx) {
+            return Poll::Ready(Err(given_way()));
+        }
         on_io!(self, s => Pin::new(s).poll_flush(cx))
     }
 
@@ -145,6 +178,9 @@ impl AsyncWrite for Admitted {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        if self.given_way(cx) {
+            return Poll::Ready(Err(given_way()));
+        }
         on_io!(self, s => Pin::new(s).poll_write_vectored(cx, bufs))
     }
 
@@ -171,7 +207,14 @@ async fn preface(io: &mut (impl AsyncRead + Unpin)) -> bool {
 }
 
 /// The TLS handshake (if any) and the preface, within one deadline.
-async fn open(stream: TcpStream, tls: Option<&tokio_rustls::TlsAcceptor>, within: Duration) -> Option<Io> {
+/// Opens the connection by `deadline`; `None` if it did not, or was chosen to give way
+/// meanwhile.
+async fn open(
+    stream: TcpStream,
+    tls: Option<&tokio_rustls::TlsAcceptor>,
+    deadline: tokio::time::Instant,
+    standing: &Standing,
+) -> Option<Io> {
     let opened = async {
         match tls {
             None => {
@@ -190,7 +233,10 @@ async fn open(stream: TcpStream, tls: Option<&tokio_rustls::TlsAcceptor>, within
             }
         }
     };
-    tokio::time::timeout(within, opened).await.ok().flatten()
+    tokio::select! {
+        opened = tokio::time::timeout_at(deadline, opened) => opened.ok().flatten(),
+        () = std::future::poll_fn(|cx| standing.poll_closing(cx)) => None,
+    }
 }
 
 /// Accepts on `listener` until the returned stream is dropped, which closes the listen socket.
@@ -203,6 +249,7 @@ pub fn admit(
     let (tx, rx) = mpsc::channel(64);
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let peers = Arc::new(PeerCounts::default());
+    let evictable = Arc::new(Evictable::default());
     let tls = tls.map(tokio_rustls::TlsAcceptor::from);
     tokio::spawn(async move {
         loop {
@@ -224,19 +271,41 @@ pub fn admit(
                 tracing::debug!("a peer's connection cap reached; closing its new connection");
                 continue;
             };
-            let Ok(permit) = permits.clone().try_acquire_owned() else {
-                metrics.observe_connection_refused();
-                tracing::debug!("connection cap reached; closing a new connection");
-                continue;
-            };
             if let Err(e) = tune(&stream, limits.tcp_keepalive) {
                 tracing::debug!(error = %e, "cannot set socket options; closing the connection");
                 continue;
             }
-            let (tx, tls) = (tx.clone(), tls.clone());
+            // One deadline from accept for the slot and the opening together.
+            let deadline = tokio::time::Instant::now() + limits.handshake_timeout;
+            // At the cap, the oldest connection holding a slot that has not authenticated gives
+            // way; its slot comes back once the server has dropped it (at once: its I/O fails).
+            let permit = match permits.clone().try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(_) if evictable.close_oldest() => {
+                    metrics.observe_connection_given_way();
+                    tracing::debug!("connection cap reached; the oldest connection without a token gives way");
+                    None
+                }
+                Err(_) => {
+                    metrics.observe_connection_refused();
+                    tracing::debug!("connection cap reached by callers with tokens; closing a new connection");
+                    continue;
+                }
+            };
+            let (tx, tls, permits, evictable) = (tx.clone(), tls.clone(), permits.clone(), evictable.clone());
             tokio::spawn(async move {
-                if let Some(io) = open(stream, tls.as_ref(), limits.handshake_timeout).await {
-                    let _ = tx.send(Ok(Admitted { io, opening: PREFACE, _permit: permit, _peer: slot })).await;
+                let permit = match permit {
+                    Some(permit) => permit,
+                    None => match tokio::time::timeout_at(deadline, permits.acquire_owned()).await {
+                        Ok(Ok(permit)) => permit,
+                        _ => return,
+                    },
+                };
+                // Only a connection holding a slot can be chosen: choosing a waiter frees none.
+                let standing = evictable.admit(limits.max_connections);
+                if let Some(io) = open(stream, tls.as_ref(), deadline, &standing).await {
+                    let admitted = Admitted { io, opening: PREFACE, standing, _permit: permit, _peer: slot };
+                    let _ = tx.send(Ok(admitted)).await;
                 } else {
                     tracing::debug!("a connection did not open HTTP/2 within the handshake timeout; closed");
                 }

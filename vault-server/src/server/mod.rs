@@ -4,6 +4,7 @@
 //! the vault's slots; a small separate budget for the open services).
 
 mod accounting;
+mod evict;
 mod guard;
 mod listener;
 mod tls;

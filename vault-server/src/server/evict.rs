@@ -1,0 +1,166 @@
+//! Which connection gives way at the cap. A connection that has not yet carried an
+//! authenticated call (handshaking, idle, or only asking health and reflection) holds its slot
+//! only until the cap is reached: then the oldest such connection is closed to admit a new one.
+//! So connections opened without a token, from however many addresses, can never keep a caller
+//! with a token out, and a connection that has authenticated once is never closed for room.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::task::{Context, Poll, Waker};
+
+/// One connection's standing, shared by its I/O and the calls it carries.
+#[derive(Debug, Default)]
+pub struct Standing {
+    /// Set by the first call that authenticates; never cleared.
+    authenticated: AtomicBool,
+    /// Whether it was chosen to close, and who to wake when it is: under one lock, so a
+    /// close cannot slip between a poll's check and its registration.
+    closing: Mutex<Closing>,
+}
+
+#[derive(Debug, Default)]
+struct Closing {
+    chosen: bool,
+    waker: Option<Waker>,
+}
+
+impl Standing {
+    /// A call on this connection authenticated: it keeps its slot from now on, unless it was
+    /// chosen to close first (then it closes all the same: its slot is promised to another).
+    pub fn authenticated(&self) {
+        if self.is_authenticated() {
+            return;
+        }
+        // Under the lock, so that a choice and an authentication are ordered one way or the other.
+        let closing = self.closing.lock().unwrap_or_else(PoisonError::into_inner);
+        if !closing.chosen {
+            self.authenticated.store(true, Ordering::Relaxed);
+        }
+    }
+
+    fn is_authenticated(&self) -> bool {
+        self.authenticated.load(Ordering::Relaxed)
+    }
+
+    /// Ready once this connection was chosen to close. An authenticated connection never is,
+    /// and its I/O pays one atomic load per poll for asking.
+    pub fn poll_closing(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.is_authenticated() {
+            return Poll::Pending;
+        }
+        let mut closing = self.closing.lock().unwrap_or_else(PoisonError::into_inner);
+        if closing.chosen {
+            return Poll::Ready(());
+        }
+        if !closing.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            closing.waker = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+
+    /// Chooses it to close; `false` if it authenticated meanwhile.
+    fn close(&self) -> bool {
+        let waker = {
+            let mut closing = self.closing.lock().unwrap_or_else(PoisonError::into_inner);
+            if self.is_authenticated() {
+                return false;
+            }
+            closing.chosen = true;
+            closing.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        true
+    }
+}
+
+/// The open connections, oldest first, that may still be closed to make room.
+#[derive(Debug, Default)]
+pub struct Evictable {
+    queue: Mutex<VecDeque<Weak<Standing>>>,
+}
+
+impl Evictable {
+    /// A new connection that holds its slot, youngest: its standing.
+    pub fn admit(&self, cap: usize) -> Arc<Standing> {
+        let standing = Arc::new(Standing::default());
+        let mut queue = self.lock();
+        // Closed and authenticated ones leave lazily; prune when they outnumber the cap.
+        if queue.len() >= cap.saturating_mul(2).max(16) {
+            queue.retain(|w| w.upgrade().is_some_and(|s| !s.is_authenticated()));
+        }
+        queue.push_back(Arc::downgrade(&standing));
+        standing
+    }
+
+    /// Chooses the oldest open connection that has not authenticated to close; `false` if
+    /// there is none.
+    pub fn close_oldest(&self) -> bool {
+        let mut queue = self.lock();
+        while let Some(weak) = queue.pop_front() {
+            if let Some(standing) = weak.upgrade()
+                && standing.close()
+            {
+                return true;
+            }
+        }
+        false
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Weak<Standing>>> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::poll_fn;
+
+    use super::*;
+
+    #[test]
+    fn the_oldest_unauthenticated_connection_is_chosen_and_an_authenticated_one_never() {
+        let evictable = Evictable::default();
+        let (a, b, c) = (evictable.admit(4), evictable.admit(4), evictable.admit(4));
+        a.authenticated();
+        drop(b);
+        assert!(evictable.close_oldest(), "c was open and had not authenticated");
+        let waker = Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        assert!(c.poll_closing(&mut cx).is_ready());
+        assert!(a.poll_closing(&mut cx).is_pending());
+        assert!(!evictable.close_oldest(), "only an authenticated connection is left");
+        assert!(a.poll_closing(&mut cx).is_pending());
+    }
+
+    #[test]
+    fn a_connection_chosen_before_it_authenticates_still_closes() {
+        let evictable = Evictable::default();
+        let a = evictable.admit(4);
+        assert!(evictable.close_oldest());
+        a.authenticated();
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(a.poll_closing(&mut cx).is_ready(), "its slot was promised to another connection");
+    }
+
+    #[test]
+    fn closed_and_authenticated_connections_are_pruned() {
+        let evictable = Evictable::default();
+        for _ in 0..1000 {
+            evictable.admit(4).authenticated();
+        }
+        assert!(evictable.lock().len() <= 16, "{} entries kept", evictable.lock().len());
+    }
+
+    #[tokio::test]
+    async fn a_waiting_connection_is_woken_when_chosen() {
+        let evictable = Arc::new(Evictable::default());
+        let standing = evictable.admit(4);
+        let waiting = tokio::spawn(async move { poll_fn(|cx| standing.poll_closing(cx)).await });
+        tokio::task::yield_now().await;
+        assert!(evictable.close_oldest());
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiting).await.unwrap().unwrap();
+    }
+}
