@@ -124,17 +124,19 @@ async fn silent_connections_are_closed_and_the_oldest_gives_way_at_the_cap() {
     let mut stack = Stack::start();
     stack.restart_with(&["--handshake-timeout".into(), "3".into(), "--max-connections".into(), "4".into()]);
     let addr = stack.server.addr;
-    // Two say nothing, two send one byte of the HTTP/2 preface and stop (slowloris).
+    // Two say nothing, two send one byte of the HTTP/2 preface and stop (slowloris); a little
+    // apart, so that the server accepts them in this order.
     let idle: Vec<TcpStream> = (0..4)
         .map(|i| {
             let mut s = TcpStream::connect(addr).unwrap();
             if i % 2 == 1 {
                 s.write_all(b"P").unwrap();
             }
+            std::thread::sleep(Duration::from_millis(50));
             s
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(200));
+    std::thread::sleep(Duration::from_millis(150));
     // Over the cap: served (SETTINGS), in place of the oldest of them, closed at once.
     let started = Instant::now();
     let (_extra, answered) = h2_from("127.0.0.1:0", addr);

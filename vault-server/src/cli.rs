@@ -301,7 +301,7 @@ pub struct ServeArgs {
 
     /// Open gRPC connections at most. At the cap, the oldest connection that has not carried an
     /// authenticated call is closed to admit a new one; a new one is closed on accept only when
-    /// every open connection has authenticated.
+    /// no open connection is left to give way.
     #[arg(long, env = "VAULT_MAX_CONNECTIONS", default_value_t = 4096, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_connections: u32,

@@ -156,12 +156,12 @@ impl Metrics {
         }
     }
 
-    /// One connection closed on accept: the cap was reached, every open one authenticated.
+    /// One connection closed on accept: over its peer's cap, or at the cap with none to give way.
     pub fn observe_connection_refused(&self) {
         self.connections_refused.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// One connection that had not authenticated, closed at the cap to admit a new one.
+    /// One connection that had not authenticated, chosen at the cap to close for a new one.
     pub fn observe_connection_given_way(&self) {
         self.connections_given_way.fetch_add(1, Ordering::Relaxed);
     }
@@ -264,13 +264,13 @@ impl Collector for Scrape {
         }
         ConstCounter::new(m.connections_refused.load(Ordering::Relaxed)).encode(encoder.encode_descriptor(
             "vault_connections_refused",
-            "Connections closed on accept because the connection cap was reached and every open connection had authenticated.",
+            "Connections closed on accept: over their peer's cap, or at the cap with no connection left to give way.",
             None,
             MetricType::Counter,
         )?)?;
         ConstCounter::new(m.connections_given_way.load(Ordering::Relaxed)).encode(encoder.encode_descriptor(
             "vault_connections_given_way",
-            "Connections that had not authenticated, closed at the cap to admit a new one.",
+            "Connections that had not authenticated, chosen at the cap to close for a new one.",
             None,
             MetricType::Counter,
         )?)?;

@@ -76,32 +76,40 @@ impl Standing {
     }
 }
 
+/// A connection's hold on its slot: owned by whatever holds the slot (the opening task, then
+/// the connection's I/O) and by nothing else, so it ends when the slot is given back. (A
+/// [`Standing`] can outlive it in the calls still running.)
+#[derive(Debug)]
+pub struct Held {
+    pub standing: Arc<Standing>,
+}
+
 /// The open connections, oldest first, that may still be closed to make room.
 #[derive(Debug, Default)]
 pub struct Evictable {
-    queue: Mutex<VecDeque<Weak<Standing>>>,
+    queue: Mutex<VecDeque<Weak<Held>>>,
 }
 
 impl Evictable {
-    /// A new connection that holds its slot, youngest: its standing.
-    pub fn admit(&self, cap: usize) -> Arc<Standing> {
-        let standing = Arc::new(Standing::default());
+    /// A new connection that holds its slot, youngest.
+    pub fn admit(&self, cap: usize) -> Arc<Held> {
+        let held = Arc::new(Held { standing: Arc::default() });
         let mut queue = self.lock();
         // Closed and authenticated ones leave lazily; prune when they outnumber the cap.
         if queue.len() >= cap.saturating_mul(2).max(16) {
-            queue.retain(|w| w.upgrade().is_some_and(|s| !s.is_authenticated()));
+            queue.retain(|w| w.upgrade().is_some_and(|h| !h.standing.is_authenticated()));
         }
-        queue.push_back(Arc::downgrade(&standing));
-        standing
+        queue.push_back(Arc::downgrade(&held));
+        held
     }
 
-    /// Chooses the oldest open connection that has not authenticated to close; `false` if
-    /// there is none.
+    /// Chooses the oldest connection still holding its slot that has not authenticated to
+    /// close; `false` if there is none.
     pub fn close_oldest(&self) -> bool {
         let mut queue = self.lock();
         while let Some(weak) = queue.pop_front() {
-            if let Some(standing) = weak.upgrade()
-                && standing.close()
+            if let Some(held) = weak.upgrade()
+                && held.standing.close()
             {
                 return true;
             }
@@ -109,7 +117,7 @@ impl Evictable {
         false
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Weak<Standing>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Weak<Held>>> {
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
@@ -124,15 +132,18 @@ mod tests {
     fn the_oldest_unauthenticated_connection_is_chosen_and_an_authenticated_one_never() {
         let evictable = Evictable::default();
         let (a, b, c) = (evictable.admit(4), evictable.admit(4), evictable.admit(4));
-        a.authenticated();
+        a.standing.authenticated();
+        // b gave its slot back; a call still running on it keeps its standing.
+        let b_call = b.standing.clone();
         drop(b);
         assert!(evictable.close_oldest(), "c was open and had not authenticated");
         let waker = Waker::noop();
         let mut cx = Context::from_waker(waker);
-        assert!(c.poll_closing(&mut cx).is_ready());
-        assert!(a.poll_closing(&mut cx).is_pending());
+        assert!(c.standing.poll_closing(&mut cx).is_ready());
+        assert!(b_call.poll_closing(&mut cx).is_pending(), "a connection already gone was chosen");
+        assert!(a.standing.poll_closing(&mut cx).is_pending());
         assert!(!evictable.close_oldest(), "only an authenticated connection is left");
-        assert!(a.poll_closing(&mut cx).is_pending());
+        assert!(a.standing.poll_closing(&mut cx).is_pending());
     }
 
     #[test]
@@ -140,16 +151,16 @@ mod tests {
         let evictable = Evictable::default();
         let a = evictable.admit(4);
         assert!(evictable.close_oldest());
-        a.authenticated();
+        a.standing.authenticated();
         let mut cx = Context::from_waker(Waker::noop());
-        assert!(a.poll_closing(&mut cx).is_ready(), "its slot was promised to another connection");
+        assert!(a.standing.poll_closing(&mut cx).is_ready(), "its slot was promised to another connection");
     }
 
     #[test]
     fn closed_and_authenticated_connections_are_pruned() {
         let evictable = Evictable::default();
         for _ in 0..1000 {
-            evictable.admit(4).authenticated();
+            evictable.admit(4).standing.authenticated();
         }
         assert!(evictable.lock().len() <= 16, "{} entries kept", evictable.lock().len());
     }
@@ -157,8 +168,8 @@ mod tests {
     #[tokio::test]
     async fn a_waiting_connection_is_woken_when_chosen() {
         let evictable = Arc::new(Evictable::default());
-        let standing = evictable.admit(4);
-        let waiting = tokio::spawn(async move { poll_fn(|cx| standing.poll_closing(cx)).await });
+        let held = evictable.admit(4);
+        let waiting = tokio::spawn(async move { poll_fn(|cx| held.standing.poll_closing(cx)).await });
         tokio::task::yield_now().await;
         assert!(evictable.close_oldest());
         tokio::time::timeout(std::time::Duration::from_secs(5), waiting).await.unwrap().unwrap();

@@ -7,6 +7,7 @@
 //! here is replayed to the server.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::io;
 use std::net::IpAddr;
 use std::pin::Pin;
@@ -16,10 +17,10 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore, mpsc};
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
-use super::evict::{Evictable, Standing};
+use super::evict::{Evictable, Held, Standing};
 use crate::metrics::Metrics;
 
 /// Connection-level limits.
@@ -52,7 +53,7 @@ enum Io {
 pub struct Admitted {
     io: Io,
     opening: &'static [u8],
-    standing: Arc<Standing>,
+    held: Arc<Held>,
     _permit: OwnedSemaphorePermit,
     _peer: PeerSlot,
 }
@@ -114,7 +115,7 @@ impl Connected for Admitted {
             Io::Plain(s) => s.connect_info(),
             Io::Tls(s) => s.get_ref().0.connect_info(),
         };
-        Peer { tcp, standing: self.standing.clone() }
+        Peer { tcp, standing: self.held.standing.clone() }
     }
 }
 
@@ -125,7 +126,7 @@ fn given_way() -> io::Error {
 
 impl Admitted {
     fn given_way(&self, cx: &mut Context<'_>) -> bool {
-        self.standing.poll_closing(cx).is_ready()
+        self.held.standing.poll_closing(cx).is_ready()
     }
 }
 
@@ -208,7 +209,7 @@ async fn preface(io: &mut (impl AsyncRead + Unpin)) -> bool {
 
 /// The TLS handshake (if any) and the preface, within one deadline.
 /// Opens the connection by `deadline`; `None` if it did not, or was chosen to give way
-/// meanwhile.
+/// meanwhile (logged).
 async fn open(
     stream: TcpStream,
     tls: Option<&tokio_rustls::TlsAcceptor>,
@@ -234,8 +235,49 @@ async fn open(
         }
     };
     tokio::select! {
-        opened = tokio::time::timeout_at(deadline, opened) => opened.ok().flatten(),
-        () = std::future::poll_fn(|cx| standing.poll_closing(cx)) => None,
+        opened = tokio::time::timeout_at(deadline, opened) => {
+            let io = opened.ok().flatten();
+            if io.is_none() {
+                tracing::debug!("a connection did not open HTTP/2 within the handshake timeout; closed");
+            }
+            io
+        }
+        () = std::future::poll_fn(|cx| standing.poll_closing(cx)) => {
+            tracing::debug!("a connection still opening gave way at the connection cap; closed");
+            None
+        }
+    }
+}
+
+type Acquire = Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send>>;
+
+/// A new connection's slot (its permit): held, or queued for the one a connection giving way
+/// frees.
+enum Permit {
+    Held(OwnedSemaphorePermit),
+    Waiting(Acquire),
+}
+
+/// A slot for a new connection: free, or (at the cap) queued first, then freed by the oldest
+/// connection that has not authenticated; `None` (counted, logged) if none can give way.
+async fn take_slot(permits: &Arc<Semaphore>, evictable: &Evictable, metrics: &Metrics) -> Option<Permit> {
+    let mut acquire: Acquire = Box::pin(permits.clone().acquire_owned());
+    // Polled once: a free slot is taken at once; otherwise the new connection is queued (FIFO)
+    // before anyone is chosen, so the slot freed for it cannot go to a later one.
+    match std::future::poll_fn(|cx| Poll::Ready(acquire.as_mut().poll(cx))).await {
+        Poll::Ready(Ok(permit)) => Some(Permit::Held(permit)),
+        // The semaphore is never closed.
+        Poll::Ready(Err(_)) => None,
+        Poll::Pending if evictable.close_oldest() => {
+            metrics.observe_connection_given_way();
+            tracing::debug!("connection cap reached; the oldest connection without a token gives way");
+            Some(Permit::Waiting(acquire))
+        }
+        Poll::Pending => {
+            metrics.observe_connection_refused();
+            tracing::debug!("connection cap reached and no connection can give way; closing a new connection");
+            None
+        }
     }
 }
 
@@ -277,37 +319,26 @@ pub fn admit(
             }
             // One deadline from accept for the slot and the opening together.
             let deadline = tokio::time::Instant::now() + limits.handshake_timeout;
-            // At the cap, the oldest connection holding a slot that has not authenticated gives
-            // way; its slot comes back once the server has dropped it (at once: its I/O fails).
-            let permit = match permits.clone().try_acquire_owned() {
-                Ok(permit) => Some(permit),
-                Err(_) if evictable.close_oldest() => {
-                    metrics.observe_connection_given_way();
-                    tracing::debug!("connection cap reached; the oldest connection without a token gives way");
-                    None
-                }
-                Err(_) => {
-                    metrics.observe_connection_refused();
-                    tracing::debug!("connection cap reached by callers with tokens; closing a new connection");
-                    continue;
-                }
-            };
-            let (tx, tls, permits, evictable) = (tx.clone(), tls.clone(), permits.clone(), evictable.clone());
+            let Some(waiting) = take_slot(&permits, &evictable, &metrics).await else { continue };
+            // A connection holding its slot joins the queue now, in accept order; one waiting,
+            // once its slot arrives (choosing a waiter would free nothing).
+            let held = matches!(waiting, Permit::Held(_)).then(|| evictable.admit(limits.max_connections));
+            let (tx, tls, evictable) = (tx.clone(), tls.clone(), evictable.clone());
             tokio::spawn(async move {
-                let permit = match permit {
-                    Some(permit) => permit,
-                    None => match tokio::time::timeout_at(deadline, permits.acquire_owned()).await {
-                        Ok(Ok(permit)) => permit,
-                        _ => return,
-                    },
+                let permit = match waiting {
+                    Permit::Held(permit) => permit,
+                    Permit::Waiting(acquire) => {
+                        let Ok(Ok(permit)) = tokio::time::timeout_at(deadline, acquire).await else {
+                            tracing::debug!("the slot given way for a connection did not come back in time");
+                            return;
+                        };
+                        permit
+                    }
                 };
-                // Only a connection holding a slot can be chosen: choosing a waiter frees none.
-                let standing = evictable.admit(limits.max_connections);
-                if let Some(io) = open(stream, tls.as_ref(), deadline, &standing).await {
-                    let admitted = Admitted { io, opening: PREFACE, standing, _permit: permit, _peer: slot };
+                let held = held.unwrap_or_else(|| evictable.admit(limits.max_connections));
+                if let Some(io) = open(stream, tls.as_ref(), deadline, &held.standing).await {
+                    let admitted = Admitted { io, opening: PREFACE, held, _permit: permit, _peer: slot };
                     let _ = tx.send(Ok(admitted)).await;
-                } else {
-                    tracing::debug!("a connection did not open HTTP/2 within the handshake timeout; closed");
                 }
             });
         }
