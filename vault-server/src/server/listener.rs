@@ -26,7 +26,8 @@ use crate::metrics::Metrics;
 /// Connection-level limits.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectionLimits {
-    /// Open connections at most; more are closed on accept.
+    /// Open connections at most; at the cap one that has not authenticated gives way, or the
+    /// new one is closed on accept.
     pub max_connections: usize,
     /// Open connections from one peer ([`crate::auth::peer_key`]) at most.
     pub max_per_peer: usize,
