@@ -564,3 +564,142 @@ async fn connections_without_a_token_give_way_at_the_cap_to_callers_with_one() {
         c.reveal(ALICE, "sender").await.expect("a caller with a token lost its connection");
     }
 }
+
+/// Sends, on a fresh raw connection, one Reveal stream whose header list carries `pad` bytes of
+/// an extra header (split into CONTINUATION frames); returns the frames the server sent on that
+/// stream, as (type, flags, payload), until it reset the stream or went quiet for a second.
+fn reveal_with_header_pad(addr: std::net::SocketAddr, pad: usize) -> Vec<(u8, u8, Vec<u8>)> {
+    let (mut s, _) = h2_connect(addr);
+    let mut block = Vec::new();
+    for (name, value) in [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", "/vault.v1.AuthCodeVault/Reveal"),
+        (":authority", "vault"),
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+    ] {
+        header(&mut block, name, value);
+    }
+    // A literal with a long value: the length as an HPACK integer (7-bit prefix).
+    block.extend_from_slice(&[0, 5]);
+    block.extend_from_slice(b"x-pad");
+    let mut len = pad;
+    if len < 127 {
+        block.push(u8::try_from(len).unwrap());
+    } else {
+        block.push(127);
+        len -= 127;
+        while len >= 128 {
+            block.push(u8::try_from(len % 128).unwrap() | 0x80);
+            len /= 128;
+        }
+        block.push(u8::try_from(len).unwrap());
+    }
+    block.extend(std::iter::repeat_n(b'a', pad));
+    let mut chunks = block.chunks(8 * 1024).peekable();
+    let mut out = Vec::new();
+    let mut kind = 0x1;
+    while let Some(chunk) = chunks.next() {
+        // END_HEADERS on the last; the stream ends with the empty body (END_STREAM on HEADERS).
+        let flags = if chunks.peek().is_none() { 0x4 } else { 0 } | if kind == 0x1 { 0x1 } else { 0 };
+        out.extend(frame(kind, flags, 1, chunk));
+        kind = 0x9;
+    }
+    s.write_all(&out).unwrap();
+    let mut got = Vec::new();
+    s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        let mut head = [0u8; 9];
+        if s.read_exact(&mut head).is_err() {
+            break;
+        }
+        let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+        let mut payload = vec![0u8; len];
+        s.read_exact(&mut payload).unwrap();
+        let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+        if stream == 1 {
+            let reset = head[3] == 0x3;
+            got.push((head[3], head[4], payload));
+            if reset {
+                break;
+            }
+        }
+    }
+    got
+}
+
+#[tokio::test]
+async fn header_lists_and_messages_over_16_kib_are_refused_on_every_service() {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let stack = Stack::start();
+    stack.admin().await.bind(ALICE, "sender", SecretString::from(ALICE_CODE)).await.unwrap();
+    let addr = stack.server.addr;
+    // HPACK of the response's first header: `:status: 200` is static entry 8 (one byte, 0x88);
+    // `:status: 431` a literal with that name and the Huffman code of "431".
+    let status = |frames: &[(u8, u8, Vec<u8>)]| {
+        frames.iter().find(|(kind, _, _)| *kind == 0x1).map(|(_, _, block)| block.clone()).unwrap_or_default()
+    };
+    // Under the cap, the stream reaches the vault (no token: 200 and UNAUTHENTICATED).
+    let under = reveal_with_header_pad(addr, 8 * 1024);
+    assert_eq!(status(&under).first(), Some(&0x88), "an 8 KiB header list was not answered: {under:?}");
+    // Over it, the stream is refused with 431 before any service sees it.
+    let over = reveal_with_header_pad(addr, 20 * 1024);
+    assert_eq!(status(&over), [0x48, 0x83, 0x69, 0x90, 0xff], "a 20 KiB header list was not refused: {over:?}");
+
+    // Messages: refused with OUT_OF_RANGE on the vault, health and reflection alike; a message
+    // just under the cap is decoded (and then judged on its content).
+    let channel = tonic::transport::Channel::from_shared(stack.server.endpoint()).unwrap().connect().await.unwrap();
+    let token: tonic::metadata::MetadataValue<_> = format!("Bearer {}", stack.client_token("sender")).parse().unwrap();
+    let mut vault = proto::auth_code_vault_client::AuthCodeVaultClient::with_interceptor(
+        channel.clone(),
+        move |mut r: tonic::Request<()>| {
+            r.metadata_mut().insert("authorization", token.clone());
+            Ok(r)
+        },
+    );
+    let reveal = |mailbox: String| proto::RevealRequest { mailbox, client: "sender".into() };
+    let big = vault.reveal(reveal("a".repeat(17 * 1024))).await.unwrap_err();
+    assert_eq!(big.code(), Code::OutOfRange, "{}", big.message());
+    let small = vault.reveal(reveal("a".repeat(15 * 1024))).await.unwrap_err();
+    assert_eq!(small.code(), Code::InvalidArgument, "{}", small.message());
+    let mut health = HealthClient::new(channel.clone());
+    let big = health.check(HealthCheckRequest { service: "a".repeat(17 * 1024) }).await.unwrap_err();
+    assert_eq!(big.code(), Code::OutOfRange, "{}", big.message());
+    let small = health.check(HealthCheckRequest { service: "a".repeat(15 * 1024) }).await.unwrap_err();
+    assert_eq!(small.code(), Code::NotFound);
+    {
+        use tonic_reflection::pb::v1::{
+            ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+            server_reflection_request::MessageRequest,
+        };
+        let mut reflection = ServerReflectionClient::new(channel);
+        let ask = |symbol: String| ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::FileContainingSymbol(symbol)),
+        };
+        let mut stream = reflection
+            .server_reflection_info(tokio_stream::iter([ask("a".repeat(17 * 1024))]))
+            .await
+            .unwrap()
+            .into_inner();
+        // tonic's reflection service ends its stream on a request it cannot decode.
+        match stream.message().await {
+            Ok(None) => {}
+            Err(status) => assert_eq!(status.code(), Code::OutOfRange),
+            Ok(Some(_)) => panic!("a 17 KiB reflection request was answered"),
+        }
+        let mut stream = reflection
+            .server_reflection_info(tokio_stream::iter([ask("a".repeat(15 * 1024))]))
+            .await
+            .unwrap()
+            .into_inner();
+        // Decoded and judged: no such symbol.
+        let small = stream.message().await.map(|m| m.is_some()).map_err(|s| s.code());
+        assert_eq!(small, Err(Code::NotFound), "a 15 KiB reflection request was not judged");
+    }
+    // And the vault serves on.
+    let mut sender = stack.as_client("sender").await;
+    assert_eq!(secrecy::ExposeSecret::expose_secret(&sender.reveal(ALICE, "sender").await.unwrap().code), ALICE_CODE);
+}
