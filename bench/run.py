@@ -25,6 +25,10 @@ import urllib.request
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release")
 QUICK = "--quick" in sys.argv
+# The machine's state: its load average before the run's own load (bench/run.sh reads it
+# before building).
+LOAD_BEFORE = tuple(float(x) for x in os.environ["BENCH_LOAD_BEFORE"].split()) \
+    if os.environ.get("BENCH_LOAD_BEFORE") else os.getloadavg()
 REPS = 1 if QUICK else 3
 SECONDS = 2 if QUICK else 4
 SCALE_ROWS = 100_000 if QUICK else 1_000_000
@@ -735,7 +739,10 @@ def write(results, sc, wr, spread_lines):
              "Rerun with `bench/run.sh` (about 12 minutes; `bench/run.sh --quick` for a smoke run). It builds",
              "release binaries, installs h2load and OpenBao if missing, and rewrites this file.", "",
              f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on this 2-core machine, loopback,",
-             f"{REPS} interleaved repetitions (medians shown), about {SECONDS} s per run.", "",
+             f"{REPS} interleaved repetitions (medians shown), about {SECONDS} s per run.",
+             f"Machine state: load average {LOAD_BEFORE[0]:.2f} / {LOAD_BEFORE[1]:.2f} / {LOAD_BEFORE[2]:.2f} "
+             f"(1 / 5 / 15 min) when the run started, before any load of its own; {os.getloadavg()[0]:.2f} "
+             "at its end (the run keeps both cores busy).", "",
              "- **vault**: `Reveal` with a client token: token check, the ciphertext row (from the in-memory row",
              "  cache; SQLite on a miss), XChaCha20-Poly1305 decrypt, usage recorded; 1,000 bindings.",
              "- **bare**: tonic 0.14 answering the same `vault.v1.AuthCodeVault/Reveal` request from a HashMap",

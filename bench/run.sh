@@ -4,6 +4,9 @@
 # missing. Usage: bench/run.sh [--quick]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The machine's load before this run adds its own (reported in BENCHMARKS.md).
+BENCH_LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+export BENCH_LOAD_BEFORE
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 if ! command -v h2load >/dev/null; then
   as_root apt-get update -qq

@@ -1,8 +1,9 @@
 //! Which connection gives way at the cap. A connection that has not yet carried an
 //! authenticated call (handshaking, idle, or only asking health and reflection) holds its slot
 //! only until the cap is reached: then the oldest such connection is closed to admit a new one.
-//! So connections opened without a token, from however many addresses, can never keep a caller
-//! with a token out, and a connection that has authenticated once is never closed for room.
+//! So connections held open without a token cannot keep a caller with a token out, and a
+//! connection that has authenticated once is never closed for room. (New connections opened
+//! faster than the cap over a caller's time to its first call still can: README says so.)
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
