@@ -262,10 +262,15 @@ enum Permit {
 /// A slot for a new connection: free, or (at the cap) queued first, then freed by the oldest
 /// connection that has not authenticated; `None` (counted, logged) if none can give way.
 async fn take_slot(permits: &Arc<Semaphore>, evictable: &Evictable, metrics: &Metrics) -> Option<Permit> {
+    if let Ok(permit) = permits.clone().try_acquire_owned() {
+        return Some(Permit::Held(permit));
+    }
     let mut acquire: Acquire = Box::pin(permits.clone().acquire_owned());
-    // Polled once: a free slot is taken at once; otherwise the new connection is queued (FIFO)
-    // before anyone is chosen, so the slot freed for it cannot go to a later one.
-    match std::future::poll_fn(|cx| Poll::Ready(acquire.as_mut().poll(cx))).await {
+    // Polled once, so the new connection is queued (FIFO) before anyone is chosen and the slot
+    // freed for it cannot go to a later one. Outside tokio's task budget: the accept loop does
+    // not yield during a burst, and a spent budget makes an acquire answer Pending.
+    let once = std::future::poll_fn(|cx| Poll::Ready(acquire.as_mut().poll(cx)));
+    match tokio::task::unconstrained(once).await {
         Poll::Ready(Ok(permit)) => Some(Permit::Held(permit)),
         // The semaphore is never closed.
         Poll::Ready(Err(_)) => None,
@@ -345,4 +350,27 @@ pub fn admit(
         }
     });
     tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::task::Waker;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_spent_task_budget_never_makes_a_free_slot_look_taken() {
+        let (permits, evictable, metrics) = (Arc::new(Semaphore::new(8)), Evictable::default(), Metrics::default());
+        let other = evictable.admit(8);
+        // An accept loop in a burst never yields: its budget runs out.
+        for _ in 0..127 {
+            tokio::task::coop::consume_budget().await;
+        }
+        for _ in 0..4 {
+            let taken = take_slot(&permits, &evictable, &metrics).await;
+            assert!(matches!(taken, Some(Permit::Held(_))), "a free slot was not taken");
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(other.standing.poll_closing(&mut cx).is_pending(), "a connection was chosen to give way below the cap");
+    }
 }
