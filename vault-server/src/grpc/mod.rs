@@ -32,8 +32,9 @@ impl VaultService {
     }
 }
 
-fn pair(mailbox: String, client: String) -> Result<(Mailbox, ClientId), VaultError> {
-    Ok((Mailbox::parse(mailbox)?, ClientId::parse(client)?))
+/// The request's pair, canonical; the fields are taken, not copied.
+fn pair(mailbox: &mut String, client: &mut String) -> Result<(Mailbox, ClientId), VaultError> {
+    Ok((Mailbox::parse(std::mem::take(mailbox))?, ClientId::parse(std::mem::take(client))?))
 }
 
 /// Adds the canonical pair to the RPC's span (safe fields only).
@@ -78,7 +79,7 @@ impl AuthCodeVault for VaultService {
         let code = AuthCode::new(&req.auth_code);
         // The message's copy is zeroed at once; only the vault's own (zeroed on drop) remains.
         req.auth_code.zeroize();
-        let (mailbox, client) = pair(std::mem::take(&mut req.mailbox), std::mem::take(&mut req.client))?;
+        let (mailbox, client) = pair(&mut req.mailbox, &mut req.client)?;
         record_pair(&mailbox, &client);
         let request_id = RequestId::parse(&req.request_id).map_err(VaultError::from)?;
         drop(req);
@@ -97,7 +98,7 @@ impl AuthCodeVault for VaultService {
         let mut req = request.into_inner();
         let code = AuthCode::new(&req.new_auth_code);
         req.new_auth_code.zeroize();
-        let (mailbox, client) = pair(std::mem::take(&mut req.mailbox), std::mem::take(&mut req.client))?;
+        let (mailbox, client) = pair(&mut req.mailbox, &mut req.client)?;
         record_pair(&mailbox, &client);
         let request_id = RequestId::parse(&req.request_id).map_err(VaultError::from)?;
         let expected = (req.expected_version != 0).then_some(req.expected_version);
@@ -116,7 +117,7 @@ impl AuthCodeVault for VaultService {
         let who = caller(&request)?;
         who.require_admin("Revoke")?;
         let mut req = request.into_inner();
-        let (mailbox, client) = pair(std::mem::take(&mut req.mailbox), std::mem::take(&mut req.client))?;
+        let (mailbox, client) = pair(&mut req.mailbox, &mut req.client)?;
         record_pair(&mailbox, &client);
         let request_id = RequestId::parse(&req.request_id).map_err(VaultError::from)?;
         let vault = self.vault.clone();
@@ -133,7 +134,7 @@ impl AuthCodeVault for VaultService {
         let who = caller(&request)?;
         who.require_admin("Verify")?;
         let mut req = request.into_inner();
-        let (mailbox, client) = pair(std::mem::take(&mut req.mailbox), std::mem::take(&mut req.client))?;
+        let (mailbox, client) = pair(&mut req.mailbox, &mut req.client)?;
         record_pair(&mailbox, &client);
         let (row, probe) = self.vault.verify(&who, mailbox, client).await?;
         Ok(Response::new(proto::VerifyResponse { credential: Some(row.into()), probe: Some(probe.into()) }))
@@ -144,7 +145,7 @@ impl AuthCodeVault for VaultService {
     async fn reveal(&self, request: Request<proto::RevealRequest>) -> Result<Response<proto::RevealResponse>, Status> {
         let who = caller(&request)?;
         let mut req = request.into_inner();
-        let (mailbox, client) = pair(std::mem::take(&mut req.mailbox), std::mem::take(&mut req.client))?;
+        let (mailbox, client) = pair(&mut req.mailbox, &mut req.client)?;
         record_pair(&mailbox, &client);
         who.require_client("Reveal", &client)?;
         let revealed = self.vault.reveal(&who, &mailbox, &client).await?;
@@ -166,7 +167,7 @@ impl AuthCodeVault for VaultService {
     ) -> Result<Response<proto::Credential>, Status> {
         let who = caller(&request)?;
         let mut req = request.into_inner();
-        let (mailbox, client) = pair(std::mem::take(&mut req.mailbox), std::mem::take(&mut req.client))?;
+        let (mailbox, client) = pair(&mut req.mailbox, &mut req.client)?;
         record_pair(&mailbox, &client);
         who.require_admin_or_client("GetCredential", &client)?;
         Ok(Response::new(std::sync::Arc::unwrap_or_clone(self.vault.get(&mailbox, &client).await?).into()))

@@ -208,9 +208,8 @@ async fn preface(io: &mut (impl AsyncRead + Unpin)) -> bool {
     io.read_exact(&mut got).await.is_ok() && &got == PREFACE
 }
 
-/// The TLS handshake (if any) and the preface, within one deadline.
-/// Opens the connection by `deadline`; `None` if it did not, or was chosen to give way
-/// meanwhile (logged).
+/// The TLS handshake (if any) and the preface, by `deadline`; `None` (logged) if they did not
+/// finish, or the connection was chosen to give way meanwhile.
 async fn open(
     stream: TcpStream,
     tls: Option<&tokio_rustls::TlsAcceptor>,
@@ -325,13 +324,13 @@ pub fn admit(
             }
             // One deadline from accept for the slot and the opening together.
             let deadline = tokio::time::Instant::now() + limits.handshake_timeout;
-            let Some(waiting) = take_slot(&permits, &evictable, &metrics).await else { continue };
+            let Some(taken) = take_slot(&permits, &evictable, &metrics).await else { continue };
             // A connection holding its slot joins the queue now, in accept order; one waiting,
             // once its slot arrives (choosing a waiter would free nothing).
-            let held = matches!(waiting, Permit::Held(_)).then(|| evictable.admit(limits.max_connections));
+            let held = matches!(taken, Permit::Held(_)).then(|| evictable.admit(limits.max_connections));
             let (tx, tls, evictable) = (tx.clone(), tls.clone(), evictable.clone());
             tokio::spawn(async move {
-                let permit = match waiting {
+                let permit = match taken {
                     Permit::Held(permit) => permit,
                     Permit::Waiting(acquire) => {
                         let Ok(Ok(permit)) = tokio::time::timeout_at(deadline, acquire).await else {
