@@ -6,6 +6,8 @@
 
 use std::fmt;
 
+pub mod codec;
+
 tonic::include_proto!("vault.v1");
 
 /// The encoded descriptor set of `vault.v1`, as served by gRPC reflection.

@@ -84,7 +84,9 @@ async fn every_rpc(c: &mut VaultClient, bind_client: &str) -> Vec<(&'static str,
 
 #[tokio::test]
 async fn each_role_is_allowed_and_denied_on_each_rpc() {
-    let stack = Stack::start();
+    let mut stack = Stack::start();
+    let metrics = ["--metrics-listen", "127.0.0.1:0", "--probe-burst", "100"].map(String::from);
+    stack.restart_with(&metrics);
     let mut admin = stack.admin().await;
     admin.bind(ALICE, "sender", SecretString::from(ALICE_CODE)).await.unwrap();
     admin.bind(ALICE, "foxmail", SecretString::from(ALICE_CODE)).await.unwrap();
@@ -117,6 +119,14 @@ async fn each_role_is_allowed_and_denied_on_each_rpc() {
     let got = every_rpc(&mut admin, "thunderbird").await;
     let want = [ok, ok, ok, denied, denied, ok, ok, ok, ok, ok, ok];
     assert_eq!(got.iter().map(|g| g.1).collect::<Vec<_>>(), want, "admin {got:?}");
+
+    // Every refusal is counted, role refusals too: the client's 7 admin-only calls and 2 calls
+    // for another client's pair, the admin's 2 Reveals.
+    let text = stack.server.metrics_text();
+    for (reason, n) in [("ADMIN_REQUIRED", 7), ("WRONG_CLIENT", 2), ("CLIENT_TOKEN_REQUIRED", 2)] {
+        let line = format!("vault_auth_failures_total{{reason=\"{reason}\"}} {n}");
+        assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
+    }
 }
 
 #[tokio::test]
@@ -266,4 +276,33 @@ fn the_server_process_cannot_dump_core() {
     let core = limits.lines().find(|l| l.starts_with("Max core file size")).unwrap();
     let fields: Vec<&str> = core.split_whitespace().collect();
     assert_eq!(&fields[4..6], ["0", "0"], "{core}");
+}
+
+#[tokio::test]
+async fn two_authorization_headers_are_refused_whichever_comes_first() {
+    let stack = Stack::start();
+    stack.admin().await.bind(ALICE, "sender", SecretString::from(ALICE_CODE)).await.unwrap();
+    let (admin, sender) = (format!("Bearer {}", stack.admin_token), format!("bearer {}", stack.client_token("sender")));
+    for (first, second) in [(&admin, &sender), (&sender, &admin)] {
+        let channel = tonic::transport::Channel::from_shared(stack.server.endpoint()).unwrap().connect().await.unwrap();
+        let values: [tonic::metadata::AsciiMetadataValue; 2] = [first.parse().unwrap(), second.parse().unwrap()];
+        let mut raw = AuthCodeVaultClient::with_interceptor(channel, move |mut r: tonic::Request<()>| {
+            for v in &values {
+                r.metadata_mut().append("authorization", v.clone());
+            }
+            Ok(r)
+        });
+        let status =
+            raw.reveal(proto::RevealRequest { mailbox: ALICE.into(), client: "sender".into() }).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    }
+    // One header, its scheme in lower case (RFC 9110: case-insensitive), is accepted.
+    let channel = tonic::transport::Channel::from_shared(stack.server.endpoint()).unwrap().connect().await.unwrap();
+    let value: tonic::metadata::AsciiMetadataValue = sender.parse().unwrap();
+    let mut raw = AuthCodeVaultClient::with_interceptor(channel, move |mut r: tonic::Request<()>| {
+        r.metadata_mut().insert("authorization", value.clone());
+        Ok(r)
+    });
+    let revealed = raw.reveal(proto::RevealRequest { mailbox: ALICE.into(), client: "sender".into() }).await.unwrap();
+    assert_eq!(revealed.into_inner().auth_code, ALICE_CODE);
 }

@@ -703,3 +703,50 @@ async fn header_lists_and_messages_over_16_kib_are_refused_on_every_service() {
     let mut sender = stack.as_client("sender").await;
     assert_eq!(secrecy::ExposeSecret::expose_secret(&sender.reveal(ALICE, "sender").await.unwrap().code), ALICE_CODE);
 }
+
+/// BindRequest's fields, with the code as raw bytes: so that a test can send a code that is
+/// not UTF-8, which no `String` can hold.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RawBind {
+    #[prost(string, tag = "1")]
+    mailbox: String,
+    #[prost(string, tag = "2")]
+    client: String,
+    #[prost(bytes = "vec", tag = "3")]
+    auth_code: Vec<u8>,
+}
+
+#[tokio::test]
+async fn a_request_that_does_not_decode_is_invalid_argument_and_names_no_value() {
+    let stack = Stack::start();
+    let channel = tonic::transport::Channel::from_shared(stack.server.endpoint()).unwrap().connect().await.unwrap();
+    let token: tonic::metadata::MetadataValue<_> = format!("Bearer {}", stack.admin_token).parse().unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    let bind = |code: Vec<u8>| {
+        let mut request =
+            tonic::Request::new(RawBind { mailbox: ALICE.into(), client: "sender".into(), auth_code: code });
+        request.metadata_mut().insert("authorization", token.clone());
+        request
+    };
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/vault.v1.AuthCodeVault/Bind");
+    grpc.ready().await.unwrap();
+    // A code that is not UTF-8 (its bytes spell a marker that must not be echoed).
+    let mut code = b"MARKERcode".to_vec();
+    code.push(0xff);
+    let status = grpc
+        .unary::<_, proto::BindResponse, _>(bind(code), path.clone(), tonic_prost::ProstCodec::default())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
+    assert!(status.message().contains("auth_code"), "{}", status.message());
+    assert!(!status.message().contains("MARKER"), "{}", status.message());
+    // A well-formed code goes on to be judged (here: refused by the provider's format rule).
+    grpc.ready().await.unwrap();
+    let status = grpc
+        .unary::<_, proto::BindResponse, _>(bind(b"short".to_vec()), path, tonic_prost::ProstCodec::default())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
+    assert!(!status.message().contains("decode"), "{}", status.message());
+    assert!(!stack.server.log().contains("MARKER"), "the log holds the code");
+}

@@ -34,6 +34,8 @@ pub mod probe;
 pub mod proto;
 /// Mail providers: servers, code formats, hints.
 pub mod provider;
+/// Spotting a secret echoed in free text.
+pub mod redact;
 /// Process start-up: passphrase input, dev mode, running the server.
 pub mod run;
 /// Secret-bearing types with redacted Debug.

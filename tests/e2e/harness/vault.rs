@@ -190,6 +190,16 @@ impl VaultServer {
         addr.expect("metrics address").to_owned()
     }
 
+    /// One scrape of the metrics endpoint: the response, headers and text.
+    pub fn metrics_text(&self) -> String {
+        use std::io::{Read as _, Write as _};
+        let mut conn = std::net::TcpStream::connect(self.metrics_addr()).expect("connect to metrics");
+        conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").expect("send");
+        let mut text = String::new();
+        conn.read_to_string(&mut text).expect("read metrics");
+        text
+    }
+
     /// Everything the server printed so far.
     pub fn log(&self) -> String {
         self.log.lock().expect("log lock").join("\n")

@@ -21,6 +21,14 @@ pub fn check(raw: &str) -> Option<&str> {
     (id_ok && secret_ok).then_some(id)
 }
 
+/// Characters in a token's wire form.
+const TOKEN_LEN: usize = PREFIX.len() + ID_HEX + 1 + 43;
+
+/// Whether `text` holds a well-formed token anywhere (a revoke reason must not).
+pub fn holds_token(text: &str) -> bool {
+    text.match_indices(PREFIX).any(|(i, _)| text.get(i..i + TOKEN_LEN).and_then(check).is_some())
+}
+
 /// A token's row id, `tk_` and its 12 hex characters, held on the stack.
 #[derive(Clone, Copy)]
 pub struct RowId([u8; 3 + ID_HEX]);
@@ -35,7 +43,9 @@ impl RowId {
 /// The token an `authorization` header value carries (`Bearer <token>`) and its row id,
 /// without copying the token; `None` unless the header holds a well-formed token.
 pub fn from_header(header: &str) -> Option<(&str, RowId)> {
-    let token = header.strip_prefix("Bearer ")?.trim();
+    // The scheme is case-insensitive (RFC 9110).
+    let token = header.get(..7).filter(|s| s.eq_ignore_ascii_case("Bearer "))?;
+    let token = header[token.len()..].trim();
     let hex = check(token)?;
     let mut id = [0u8; 3 + ID_HEX];
     id[..3].copy_from_slice(b"tk_");
@@ -102,6 +112,28 @@ mod tests {
         assert!(t.id().starts_with("tk_") && t.id().len() == 15);
         assert!(!format!("{t:?}").contains(&t.expose()[4..]));
         assert_ne!(Token::generate().expose(), t.expose());
+    }
+
+    #[test]
+    fn the_scheme_is_case_insensitive() {
+        let t = Token::generate();
+        for scheme in ["Bearer", "bearer", "BEARER"] {
+            let header = format!("{scheme} {}", t.expose());
+            assert_eq!(
+                from_header(&header).map(|(token, id)| (token, id.as_str().to_owned())),
+                Some((t.expose(), t.id()))
+            );
+        }
+        assert!(from_header(&format!("Basic {}", t.expose())).is_none());
+        assert!(from_header("Bearé").is_none());
+    }
+
+    #[test]
+    fn a_token_is_found_inside_text() {
+        let t = Token::generate();
+        assert!(holds_token(&format!("leaked:{}. sorry", t.expose())));
+        assert!(!holds_token(&format!("cut {}", &t.expose()[..TOKEN_LEN - 1])));
+        assert!(!holds_token("avt_ and avt_é"));
     }
 
     #[test]

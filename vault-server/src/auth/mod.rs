@@ -10,7 +10,7 @@ pub use crate::caller::{AuthError, Caller, Role};
 pub use bearer::Token;
 /// Reading the `authorization` header, for the fuzz targets (not an API).
 #[doc(hidden)]
-pub use bearer::{check as check_token, from_header as token_from_header};
+pub use bearer::{check as check_token, from_header as token_from_header, holds_token};
 pub use throttle::{FAILURE_BURST, FAILURES_PER_SEC, peer_key};
 pub use token_table::{RELOAD_EVERY, Tokens, VOUCH_FOR, authentic, rekey};
 

@@ -15,8 +15,9 @@ use tonic::{Request, Response, Status};
 use tracing::{Instrument as _, instrument};
 use zeroize::Zeroize as _;
 
-use crate::auth::caller;
+use crate::auth::{AuthError, caller};
 use crate::ids::{ClientId, Mailbox, RequestId};
+use crate::metrics::Metrics;
 use crate::proto::{self, auth_code_vault_server::AuthCodeVault};
 use crate::secret::AuthCode;
 use crate::vault::{Answer, Vault, VaultError};
@@ -24,11 +25,20 @@ use crate::vault::{Answer, Vault, VaultError};
 /// The `vault.v1.AuthCodeVault` service.
 pub struct VaultService {
     vault: Arc<Vault>,
+    metrics: Arc<Metrics>,
 }
 
 impl VaultService {
-    pub fn new(vault: Arc<Vault>) -> Self {
-        Self { vault }
+    pub fn new(vault: Arc<Vault>, metrics: Arc<Metrics>) -> Self {
+        Self { vault, metrics }
+    }
+
+    /// A role check's refusal, counted with the authentication failures.
+    fn permit(&self, check: Result<(), AuthError>) -> Result<(), Status> {
+        check.map_err(|e| {
+            self.metrics.observe_auth_failure(e.reason());
+            Status::from(e)
+        })
     }
 }
 
@@ -74,7 +84,7 @@ impl AuthCodeVault for VaultService {
     #[instrument(skip_all, fields(rpc = "Bind", mailbox, client))]
     async fn bind(&self, request: Request<proto::BindRequest>) -> Result<Response<proto::BindResponse>, Status> {
         let who = caller(&request)?;
-        who.require_admin("Bind")?;
+        self.permit(who.require_admin("Bind"))?;
         let mut req = request.into_inner();
         let code = AuthCode::new(&req.auth_code);
         // The message's copy is zeroed at once; only the vault's own (zeroed on drop) remains.
@@ -94,7 +104,7 @@ impl AuthCodeVault for VaultService {
     #[instrument(skip_all, fields(rpc = "Rotate", mailbox, client))]
     async fn rotate(&self, request: Request<proto::RotateRequest>) -> Result<Response<proto::RotateResponse>, Status> {
         let who = caller(&request)?;
-        who.require_admin("Rotate")?;
+        self.permit(who.require_admin("Rotate"))?;
         let mut req = request.into_inner();
         let code = AuthCode::new(&req.new_auth_code);
         req.new_auth_code.zeroize();
@@ -115,7 +125,7 @@ impl AuthCodeVault for VaultService {
     #[instrument(skip_all, fields(rpc = "Revoke", mailbox, client))]
     async fn revoke(&self, request: Request<proto::RevokeRequest>) -> Result<Response<proto::RevokeResponse>, Status> {
         let who = caller(&request)?;
-        who.require_admin("Revoke")?;
+        self.permit(who.require_admin("Revoke"))?;
         let mut req = request.into_inner();
         let (mailbox, client) = pair(&mut req.mailbox, &mut req.client)?;
         record_pair(&mailbox, &client);
@@ -132,7 +142,7 @@ impl AuthCodeVault for VaultService {
     #[instrument(skip_all, fields(rpc = "Verify", mailbox, client))]
     async fn verify(&self, request: Request<proto::VerifyRequest>) -> Result<Response<proto::VerifyResponse>, Status> {
         let who = caller(&request)?;
-        who.require_admin("Verify")?;
+        self.permit(who.require_admin("Verify"))?;
         let mut req = request.into_inner();
         let (mailbox, client) = pair(&mut req.mailbox, &mut req.client)?;
         record_pair(&mailbox, &client);
@@ -147,7 +157,7 @@ impl AuthCodeVault for VaultService {
         let mut req = request.into_inner();
         let (mailbox, client) = pair(&mut req.mailbox, &mut req.client)?;
         record_pair(&mailbox, &client);
-        who.require_client("Reveal", &client)?;
+        self.permit(who.require_client("Reveal", &client))?;
         let revealed = self.vault.reveal(&who, &mailbox, &client).await?;
         let p = &revealed.provider;
         Ok(Response::new(proto::RevealResponse {
@@ -169,7 +179,7 @@ impl AuthCodeVault for VaultService {
         let mut req = request.into_inner();
         let (mailbox, client) = pair(&mut req.mailbox, &mut req.client)?;
         record_pair(&mailbox, &client);
-        who.require_admin_or_client("GetCredential", &client)?;
+        self.permit(who.require_admin_or_client("GetCredential", &client))?;
         Ok(Response::new(std::sync::Arc::unwrap_or_clone(self.vault.get(&mailbox, &client).await?).into()))
     }
 
@@ -178,7 +188,7 @@ impl AuthCodeVault for VaultService {
         &self,
         request: Request<proto::ListCredentialsRequest>,
     ) -> Result<Response<proto::ListCredentialsResponse>, Status> {
-        caller(&request)?.require_admin("ListCredentials")?;
+        self.permit(caller(&request)?.require_admin("ListCredentials"))?;
         Ok(Response::new(listing::credentials(&self.vault, request.into_inner()).await?))
     }
 
@@ -187,7 +197,7 @@ impl AuthCodeVault for VaultService {
         &self,
         request: Request<proto::ListUnusedClientsRequest>,
     ) -> Result<Response<proto::ListUnusedClientsResponse>, Status> {
-        caller(&request)?.require_admin("ListUnusedClients")?;
+        self.permit(caller(&request)?.require_admin("ListUnusedClients"))?;
         Ok(Response::new(listing::unused(&self.vault, request.into_inner()).await?))
     }
 
@@ -196,7 +206,7 @@ impl AuthCodeVault for VaultService {
         &self,
         request: Request<proto::ListAuditEventsRequest>,
     ) -> Result<Response<proto::ListAuditEventsResponse>, Status> {
-        caller(&request)?.require_admin("ListAuditEvents")?;
+        self.permit(caller(&request)?.require_admin("ListAuditEvents"))?;
         Ok(Response::new(listing::audit(&self.vault, request.into_inner()).await?))
     }
 
@@ -206,7 +216,7 @@ impl AuthCodeVault for VaultService {
         request: Request<proto::RotateDataKeyRequest>,
     ) -> Result<Response<proto::RotateDataKeyResponse>, Status> {
         let who = caller(&request)?;
-        who.require_admin("RotateDataKey")?;
+        self.permit(who.require_admin("RotateDataKey"))?;
         let r = self.vault.rotate_data_key(who).await?;
         Ok(Response::new(proto::RotateDataKeyResponse {
             active_key_id: r.active.key_id,

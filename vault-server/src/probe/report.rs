@@ -51,15 +51,11 @@ impl FailedProbe {
 const MAX_RESPONSE_CHARS: usize = 200;
 
 /// Makes server text safe to show: no control characters, bounded length, and the secret
-/// replaced if a server ever echoes it, as sent or as the escaped IMAP string it went out as.
+/// replaced wherever a server echoes it (in any case or spacing, escaped, or cut short).
 pub fn sanitize(text: &str, secret: &str) -> String {
-    let mut text = text.to_owned();
-    if !secret.is_empty() {
-        let escaped = secret.replace('\\', "\\\\").replace('"', "\\\"");
-        text = text.replace(&escaped, "[redacted]").replace(secret, "[redacted]");
-    }
     let cleaned: String = text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
-    let trimmed = cleaned.trim();
+    let redacted = crate::redact::redact(&cleaned, secret);
+    let trimmed = redacted.trim();
     if trimmed.chars().count() > MAX_RESPONSE_CHARS {
         let mut s: String = trimmed.chars().take(MAX_RESPONSE_CHARS).collect();
         s.push('…');
@@ -79,6 +75,17 @@ mod tests {
         assert_eq!(sanitize("echo s3cr3t!", "s3cr3t"), "echo [redacted]!");
         assert_eq!(sanitize(r#"BAD "a\"b\\c" unknown"#, r#"a"b\c"#), "BAD \"[redacted]\" unknown");
         assert_eq!(sanitize(&"a".repeat(500), "").chars().count(), MAX_RESPONSE_CHARS + 1);
+    }
+
+    #[test]
+    fn sanitize_finds_the_code_in_another_case_or_split_by_a_control_character() {
+        for reply in
+            ["NO bad password sinacode12345678", "NO bad password SinaCode\u{1}12345678", "BAD SINACODE1234567..."]
+        {
+            let shown = sanitize(reply, "SinaCode12345678");
+            assert!(!shown.contains("1234567"), "{reply:?} shown as {shown:?}");
+            assert!(shown.contains("[redacted]"), "{shown:?}");
+        }
     }
 
     #[test]

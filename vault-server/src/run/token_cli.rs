@@ -25,6 +25,24 @@ fn millis_to_text(ms: Option<i64>) -> String {
     ms.map_or_else(|| "-".to_owned(), |ms| format!("{}", ms / 1000))
 }
 
+/// A token id as given to `token revoke`, checked before any use. The argument is never echoed:
+/// it may be the token itself, pasted by mistake (then its id, which is not secret, is named).
+fn token_id_arg(arg: &str) -> Result<String, String> {
+    let arg = arg.trim();
+    if let Some(hex) = arg.strip_prefix("tk_")
+        && hex.len() == 12
+        && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return Ok(arg.to_owned());
+    }
+    match crate::auth::Token::parse(arg) {
+        Some(token) => {
+            Err(format!("that is a token itself, not its id (not printed here); revoke it by its id: {}", token.id()))
+        }
+        None => Err("not a token id: ids are tk_ and 12 hex digits, as `token list` shows them".into()),
+    }
+}
+
 pub fn run(args: TokenArgs, env_passphrase: Option<Passphrase>) -> Result<(), RunError> {
     match args.command {
         TokenCommand::Create { data_dir, database, passphrase, admin, client } => {
@@ -103,6 +121,7 @@ pub fn run(args: TokenArgs, env_passphrase: Option<Passphrase>) -> Result<(), Ru
             Ok(())
         }
         TokenCommand::Revoke { data_dir, database, id } => {
+            let id = token_id_arg(&id).map_err(RunError::Token)?;
             let database = Database::from_args(&database, data_dir.as_deref())?;
             let revoked = runtime()?
                 .block_on(async { Ok::<_, RunError>(database.open().await?.revoke_token(id.clone(), now()).await) })?;
@@ -116,5 +135,22 @@ pub fn run(args: TokenArgs, env_passphrase: Option<Passphrase>) -> Result<(), Ru
                 Err(e) => Err(e.into()),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pasted_token_is_named_by_its_id_and_never_echoed() {
+        let token = crate::auth::Token::generate();
+        let err = token_id_arg(token.expose()).unwrap_err();
+        assert!(!err.contains(token.expose()) && !err.contains(&token.expose()[17..]), "{err}");
+        assert!(err.ends_with(&token.id()), "{err}");
+        let err = token_id_arg(&token.expose()[..40]).unwrap_err();
+        assert!(!err.contains(&token.expose()[4..40]), "{err}");
+        assert_eq!(token_id_arg(&format!(" {} ", token.id())).unwrap(), token.id());
+        assert!(token_id_arg("tk_0123456789AB").is_err());
     }
 }

@@ -89,7 +89,13 @@ where
                 Box::pin(async move {
                     let peer = req.extensions().get::<Peer>();
                     let ip = peer.and_then(|p| p.tcp.remote_addr()).map(|a| a.ip());
-                    let header = req.headers().get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+                    let mut values = req.headers().get_all(http::header::AUTHORIZATION).iter();
+                    let header = match (values.next(), values.next()) {
+                        (Some(v), None) => v.to_str().ok(),
+                        (None, _) => None,
+                        // Two tokens: neither is chosen (a proxy's and a caller's could differ).
+                        (Some(_), Some(_)) => Some(""),
+                    };
                     match admission.tokens.authenticate(header, ip, SystemClock.now_millis()).await {
                         Ok(caller) => {
                             // Its connection keeps its slot at the cap from now on.

@@ -173,7 +173,8 @@ pub async fn serve(
     let reflection_v1alpha =
         Guarded::public(reflection().build_v1alpha()?.max_decoding_message_size(MAX_REQUEST_BYTES), public_slots);
     let service = Guarded::authenticated(
-        AuthCodeVaultServer::new(VaultService::new(vault.clone())).max_decoding_message_size(MAX_REQUEST_BYTES),
+        AuthCodeVaultServer::new(VaultService::new(vault.clone(), options.metrics.clone()))
+            .max_decoding_message_size(MAX_REQUEST_BYTES),
         tokens.clone(),
         options.metrics.clone(),
         limits.max_rpcs,

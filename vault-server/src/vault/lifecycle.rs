@@ -224,11 +224,13 @@ impl Vault {
         }
         let provider = self.provider_of_row(&row).ok();
         let old_code = self.decrypt(row.clone()).await.ok().map(|(code, _)| code);
-        // The reason goes into the audit trail, which never holds a code.
-        if old_code.as_ref().is_some_and(|c| !c.expose().is_empty() && reason.contains(c.expose())) {
+        // The reason goes into the audit trail, which never holds a code or a token.
+        if old_code.as_ref().is_some_and(|c| !crate::redact::echoes(reason, c.expose()).is_empty())
+            || crate::auth::holds_token(reason)
+        {
             return Err(VaultError::InvalidField {
                 field: "reason",
-                reason: "must not contain the code being revoked (the reason is kept in the audit trail)".into(),
+                reason: "must not contain the code being revoked, in any case or spacing, or a token (the reason is kept in the audit trail)".into(),
             });
         }
         let event =

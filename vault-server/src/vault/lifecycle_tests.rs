@@ -185,8 +185,17 @@ async fn a_mailbox_imap_cannot_log_in_as_is_refused_before_any_probe() {
 async fn a_revoke_reason_that_holds_the_code_is_refused_and_nothing_changes() {
     let (_tmp, vault, _) = setup(&[ProbeOutcome::Accepted], 3);
     bind(&vault, OLD).await.unwrap();
-    let (m, c) = pair();
-    let err = vault.revoke(&testkit::admin(), m, c, &format!("pasted {OLD} by mistake"), None).await;
-    assert!(matches!(&err, Err(VaultError::InvalidField { field: "reason", .. })), "{:?}", err.err());
-    assert_eq!(revealed(&vault).await.unwrap(), OLD, "the binding changed");
+    let token = crate::auth::Token::generate();
+    // As pasted, in another case, spaced as Gmail shows codes, and a token.
+    for reason in [
+        format!("pasted {OLD} by mistake"),
+        format!("code was {}", OLD.to_uppercase()),
+        "code was abcd 1234 efgh 5678".to_owned(),
+        format!("leaked with {}", token.expose()),
+    ] {
+        let (m, c) = pair();
+        let err = vault.revoke(&testkit::admin(), m, c, &reason, None).await;
+        assert!(matches!(&err, Err(VaultError::InvalidField { field: "reason", .. })), "{reason}: {:?}", err.err());
+        assert_eq!(revealed(&vault).await.unwrap(), OLD, "the binding changed");
+    }
 }
