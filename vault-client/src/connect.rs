@@ -123,10 +123,15 @@ impl ConnectOptions {
                 "bad endpoint {endpoint:?}: {e} (write e.g. http://127.0.0.1:50051 or https://vault.example.net)"
             ),
         };
-        if !endpoint.contains("://") {
+        let Some((scheme, rest)) = endpoint.split_once("://") else {
             return Err(bad(&"no scheme"));
+        };
+        // Any other scheme would connect in plaintext, carrying the token in the clear.
+        let scheme = scheme.to_ascii_lowercase();
+        if scheme != "http" && scheme != "https" {
+            return Err(bad(&"the scheme must be http or https"));
         }
-        let mut ep = Channel::from_shared(endpoint.to_owned()).map_err(|e| bad(&e))?;
+        let mut ep = Channel::from_shared(format!("{scheme}://{rest}")).map_err(|e| bad(&e))?;
         if let Some(t) = self.timeout {
             ep = ep.timeout(t);
         }
@@ -199,6 +204,14 @@ mod tests {
             matches!(&no_scheme, Error::InvalidArgument { message } if message.contains("no scheme")),
             "{no_scheme}"
         );
+        // Unknown schemes would connect in plaintext: refused before any connection.
+        for addr in ["grpcs://127.0.0.1:9", "tls://127.0.0.1:9", "ftp://127.0.0.1:9"] {
+            let e = ConnectOptions::default().channel(addr.into()).await.unwrap_err();
+            assert!(matches!(&e, Error::InvalidArgument { message } if message.contains("http or https")), "{e}");
+        }
+        // The scheme's case does not matter.
+        let upper = ConnectOptions::default().channel("HTTP://127.0.0.1:9".into()).await.unwrap_err();
+        assert!(matches!(upper, Error::Connect { .. }), "{upper}");
         // Port 9 (discard) on loopback: nothing listens in a test sandbox.
         let dead = ConnectOptions::default().channel("http://127.0.0.1:9".into()).await.unwrap_err();
         let text = dead.to_string();

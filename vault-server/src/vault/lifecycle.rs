@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use prost::Message as _;
+use subtle::ConstantTimeEq as _;
 
 use super::requests::{Answer, Prior};
 use super::{Vault, VaultError};
@@ -163,6 +164,15 @@ impl Vault {
         Self::check_format(&provider, &new_code)?;
         // A tampered old ciphertext must not block replacing it; it just cannot be probed.
         let old_code = self.decrypt(row.clone()).await.ok().map(|(code, _)| code);
+        // Rotating to the stored code changes nothing, and the old-code probe would then tell the
+        // operator to delete the code in use.
+        if old_code.as_ref().is_some_and(|old| bool::from(old.expose().as_bytes().ct_eq(new_code.expose().as_bytes())))
+        {
+            return Err(VaultError::InvalidField {
+                field: "new_auth_code",
+                reason: "is the code already stored: give the new code from the provider's settings (Verify checks the stored one)".into(),
+            });
+        }
         let report = self.probe(&provider, &mailbox, &new_code).await?;
         let event = self.event(caller, "Rotate", (&mailbox, &client), "OK", Some(report.outcome));
         let probe = self.require_accepted(event.clone(), report).await?;

@@ -26,7 +26,7 @@ const EXIT_CODES: &str = "Exit codes: 0 done; 1 cannot reach the vault or other 
 #[derive(Parser)]
 #[command(name = "vaultctl", version, about = "Admin CLI for authcode-vault", after_help = EXIT_CODES)]
 struct Cli {
-    /// The vault's address (`https://...` with TLS).
+    /// The vault's address: `http://...`, or `https://...` with TLS (no other scheme).
     #[arg(long, env = "VAULT_ADDR", default_value = "http://127.0.0.1:50051", global = true)]
     addr: String,
     /// A file holding the bearer token; else $VAULT_TOKEN.
@@ -155,7 +155,7 @@ async fn connect(cli: &Cli) -> Result<VaultClient, Error> {
             })?;
             Some(TlsOptions { ca_pem: Some(pem), ..TlsOptions::default() })
         }
-        None if cli.addr.starts_with("https://") => Some(TlsOptions::default()),
+        None if cli.addr.get(..8).is_some_and(|s| s.eq_ignore_ascii_case("https://")) => Some(TlsOptions::default()),
         None => None,
     };
     let options = ConnectOptions {
