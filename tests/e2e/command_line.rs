@@ -95,6 +95,14 @@ fn bad_flags_busy_ports_and_public_plaintext_each_fail_with_one_line() {
 #[test]
 fn serve_dev_initialises_once_and_answers_health_and_reflection() {
     let tmp = tempfile::tempdir().unwrap();
+    // A bad flag stops it before it creates anything: a vault made by a run that then stopped
+    // would never print its admin token.
+    let dev_dir = tmp.path().join("vault-dev");
+    for bad in [&["--listen", "0.0.0.0:0"][..], &["--listen", "127.0.0.1:0", "--probe-ca-file", "/nonexistent"]] {
+        let out = run(&[&["serve", "--dev", "--data-dir", path_str(&dev_dir)][..], bad].concat(), &[]);
+        assert!(!out.status.success(), "{bad:?} started");
+        assert!(!dev_dir.exists(), "{bad:?} left a dev vault behind");
+    }
     let args: Vec<String> = ["serve", "--dev", "--listen", "127.0.0.1:0"].iter().map(|s| (*s).to_owned()).collect();
     let mut server = VaultServer::spawn(&args, Some(tmp.path())).expect("dev server starts");
     let pf = tmp.path().join("vault-dev/passphrase");
@@ -117,6 +125,7 @@ fn serve_dev_initialises_once_and_answers_health_and_reflection() {
     assert!(again.stop().success());
     assert!(!again.log().contains("initialised a new vault"));
     assert!(!again.log().contains("avt_"), "the admin token is printed once only");
+    assert!(!again.log().contains('\u{1b}'), "colour codes in a log that is not a terminal");
 }
 
 #[test]
@@ -144,4 +153,42 @@ fn a_second_serve_on_the_same_data_dir_exits_naming_the_owner() {
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
     std::fs::remove_file(stack.data.dir.join("serve.lock")).unwrap();
     stack.restart_after_stop();
+}
+
+#[test]
+fn a_token_that_cannot_be_written_out_is_not_left_valid() {
+    use crate::harness::vault::BIN;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = DataDir::init(tmp.path(), PASSPHRASE);
+    let create = ["token", "create", "--data-dir", path_str(&data.dir), "--passphrase-file"];
+    let create: Vec<&str> = create.iter().copied().chain([path_str(&data.passphrase_file), "--admin"]).collect();
+    let list = || {
+        let out = run(&["token", "list", "--data-dir", path_str(&data.dir)], &[]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    // A full disk: the write fails after the mint, and the token is revoked again.
+    let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(&create)
+        .env_remove("VAULT_PASSPHRASE")
+        .stdout(full)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = one_line_error(&out);
+    assert!(err.contains("cannot write to standard output") && err.contains("revoked again"), "{err}");
+    let rows = list();
+    assert_eq!(rows.lines().filter(|l| l.starts_with("tk_")).count(), 1, "{rows}");
+    assert!(
+        rows.lines().filter(|l| l.starts_with("tk_")).all(|l| l.ends_with(" revoked")),
+        "a token nobody saw is still valid:\n{rows}"
+    );
+    // A closed stdout: refused before anything is minted.
+    let script = "exec \"$0\" \"$@\" >&-";
+    let out = std::process::Command::new("sh").arg("-c").arg(script).arg(BIN).args(&create).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(one_line_error(&out).contains("closed"), "{out:?}");
+    assert_eq!(list().lines().filter(|l| l.starts_with("tk_")).count(), 1, "a token was minted");
 }

@@ -3,7 +3,7 @@
 //! before the command says it is done.
 
 use super::database::{Database, unlock_postgres};
-use super::{RunError, now, read_passphrase};
+use super::{RunError, emit, now, read_passphrase};
 use crate::cli::MigrateStoreArgs;
 use crate::datadir;
 use crate::secret::Passphrase;
@@ -57,7 +57,7 @@ pub fn run(args: &MigrateStoreArgs, env_passphrase: Option<Passphrase>) -> Resul
         check(&url, ca_file.as_deref(), &passphrase, moved).await?;
         Ok::<_, RunError>(moved)
     })?;
-    println!(
+    emit(format_args!(
         "moved {} active and {} revoked bindings, {} tokens and {} audit events from {} into the PostgreSQL database; \
          every active code opens there. Serve with --database from now on, and retire the data dir (it still holds \
          every code, sealed)",
@@ -66,7 +66,7 @@ pub fn run(args: &MigrateStoreArgs, env_passphrase: Option<Passphrase>) -> Resul
         moved.tokens,
         moved.audit_events,
         dir.display()
-    );
+    ))?;
     Ok(())
 }
 

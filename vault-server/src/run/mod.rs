@@ -77,6 +77,31 @@ pub enum RunError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Database(String),
+    #[error("cannot write to standard output: {0}")]
+    Output(String),
+}
+
+/// Writes `text` and a newline to stdout, flushed: a write that fails (a full disk, a closed
+/// pipe) is an error with one line, not a panic.
+pub(crate) fn emit(text: impl std::fmt::Display) -> Result<(), RunError> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{text}").and_then(|()| out.flush()).map_err(|e| RunError::Output(e.to_string()))
+}
+
+/// Fails when stdout goes nowhere: a secret shown there once (a new token) would be lost. The
+/// runtime reopens a closed stdout on `/dev/null`, so that covers a closed one too.
+pub(crate) fn require_stdout() -> Result<(), RunError> {
+    use std::os::unix::fs::MetadataExt as _;
+    let out = nix::sys::stat::fstat(std::io::stdout()).map_err(|e| RunError::Output(e.to_string()))?;
+    let null = std::fs::metadata("/dev/null").map(|m| m.rdev()).ok();
+    let is_char = (out.st_mode & nix::libc::S_IFMT) == nix::libc::S_IFCHR;
+    if is_char && null == Some(out.st_rdev) {
+        return Err(RunError::Output(
+            "it is /dev/null (or was closed), so nobody would see the token; nothing was done".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// The passphrases given through the environment, taken out of it by `main` before anything
@@ -103,18 +128,18 @@ pub fn main(cli: Cli, env: EnvPassphrases) -> Result<(), RunError> {
             (Some(BackupCommand::Verify { file, passphrase }), _, _) => {
                 let passphrase = read_passphrase(&passphrase, env_passphrase)?;
                 let r = datadir::verify_backup(&file, &passphrase)?;
-                println!(
+                emit(format_args!(
                     "backup {} is sound: {} active codes open, {} revoked tombstones, data keys {:?}",
                     file.display(),
                     r.active,
                     r.revoked,
                     r.key_ids
-                );
+                ))?;
                 Ok(())
             }
             (None, Some(dir), Some(file)) => {
                 datadir::backup(&dir, &file)?;
-                println!("wrote backup {} (it opens with the current passphrase)", file.display());
+                emit(format_args!("wrote backup {} (it opens with the current passphrase)", file.display()))?;
                 Ok(())
             }
             // clap requires --data-dir and FILE without a subcommand.
@@ -123,11 +148,11 @@ pub fn main(cli: Cli, env: EnvPassphrases) -> Result<(), RunError> {
         Command::MigrateStore(args) => migrate_store::run(&args, env_passphrase),
         Command::Restore { data_dir, file } => {
             datadir::restore(&data_dir, &file)?;
-            println!(
+            emit(format_args!(
                 "restored {} into {}; serve it with the passphrase of the backup's time",
                 file.display(),
                 data_dir.display()
-            );
+            ))?;
             Ok(())
         }
         Command::Passphrase(args) => match args.command {
@@ -143,10 +168,10 @@ pub fn main(cli: Cli, env: EnvPassphrases) -> Result<(), RunError> {
                     }
                 };
                 datadir::change_passphrase(&data_dir, &current, &new)?;
-                println!(
+                emit(format_args!(
                     "changed the passphrase of {}; start `serve` with the new one from now on",
                     data_dir.display()
-                );
+                ))?;
                 Ok(())
             }
         },
@@ -173,7 +198,9 @@ fn init_logging(filter: &str, format: LogFormat) -> Result<(), RunError> {
         .iter()
         .fold(Targets::new().with_default(LevelFilter::TRACE), |t, target| t.with_target(*target, LevelFilter::INFO));
     let filter = user.and(cap);
-    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // Colours only on a terminal: a log file or a journal gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);
     let registry = tracing_subscriber::registry();
     let installed = match format {
         LogFormat::Text => registry.with(layer.with_filter(filter)).try_init(),
@@ -251,7 +278,7 @@ fn init(args: &InitArgs, env_passphrase: Option<Passphrase>) -> Result<(), RunEr
     let passphrase = read_passphrase(&args.passphrase, env_passphrase)?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(RunError::Runtime)?;
     runtime.block_on(database.init(&passphrase, now()))?;
-    println!("initialised {database}");
+    emit(format_args!("initialised {database}"))?;
     Ok(())
 }
 

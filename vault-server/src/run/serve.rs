@@ -131,17 +131,12 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, RunError> 
 }
 
 pub async fn serve(args: ServeArgs, env_passphrase: Option<Passphrase>) -> Result<(), RunError> {
-    let (database, passphrase_args, new_dev_vault) = if args.dev {
-        if !matches!(Database::from_args(&args.database, Some(Path::new(DEV_DATA_DIR)))?, Database::DataDir(_)) {
-            return Err(RunError::Dev("--dev keeps its vault in a data dir; it takes no PostgreSQL --database".into()));
-        }
-        let dir = args.data_dir.clone().unwrap_or_else(|| PathBuf::from(DEV_DATA_DIR));
-        let (file, new) = prepare_dev(&dir, args.passphrase.passphrase_file.clone())?;
-        (Database::DataDir(dir), PassphraseArgs { passphrase_file: Some(file) }, new)
-    } else {
-        let database = Database::from_args(&args.database, args.data_dir.as_deref())?;
-        (database, PassphraseArgs { passphrase_file: args.passphrase.passphrase_file.clone() }, false)
-    };
+    if args.dev && !matches!(Database::from_args(&args.database, Some(Path::new(DEV_DATA_DIR)))?, Database::DataDir(_))
+    {
+        return Err(RunError::Dev("--dev keeps its vault in a data dir; it takes no PostgreSQL --database".into()));
+    }
+    // Every flag is checked before --dev creates a vault: one made by a run that then stopped
+    // would never print its admin token.
     let listener_tls = server_tls(&args)?;
     if listener_tls.is_none() && !args.listen.ip().is_loopback() && !args.allow_plaintext {
         return Err(RunError::PlaintextNotLoopback(args.listen));
@@ -150,6 +145,14 @@ pub async fn serve(args: ServeArgs, env_passphrase: Option<Passphrase>) -> Resul
     let registry = match &args.providers {
         Some(path) => Registry::with_file(path)?,
         None => Registry::builtin(),
+    };
+    let (database, passphrase_args, new_dev_vault) = if args.dev {
+        let dir = args.data_dir.clone().unwrap_or_else(|| PathBuf::from(DEV_DATA_DIR));
+        let (file, new) = prepare_dev(&dir, args.passphrase.passphrase_file.clone())?;
+        (Database::DataDir(dir), PassphraseArgs { passphrase_file: Some(file) }, new)
+    } else {
+        let database = Database::from_args(&args.database, args.data_dir.as_deref())?;
+        (database, PassphraseArgs { passphrase_file: args.passphrase.passphrase_file.clone() }, false)
     };
     let passphrase = read_passphrase(&passphrase_args, env_passphrase)?;
     let dir = match database {

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::database::Database;
-use super::{RunError, now, read_passphrase};
+use super::{RunError, emit, now, read_passphrase};
 use crate::auth::{Role, Tokens};
 use crate::cli::{TokenArgs, TokenCommand};
 use crate::ids::ClientId;
@@ -54,6 +54,8 @@ pub fn run(args: TokenArgs, env_passphrase: Option<Passphrase>) -> Result<(), Ru
                 ),
                 _ => return Err(RunError::Token("give exactly one of --admin or --client ID".into())),
             };
+            // The token is shown once, on stdout: minted only if it can be.
+            super::require_stdout()?;
             // Minting needs the keyring (token rows are MAC'd under a key derived from it).
             let passphrase = read_passphrase(&passphrase, env_passphrase)?;
             let (token, id) = runtime()?.block_on(async {
@@ -62,7 +64,17 @@ pub fn run(args: TokenArgs, env_passphrase: Option<Passphrase>) -> Result<(), Ru
                 Ok::<_, RunError>(tokens.mint(&role, now()).await?)
             })?;
             eprintln!("created token {id} ({role}); it is shown once, below");
-            println!("{}", token.expose());
+            if let Err(e) = emit(token.expose()) {
+                // Nobody saw it: a token nobody holds must not stay valid.
+                let undone = runtime()?.block_on(async {
+                    database.open().await?.revoke_token(id.clone(), now()).await.map_err(RunError::from)
+                });
+                let what = match undone {
+                    Ok(()) => format!("token {id} was revoked again"),
+                    Err(_) => format!("token {id} stays valid: revoke it with `vault-server token revoke {id}`"),
+                };
+                return Err(RunError::Token(format!("{e}; {what}")));
+            }
             Ok(())
         }
         TokenCommand::List { data_dir, database, passphrase } => {
@@ -83,7 +95,7 @@ pub fn run(args: TokenArgs, env_passphrase: Option<Passphrase>) -> Result<(), Ru
                      a row written into the database by hand cannot be told from a minted one"
                 );
             }
-            println!("{:<16} {:<28} {:>12} {:>12} STATE", "ID", "ROLE", "CREATED", "LAST USED");
+            emit(format_args!("{:<16} {:<28} {:>12} {:>12} STATE", "ID", "ROLE", "CREATED", "LAST USED"))?;
             for read in rows {
                 match read {
                     Ok(t) => {
@@ -100,13 +112,13 @@ pub fn run(args: TokenArgs, env_passphrase: Option<Passphrase>) -> Result<(), Ru
                                 "unreadable"
                             }
                         };
-                        println!(
+                        emit(format_args!(
                             "{:<16} {:<28} {:>12} {:>12} {state}",
                             shown(&t.id),
                             shown(&t.role),
                             millis_to_text(Some(t.created_at)),
                             millis_to_text(t.last_used_at)
-                        );
+                        ))?;
                     }
                     Err(bad) => {
                         eprintln!(
@@ -114,7 +126,7 @@ pub fn run(args: TokenArgs, env_passphrase: Option<Passphrase>) -> Result<(), Ru
                             shown(&bad.id),
                             bad.reason
                         );
-                        println!("{:<16} {:<28} {:>12} {:>12} unreadable", shown(&bad.id), "-", "-", "-");
+                        emit(format_args!("{:<16} {:<28} {:>12} {:>12} unreadable", shown(&bad.id), "-", "-", "-"))?;
                     }
                 }
             }
