@@ -192,3 +192,66 @@ fn a_token_that_cannot_be_written_out_is_not_left_valid() {
     assert!(one_line_error(&out).contains("closed"), "{out:?}");
     assert_eq!(list().lines().filter(|l| l.starts_with("tk_")).count(), 1, "a token was minted");
 }
+
+#[test]
+fn a_vault_db_that_holds_nothing_is_left_alone_by_every_command_and_init_replaces_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let env = [("VAULT_PASSPHRASE", PASSPHRASE)];
+    // 0 bytes (an init cut off at its start), and a schema without a keyring (cut off later).
+    let schema_only = |db: &std::path::Path| {
+        let conn = rusqlite::Connection::open(db).unwrap();
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; CREATE TABLE vault_meta (id INTEGER); CREATE TABLE keyring (key_id INTEGER);",
+        )
+        .unwrap();
+    };
+    for (name, make) in [
+        ("empty", &(|db: &std::path::Path| std::fs::write(db, b"").unwrap()) as &dyn Fn(&std::path::Path)),
+        ("schema", &schema_only),
+    ] {
+        let dir = tmp.path().join(name);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let db = dir.join("vault.db");
+        make(&db);
+        // Each file's name, length and a hash of its bytes.
+        let listing = |d: &std::path::Path| {
+            use std::hash::{Hash as _, Hasher as _};
+            let mut files: Vec<(String, usize, u64)> = std::fs::read_dir(d)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .map(|p| {
+                    let bytes = std::fs::read(&p).unwrap();
+                    let mut h = std::collections::hash_map::DefaultHasher::new();
+                    bytes.hash(&mut h);
+                    (p.file_name().unwrap().to_string_lossy().into_owned(), bytes.len(), h.finish())
+                })
+                .collect();
+            files.sort();
+            files
+        };
+        let before = listing(&dir);
+        let d = path_str(&dir);
+        for args in [
+            &["token", "list", "--data-dir", d][..],
+            &["token", "create", "--data-dir", d, "--admin"],
+            &["token", "revoke", "--data-dir", d, "tk_0123456789ab"],
+            &["serve", "--data-dir", d, "--listen", "127.0.0.1:0"],
+            &["backup", "--data-dir", d, path_str(&tmp.path().join(format!("{name}.bak")))],
+        ] {
+            let out = run(args, &env);
+            assert!(!out.status.success(), "{name}: {args:?} succeeded");
+            let line = one_line_error(&out);
+            assert!(line.contains("not initialised") && line.contains("vault-server init"), "{name}: {args:?}: {line}");
+            assert_eq!(listing(&dir), before, "{name}: {args:?} changed the data dir");
+        }
+        // Then init replaces it, and the vault works.
+        let out = run(&["init", "--data-dir", d], &env);
+        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = run(&["token", "create", "--data-dir", d, "--admin"], &env);
+        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+        // A vault with a keyring is never replaced.
+        let out = run(&["init", "--data-dir", d], &env);
+        assert!(one_line_error(&out).contains("already initialised"), "{name}");
+    }
+}

@@ -20,6 +20,16 @@ pub struct DirLock {
 
 /// Takes the data dir's lock, or says which process holds it.
 pub fn lock_for_serve(dir: &Path) -> Result<DirLock, DataDirError> {
+    lock(dir, true)
+}
+
+/// The same lock for `init`, without the pid file (a failed init must not look like a data dir
+/// whose database went missing): two inits, or an init beside a server, cannot interleave.
+pub fn lock_for_init(dir: &Path) -> Result<DirLock, DataDirError> {
+    lock(dir, false)
+}
+
+fn lock(dir: &Path, write_pid: bool) -> Result<DirLock, DataDirError> {
     use std::io::{Read as _, Write as _};
     let lock_err = |e| DataDirError::Lock(dir.to_owned(), e);
     let handle = fs::File::open(dir).map_err(lock_err)?;
@@ -37,6 +47,9 @@ pub fn lock_for_serve(dir: &Path) -> Result<DirLock, DataDirError> {
             return Err(DataDirError::InUse(dir.to_owned(), if pid.is_empty() { "unknown".into() } else { pid }));
         }
         Err(fs::TryLockError::Error(e)) => return Err(lock_err(e)),
+    }
+    if !write_pid {
+        return Ok(DirLock { _dir: handle });
     }
     let mut file = fs::OpenOptions::new()
         .write(true)

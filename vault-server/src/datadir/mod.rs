@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use crate::crypto::{CryptoError, Keyring};
 use crate::secret::Passphrase;
-use crate::store::{SqliteStore, StoreError, UnlockMaterial};
+use crate::store::{SqliteDb, SqliteStore, StoreError, UnlockMaterial};
 
 pub const DB_FILE: &str = "vault.db";
 /// Shortest passphrase `init` accepts.
@@ -41,7 +41,9 @@ pub enum DataDirError {
     WeakPassphrase,
     #[error("the new passphrase is the current one; nothing was changed")]
     SamePassphrase,
-    #[error("data dir {0} is in use by another `vault-server serve` (pid {1}); one server owns a data dir")]
+    #[error(
+        "data dir {0} is in use by another vault-server (pid {1}: a `serve`, or an `init` under way); one process owns a data dir"
+    )]
     InUse(PathBuf, String),
     #[error("data dir {0}: cannot take its lock file: {1}")]
     Lock(PathBuf, std::io::Error),
@@ -60,7 +62,9 @@ pub fn db_path(dir: &Path) -> PathBuf {
 }
 
 pub fn is_initialised(dir: &Path) -> bool {
-    db_path(dir).exists()
+    // A file that cannot be read counts as a vault: nothing may replace it unread.
+    let db = db_path(dir);
+    db.exists() && !matches!(SqliteDb::holds_nothing(&db), Ok(true))
 }
 
 /// `Ok` if the data dir holds a vault; else says whether it never did or its database went
@@ -94,6 +98,17 @@ pub fn init(dir: &Path, passphrase: &Passphrase, now: i64) -> Result<(), DataDir
         return Err(DataDirError::AlreadyInitialised(dir.to_owned()));
     }
     create_private_dir(dir)?;
+    let _lock = lock::lock_for_init(dir)?;
+    if is_initialised(dir) {
+        return Err(DataDirError::AlreadyInitialised(dir.to_owned()));
+    }
+    // A vault.db that holds nothing (an init cut off, a file made by hand) is replaced.
+    for path in [db_path(dir), dir.join(format!("{DB_FILE}-wal")), dir.join(format!("{DB_FILE}-shm"))] {
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(DataDirError::Create(path, e)),
+            _ => {}
+        }
+    }
     let material = UnlockMaterial::generate(passphrase).map_err(|e| DataDirError::Crypto(dir.to_owned(), e))?;
     SqliteStore::create(&db_path(dir), &material, now).map_err(|e| DataDirError::Store(dir.to_owned(), e))?;
     Ok(())

@@ -105,6 +105,20 @@ fn open_conn(path: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
+/// `path` for a SQLite `file:` URI: every byte but letters, digits, `/`, `.`, `-` and `_`
+/// percent-encoded.
+fn uri_path(path: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt as _;
+    path.as_os_str()
+        .as_bytes()
+        .iter()
+        .map(|&b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'/' | b'.' | b'-' | b'_' => char::from(b).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 fn file_identity(path: &Path) -> std::io::Result<(u64, u64)> {
     use std::os::unix::fs::MetadataExt as _;
     let meta = std::fs::metadata(path)?;
@@ -143,9 +157,41 @@ impl Db {
         Self::with_writer(path, conn)
     }
 
-    /// Opens an existing database and applies pending migrations.
+    /// Whether the file at `path` holds no vault and nothing else: 0 bytes (an `init` cut off
+    /// at its start, a file created by hand), or SQLite whose vault tables are all missing or
+    /// empty. Such a file has no keyring, so nothing in it could ever be read. Reads only.
+    pub fn holds_nothing(path: &Path) -> Result<bool, StoreError> {
+        let len = std::fs::metadata(path)
+            .map_err(|e| StoreError::Unavailable(format!("cannot stat {}: {e}", path.display())))?
+            .len();
+        if len == 0 {
+            return Ok(true);
+        }
+        // Without a WAL file the main file holds everything, and `immutable` reads it without
+        // creating the WAL and shared-memory files a plain read-only open leaves behind.
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        let query = if Path::new(&wal).exists() { "mode=ro" } else { "immutable=1" };
+        let uri = format!("file:{}?{query}", uri_path(path));
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
+        let conn = Connection::open_with_flags(uri, flags)?;
+        for table in ["vault_meta", "keyring", "credentials", "tokens", "audit_events"] {
+            let exists: bool = conn.query_row(
+                "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = ?1",
+                [table],
+                |r| r.get(0),
+            )?;
+            if exists && conn.query_row(&format!("SELECT count(*) > 0 FROM {table}"), [], |r| r.get::<_, bool>(0))? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Opens an existing database and applies pending migrations. A file that holds nothing
+    /// ([`Db::holds_nothing`]) is not initialised, and is left as it is.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        if !path.exists() {
+        if !path.exists() || Self::holds_nothing(path)? {
             return Err(StoreError::NotInitialised);
         }
         let mut conn = open_conn(path)?;
@@ -511,6 +557,23 @@ impl Db {
 mod tests {
     use super::*;
     use crate::crypto::{Key, Keyring};
+
+    #[test]
+    fn a_file_holds_nothing_only_without_any_vault_row_whatever_its_path() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("a dir?#%é");
+        std::fs::create_dir(&dir).unwrap();
+        let (_, wrapped) = Keyring::generate(&Key::random());
+        let material = UnlockMaterial { salt: Salt([0; 16]), params: KdfParams::FLOOR, keys: vec![wrapped] };
+        let path = dir.join("v.db");
+        drop(Db::create(&path, &material, 0).unwrap());
+        assert!(!Db::holds_nothing(&path).unwrap(), "a vault");
+        let empty = dir.join("e.db");
+        std::fs::write(&empty, b"").unwrap();
+        assert!(Db::holds_nothing(&empty).unwrap());
+        std::fs::write(&empty, b"not sqlite at all, long enough to be read as a header.....").unwrap();
+        assert!(Db::holds_nothing(&empty).is_err(), "an unreadable file is never taken as empty");
+    }
 
     /// An empty database in a temp dir (kept alive by the returned guard).
     fn fresh() -> (tempfile::TempDir, Db) {
