@@ -6,7 +6,7 @@ use std::ops::Range;
 
 /// Shortest run of a secret's letters and digits that counts as an echo of it (the whole secret
 /// if it has fewer).
-const MIN_RUN: usize = 8;
+pub const MIN_RUN: usize = 8;
 
 /// Text is searched, and redacted text kept, up to this many bytes (replies are cut to far less
 /// before they are shown).
