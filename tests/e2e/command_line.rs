@@ -167,15 +167,17 @@ fn a_token_that_cannot_be_written_out_is_not_left_valid() {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap()
     };
-    // A full disk: the write fails after the mint, and the token is revoked again.
-    let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
-    let out = std::process::Command::new(BIN)
+    // A pipe nobody reads any more: the write fails after the mint, and the token is revoked
+    // again. (The reader is gone long before the passphrase is stretched and the token made.)
+    let mut child = std::process::Command::new(BIN)
         .args(&create)
         .env_remove("VAULT_PASSPHRASE")
-        .stdout(full)
+        .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
-        .output()
+        .spawn()
         .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let err = one_line_error(&out);
     assert!(err.contains("cannot write to standard output") && err.contains("revoked again"), "{err}");
@@ -190,25 +192,43 @@ fn a_token_that_cannot_be_written_out_is_not_left_valid() {
     let out = std::process::Command::new("sh").arg("-c").arg(script).arg(BIN).args(&create).output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(one_line_error(&out).contains("closed"), "{out:?}");
+    // A device that keeps nothing but takes every write.
+    let zero = std::fs::OpenOptions::new().write(true).open("/dev/zero").unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(&create)
+        .env_remove("VAULT_PASSPHRASE")
+        .stdout(zero)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert_eq!(list().lines().filter(|l| l.starts_with("tk_")).count(), 1, "a token was minted");
 }
+
+/// Makes a data dir's `vault.db` at the given path.
+type MakeDb = dyn Fn(&std::path::Path);
 
 #[test]
 fn a_vault_db_that_holds_nothing_is_left_alone_by_every_command_and_init_replaces_it() {
     let tmp = tempfile::tempdir().unwrap();
     let env = [("VAULT_PASSPHRASE", PASSPHRASE)];
-    // 0 bytes (an init cut off at its start), and a schema without a keyring (cut off later).
-    let schema_only = |db: &std::path::Path| {
-        let conn = rusqlite::Connection::open(db).unwrap();
-        conn.execute_batch(
-            "PRAGMA journal_mode = WAL; CREATE TABLE vault_meta (id INTEGER); CREATE TABLE keyring (key_id INTEGER);",
-        )
-        .unwrap();
+    // What an init cut off leaves: 0 bytes, or the whole schema with no row in it.
+    std::fs::create_dir(tmp.path().join("scratch")).unwrap();
+    let scratch = DataDir::init(&tmp.path().join("scratch"), PASSPHRASE);
+    let sql = |db: &std::path::Path, sql: &str| rusqlite::Connection::open(db).unwrap().execute_batch(sql).unwrap();
+    let emptied = |db: &std::path::Path| {
+        std::fs::copy(scratch.db(), db).unwrap();
+        let tables: Vec<String> = {
+            let conn = rusqlite::Connection::open(db).unwrap();
+            let mut stmt = conn.prepare("SELECT name FROM sqlite_master WHERE type = 'table'").unwrap();
+            stmt.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
+        };
+        for t in tables {
+            sql(db, &format!("DELETE FROM \"{t}\""));
+        }
     };
-    for (name, make) in [
-        ("empty", &(|db: &std::path::Path| std::fs::write(db, b"").unwrap()) as &dyn Fn(&std::path::Path)),
-        ("schema", &schema_only),
-    ] {
+    let cases: [(&str, &MakeDb); 2] = [("empty", &|db| std::fs::write(db, b"").unwrap()), ("schema", &emptied)];
+    for (name, make) in cases {
         let dir = tmp.path().join(name);
         std::fs::create_dir(&dir).unwrap();
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
@@ -245,13 +265,71 @@ fn a_vault_db_that_holds_nothing_is_left_alone_by_every_command_and_init_replace
             assert!(line.contains("not initialised") && line.contains("vault-server init"), "{name}: {args:?}: {line}");
             assert_eq!(listing(&dir), before, "{name}: {args:?} changed the data dir");
         }
-        // Then init replaces it, and the vault works.
+        // Then init sets it aside (not deleted) and makes a vault that works.
         let out = run(&["init", "--data-dir", d], &env);
         assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+        let names: Vec<String> = listing(&dir).into_iter().map(|f| f.0).collect();
+        assert!(names.iter().any(|n| n.starts_with("vault.db.replaced-")), "{name}: {names:?}");
         let out = run(&["token", "create", "--data-dir", d, "--admin"], &env);
         assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
         // A vault with a keyring is never replaced.
         let out = run(&["init", "--data-dir", d], &env);
         assert!(one_line_error(&out).contains("already initialised"), "{name}");
     }
+
+    // Anything else is never taken for nothing: another program's table, the vault's own tables
+    // renamed, a link that leads nowhere. Each is refused, and stays as it was.
+    let renamed = |db: &std::path::Path| {
+        std::fs::copy(scratch.db(), db).unwrap();
+        sql(db, "ALTER TABLE keyring RENAME TO keyring_old; ALTER TABLE vault_meta RENAME TO vault_meta_old;");
+    };
+    let cases: [(&str, &MakeDb); 3] = [
+        ("foreign", &|db| sql(db, "CREATE TABLE secrets (k, v); INSERT INTO secrets VALUES ('a', 'b');")),
+        ("renamed", &renamed),
+        ("dangling", &|db| std::os::unix::fs::symlink("/nonexistent/vault.db", db).unwrap()),
+    ];
+    for (name, make) in cases {
+        let dir = tmp.path().join(name);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let db = dir.join("vault.db");
+        make(&db);
+        let before = std::fs::symlink_metadata(&db).map(|m| (m.len(), m.file_type().is_symlink())).unwrap();
+        let bytes = std::fs::read(&db).ok();
+        let out = run(&["init", "--data-dir", path_str(&dir)], &env);
+        assert!(!out.status.success(), "{name}: init replaced it");
+        assert!(one_line_error(&out).contains("already initialised"), "{name}");
+        assert_eq!(
+            std::fs::symlink_metadata(&db).map(|m| (m.len(), m.file_type().is_symlink())).unwrap(),
+            before,
+            "{name}"
+        );
+        assert_eq!(std::fs::read(&db).ok(), bytes, "{name}");
+    }
+}
+
+#[test]
+fn a_restore_that_fails_leaves_nothing_behind_and_a_retry_works() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = DataDir::init(tmp.path(), PASSPHRASE);
+    let good = tmp.path().join("good.bak");
+    let out = run(&["backup", "--data-dir", path_str(&data.dir), path_str(&good)], &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (empty, garbage) = (tmp.path().join("empty.bak"), tmp.path().join("garbage.bak"));
+    std::fs::write(&empty, b"").unwrap();
+    std::fs::write(&garbage, vec![7u8; 8192]).unwrap();
+    let target = tmp.path().join("restored");
+    for (bad, says) in
+        [(&empty, "holds no vault"), (&garbage, "restore"), (&tmp.path().join("missing.bak"), "cannot read")]
+    {
+        let out = run(&["restore", "--data-dir", path_str(&target), path_str(bad)], &[]);
+        assert!(!out.status.success(), "{bad:?} was restored");
+        let line = one_line_error(&out);
+        assert!(line.contains(says), "{bad:?}: {line}");
+        assert!(!target.exists(), "{bad:?} left {target:?} behind");
+    }
+    let out = run(&["restore", "--data-dir", path_str(&target), path_str(&good)], &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run(&["token", "list", "--data-dir", path_str(&target)], &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }

@@ -131,6 +131,10 @@ impl ConnectOptions {
         if scheme != "http" && scheme != "https" {
             return Err(bad(&"the scheme must be http or https"));
         }
+        // tonic ignores TLS settings on an http:// address, and the token would go in the clear.
+        if scheme == "http" && self.tls.is_some() {
+            return Err(bad(&"TLS options are set but the address is http://; write https://"));
+        }
         let mut ep = Channel::from_shared(format!("{scheme}://{rest}")).map_err(|e| bad(&e))?;
         if let Some(t) = self.timeout {
             ep = ep.timeout(t);
@@ -209,6 +213,10 @@ mod tests {
             let e = ConnectOptions::default().channel(addr.into()).await.unwrap_err();
             assert!(matches!(&e, Error::InvalidArgument { message } if message.contains("http or https")), "{e}");
         }
+        // TLS options on an http:// address would be ignored: refused.
+        let tls = ConnectOptions { tls: Some(TlsOptions::default()), ..ConnectOptions::default() };
+        let e = tls.channel("http://127.0.0.1:9".into()).await.unwrap_err();
+        assert!(matches!(&e, Error::InvalidArgument { message } if message.contains("https://")), "{e}");
         // The scheme's case does not matter.
         let upper = ConnectOptions::default().channel("HTTP://127.0.0.1:9".into()).await.unwrap_err();
         assert!(matches!(upper, Error::Connect { .. }), "{upper}");

@@ -2,10 +2,10 @@
 //! not only byte for byte, but in another case, spaced or punctuated differently (as Gmail
 //! shows app passwords, or as an IMAP string escapes them), or cut short.
 
+use std::collections::HashSet;
 use std::ops::Range;
 
-/// Shortest run of a secret's letters and digits that counts as an echo of it (the whole secret
-/// if it has fewer).
+/// Shortest run of a secret's letters and digits that counts as an echo of it.
 pub const MIN_RUN: usize = 8;
 
 /// Text is searched, and redacted text kept, up to this many bytes (replies are cut to far less
@@ -24,33 +24,29 @@ fn fold(c: char) -> char {
 
 /// The byte ranges of `text` that echo `secret`: every run of at least [`MIN_RUN`] of the
 /// secret's letters and digits, in order and in any case, that `text` holds in order with
-/// anything but letters and digits between them. Ranges are sorted and do not overlap. A secret
-/// with no letters or digits is matched as it is. Only the first [`MAX_SEARCHED`] bytes of
-/// `text` are searched.
+/// anything but letters and digits between them. A secret with fewer than [`MIN_RUN`] letters
+/// and digits is matched exactly as it is (loosely, a few characters would match everywhere).
+/// Ranges are sorted and do not overlap. Only the first [`MAX_SEARCHED`] bytes of `text` are
+/// searched; the time is linear in both lengths.
 pub fn echoes(text: &str, secret: &str) -> Vec<Range<usize>> {
     let text = &text[..floor_char_boundary(text, MAX_SEARCHED)];
     let wanted: Vec<char> = secret.chars().filter(|c| c.is_alphanumeric()).map(fold).collect();
-    if wanted.is_empty() {
-        return if secret.is_empty() {
-            Vec::new()
-        } else {
-            text.match_indices(secret).map(|(i, s)| i..i + s.len()).collect()
-        };
+    if wanted.len() < MIN_RUN {
+        return exactly(text, secret);
     }
+    // Every MIN_RUN-long window of the secret; a text window found here is part of an echo.
+    let windows: HashSet<&[char]> = wanted.windows(MIN_RUN).collect();
     let folded: Vec<Folded> = text
         .char_indices()
         .filter(|(_, c)| c.is_alphanumeric())
         .map(|(i, c)| Folded { c: fold(c), at: i..i + c.len_utf8() })
         .collect();
-    let run = MIN_RUN.min(wanted.len());
+    let chars: Vec<char> = folded.iter().map(|f| f.c).collect();
     // covered[i]: the i-th letter or digit of `text` is part of an echo.
     let mut covered = vec![false; folded.len()];
-    for start in 0..folded.len() {
-        for from in 0..wanted.len() {
-            let len = folded[start..].iter().zip(&wanted[from..]).take_while(|(t, w)| t.c == **w).count();
-            if len >= run {
-                covered[start..start + len].iter_mut().for_each(|c| *c = true);
-            }
+    for (start, window) in chars.windows(MIN_RUN).enumerate() {
+        if windows.contains(window) {
+            covered[start..start + MIN_RUN].iter_mut().for_each(|c| *c = true);
         }
     }
     let mut ranges: Vec<Range<usize>> = Vec::new();
@@ -58,6 +54,25 @@ pub fn echoes(text: &str, secret: &str) -> Vec<Range<usize>> {
         match ranges.last_mut() {
             Some(last) if i > 0 && covered[i - 1] => last.end = f.at.end,
             _ => ranges.push(f.at.clone()),
+        }
+    }
+    ranges
+}
+
+/// Where `text` holds `secret` as it is, or as the quoted IMAP string it was sent as.
+fn exactly(text: &str, secret: &str) -> Vec<Range<usize>> {
+    if secret.is_empty() {
+        return Vec::new();
+    }
+    let escaped = secret.replace('\\', "\\\\").replace('"', "\\\"");
+    let mut found: Vec<Range<usize>> =
+        [secret, escaped.as_str()].iter().flat_map(|s| text.match_indices(*s).map(|(i, m)| i..i + m.len())).collect();
+    found.sort_by_key(|r| (r.start, std::cmp::Reverse(r.end)));
+    let mut ranges: Vec<Range<usize>> = Vec::new();
+    for r in found {
+        match ranges.last_mut() {
+            Some(last) if r.start < last.end => last.end = last.end.max(r.end),
+            _ => ranges.push(r),
         }
     }
     ranges
@@ -122,11 +137,21 @@ mod tests {
     }
 
     #[test]
-    fn a_short_secret_must_match_whole_and_one_without_letters_as_it_is() {
-        assert_eq!(redact("x ab-C1 y", "abc1"), "x [redacted] y");
-        assert_eq!(redact("x abc y", "abc1"), "x abc y");
+    fn a_secret_with_few_letters_or_digits_is_matched_exactly() {
+        assert_eq!(redact("x abc1 y", "abc1"), "x [redacted] y");
+        assert_eq!(redact("x ab-C1 y", "abc1"), "x ab-C1 y");
+        // Two letters would otherwise match every "ab" in a reply.
+        assert_eq!(redact("about ab!!!!!! tab", "ab!!!!!!"), "about [redacted] tab");
         assert_eq!(redact("a !!!! b", "!!!!"), "a [redacted] b");
         assert_eq!(redact("a b", ""), "a b");
+    }
+
+    #[test]
+    fn a_long_secret_and_text_are_matched_in_one_pass() {
+        let secret = "a".repeat(16 * 1024);
+        let text = "a".repeat(MAX_SEARCHED * 2);
+        // Matching every start against every start of the secret would run for hours here.
+        assert_eq!(redact(&text, &secret), "[redacted]");
     }
 
     #[test]

@@ -17,16 +17,23 @@ const ID_HEX: usize = 12;
 pub fn check(raw: &str) -> Option<&str> {
     let (id, secret) = raw.strip_prefix(PREFIX)?.split_once('_')?;
     let id_ok = id.len() == ID_HEX && id.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
-    let secret_ok = secret.len() == 43 && secret.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    let secret_ok =
+        secret.len() == SECRET_LEN && secret.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
     (id_ok && secret_ok).then_some(id)
 }
 
+/// Characters in a token's secret (32 bytes, base64url without padding).
+const SECRET_LEN: usize = 43;
 /// Characters in a token's wire form.
-const TOKEN_LEN: usize = PREFIX.len() + ID_HEX + 1 + 43;
+const TOKEN_LEN: usize = PREFIX.len() + ID_HEX + 1 + SECRET_LEN;
 
-/// Whether `text` holds a well-formed token anywhere (a revoke reason must not).
+/// Whether `text` holds a well-formed token anywhere, or a run as long as a token's secret of
+/// the characters it is written in (a secret pasted without its prefix, or cut short): a revoke
+/// reason must not.
 pub fn holds_token(text: &str) -> bool {
+    let secret_char = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
     text.match_indices(PREFIX).any(|(i, _)| text.get(i..i + TOKEN_LEN).and_then(check).is_some())
+        || text.split(|c: char| !secret_char(c)).any(|run| run.len() >= SECRET_LEN)
 }
 
 /// A token's row id, `tk_` and its 12 hex characters, held on the stack.
@@ -132,8 +139,11 @@ mod tests {
     fn a_token_is_found_inside_text() {
         let t = Token::generate();
         assert!(holds_token(&format!("leaked:{}. sorry", t.expose())));
-        assert!(!holds_token(&format!("cut {}", &t.expose()[..TOKEN_LEN - 1])));
+        assert!(holds_token(&format!("cut {}", &t.expose()[..TOKEN_LEN - 1])));
         assert!(!holds_token("avt_ and avt_é"));
+        // Its secret alone, without the prefix and id.
+        assert!(holds_token(&format!("secret was {}", &t.expose()[TOKEN_LEN - SECRET_LEN..])));
+        assert!(!holds_token("laptop retired after the 2026-11-28 incident-review_meeting"));
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::fs;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use super::{DataDirError, create_private_dir, db_path, is_initialised, unlock};
+use super::{DB_FILE, DataDirError, create_private_dir, db_path, is_initialised, lock::lock_for_init, unlock};
 use crate::secret::Passphrase;
 use crate::store::SqliteStore;
 
@@ -86,16 +86,40 @@ pub fn verify_backup(file: &Path, passphrase: &Passphrase) -> Result<BackupRepor
 /// Makes `dir` (which must be missing or empty) a data dir holding the backup `file`.
 pub fn restore(dir: &Path, file: &Path) -> Result<(), BackupError> {
     let io = |what: &str, e: std::io::Error| BackupError::Io(format!("{what}: {e}"));
-    match fs::read_dir(dir).map(|mut entries| entries.next().is_some()) {
-        Ok(true) => {
-            return Err(BackupError::Io(format!("refusing to restore into {}: it is not empty", dir.display())));
-        }
-        Ok(false) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io(&format!("cannot read {}", dir.display()), e)),
-    }
-    create_private_dir(dir)?;
+    // The backup is read before anything is made, so a missing one leaves nothing behind.
     let mut source = fs::File::open(file).map_err(|e| io(&format!("cannot read backup {}", file.display()), e))?;
+    let refuse_not_empty = || BackupError::Io(format!("refusing to restore into {}: it is not empty", dir.display()));
+    let created = match fs::read_dir(dir).map(|mut entries| entries.next().is_some()) {
+        Ok(true) => return Err(refuse_not_empty()),
+        Ok(false) => false,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+        Err(e) => return Err(io(&format!("cannot read {}", dir.display()), e)),
+    };
+    create_private_dir(dir)?;
+    // Held while the copy is made and opened: an init beside it must not take the copy, half
+    // written, for an empty vault.
+    let lock = lock_for_init(dir)?;
+    if fs::read_dir(dir).map_or(true, |mut entries| entries.next().is_some()) {
+        return Err(refuse_not_empty());
+    }
+    let restored = copy_and_open(dir, &mut source);
+    if restored.is_err() {
+        // A failed restore leaves the target as it found it, so that a retry is not refused.
+        for name in [DB_FILE.to_owned(), format!("{DB_FILE}-wal"), format!("{DB_FILE}-shm")] {
+            let _ = fs::remove_file(dir.join(name));
+        }
+        drop(lock);
+        if created {
+            let _ = fs::remove_dir(dir);
+        }
+    }
+    restored
+}
+
+/// Copies the backup in as the data dir's database, synced, and opens it as a vault (brought to
+/// this binary's schema).
+fn copy_and_open(dir: &Path, source: &mut fs::File) -> Result<(), BackupError> {
+    let io = |what: &str, e: std::io::Error| BackupError::Io(format!("{what}: {e}"));
     let target = db_path(dir);
     let mut copy = fs::OpenOptions::new()
         .write(true)
@@ -103,9 +127,15 @@ pub fn restore(dir: &Path, file: &Path) -> Result<(), BackupError> {
         .mode(0o600)
         .open(&target)
         .map_err(|e| io(&format!("cannot create {}", target.display()), e))?;
-    std::io::copy(&mut source, &mut copy).map_err(|e| io("cannot copy the backup", e))?;
+    std::io::copy(source, &mut copy).map_err(|e| io("cannot copy the backup", e))?;
     copy.sync_all().map_err(|e| io("cannot sync the restored database", e))?;
-    // It must open as a vault (and is brought to this binary's schema).
-    SqliteStore::open(&target).map_err(|e| DataDirError::Store(dir.to_owned(), e))?;
+    drop(copy);
+    // A backup that holds nothing (0 bytes, no keyring) is no vault.
+    SqliteStore::open(&target).map_err(|e| match e {
+        crate::store::StoreError::NotInitialised => {
+            BackupError::Io("the backup holds no vault (it is empty, or has no keyring)".into())
+        }
+        e => DataDirError::Store(dir.to_owned(), e).into(),
+    })?;
     Ok(())
 }

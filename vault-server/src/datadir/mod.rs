@@ -30,7 +30,7 @@ pub enum DataDirError {
     #[error("data dir {0} is not initialised; run `vault-server init --data-dir {0}` first")]
     NotInitialised(PathBuf),
     #[error(
-        "data dir {0} has no vault.db, but a server used it (serve.lock is there): the database was deleted or moved; restore it (vault-server restore) rather than starting an empty vault"
+        "data dir {0} has no vault.db (or one that holds nothing), but a server used it (serve.lock is there): the database was deleted, moved or emptied; restore it (vault-server restore) rather than starting an empty vault (to start one here anyway, remove serve.lock)"
     )]
     DatabaseMissing(PathBuf),
     #[error("data dir {0} is already initialised; refusing to overwrite it")]
@@ -62,9 +62,10 @@ pub fn db_path(dir: &Path) -> PathBuf {
 }
 
 pub fn is_initialised(dir: &Path) -> bool {
-    // A file that cannot be read counts as a vault: nothing may replace it unread.
+    // Anything at the path (a dangling link too) counts as a vault unless it holds nothing: what
+    // cannot be read may never be replaced unread.
     let db = db_path(dir);
-    db.exists() && !matches!(SqliteDb::holds_nothing(&db), Ok(true))
+    fs::symlink_metadata(&db).is_ok() && !matches!(SqliteDb::holds_nothing(&db), Ok(true))
 }
 
 /// `Ok` if the data dir holds a vault; else says whether it never did or its database went
@@ -102,11 +103,24 @@ pub fn init(dir: &Path, passphrase: &Passphrase, now: i64) -> Result<(), DataDir
     if is_initialised(dir) {
         return Err(DataDirError::AlreadyInitialised(dir.to_owned()));
     }
-    // A vault.db that holds nothing (an init cut off, a file made by hand) is replaced.
-    for path in [db_path(dir), dir.join(format!("{DB_FILE}-wal")), dir.join(format!("{DB_FILE}-shm"))] {
-        match fs::remove_file(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(DataDirError::Create(path, e)),
-            _ => {}
+    // A server ran here: its vault went missing or was emptied, it did not never exist.
+    if dir.join(LOCK_FILE).exists() {
+        return Err(DataDirError::DatabaseMissing(dir.to_owned()));
+    }
+    if fs::symlink_metadata(db_path(dir)).is_ok() {
+        // It holds nothing (an init cut off left it); kept aside, not deleted.
+        let aside = |name: &str| dir.join(format!("{name}.replaced-{now}"));
+        for name in [DB_FILE.to_owned(), format!("{DB_FILE}-wal")] {
+            let path = dir.join(&name);
+            if fs::symlink_metadata(&path).is_ok() {
+                fs::rename(&path, aside(&name)).map_err(|e| DataDirError::Create(path, e))?;
+            }
+        }
+        let shm = dir.join(format!("{DB_FILE}-shm"));
+        if let Err(e) = fs::remove_file(&shm)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            return Err(DataDirError::Create(shm, e));
         }
     }
     let material = UnlockMaterial::generate(passphrase).map_err(|e| DataDirError::Crypto(dir.to_owned(), e))?;

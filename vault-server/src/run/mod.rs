@@ -89,16 +89,17 @@ pub(crate) fn emit(text: impl std::fmt::Display) -> Result<(), RunError> {
     writeln!(out, "{text}").and_then(|()| out.flush()).map_err(|e| RunError::Output(e.to_string()))
 }
 
-/// Fails when stdout goes nowhere: a secret shown there once (a new token) would be lost. The
-/// runtime reopens a closed stdout on `/dev/null`, so that covers a closed one too.
+/// Fails when stdout goes nowhere: a secret shown there once (a new token) would be lost. A
+/// device that is not a terminal (`/dev/null`, `/dev/zero`; the runtime reopens a closed stdout
+/// on `/dev/null`) is refused; a terminal, a file or a pipe is not.
 pub(crate) fn require_stdout() -> Result<(), RunError> {
-    use std::os::unix::fs::MetadataExt as _;
+    use std::io::IsTerminal as _;
     let out = nix::sys::stat::fstat(std::io::stdout()).map_err(|e| RunError::Output(e.to_string()))?;
-    let null = std::fs::metadata("/dev/null").map(|m| m.rdev()).ok();
     let is_char = (out.st_mode & nix::libc::S_IFMT) == nix::libc::S_IFCHR;
-    if is_char && null == Some(out.st_rdev) {
+    if is_char && !std::io::stdout().is_terminal() {
         return Err(RunError::Output(
-            "it is /dev/null (or was closed), so nobody would see the token; nothing was done".into(),
+            "it is a device that keeps nothing (/dev/null, or closed), so nobody would see the token; nothing was done"
+                .into(),
         ));
     }
     Ok(())

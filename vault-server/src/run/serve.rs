@@ -222,7 +222,7 @@ async fn run_vault<S: Store>(
     if new_dev_vault {
         let (token, id) = tokens.mint(&Role::Admin, now()).await?;
         tracing::info!(token_id = %id, "dev mode: minted an admin token; it is printed once on stdout");
-        println!("admin token (shown once): {}", token.expose());
+        super::emit(format_args!("admin token (shown once): {}", token.expose()))?;
     }
     tokens.reload(now()).await?;
     let mut prober = prober(&args, tls);

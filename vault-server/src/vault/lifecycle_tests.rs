@@ -201,12 +201,12 @@ async fn a_revoke_reason_that_holds_the_code_is_refused_and_nothing_changes() {
 }
 
 #[tokio::test]
-async fn rotating_to_the_stored_code_is_refused_before_any_probe() {
-    let (_tmp, vault, prober) = setup(&[ProbeOutcome::Accepted, ProbeOutcome::Accepted], 5);
+async fn rotating_to_the_stored_code_never_probes_it_as_the_previous_code() {
+    let (_tmp, vault, prober) = setup(&[ProbeOutcome::Accepted, ProbeOutcome::Accepted, ProbeOutcome::Accepted], 5);
     bind(&vault, OLD).await.unwrap();
-    let err = rotate(&vault, OLD, Some(1)).await.err();
-    assert!(matches!(&err, Some(VaultError::InvalidField { field: "new_auth_code", .. })), "{err:?}");
-    assert_eq!(prober.tried().len(), 1, "a probe was spent on it");
-    let (m, c) = pair();
-    assert_eq!(vault.get(&m, &c).await.unwrap().version, 1);
+    let rotated = rotate(&vault, OLD, Some(1)).await.unwrap();
+    assert!(rotated.previous_code_probe.is_none(), "its hint would say to delete the code in use");
+    assert_eq!(prober.tried().len(), 2, "the bind's probe and the new code's, no other");
+    assert_eq!(rotated.row.version, 2);
+    assert_eq!(revealed(&vault).await.unwrap(), OLD);
 }

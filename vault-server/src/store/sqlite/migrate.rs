@@ -88,6 +88,27 @@ fn reference_schemas() -> Result<Vec<Schema>, StoreError> {
     Ok(schemas)
 }
 
+/// Whether `conn` is exactly what its own number of migrations creates, with every table
+/// empty: a file an `init` started and never finished. Anything else (another schema, a foreign
+/// or renamed table, one row anywhere) is not.
+pub fn untouched(conn: &Connection) -> Result<bool, StoreError> {
+    let applied = version(conn)?;
+    if check_schema(conn, applied).is_err() {
+        return Ok(false);
+    }
+    let tables: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table'")?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    for table in tables {
+        // The names are the migrations' own: the schema matched them exactly.
+        if conn.query_row(&format!("SELECT EXISTS (SELECT 1 FROM \"{table}\")"), [], |r| r.get::<_, bool>(0))? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 /// Fails, changing nothing, unless `conn`'s schema is what the first `applied` migrations create.
 fn check_schema(conn: &Connection, applied: usize) -> Result<(), StoreError> {
     let references = reference_schemas()?;

@@ -157,35 +157,30 @@ impl Db {
         Self::with_writer(path, conn)
     }
 
-    /// Whether the file at `path` holds no vault and nothing else: 0 bytes (an `init` cut off
-    /// at its start, a file created by hand), or SQLite whose vault tables are all missing or
-    /// empty. Such a file has no keyring, so nothing in it could ever be read. Reads only.
+    /// Whether the file at `path` holds nothing: a regular file of 0 bytes with no WAL beside it
+    /// (an `init` cut off at its start, a file made by hand), or SQLite that is exactly the
+    /// vault's schema at its version with every table empty (an `init` cut off later). Such a
+    /// file has no keyring, so nothing in it could ever be read. A link, another schema, a
+    /// foreign table or a single row is not nothing. Reads only.
     pub fn holds_nothing(path: &Path) -> Result<bool, StoreError> {
-        let len = std::fs::metadata(path)
-            .map_err(|e| StoreError::Unavailable(format!("cannot stat {}: {e}", path.display())))?
-            .len();
-        if len == 0 {
-            return Ok(true);
+        let stat = |p: &Path| std::fs::symlink_metadata(p);
+        let meta = stat(path).map_err(|e| StoreError::Unavailable(format!("cannot stat {}: {e}", path.display())))?;
+        if !meta.file_type().is_file() {
+            return Ok(false);
+        }
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        let wal = stat(Path::new(&wal)).ok();
+        if meta.len() == 0 {
+            return Ok(wal.is_none_or(|w| w.len() == 0));
         }
         // Without a WAL file the main file holds everything, and `immutable` reads it without
         // creating the WAL and shared-memory files a plain read-only open leaves behind.
-        let mut wal = path.as_os_str().to_owned();
-        wal.push("-wal");
-        let query = if Path::new(&wal).exists() { "mode=ro" } else { "immutable=1" };
+        let query = if wal.is_some() { "mode=ro" } else { "immutable=1" };
         let uri = format!("file:{}?{query}", uri_path(path));
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
         let conn = Connection::open_with_flags(uri, flags)?;
-        for table in ["vault_meta", "keyring", "credentials", "tokens", "audit_events"] {
-            let exists: bool = conn.query_row(
-                "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = ?1",
-                [table],
-                |r| r.get(0),
-            )?;
-            if exists && conn.query_row(&format!("SELECT count(*) > 0 FROM {table}"), [], |r| r.get::<_, bool>(0))? {
-                return Ok(false);
-            }
-        }
-        Ok(true)
+        migrate::untouched(&conn)
     }
 
     /// Opens an existing database and applies pending migrations. A file that holds nothing
