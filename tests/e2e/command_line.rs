@@ -206,7 +206,7 @@ fn a_token_that_cannot_be_written_out_is_not_left_valid() {
 }
 
 /// Makes a data dir's `vault.db` at the given path.
-type MakeDb = dyn Fn(&std::path::Path);
+type MakeDb<'a> = dyn Fn(&std::path::Path) + 'a;
 
 #[test]
 fn a_vault_db_that_holds_nothing_is_left_alone_by_every_command_and_init_replaces_it() {
@@ -227,7 +227,7 @@ fn a_vault_db_that_holds_nothing_is_left_alone_by_every_command_and_init_replace
             sql(db, &format!("DELETE FROM \"{t}\""));
         }
     };
-    let cases: [(&str, &MakeDb); 2] = [("empty", &|db| std::fs::write(db, b"").unwrap()), ("schema", &emptied)];
+    let cases: [(&str, &MakeDb<'_>); 2] = [("empty", &|db| std::fs::write(db, b"").unwrap()), ("schema", &emptied)];
     for (name, make) in cases {
         let dir = tmp.path().join(name);
         std::fs::create_dir(&dir).unwrap();
@@ -283,7 +283,7 @@ fn a_vault_db_that_holds_nothing_is_left_alone_by_every_command_and_init_replace
         std::fs::copy(scratch.db(), db).unwrap();
         sql(db, "ALTER TABLE keyring RENAME TO keyring_old; ALTER TABLE vault_meta RENAME TO vault_meta_old;");
     };
-    let cases: [(&str, &MakeDb); 3] = [
+    let cases: [(&str, &MakeDb<'_>); 3] = [
         ("foreign", &|db| sql(db, "CREATE TABLE secrets (k, v); INSERT INTO secrets VALUES ('a', 'b');")),
         ("renamed", &renamed),
         ("dangling", &|db| std::os::unix::fs::symlink("/nonexistent/vault.db", db).unwrap()),
