@@ -53,12 +53,15 @@ fn grpcurl_lists_by_reflection_and_calls_bind_and_reveal() {
     assert!(out.contains(&format!("\"authCode\": \"{ALICE_CODE}\"")), "{out}");
     assert!(out.contains("\"imapHost\": \"imap.sina.com\""), "{out}");
 
-    // The rest of the lifecycle, as an admin would drive it.
-    let rotate = format!(
-        r#"{{"mailbox":"{ALICE}","client":"thunderbird","new_auth_code":"{ALICE_CODE}","expected_version":1}}"#
-    );
+    // The rest of the lifecycle, as an admin would drive it: a new code, the old one still
+    // accepted by the provider (so the old-code probe says to delete it).
+    let new_code = "CANARYalice00009";
+    stack.dovecot.set_extra_codes(&[(ALICE, new_code)]);
+    let rotate =
+        format!(r#"{{"mailbox":"{ALICE}","client":"thunderbird","new_auth_code":"{new_code}","expected_version":1}}"#);
     let out = grpcurl::call(s, &["-H", &admin, "-d", &rotate], &["vault.v1.AuthCodeVault/Rotate"]);
     assert!(out.contains("\"version\": \"2\"") && out.contains("previousCodeProbe"), "{out}");
+    assert!(!out.contains(new_code) && !out.contains(ALICE_CODE), "Rotate echoed a code:\n{out}");
     let out = grpcurl::call(s, &["-H", &admin, "-d", &pair], &["vault.v1.AuthCodeVault/Verify"]);
     assert!(out.contains("PROBE_OUTCOME_ACCEPTED"), "{out}");
     let out = grpcurl::call(s, &["-H", &admin, "-d", &pair], &["vault.v1.AuthCodeVault/GetCredential"]);

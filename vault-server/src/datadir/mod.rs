@@ -30,7 +30,7 @@ pub enum DataDirError {
     #[error("data dir {0} is not initialised; run `vault-server init --data-dir {0}` first")]
     NotInitialised(PathBuf),
     #[error(
-        "data dir {0} has no vault.db (or one that holds nothing), but a server used it (serve.lock is there): the database was deleted, moved or emptied; restore it (vault-server restore) rather than starting an empty vault (to start one here anyway, remove serve.lock)"
+        "data dir {0} has no vault.db (or one that holds nothing), but a server used it (serve.lock is there): the database was deleted or moved (or emptied); restore it (vault-server restore) rather than starting an empty vault (to start one here anyway, remove serve.lock)"
     )]
     DatabaseMissing(PathBuf),
     #[error("data dir {0} is already initialised; refusing to overwrite it")]
