@@ -81,6 +81,19 @@ fn bad_flags_busy_ports_and_public_plaintext_each_fail_with_one_line() {
     assert_eq!(out.status.code(), Some(2));
     assert!(one_line_error(&out).contains("HOST:PORT=ADDR:PORT"));
 
+    // Flags checked after parsing are bad flags too (they exited 1).
+    for (args, says) in [
+        (&["--log-level", "vault_server=loud", "serve", "--data-dir", dir][..], "--log-level"),
+        (&["serve", "--data-dir", dir, "--database", "garbage"], "--database"),
+        (&["serve", "--data-dir", dir, "--database", "postgres://h/db"], "--data-dir"),
+        (&["token", "list", "--data-dir", dir, "--database-ca-file", "ca.pem"], "--database-ca-file"),
+        (&["migrate-store", "--data-dir", dir], "--database"),
+    ] {
+        let out = run(args, &[]);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        assert!(one_line_error(&out).contains(says), "{args:?}");
+    }
+
     let busy = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = busy.local_addr().unwrap().to_string();
     let out = run(&["serve", "--data-dir", dir, "--passphrase-file", pf, "--listen", &addr], &[]);

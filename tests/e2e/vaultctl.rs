@@ -78,6 +78,14 @@ fn vaultctl_binds_from_stdin_reviews_audits_and_says_what_failed_by_exit_code() 
     assert_eq!(code(vaultctl(&stack, &admin, &["get", ALICE, "nobody"], None)), Some(3), "not found");
     assert_eq!(code(vaultctl(&stack, &admin, &["bind", ALICE, "x"], Some(""))), Some(2), "no code");
     assert_eq!(code(vaultctl(&stack, "avt_nope", &["list"], None)), Some(7), "bad token");
+    // Bad arguments found by an attack, each exit 1 with a misleading message before.
+    let long = "x".repeat(501);
+    assert_eq!(code(vaultctl(&stack, &admin, &["revoke", ALICE, "sender", "--reason", &long], None)), Some(2));
+    assert_eq!(code(vaultctl(&stack, &admin, &["list", "--timeout", "0"], None)), Some(2), "timeout 0");
+    // Another scheme, or TLS options on http://, would send the token in the clear.
+    for args in [&["list", "--addr", "grpcs://127.0.0.1:1"][..], &["list", "--ca-file", "/dev/null"]] {
+        assert_eq!(code(vaultctl(&stack, &admin, args, None)), Some(2), "{args:?}");
+    }
 
     // Bob changed his password; Verify finds it, and the review shows it in every format.
     stack.dovecot.set_codes(&[(ALICE, ALICE_CODE)]);

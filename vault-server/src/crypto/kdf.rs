@@ -18,12 +18,24 @@ impl KdfParams {
     /// The floor: 64 MiB, three passes, one lane (about 0.1 s here, optimised).
     pub const FLOOR: Self = Self { m_kib: 64 * 1024, t: 3, p: 1 };
 
-    /// Refuses parameters below the floor, so a tampered meta row cannot weaken the KDF.
+    /// The ceiling: 1 GiB, 64 passes, 64 lanes. Beyond it an unlock would exhaust memory or run
+    /// for hours.
+    pub const CEILING: Self = Self { m_kib: 1024 * 1024, t: 64, p: 64 };
+
+    /// Refuses parameters below the floor, so a tampered meta row cannot weaken the KDF, or above
+    /// the ceiling, so that it cannot make every unlock abort or hang.
     pub fn check(self) -> Result<Self, CryptoError> {
-        if self.m_kib < Self::FLOOR.m_kib || self.t < Self::FLOOR.t || self.p < Self::FLOOR.p {
+        let (floor, ceiling) = (Self::FLOOR, Self::CEILING);
+        if self.m_kib < floor.m_kib || self.t < floor.t || self.p < floor.p {
             return Err(CryptoError::KdfParams(format!(
-                "m={} KiB t={} p={} is below the floor m=65536 KiB t=3 p=1",
-                self.m_kib, self.t, self.p
+                "m={} KiB t={} p={} is below the floor m={} KiB t={} p={}",
+                self.m_kib, self.t, self.p, floor.m_kib, floor.t, floor.p
+            )));
+        }
+        if self.m_kib > ceiling.m_kib || self.t > ceiling.t || self.p > ceiling.p {
+            return Err(CryptoError::KdfParams(format!(
+                "m={} KiB t={} p={} is above the ceiling m={} KiB t={} p={} (was the vault_meta row edited?)",
+                self.m_kib, self.t, self.p, ceiling.m_kib, ceiling.t, ceiling.p
             )));
         }
         Ok(self)
@@ -62,8 +74,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn floor_is_enforced() {
+    fn floor_and_ceiling_are_enforced() {
         assert!(KdfParams { m_kib: 1024, t: 3, p: 1 }.check().is_err());
+        // Found by an attack: 4 GiB in the meta row aborted every unlock; t = 10^8 hung it.
+        for over in [
+            KdfParams { m_kib: 4 * 1024 * 1024, ..KdfParams::FLOOR },
+            KdfParams { t: 100_000_000, ..KdfParams::FLOOR },
+            KdfParams { p: 65, ..KdfParams::FLOOR },
+        ] {
+            let e = over.check().unwrap_err().to_string();
+            assert!(e.contains("above the ceiling"), "{e}");
+        }
+        assert!(KdfParams::CEILING.check().is_ok());
         assert!(KdfParams::FLOOR.check().is_ok());
     }
 

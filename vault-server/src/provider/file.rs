@@ -49,6 +49,11 @@ struct Patch {
     smtp_probe: Option<bool>,
 }
 
+/// Longest code a format may allow: what a provider's login takes, with room to spare.
+const MAX_CODE_LEN: usize = 256;
+/// Longest provider name or settings path, as shown in hints.
+const MAX_TEXT_CHARS: usize = 200;
+
 fn endpoint(id: &str, field: &str, v: Option<String>) -> Result<Option<Endpoint>, String> {
     v.map(|s| s.parse::<Endpoint>().map_err(|e| format!("[{id}] {field}: {e}"))).transpose()
 }
@@ -57,9 +62,7 @@ fn domains(id: &str, v: Vec<String>) -> Result<Vec<String>, String> {
     v.into_iter()
         .map(|d| {
             let d = d.trim().to_ascii_lowercase();
-            let ok = !d.is_empty()
-                && d.contains('.')
-                && d.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
+            let ok = d.contains('.') && super::is_host_name(&d);
             // Echoed escaped: a value with a line break must not break the one-line error.
             if ok { Ok(d) } else { Err(format!("[{id}] domains: '{}' is not a domain name", d.escape_debug())) }
         })
@@ -74,10 +77,21 @@ fn apply_patch(id: &str, patch: Patch, existing: Option<Provider>) -> Result<Pro
     let imap = endpoint(id, "imap", patch.imap)?;
     let smtp = endpoint(id, "smtp", patch.smtp)?;
     let new_domains = patch.domains.map(|d| domains(id, d)).transpose()?;
-    if let Some(CodeFormat::Printable { min, max }) = patch.code_format
-        && (min == 0 || min > max)
-    {
-        return Err(format!("[{id}] code_format: need 0 < min <= max"));
+    match patch.code_format {
+        Some(CodeFormat::Printable { min, max }) if min == 0 || min > max || max > MAX_CODE_LEN => {
+            return Err(format!("[{id}] code_format: need 0 < min <= max <= {MAX_CODE_LEN}"));
+        }
+        Some(CodeFormat::Alphanumeric { len } | CodeFormat::Letters { len }) if len == 0 || len > MAX_CODE_LEN => {
+            return Err(format!("[{id}] code_format: need 0 < len <= {MAX_CODE_LEN}"));
+        }
+        _ => {}
+    }
+    for (field, text) in [("name", &patch.name), ("settings_path", &patch.settings_path)] {
+        if let Some(t) = text
+            && (t.trim().is_empty() || t.chars().count() > MAX_TEXT_CHARS || t.chars().any(char::is_control))
+        {
+            return Err(format!("[{id}] {field}: need 1-{MAX_TEXT_CHARS} characters, none of them control characters"));
+        }
     }
     if let Some(mut p) = existing {
         if let Some(n) = patch.name {
@@ -218,13 +232,29 @@ mod tests {
             // Found by fuzzing: a domain with a line break made the error two lines.
             ("[sina-vip]\ndomains = [\"s\\na\u{feff}.cn\"]\n", "not a domain name"),
             ("[\"a\\nb\"]\nsmtp_probe = true\n", "provider ids"),
+            // Found by an attack: each of these used to start.
+            ("[sina]\ncode_format = { kind = \"alphanumeric\", len = 0 }\n", "code_format"),
+            ("[sina]\ncode_format = { kind = \"printable\", min = 8, max = 4000000000 }\n", "code_format"),
+            ("[sina]\ndomains = [\".\"]\n", "not a domain name"),
+            ("[sina]\ndomains = [\"a..b\"]\n", "not a domain name"),
+            ("[sina]\ndomains = [\"-a.com\"]\n", "not a domain name"),
+            ("[sina]\ndomains = [\"a.com.\"]\n", "not a domain name"),
+            ("[sina]\ndomains = [\"1.2.3.4\"]\n", "not a domain name"),
+            (&format!("[sina]\ndomains = [\"{}.com\"]\n", "a".repeat(70)), "not a domain name"),
+            ("[sina]\nimap = \".:993\"\n", "[sina] imap"),
+            ("[sina]\nimap = \"a..b:993\"\n", "[sina] imap"),
+            ("[sina]\nimap = \"-bad-.example:993\"\n", "[sina] imap"),
+            ("[sina]\nimap = \"host.example:+993\"\n", "[sina] imap"),
+            ("[sina]\nname = \"\"\n", "[sina] name"),
+            ("[sina]\nsettings_path = \"a\\u001b[31mb\"\n", "[sina] settings_path"),
+            ("[sina]\nname = \"nul\\u0000\"\n", "[sina] name"),
             // Which would win is no order a reader sees (tables are applied by id).
             (
                 "[zmail]\ndomains = [\"x.example\"]\n[sina]\ndomains = [\"X.example\"]\n",
                 "'x.example' is named by both [sina] and [zmail]",
             ),
         ] {
-            let e = parse(text).unwrap_err();
+            let e = parse(text).expect_err(text);
             assert!(e.contains(needle), "{text}: {e}");
             assert!(!e.contains('\n'), "one line: {e}");
         }

@@ -33,12 +33,30 @@ impl std::str::FromStr for Endpoint {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = || format!("'{}' is not host:port", s.escape_debug());
         let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+        if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad());
+        }
         let port: u16 = port.parse().map_err(|_| bad())?;
-        if host.is_empty() || port == 0 || !host.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-') {
+        if port == 0 || !is_host_name(host) {
             return Err(bad());
         }
         Ok(Self::new(&host.to_ascii_lowercase(), port))
     }
+}
+
+/// Whether `s` is a DNS host name: at most 253 characters of dot-separated labels, each 1-63
+/// ASCII letters, digits or `-` and not starting or ending with `-`, the last not all digits (an
+/// IP address is no provider's name).
+pub(crate) fn is_host_name(s: &str) -> bool {
+    let label_ok = |l: &str| {
+        (1..=63).contains(&l.len())
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    s.len() <= 253
+        && s.split('.').all(label_ok)
+        && s.rsplit('.').next().is_some_and(|last| !last.bytes().all(|b| b.is_ascii_digit()))
 }
 
 impl fmt::Display for Endpoint {

@@ -41,21 +41,21 @@ impl Database {
         let value = args.database.0.trim();
         if value == "sqlite:" || value.is_empty() {
             if args.database_ca_file.is_some() {
-                return Err(RunError::Database("--database-ca-file is for a PostgreSQL --database".into()));
+                return Err(RunError::Usage("--database-ca-file is for a PostgreSQL --database".into()));
             }
             return data_dir
                 .map(|d| Self::DataDir(d.to_owned()))
-                .ok_or_else(|| RunError::Database("--data-dir is required (or a PostgreSQL --database URL)".into()));
+                .ok_or_else(|| RunError::Usage("--data-dir is required (or a PostgreSQL --database URL)".into()));
         }
         if value.starts_with("postgres://") || value.starts_with("postgresql://") {
             if data_dir.is_some() {
-                return Err(RunError::Database(
+                return Err(RunError::Usage(
                     "--data-dir and a PostgreSQL --database exclude each other: the rows live in the database".into(),
                 ));
             }
             return Ok(Self::Postgres { url: value.to_owned(), ca_file: args.database_ca_file.clone() });
         }
-        Err(RunError::Database("--database must be `sqlite:` or a postgres:// URL".into()))
+        Err(RunError::Usage("--database must be `sqlite:` or a postgres:// URL".into()))
     }
 
     async fn connect(url: &str, ca_file: Option<&Path>) -> Result<PgStore, RunError> {

@@ -17,7 +17,7 @@ const BATCH: usize = 1000;
 
 pub fn run(args: &MigrateStoreArgs, env_passphrase: Option<Passphrase>) -> Result<(), RunError> {
     let Ok(Database::Postgres { url, ca_file }) = Database::from_args(&args.database, None) else {
-        return Err(RunError::Database(
+        return Err(RunError::Usage(
             "migrate-store needs --database with a postgres:// URL to move the data dir into".into(),
         ));
     };

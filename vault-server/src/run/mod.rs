@@ -79,6 +79,19 @@ pub enum RunError {
     Database(String),
     #[error("cannot write to standard output: {0}")]
     Output(String),
+    /// Flags that cannot go together or do not parse: exit code 2, as for clap's own.
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl RunError {
+    /// The process's exit code: 2 for a bad flag, 1 for anything else.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Usage(_) => 2,
+            _ => 1,
+        }
+    }
 }
 
 /// Writes `text` and a newline to stdout, flushed: a write that fails (a full disk, a closed
@@ -194,7 +207,8 @@ fn init_logging(filter: &str, format: LogFormat) -> Result<(), RunError> {
     use tracing_subscriber::filter::{FilterExt as _, LevelFilter, Targets};
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
-    let user = tracing_subscriber::EnvFilter::try_new(filter).map_err(|e| RunError::LogFilter(e.to_string()))?;
+    let user = tracing_subscriber::EnvFilter::try_new(filter)
+        .map_err(|e| RunError::Usage(format!("invalid --log-level: {e}")))?;
     let cap = CAPPED_TARGETS
         .iter()
         .fold(Targets::new().with_default(LevelFilter::TRACE), |t, target| t.with_target(*target, LevelFilter::INFO));

@@ -35,8 +35,9 @@ struct Cli {
     /// PEM CA that signed the vault's certificate (default: the public roots).
     #[arg(long, env = "VAULT_CACERT", value_name = "PATH", global = true)]
     ca_file: Option<PathBuf>,
-    /// Seconds a call may take.
-    #[arg(long, default_value_t = 60, value_name = "SECS", global = true)]
+    /// Seconds a call may take (1-3600).
+    #[arg(long, default_value_t = 60, value_name = "SECS", global = true,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
     timeout: u64,
     /// Output of get, list, review and audit.
     #[arg(long, value_enum, default_value_t = Format::Table, global = true)]
@@ -61,7 +62,8 @@ enum Command {
     Revoke {
         mailbox: String,
         client: String,
-        #[arg(long, default_value = "")]
+        /// Kept in the audit trail (at most 500 characters; never the code or a token).
+        #[arg(long, default_value = "", value_parser = reason)]
         reason: String,
     },
     /// Re-probe a stored code and record a verdict (an outage is only reported).
@@ -145,6 +147,14 @@ fn token(cli: &Cli) -> Result<Option<SecretString>, Error> {
         return Ok(Some(SecretString::from(text.trim().to_owned())));
     }
     Ok(std::env::var("VAULT_TOKEN").ok().filter(|t| !t.is_empty()).map(SecretString::from))
+}
+
+/// A revoke reason within the vault's limit, refused here as a bad argument (exit 2).
+fn reason(s: &str) -> Result<String, String> {
+    if s.trim().chars().count() > 500 {
+        return Err("at most 500 characters".into());
+    }
+    Ok(s.to_owned())
 }
 
 async fn connect(cli: &Cli) -> Result<VaultClient, Error> {
