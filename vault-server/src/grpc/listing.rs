@@ -53,10 +53,39 @@ fn number(field: &'static str, s: &str) -> Result<i64, VaultError> {
     s.parse().map_err(|_| VaultError::InvalidField { field, reason: "not a token from this listing".into() })
 }
 
+/// A listing's name with a fingerprint of the filters its page tokens do not carry: a token
+/// works only with the filters that made it (with others it would quietly list something else).
+fn listing(kind: &str, filters: &[&str]) -> String {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(filters.join("\u{1f}").as_bytes());
+    format!("{kind}.{}", hex::encode(&digest[..6]))
+}
+
+fn credentials_listing(req: &proto::ListCredentialsRequest) -> Result<String, VaultError> {
+    let (mailbox, client) =
+        (mailbox_filter(&req.mailbox)?.unwrap_or_default(), client_filter(&req.client)?.unwrap_or_default());
+    let (revoked, outcome) = (req.include_revoked.to_string(), req.last_probe_outcome.to_string());
+    Ok(listing("credentials", &[&mailbox, &client, &revoked, &outcome]))
+}
+
+fn unused_listing(req: &proto::ListUnusedClientsRequest) -> Result<String, VaultError> {
+    Ok(listing("unused", &[&mailbox_filter(&req.mailbox)?.unwrap_or_default()]))
+}
+
+fn audit_listing(req: &proto::ListAuditEventsRequest) -> Result<String, VaultError> {
+    let (mailbox, client) =
+        (mailbox_filter(&req.mailbox)?.unwrap_or_default(), client_filter(&req.client)?.unwrap_or_default());
+    let at = |t: &Option<prost_types::Timestamp>| {
+        t.as_ref().map(|t| format!("{}.{}", t.seconds, t.nanos)).unwrap_or_default()
+    };
+    Ok(listing("audit", &[&mailbox, &client, req.caller.trim(), &at(&req.since), &at(&req.until)]))
+}
+
 /// A ListCredentials request as a store query, its verification cut-off taken from `now` on a
 /// first page; the fuzz target for listings calls it too.
 pub fn credentials_query(req: &proto::ListCredentialsRequest, now: i64) -> Result<ListQuery, VaultError> {
-    let (after, verified_before) = if let Some(f) = page_token::decode("credentials", &req.page_token, 3)? {
+    let (after, verified_before) = if let Some(f) = page_token::decode(&credentials_listing(req)?, &req.page_token, 3)?
+    {
         let cutoff = if f[2].is_empty() { None } else { Some(number("page_token", &f[2])?) };
         (Some((f[0].clone(), f[1].clone())), cutoff)
     } else {
@@ -83,12 +112,11 @@ pub async fn credentials(
     req: proto::ListCredentialsRequest,
 ) -> Result<proto::ListCredentialsResponse, VaultError> {
     let query = credentials_query(&req, vault.now_millis())?;
+    let kind = credentials_listing(&req)?;
     let cutoff = query.verified_before.map(|c| c.to_string()).unwrap_or_default();
     let page = vault.list(query).await?;
-    let next_page_token = page
-        .next_after()
-        .map(|r| page_token::encode("credentials", &[&r.mailbox, &r.client, &cutoff]))
-        .unwrap_or_default();
+    let next_page_token =
+        page.next_after().map(|r| page_token::encode(&kind, &[&r.mailbox, &r.client, &cutoff])).unwrap_or_default();
     Ok(proto::ListCredentialsResponse {
         credentials: page.items.into_iter().map(Into::into).collect(),
         next_page_token,
@@ -100,7 +128,7 @@ pub fn unused_query(req: &proto::ListUnusedClientsRequest, now: i64) -> Result<U
     let limit = page_size(req.page_size)?;
     let mailbox = mailbox_filter(&req.mailbox)?;
     // Later pages keep the first page's cut-off, so the set does not shift with the clock.
-    let (cutoff, after) = if let Some(f) = page_token::decode("unused", &req.page_token, 4)? {
+    let (cutoff, after) = if let Some(f) = page_token::decode(&unused_listing(req)?, &req.page_token, 4)? {
         (number("page_token", &f[0])?, Some((number("page_token", &f[1])?, f[2].clone(), f[3].clone())))
     } else {
         let unused_for = req.unused_for.map(|d| duration("unused_for", &d)).transpose()?;
@@ -114,13 +142,14 @@ pub async fn unused(
     req: proto::ListUnusedClientsRequest,
 ) -> Result<proto::ListUnusedClientsResponse, VaultError> {
     let query = unused_query(&req, vault.now_millis())?;
+    let kind = unused_listing(&req)?;
     let cutoff = query.cutoff;
     let page = vault.list_unused(query).await?;
     let next_page_token = page
         .next_after()
         .map(|r| {
             let (key, mailbox, client) = review::position(r);
-            page_token::encode("unused", &[&cutoff.to_string(), &key.to_string(), &mailbox, &client])
+            page_token::encode(&kind, &[&cutoff.to_string(), &key.to_string(), &mailbox, &client])
         })
         .unwrap_or_default();
     Ok(proto::ListUnusedClientsResponse {
@@ -141,7 +170,7 @@ pub async fn unused(
 
 /// A ListAuditEvents request as a store query.
 pub fn audit_query(req: &proto::ListAuditEventsRequest) -> Result<AuditQuery, VaultError> {
-    let before = page_token::decode("audit", &req.page_token, 2)?
+    let before = page_token::decode(&audit_listing(req)?, &req.page_token, 2)?
         .map(|f| Ok::<_, VaultError>((number("page_token", &f[0])?, number("page_token", &f[1])?)))
         .transpose()?;
     let caller = req.caller.trim();
@@ -161,10 +190,11 @@ pub async fn audit(
     req: proto::ListAuditEventsRequest,
 ) -> Result<proto::ListAuditEventsResponse, VaultError> {
     let query = audit_query(&req)?;
+    let kind = audit_listing(&req)?;
     let page = vault.audit_events(query).await?;
     let next_page_token = page
         .next_after()
-        .map(|r| page_token::encode("audit", &[&r.event.at.to_string(), &r.id.to_string()]))
+        .map(|r| page_token::encode(&kind, &[&r.event.at.to_string(), &r.id.to_string()]))
         .unwrap_or_default();
     Ok(proto::ListAuditEventsResponse { events: page.items.into_iter().map(Into::into).collect(), next_page_token })
 }
@@ -208,6 +238,30 @@ mod tests {
 
     fn names(r: &proto::ListUnusedClientsResponse) -> Vec<String> {
         r.clients.iter().map(|c| format!("{}/{}", c.mailbox, c.client)).collect()
+    }
+
+    #[test]
+    fn a_page_token_works_only_with_the_filters_that_made_it() {
+        // Found by an attack: a token reused with other filters quietly listed something else.
+        let first = proto::ListCredentialsRequest { mailbox: "A@sina.com".into(), ..Default::default() };
+        let token = page_token::encode(&credentials_listing(&first).unwrap(), &["a@sina.com", "sender", ""]);
+        let next = |mailbox: &str, include_revoked| proto::ListCredentialsRequest {
+            mailbox: mailbox.into(),
+            include_revoked,
+            page_token: token.clone(),
+            ..Default::default()
+        };
+        // The same filters, canonically: the token works.
+        assert!(credentials_query(&next(" a@SINA.com", false), NOW).is_ok());
+        for other in [next("zzz@sina.com", false), next("", false), next("a@sina.com", true)] {
+            let e = credentials_query(&other, NOW).unwrap_err();
+            assert!(matches!(&e, VaultError::InvalidField { field: "page_token", .. }), "{e:?}");
+        }
+        let audit = proto::ListAuditEventsRequest { caller: "tk_aaaaaaaaaaaa".into(), ..Default::default() };
+        let token = page_token::encode(&audit_listing(&audit).unwrap(), &["5", "6"]);
+        let moved =
+            proto::ListAuditEventsRequest { caller: "tk_bbbbbbbbbbbb".into(), page_token: token, ..Default::default() };
+        assert!(audit_query(&moved).is_err());
     }
 
     #[tokio::test]

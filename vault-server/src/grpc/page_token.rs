@@ -1,5 +1,5 @@
-//! Opaque page tokens: a listing's name and its keyset position, base64url-encoded. Each
-//! listing checks that a token is its own.
+//! Opaque page tokens: a listing's name (with its filters' fingerprint) and its keyset
+//! position, base64url-encoded. Each listing checks that a token is its own.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -23,7 +23,10 @@ pub fn decode(kind: &str, token: &str, n: usize) -> Result<Option<Vec<String>>, 
     if token.is_empty() {
         return Ok(None);
     }
-    let bad = || VaultError::InvalidField { field: "page_token", reason: "not a token from this listing".into() };
+    let bad = || VaultError::InvalidField {
+        field: "page_token",
+        reason: "not a token from this listing with these filters".into(),
+    };
     let text = String::from_utf8(URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?).map_err(|_| bad())?;
     let mut parts = text.split('\n');
     if parts.next() != Some(VERSION) || parts.next() != Some(kind) {

@@ -38,7 +38,7 @@ impl From<VaultError> for Status {
         match e {
             VaultError::InvalidId(id) => bad_request(id.field, id.reason.to_owned()),
             VaultError::InvalidField { field, reason } => bad_request(field, reason),
-            VaultError::BadCodeFormat { hint, .. } => bad_request("auth_code", hint),
+            VaultError::BadCodeFormat { field, hint, .. } => bad_request(field, hint),
             VaultError::UnknownProvider { domain } => bad_request(
                 "mailbox",
                 format!("no provider is configured for the domain {domain}; add it to the --providers file"),
@@ -258,7 +258,7 @@ mod tests {
         let cases: Vec<(VaultError, Code, &str)> = vec![
             (VaultError::InvalidField { field: "page_size", reason: "too big".into() }, Code::InvalidArgument, ""),
             (
-                VaultError::BadCodeFormat { provider: "Sina".into(), hint: "16 letters".into() },
+                VaultError::BadCodeFormat { field: "auth_code", provider: "Sina".into(), hint: "16 letters".into() },
                 Code::InvalidArgument,
                 "",
             ),

@@ -247,12 +247,31 @@ fn take_env(var: &str) -> Option<Passphrase> {
     Some(Passphrase::new(&String::from_utf8_lossy(&value)))
 }
 
+/// Largest passphrase file read.
+const MAX_PASSPHRASE_FILE: u64 = 4096;
+
 /// Reads a passphrase file, refusing one that group or others may read; the bytes read are
 /// zeroized.
 fn read_passphrase_file(path: &Path) -> Result<Passphrase, RunError> {
     use std::io::Read as _;
     let cannot =
         |e: std::io::Error| RunError::Passphrase(format!("cannot read passphrase file {}: {e}", path.display()));
+    // Checked before opening: opening a pipe would wait for a writer, and the advice below
+    // (chmod) would be wrong for a device or a directory.
+    let meta = fs::metadata(path).map_err(cannot)?;
+    if !meta.is_file() {
+        return Err(RunError::Passphrase(format!(
+            "passphrase file {} is not a regular file (a directory, device or pipe); give a file holding the passphrase",
+            path.display()
+        )));
+    }
+    if meta.len() > MAX_PASSPHRASE_FILE {
+        return Err(RunError::Passphrase(format!(
+            "passphrase file {} is {} bytes; a passphrase file holds one line (at most {MAX_PASSPHRASE_FILE} bytes)",
+            path.display(),
+            meta.len()
+        )));
+    }
     let mut file = fs::File::open(path).map_err(cannot)?;
     let mode = file.metadata().map_err(cannot)?.permissions().mode();
     // Writable by others is refused too: `init` would seal the vault under a planted passphrase.
@@ -282,8 +301,8 @@ pub(crate) fn read_passphrase(args: &PassphraseArgs, env: Option<Passphrase>) ->
             ));
         }
     };
-    if passphrase.is_empty() {
-        return Err(RunError::Passphrase("the passphrase is empty".into()));
+    if passphrase.expose().trim().is_empty() {
+        return Err(RunError::Passphrase("the passphrase is empty (or only spaces)".into()));
     }
     Ok(passphrase)
 }
@@ -318,5 +337,26 @@ mod tests {
         let from_env = read_passphrase(&PassphraseArgs { passphrase_file: None }, Some(Passphrase::new("env one")));
         assert_eq!(from_env.unwrap().expose(), "env one");
         assert!(read_passphrase(&PassphraseArgs { passphrase_file: None }, None).is_err());
+    }
+
+    #[test]
+    fn a_passphrase_file_that_is_no_regular_file_too_large_or_blank_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let read = |p: &Path| read_passphrase(&PassphraseArgs { passphrase_file: Some(p.to_owned()) }, None);
+        // Found by an attack: /dev/null was told to `chmod 600 /dev/null`, a FIFO hung.
+        let fifo = tmp.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        for path in [Path::new("/dev/null"), tmp.path(), &fifo] {
+            let err = read(path).unwrap_err().to_string();
+            assert!(err.contains("not a regular file") && !err.contains("chmod"), "{err}");
+        }
+        let big = tmp.path().join("big");
+        fs::write(&big, vec![b'a'; 5000]).unwrap();
+        fs::set_permissions(&big, fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(read(&big).unwrap_err().to_string().contains("5000 bytes"));
+        let blank = tmp.path().join("blank");
+        fs::write(&blank, "              \n").unwrap();
+        fs::set_permissions(&blank, fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(read(&blank).unwrap_err().to_string().contains("only spaces"));
     }
 }

@@ -14,7 +14,7 @@ pub enum VaultError {
     InvalidField { field: &'static str, reason: String },
     /// The code cannot be this provider's; the hint says what the user probably did.
     #[error("the auth code has the wrong format for {provider}")]
-    BadCodeFormat { provider: String, hint: String },
+    BadCodeFormat { field: &'static str, provider: String, hint: String },
     #[error("no provider is configured for the domain {domain}")]
     UnknownProvider { domain: String },
     #[error("no such binding")]

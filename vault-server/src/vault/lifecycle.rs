@@ -96,7 +96,7 @@ impl Vault {
             Prior::Run(pending) => pending,
         };
         let provider = self.provider_for_mailbox(&mailbox)?;
-        Self::check_format(&provider, &code)?;
+        Self::check_format(&provider, "auth_code", &code)?;
         if !mailbox.as_str().is_ascii() {
             // IMAP LOGIN carries no other: refused here, before a probe is spent on it.
             return Err(VaultError::InvalidField {
@@ -161,7 +161,7 @@ impl Vault {
             return Err(VaultError::Aborted(format!("expected version {expected}, the binding is at {}", row.version)));
         }
         let provider = self.provider_of_row(&row)?;
-        Self::check_format(&provider, &new_code)?;
+        Self::check_format(&provider, "new_auth_code", &new_code)?;
         // A tampered old ciphertext must not block replacing it; it just cannot be probed.
         let old_code = self.decrypt(row.clone()).await.ok().map(|(code, _)| code);
         let report = self.probe(&provider, &mailbox, &new_code).await?;

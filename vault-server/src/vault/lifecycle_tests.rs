@@ -99,7 +99,16 @@ async fn rotate_branches() {
     bind(&vault, OLD).await.unwrap();
     // Version conflict and bad format cost no probe.
     assert!(matches!(rotate(&vault, NEW, Some(7)).await, Err(VaultError::Aborted(_))));
-    assert!(matches!(rotate(&vault, "short", Some(1)).await, Err(VaultError::BadCodeFormat { .. })));
+    assert!(matches!(
+        rotate(&vault, "short", Some(1)).await,
+        Err(VaultError::BadCodeFormat { field: "new_auth_code", .. })
+    ));
+    // An empty code is called empty, not a login password.
+    let empty = rotate(&vault, "   ", Some(1)).await.err();
+    assert!(
+        matches!(&empty, Some(VaultError::BadCodeFormat { hint, .. }) if hint.contains("empty") && !hint.contains("password")),
+        "{empty:?}"
+    );
     assert_eq!(prober.tried(), [OLD]);
     // A refused new code changes nothing.
     prober.then(&[ProbeOutcome::Rejected]);

@@ -205,12 +205,21 @@ impl Vault {
     }
 
     /// Rejects a code that cannot be this provider's, before any network.
-    fn check_format(provider: &Provider, code: &AuthCode) -> Result<(), VaultError> {
+    /// `field` names the request's code field in the answer (`auth_code`, `new_auth_code`).
+    fn check_format(provider: &Provider, field: &'static str, code: &AuthCode) -> Result<(), VaultError> {
         if provider.code_format.accepts(code) {
-            Ok(())
-        } else {
-            Err(VaultError::BadCodeFormat { provider: provider.name.clone(), hint: provider.format_hint() })
+            return Ok(());
         }
+        let hint = if code.expose().is_empty() {
+            // Nothing was given: not a login password.
+            format!(
+                "is empty (or only spaces); give the client auth code from {}'s webmail ({})",
+                provider.name, provider.settings_path
+            )
+        } else {
+            provider.format_hint()
+        };
+        Err(VaultError::BadCodeFormat { field, provider: provider.name.clone(), hint })
     }
 
     /// Spends one probe from the mailbox's budget and probes.
