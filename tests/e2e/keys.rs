@@ -106,7 +106,10 @@ async fn backup_while_serving_verify_it_and_restore_it_into_a_vault_that_serves(
     std::fs::write(&wrong, "not the passphrase at all").unwrap();
     std::fs::set_permissions(&wrong, std::fs::Permissions::from_mode(0o600)).unwrap();
     let out = run(&["backup", "verify", path_str(&file), "--passphrase-file", path_str(&wrong)], &[]);
-    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("wrong passphrase"), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("wrong passphrase"), "{out:?}");
+    // It names the backup, not the scratch copy it was checked in (gone by then).
+    assert!(stderr.contains(path_str(&file)) && !stderr.contains("vault-verify"), "{stderr}");
     assert_eq!(std::fs::read(&file).unwrap(), bytes, "verify must not write the backup");
 
     // Restore into a new dir (never into a non-empty one) and serve it.

@@ -408,6 +408,26 @@ async fn a_data_dir_moved_into_postgres_serves_its_codes_tokens_and_audit_trail(
 }
 
 #[tokio::test]
+async fn a_row_a_serving_vault_would_refuse_is_never_moved_as_if_it_opened() {
+    let mut stack = Stack::start();
+    stack.admin().await.bind(ALICE, "sender", code(ALICE_CODE)).await.unwrap();
+    assert!(stack.server.stop().success());
+    // Stripped of its generation, the row opens in no format a serving vault accepts; migrate-store
+    // used to move it and report that every active code opens there.
+    let db = rusqlite::Connection::open(stack.data.db()).unwrap();
+    db.execute("UPDATE credentials SET generation = NULL WHERE mailbox = ?1", [ALICE]).unwrap();
+    drop(db);
+    let url = pg::fresh_database().await;
+    let (dir, pf) = (path_str(&stack.data.dir), path_str(&stack.data.passphrase_file));
+    let out = run(&["migrate-store", "--data-dir", dir, "--database", &url, "--passphrase-file", pf], &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains(ALICE) && stderr.contains("nothing was copied"), "{out:?}");
+    // Nothing was copied: the database takes a fresh vault.
+    let out = run(&["init", "--database", &url, "--passphrase-file", pf], &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[tokio::test]
 async fn a_replica_that_stops_answering_is_passed_over_by_a_client_with_a_timeout() {
     let stack = Stack::start();
     let mut admin = stack.admin().await;

@@ -162,6 +162,13 @@ impl From<tonic::Status> for Error {
             // Another RESOURCE_EXHAUSTED is the vault's own (`STORAGE_FULL`: its disk is full),
             // not the mailbox's probe budget.
             (Code::Unavailable | Code::ResourceExhausted, Some(_)) => Self::VaultUnavailable { message },
+            // A deadline ran out (tonic says CANCELLED "Timeout expired", on either side): the
+            // vault was reached, it did not finish in time. Not "check the address".
+            (Code::Cancelled | Code::DeadlineExceeded, None)
+                if s.code() == Code::DeadlineExceeded || message.contains("Timeout expired") =>
+            {
+                Self::Other { code: Code::DeadlineExceeded, message }
+            }
             // No ErrorInfo: the transport failed (or h2 refused, ENHANCE_YOUR_CALM), not the
             // vault's logic.
             (Code::Unavailable | Code::Unknown | Code::Cancelled | Code::ResourceExhausted, None) => {
@@ -234,6 +241,11 @@ mod tests {
         // The vault down is not the provider down.
         assert!(matches!(Error::from(tonic::Status::unavailable("tcp connect error")), Error::VaultUnreachable { .. }));
         assert!(matches!(Error::from(tonic::Status::cancelled("h2 reset")), Error::VaultUnreachable { .. }));
+        // A deadline is no unreachable vault (vaultctl said "check the address" for it).
+        assert!(matches!(
+            Error::from(tonic::Status::cancelled("Timeout expired")),
+            Error::Other { code: Code::DeadlineExceeded, .. }
+        ));
         assert!(matches!(Error::from(tonic::Status::data_loss("x")), Error::Tampered));
         assert!(matches!(Error::from(tonic::Status::aborted("x")), Error::VersionConflict { .. }));
         assert!(matches!(Error::from(tonic::Status::unauthenticated("x")), Error::Unauthenticated { .. }));

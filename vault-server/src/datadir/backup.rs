@@ -44,8 +44,9 @@ pub fn verify_backup(file: &Path, passphrase: &Passphrase) -> Result<BackupRepor
         .tempdir()
         .map_err(|e| BackupError::Io(format!("cannot make a scratch dir: {e}")))?;
     let dir = scratch.path().join("data");
-    restore(&dir, file)?;
-    let (store, keyring) = unlock(&dir, passphrase)?;
+    // Errors name the backup, not the scratch copy (gone when this returns).
+    restore(&dir, file).map_err(|e| about_backup(file, e))?;
+    let (store, keyring) = unlock(&dir, passphrase).map_err(|e| about_backup(file, e.into()))?;
     let db = store.sync();
     let mut report = BackupReport { active: 0, revoked: 0, key_ids: keyring.key_ids().collect() };
     let mut after = None;
@@ -81,6 +82,22 @@ pub fn verify_backup(file: &Path, passphrase: &Passphrase) -> Result<BackupRepor
         }
     }
     Ok(report)
+}
+
+/// `e`, from the scratch copy of the backup `file`, told of the backup itself.
+fn about_backup(file: &Path, e: BackupError) -> BackupError {
+    let shown = file.display();
+    match e {
+        BackupError::DataDir(DataDirError::WrongPassphrase(_)) => {
+            BackupError::Io(format!("wrong passphrase for backup {shown}: its keyring did not unlock"))
+        }
+        BackupError::DataDir(DataDirError::NotInitialised(_)) => {
+            BackupError::Io(format!("backup {shown} holds no vault (it is empty, or has no keyring)"))
+        }
+        BackupError::DataDir(DataDirError::Store(_, e)) => BackupError::Io(format!("backup {shown}: {e}")),
+        BackupError::DataDir(DataDirError::Crypto(_, e)) => BackupError::Io(format!("backup {shown}: {e}")),
+        other => other,
+    }
 }
 
 /// Makes `dir` (which must be missing or empty) a data dir holding the backup `file`.

@@ -26,7 +26,17 @@ pub fn run(args: &MigrateStoreArgs, env_passphrase: Option<Passphrase>) -> Resul
     // No server writes to the data dir while it is copied.
     let _owner = datadir::lock_for_serve(dir)?;
     let passphrase = read_passphrase(&args.passphrase, env_passphrase)?;
-    let (source, _) = datadir::unlock(dir, &passphrase)?;
+    let (source, keyring) = datadir::unlock(dir, &passphrase)?;
+    // As `serve` does at start: rows sealed before generations are re-sealed with one. A serving
+    // vault refuses any row still without one (DATA_LOSS), so none may be moved as if it opened.
+    datadir::upgrade_seals(dir, &source, &keyring)?;
+    let left = source.sync().legacy_sealed(1).map_err(|e| RunError::Database(e.to_string()))?;
+    if let Some(row) = left.first() {
+        return Err(RunError::Database(format!(
+            "{} / {} is sealed without a generation and does not open (tampered?): a serving vault answers DATA_LOSS for it; revoke it, or restore the data dir, before migrating; nothing was copied",
+            row.mailbox, row.client
+        )));
+    }
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(RunError::Runtime)?;
     let moved = runtime.block_on(async {
         let target = PgStore::connect(&url, ca_file.as_deref())
@@ -161,7 +171,13 @@ async fn check(
                     &row.mailbox,
                     &row.client,
                     row.version,
-                    code.generation.as_ref(),
+                    // Without a generation a serving vault refuses the row (DATA_LOSS).
+                    Some(code.generation.as_ref().ok_or_else(|| {
+                        RunError::Database(format!(
+                            "{} / {} has no generation in the database",
+                            row.mailbox, row.client
+                        ))
+                    })?),
                     &code.sealed.nonce,
                     &code.sealed.ciphertext,
                 )

@@ -253,3 +253,31 @@ async fn an_outage_at_one_provider_costs_the_others_nothing() {
     let sina = prober.probes.lock().unwrap().get("imap.sina.com").copied().unwrap_or(0);
     assert!(sina <= 12, "{sina} probes went to the provider in an outage, one per code");
 }
+
+#[tokio::test]
+async fn a_result_that_cannot_be_saved_still_spaces_the_logins_at_the_host_rate() {
+    use super::sweep::{Sweep, SweepSettings};
+    let timer = Arc::new(SimTimer::default());
+    let clock = Arc::new(FakeClock::default());
+    clock.set(1000 * DAY);
+    let prober = Arc::new(Outage { host: "none", down: false.into(), probes: std::sync::Mutex::default() });
+    let (tmp, vault) = testkit::vault_with(clock.clone(), prober.clone(), ProbeBudget::new(100, 100));
+    for i in 0..10 {
+        bind(&vault, &format!("s{i}@sina.com")).await;
+    }
+    prober.probes.lock().unwrap().clear();
+    // Every write of a result now fails (a trigger the store refuses to run), after the login.
+    let db = rusqlite::Connection::open(tmp.path().join("vault.db")).unwrap();
+    db.execute_batch("CREATE TRIGGER stop_writes BEFORE UPDATE ON credentials BEGIN SELECT 1; END;").unwrap();
+    clock.set(1002 * DAY);
+    let settings = SweepSettings { every: std::time::Duration::from_secs(86_400), rate_per_host: 1.0 };
+    let mut sweep = Sweep::with_timer(vault.clone(), settings, timer.clone());
+    let started = timer.now();
+    while prober.probes.lock().unwrap().get("imap.sina.com").copied().unwrap_or(0) < 10 {
+        assert!(timer.now() - started < std::time::Duration::from_secs(3600), "not every code was tried");
+        let wait = sweep.pass().await.unwrap();
+        timer.sleep_until(timer.now() + wait).await;
+    }
+    // Ten logins at one a second take nine seconds at least; they went back to back.
+    assert!(timer.now() - started >= std::time::Duration::from_secs(9), "{:?}", timer.now() - started);
+}
