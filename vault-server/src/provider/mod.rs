@@ -218,6 +218,28 @@ impl Provider {
         }
     }
 
+    /// The hint for a replaced or revoked code that is also `client`'s code for the same
+    /// mailbox: deleting it in webmail would break that client.
+    pub fn shared_code_hint(&self, outcome: ProbeOutcome, client: &str) -> String {
+        let name = &self.name;
+        match outcome {
+            ProbeOutcome::Accepted => format!(
+                "{name} still accepts the previous code, and it is also the code of client {client} for this mailbox: \
+                 do not delete it in webmail until {client} has a code of its own (one code per client, so that each \
+                 can be revoked alone)."
+            ),
+            ProbeOutcome::Rejected => format!(
+                "{name} no longer accepts the previous code, which is also the code of client {client} for this \
+                 mailbox: {client} no longer works either (Verify it, then Rotate it to a code of its own)."
+            ),
+            other => format!(
+                "Could not tell whether {name} still accepts the previous code ({}); it is also the code of client \
+                 {client} for this mailbox, so do not delete it in webmail until {client} has a code of its own.",
+                other.as_str()
+            ),
+        }
+    }
+
     /// The message for a code that cannot be this provider's, naming the usual mistake.
     pub fn format_hint(&self) -> String {
         format!(

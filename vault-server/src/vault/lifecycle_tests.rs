@@ -219,3 +219,19 @@ async fn rotating_to_the_stored_code_never_probes_it_as_the_previous_code() {
     assert_eq!(rotated.row.version, 2);
     assert_eq!(revealed(&vault).await.unwrap(), OLD);
 }
+
+#[tokio::test]
+async fn a_revoked_code_another_client_of_the_mailbox_holds_is_not_to_be_deleted() {
+    let (_tmp, vault, _) = setup(&[ProbeOutcome::Accepted, ProbeOutcome::Accepted, ProbeOutcome::Accepted], 5);
+    let m = Mailbox::parse("alice@sina.com").unwrap();
+    for c in ["sender", "thunderbird"] {
+        vault.bind(&testkit::admin(), m.clone(), ClientId::parse(c).unwrap(), AuthCode::new(OLD), None).await.unwrap();
+    }
+    let thunderbird = ClientId::parse("thunderbird").unwrap();
+    let revoked =
+        vault.revoke(&testkit::admin(), m, thunderbird, "laptop retired", None).await.unwrap().done().unwrap();
+    let hint = &revoked.probe.expect("the destroyed code was probed").hint;
+    // It said "Delete it in webmail", which would break sender.
+    assert!(hint.contains("also the code of client sender") && hint.contains("do not delete"), "{hint}");
+    assert_eq!(revealed(&vault).await.unwrap(), OLD, "sender still works");
+}

@@ -30,6 +30,7 @@ pub use sweep::{Sweep, SweepSettings};
 
 use std::sync::Arc;
 
+use subtle::ConstantTimeEq as _;
 use zeroize::Zeroizing;
 
 use crate::caller::Caller;
@@ -264,7 +265,11 @@ impl Vault {
             tracing::info!("probe budget spent; previous code not probed");
             return None;
         };
-        report.hint = provider.previous_code_hint(report.outcome);
+        // Deleting a code another client of the mailbox still uses would break that client.
+        report.hint = match self.also_held_by(mailbox, &code).await {
+            Some(client) => provider.shared_code_hint(report.outcome, &client),
+            None => provider.previous_code_hint(report.outcome),
+        };
         // The change's own event was written in its commit, before this probe ran.
         let at = self.clock.now_millis();
         let probed = AuditEvent {
@@ -278,6 +283,17 @@ impl Vault {
             tracing::warn!(error = %e, "could not audit the probe of a replaced code");
         }
         Some(report)
+    }
+
+    /// The active binding of `mailbox` whose code is `code`, if any (the first few hundred
+    /// looked at; a mailbox has a handful). Compared in constant time.
+    async fn also_held_by(&self, mailbox: &Mailbox, code: &AuthCode) -> Option<String> {
+        let query = ListQuery { mailbox: Some(mailbox.as_str().to_owned()), limit: 500, ..ListQuery::default() };
+        let rows = self.store.list(query).await.ok()?;
+        rows.into_iter().find_map(|row| {
+            let held = self.open(&row).ok()?;
+            bool::from(held.expose().as_bytes().ct_eq(code.expose().as_bytes())).then_some(row.client)
+        })
     }
 
     /// Decrypts the code held by `row`. A row read before a key rotation re-sealed it and
