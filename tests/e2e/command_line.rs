@@ -221,6 +221,16 @@ fn a_token_that_cannot_be_written_out_is_not_left_valid() {
 /// Makes a data dir's `vault.db` at the given path.
 type MakeDb<'a> = dyn Fn(&std::path::Path) + 'a;
 
+/// A data dir `root/name` (mode 0700) whose `vault.db` `make` made: (dir, db).
+fn data_dir_with(root: &std::path::Path, name: &str, make: &MakeDb<'_>) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = root.join(name);
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let db = dir.join("vault.db");
+    make(&db);
+    (dir, db)
+}
+
 #[test]
 fn a_vault_db_that_holds_nothing_is_left_alone_by_every_command_and_init_replaces_it() {
     let tmp = tempfile::tempdir().unwrap();
@@ -242,11 +252,7 @@ fn a_vault_db_that_holds_nothing_is_left_alone_by_every_command_and_init_replace
     };
     let cases: [(&str, &MakeDb<'_>); 2] = [("empty", &|db| std::fs::write(db, b"").unwrap()), ("schema", &emptied)];
     for (name, make) in cases {
-        let dir = tmp.path().join(name);
-        std::fs::create_dir(&dir).unwrap();
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
-        let db = dir.join("vault.db");
-        make(&db);
+        let (dir, _) = data_dir_with(tmp.path(), name, make);
         // Each file's name, length and a hash of its bytes.
         let listing = |d: &std::path::Path| {
             use std::hash::{Hash as _, Hasher as _};
@@ -302,11 +308,7 @@ fn a_vault_db_that_holds_nothing_is_left_alone_by_every_command_and_init_replace
         ("dangling", &|db| std::os::unix::fs::symlink("/nonexistent/vault.db", db).unwrap()),
     ];
     for (name, make) in cases {
-        let dir = tmp.path().join(name);
-        std::fs::create_dir(&dir).unwrap();
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
-        let db = dir.join("vault.db");
-        make(&db);
+        let (dir, db) = data_dir_with(tmp.path(), name, make);
         let before = std::fs::symlink_metadata(&db).map(|m| (m.len(), m.file_type().is_symlink())).unwrap();
         let bytes = std::fs::read(&db).ok();
         let out = run(&["init", "--data-dir", path_str(&dir)], &env);
