@@ -215,7 +215,10 @@ async fn tls_and_mtls_on_the_listener() {
         }
         a
     };
+    // A key others can read is served, with a warning that says what to do.
+    std::fs::set_permissions(&server_cert.key, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
     stack.restart_with(&tls_args(false));
+    stack.server.wait_for_log("chmod 600");
     let https = format!("https://localhost:{}", stack.server.addr.port());
     let ca_pem = std::fs::read(&ca.cert).unwrap();
     let tls = TlsOptions { ca_pem: Some(ca_pem.clone()), domain: Some("localhost".into()), identity: None };

@@ -82,6 +82,18 @@ fn vaultctl_binds_from_stdin_reviews_audits_and_says_what_failed_by_exit_code() 
     let long = "x".repeat(501);
     assert_eq!(code(vaultctl(&stack, &admin, &["revoke", ALICE, "sender", "--reason", &long], None)), Some(2));
     assert_eq!(code(vaultctl(&stack, &admin, &["list", "--timeout", "0"], None)), Some(2), "timeout 0");
+    // The token from the file $VAULT_TOKEN_FILE names, as the library reads it (it was ignored).
+    let file = stack.data.dir.parent().unwrap().join("admin-token");
+    std::fs::write(&file, &admin).unwrap();
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let out = Command::new(vaultctl_bin())
+        .arg("list")
+        .env("VAULT_ADDR", stack.server.endpoint())
+        .env_remove("VAULT_TOKEN")
+        .env("VAULT_TOKEN_FILE", &file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     // Another scheme, or TLS options on http://, would send the token in the clear.
     for args in [&["list", "--addr", "grpcs://127.0.0.1:1"][..], &["list", "--ca-file", "/dev/null"]] {
         assert_eq!(code(vaultctl(&stack, &admin, args, None)), Some(2), "{args:?}");

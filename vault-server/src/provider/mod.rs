@@ -202,15 +202,15 @@ impl Provider {
     }
 
     /// The hint for a probe of a code that was just replaced or revoked.
-    pub fn previous_code_hint(&self, outcome: ProbeOutcome) -> String {
+    pub fn previous_code_hint(&self, outcome: ProbeOutcome, what: &str) -> String {
         match outcome {
             ProbeOutcome::Accepted => format!(
-                "{} still accepts the previous code. Delete it in webmail ({}) so that it cannot be used any more.",
+                "{} still accepts the {what}. Delete it in webmail ({}) so that it cannot be used any more.",
                 self.name, self.settings_path
             ),
-            ProbeOutcome::Rejected => format!("{} no longer accepts the previous code; nothing more to do.", self.name),
+            ProbeOutcome::Rejected => format!("{} no longer accepts the {what}; nothing more to do.", self.name),
             other => format!(
-                "Could not tell whether {} still accepts the previous code ({}); check in webmail ({}) and delete it there.",
+                "Could not tell whether {} still accepts the {what} ({}); check in webmail ({}) and delete it there.",
                 self.name,
                 other.as_str(),
                 self.settings_path
@@ -218,22 +218,22 @@ impl Provider {
         }
     }
 
-    /// The hint for a replaced or revoked code that is also `client`'s code for the same
-    /// mailbox: deleting it in webmail would break that client.
-    pub fn shared_code_hint(&self, outcome: ProbeOutcome, client: &str) -> String {
+    /// The hint for a replaced or revoked code (`what`) that is also `client`'s code for the
+    /// same mailbox: deleting it in webmail would break that client.
+    pub fn shared_code_hint(&self, outcome: ProbeOutcome, what: &str, client: &str) -> String {
         let name = &self.name;
         match outcome {
             ProbeOutcome::Accepted => format!(
-                "{name} still accepts the previous code, and it is also the code of client {client} for this mailbox: \
+                "{name} still accepts the {what}, and it is also the code of client {client} for this mailbox: \
                  do not delete it in webmail until {client} has a code of its own (one code per client, so that each \
                  can be revoked alone)."
             ),
             ProbeOutcome::Rejected => format!(
-                "{name} no longer accepts the previous code, which is also the code of client {client} for this \
+                "{name} no longer accepts the {what}, which is also the code of client {client} for this \
                  mailbox: {client} no longer works either (Verify it, then Rotate it to a code of its own)."
             ),
             other => format!(
-                "Could not tell whether {name} still accepts the previous code ({}); it is also the code of client \
+                "Could not tell whether {name} still accepts the {what} ({}); it is also the code of client \
                  {client} for this mailbox, so do not delete it in webmail until {client} has a code of its own.",
                 other.as_str()
             ),

@@ -47,6 +47,15 @@ fn server_tls(args: &ServeArgs) -> Result<Option<Arc<rustls::ServerConfig>>, Run
         return Ok(None);
     };
     let (cert_pem, key_pem) = (read("--tls-cert", cert)?, zeroize::Zeroizing::new(read("--tls-key", key)?));
+    if let Ok(meta) = fs::metadata(key)
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        tracing::warn!(
+            key = %key.display(),
+            mode = format!("{:o}", meta.permissions().mode() & 0o777),
+            "the --tls-key file is readable by group or others; chmod 600 it"
+        );
+    }
     let ca_pem = args.tls_client_ca.as_deref().map(|ca| read("--tls-client-ca", ca)).transpose()?;
     server::tls_config(&cert_pem, &key_pem, ca_pem.as_deref()).map(Some).map_err(RunError::Tls)
 }

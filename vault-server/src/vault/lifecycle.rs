@@ -104,6 +104,14 @@ impl Vault {
                 reason: "must be ASCII: a provider's IMAP LOGIN cannot carry other characters".into(),
             });
         }
+        // No provider's login has two: refused for new bindings (pairs bound before stay
+        // reachable by Get, Rotate and Revoke).
+        if mailbox.as_str().matches('@').count() != 1 {
+            return Err(VaultError::InvalidField {
+                field: "mailbox",
+                reason: "must hold exactly one @ (local@domain)".into(),
+            });
+        }
         if self.find(&mailbox, &client).await?.is_some_and(|r| r.state == CredentialState::Active) {
             return Err(VaultError::AlreadyExists);
         }
@@ -193,7 +201,7 @@ impl Vault {
         let row = self.store.rotate(change, event, record).await?;
         drop(sealing);
         drop(pair);
-        let previous_code_probe = self.probe_previous(&provider, &mailbox, old_code, &audited).await;
+        let previous_code_probe = self.probe_previous(&provider, &mailbox, old_code, "previous code", &audited).await;
         if let Some(previous) = previous_code_probe.as_ref().filter(|_| remembered.is_some()) {
             let answer = proto::rotate_response(&row, &probe, Some(previous)).encode_to_vec();
             self.complete_answer(remembered, answer).await;
@@ -258,7 +266,7 @@ impl Vault {
         drop(sealing);
         drop(pair);
         let probe = match provider {
-            Some(p) => self.probe_previous(&p, &mailbox, old_code, &audited).await,
+            Some(p) => self.probe_previous(&p, &mailbox, old_code, "revoked code", &audited).await,
             None => None,
         };
         if let Some(probe) = probe.as_ref().filter(|_| remembered.is_some()) {

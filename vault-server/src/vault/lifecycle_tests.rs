@@ -235,3 +235,18 @@ async fn a_revoked_code_another_client_of_the_mailbox_holds_is_not_to_be_deleted
     assert!(hint.contains("also the code of client sender") && hint.contains("do not delete"), "{hint}");
     assert_eq!(revealed(&vault).await.unwrap(), OLD, "sender still works");
 }
+
+#[tokio::test]
+async fn a_mailbox_with_two_at_signs_is_never_bound_and_a_revoke_hint_names_the_revoked_code() {
+    let (_tmp, vault, prober) = setup(&[ProbeOutcome::Accepted, ProbeOutcome::Accepted], 5);
+    let twice = Mailbox::parse("a@b@sina.com").unwrap();
+    let err = vault.bind(&testkit::admin(), twice, ClientId::parse("sender").unwrap(), AuthCode::new(OLD), None).await;
+    assert!(matches!(&err, Err(VaultError::InvalidField { field: "mailbox", .. })), "{:?}", err.err());
+    assert!(prober.tried().is_empty(), "a probe was spent on it");
+    // A Revoke's probe is of the code it destroyed: not called "the previous code".
+    bind(&vault, OLD).await.unwrap();
+    let (m, c) = pair();
+    let revoked = vault.revoke(&testkit::admin(), m, c, "", None).await.unwrap().done().unwrap();
+    let hint = revoked.probe.expect("probed").hint;
+    assert!(hint.contains("revoked code") && !hint.contains("previous"), "{hint}");
+}

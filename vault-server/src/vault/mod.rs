@@ -258,6 +258,7 @@ impl Vault {
         provider: &Provider,
         mailbox: &Mailbox,
         code: Option<AuthCode>,
+        what: &str,
         change: &AuditEvent,
     ) -> Option<ProbeReport> {
         let code = code?;
@@ -267,8 +268,8 @@ impl Vault {
         };
         // Deleting a code another client of the mailbox still uses would break that client.
         report.hint = match self.also_held_by(mailbox, &code).await {
-            Some(client) => provider.shared_code_hint(report.outcome, &client),
-            None => provider.previous_code_hint(report.outcome),
+            Some(client) => provider.shared_code_hint(report.outcome, what, &client),
+            None => provider.previous_code_hint(report.outcome, what),
         };
         // The change's own event was written in its commit, before this probe ran.
         let at = self.clock.now_millis();

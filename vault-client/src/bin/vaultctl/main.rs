@@ -30,7 +30,7 @@ struct Cli {
     #[arg(long, env = "VAULT_ADDR", default_value = "http://127.0.0.1:50051", global = true)]
     addr: String,
     /// A file holding the bearer token; else $VAULT_TOKEN.
-    #[arg(long, value_name = "PATH", global = true)]
+    #[arg(long, env = "VAULT_TOKEN_FILE", value_name = "PATH", global = true)]
     token_file: Option<PathBuf>,
     /// PEM CA that signed the vault's certificate (default: the public roots).
     #[arg(long, env = "VAULT_CACERT", value_name = "PATH", global = true)]
