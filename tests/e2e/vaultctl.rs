@@ -94,6 +94,15 @@ fn vaultctl_binds_from_stdin_reviews_audits_and_says_what_failed_by_exit_code() 
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // $VAULT_TOKEN comes first, as in the library: a client token there is refused a list.
+    let out = Command::new(vaultctl_bin())
+        .arg("list")
+        .env("VAULT_ADDR", stack.server.endpoint())
+        .env("VAULT_TOKEN", stack.client_token("sender"))
+        .env("VAULT_TOKEN_FILE", &file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(7), "{}", String::from_utf8_lossy(&out.stderr));
     // Another scheme, or TLS options on http://, would send the token in the clear.
     for args in [&["list", "--addr", "grpcs://127.0.0.1:1"][..], &["list", "--ca-file", "/dev/null"]] {
         assert_eq!(code(vaultctl(&stack, &admin, args, None)), Some(2), "{args:?}");

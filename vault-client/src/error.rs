@@ -163,7 +163,8 @@ impl From<tonic::Status> for Error {
             // not the mailbox's probe budget.
             (Code::Unavailable | Code::ResourceExhausted, Some(_)) => Self::VaultUnavailable { message },
             // A deadline ran out (tonic says CANCELLED "Timeout expired", on either side): the
-            // vault was reached, it did not finish in time. Not "check the address".
+            // call did not finish in time, which may also be a connection that never opened
+            // within it. Not a refused connection, so not "check the address".
             (Code::Cancelled | Code::DeadlineExceeded, None)
                 if s.code() == Code::DeadlineExceeded || message.contains("Timeout expired") =>
             {

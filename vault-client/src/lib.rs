@@ -261,8 +261,9 @@ impl VaultClient {
     /// # async fn demo(vault: &mut vault_client::VaultClient) -> Result<(), vault_client::Error> {
     /// use vault_client::{ProbeOutcome, SecretString};
     /// let r = vault.rotate("alice@sina.com", "sender", SecretString::from("ijkl9012mnop3456"), 1).await?;
-    /// if r.previous_code_probe.is_some_and(|p| p.outcome == ProbeOutcome::Accepted) {
-    ///     println!("delete the old code in webmail");
+    /// if let Some(p) = r.previous_code_probe.filter(|p| p.outcome == ProbeOutcome::Accepted) {
+    ///     // Says what to do: delete the old code in webmail, or not if another client uses it.
+    ///     println!("{}", p.hint);
     /// }
     /// # Ok(()) }
     /// ```

@@ -70,8 +70,9 @@ pub struct Rotated {
     pub credential: Credential,
     /// The probe of the new code (accepted).
     pub probe: ProbeReport,
-    /// Whether the provider still accepts the replaced code (`None`: not probed, the budget was
-    /// spent). Accepted means: delete it in webmail.
+    /// Whether the provider still accepts the replaced code (`None`: not probed: the budget was
+    /// spent, or the new code is the old one). Accepted means: delete it in webmail, unless the
+    /// hint says another client of the mailbox holds it.
     pub previous_code_probe: Option<ProbeReport>,
 }
 

@@ -80,6 +80,12 @@ pub fn check_present(dir: &Path) -> Result<(), DataDirError> {
     }
 }
 
+/// Whether a new passphrase is too short: fewer than [`MIN_PASSPHRASE_CHARS`] characters once
+/// leading and trailing spaces are set aside (fourteen spaces are no passphrase).
+pub fn too_short(passphrase: &Passphrase) -> bool {
+    passphrase.expose().trim().chars().count() < MIN_PASSPHRASE_CHARS
+}
+
 /// Creates `dir` (and its parents) with mode 0700, also if it existed with another mode.
 fn create_private_dir(dir: &Path) -> Result<(), DataDirError> {
     fs::DirBuilder::new()
@@ -92,7 +98,7 @@ fn create_private_dir(dir: &Path) -> Result<(), DataDirError> {
 
 /// Creates the dir (0700) and a database with a fresh keyring sealed under the passphrase.
 pub fn init(dir: &Path, passphrase: &Passphrase, now: i64) -> Result<(), DataDirError> {
-    if passphrase.expose().chars().count() < MIN_PASSPHRASE_CHARS {
+    if too_short(passphrase) {
         return Err(DataDirError::WeakPassphrase);
     }
     if is_initialised(dir) {
@@ -109,11 +115,12 @@ pub fn init(dir: &Path, passphrase: &Passphrase, now: i64) -> Result<(), DataDir
     }
     if fs::symlink_metadata(db_path(dir)).is_ok() {
         // It holds nothing (an init cut off left it); kept aside, not deleted.
-        let aside = |name: &str| dir.join(format!("{name}.replaced-{now}"));
-        for name in [DB_FILE.to_owned(), format!("{DB_FILE}-wal")] {
+        // The pair keeps SQLite's naming: vault.db.replaced-T and vault.db.replaced-T-wal.
+        let aside = format!("{DB_FILE}.replaced-{now}");
+        for (name, to) in [(DB_FILE.to_owned(), aside.clone()), (format!("{DB_FILE}-wal"), format!("{aside}-wal"))] {
             let path = dir.join(&name);
             if fs::symlink_metadata(&path).is_ok() {
-                fs::rename(&path, aside(&name)).map_err(|e| DataDirError::Create(path, e))?;
+                fs::rename(&path, dir.join(to)).map_err(|e| DataDirError::Create(path, e))?;
             }
         }
         let shm = dir.join(format!("{DB_FILE}-shm"));

@@ -7,13 +7,11 @@ use crate::crypto::{Salt, derive_kek};
 use crate::secret::Passphrase;
 use crate::store::{StoreError, UnlockMaterial};
 
-use super::MIN_PASSPHRASE_CHARS;
-
 /// Re-wraps the data keys under `new` with a fresh salt, in one transaction: a crash leaves
 /// either the old or the new passphrase working, never neither. Codes are not touched, and a
 /// running server (which holds the keys already) is not disturbed.
 pub fn change_passphrase(dir: &Path, current: &Passphrase, new: &Passphrase) -> Result<(), DataDirError> {
-    if new.expose().chars().count() < MIN_PASSPHRASE_CHARS {
+    if super::too_short(new) {
         return Err(DataDirError::WeakPassphrase);
     }
     if new.expose() == current.expose() {

@@ -65,7 +65,9 @@ fn credentials_listing(req: &proto::ListCredentialsRequest) -> Result<String, Va
     let (mailbox, client) =
         (mailbox_filter(&req.mailbox)?.unwrap_or_default(), client_filter(&req.client)?.unwrap_or_default());
     let (revoked, outcome) = (req.include_revoked.to_string(), req.last_probe_outcome.to_string());
-    Ok(listing("credentials", &[&mailbox, &client, &revoked, &outcome]))
+    // The cut-off travels in the token; whether there is one is the request's.
+    let cutoff = req.not_verified_for.is_some().to_string();
+    Ok(listing("credentials", &[&mailbox, &client, &revoked, &outcome, &cutoff]))
 }
 
 fn unused_listing(req: &proto::ListUnusedClientsRequest) -> Result<String, VaultError> {
@@ -75,10 +77,12 @@ fn unused_listing(req: &proto::ListUnusedClientsRequest) -> Result<String, Vault
 fn audit_listing(req: &proto::ListAuditEventsRequest) -> Result<String, VaultError> {
     let (mailbox, client) =
         (mailbox_filter(&req.mailbox)?.unwrap_or_default(), client_filter(&req.client)?.unwrap_or_default());
-    let at = |t: &Option<prost_types::Timestamp>| {
-        t.as_ref().map(|t| format!("{}.{}", t.seconds, t.nanos)).unwrap_or_default()
+    // As the query reads them: milliseconds.
+    let at = |field, t: &Option<prost_types::Timestamp>| {
+        t.as_ref().map(|t| millis(field, t).map(|ms| ms.to_string())).transpose().map(Option::unwrap_or_default)
     };
-    Ok(listing("audit", &[&mailbox, &client, req.caller.trim(), &at(&req.since), &at(&req.until)]))
+    let (since, until) = (at("since", &req.since)?, at("until", &req.until)?);
+    Ok(listing("audit", &[&mailbox, &client, req.caller.trim(), &since, &until]))
 }
 
 /// A ListCredentials request as a store query, its verification cut-off taken from `now` on a
@@ -257,6 +261,17 @@ mod tests {
             let e = credentials_query(&other, NOW).unwrap_err();
             assert!(matches!(&e, VaultError::InvalidField { field: "page_token", .. }), "{e:?}");
         }
+        // A token from a walk without a verification cut-off, reused with one (a review found it).
+        let unfiltered = page_token::encode(
+            &credentials_listing(&proto::ListCredentialsRequest::default()).unwrap(),
+            &["a@sina.com", "x", ""],
+        );
+        let with_cutoff = proto::ListCredentialsRequest {
+            not_verified_for: Some(prost_types::Duration { seconds: 86_400, nanos: 0 }),
+            page_token: unfiltered,
+            ..Default::default()
+        };
+        assert!(credentials_query(&with_cutoff, NOW).is_err());
         let audit = proto::ListAuditEventsRequest { caller: "tk_aaaaaaaaaaaa".into(), ..Default::default() };
         let token = page_token::encode(&audit_listing(&audit).unwrap(), &["5", "6"]);
         let moved =

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::RunError;
 use crate::cli::DatabaseArgs;
 use crate::crypto::{CryptoError, Kek, Keyring};
-use crate::datadir::{self, DataDirError, MIN_PASSPHRASE_CHARS};
+use crate::datadir::{self, DataDirError};
 use crate::secret::Passphrase;
 use crate::store::{PgStore, SqliteStore, Store, StoreError, UnlockMaterial};
 
@@ -68,7 +68,7 @@ impl Database {
         match self {
             Self::DataDir(dir) => Ok(datadir::init(dir, passphrase, now)?),
             Self::Postgres { url, ca_file } => {
-                if passphrase.expose().chars().count() < MIN_PASSPHRASE_CHARS {
+                if datadir::too_short(passphrase) {
                     return Err(DataDirError::WeakPassphrase.into());
                 }
                 let store = Self::connect(url, ca_file.as_deref()).await?;

@@ -248,34 +248,30 @@ fn take_env(var: &str) -> Option<Passphrase> {
 }
 
 /// Largest passphrase file read.
-const MAX_PASSPHRASE_FILE: u64 = 4096;
+const MAX_PASSPHRASE_FILE: u64 = 64 * 1024;
 
-/// Reads a passphrase file, refusing one that group or others may read; the bytes read are
+/// Reads a passphrase file (or a pipe: `--passphrase-file <(pass show vault)`), refusing one that
+/// group or others may read, a directory or device, and one over 64 KiB; the bytes read are
 /// zeroized.
 fn read_passphrase_file(path: &Path) -> Result<Passphrase, RunError> {
     use std::io::Read as _;
+    use std::os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _};
     let cannot =
         |e: std::io::Error| RunError::Passphrase(format!("cannot read passphrase file {}: {e}", path.display()));
-    // Checked before opening: opening a pipe would wait for a writer, and the advice below
-    // (chmod) would be wrong for a device or a directory.
-    let meta = fs::metadata(path).map_err(cannot)?;
-    if !meta.is_file() {
+    // Opened without waiting (a FIFO without a writer would block), then judged by what was
+    // opened, not by a name that could change in between.
+    let mut file = fs::OpenOptions::new().read(true).custom_flags(nix::libc::O_NONBLOCK).open(path).map_err(cannot)?;
+    let meta = file.metadata().map_err(cannot)?;
+    let kind = meta.file_type();
+    if !(kind.is_file() || kind.is_fifo()) {
         return Err(RunError::Passphrase(format!(
-            "passphrase file {} is not a regular file (a directory, device or pipe); give a file holding the passphrase",
+            "passphrase file {} is not a regular file or a pipe (a directory or a device); give a file holding the passphrase",
             path.display()
         )));
     }
-    if meta.len() > MAX_PASSPHRASE_FILE {
-        return Err(RunError::Passphrase(format!(
-            "passphrase file {} is {} bytes; a passphrase file holds one line (at most {MAX_PASSPHRASE_FILE} bytes)",
-            path.display(),
-            meta.len()
-        )));
-    }
-    let mut file = fs::File::open(path).map_err(cannot)?;
-    let mode = file.metadata().map_err(cannot)?.permissions().mode();
+    let mode = meta.permissions().mode();
     // Writable by others is refused too: `init` would seal the vault under a planted passphrase.
-    if mode & 0o066 != 0 {
+    if kind.is_file() && mode & 0o066 != 0 {
         return Err(RunError::Passphrase(format!(
             "passphrase file {} is readable or writable by group or others (mode {:o}); run: chmod 600 {}",
             path.display(),
@@ -283,8 +279,17 @@ fn read_passphrase_file(path: &Path) -> Result<Passphrase, RunError> {
             path.display()
         )));
     }
+    // Blocking reads from here: a pipe's writer may not have written yet.
+    nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()))
+        .map_err(|e| cannot(std::io::Error::from(e)))?;
     let mut bytes = zeroize::Zeroizing::new(Vec::new());
-    file.read_to_end(&mut bytes).map_err(cannot)?;
+    (&mut file).take(MAX_PASSPHRASE_FILE + 1).read_to_end(&mut bytes).map_err(cannot)?;
+    if bytes.len() as u64 > MAX_PASSPHRASE_FILE {
+        return Err(RunError::Passphrase(format!(
+            "passphrase file {} is over {MAX_PASSPHRASE_FILE} bytes; a passphrase file holds one line",
+            path.display()
+        )));
+    }
     let text = std::str::from_utf8(&bytes)
         .map_err(|_| RunError::Passphrase(format!("passphrase file {} is not UTF-8", path.display())))?;
     Ok(Passphrase::new(text))
@@ -301,8 +306,8 @@ pub(crate) fn read_passphrase(args: &PassphraseArgs, env: Option<Passphrase>) ->
             ));
         }
     };
-    if passphrase.expose().trim().is_empty() {
-        return Err(RunError::Passphrase("the passphrase is empty (or only spaces)".into()));
+    if passphrase.is_empty() {
+        return Err(RunError::Passphrase("the passphrase is empty".into()));
     }
     Ok(passphrase)
 }
@@ -340,23 +345,27 @@ mod tests {
     }
 
     #[test]
-    fn a_passphrase_file_that_is_no_regular_file_too_large_or_blank_is_refused() {
+    fn a_passphrase_file_that_is_a_directory_a_device_or_too_large_is_refused_and_a_pipe_is_read() {
         let tmp = tempfile::tempdir().unwrap();
         let read = |p: &Path| read_passphrase(&PassphraseArgs { passphrase_file: Some(p.to_owned()) }, None);
-        // Found by an attack: /dev/null was told to `chmod 600 /dev/null`, a FIFO hung.
-        let fifo = tmp.path().join("fifo");
-        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-        for path in [Path::new("/dev/null"), tmp.path(), &fifo] {
+        // Found by an attack: /dev/null was told to `chmod 600 /dev/null`.
+        for path in [Path::new("/dev/null"), tmp.path()] {
             let err = read(path).unwrap_err().to_string();
-            assert!(err.contains("not a regular file") && !err.contains("chmod"), "{err}");
+            assert!(err.contains("not a regular file or a pipe") && !err.contains("chmod"), "{err}");
         }
         let big = tmp.path().join("big");
-        fs::write(&big, vec![b'a'; 5000]).unwrap();
+        fs::write(&big, vec![b'a'; 70_000]).unwrap();
         fs::set_permissions(&big, fs::Permissions::from_mode(0o600)).unwrap();
-        assert!(read(&big).unwrap_err().to_string().contains("5000 bytes"));
-        let blank = tmp.path().join("blank");
-        fs::write(&blank, "              \n").unwrap();
-        fs::set_permissions(&blank, fs::Permissions::from_mode(0o600)).unwrap();
-        assert!(read(&blank).unwrap_err().to_string().contains("only spaces"));
+        assert!(read(&big).unwrap_err().to_string().contains("over 65536 bytes"));
+        // A pipe, as `<(pass show vault)` gives (/dev/fd/N): read.
+        let (out, into) = nix::unistd::pipe().unwrap();
+        nix::unistd::write(&into, b"from a pipe\n").unwrap();
+        drop(into);
+        let path = format!("/dev/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&out));
+        assert_eq!(read(Path::new(&path)).unwrap().expose(), "from a pipe");
+        // A named pipe nobody writes: refused as empty, without waiting (it hung).
+        let fifo = tmp.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        assert!(read(&fifo).unwrap_err().to_string().contains("empty"));
     }
 }

@@ -250,3 +250,25 @@ async fn a_mailbox_with_two_at_signs_is_never_bound_and_a_revoke_hint_names_the_
     let hint = revoked.probe.expect("probed").hint;
     assert!(hint.contains("revoked code") && !hint.contains("previous"), "{hint}");
 }
+
+#[tokio::test]
+async fn when_the_other_clients_codes_cannot_be_read_the_hint_never_just_says_delete() {
+    let (tmp, vault, _) = setup(&[ProbeOutcome::Accepted, ProbeOutcome::Accepted, ProbeOutcome::Accepted], 5);
+    let m = Mailbox::parse("alice@sina.com").unwrap();
+    vault
+        .bind(&testkit::admin(), m.clone(), ClientId::parse("sender").unwrap(), AuthCode::new(NEW), None)
+        .await
+        .unwrap();
+    vault
+        .bind(&testkit::admin(), m.clone(), ClientId::parse("other").unwrap(), AuthCode::new(OLD), None)
+        .await
+        .unwrap();
+    // sender's row no longer opens: whether it holds the revoked code cannot be told.
+    let db = rusqlite::Connection::open(tmp.path().join("vault.db")).unwrap();
+    db.execute("UPDATE credentials SET ciphertext = zeroblob(length(ciphertext)) WHERE client = 'sender'", []).unwrap();
+    drop(db);
+    let other = ClientId::parse("other").unwrap();
+    let revoked = vault.revoke(&testkit::admin(), m, other, "", None).await.unwrap().done().unwrap();
+    let hint = revoked.probe.expect("probed").hint;
+    assert!(hint.contains("could not be checked"), "{hint}");
+}

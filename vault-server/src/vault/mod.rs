@@ -46,6 +46,13 @@ use crate::store::{
 use locks::PairLocks;
 use usage::Usage;
 
+/// Who else holds a code that was replaced or revoked.
+enum Holder {
+    Other(String),
+    Nobody,
+    Unknown,
+}
+
 pub use review::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Page};
 
 /// A revealed code with where to use it. Debug shows the code redacted.
@@ -268,8 +275,14 @@ impl Vault {
         };
         // Deleting a code another client of the mailbox still uses would break that client.
         report.hint = match self.also_held_by(mailbox, &code).await {
-            Some(client) => provider.shared_code_hint(report.outcome, what, &client),
-            None => provider.previous_code_hint(report.outcome, what),
+            Holder::Other(client) => provider.shared_code_hint(report.outcome, what, &client),
+            Holder::Nobody => provider.previous_code_hint(report.outcome, what),
+            // Unsure: never "delete it" on a doubt.
+            Holder::Unknown => format!(
+                "{} (Whether another client of this mailbox holds the same code could not be checked: \
+                 look before deleting it.)",
+                provider.previous_code_hint(report.outcome, what)
+            ),
         };
         // The change's own event was written in its commit, before this probe ran.
         let at = self.clock.now_millis();
@@ -286,15 +299,25 @@ impl Vault {
         Some(report)
     }
 
-    /// The active binding of `mailbox` whose code is `code`, if any (the first few hundred
-    /// looked at; a mailbox has a handful). Compared in constant time.
-    async fn also_held_by(&self, mailbox: &Mailbox, code: &AuthCode) -> Option<String> {
-        let query = ListQuery { mailbox: Some(mailbox.as_str().to_owned()), limit: 500, ..ListQuery::default() };
-        let rows = self.store.list(query).await.ok()?;
-        rows.into_iter().find_map(|row| {
-            let held = self.open(&row).ok()?;
-            bool::from(held.expose().as_bytes().ct_eq(code.expose().as_bytes())).then_some(row.client)
-        })
+    /// Which other active binding of `mailbox` holds `code` (compared in constant time), if any;
+    /// `Unknown` when that cannot be told (a read that failed, a code that does not open, more
+    /// bindings than are looked at).
+    async fn also_held_by(&self, mailbox: &Mailbox, code: &AuthCode) -> Holder {
+        const LOOKED_AT: usize = 500;
+        let query = ListQuery { mailbox: Some(mailbox.as_str().to_owned()), limit: LOOKED_AT, ..ListQuery::default() };
+        let Ok(rows) = self.store.list(query).await else { return Holder::Unknown };
+        let mut unsure = rows.len() >= LOOKED_AT;
+        for row in rows {
+            let client = row.client.clone();
+            match self.decrypt(Arc::new(row)).await {
+                Ok((held, _)) if bool::from(held.expose().as_bytes().ct_eq(code.expose().as_bytes())) => {
+                    return Holder::Other(client);
+                }
+                Ok(_) => {}
+                Err(_) => unsure = true,
+            }
+        }
+        if unsure { Holder::Unknown } else { Holder::Nobody }
     }
 
     /// Decrypts the code held by `row`. A row read before a key rotation re-sealed it and

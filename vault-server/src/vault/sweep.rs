@@ -245,12 +245,15 @@ impl Sweep {
             }
             Err(e) => {
                 // A row that cannot be probed (its provider is gone, its code does not open) is
-                // reported once a period, not retried in a loop. The error may have come after
-                // the login (its result could not be saved): the host's rate holds either way.
+                // reported once a period, not retried in a loop. A storage error may have come
+                // after the login (its result could not be saved): then the host's rate holds.
+                // Errors before any login (no provider, a code that does not open) cost no wait.
                 tracing::warn!(mailbox = %pair.0, client = %pair.1, error = %e, "scheduled verify failed");
                 self.vault.metrics.observe_sweep("SKIPPED_ERROR");
                 self.skipped.insert(pair, self.timer.now() + self.settings.every);
-                self.host_free_at.insert(host, self.timer.now() + gap);
+                if matches!(e, VaultError::Store(_) | VaultError::Internal(_)) && !host.is_empty() {
+                    self.host_free_at.insert(host, self.timer.now() + gap);
+                }
                 false
             }
         }

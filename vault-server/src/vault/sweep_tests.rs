@@ -123,6 +123,7 @@ async fn rows_that_cannot_be_probed_never_keep_the_sweep_from_the_others() {
     clock.set(1002 * DAY);
     let settings = SweepSettings { every: std::time::Duration::from_secs(86_400), rate_per_host: 1000.0 };
     let mut sweep = Sweep::with_timer(vault.clone(), settings, timer.clone());
+    let started_at = timer.now();
     let (m, c) = ids("good@sina.com");
     let mut reached = false;
     for _ in 0..200 {
@@ -133,6 +134,8 @@ async fn rows_that_cannot_be_probed_never_keep_the_sweep_from_the_others() {
         }
     }
     assert!(reached, "200 passes never reached the code bound after 5,000 that cannot be probed");
+    // And without a wait for each: they reached no provider (a wait each would be 5 s here).
+    assert!(timer.now() - started_at < std::time::Duration::from_secs(1), "{:?}", timer.now() - started_at);
     // Then nothing is due but the skipped: the sweep waits instead of reading them page after
     // page (79 pages a round), until a skip runs out.
     let (started, mut passes) = (timer.now(), 0);

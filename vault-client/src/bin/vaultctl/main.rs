@@ -29,15 +29,15 @@ struct Cli {
     /// The vault's address: `http://...`, or `https://...` with TLS (no other scheme).
     #[arg(long, env = "VAULT_ADDR", default_value = "http://127.0.0.1:50051", global = true)]
     addr: String,
-    /// A file holding the bearer token; else $VAULT_TOKEN.
-    #[arg(long, env = "VAULT_TOKEN_FILE", value_name = "PATH", global = true)]
+    /// A file holding the bearer token; else $VAULT_TOKEN, else the file $VAULT_TOKEN_FILE names.
+    #[arg(long, value_name = "PATH", global = true)]
     token_file: Option<PathBuf>,
     /// PEM CA that signed the vault's certificate (default: the public roots).
     #[arg(long, env = "VAULT_CACERT", value_name = "PATH", global = true)]
     ca_file: Option<PathBuf>,
-    /// Seconds a call may take (1-3600).
+    /// Seconds a call may take (at least 1).
     #[arg(long, default_value_t = 60, value_name = "SECS", global = true,
-          value_parser = clap::value_parser!(u64).range(1..=3600))]
+          value_parser = clap::value_parser!(u64).range(1..))]
     timeout: u64,
     /// Output of get, list, review and audit.
     #[arg(long, value_enum, default_value_t = Format::Table, global = true)]
@@ -140,13 +140,24 @@ fn exit_code(e: &Error) -> u8 {
     }
 }
 
+/// The token: `--token-file`, else `$VAULT_TOKEN`, else the file `$VAULT_TOKEN_FILE` names (the
+/// library's `ConnectOptions::from_env` order).
 fn token(cli: &Cli) -> Result<Option<SecretString>, Error> {
     let config = |message: String| Error::InvalidArgument { message };
-    if let Some(path) = &cli.token_file {
+    let read = |path: &std::path::Path| {
         let text = std::fs::read_to_string(path).map_err(|e| config(format!("cannot read {}: {e}", path.display())))?;
-        return Ok(Some(SecretString::from(text.trim().to_owned())));
+        Ok(Some(SecretString::from(text.trim().to_owned())))
+    };
+    if let Some(path) = &cli.token_file {
+        return read(path);
     }
-    Ok(std::env::var("VAULT_TOKEN").ok().filter(|t| !t.is_empty()).map(SecretString::from))
+    if let Some(token) = std::env::var("VAULT_TOKEN").ok().filter(|t| !t.is_empty()) {
+        return Ok(Some(SecretString::from(token)));
+    }
+    match std::env::var_os("VAULT_TOKEN_FILE").filter(|p| !p.is_empty()) {
+        Some(path) => read(std::path::Path::new(&path)),
+        None => Ok(None),
+    }
 }
 
 /// A revoke reason within the vault's limit, refused here as a bad argument (exit 2).
