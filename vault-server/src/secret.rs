@@ -18,6 +18,12 @@ impl AuthCode {
     pub fn expose(&self) -> &str {
         self.0.expose_secret()
     }
+
+    /// Whether `other` is the same code, compared in constant time.
+    pub fn same_as(&self, other: &AuthCode) -> bool {
+        use subtle::ConstantTimeEq as _;
+        bool::from(self.expose().as_bytes().ct_eq(other.expose().as_bytes()))
+    }
 }
 
 impl fmt::Debug for AuthCode {

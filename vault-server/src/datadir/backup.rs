@@ -84,6 +84,9 @@ pub fn verify_backup(file: &Path, passphrase: &Passphrase) -> Result<BackupRepor
     Ok(report)
 }
 
+/// What a backup that is no vault is told.
+const NO_VAULT: &str = "holds no vault (it is empty, or has no keyring)";
+
 /// `e`, from the scratch copy of the backup `file`, told of the backup itself.
 fn about_backup(file: &Path, e: BackupError) -> BackupError {
     let shown = file.display();
@@ -91,9 +94,7 @@ fn about_backup(file: &Path, e: BackupError) -> BackupError {
         BackupError::DataDir(DataDirError::WrongPassphrase(_)) => {
             BackupError::Io(format!("wrong passphrase for backup {shown}: its keyring did not unlock"))
         }
-        BackupError::DataDir(DataDirError::NotInitialised(_)) => {
-            BackupError::Io(format!("backup {shown} holds no vault (it is empty, or has no keyring)"))
-        }
+        BackupError::DataDir(DataDirError::NotInitialised(_)) => BackupError::Io(format!("backup {shown} {NO_VAULT}")),
         BackupError::DataDir(DataDirError::Store(_, e)) => BackupError::Io(format!("backup {shown}: {e}")),
         BackupError::DataDir(DataDirError::Crypto(_, e)) => BackupError::Io(format!("backup {shown}: {e}")),
         other => other,
@@ -149,9 +150,7 @@ fn copy_and_open(dir: &Path, source: &mut fs::File) -> Result<(), BackupError> {
     drop(copy);
     // A backup that holds nothing (0 bytes, no keyring) is no vault.
     SqliteStore::open(&target).map_err(|e| match e {
-        crate::store::StoreError::NotInitialised => {
-            BackupError::Io("the backup holds no vault (it is empty, or has no keyring)".into())
-        }
+        crate::store::StoreError::NotInitialised => BackupError::Io(format!("the backup {NO_VAULT}")),
         e => DataDirError::Store(dir.to_owned(), e).into(),
     })?;
     Ok(())

@@ -6,7 +6,6 @@
 use std::sync::Arc;
 
 use prost::Message as _;
-use subtle::ConstantTimeEq as _;
 
 use super::requests::{Answer, Prior};
 use super::{Vault, VaultError};
@@ -183,7 +182,7 @@ impl Vault {
         // The stored code given again is not a previous code: probing it as one would say to
         // delete the code in use. (Compared after the provider accepted it, so that it is no
         // free test of a guess.)
-        let old_code = old_code.filter(|old| !bool::from(old.expose().as_bytes().ct_eq(new_code.expose().as_bytes())));
+        let old_code = old_code.filter(|old| !old.same_as(&new_code));
         drop(new_code);
         let answered = probe.clone();
         let (record, remembered) = pending

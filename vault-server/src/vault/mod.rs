@@ -30,7 +30,6 @@ pub use sweep::{Sweep, SweepSettings};
 
 use std::sync::Arc;
 
-use subtle::ConstantTimeEq as _;
 use zeroize::Zeroizing;
 
 use crate::caller::Caller;
@@ -310,7 +309,7 @@ impl Vault {
         for row in rows {
             let client = row.client.clone();
             match self.decrypt(Arc::new(row)).await {
-                Ok((held, _)) if bool::from(held.expose().as_bytes().ct_eq(code.expose().as_bytes())) => {
+                Ok((held, _)) if held.same_as(code) => {
                     return Holder::Other(client);
                 }
                 Ok(_) => {}

@@ -180,6 +180,16 @@ impl Db {
         let uri = format!("file:{}?{query}", uri_path(path));
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
         let conn = Connection::open_with_flags(uri, flags)?;
+        // A vault's own file (a vault_meta row) answers at once, without building the
+        // migrations' reference schemas on every start.
+        let has_meta: bool = conn.query_row(
+            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'vault_meta'",
+            [],
+            |r| r.get(0),
+        )?;
+        if has_meta && conn.query_row("SELECT EXISTS (SELECT 1 FROM vault_meta)", [], |r| r.get::<_, bool>(0))? {
+            return Ok(false);
+        }
         migrate::untouched(&conn)
     }
 
