@@ -348,3 +348,59 @@ fn a_restore_that_fails_leaves_nothing_behind_and_a_retry_works() {
     let out = run(&["token", "list", "--data-dir", path_str(&target)], &[]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// `vault-server args`, with `stdin`, failing the test (not hanging it) if it runs past 30 s.
+fn run_within_30s(args: &[&str], stdin: std::process::Stdio) -> std::process::Output {
+    let mut child = std::process::Command::new(crate::harness::vault::BIN)
+        .args(args)
+        .env_remove("VAULT_PASSPHRASE")
+        .stdin(stdin)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("vault-server {args:?} still ran after 30 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn a_restore_reads_a_file_or_a_pipe_never_a_device_and_gives_back_the_dir_it_was_given() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = DataDir::init(tmp.path(), PASSPHRASE);
+    let good = tmp.path().join("good.bak");
+    let out = run(&["backup", "--data-dir", path_str(&data.dir), path_str(&good)], &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // An empty dir given (0755): a failed restore leaves it as it was.
+    let target = tmp.path().join("given");
+    std::fs::create_dir(&target).unwrap();
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // /dev/zero never ended (the disk filled); a named pipe nobody writes to waited for ever.
+    let fifo = tmp.path().join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    for (bad, says) in [(std::path::Path::new("/dev/zero"), "not a regular file or a pipe"), (&fifo, "holds no vault")]
+    {
+        let out =
+            run_within_30s(&["restore", "--data-dir", path_str(&target), path_str(bad)], std::process::Stdio::null());
+        assert!(!out.status.success(), "{bad:?} was restored");
+        let line = one_line_error(&out);
+        assert!(line.contains(says), "{bad:?}: {line}");
+        let mode = std::fs::metadata(&target).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o755, "{bad:?} left the dir's mode at {mode:o}");
+        assert_eq!(std::fs::read_dir(&target).unwrap().count(), 0, "{bad:?} left files behind");
+    }
+    // A pipe that carries a backup is restored (zcat vault.bak.gz | ... restore /dev/stdin).
+    let mut feeder = std::process::Command::new("cat").arg(&good).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let piped = std::process::Stdio::from(feeder.stdout.take().unwrap());
+    let out = run_within_30s(&["restore", "--data-dir", path_str(&target), "/dev/stdin"], piped);
+    assert!(feeder.wait().unwrap().success());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run(&["token", "list", "--data-dir", path_str(&target)], &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}

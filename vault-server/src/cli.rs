@@ -55,7 +55,7 @@ pub enum Command {
         /// The data dir to create.
         #[arg(long, env = "VAULT_DATA_DIR", value_name = "DIR")]
         data_dir: PathBuf,
-        /// The backup file.
+        /// The backup file (or a pipe: `/dev/stdin`); not a directory or a device.
         file: PathBuf,
     },
 }

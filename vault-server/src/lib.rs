@@ -24,6 +24,8 @@ pub mod grpc;
 pub mod hygiene;
 /// Canonical mailbox and client identifiers.
 pub mod ids;
+/// Opening a file a user names as input: a regular file or a pipe, never a device.
+pub mod input_file;
 /// Prometheus metrics and their endpoint.
 pub mod metrics;
 /// What a login probe found (a leaf type).

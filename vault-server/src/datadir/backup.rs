@@ -104,8 +104,13 @@ fn about_backup(file: &Path, e: BackupError) -> BackupError {
 /// Makes `dir` (which must be missing or empty) a data dir holding the backup `file`.
 pub fn restore(dir: &Path, file: &Path) -> Result<(), BackupError> {
     let io = |what: &str, e: std::io::Error| BackupError::Io(format!("{what}: {e}"));
-    // The backup is read before anything is made, so a missing one leaves nothing behind.
-    let mut source = fs::File::open(file).map_err(|e| io(&format!("cannot read backup {}", file.display()), e))?;
+    // The backup is opened before anything is made, so a missing one leaves nothing behind.
+    let (mut source, _) = crate::input_file::open(file).map_err(|e| match e {
+        crate::input_file::InputError::Io(e) => io(&format!("cannot read backup {}", file.display()), e),
+        e @ crate::input_file::InputError::NotFileOrPipe => {
+            BackupError::Io(format!("backup {} is {e}; give the file `backup` wrote", file.display()))
+        }
+    })?;
     let refuse_not_empty = || BackupError::Io(format!("refusing to restore into {}: it is not empty", dir.display()));
     let created = match fs::read_dir(dir).map(|mut entries| entries.next().is_some()) {
         Ok(true) => return Err(refuse_not_empty()),
@@ -113,6 +118,8 @@ pub fn restore(dir: &Path, file: &Path) -> Result<(), BackupError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
         Err(e) => return Err(io(&format!("cannot read {}", dir.display()), e)),
     };
+    // An empty dir given is made private (0700) for the restore, and given back its mode if it fails.
+    let mode_before = if created { None } else { fs::metadata(dir).ok().map(|m| m.permissions()) };
     create_private_dir(dir)?;
     // Held while the copy is made and opened: an init beside it must not take the copy, half
     // written, for an empty vault.
@@ -129,6 +136,8 @@ pub fn restore(dir: &Path, file: &Path) -> Result<(), BackupError> {
         drop(lock);
         if created {
             let _ = fs::remove_dir(dir);
+        } else if let Some(mode) = mode_before {
+            let _ = fs::set_permissions(dir, mode);
         }
     }
     restored

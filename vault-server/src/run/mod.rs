@@ -5,7 +5,6 @@ mod migrate_store;
 mod serve;
 mod token_cli;
 
-use std::fs;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -255,20 +254,16 @@ const MAX_PASSPHRASE_FILE: u64 = 64 * 1024;
 /// zeroized.
 fn read_passphrase_file(path: &Path) -> Result<Passphrase, RunError> {
     use std::io::Read as _;
-    use std::os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _};
     let cannot =
         |e: std::io::Error| RunError::Passphrase(format!("cannot read passphrase file {}: {e}", path.display()));
-    // Opened without waiting (a FIFO without a writer would block), then judged by what was
-    // opened, not by a name that could change in between.
-    let mut file = fs::OpenOptions::new().read(true).custom_flags(nix::libc::O_NONBLOCK).open(path).map_err(cannot)?;
-    let meta = file.metadata().map_err(cannot)?;
-    let kind = meta.file_type();
-    if !(kind.is_file() || kind.is_fifo()) {
-        return Err(RunError::Passphrase(format!(
+    let (mut file, meta) = crate::input_file::open(path).map_err(|e| match e {
+        crate::input_file::InputError::Io(e) => cannot(e),
+        crate::input_file::InputError::NotFileOrPipe => RunError::Passphrase(format!(
             "passphrase file {} is not a regular file or a pipe (a directory or a device); give a file holding the passphrase",
             path.display()
-        )));
-    }
+        )),
+    })?;
+    let kind = meta.file_type();
     let mode = meta.permissions().mode();
     // Writable by others is refused too: `init` would seal the vault under a planted passphrase.
     if kind.is_file() && mode & 0o066 != 0 {
@@ -279,9 +274,6 @@ fn read_passphrase_file(path: &Path) -> Result<Passphrase, RunError> {
             path.display()
         )));
     }
-    // Blocking reads from here: a pipe's writer may not have written yet.
-    nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()))
-        .map_err(|e| cannot(std::io::Error::from(e)))?;
     let mut bytes = zeroize::Zeroizing::new(Vec::new());
     (&mut file).take(MAX_PASSPHRASE_FILE + 1).read_to_end(&mut bytes).map_err(cannot)?;
     if bytes.len() as u64 > MAX_PASSPHRASE_FILE {
@@ -323,6 +315,8 @@ fn init(args: &InitArgs, env_passphrase: Option<Passphrase>) -> Result<(), RunEr
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
+
     use super::*;
 
     #[test]
