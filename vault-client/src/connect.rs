@@ -118,6 +118,16 @@ impl ConnectOptions {
     }
 
     fn endpoint(&self, endpoint: &str) -> Result<tonic::transport::Endpoint, Error> {
+        // A user name or password in the address is no credential here (the token is), and
+        // errors below show the address: refused without showing it.
+        let after_scheme = endpoint.split_once("://").map_or(endpoint, |(_, rest)| rest);
+        if after_scheme.split(['/', '?', '#']).next().is_some_and(|authority| authority.contains('@')) {
+            return Err(Error::InvalidArgument {
+                message: "bad endpoint: it holds a user name or password (before an @), which the vault does not use; \
+                          it authenticates with the token (write e.g. https://vault.example.net)"
+                    .into(),
+            });
+        }
         let bad = |e: &dyn std::fmt::Display| Error::InvalidArgument {
             message: format!(
                 "bad endpoint {endpoint:?}: {e} (write e.g. http://127.0.0.1:50051 or https://vault.example.net)"
@@ -217,6 +227,13 @@ mod tests {
         let tls = ConnectOptions { tls: Some(TlsOptions::default()), ..ConnectOptions::default() };
         let e = tls.channel("http://127.0.0.1:9".into()).await.unwrap_err();
         assert!(matches!(&e, Error::InvalidArgument { message } if message.contains("https://")), "{e}");
+        // A password in the address is refused, and not shown.
+        for addr in ["http://admin:hunter2@127.0.0.1:9", "admin:hunter2@127.0.0.1:9", "https://hunter2@h:1/x"] {
+            let e = ConnectOptions::default().channel(addr.into()).await.unwrap_err();
+            let text = e.to_string();
+            assert!(matches!(&e, Error::InvalidArgument { .. }) && text.contains("user name or password"), "{text}");
+            assert!(!text.contains("hunter2"), "{text}");
+        }
         // The scheme's case does not matter.
         let upper = ConnectOptions::default().channel("HTTP://127.0.0.1:9".into()).await.unwrap_err();
         assert!(matches!(upper, Error::Connect { .. }), "{upper}");

@@ -101,8 +101,9 @@ pub struct VaultClient {
 }
 
 impl VaultClient {
-    /// Connects to `endpoint` (`http://...` or, with [`TlsOptions`], `https://...`). The token,
-    /// if any, is sent as `authorization: Bearer ...` on every call.
+    /// Connects to `endpoint` (`http://...` or, with [`TlsOptions`], `https://...`; no other
+    /// scheme, and no user name or password before an `@`). The token, if any, is sent as
+    /// `authorization: Bearer ...` on every call.
     ///
     /// ```no_run
     /// # async fn demo() -> Result<(), vault_client::Error> {
