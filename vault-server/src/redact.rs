@@ -24,39 +24,69 @@ fn fold(c: char) -> char {
 
 /// The byte ranges of `text` that echo `secret`: every run of at least [`MIN_RUN`] of the
 /// secret's letters and digits, in order and in any case, that `text` holds in order with
-/// anything but letters and digits between them. A secret with fewer than [`MIN_RUN`] letters
-/// and digits is matched exactly as it is (loosely, a few characters would match everywhere).
-/// Ranges are sorted and do not overlap. Only the first [`MAX_SEARCHED`] bytes of `text` are
-/// searched; the time is linear in both lengths.
+/// anything but letters and digits between them; and every base64 or percent-encoded run that
+/// decodes to such an echo (as an SMTP server may echo `AUTH PLAIN`'s argument). A secret with
+/// fewer than [`MIN_RUN`] letters and digits is matched exactly as it is, and not in encoded
+/// runs (loosely, a few characters would match everywhere). Ranges are sorted and do not overlap. Only the first
+/// [`MAX_SEARCHED`] bytes of `text` are searched; the time is linear in both lengths.
 pub fn echoes(text: &str, secret: &str) -> Vec<Range<usize>> {
     let text = &text[..floor_char_boundary(text, MAX_SEARCHED)];
-    let wanted: Vec<char> = secret.chars().filter(|c| c.is_alphanumeric()).map(fold).collect();
-    if wanted.len() < MIN_RUN {
-        return exactly(text, secret);
+    let matcher = Matcher::new(secret);
+    let mut found = matcher.find(text);
+    // A few characters matched exactly would turn up in decoded noise.
+    if matcher.loose() {
+        let decoded_echoes = encoded_runs(text).filter(|(_, decoded)| !matcher.find(decoded).is_empty());
+        found.extend(decoded_echoes.map(|(run, _)| run));
     }
-    // Every MIN_RUN-long window of the secret; a text window found here is part of an echo.
-    let windows: HashSet<&[char]> = wanted.windows(MIN_RUN).collect();
-    let folded: Vec<Folded> = text
-        .char_indices()
-        .filter(|(_, c)| c.is_alphanumeric())
-        .map(|(i, c)| Folded { c: fold(c), at: i..i + c.len_utf8() })
-        .collect();
-    let chars: Vec<char> = folded.iter().map(|f| f.c).collect();
-    // covered[i]: the i-th letter or digit of `text` is part of an echo.
-    let mut covered = vec![false; folded.len()];
-    for (start, window) in chars.windows(MIN_RUN).enumerate() {
-        if windows.contains(window) {
-            covered[start..start + MIN_RUN].iter_mut().for_each(|c| *c = true);
+    merged(found)
+}
+
+/// A secret prepared for searching.
+struct Matcher<'a> {
+    secret: &'a str,
+    /// Every [`MIN_RUN`]-long window of its letters and digits, folded; none when it has too
+    /// few to match loosely. A text window found here is part of an echo.
+    windows: HashSet<[char; MIN_RUN]>,
+}
+
+impl<'a> Matcher<'a> {
+    fn new(secret: &'a str) -> Self {
+        let wanted: Vec<char> = secret.chars().filter(|c| c.is_alphanumeric()).map(fold).collect();
+        let windows = wanted.windows(MIN_RUN).filter_map(|w| <[char; MIN_RUN]>::try_from(w).ok()).collect();
+        Self { secret, windows }
+    }
+
+    /// Whether the secret is matched loosely (it has at least [`MIN_RUN`] letters and digits).
+    fn loose(&self) -> bool {
+        !self.windows.is_empty()
+    }
+
+    fn find(&self, text: &str) -> Vec<Range<usize>> {
+        if !self.loose() {
+            return exactly(text, self.secret);
         }
-    }
-    let mut ranges: Vec<Range<usize>> = Vec::new();
-    for (i, f) in folded.iter().enumerate().filter(|(i, _)| covered[*i]) {
-        match ranges.last_mut() {
-            Some(last) if i > 0 && covered[i - 1] => last.end = f.at.end,
-            _ => ranges.push(f.at.clone()),
+        let folded: Vec<Folded> = text
+            .char_indices()
+            .filter(|(_, c)| c.is_alphanumeric())
+            .map(|(i, c)| Folded { c: fold(c), at: i..i + c.len_utf8() })
+            .collect();
+        let chars: Vec<char> = folded.iter().map(|f| f.c).collect();
+        // covered[i]: the i-th letter or digit of `text` is part of an echo.
+        let mut covered = vec![false; folded.len()];
+        for (start, window) in chars.windows(MIN_RUN).enumerate() {
+            if <[char; MIN_RUN]>::try_from(window).is_ok_and(|w| self.windows.contains(&w)) {
+                covered[start..start + MIN_RUN].iter_mut().for_each(|c| *c = true);
+            }
         }
+        let mut ranges: Vec<Range<usize>> = Vec::new();
+        for (i, f) in folded.iter().enumerate().filter(|(i, _)| covered[*i]) {
+            match ranges.last_mut() {
+                Some(last) if i > 0 && covered[i - 1] => last.end = f.at.end,
+                _ => ranges.push(f.at.clone()),
+            }
+        }
+        ranges
     }
-    ranges
 }
 
 /// Where `text` holds `secret` as it is, or as the quoted IMAP string it was sent as.
@@ -65,8 +95,13 @@ fn exactly(text: &str, secret: &str) -> Vec<Range<usize>> {
         return Vec::new();
     }
     let escaped = secret.replace('\\', "\\\\").replace('"', "\\\"");
-    let mut found: Vec<Range<usize>> =
-        [secret, escaped.as_str()].iter().flat_map(|s| text.match_indices(*s).map(|(i, m)| i..i + m.len())).collect();
+    merged(
+        [secret, escaped.as_str()].iter().flat_map(|s| text.match_indices(*s).map(|(i, m)| i..i + m.len())).collect(),
+    )
+}
+
+/// `ranges` sorted, overlapping ones joined.
+fn merged(mut found: Vec<Range<usize>>) -> Vec<Range<usize>> {
     found.sort_by_key(|r| (r.start, std::cmp::Reverse(r.end)));
     let mut ranges: Vec<Range<usize>> = Vec::new();
     for r in found {
@@ -76,6 +111,98 @@ fn exactly(text: &str, secret: &str) -> Vec<Range<usize>> {
         }
     }
     ranges
+}
+
+/// Shortest base64 run decoded: four characters carry three bytes.
+const MIN_BASE64_RUN: usize = 4;
+
+/// The runs of `text` that may be encoded, each with what it decodes to (lossily, as text):
+/// base64 runs (either alphabet, padded or not, decoded from each of the four offsets, since an
+/// echo may be cut at its start) and whitespace-free runs holding a `%XX` escape.
+fn encoded_runs(text: &str) -> impl Iterator<Item = (Range<usize>, String)> + '_ {
+    base64_runs(text).chain(percent_runs(text))
+}
+
+fn base64_runs(text: &str) -> impl Iterator<Item = (Range<usize>, String)> + '_ {
+    use base64::Engine as _;
+    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+    let lenient = GeneralPurposeConfig::new()
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+        .with_decode_allow_trailing_bits(true);
+    let engines = [
+        GeneralPurpose::new(&base64::alphabet::STANDARD, lenient),
+        GeneralPurpose::new(&base64::alphabet::URL_SAFE, lenient),
+    ];
+    let bytes = text.as_bytes();
+    let is_digit = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'-' | b'_');
+    let mut runs = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        if !is_digit(bytes[i]) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < bytes.len() && is_digit(bytes[i]) {
+            i += 1;
+        }
+        let digits = start..i;
+        while i < bytes.len() && i - digits.end < 2 && bytes[i] == b'=' {
+            i += 1;
+        }
+        if digits.len() >= MIN_BASE64_RUN {
+            runs.push((digits, start..i));
+        }
+    }
+    runs.into_iter().map(move |(digits, run)| {
+        let encoded = &text[digits];
+        let engine = &engines[usize::from(encoded.contains(['-', '_']))];
+        let decoded: String = (0..4)
+            .filter_map(|skip| {
+                let part = encoded.get(skip..)?;
+                // A length of 4n + 1 holds a character that carries no whole byte.
+                let part = &part[..part.len() - usize::from(part.len() % 4 == 1)];
+                engine.decode(part).ok()
+            })
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+            .collect::<Vec<_>>()
+            .join("\u{fffd}");
+        (run, decoded)
+    })
+}
+
+fn percent_runs(text: &str) -> impl Iterator<Item = (Range<usize>, String)> + '_ {
+    text.split_whitespace().filter_map(move |word| {
+        // `word` lies inside `text`: its offset is the distance between their starts.
+        let start = word.as_ptr() as usize - text.as_ptr() as usize;
+        if !word.contains('%') {
+            return None;
+        }
+        let mut bytes = Vec::with_capacity(word.len());
+        let raw = word.as_bytes();
+        let mut i = 0;
+        while i < raw.len() {
+            let hex = raw
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok());
+            match (raw[i], hex) {
+                (b'%', Some(b)) => {
+                    bytes.push(b);
+                    i += 3;
+                }
+                (b'+', _) => {
+                    bytes.push(b' ');
+                    i += 1;
+                }
+                (b, _) => {
+                    bytes.push(b);
+                    i += 1;
+                }
+            }
+        }
+        Some((start..start + word.len(), String::from_utf8_lossy(&bytes).into_owned()))
+    })
 }
 
 /// `text`, cut to its first [`MAX_SEARCHED`] bytes, with every echo of `secret` replaced by
@@ -147,11 +274,39 @@ mod tests {
     }
 
     #[test]
+    fn an_encoded_echo_is_found() {
+        use base64::Engine as _;
+        use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+        let plain = STANDARD.encode(format!("\0alice@sina.com\0{CODE}"));
+        for echoed in [
+            // SMTP AUTH PLAIN's argument, and AUTH LOGIN's, as sent.
+            plain.clone(),
+            STANDARD.encode(CODE),
+            URL_SAFE_NO_PAD.encode(CODE.to_lowercase()),
+            // Cut at either end.
+            plain[5..].to_owned(),
+            plain[..plain.len() - 3].to_owned(),
+            "SinaCode%31%32%33%34%35%36%37%38".to_owned(),
+        ] {
+            let out = redact(&format!("535 5.7.8 Error: authentication failed: {echoed} (try again)"), CODE);
+            assert_eq!(out, "535 5.7.8 Error: authentication failed: [redacted] (try again)", "{echoed:?}");
+        }
+        // What decodes to nothing like the code stays.
+        let other = STANDARD.encode("\0alice@sina.com\0SomethingElse999");
+        let reply = format!("535 authentication failed: {other} 50%25 off");
+        assert_eq!(redact(&reply, CODE), reply);
+    }
+
+    #[test]
     fn a_long_secret_and_text_are_matched_in_one_pass() {
         let secret = "a".repeat(16 * 1024);
         let text = "a".repeat(MAX_SEARCHED * 2);
         // Matching every start against every start of the secret would run for hours here.
         assert_eq!(redact(&text, &secret), "[redacted]");
+        // Nor is decoding every run of a long text against a long secret slow.
+        let unit = "QUFBQUFBQUFBQUFB %41%41%41%41%41%41%41%41%41 ";
+        let words = unit.repeat(MAX_SEARCHED / unit.len());
+        assert_eq!(redact(&words, &secret).matches("[redacted]").count(), MAX_SEARCHED / unit.len() * 2);
     }
 
     #[test]

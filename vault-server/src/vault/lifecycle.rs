@@ -242,7 +242,7 @@ impl Vault {
         {
             return Err(VaultError::InvalidField {
                 field: "reason",
-                reason: "must not contain the code being revoked, in any case or spacing, or a token (the reason is kept in the audit trail)".into(),
+                reason: "must not contain the code being revoked (in any case, spacing or encoding) or a token: the reason is kept in the audit trail".into(),
             });
         }
         let event =

@@ -195,12 +195,14 @@ async fn a_revoke_reason_that_holds_the_code_is_refused_and_nothing_changes() {
     let (_tmp, vault, _) = setup(&[ProbeOutcome::Accepted], 3);
     bind(&vault, OLD).await.unwrap();
     let token = crate::auth::Token::generate();
-    // As pasted, in another case, spaced as Gmail shows codes, and a token.
+    // As pasted, in another case, spaced as Gmail shows codes, a token, and base64.
     for reason in [
         format!("pasted {OLD} by mistake"),
         format!("code was {}", OLD.to_uppercase()),
         "code was abcd 1234 efgh 5678".to_owned(),
         format!("leaked with {}", token.expose()),
+        // Encoded, as an SMTP log shows AUTH LOGIN's argument.
+        format!("seen in a log: {}", base64::Engine::encode(&base64::engine::general_purpose::STANDARD, OLD)),
     ] {
         let (m, c) = pair();
         let err = vault.revoke(&testkit::admin(), m, c, &reason, None).await;
