@@ -240,6 +240,17 @@ impl Provider {
         }
     }
 
+    /// The hint for a code just bound or rotated in that client `client` of the mailbox holds
+    /// too: deleting it in webmail would break both.
+    pub fn shared_new_code_hint(&self, client: &str) -> String {
+        format!(
+            "{} accepted the code. It is also the code of client {client} for this mailbox: give each client a \
+             code of its own (create another in webmail and Rotate one of the two to it), so that each can be \
+             revoked alone.",
+            self.name
+        )
+    }
+
     /// The message for a code that cannot be this provider's, naming the usual mistake.
     pub fn format_hint(&self) -> String {
         format!(

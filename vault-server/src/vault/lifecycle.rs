@@ -8,12 +8,13 @@ use std::sync::Arc;
 use prost::Message as _;
 
 use super::requests::{Answer, Prior};
-use super::{Vault, VaultError};
+use super::{Holder, Vault, VaultError};
 use crate::caller::Caller;
 use crate::ids::{ClientId, Mailbox, RequestId};
 use crate::outcome::ProbeOutcome;
 use crate::probe::ProbeReport;
 use crate::proto;
+use crate::provider::Provider;
 use crate::secret::AuthCode;
 
 use crate::store::{
@@ -114,9 +115,13 @@ impl Vault {
         if self.find(&mailbox, &client).await?.is_some_and(|r| r.state == CredentialState::Active) {
             return Err(VaultError::AlreadyExists);
         }
-        let report = self.probe(&provider, &mailbox, &code).await?;
+        // Whether another client holds this code is looked up beside the probe and told only once
+        // the provider accepted the code (else it would test guesses for free).
+        let (report, holder) =
+            tokio::join!(self.probe(&provider, &mailbox, &code), self.also_held_by(&mailbox, client.as_str(), &code));
+        let report = report?;
         let event = self.event(caller, "Bind", (&mailbox, &client), "OK", Some(report.outcome));
-        let report = self.require_accepted(event.clone(), report).await?;
+        let report = shared_noted(&provider, self.require_accepted(event.clone(), report).await?, holder);
         // Held until the commit: a key rotation cannot retire the key this code is sealed under
         // before the code is stored.
         let sealing = self.keys.sealing().await;
@@ -171,9 +176,14 @@ impl Vault {
         Self::check_format(&provider, "new_auth_code", &new_code)?;
         // A tampered old ciphertext must not block replacing it; it just cannot be probed.
         let old_code = self.decrypt(row.clone()).await.ok().map(|(code, _)| code);
-        let report = self.probe(&provider, &mailbox, &new_code).await?;
+        // As in Bind: told only once the provider accepted the code.
+        let (report, holder) = tokio::join!(
+            self.probe(&provider, &mailbox, &new_code),
+            self.also_held_by(&mailbox, client.as_str(), &new_code)
+        );
+        let report = report?;
         let event = self.event(caller, "Rotate", (&mailbox, &client), "OK", Some(report.outcome));
-        let probe = self.require_accepted(event.clone(), report).await?;
+        let probe = shared_noted(&provider, self.require_accepted(event.clone(), report).await?, holder);
         let next = row.version + 1;
         let sealing = self.keys.sealing().await;
         let ring = self.keys.load();
@@ -345,4 +355,13 @@ impl Vault {
         let row = self.store.record_probe(record, event).await?;
         Ok((row, report))
     }
+}
+
+/// `report`, of a code the provider accepted, its hint saying so when another client of the
+/// mailbox holds the same code (one code per client, so that each can be revoked alone).
+fn shared_noted(provider: &Provider, mut report: ProbeReport, holder: Holder) -> ProbeReport {
+    if let Holder::Other(client) = holder {
+        report.hint = provider.shared_new_code_hint(&client);
+    }
+    report
 }

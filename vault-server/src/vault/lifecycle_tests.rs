@@ -239,6 +239,34 @@ async fn a_revoked_code_another_client_of_the_mailbox_holds_is_not_to_be_deleted
 }
 
 #[tokio::test]
+async fn a_code_another_client_of_the_mailbox_holds_is_bound_with_a_hint_saying_so_once_accepted() {
+    use ProbeOutcome::{Accepted, Rejected};
+    let (_tmp, vault, _) = setup(&[Accepted, Rejected, Accepted, Accepted, Accepted, Accepted, Accepted, Accepted], 20);
+    let m = Mailbox::parse("alice@sina.com").unwrap();
+    let client = |c: &str| ClientId::parse(c).unwrap();
+    vault.bind(&testkit::admin(), m.clone(), client("sender"), AuthCode::new(OLD), None).await.unwrap();
+    // Refused by the provider: nothing about sender (that would test guesses for free).
+    let refused = vault.bind(&testkit::admin(), m.clone(), client("thunderbird"), AuthCode::new(OLD), None).await;
+    let Err(VaultError::ProbeFailed(failed)) = refused else { panic!("{:?}", refused.err()) };
+    assert!(!failed.report().hint.contains("sender"), "{}", failed.report().hint);
+    // Accepted: the hint names the client that holds it too.
+    let bound = vault.bind(&testkit::admin(), m.clone(), client("thunderbird"), AuthCode::new(OLD), None).await;
+    let (_, report) = bound.unwrap().done().unwrap();
+    assert!(report.hint.contains("also the code of client sender"), "{}", report.hint);
+    // Rotated to a code of its own: no such hint, nor when that code is given again (only
+    // thunderbird holds it); rotated to sender's again: the hint.
+    let tb = || client("thunderbird");
+    for code in [NEW, NEW] {
+        let own = vault.rotate(&testkit::admin(), m.clone(), tb(), AuthCode::new(code), None, None).await;
+        let own = own.unwrap().done().unwrap();
+        assert!(!own.probe.hint.contains("also the code"), "{}", own.probe.hint);
+    }
+    let back = vault.rotate(&testkit::admin(), m, tb(), AuthCode::new(OLD), None, None).await;
+    let back = back.unwrap().done().unwrap();
+    assert!(back.probe.hint.contains("also the code of client sender"), "{}", back.probe.hint);
+}
+
+#[tokio::test]
 async fn a_mailbox_with_two_at_signs_is_never_bound_and_a_revoke_hint_names_the_revoked_code() {
     let (_tmp, vault, prober) = setup(&[ProbeOutcome::Accepted, ProbeOutcome::Accepted], 5);
     let twice = Mailbox::parse("a@b@sina.com").unwrap();
