@@ -395,6 +395,22 @@ fn a_restore_reads_a_file_or_a_pipe_never_a_device_and_gives_back_the_dir_it_was
         assert_eq!(mode, 0o755, "{bad:?} left the dir's mode at {mode:o}");
         assert_eq!(std::fs::read_dir(&target).unwrap().count(), 0, "{bad:?} left files behind");
     }
+    // An endless pipe of something else is refused at its first bytes (it filled the disk).
+    let mut yes = std::process::Command::new("yes").stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let endless = std::process::Stdio::from(yes.stdout.take().unwrap());
+    let out = run_within_30s(&["restore", "--data-dir", path_str(&target), "/dev/stdin"], endless);
+    let _ = yes.kill();
+    let _ = yes.wait();
+    assert!(one_line_error(&out).contains("not an SQLite database"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read_dir(&target).unwrap().count(), 0);
+    // A database that is no vault, restored where parents are missing: none of them is left.
+    let foreign = tmp.path().join("foreign.bak");
+    rusqlite::Connection::open(&foreign).unwrap().execute_batch("CREATE TABLE secrets (k, v);").unwrap();
+    let nested = tmp.path().join("new/deeper/vault");
+    let out =
+        run_within_30s(&["restore", "--data-dir", path_str(&nested), path_str(&foreign)], std::process::Stdio::null());
+    assert!(!out.status.success(), "a foreign database was restored");
+    assert!(!tmp.path().join("new").exists(), "{}", String::from_utf8_lossy(&out.stderr));
     // A pipe that carries a backup is restored (zcat vault.bak.gz | ... restore /dev/stdin).
     let mut feeder = std::process::Command::new("cat").arg(&good).stdout(std::process::Stdio::piped()).spawn().unwrap();
     let piped = std::process::Stdio::from(feeder.stdout.take().unwrap());

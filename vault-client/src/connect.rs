@@ -119,9 +119,9 @@ impl ConnectOptions {
 
     fn endpoint(&self, endpoint: &str) -> Result<tonic::transport::Endpoint, Error> {
         // A user name or password in the address is no credential here (the token is), and
-        // errors below show the address: refused without showing it.
-        let after_scheme = endpoint.split_once("://").map_or(endpoint, |(_, rest)| rest);
-        if after_scheme.split(['/', '?', '#']).next().is_some_and(|authority| authority.contains('@')) {
+        // errors below show the address: refused without showing it. Anywhere, since a password
+        // may hold a / or # that would end the authority early; an address needs no @.
+        if endpoint.contains('@') {
             return Err(Error::InvalidArgument {
                 message: "bad endpoint: it holds a user name or password (before an @), which the vault does not use; \
                           it authenticates with the token (write e.g. https://vault.example.net)"
@@ -228,7 +228,13 @@ mod tests {
         let e = tls.channel("http://127.0.0.1:9".into()).await.unwrap_err();
         assert!(matches!(&e, Error::InvalidArgument { message } if message.contains("https://")), "{e}");
         // A password in the address is refused, and not shown.
-        for addr in ["http://admin:hunter2@127.0.0.1:9", "admin:hunter2@127.0.0.1:9", "https://hunter2@h:1/x"] {
+        for addr in [
+            "http://admin:hunter2@127.0.0.1:9",
+            "admin:hunter2@127.0.0.1:9",
+            "https://hunter2@h:1/x",
+            "http://admin:hunter2#x@vault.example.net:50051",
+            "admin:hunter2/x@host",
+        ] {
             let e = ConnectOptions::default().channel(addr.into()).await.unwrap_err();
             let text = e.to_string();
             assert!(matches!(&e, Error::InvalidArgument { .. }) && text.contains("user name or password"), "{text}");

@@ -16,19 +16,27 @@ pub enum InputError {
 }
 
 /// Opens `path` for blocking reads, with its metadata. Judged by what was opened, not by a name
-/// that could change in between. A named pipe without a writer reads as empty.
+/// that could change in between. A named pipe without a writer reads as empty (start the
+/// writer first).
 pub fn open(path: &Path) -> Result<(File, Metadata), InputError> {
+    // Judged before opening too: opening some devices does something (a watchdog arms).
+    if !is_file_or_pipe(&std::fs::metadata(path)?) {
+        return Err(InputError::NotFileOrPipe);
+    }
     // Opened without waiting: opening a FIFO for reading blocks until someone opens it to write.
     let file = OpenOptions::new().read(true).custom_flags(nix::libc::O_NONBLOCK).open(path)?;
     let meta = file.metadata()?;
-    let kind = meta.file_type();
-    if !(kind.is_file() || kind.is_fifo()) {
+    if !is_file_or_pipe(&meta) {
         return Err(InputError::NotFileOrPipe);
     }
     // Blocking reads from here: a pipe's writer may not have written yet.
     nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()))
         .map_err(std::io::Error::from)?;
     Ok((file, meta))
+}
+
+fn is_file_or_pipe(meta: &Metadata) -> bool {
+    meta.file_type().is_file() || meta.file_type().is_fifo()
 }
 
 #[cfg(test)]

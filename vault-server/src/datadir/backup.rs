@@ -101,51 +101,103 @@ fn about_backup(file: &Path, e: BackupError) -> BackupError {
     }
 }
 
+/// The first bytes of every SQLite database file.
+const SQLITE_HEADER: &[u8; 16] = b"SQLite format 3\0";
+
 /// Makes `dir` (which must be missing or empty) a data dir holding the backup `file`.
 pub fn restore(dir: &Path, file: &Path) -> Result<(), BackupError> {
+    use std::io::Read as _;
     let io = |what: &str, e: std::io::Error| BackupError::Io(format!("{what}: {e}"));
-    // The backup is opened before anything is made, so a missing one leaves nothing behind.
+    let cannot_read = |e| io(&format!("cannot read backup {}", file.display()), e);
+    // The backup is opened, and its header read, before anything is made: a missing one, or
+    // one that is no database (an endless pipe), leaves nothing behind.
     let (mut source, _) = crate::input_file::open(file).map_err(|e| match e {
-        crate::input_file::InputError::Io(e) => io(&format!("cannot read backup {}", file.display()), e),
+        crate::input_file::InputError::Io(e) => cannot_read(e),
         e @ crate::input_file::InputError::NotFileOrPipe => {
             BackupError::Io(format!("backup {} is {e}; give the file `backup` wrote", file.display()))
         }
     })?;
+    let mut head = Vec::with_capacity(SQLITE_HEADER.len());
+    (&mut source).take(SQLITE_HEADER.len() as u64).read_to_end(&mut head).map_err(cannot_read)?;
+    if head.is_empty() {
+        return Err(BackupError::Io(format!("backup {} {NO_VAULT}", file.display())));
+    }
+    if head != SQLITE_HEADER {
+        return Err(BackupError::Io(format!(
+            "backup {} is not an SQLite database, so no file `backup` wrote; nothing was restored",
+            file.display()
+        )));
+    }
     let refuse_not_empty = || BackupError::Io(format!("refusing to restore into {}: it is not empty", dir.display()));
-    let created = match fs::read_dir(dir).map(|mut entries| entries.next().is_some()) {
-        Ok(true) => return Err(refuse_not_empty()),
-        Ok(false) => false,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
-        Err(e) => return Err(io(&format!("cannot read {}", dir.display()), e)),
-    };
-    // An empty dir given is made private (0700) for the restore, and given back its mode if it fails.
-    let mode_before = if created { None } else { fs::metadata(dir).ok().map(|m| m.permissions()) };
-    create_private_dir(dir)?;
+    let made = Made::before(dir).map_err(|e| match e {
+        Some(e) => io(&format!("cannot read {}", dir.display()), e),
+        None => refuse_not_empty(),
+    })?;
+    if let Err(e) = create_private_dir(dir) {
+        made.undo();
+        return Err(e.into());
+    }
     // Held while the copy is made and opened: an init beside it must not take the copy, half
-    // written, for an empty vault.
+    // written, for an empty vault. If another process holds it, or wrote into the dir first,
+    // the dir is that process's now: left as it is.
     let lock = lock_for_init(dir)?;
     if fs::read_dir(dir).map_or(true, |mut entries| entries.next().is_some()) {
         return Err(refuse_not_empty());
     }
-    let restored = copy_and_open(dir, &mut source);
+    let restored = copy_and_open(dir, &head, &mut source);
     if restored.is_err() {
         // A failed restore leaves the target as it found it, so that a retry is not refused.
         for name in [DB_FILE.to_owned(), format!("{DB_FILE}-wal"), format!("{DB_FILE}-shm")] {
             let _ = fs::remove_file(dir.join(name));
         }
         drop(lock);
-        if created {
-            let _ = fs::remove_dir(dir);
-        } else if let Some(mode) = mode_before {
-            let _ = fs::set_permissions(dir, mode);
-        }
+        made.undo();
     }
     restored
 }
 
+/// What a restore is about to make of its target, so that a failure can take it back: the
+/// directories it creates (the target and missing parents, deepest first), or the mode of the
+/// empty directory it was given.
+struct Made {
+    dir: PathBuf,
+    created: Vec<PathBuf>,
+    mode_before: Option<fs::Permissions>,
+}
+
+impl Made {
+    /// Refuses (`Err(None)`) a target that is not an empty directory.
+    fn before(dir: &Path) -> Result<Self, Option<std::io::Error>> {
+        match fs::read_dir(dir).map(|mut entries| entries.next().is_some()) {
+            Ok(true) => Err(None),
+            Ok(false) => {
+                let mode_before = fs::metadata(dir).ok().map(|m| m.permissions());
+                Ok(Self { dir: dir.to_owned(), created: Vec::new(), mode_before })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let created =
+                    dir.ancestors().take_while(|d| !d.as_os_str().is_empty() && !d.exists()).map(Path::to_owned);
+                Ok(Self { dir: dir.to_owned(), created: created.collect(), mode_before: None })
+            }
+            Err(e) => Err(Some(e)),
+        }
+    }
+
+    /// Removes the directories made (if still empty), or gives the given one its mode back.
+    fn undo(self) {
+        for d in &self.created {
+            let _ = fs::remove_dir(d);
+        }
+        if let Some(mode) = self.mode_before {
+            let _ = fs::set_permissions(&self.dir, mode);
+        }
+    }
+}
+
 /// Copies the backup in as the data dir's database, synced, and opens it as a vault (brought to
 /// this binary's schema).
-fn copy_and_open(dir: &Path, source: &mut fs::File) -> Result<(), BackupError> {
+fn copy_and_open(dir: &Path, head: &[u8], source: &mut fs::File) -> Result<(), BackupError> {
+    use std::io::Write as _;
     let io = |what: &str, e: std::io::Error| BackupError::Io(format!("{what}: {e}"));
     let target = db_path(dir);
     let mut copy = fs::OpenOptions::new()
@@ -154,7 +206,9 @@ fn copy_and_open(dir: &Path, source: &mut fs::File) -> Result<(), BackupError> {
         .mode(0o600)
         .open(&target)
         .map_err(|e| io(&format!("cannot create {}", target.display()), e))?;
-    std::io::copy(source, &mut copy).map_err(|e| io("cannot copy the backup", e))?;
+    copy.write_all(head)
+        .and_then(|()| std::io::copy(source, &mut copy))
+        .map_err(|e| io("cannot copy the backup", e))?;
     copy.sync_all().map_err(|e| io("cannot sync the restored database", e))?;
     drop(copy);
     // A backup that holds nothing (0 bytes, no keyring) is no vault.
