@@ -115,13 +115,12 @@ impl Vault {
         if self.find(&mailbox, &client).await?.is_some_and(|r| r.state == CredentialState::Active) {
             return Err(VaultError::AlreadyExists);
         }
-        // Whether another client holds this code is looked up beside the probe and told only once
-        // the provider accepted the code (else it would test guesses for free).
-        let (report, holder) =
-            tokio::join!(self.probe(&provider, &mailbox, &code), self.also_held_by(&mailbox, client.as_str(), &code));
-        let report = report?;
+        let report = self.probe(&provider, &mailbox, &code).await?;
         let event = self.event(caller, "Bind", (&mailbox, &client), "OK", Some(report.outcome));
-        let report = shared_noted(&provider, self.require_accepted(event.clone(), report).await?, holder);
+        let report = self.require_accepted(event.clone(), report).await?;
+        // Only for a code the provider accepted: before, the lookup (its answer or its time)
+        // would test guesses for free.
+        let report = shared_noted(&provider, report, self.also_held_by(&mailbox, Some(client.as_str()), &code).await);
         // Held until the commit: a key rotation cannot retire the key this code is sealed under
         // before the code is stored.
         let sealing = self.keys.sealing().await;
@@ -176,14 +175,12 @@ impl Vault {
         Self::check_format(&provider, "new_auth_code", &new_code)?;
         // A tampered old ciphertext must not block replacing it; it just cannot be probed.
         let old_code = self.decrypt(row.clone()).await.ok().map(|(code, _)| code);
-        // As in Bind: told only once the provider accepted the code.
-        let (report, holder) = tokio::join!(
-            self.probe(&provider, &mailbox, &new_code),
-            self.also_held_by(&mailbox, client.as_str(), &new_code)
-        );
-        let report = report?;
+        let report = self.probe(&provider, &mailbox, &new_code).await?;
         let event = self.event(caller, "Rotate", (&mailbox, &client), "OK", Some(report.outcome));
-        let probe = shared_noted(&provider, self.require_accepted(event.clone(), report).await?, holder);
+        let probe = self.require_accepted(event.clone(), report).await?;
+        // As in Bind: only for a code the provider accepted.
+        let holder = self.also_held_by(&mailbox, Some(client.as_str()), &new_code).await;
+        let probe = shared_noted(&provider, probe, holder);
         let next = row.version + 1;
         let sealing = self.keys.sealing().await;
         let ring = self.keys.load();
@@ -360,8 +357,13 @@ impl Vault {
 /// `report`, of a code the provider accepted, its hint saying so when another client of the
 /// mailbox holds the same code (one code per client, so that each can be revoked alone).
 fn shared_noted(provider: &Provider, mut report: ProbeReport, holder: Holder) -> ProbeReport {
-    if let Holder::Other(client) = holder {
-        report.hint = provider.shared_new_code_hint(&client);
+    match holder {
+        Holder::Other(client) => report.hint = provider.shared_new_code_hint(&client),
+        Holder::Nobody => {}
+        Holder::Unknown => report.hint.push_str(
+            " (Whether another client of this mailbox holds the same code could not be checked: give each client \
+             a code of its own.)",
+        ),
     }
     report
 }

@@ -8,7 +8,7 @@ use super::{ProbeBudget, Vault, VaultError};
 use crate::ids::{ClientId, Mailbox};
 use crate::outcome::{ProbeFailure, ProbeOutcome};
 use crate::secret::AuthCode;
-use crate::store::CredentialState;
+use crate::store::{AuditEvent, CredentialState};
 
 const OLD: &str = "abcd1234efgh5678";
 const NEW: &str = "ijkl9012mnop3456";
@@ -264,6 +264,32 @@ async fn a_code_another_client_of_the_mailbox_holds_is_bound_with_a_hint_saying_
     let back = vault.rotate(&testkit::admin(), m, tb(), AuthCode::new(OLD), None, None).await;
     let back = back.unwrap().done().unwrap();
     assert!(back.probe.hint.contains("also the code of client sender"), "{}", back.probe.hint);
+}
+
+#[tokio::test]
+async fn a_replaced_code_its_own_pair_holds_again_is_not_to_be_deleted() {
+    // A Rotate back to the replaced code (another admin's rollback) can commit while the
+    // replaced code's probe runs: that probe must not say to delete the code the pair holds.
+    let (_tmp, vault, _) = setup(&[ProbeOutcome::Accepted, ProbeOutcome::Accepted], 5);
+    bind(&vault, OLD).await.unwrap();
+    let (m, c) = pair();
+    let provider = vault.provider_for_mailbox(&m).unwrap();
+    let change = AuditEvent {
+        at: 0,
+        caller: "admin".into(),
+        caller_role: "admin".into(),
+        rpc: "Rotate".into(),
+        mailbox: m.as_str().into(),
+        client: c.as_str().into(),
+        outcome: "OK".into(),
+        probe_outcome: None,
+        count: 1,
+        first_at: 0,
+        reason: String::new(),
+    };
+    let report = vault.probe_previous(&provider, &m, Some(AuthCode::new(OLD)), "previous code", &change).await;
+    let hint = report.expect("probed").hint;
+    assert!(hint.contains(&format!("also the code of client {}", c.as_str())), "{hint}");
 }
 
 #[tokio::test]

@@ -273,7 +273,8 @@ impl Vault {
             return None;
         };
         // Deleting a code another client of the mailbox still uses would break that client.
-        report.hint = match self.also_held_by(mailbox, &change.client, &code).await {
+        // No client is left out: a Rotate of this pair since may have given it this code back.
+        report.hint = match self.also_held_by(mailbox, None, &code).await {
             Holder::Other(client) => provider.shared_code_hint(report.outcome, what, &client),
             Holder::Nobody => provider.previous_code_hint(report.outcome, what),
             // Unsure: never "delete it" on a doubt.
@@ -298,15 +299,15 @@ impl Vault {
         Some(report)
     }
 
-    /// Which active binding of `mailbox` other than client `besides` holds `code` (compared in
+    /// Which active binding of `mailbox` (other than client `besides`) holds `code` (compared in
     /// constant time), if any; `Unknown` when that cannot be told (a read that failed, a code that
     /// does not open, more bindings than are looked at).
-    pub(super) async fn also_held_by(&self, mailbox: &Mailbox, besides: &str, code: &AuthCode) -> Holder {
+    pub(super) async fn also_held_by(&self, mailbox: &Mailbox, besides: Option<&str>, code: &AuthCode) -> Holder {
         const LOOKED_AT: usize = 500;
         let query = ListQuery { mailbox: Some(mailbox.as_str().to_owned()), limit: LOOKED_AT, ..ListQuery::default() };
         let Ok(rows) = self.store.list(query).await else { return Holder::Unknown };
         let mut unsure = rows.len() >= LOOKED_AT;
-        for row in rows.into_iter().filter(|r| r.client != besides) {
+        for row in rows.into_iter().filter(|r| Some(r.client.as_str()) != besides) {
             let client = row.client.clone();
             match self.decrypt(Arc::new(row)).await {
                 Ok((held, _)) if held.same_as(code) => {
