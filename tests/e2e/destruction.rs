@@ -82,6 +82,23 @@ async fn revoke_and_rotate_leave_no_ciphertext_on_disk() {
 }
 
 #[tokio::test]
+async fn what_a_kill_left_in_the_wal_is_truncated_before_the_next_start_serves() {
+    // A kill -9 between a Revoke's commit and its truncation leaves the commit in the WAL, with
+    // the old bytes. A Bind's commit (never truncated) stands in for it here.
+    let mut stack = Stack::start();
+    let mut admin = stack.admin().await;
+    admin.bind(BOB, "sender", SecretString::from(BOB_CODE)).await.unwrap();
+    stack.server.kill_hard();
+    let wal = stack.data.dir.join("vault.db-wal");
+    assert!(std::fs::metadata(&wal).unwrap().len() > 0, "the kill left nothing in the WAL to test with");
+    stack.restart_after_stop();
+    // Started means serving: the truncation came first.
+    assert_eq!(std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0), 0, "the WAL was left as the kill left it");
+    let mut admin = stack.admin().await;
+    assert_eq!(admin.get(BOB, "sender").await.unwrap().version, 1, "the commit in the WAL was kept");
+}
+
+#[tokio::test]
 async fn a_replayed_ciphertext_after_revoke_and_rebind_is_data_loss() {
     let mut stack = Stack::start();
     let mut admin = stack.admin().await;

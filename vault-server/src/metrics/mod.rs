@@ -97,6 +97,8 @@ pub struct Metrics {
     sweeps: Mutex<BTreeMap<&'static str, u64>>,
     /// Codes due for a scheduled verification at the sweep's last pass (at most one batch).
     sweep_due: AtomicU64,
+    /// 1 while a destruction in the live files is owed (see `Vault::finish_destruction`).
+    destruction_owed: AtomicU64,
 }
 
 /// What a scrape reads from the store.
@@ -122,6 +124,7 @@ impl Default for Metrics {
             rekeyed: Default::default(),
             sweeps: Mutex::default(),
             sweep_due: AtomicU64::new(0),
+            destruction_owed: AtomicU64::new(0),
         }
     }
 }
@@ -180,6 +183,11 @@ impl Metrics {
     /// One scheduled verification: its probe outcome, or why it was skipped.
     pub fn observe_sweep(&self, outcome: &'static str) {
         *lock(&self.sweeps).entry(outcome).or_default() += 1;
+    }
+
+    /// Whether a destruction in the live files is owed.
+    pub fn observe_destruction_owed(&self, owed: bool) {
+        self.destruction_owed.store(u64::from(owed), Ordering::Relaxed);
     }
 
     /// Codes the sweep found due at its last pass.
@@ -305,6 +313,13 @@ impl Scrape {
         for (outcome, n) in lock(&self.metrics.sweeps).iter() {
             ConstCounter::new(*n).encode(family.encode_family(&[("outcome", *outcome)])?)?;
         }
+        let owed = i64::try_from(self.metrics.destruction_owed.load(Ordering::Relaxed)).unwrap_or(1);
+        ConstGauge::new(owed).encode(encoder.encode_descriptor(
+            "vault_destruction_owed",
+            "1 while bytes a Revoke, Rotate or key rotation destroyed may still be in vault.db-wal (its truncation failed: readers, a full disk, an I/O error; or a crash came first); retried every 5 s.",
+            None,
+            MetricType::Gauge,
+        )?)?;
         let due = i64::try_from(self.metrics.sweep_due.load(Ordering::Relaxed)).unwrap_or(i64::MAX);
         ConstGauge::new(due).encode(encoder.encode_descriptor(
             "vault_scheduled_verifications_due",
@@ -375,6 +390,7 @@ mod tests {
         m.observe_rekeyed("code", 3);
         m.observe_sweep("REJECTED");
         m.observe_sweep_due(7);
+        m.observe_destruction_owed(true);
         let scraped = Scraped {
             bindings: vec![("active", 2), ("revoked", 0)],
             data_keys: vec![(1, 90), (2, 5)],
@@ -402,5 +418,6 @@ mod tests {
         assert!(text.contains("vault_credentials_by_last_probe{outcome=\"REJECTED\"} 1"), "{text}");
         assert!(text.contains("vault_scheduled_verifications_total{outcome=\"REJECTED\"} 1"), "{text}");
         assert!(text.contains("vault_scheduled_verifications_due 7"), "{text}");
+        assert!(text.contains("vault_destruction_owed 1"), "{text}");
     }
 }

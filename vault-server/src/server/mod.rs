@@ -70,6 +70,9 @@ pub struct ServeOptions {
     pub metrics: Arc<Metrics>,
 }
 
+/// How often an owed destruction (a WAL truncation that did not finish) is retried.
+const DESTRUCTION_RETRY: Duration = Duration::from_secs(5);
+
 /// Least time between a flush and an early one (asked for by a full usage map).
 const EARLY_FLUSH_GAP: Duration = Duration::from_secs(2);
 
@@ -96,6 +99,17 @@ async fn upkeep(vault: Arc<Vault>, tokens: Arc<Tokens>, usage_flush: Duration) {
         async move { vault.usage_filled().await }
     };
     side_by_side(reload, usage_flush, filled, flush).await;
+}
+
+/// Retries an owed destruction every [`DESTRUCTION_RETRY`], and shows in the metrics whether
+/// one is owed.
+async fn destruction_retries(vault: Arc<Vault>, metrics: Arc<Metrics>) {
+    let mut tick = tokio::time::interval(DESTRUCTION_RETRY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        metrics.observe_destruction_owed(vault.finish_destruction().await);
+    }
 }
 
 /// Runs `reload` every [`RELOAD_EVERY`], and `flush` every `every` or as soon as `filled`
@@ -183,7 +197,11 @@ pub async fn serve(
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
 
     let builder = tonic::transport::Server::builder();
+    // Bytes a crash left undestroyed (a kill between a Revoke's commit and its WAL truncation)
+    // are destroyed before the first call is served.
+    options.metrics.observe_destruction_owed(vault.finish_destruction().await);
     let upkeep = tokio::spawn(upkeep(vault.clone(), tokens.clone(), options.usage_flush));
+    let retries = tokio::spawn(destruction_retries(vault.clone(), options.metrics.clone()));
     let incoming = listener::admit(listener, options.tls, limits.connections, options.metrics.clone());
     let server = builder
         .timeout(REQUEST_TIMEOUT)
@@ -203,6 +221,7 @@ pub async fn serve(
     tokio::select! {
         result = &mut server => {
             upkeep.abort();
+            retries.abort();
             flush_usage(&vault, &tokens).await;
             return Ok(result?);
         }
@@ -216,6 +235,7 @@ pub async fn serve(
         () = tokio::time::sleep(DRAIN_TIMEOUT) => tracing::warn!("RPCs still in flight after {DRAIN_TIMEOUT:?}; stopping anyway"),
     }
     upkeep.abort();
+    retries.abort();
     flush_usage(&vault, &tokens).await;
     Ok(())
 }

@@ -278,6 +278,10 @@ impl<S: Store> KeyMaterialStore for CachedStore<S> {
         self.inner.destroy_freed().await
     }
 
+    fn destruction_owed(&self) -> bool {
+        self.inner.destruction_owed()
+    }
+
     fn scrubs_files(&self) -> bool {
         self.inner.scrubs_files()
     }

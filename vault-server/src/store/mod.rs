@@ -413,6 +413,12 @@ pub trait KeyMaterialStore: Send + Sync + 'static {
     /// Makes rows deleted or overwritten so far unrecoverable from the live files (SQLite:
     /// checkpoint and truncate the WAL); `false` if readers kept it from finishing.
     async fn destroy_freed(&self) -> Result<bool, StoreError>;
+    /// Whether a [`destroy_freed`](Self::destroy_freed) is owed: the last destroying change's
+    /// did not finish, or the files held undestroyed bytes when opened. Never for an engine that
+    /// does not scrub its files.
+    fn destruction_owed(&self) -> bool {
+        false
+    }
     /// Whether [`destroy_freed`](Self::destroy_freed) can ever finish: `false` for an engine
     /// whose files belong to a database server (PostgreSQL keeps dead tuples until VACUUM and
     /// WAL until recycled), where only retiring the key protects what it sealed.

@@ -398,6 +398,26 @@ impl Vault {
         Ok(())
     }
 
+    /// Retries a destruction of old bytes in the live files that a destroying change could not
+    /// finish (readers, a full disk, an I/O error) or a crash left owed. Returns whether one is
+    /// still owed.
+    pub async fn finish_destruction(&self) -> bool {
+        if !self.store.destruction_owed() {
+            return false;
+        }
+        match self.store.destroy_freed().await {
+            Ok(true) => {
+                tracing::info!("the owed WAL truncation finished: destroyed bytes are in no live file");
+                false
+            }
+            Ok(false) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "the owed WAL truncation failed; retrying");
+                true
+            }
+        }
+    }
+
     /// Resolves once enough Reveal usage is pending that it should be flushed now.
     pub async fn usage_filled(&self) {
         self.usage.filled().await;

@@ -65,23 +65,36 @@ impl Db {
     /// After a change that destroys a ciphertext or key wrapping (Revoke, Rotate, a passphrase
     /// change, a re-seal): copies the WAL into the database (where `secure_delete` has
     /// zeroed the old cell) and truncates the WAL, so no live file keeps the old ciphertext or
-    /// nonce. The change is already committed; if readers keep the checkpoint from finishing,
-    /// that is logged and the next Revoke, Rotate or shutdown truncates it.
+    /// nonce. The change is already committed; if readers keep the checkpoint from finishing, or
+    /// it fails (a full disk, an I/O error), that is logged and the truncation is owed
+    /// ([`Db::shred_owed`]): the server retries it, and so does the next Revoke, Rotate or stop.
     /// Returns whether the WAL was truncated.
     pub fn shred_wal(&self) -> bool {
+        let done = self.try_shred();
+        self.shred_owed.store(!done, std::sync::atomic::Ordering::Relaxed);
+        done
+    }
+
+    fn try_shred(&self) -> bool {
         for _ in 0..SHRED_ATTEMPTS {
             match self.checkpoint() {
                 Ok(true) => return true,
                 Ok(false) => std::thread::sleep(std::time::Duration::from_millis(10)),
                 Err(e) => {
-                    tracing::error!(error = %e, "WAL truncation failed; destroyed bytes stay in vault.db-wal until the next truncation (Revoke, Rotate or a stop)");
+                    tracing::error!(error = %e, "WAL truncation failed; destroyed bytes stay in vault.db-wal until a truncation succeeds (retried)");
                     return false;
                 }
             }
         }
         tracing::error!(
-            "readers kept the WAL from being truncated after a revoke or rotate; the old ciphertext stays in vault.db-wal until the next one"
+            "readers kept the WAL from being truncated after a destroying change; the old bytes stay in vault.db-wal until a truncation succeeds (retried)"
         );
         false
+    }
+
+    /// Whether a WAL truncation is owed: the last one did not finish, or the WAL was not empty
+    /// when the file was opened (a crash between a destroying commit and its truncation).
+    pub fn shred_owed(&self) -> bool {
+        self.shred_owed.load(std::sync::atomic::Ordering::Relaxed)
     }
 }

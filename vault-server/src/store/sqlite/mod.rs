@@ -71,6 +71,9 @@ pub struct Db {
     /// Readers for point reads on the calling thread ([`Db::get_here`]), one slot per thread
     /// (by [`here_slot`]), opened on first use.
     here: [Mutex<Option<Connection>>; HERE_SLOTS],
+    /// A WAL truncation is owed: the last one failed, or the WAL was not empty at open (a crash
+    /// between a destroying commit and its truncation).
+    shred_owed: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Db {
@@ -207,6 +210,9 @@ impl Db {
     fn with_writer(path: &Path, writer: Connection) -> Result<Self, StoreError> {
         let identity =
             file_identity(path).map_err(|e| StoreError::Unavailable(format!("cannot stat {}: {e}", path.display())))?;
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        let wal_left = std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0);
         Ok(Self {
             path: path.to_owned(),
             identity,
@@ -215,6 +221,7 @@ impl Db {
             returned: Condvar::new(),
             tokens_reader: Mutex::new(None),
             here: std::array::from_fn(|_| Mutex::new(None)),
+            shred_owed: std::sync::atomic::AtomicBool::new(wal_left),
         })
     }
 
@@ -587,6 +594,27 @@ mod tests {
         let material = UnlockMaterial { salt: Salt([0; 16]), params: KdfParams::FLOOR, keys: vec![wrapped] };
         let db = Db::create(&tmp.path().join("v.db"), &material, 0).unwrap();
         (tmp, db)
+    }
+
+    #[test]
+    fn a_wal_left_by_a_crash_is_an_owed_truncation_until_one_finishes() {
+        let (tmp, db) = fresh();
+        lock(&db.writer).execute("UPDATE vault_meta SET created_at = 7", []).unwrap();
+        // A copy of the files while the WAL holds that commit: what a kill -9 leaves.
+        let copy = tmp.path().join("copy");
+        std::fs::create_dir(&copy).unwrap();
+        for name in ["v.db", "v.db-wal"] {
+            std::fs::copy(tmp.path().join(name), copy.join(name)).unwrap();
+        }
+        let wal = copy.join("v.db-wal");
+        assert!(std::fs::metadata(&wal).unwrap().len() > 0);
+        let crashed = Db::open(&copy.join("v.db")).unwrap();
+        assert!(crashed.shred_owed(), "a non-empty WAL at open is owed a truncation");
+        assert!(crashed.shred_wal());
+        assert!(!crashed.shred_owed());
+        assert_eq!(std::fs::metadata(&wal).unwrap().len(), 0);
+        let at: i64 = lock(&crashed.writer).query_row("SELECT created_at FROM vault_meta", [], |r| r.get(0)).unwrap();
+        assert_eq!(at, 7, "the commit in the WAL was kept");
     }
 
     #[test]

@@ -71,6 +71,10 @@ impl KeyMaterialStore for SqliteStore {
     async fn destroy_freed(&self) -> Result<bool, StoreError> {
         self.hop(|db| Ok(db.shred_wal())).await
     }
+
+    fn destruction_owed(&self) -> bool {
+        self.sync().shred_owed()
+    }
 }
 
 #[tonic::async_trait]
