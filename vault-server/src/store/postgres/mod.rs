@@ -423,6 +423,15 @@ mod tests {
         let refill = Bucket { burst: 3.0, per_sec: 1.0, keep: 0.0 };
         assert!(matches!(store.take_probe("a@sina.com", 1_000, refill).await.unwrap(), Some(Err(_))));
         assert!(matches!(store.take_probe("a@sina.com", 2_100, refill).await.unwrap(), Some(Ok(()))), "refilled");
+        // A replica whose clock is an hour ahead refills nothing beyond a second.
+        let now = i64::try_from(std::time::UNIX_EPOCH.elapsed().unwrap().as_millis()).unwrap();
+        let slow = Bucket { burst: 3.0, per_sec: 0.5, keep: 0.0 };
+        for _ in 0..3 {
+            assert!(matches!(store.take_probe("c@sina.com", now, slow).await.unwrap(), Some(Ok(()))));
+        }
+        let ahead = store.take_probe("c@sina.com", now + 3_600_000, slow).await.unwrap();
+        assert!(matches!(ahead, Some(Err(_))), "a clock set ahead refilled the shared budget");
+        assert!(matches!(store.take_probe("c@sina.com", now, slow).await.unwrap(), Some(Err(_))), "nor dated it ahead");
         let keep = Bucket { burst: 3.0, per_sec: 0.0, keep: 1.0 };
         assert!(matches!(store.take_probe("b@sina.com", 0, keep).await.unwrap(), Some(Ok(()))));
         assert!(matches!(store.take_probe("b@sina.com", 0, keep).await.unwrap(), Some(Ok(()))));

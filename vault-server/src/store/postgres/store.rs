@@ -417,6 +417,15 @@ impl CredentialStore for PgStore {
         let Bucket { burst, per_sec, keep } = bucket;
         let need = 1.0 + keep;
         let conn = self.pool.get().await?;
+        // A replica whose clock runs ahead must not refill the shared bucket (nor date it into
+        // the future for the others): its time counts at most a second past the database's.
+        let now: i64 = conn
+            .query_one(
+                "SELECT least($1::bigint, (extract(epoch FROM clock_timestamp()) * 1000)::bigint + 1000)",
+                &[&now],
+            )
+            .await?
+            .try_get(0)?;
         conn.execute(
             "INSERT INTO probe_budget (mailbox, tokens, updated_at) VALUES ($1, $2, $3) ON CONFLICT (mailbox) DO NOTHING",
             &[&mailbox, &burst, &now],
