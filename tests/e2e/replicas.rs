@@ -14,6 +14,8 @@ use crate::harness::{ALICE, ALICE_CODE, BOB, BOB_CODE, PASSPHRASE, Stack, pg};
 
 struct Replicas {
     _tmp: tempfile::TempDir,
+    pki: TestPki,
+    passphrase_file: std::path::PathBuf,
     dovecot: Dovecot,
     url: String,
     a: VaultServer,
@@ -50,7 +52,7 @@ impl Replicas {
         let sender_id = sender_id.unwrap_or_else(|| panic!("no sender token in:\n{listed}")).to_owned();
         let a = Self::replica(&url, &passphrase_file, &pki, &dovecot, burst);
         let b = Self::replica(&url, &passphrase_file, &pki, &dovecot, burst);
-        Self { _tmp: tmp, dovecot, url, a, b, admin, sender, sender_id }
+        Self { _tmp: tmp, pki, passphrase_file, dovecot, url, a, b, admin, sender, sender_id }
     }
 
     fn replica(url: &str, pf: &std::path::Path, pki: &TestPki, dovecot: &Dovecot, burst: &str) -> VaultServer {
@@ -454,4 +456,118 @@ async fn a_replica_that_stops_answering_is_passed_over_by_a_client_with_a_timeou
         assert_eq!(client.reveal(ALICE, "sender").await.unwrap().code.expose_secret(), ALICE_CODE);
     }
     assert!(started.elapsed() < Duration::from_secs(5), "{:?} for 6 Reveals", started.elapsed());
+}
+
+/// A TCP proxy in front of PostgreSQL that, once armed, cuts the first connection whose traffic
+/// since arming holds `marker`, right after that connection's next COMMIT has reached the
+/// database: the change is made, its answer never comes back.
+struct CommitCutter {
+    addr: std::net::SocketAddr,
+    armed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    cuts: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl CommitCutter {
+    async fn start(upstream: String, marker: &'static [u8]) -> Self {
+        use std::sync::atomic::{AtomicBool, AtomicUsize};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (armed, cuts) = (std::sync::Arc::new(AtomicBool::new(false)), std::sync::Arc::new(AtomicUsize::new(0)));
+        let (a, c) = (armed.clone(), cuts.clone());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else { continue };
+                tokio::spawn(Self::pump(client, server, a.clone(), c.clone(), marker));
+            }
+        });
+        Self { addr, armed, cuts }
+    }
+
+    async fn pump(
+        client: tokio::net::TcpStream,
+        server: tokio::net::TcpStream,
+        armed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+        cuts: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+        marker: &'static [u8],
+    ) {
+        use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let holds = |chunk: &[u8], what: &[u8]| chunk.windows(what.len()).any(|w| w == what);
+        let (mut from_client, mut to_client) = client.into_split();
+        let (mut from_server, mut to_server) = server.into_split();
+        // Set once the COMMIT to lose is sent: what the database answers is dropped.
+        let hold = std::sync::Arc::new(AtomicBool::new(false));
+        let held = hold.clone();
+        let back = tokio::spawn(async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            while let Ok(n @ 1..) = from_server.read(&mut buf).await {
+                if !held.load(SeqCst) && to_client.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let mut seen = false;
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Ok(n @ 1..) = from_client.read(&mut buf).await {
+            let chunk = &buf[..n];
+            if armed.load(SeqCst) {
+                seen |= holds(chunk, marker);
+                if seen && holds(chunk, b"COMMIT") && armed.swap(false, SeqCst) {
+                    hold.store(true, SeqCst);
+                    let _ = to_server.write_all(chunk).await;
+                    // The database commits and answers; the answer is dropped, then the
+                    // connection is cut.
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    cuts.fetch_add(1, SeqCst);
+                    break;
+                }
+            }
+            if to_server.write_all(chunk).await.is_err() {
+                break;
+            }
+        }
+        back.abort();
+    }
+
+    /// `url` with its host and port replaced by this proxy's.
+    fn url(&self, url: &str) -> String {
+        let (head, rest) = url.split_once('@').unwrap();
+        let (_, path) = rest.split_once('/').unwrap();
+        format!("{head}@{}/{path}", self.addr)
+    }
+}
+
+// Multi-threaded: the proxy serves the replica while the test waits for it to start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_whose_answer_is_lost_is_never_reported_as_not_made_and_the_client_learns_it_was() {
+    let r = Replicas::start("100").await;
+    let upstream = r.url.split_once('@').unwrap().1.split_once('/').unwrap().0.to_owned();
+    // The marker is in the Rotate's UPDATE only.
+    let cutter = CommitCutter::start(upstream, b"SET version").await;
+    let url = cutter.url(&r.url);
+    let c = tokio::task::block_in_place(|| Replicas::replica(&url, &r.passphrase_file, &r.pki, &r.dovecot, "100"));
+    let mut admin = c.client_with(Some(&r.admin)).await;
+    admin.bind(ALICE, "sender", code(ALICE_CODE)).await.unwrap();
+
+    // vault-client resends with the request id, and is answered what was made: one rotation.
+    cutter.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    let rotated = admin.rotate(ALICE, "sender", code(ALICE_CODE), 0).await.unwrap();
+    assert_eq!(cutter.cuts.load(std::sync::atomic::Ordering::SeqCst), 1, "no COMMIT was cut");
+    assert_eq!(rotated.credential.version, 2);
+    assert_eq!(admin.get(ALICE, "sender").await.unwrap().version, 2, "rotated twice");
+
+    // Without a request id: UNAVAILABLE, saying the change may have been made (it was), not
+    // "nothing was changed".
+    cutter.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    let rotate = vault_client::proto::RotateRequest {
+        mailbox: ALICE.into(),
+        client: "sender".into(),
+        new_auth_code: ALICE_CODE.into(),
+        ..Default::default()
+    };
+    let status = admin.raw().rotate(rotate).await.unwrap_err();
+    assert_eq!(cutter.cuts.load(std::sync::atomic::Ordering::SeqCst), 2, "no COMMIT was cut");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("may have been made"), "{}", status.message());
+    assert_eq!(admin.get(ALICE, "sender").await.unwrap().version, 3);
 }

@@ -28,10 +28,16 @@ pub(crate) fn request_id() -> String {
 }
 
 /// Whether the call may never have reached the vault, or its answer never came back: the
-/// connection failed (the vault's own errors carry an ErrorInfo). Not a deadline that expired
-/// (CANCELLED, DEADLINE_EXCEEDED): the caller set it, and a resend would probe again.
+/// connection failed (the vault's own errors carry an ErrorInfo), or the vault lost its
+/// database connection while committing the change (`STORAGE_OUTCOME_UNKNOWN`). Not a
+/// deadline that expired (CANCELLED, DEADLINE_EXCEEDED): the caller set it, and a resend would
+/// probe again.
 fn lost_in_transit(s: &tonic::Status) -> bool {
-    matches!(s.code(), Code::Unavailable | Code::Unknown) && s.get_details_error_info().is_none()
+    match s.code() {
+        Code::Unavailable => s.get_details_error_info().is_none_or(|info| info.reason == "STORAGE_OUTCOME_UNKNOWN"),
+        Code::Unknown => s.get_details_error_info().is_none(),
+        _ => false,
+    }
 }
 
 /// Whether another replica may answer a read: this one was not reached, did not answer within

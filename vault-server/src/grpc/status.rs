@@ -173,6 +173,14 @@ fn storage(err: &StoreError) -> Status {
             "STORAGE_UNAVAILABLE",
             vec![],
         ),
+        StoreError::OutcomeUnknown(_) => error_info(
+            Code::Unavailable,
+            "the vault lost its database connection while committing: the change may have been made. Retry with \
+             the same request_id (a change made is answered again, not made twice), or Get the binding to see"
+                .into(),
+            "STORAGE_OUTCOME_UNKNOWN",
+            vec![],
+        ),
         StoreError::NotFound
         | StoreError::AlreadyExists
         | StoreError::Conflict

@@ -45,6 +45,10 @@ pub enum StoreError {
     /// The database cannot be written or reached (read-only, missing, I/O error, locked too long).
     #[error("the database is unavailable: {0}")]
     Unavailable(String),
+    /// The connection was lost while a COMMIT was under way: the change may or may not have
+    /// been made (a request id remembered with it tells, on a retry).
+    #[error("the database connection was lost while committing, so the change may have been made: {0}")]
+    OutcomeUnknown(String),
     /// Any other engine error, described.
     #[error("database error: {0}")]
     Backend(String),

@@ -100,6 +100,15 @@ async fn insert_request(tx: &Transaction<'_>, r: Option<RequestRecord>, row: &Cr
     Ok(())
 }
 
+/// Commits a change a caller is answered about. A connection lost during the COMMIT leaves its
+/// outcome unknown: said so, never "nothing was written".
+async fn commit(tx: Transaction<'_>) -> Result<(), StoreError> {
+    tx.commit().await.map_err(|e| match StoreError::from(e) {
+        StoreError::Unavailable(m) => StoreError::OutcomeUnknown(m),
+        other => other,
+    })
+}
+
 impl PgStore {
     /// One transaction on an existing, locked row: `change` sees it as it is, writes, and the row
     /// is read back before commit, when `request` (if any) is remembered with it.
@@ -119,7 +128,7 @@ impl PgStore {
         change(&tx, row).await?;
         let row = get_row(&tx, mailbox, client, false).await?.ok_or(StoreError::NotFound)?;
         insert_request(&tx, request, &row).await?;
-        tx.commit().await?;
+        commit(tx).await?;
         Ok(row)
     }
 }
@@ -483,7 +492,7 @@ impl CredentialStore for PgStore {
         insert_audit(&tx, &audit).await?;
         let row = get_row(&tx, mailbox, client, false).await?.ok_or(StoreError::NotFound)?;
         insert_request(&tx, request, &row).await?;
-        tx.commit().await?;
+        commit(tx).await?;
         Ok(row)
     }
 
