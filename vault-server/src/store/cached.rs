@@ -314,6 +314,17 @@ impl<S: Store> CredentialStore for CachedStore<S> {
         Ok(taken)
     }
 
+    async fn renew_pair(
+        &self,
+        mailbox: &str,
+        client: &str,
+        holder: &str,
+        now: Millis,
+        until: Millis,
+    ) -> Result<bool, StoreError> {
+        self.inner.renew_pair(mailbox, client, holder, now, until).await
+    }
+
     async fn release_pair(&self, mailbox: String, client: String, holder: String) -> Result<(), StoreError> {
         self.inner.release_pair(mailbox, client, holder).await
     }

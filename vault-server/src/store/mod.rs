@@ -8,6 +8,9 @@ mod cached;
 pub(crate) mod contract;
 mod postgres;
 mod sqlite;
+/// Fresh PostgreSQL databases for tests outside the backend (a vault of replicas).
+#[cfg(test)]
+pub(crate) use postgres::testdb;
 
 pub use cached::{CachedStore, DEFAULT_CAPACITY};
 pub use postgres::{Batch, Moved, PgStore};
@@ -456,6 +459,19 @@ pub trait CredentialStore: Send + Sync + 'static {
     /// changes a pair); `false` while another holder has it and `now` is before its expiry.
     /// Engines that are not shared always grant it (the process's own lock is enough).
     async fn lease_pair(
+        &self,
+        _mailbox: &str,
+        _client: &str,
+        _holder: &str,
+        _now: Millis,
+        _until: Millis,
+    ) -> Result<bool, StoreError> {
+        Ok(true)
+    }
+    /// Extends the pair's lease to `until` (as `until - now` on the database's clock) if `holder`
+    /// still has it; `false` if it does not (given back, or expired and taken over), and then
+    /// nothing is written. Engines that are not shared always say yes.
+    async fn renew_pair(
         &self,
         _mailbox: &str,
         _client: &str,

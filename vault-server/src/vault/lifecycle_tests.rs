@@ -267,6 +267,42 @@ async fn a_code_another_client_of_the_mailbox_holds_is_bound_with_a_hint_saying_
 }
 
 #[tokio::test]
+async fn a_pairs_lease_is_renewed_while_its_change_runs_and_never_taken_over() {
+    use crate::store::PgStore;
+    // Two replicas on one PostgreSQL database, leases of 300 ms.
+    let url = crate::store::testdb::fresh_database().await;
+    let (ring, material) = crate::store::contract::keyring();
+    let store = PgStore::connect(&url, None).await.unwrap();
+    store.create(&material, 0).await.unwrap();
+    let store: Arc<dyn crate::store::Store> = Arc::new(store);
+    let replica = || {
+        let keys = Arc::new(crate::crypto::LiveKeyring::new(ring.clone()));
+        let vault = Vault::new(
+            store.clone(),
+            keys,
+            crate::provider::Registry::builtin(),
+            Arc::new(testkit::AcceptAll),
+            ProbeBudget::new(10, 10),
+            Arc::new(FakeClock::default()),
+            Arc::new(crate::metrics::Metrics::default()),
+        );
+        Arc::new(vault.with_lease_for(std::time::Duration::from_millis(300)))
+    };
+    let (a, b) = (replica(), replica());
+    let held = a.lock_pair("a@sina.com", "x").await.unwrap();
+    let waiter = tokio::spawn(async move {
+        let _pair = b.lock_pair("a@sina.com", "x").await.unwrap();
+        std::time::Instant::now()
+    });
+    // A slow change (a commit held up by a failover) outlives four lease periods.
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    assert!(!waiter.is_finished(), "another replica took the pair while its change ran");
+    let released = std::time::Instant::now();
+    drop(held);
+    assert!(waiter.await.unwrap() >= released);
+}
+
+#[tokio::test]
 async fn a_replaced_code_its_own_pair_holds_again_is_not_to_be_deleted() {
     // A Rotate back to the replaced code (another admin's rollback) can commit while the
     // replaced code's probe runs: that probe must not say to delete the code the pair holds.

@@ -87,10 +87,16 @@ static LEASES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(
 pub(crate) struct PairGuard {
     _local: tokio::sync::OwnedMutexGuard<()>,
     lease: Option<(Arc<dyn Store>, String, String, String)>,
+    /// Renews the lease while the change runs, so a slow commit (a database failing over) is
+    /// never taken over by a replica that would probe the pair again.
+    renewing: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for PairGuard {
     fn drop(&mut self) {
+        if let Some(renewing) = self.renewing.take() {
+            renewing.abort();
+        }
         let Some((store, mailbox, client, holder)) = self.lease.take() else { return };
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
@@ -98,6 +104,28 @@ impl Drop for PairGuard {
                     tracing::warn!(error = %e, "could not give a pair's lease back; it expires by itself");
                 }
             });
+        }
+    }
+}
+
+/// Renews a pair's lease every third of `lease_for` until aborted (its guard dropped), or until
+/// it is found lost (it expired while the database could not be reached, and was taken over).
+async fn renew_lease(
+    (store, clock): (Arc<dyn Store>, Arc<dyn Clock>),
+    (mailbox, client, holder): (String, String, String),
+    lease_for: std::time::Duration,
+) {
+    let ttl = i64::try_from(lease_for.as_millis()).unwrap_or(i64::MAX);
+    loop {
+        tokio::time::sleep(lease_for / 3).await;
+        let now = clock.now_millis();
+        match store.renew_pair(&mailbox, &client, &holder, now, now.saturating_add(ttl)).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!("a pair's lease expired during its change and was taken over");
+                return;
+            }
+            Err(e) => tracing::warn!(error = %e, "could not renew a pair's lease; retrying"),
         }
     }
 }
@@ -152,19 +180,25 @@ impl Vault {
     pub(crate) async fn lock_pair(&self, mailbox: &str, client: &str) -> Result<PairGuard, VaultError> {
         let local = self.locks.lock(mailbox, client).await;
         if !self.store.shared() {
-            return Ok(PairGuard { _local: local, lease: None });
+            return Ok(PairGuard { _local: local, lease: None, renewing: None });
         }
         let holder = format!("{}/{}", *REPLICA, LEASES.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
         // Made before the first try: a call cancelled while its lease was being written still
         // gives it back (the holder is unique, so this never releases another's).
-        let guard = PairGuard {
+        let mut guard = PairGuard {
             _local: local,
             lease: Some((self.store.clone(), mailbox.to_owned(), client.to_owned(), holder.clone())),
+            renewing: None,
         };
         let ttl = i64::try_from(self.lease_for.as_millis()).unwrap_or(i64::MAX);
         loop {
             let now = self.clock.now_millis();
             if self.store.lease_pair(mailbox, client, &holder, now, now.saturating_add(ttl)).await? {
+                guard.renewing = Some(tokio::spawn(renew_lease(
+                    (self.store.clone(), self.clock.clone()),
+                    (mailbox.to_owned(), client.to_owned(), holder),
+                    self.lease_for,
+                )));
                 return Ok(guard);
             }
             tokio::time::sleep(LEASE_POLL).await;

@@ -373,6 +373,15 @@ mod tests {
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         assert!(lease("c", 60_000).await, "an expired lease is taken over");
         assert!(store.lease_pair("a@sina.com", "y", "b", 0, 60_000).await.unwrap(), "other pairs are free");
+        // Renewed by its holder only, and never taken again once given back.
+        assert!(store.lease_pair("a@sina.com", "z", "a", 0, 0).await.unwrap());
+        assert!(store.renew_pair("a@sina.com", "z", "a", 0, 60_000).await.unwrap());
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        assert!(!store.lease_pair("a@sina.com", "z", "d", 0, 60_000).await.unwrap(), "the renewal did not hold");
+        assert!(!store.renew_pair("a@sina.com", "z", "d", 0, 60_000).await.unwrap(), "renewed by another");
+        store.release_pair("a@sina.com".into(), "z".into(), "a".into()).await.unwrap();
+        assert!(!store.renew_pair("a@sina.com", "z", "a", 0, 60_000).await.unwrap(), "renewed once given back");
+        assert!(store.lease_pair("a@sina.com", "z", "d", 0, 60_000).await.unwrap(), "a renewal took it again");
     }
 
     #[tokio::test]

@@ -370,6 +370,28 @@ impl CredentialStore for PgStore {
         Ok(taken == 1)
     }
 
+    /// An UPDATE only: a renewal that reaches the database after the release never takes the
+    /// lease again.
+    async fn renew_pair(
+        &self,
+        mailbox: &str,
+        client: &str,
+        holder: &str,
+        now: Millis,
+        until: Millis,
+    ) -> Result<bool, StoreError> {
+        let ttl = until.saturating_sub(now).max(0);
+        let conn = self.pool.get().await?;
+        let renewed = conn
+            .execute(
+                "UPDATE pair_leases SET expires_at = (extract(epoch FROM clock_timestamp()) * 1000)::bigint + $4 \
+                 WHERE mailbox = $1 AND client = $2 AND holder = $3",
+                &[&mailbox, &client, &holder, &ttl],
+            )
+            .await?;
+        Ok(renewed == 1)
+    }
+
     async fn release_pair(&self, mailbox: String, client: String, holder: String) -> Result<(), StoreError> {
         let conn = self.pool.get().await?;
         conn.execute(
