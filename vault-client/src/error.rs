@@ -109,6 +109,14 @@ pub enum Error {
         /// The server's explanation.
         message: String,
     },
+    /// The vault lost its database connection while committing this write, and no resend (with
+    /// the same request id) could tell whether it was made: it may have been. Read the binding
+    /// (Get) before doing it again.
+    #[error("the write may have been made (the vault lost its database while committing): {message}")]
+    OutcomeUnknown {
+        /// The server's explanation.
+        message: String,
+    },
     /// A stored ciphertext failed authentication (tampering or corruption).
     #[error("the stored code failed authentication")]
     Tampered,
@@ -159,6 +167,7 @@ impl From<tonic::Status> for Error {
             (Code::ResourceExhausted, Some((r, _))) if r == "PROBE_BUDGET_EXHAUSTED" => {
                 Self::RateLimited { retry_after }
             }
+            (Code::Unavailable, Some((r, _))) if r == "STORAGE_OUTCOME_UNKNOWN" => Self::OutcomeUnknown { message },
             // Another RESOURCE_EXHAUSTED is the vault's own (`STORAGE_FULL`: its disk is full),
             // not the mailbox's probe budget.
             (Code::Unavailable | Code::ResourceExhausted, Some(_)) => Self::VaultUnavailable { message },

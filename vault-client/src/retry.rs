@@ -96,17 +96,31 @@ where
     let mut backoff = FIRST_BACKOFF;
     let mut attempt = 1;
     let (_, start) = client.turn();
+    // Once a send was told its commit's outcome is unknown, a later send that cannot tell
+    // either (the database still away) must not turn that into "nothing was changed".
+    let mut unknown: Option<tonic::Status> = None;
     loop {
         match call(client.replica(start.wrapping_add(attempt as usize - 1)), req.clone()).await {
             Ok(r) => return Ok(r.into_inner()),
             Err(s) if attempt < attempts && lost_in_transit(&s) => {
+                if outcome_unknown(&s) {
+                    unknown = Some(s);
+                }
                 tokio::time::sleep(backoff).await;
                 backoff *= 2;
                 attempt += 1;
             }
-            Err(s) => return Err(s.into()),
+            Err(s) => {
+                let undecided = matches!(s.code(), Code::Unavailable | Code::Unknown | Code::Cancelled);
+                return Err(unknown.filter(|_| undecided).unwrap_or(s).into());
+            }
         }
     }
+}
+
+/// Whether the vault said the write's commit may or may not have happened.
+fn outcome_unknown(s: &tonic::Status) -> bool {
+    s.code() == Code::Unavailable && s.get_details_error_info().is_some_and(|i| i.reason == "STORAGE_OUTCOME_UNKNOWN")
 }
 
 #[cfg(test)]
@@ -137,6 +151,14 @@ mod tests {
         assert!(!lost_in_transit(&tonic::Status::already_exists("bound")));
         assert!(!lost_in_transit(&tonic::Status::cancelled("Timeout expired")), "the caller's own deadline");
         assert!(!lost_in_transit(&tonic::Status::deadline_exceeded("deadline")));
+        // A commit whose answer the vault lost: resent with its id, which tells.
+        let unknown = tonic::Status::with_error_details(
+            Code::Unavailable,
+            "the change may have been made",
+            ErrorDetails::with_error_info("STORAGE_OUTCOME_UNKNOWN", "authcode-vault", HashMap::new()),
+        );
+        assert!(lost_in_transit(&unknown) && outcome_unknown(&unknown));
+        assert!(matches!(Error::from(unknown), Error::OutcomeUnknown { .. }));
     }
 
     #[test]

@@ -175,8 +175,9 @@ fn storage(err: &StoreError) -> Status {
         ),
         StoreError::OutcomeUnknown(_) => error_info(
             Code::Unavailable,
-            "the vault lost its database connection while committing: the change may have been made. Retry with \
-             the same request_id (a change made is answered again, not made twice), or Get the binding to see"
+            "the vault lost its database connection while committing: the change may have been made. Get the \
+             binding to see, or send a Bind, Rotate or Revoke again with the same request_id (a change made is \
+             answered again, not made twice)"
                 .into(),
             "STORAGE_OUTCOME_UNKNOWN",
             vec![],

@@ -385,6 +385,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_budget_dated_ahead_before_is_brought_back_to_the_database_clock() {
+        let url = testdb::fresh_database().await;
+        let (_, material) = crate::store::contract::keyring();
+        let store = PgStore::connect(&url, None).await.unwrap();
+        store.create(&material, 0).await.unwrap();
+        let now = i64::try_from(std::time::UNIX_EPOCH.elapsed().unwrap().as_millis()).unwrap();
+        let fast = Bucket { burst: 3.0, per_sec: 100.0, keep: 0.0 };
+        assert!(matches!(store.take_probe("d@sina.com", now, fast).await.unwrap(), Some(Ok(()))));
+        // Emptied and dated an hour ahead, as a replica whose clock ran ahead left it.
+        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(connection);
+        let ahead = now + 3_600_000;
+        client.execute("UPDATE probe_budget SET tokens = 0, updated_at = $1", &[&ahead]).await.unwrap();
+        let _ = store.take_probe("d@sina.com", now, fast).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        let later = now + 1500;
+        // At 100 a second, refilled within the second past the database's clock, not in an hour.
+        assert!(matches!(store.take_probe("d@sina.com", later, fast).await.unwrap(), Some(Ok(()))), "no refill");
+    }
+
+    #[tokio::test]
     async fn a_hosts_probe_slots_are_its_cap_across_holders_until_given_back_or_expired() {
         let (store, _) = fresh().await;
         let take = |holder: &'static str, ttl: i64| {

@@ -449,17 +449,21 @@ impl CredentialStore for PgStore {
         let need = 1.0 + keep;
         let conn = self.pool.get().await?;
         // A replica whose clock runs ahead must not refill the shared bucket (nor date it into
-        // the future for the others): its time counts at most a second past the database's.
-        let now: i64 = conn
-            .query_one(
-                "SELECT least($1::bigint, (extract(epoch FROM clock_timestamp()) * 1000)::bigint + 1000)",
-                &[&now],
-            )
+        // the future for the others): its time counts at most a second past the database's,
+        // and so does a time stored before (by a replica ahead, or before a failover).
+        let ceiling: i64 = conn
+            .query_one("SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint + 1000", &[])
             .await?
             .try_get(0)?;
+        let now = now.min(ceiling);
         conn.execute(
             "INSERT INTO probe_budget (mailbox, tokens, updated_at) VALUES ($1, $2, $3) ON CONFLICT (mailbox) DO NOTHING",
             &[&mailbox, &burst, &now],
+        )
+        .await?;
+        conn.execute(
+            "UPDATE probe_budget SET updated_at = $2 WHERE mailbox = $1 AND updated_at > $2",
+            &[&mailbox, &ceiling],
         )
         .await?;
         let row = conn

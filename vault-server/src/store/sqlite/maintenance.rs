@@ -70,14 +70,8 @@ impl Db {
     /// ([`Db::shred_owed`]): the server retries it, and so does the next Revoke, Rotate or stop.
     /// Returns whether the WAL was truncated.
     pub fn shred_wal(&self) -> bool {
-        let done = self.try_shred();
-        self.shred_owed.store(!done, std::sync::atomic::Ordering::Relaxed);
-        done
-    }
-
-    fn try_shred(&self) -> bool {
         for _ in 0..SHRED_ATTEMPTS {
-            match self.checkpoint() {
+            match self.shred_attempt(true) {
                 Ok(true) => return true,
                 Ok(false) => std::thread::sleep(std::time::Duration::from_millis(10)),
                 Err(e) => {
@@ -90,6 +84,28 @@ impl Db {
             "readers kept the WAL from being truncated after a destroying change; the old bytes stay in vault.db-wal until a truncation succeeds (retried)"
         );
         false
+    }
+
+    /// One truncation that does not wait for readers (a retry must never hold the writer while a
+    /// backup runs), and logs nothing: the change that left it owed did.
+    pub fn shred_wal_now(&self) -> bool {
+        self.shred_attempt(false).unwrap_or(false)
+    }
+
+    /// One checkpoint and truncation, with the owed flag set under the same writer lock (a
+    /// destroying commit cannot slip in between and have its own failure overwritten).
+    fn shred_attempt(&self, wait_for_readers: bool) -> Result<bool, StoreError> {
+        let conn = super::lock(&self.writer);
+        if !wait_for_readers {
+            conn.busy_timeout(std::time::Duration::ZERO)?;
+        }
+        let busy = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get::<_, i64>(0));
+        if !wait_for_readers {
+            conn.busy_timeout(super::BUSY_TIMEOUT)?;
+        }
+        let done = matches!(busy, Ok(0));
+        self.shred_owed.store(!done, std::sync::atomic::Ordering::Relaxed);
+        Ok(busy? == 0)
     }
 
     /// Whether a WAL truncation is owed: the last one did not finish, or the WAL was not empty

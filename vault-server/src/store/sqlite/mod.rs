@@ -82,13 +82,17 @@ impl std::fmt::Debug for Db {
     }
 }
 
+/// How long a connection waits for a lock (a writer for the writer's lock, a checkpoint for
+/// readers).
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 fn configure(conn: &Connection) -> Result<(), StoreError> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     // Freed pages are zeroed, so a revoked or rotated ciphertext does not linger in the file.
     conn.pragma_update(None, "secure_delete", "ON")?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
     Ok(())
 }
 

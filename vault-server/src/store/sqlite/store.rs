@@ -68,8 +68,10 @@ impl KeyMaterialStore for SqliteStore {
         self.hop(move |db| db.retire_data_keys(active, &invalid_tokens)).await
     }
 
+    /// One attempt that does not wait for readers: callers retry (a key rotation, the owed
+    /// truncation's retries).
     async fn destroy_freed(&self) -> Result<bool, StoreError> {
-        self.hop(|db| Ok(db.shred_wal())).await
+        self.hop(|db| Ok(db.shred_wal_now())).await
     }
 
     fn destruction_owed(&self) -> bool {
