@@ -99,7 +99,10 @@ async fn what_a_kill_left_undestroyed_in_the_wal_is_destroyed_before_the_next_st
     drop(db);
     assert!(!files_holding(&stack.data, &old.ciphertext).is_empty(), "the setup left nothing to destroy");
     stack.restart_after_stop();
-    // Started means serving: the truncation came first.
+    // A call answered means serving began, and the truncation came first (the listener is
+    // bound, and logged, a moment before).
+    let mut admin = stack.admin().await;
+    assert_eq!(admin.get(BOB, "sender").await.unwrap().version, 1);
     assert_gone(&stack, &old, "once the next start serves");
 }
 

@@ -109,10 +109,10 @@ pub enum Error {
         /// The server's explanation.
         message: String,
     },
-    /// The vault lost its database connection while committing this write, and no resend (with
-    /// the same request id) could tell whether it was made: it may have been. Read the binding
-    /// (Get) before doing it again.
-    #[error("the write may have been made (the vault lost its database while committing): {message}")]
+    /// The vault lost its database connection while committing this call's change, so it may
+    /// have been made, and no resend with the same request id (Bind, Rotate, Revoke) could tell.
+    /// Read the binding (Get) before doing it again.
+    #[error("the change may have been made (the vault lost its database while committing): {message}")]
     OutcomeUnknown {
         /// The server's explanation.
         message: String,

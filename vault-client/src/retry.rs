@@ -110,11 +110,25 @@ where
                 backoff *= 2;
                 attempt += 1;
             }
-            Err(s) => {
-                let undecided = matches!(s.code(), Code::Unavailable | Code::Unknown | Code::Cancelled);
-                return Err(unknown.filter(|_| undecided).unwrap_or(s).into());
-            }
+            Err(s) => return Err(unknown.filter(|_| !looked_up(&s)).unwrap_or(s).into()),
         }
+    }
+}
+
+/// Whether an answer to a write was given after the vault looked its request id up (under the
+/// pair's lock): then it tells what became of an earlier send with that id. Refusals that come
+/// first (authentication, a deadline, the database or token table away) tell nothing.
+fn looked_up(s: &tonic::Status) -> bool {
+    match s.code() {
+        Code::AlreadyExists
+        | Code::FailedPrecondition
+        | Code::Aborted
+        | Code::NotFound
+        | Code::InvalidArgument
+        | Code::DataLoss
+        | Code::ResourceExhausted => true,
+        Code::Unavailable => s.get_details_error_info().is_some_and(|i| i.reason.starts_with("PROBE_")),
+        _ => false,
     }
 }
 
@@ -158,7 +172,19 @@ mod tests {
             ErrorDetails::with_error_info("STORAGE_OUTCOME_UNKNOWN", "authcode-vault", HashMap::new()),
         );
         assert!(lost_in_transit(&unknown) && outcome_unknown(&unknown));
+        assert!(!looked_up(&unknown), "an unknown outcome is no answer about an earlier send");
         assert!(matches!(Error::from(unknown), Error::OutcomeUnknown { .. }));
+        // After an unknown outcome, only an answer given after the request id was looked up
+        // replaces it: a revoked token or a deadline says nothing about the earlier send.
+        assert!(looked_up(&tonic::Status::already_exists("bound")));
+        for nothing in [
+            tonic::Status::unauthenticated("revoked"),
+            tonic::Status::deadline_exceeded("deadline"),
+            tonic::Status::internal("storage failure"),
+            tonic::Status::unavailable("transport error"),
+        ] {
+            assert!(!looked_up(&nothing), "{nothing:?}");
+        }
     }
 
     #[test]

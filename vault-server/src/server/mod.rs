@@ -106,9 +106,21 @@ async fn upkeep(vault: Arc<Vault>, tokens: Arc<Tokens>, usage_flush: Duration) {
 async fn destruction_retries(vault: Arc<Vault>, metrics: Arc<Metrics>) {
     let mut tick = tokio::time::interval(DESTRUCTION_RETRY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A lasting failure (a full disk) is logged once a minute, not at every retry.
+    let mut logged: Option<tokio::time::Instant> = None;
     loop {
         tick.tick().await;
-        metrics.observe_destruction_owed(vault.finish_destruction().await);
+        let owed = match vault.finish_destruction().await {
+            Ok(owed) => owed,
+            Err(e) => {
+                if logged.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
+                    tracing::error!(error = %e, "the owed WAL truncation failed; destroyed bytes stay in vault.db-wal (retried every 5 s)");
+                    logged = Some(tokio::time::Instant::now());
+                }
+                true
+            }
+        };
+        metrics.observe_destruction_owed(owed);
     }
 }
 
@@ -199,7 +211,11 @@ pub async fn serve(
     let builder = tonic::transport::Server::builder();
     // Bytes a crash left undestroyed (a kill between a Revoke's commit and its WAL truncation)
     // are destroyed before the first call is served.
-    options.metrics.observe_destruction_owed(vault.finish_destruction().await);
+    let owed = vault.finish_destruction().await.unwrap_or_else(|e| {
+        tracing::error!(error = %e, "the WAL truncation a crash left owed failed; serving, and retrying every 5 s");
+        true
+    });
+    options.metrics.observe_destruction_owed(owed);
     let upkeep = tokio::spawn(upkeep(vault.clone(), tokens.clone(), options.usage_flush));
     let retries = tokio::spawn(destruction_retries(vault.clone(), options.metrics.clone()));
     let incoming = listener::admit(listener, options.tls, limits.connections, options.metrics.clone());

@@ -269,7 +269,7 @@ async fn a_code_another_client_of_the_mailbox_holds_is_bound_with_a_hint_saying_
 #[tokio::test]
 async fn a_pairs_lease_is_renewed_while_its_change_runs_and_never_taken_over() {
     use crate::store::PgStore;
-    // Two replicas on one PostgreSQL database, leases of 300 ms.
+    // Two replicas on one PostgreSQL database, leases of 900 ms.
     let url = crate::store::testdb::fresh_database().await;
     let (ring, material) = crate::store::contract::keyring();
     let store = PgStore::connect(&url, None).await.unwrap();
@@ -286,7 +286,7 @@ async fn a_pairs_lease_is_renewed_while_its_change_runs_and_never_taken_over() {
             Arc::new(FakeClock::default()),
             Arc::new(crate::metrics::Metrics::default()),
         );
-        Arc::new(vault.with_lease_for(std::time::Duration::from_millis(300)))
+        Arc::new(vault.with_lease_for(std::time::Duration::from_millis(900)))
     };
     let (a, b) = (replica(), replica());
     let held = a.lock_pair("a@sina.com", "x").await.unwrap();
@@ -294,8 +294,8 @@ async fn a_pairs_lease_is_renewed_while_its_change_runs_and_never_taken_over() {
         let _pair = b.lock_pair("a@sina.com", "x").await.unwrap();
         std::time::Instant::now()
     });
-    // A slow change (a commit held up by a failover) outlives four lease periods.
-    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    // A slow change (a commit held up by a failover) outlives its first lease almost thrice.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
     assert!(!waiter.is_finished(), "another replica took the pair while its change ran");
     let released = std::time::Instant::now();
     drop(held);

@@ -108,16 +108,21 @@ impl Drop for PairGuard {
     }
 }
 
-/// Renews a pair's lease every third of `lease_for` until aborted (its guard dropped), or until
-/// it is found lost (it expired while the database could not be reached, and was taken over).
+/// Renewals of a pair's lease at most: with the first lease, four lease lengths in all, so a
+/// change stuck for good (a COMMIT on a half-open socket) does not hold the pair for ever.
+const LEASE_RENEWALS: u32 = 9;
+
+/// Renews a pair's lease every third of `lease_for` until aborted (its guard dropped), until
+/// [`LEASE_RENEWALS`] ran out, or until it is found lost (it expired while the database could
+/// not be reached, and was taken over).
 async fn renew_lease(
     (store, clock): (Arc<dyn Store>, Arc<dyn Clock>),
     (mailbox, client, holder): (String, String, String),
     lease_for: std::time::Duration,
 ) {
     let ttl = i64::try_from(lease_for.as_millis()).unwrap_or(i64::MAX);
-    loop {
-        tokio::time::sleep(lease_for / 3).await;
+    for _ in 0..LEASE_RENEWALS {
+        tokio::time::sleep((lease_for / 3).max(std::time::Duration::from_millis(10))).await;
         let now = clock.now_millis();
         match store.renew_pair(&mailbox, &client, &holder, now, now.saturating_add(ttl)).await {
             Ok(true) => {}
@@ -128,6 +133,7 @@ async fn renew_lease(
             Err(e) => tracing::warn!(error = %e, "could not renew a pair's lease; retrying"),
         }
     }
+    tracing::warn!("a change held its pair for four lease lengths; its lease now runs out");
 }
 
 /// The vault: store, keys, providers, prober and probe budget.
@@ -433,23 +439,17 @@ impl Vault {
     }
 
     /// Retries a destruction of old bytes in the live files that a destroying change could not
-    /// finish (readers, a full disk, an I/O error) or a crash left owed. Returns whether one is
-    /// still owed.
-    pub async fn finish_destruction(&self) -> bool {
+    /// finish (readers, a full disk, an I/O error) or a crash left owed. `Ok(true)` while one is
+    /// still owed; an error says why it failed (and it is still owed).
+    pub async fn finish_destruction(&self) -> Result<bool, VaultError> {
         if !self.store.destruction_owed() {
-            return false;
+            return Ok(false);
         }
-        match self.store.destroy_freed().await {
-            Ok(true) => {
-                tracing::info!("the owed WAL truncation finished: destroyed bytes are in no live file");
-                false
-            }
-            Ok(false) => true,
-            Err(e) => {
-                tracing::warn!(error = %e, "the owed WAL truncation failed; retrying");
-                true
-            }
+        let done = self.store.destroy_freed().await?;
+        if done {
+            tracing::info!("the owed WAL truncation finished: destroyed bytes are in no live file");
         }
+        Ok(!done)
     }
 
     /// Resolves once enough Reveal usage is pending that it should be flushed now.

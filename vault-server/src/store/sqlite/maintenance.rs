@@ -58,6 +58,9 @@ impl Db {
     }
 }
 
+/// How long a retried truncation waits for readers to step aside.
+const RETRY_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// Checkpoint attempts after a Revoke or Rotate; each waits up to the busy timeout for readers.
 const SHRED_ATTEMPTS: usize = 3;
 
@@ -86,10 +89,10 @@ impl Db {
         false
     }
 
-    /// One truncation that does not wait for readers (a retry must never hold the writer while a
-    /// backup runs), and logs nothing: the change that left it owed did.
-    pub fn shred_wal_now(&self) -> bool {
-        self.shred_attempt(false).unwrap_or(false)
+    /// One truncation that waits for readers only briefly (a retry must never hold the writer
+    /// while a backup runs), and logs nothing: its caller says what failed.
+    pub fn shred_wal_now(&self) -> Result<bool, StoreError> {
+        self.shred_attempt(false)
     }
 
     /// One checkpoint and truncation, with the owed flag set under the same writer lock (a
@@ -97,7 +100,8 @@ impl Db {
     fn shred_attempt(&self, wait_for_readers: bool) -> Result<bool, StoreError> {
         let conn = super::lock(&self.writer);
         if !wait_for_readers {
-            conn.busy_timeout(std::time::Duration::ZERO)?;
+            // Not zero: under steady reads some reader is always at work at any one instant.
+            conn.busy_timeout(RETRY_WAIT)?;
         }
         let busy = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get::<_, i64>(0));
         if !wait_for_readers {

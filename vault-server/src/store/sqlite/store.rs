@@ -71,7 +71,7 @@ impl KeyMaterialStore for SqliteStore {
     /// One attempt that does not wait for readers: callers retry (a key rotation, the owed
     /// truncation's retries).
     async fn destroy_freed(&self) -> Result<bool, StoreError> {
-        self.hop(|db| Ok(db.shred_wal_now())).await
+        self.hop(super::Db::shred_wal_now).await
     }
 
     fn destruction_owed(&self) -> bool {
