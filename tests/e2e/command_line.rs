@@ -323,13 +323,19 @@ fn a_vault_db_that_holds_nothing_is_left_alone_by_every_command_and_init_replace
     }
 }
 
-#[test]
-fn a_restore_that_fails_leaves_nothing_behind_and_a_retry_works() {
+/// A temp dir holding a vault's backup, `good.bak` (and the vault, in the dir).
+fn a_good_backup() -> (tempfile::TempDir, std::path::PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
     let data = DataDir::init(tmp.path(), PASSPHRASE);
     let good = tmp.path().join("good.bak");
     let out = run(&["backup", "--data-dir", path_str(&data.dir), path_str(&good)], &[]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    (tmp, good)
+}
+
+#[test]
+fn a_restore_that_fails_leaves_nothing_behind_and_a_retry_works() {
+    let (tmp, good) = a_good_backup();
     let (empty, garbage) = (tmp.path().join("empty.bak"), tmp.path().join("garbage.bak"));
     std::fs::write(&empty, b"").unwrap();
     std::fs::write(&garbage, vec![7u8; 8192]).unwrap();
@@ -372,11 +378,7 @@ fn run_within_30s(args: &[&str], stdin: std::process::Stdio) -> std::process::Ou
 
 #[test]
 fn a_restore_reads_a_file_or_a_pipe_never_a_device_and_gives_back_the_dir_it_was_given() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = DataDir::init(tmp.path(), PASSPHRASE);
-    let good = tmp.path().join("good.bak");
-    let out = run(&["backup", "--data-dir", path_str(&data.dir), path_str(&good)], &[]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (tmp, good) = a_good_backup();
     // An empty dir given (0755): a failed restore leaves it as it was.
     let target = tmp.path().join("given");
     std::fs::create_dir(&target).unwrap();
