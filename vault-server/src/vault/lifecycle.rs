@@ -8,7 +8,7 @@ use std::sync::Arc;
 use prost::Message as _;
 
 use super::requests::{Answer, Prior};
-use super::{Holder, Vault, VaultError};
+use super::{Holder, SHARING_UNCHECKED, Vault, VaultError};
 use crate::caller::Caller;
 use crate::ids::{ClientId, Mailbox, RequestId};
 use crate::outcome::ProbeOutcome;
@@ -360,10 +360,9 @@ fn shared_noted(provider: &Provider, mut report: ProbeReport, holder: Holder) ->
     match holder {
         Holder::Other(client) => report.hint = provider.shared_new_code_hint(&client),
         Holder::Nobody => {}
-        Holder::Unknown => report.hint.push_str(
-            " (Whether another client of this mailbox holds the same code could not be checked: give each client \
-             a code of its own.)",
-        ),
+        Holder::Unknown => {
+            report.hint = format!("{} ({SHARING_UNCHECKED}: give each client a code of its own.)", report.hint);
+        }
     }
     report
 }

@@ -45,6 +45,10 @@ use crate::store::{
 use locks::PairLocks;
 use usage::Usage;
 
+/// What a hint says when [`Holder::Unknown`].
+pub(super) const SHARING_UNCHECKED: &str =
+    "Whether another client of this mailbox holds the same code could not be checked";
+
 /// Who else holds a code: one just replaced or revoked, or one being bound.
 pub(super) enum Holder {
     Other(String),
@@ -318,11 +322,12 @@ impl Vault {
             Holder::Other(client) => provider.shared_code_hint(report.outcome, what, &client),
             Holder::Nobody => provider.previous_code_hint(report.outcome, what),
             // Unsure: never "delete it" on a doubt.
-            Holder::Unknown => format!(
-                "{} (Whether another client of this mailbox holds the same code could not be checked: \
-                 look before deleting it.)",
-                provider.previous_code_hint(report.outcome, what)
-            ),
+            Holder::Unknown => {
+                format!(
+                    "{} ({SHARING_UNCHECKED}: look before deleting it.)",
+                    provider.previous_code_hint(report.outcome, what)
+                )
+            }
         };
         // The change's own event was written in its commit, before this probe ran.
         let at = self.clock.now_millis();

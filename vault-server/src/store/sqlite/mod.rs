@@ -622,6 +622,22 @@ mod tests {
     }
 
     #[test]
+    fn a_retried_truncation_steps_aside_for_a_reader_and_stays_owed_until_it_finishes() {
+        let (_tmp, db) = fresh();
+        lock(&db.writer).execute("UPDATE vault_meta SET created_at = 7", []).unwrap();
+        // A long reader (a backup's snapshot) holds the WAL.
+        let reader = db.acquire_reader().unwrap();
+        reader.execute_batch("BEGIN; SELECT count(*) FROM vault_meta;").unwrap();
+        let started = std::time::Instant::now();
+        assert!(!db.shred_wal_now().unwrap(), "truncated under a reader");
+        assert!(started.elapsed() < std::time::Duration::from_secs(2), "the retry waited like a change");
+        assert!(db.shred_owed());
+        reader.execute_batch("COMMIT").unwrap();
+        assert!(db.shred_wal_now().unwrap());
+        assert!(!db.shred_owed());
+    }
+
+    #[test]
     fn the_token_table_is_read_while_every_pooled_reader_is_busy() {
         let (_tmp, db) = fresh();
         let db = std::sync::Arc::new(db);
