@@ -187,6 +187,52 @@ mod tests {
         }
     }
 
+    /// Runs `write` against canned answers, one per send; returns its result and the sends made.
+    async fn sends(request_id: &str, answers: Vec<Result<(), tonic::Status>>) -> (Result<(), Error>, usize) {
+        let channel = tonic::transport::Channel::from_static("http://127.0.0.1:9").connect_lazy();
+        let client = VaultClient::from_channel(channel, None).expect("no token to check");
+        let queue = std::sync::Mutex::new(std::collections::VecDeque::from(answers));
+        let sent = std::sync::atomic::AtomicUsize::new(0);
+        let result = write(&client, (), request_id, |_, ()| {
+            sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let next = queue.lock().expect("not poisoned").pop_front().expect("a canned answer per send");
+            std::future::ready(next.map(tonic::Response::new))
+        })
+        .await;
+        (result, sent.into_inner())
+    }
+
+    #[tokio::test]
+    async fn an_unknown_outcome_stays_unknown_until_a_send_is_answered_after_its_id_was_looked_up() {
+        let unknown = || {
+            Err(tonic::Status::with_error_details(
+                Code::Unavailable,
+                "the change may have been made",
+                ErrorDetails::with_error_info("STORAGE_OUTCOME_UNKNOWN", "authcode-vault", HashMap::new()),
+            ))
+        };
+        let transport = || Err(tonic::Status::unavailable("transport error"));
+        let id = "0123456789abcdef0123456789abcdef";
+        // Run together: each waits out the backoffs (0.2 s, then 0.4 s).
+        let (away, revoked, answered, replayed, never_reached, no_id) = tokio::join!(
+            // The database still away on every resend: the first send's outcome is still unknown.
+            sends(id, vec![unknown(), transport(), transport()]),
+            // A refusal before the lookup (a revoked token) says nothing about the first send.
+            sends(id, vec![unknown(), Err(tonic::Status::unauthenticated("revoked"))]),
+            // An answer after the lookup tells: the pair is bound (by the first send or another).
+            sends(id, vec![unknown(), Err(tonic::Status::already_exists("bound"))]),
+            sends(id, vec![unknown(), Ok(())]),
+            sends(id, vec![transport(), transport(), transport()]),
+            sends("", vec![unknown()]),
+        );
+        assert!(matches!(away, (Err(Error::OutcomeUnknown { .. }), 3)), "{away:?}");
+        assert!(matches!(revoked, (Err(Error::OutcomeUnknown { .. }), 2)), "{revoked:?}");
+        assert!(matches!(answered, (Err(Error::AlreadyBound), 2)), "{answered:?}");
+        assert!(matches!(replayed, (Ok(()), 2)), "{replayed:?}");
+        assert!(matches!(never_reached, (Err(Error::VaultUnreachable { .. }), 3)), "{never_reached:?}");
+        assert!(matches!(no_id, (Err(Error::OutcomeUnknown { .. }), 1)), "without an id, never resent: {no_id:?}");
+    }
+
     #[test]
     fn a_read_goes_to_another_replica_only_when_this_one_cannot_serve() {
         let info = |code, reason: &str| {
