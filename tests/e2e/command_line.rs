@@ -339,16 +339,27 @@ fn a_restore_that_fails_leaves_nothing_behind_and_a_retry_works() {
     let (empty, garbage) = (tmp.path().join("empty.bak"), tmp.path().join("garbage.bak"));
     std::fs::write(&empty, b"").unwrap();
     std::fs::write(&garbage, vec![7u8; 8192]).unwrap();
+    // A copy of a live vault.db, its latest change still in the WAL beside it (the writer is
+    // open): restoring the file alone dropped that change.
+    let live = tmp.path().join("live.db");
+    std::fs::copy(&good, &live).unwrap();
+    let writer = rusqlite::Connection::open(&live).unwrap();
+    writer.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE latest (change);").unwrap();
+    assert!(std::fs::metadata(tmp.path().join("live.db-wal")).unwrap().len() > 0);
     let target = tmp.path().join("restored");
-    for (bad, says) in
-        [(&empty, "holds no vault"), (&garbage, "restore"), (&tmp.path().join("missing.bak"), "cannot read")]
-    {
+    for (bad, says) in [
+        (&empty, "holds no vault"),
+        (&garbage, "restore"),
+        (&tmp.path().join("missing.bak"), "cannot read"),
+        (&live, "vault-server backup"),
+    ] {
         let out = run(&["restore", "--data-dir", path_str(&target), path_str(bad)], &[]);
         assert!(!out.status.success(), "{bad:?} was restored");
         let line = one_line_error(&out);
         assert!(line.contains(says), "{bad:?}: {line}");
         assert!(!target.exists(), "{bad:?} left {target:?} behind");
     }
+    drop(writer);
     let out = run(&["restore", "--data-dir", path_str(&target), path_str(&good)], &[]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let out = run(&["token", "list", "--data-dir", path_str(&target)], &[]);

@@ -55,7 +55,8 @@ pub enum Command {
         /// The data dir to create.
         #[arg(long, env = "VAULT_DATA_DIR", value_name = "DIR")]
         data_dir: PathBuf,
-        /// The backup file (or a pipe: `/dev/stdin`); not a directory or a device.
+        /// The file `backup` wrote (or a pipe: `/dev/stdin`); not a directory, a device, or a
+        /// live vault.db with a non-empty -wal beside it.
         file: PathBuf,
     },
 }

@@ -117,6 +117,17 @@ pub fn restore(dir: &Path, file: &Path) -> Result<(), BackupError> {
             BackupError::Io(format!("backup {} is {e}; give the file `backup` wrote", file.display()))
         }
     })?;
+    // A data dir's vault.db copied while it served: its latest changes sit in the WAL beside it,
+    // and restoring the file alone would quietly drop them.
+    let mut wal = file.as_os_str().to_owned();
+    wal.push("-wal");
+    if fs::metadata(&wal).is_ok_and(|m| m.len() > 0) {
+        return Err(BackupError::Io(format!(
+            "{} has a non-empty -wal beside it: it is a live database whose latest changes are in that WAL, not a backup; \
+             run `vault-server backup` on its data dir and restore that file; nothing was restored",
+            file.display()
+        )));
+    }
     let mut head = Vec::with_capacity(SQLITE_HEADER.len());
     (&mut source).take(SQLITE_HEADER.len() as u64).read_to_end(&mut head).map_err(cannot_read)?;
     if head.is_empty() {
