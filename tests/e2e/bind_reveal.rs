@@ -139,7 +139,17 @@ async fn a_certificate_for_another_name_is_tls_failed() {
     // Point the VIP host at the same Dovecot: its certificate names imap.sina.com only. (One
     // server owns a data dir, so the stack's server is restarted with the extra flag.)
     let vip = format!("imap.vip.sina.com:993={}", stack.dovecot.imaps);
-    stack.restart_with(&["--probe-burst".into(), "100".into(), "--probe-resolve".into(), vip]);
+    // A port typed wrong would leave probes going to the real host: said at start.
+    let typo = format!("imap.sina.com:143={}", stack.dovecot.imaps);
+    stack.restart_with(&[
+        "--probe-burst".into(),
+        "100".into(),
+        "--probe-resolve".into(),
+        vip,
+        "--probe-resolve".into(),
+        typo,
+    ]);
+    stack.server.wait_for_log("--probe-resolve imap.sina.com:143 matches no provider's IMAP or SMTP server, so it changes nothing (imap.sina.com is probed on port 993)");
     let status = raw_bind(&stack.server, &stack.admin_token, "carol@vip.sina.com", "sender", ALICE_CODE).await;
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     let info = status.get_details_error_info().unwrap();

@@ -54,6 +54,15 @@ impl Registry {
         self.by_domain.get(domain)
     }
 
+    /// The ports any provider probes `host` (canonical, lower case) on, IMAP or SMTP; sorted.
+    pub fn ports_of(&self, host: &str) -> Vec<u16> {
+        let mut ports: Vec<u16> =
+            self.providers().flat_map(|p| [&p.imap, &p.smtp]).filter(|e| e.host == host).map(|e| e.port).collect();
+        ports.sort_unstable();
+        ports.dedup();
+        ports
+    }
+
     /// Every provider, in no particular order.
     pub fn providers(&self) -> impl Iterator<Item = &Arc<Provider>> {
         self.by_id.values()

@@ -155,6 +155,24 @@ pub async fn serve(args: ServeArgs, env_passphrase: Option<Passphrase>) -> Resul
         Some(path) => Registry::with_file(path)?,
         None => Registry::builtin(),
     };
+    // A typo here (a port, a host) would leave probes going to the real host, silently.
+    for o in &args.probe_resolve {
+        let ports = registry.ports_of(&o.host);
+        if !ports.contains(&o.port) {
+            let probed = match ports.as_slice() {
+                [] => "no provider probes that host".to_owned(),
+                ports => {
+                    let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
+                    format!("{} is probed on port {}", o.host, ports.join(" and "))
+                }
+            };
+            tracing::warn!(
+                "--probe-resolve {}:{} matches no provider's IMAP or SMTP server, so it changes nothing ({probed})",
+                o.host,
+                o.port
+            );
+        }
+    }
     let (database, passphrase_args, new_dev_vault) = if args.dev {
         let dir = args.data_dir.clone().unwrap_or_else(|| PathBuf::from(DEV_DATA_DIR));
         let (file, new) = prepare_dev(&dir, args.passphrase.passphrase_file.clone())?;
