@@ -1,10 +1,14 @@
 //! The baseline: a bare tonic 0.14 server whose one real RPC (`vault.v1.AuthCodeVault/Reveal`)
-//! returns a precomputed response from a HashMap. Same tonic and tokio settings as the vault;
-//! no auth, no crypto, no storage. TCP_NODELAY as in the vault. Prints how many Reveals it answered when it stops.
+//! returns a precomputed response from a HashMap. The vault's transport settings at their
+//! defaults (HTTP/2 streams per connection, header list size, HTTP/2 and TCP keep-alive,
+//! TCP_NODELAY) on a default multi-thread tokio runtime; none of the vault's own per-request
+//! layers (its request timeout, connection and RPC limits, accounting, authentication), no
+//! crypto, no storage. Prints how many Reveals it answered when it stops.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 use vault_bench::proto::{RevealRequest, RevealResponse};
@@ -53,10 +57,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let listener = tokio::net::TcpListener::bind::<std::net::SocketAddr>(addr).await?;
     eprintln!("listening on {}", listener.local_addr()?);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    // As `vault-server serve` sets them by default (`--max-streams-per-connection 128`,
+    // `--http2-keepalive-interval 30`, `--http2-keepalive-timeout 10`, `--tcp-keepalive 60`).
     tonic::transport::Server::builder()
+        .max_concurrent_streams(128)
+        .http2_max_header_list_size(16 * 1024)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_service(AuthCodeVaultServer::new(service))
         .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            tonic::transport::server::TcpIncoming::from(listener)
+                .with_nodelay(Some(true))
+                .with_keepalive(Some(Duration::from_secs(60)))
+                .with_keepalive_interval(Some(Duration::from_secs(15)))
+                .with_keepalive_retries(Some(4)),
             async move {
                 term.recv().await;
             },
