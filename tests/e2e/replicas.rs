@@ -459,28 +459,36 @@ async fn a_replica_that_stops_answering_is_passed_over_by_a_client_with_a_timeou
 }
 
 /// A TCP proxy in front of PostgreSQL that, once armed, cuts the first connection whose traffic
-/// since arming holds `marker`, right after that connection's next COMMIT has reached the
-/// database: the change is made, its answer never comes back.
+/// since arming holds the marker it was armed with, right after that connection's next COMMIT
+/// has reached the database: the change is made, its answer never comes back.
 struct CommitCutter {
     addr: std::net::SocketAddr,
     armed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    marker: std::sync::Arc<std::sync::Mutex<&'static [u8]>>,
     cuts: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl CommitCutter {
-    async fn start(upstream: String, marker: &'static [u8]) -> Self {
+    async fn start(upstream: String) -> Self {
         use std::sync::atomic::{AtomicBool, AtomicUsize};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (armed, cuts) = (std::sync::Arc::new(AtomicBool::new(false)), std::sync::Arc::new(AtomicUsize::new(0)));
-        let (a, c) = (armed.clone(), cuts.clone());
+        let marker: std::sync::Arc<std::sync::Mutex<&'static [u8]>> = std::sync::Arc::default();
+        let (a, c, m) = (armed.clone(), cuts.clone(), marker.clone());
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else { continue };
-                tokio::spawn(Self::pump(client, server, a.clone(), c.clone(), marker));
+                tokio::spawn(Self::pump(client, server, a.clone(), c.clone(), m.clone()));
             }
         });
-        Self { addr, armed, cuts }
+        Self { addr, armed, marker, cuts }
+    }
+
+    /// Cuts the next COMMIT of a connection that sends `marker` from now on.
+    fn arm(&self, marker: &'static [u8]) {
+        *self.marker.lock().unwrap() = marker;
+        self.armed.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     async fn pump(
@@ -488,7 +496,7 @@ impl CommitCutter {
         server: tokio::net::TcpStream,
         armed: std::sync::Arc<std::sync::atomic::AtomicBool>,
         cuts: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-        marker: &'static [u8],
+        marker: std::sync::Arc<std::sync::Mutex<&'static [u8]>>,
     ) {
         use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -511,7 +519,7 @@ impl CommitCutter {
         while let Ok(n @ 1..) = from_client.read(&mut buf).await {
             let chunk = &buf[..n];
             if armed.load(SeqCst) {
-                seen |= holds(chunk, marker);
+                seen |= holds(chunk, *marker.lock().unwrap());
                 if seen && holds(chunk, b"COMMIT") && armed.swap(false, SeqCst) {
                     hold.store(true, SeqCst);
                     let _ = to_server.write_all(chunk).await;
@@ -542,15 +550,15 @@ impl CommitCutter {
 async fn a_commit_whose_answer_is_lost_is_never_reported_as_not_made_and_the_client_learns_it_was() {
     let r = Replicas::start("100").await;
     let upstream = r.url.split_once('@').unwrap().1.split_once('/').unwrap().0.to_owned();
-    // The marker is in the Rotate's UPDATE only.
-    let cutter = CommitCutter::start(upstream, b"SET version").await;
+    let cutter = CommitCutter::start(upstream).await;
     let url = cutter.url(&r.url);
     let c = tokio::task::block_in_place(|| Replicas::replica(&url, &r.passphrase_file, &r.pki, &r.dovecot, "100"));
     let mut admin = c.client_with(Some(&r.admin)).await;
     admin.bind(ALICE, "sender", code(ALICE_CODE)).await.unwrap();
 
     // vault-client resends with the request id, and is answered what was made: one rotation.
-    cutter.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    // (The marker is in the Rotate's UPDATE only.)
+    cutter.arm(b"SET version");
     let rotated = admin.rotate(ALICE, "sender", code(ALICE_CODE), 0).await.unwrap();
     assert_eq!(cutter.cuts.load(std::sync::atomic::Ordering::SeqCst), 1, "no COMMIT was cut");
     assert_eq!(rotated.credential.version, 2);
@@ -558,7 +566,7 @@ async fn a_commit_whose_answer_is_lost_is_never_reported_as_not_made_and_the_cli
 
     // Without a request id: UNAVAILABLE, saying the change may have been made (it was), not
     // "nothing was changed".
-    cutter.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    cutter.arm(b"SET version");
     let rotate = vault_client::proto::RotateRequest {
         mailbox: ALICE.into(),
         client: "sender".into(),
@@ -570,4 +578,23 @@ async fn a_commit_whose_answer_is_lost_is_never_reported_as_not_made_and_the_cli
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert!(status.message().contains("may have been made"), "{}", status.message());
     assert_eq!(admin.get(ALICE, "sender").await.unwrap().version, 3);
+
+    // A usage flush whose answer is lost (the audit listing flushes first): its Reveals are
+    // counted once, never written again by the next flush (they were counted twice).
+    let mut sender = c.client_with(Some(&r.sender)).await;
+    for _ in 0..3 {
+        sender.reveal(ALICE, "sender").await.unwrap();
+    }
+    cutter.arm(b"unnest($1::bigint[]");
+    let pair = vault_client::AuditFilter { mailbox: ALICE.into(), client: "sender".into(), ..Default::default() };
+    let mut listed = admin.audit_all(&pair, usize::MAX).await;
+    for _ in 0..3 {
+        if listed.is_ok() {
+            break;
+        }
+        listed = admin.audit_all(&pair, usize::MAX).await;
+    }
+    assert_eq!(cutter.cuts.load(std::sync::atomic::Ordering::SeqCst), 3, "no flush's COMMIT was cut");
+    let reveals: Vec<u64> = listed.unwrap().iter().filter(|e| e.rpc == "Reveal").map(|e| e.count).collect();
+    assert_eq!(reveals, [3], "three Reveals, one window");
 }

@@ -110,6 +110,28 @@ async fn commit(tx: Transaction<'_>) -> Result<(), StoreError> {
 }
 
 impl PgStore {
+    /// Whether a usage batch whose commit went unanswered was committed: its first window's row
+    /// is there (a window's caller, pair, first and last use and count single it out).
+    async fn reveals_landed(&self, first: &AuditEvent) -> Result<bool, StoreError> {
+        let conn = self.pool.get().await?;
+        let found = conn
+            .query_opt(
+                "SELECT 1 FROM audit_events WHERE mailbox = $1 AND client = $2 AND at = $3 AND caller = $4 \
+                 AND rpc = $5 AND first_at = $6 AND count = $7",
+                &[
+                    &first.mailbox,
+                    &first.client,
+                    &first.at,
+                    &first.caller,
+                    &first.rpc,
+                    &first.first_at,
+                    &to_i64(first.count),
+                ],
+            )
+            .await?;
+        Ok(found.is_some())
+    }
+
     /// One transaction on an existing, locked row: `change` sees it as it is, writes, and the row
     /// is read back before commit, when `request` (if any) is remembered with it.
     async fn write<F>(
@@ -683,8 +705,19 @@ impl CredentialStore for PgStore {
             &[&c.mailbox, &c.client, &c.at],
         )
         .await?;
-        tx.commit().await?;
-        Ok(())
+        match commit(tx).await {
+            Err(StoreError::OutcomeUnknown(m)) => {
+                // The batch is put back and written again unless it is known to have landed:
+                // written twice, its Reveals would be counted twice.
+                let first = events.first().ok_or(StoreError::OutcomeUnknown(m))?;
+                if self.reveals_landed(first).await? {
+                    Ok(())
+                } else {
+                    Err(StoreError::Unavailable("the usage flush was not committed".into()))
+                }
+            }
+            other => other,
+        }
     }
 
     async fn count_by_state(&self) -> Result<(u64, u64), StoreError> {
