@@ -24,7 +24,7 @@ fn fold(c: char) -> char {
 
 /// The byte ranges of `text` that echo `secret`: every run of at least [`MIN_RUN`] of the
 /// secret's letters and digits, in order and in any case, that `text` holds in order with
-/// anything but letters and digits between them; and every base64 or percent-encoded run that
+/// anything but letters and digits between them; and every base64, hex or percent-encoded run that
 /// decodes to such an echo (as an SMTP server may echo `AUTH PLAIN`'s argument). A secret with
 /// fewer than [`MIN_RUN`] letters and digits is matched exactly as it is, and not in encoded
 /// runs (loosely, a few characters would match everywhere). Ranges are sorted and do not overlap. Only the first
@@ -118,9 +118,53 @@ const MIN_BASE64_RUN: usize = 4;
 
 /// The runs of `text` that may be encoded, each with what it decodes to (lossily, as text):
 /// base64 runs (either alphabet, padded or not, decoded from each of the four offsets, since an
-/// echo may be cut at its start) and whitespace-free runs holding a `%XX` escape.
+/// echo may be cut at its start), whitespace-free runs holding a `%XX` escape, and hex runs
+/// (in either case, byte pairs possibly split by a space, `:` or `-`, as in a dump).
 fn encoded_runs(text: &str) -> impl Iterator<Item = (Range<usize>, String)> + '_ {
-    base64_runs(text).chain(percent_runs(text))
+    base64_runs(text).chain(percent_runs(text)).chain(hex_runs(text))
+}
+
+/// Shortest hex run decoded: the bytes of a shortest loose echo.
+const MIN_HEX_DIGITS: usize = 2 * MIN_RUN;
+
+fn hex_runs(text: &str) -> impl Iterator<Item = (Range<usize>, String)> + '_ {
+    let bytes = text.as_bytes();
+    let mut runs = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        if !bytes[i].is_ascii_hexdigit() {
+            i += 1;
+            continue;
+        }
+        let (start, mut end) = (i, i);
+        let mut digits = Vec::new();
+        // Digits, and single separators between them.
+        while i < bytes.len() {
+            if bytes[i].is_ascii_hexdigit() {
+                digits.push(bytes[i]);
+                i += 1;
+                end = i;
+            } else if matches!(bytes[i], b' ' | b':' | b'-') && bytes.get(i + 1).is_some_and(u8::is_ascii_hexdigit) {
+                i += 1;
+            } else {
+                break;
+            }
+        }
+        if digits.len() >= MIN_HEX_DIGITS {
+            runs.push((start..end, digits));
+        }
+    }
+    runs.into_iter().map(|(run, digits)| {
+        // From either offset: an echo may be cut in the middle of a byte.
+        let decoded: Vec<String> = (0..2)
+            .filter_map(|skip| {
+                let part = digits.get(skip..)?;
+                hex::decode(&part[..part.len() - part.len() % 2]).ok()
+            })
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+            .collect();
+        (run, decoded.join("\u{fffd}"))
+    })
 }
 
 fn base64_runs(text: &str) -> impl Iterator<Item = (Range<usize>, String)> + '_ {
@@ -294,6 +338,12 @@ mod tests {
             // Joined to the text around it, whose - and / are of different alphabets.
             format!("https://mx.example.com/auth-log/{}", STANDARD.encode(CODE)),
             format!("x_y/{}", URL_SAFE_NO_PAD.encode(format!("\0{CODE}"))),
+            // Hex, in either case, as a dump, or cut in the middle of a byte.
+            hex::encode(CODE),
+            hex::encode_upper(format!("\0{CODE}")),
+            CODE.bytes().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" "),
+            CODE.bytes().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":"),
+            hex::encode(format!("x{CODE}"))[1..].to_owned(),
         ] {
             let out = redact(&format!("535 5.7.8 Error: authentication failed: {echoed} (try again)"), CODE);
             // Only the run that holds it is redacted: text before it in the word is kept.
@@ -304,7 +354,8 @@ mod tests {
         }
         // What decodes to nothing like the code stays.
         let other = STANDARD.encode("\0alice@sina.com\0SomethingElse999");
-        let reply = format!("535 authentication failed: {other} 50%25 off");
+        let reply =
+            format!("535 authentication failed: {other} 50%25 off {} dead beef", hex::encode("SomethingElse999"));
         assert_eq!(redact(&reply, CODE), reply);
     }
 

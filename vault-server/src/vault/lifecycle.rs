@@ -249,7 +249,7 @@ impl Vault {
         {
             return Err(VaultError::InvalidField {
                 field: "reason",
-                reason: "must not contain the code being revoked (in any case or spacing, base64- or percent-encoded) or a token: the reason is kept in the audit trail".into(),
+                reason: "must not contain the code being revoked (in any case or spacing, base64-, hex- or percent-encoded) or a token: the reason is kept in the audit trail".into(),
             });
         }
         let event =
