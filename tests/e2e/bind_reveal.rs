@@ -155,4 +155,10 @@ async fn a_certificate_for_another_name_is_tls_failed() {
     let info = status.get_details_error_info().unwrap();
     assert_eq!(info.reason, "PROBE_TLS_FAILED");
     assert_eq!(info.metadata["server"], "imap.vip.sina.com:993");
+    // A server did answer, with a certificate for another name (it said "no server answered").
+    assert!(
+        status.message().starts_with("the TLS handshake with imap.vip.sina.com:993 failed (TLS_FAILED)"),
+        "{}",
+        status.message()
+    );
 }

@@ -70,7 +70,7 @@ async fn smtp_auth_535_is_rejected_with_the_advice_users_need() {
     // IMAP takes the code, SMTP does not (as when SMTP was left disabled in webmail).
     stack.dovecot.set_smtp_codes(&[(BOB, BOB_CODE)]);
     let file = write(&stack, "providers.toml", "[sina]\nsmtp_probe = true\n");
-    stack.restart_with(&["--providers".into(), file]);
+    stack.restart_with(&["--providers".into(), file.clone()]);
     let mut c = stack.admin().await;
 
     let req = proto::BindRequest {
@@ -96,6 +96,46 @@ async fn smtp_auth_535_is_rejected_with_the_advice_users_need() {
     assert_eq!(probe.outcome, ProbeOutcome::Accepted);
     assert_eq!(probe.server, "imap.sina.com:993, smtp.sina.com:465");
 
+    // Once SMTP refuses the stored code, Verify says what most likely happened to it (the
+    // Bind-time advice, "not the login password", was wrong: this code was accepted).
+    stack.dovecot.set_smtp_codes(&[]);
+    let status = c.raw().verify(proto::VerifyRequest { mailbox: BOB.into(), client: "sender".into() }).await;
+    let report = status.unwrap().into_inner().probe.unwrap();
+    assert_eq!((report.outcome(), report.server.as_str()), (ProbeOutcome::Rejected, "smtp.sina.com:465"));
+    assert!(report.hint.contains("no longer accepts the stored code"), "{}", report.hint);
+
+    // An SMTP server that cannot be reached is named, in the message and the hint (they named
+    // IMAP's, which answered).
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    stack.restart_with(&[
+        "--providers".into(),
+        file.clone(),
+        "--probe-resolve".into(),
+        format!("smtp.sina.com:465={closed}"),
+    ]);
+    let status = bob_bound_again_refused(&stack).await;
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    let info = status.get_details_error_info().unwrap();
+    assert_eq!((info.reason.as_str(), info.metadata["server"].as_str()), ("PROBE_UNREACHABLE", "smtp.sina.com:465"));
+    assert!(info.metadata["hint"].contains("Could not reach smtp.sina.com:465"), "{:?}", info.metadata);
+    assert!(status.message().starts_with("could not reach smtp.sina.com:465"), "{}", status.message());
+    // One that takes the connection and never answers: the timeout names it too.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let resolve = format!("smtp.sina.com:465={}", silent.local_addr().unwrap());
+    stack.restart_with(&[
+        "--providers".into(),
+        file,
+        "--probe-resolve".into(),
+        resolve,
+        "--probe-timeout".into(),
+        "1".into(),
+    ]);
+    let status = bob_bound_again_refused(&stack).await;
+    let info = status.get_details_error_info().unwrap();
+    assert_eq!((info.reason.as_str(), info.metadata["server"].as_str()), ("PROBE_TIMED_OUT", "smtp.sina.com:465"));
+    assert!(info.metadata["hint"].starts_with("smtp.sina.com:465 did not answer in time"), "{:?}", info.metadata);
+    drop(silent);
+
     // The server-wide flag turns SMTP probing on without a file.
     stack.restart_with(&["--probe-smtp".into()]);
     let mut c = stack.admin().await;
@@ -104,6 +144,17 @@ async fn smtp_auth_535_is_rejected_with_the_advice_users_need() {
         matches!(err, vault_client::Error::ProbeRejected { ref hint, .. } if hint.contains("SMTP AUTH (535)")),
         "{err:?}"
     );
+}
+
+/// A Bind of Bob's code for another client of his (IMAP takes it): its refusal.
+async fn bob_bound_again_refused(stack: &Stack) -> tonic::Status {
+    let req = proto::BindRequest {
+        mailbox: BOB.into(),
+        client: "other".into(),
+        auth_code: BOB_CODE.into(),
+        ..Default::default()
+    };
+    stack.admin().await.raw().bind(req).await.unwrap_err()
 }
 
 #[test]

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use secrecy::{ExposeSecret, SecretString};
 use tonic::Code;
+use tonic_types::StatusExt as _;
 
 use crate::harness::dovecot::Dovecot;
 use crate::harness::pki::TestPki;
@@ -330,6 +331,16 @@ async fn the_probe_budget_is_one_for_all_replicas() {
     let refused = a.raw().rotate_data_key(vault_client::proto::RotateDataKeyRequest::default()).await.unwrap_err();
     assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
     assert_eq!(r.dovecot.login_times(ALICE).len(), 4, "one Bind and three Verifies reached the provider");
+
+    // Shared probe slots that cannot be read are the database's fault, not the provider's: it
+    // was answered PROBE_UNREACHABLE ("check DNS and firewalls"), counted as a probe outcome.
+    r.sql("DELETE FROM probe_budget; ALTER TABLE host_slots RENAME TO host_slots_away").await;
+    let verify = vault_client::proto::VerifyRequest { mailbox: ALICE.into(), client: "sender".into() };
+    let status = a.raw().verify(verify).await.unwrap_err();
+    let reason = status.get_details_error_info().map(|i| i.reason).unwrap_or_default();
+    assert!(!reason.starts_with("PROBE_") && !status.message().contains("reach"), "{status:?}");
+    r.sql("ALTER TABLE host_slots_away RENAME TO host_slots").await;
+    assert_eq!(r.dovecot.login_times(ALICE).len(), 4, "no login was tried");
 }
 
 #[tokio::test]

@@ -130,12 +130,14 @@ fn probe_failed(failed: FailedProbe) -> Status {
     };
     let report = failed.into_report();
     tracing::info!(outcome = report.outcome.as_str(), server = %report.server, "probe did not accept the code");
-    // Only REJECTED and PROTOCOL_ERROR mean a server answered; the others did not.
+    // Said of the server as far as the probe got with it (a server that greeted, then closed
+    // or hung, did answer: not "no server answered").
+    let (server, outcome) = (&report.server, report.outcome.as_str());
     let what = match failed_kind {
-        ProbeFailure::Rejected | ProbeFailure::ProtocolError => {
-            format!("{} answered {}", report.server, report.outcome.as_str())
-        }
-        _ => format!("no server answered at {} ({})", report.server, report.outcome.as_str()),
+        ProbeFailure::Rejected | ProbeFailure::ProtocolError => format!("{server} answered {outcome}"),
+        ProbeFailure::Unreachable => format!("could not reach {server}, or it closed the connection ({outcome})"),
+        ProbeFailure::TimedOut => format!("{server} did not answer in time ({outcome})"),
+        ProbeFailure::TlsFailed => format!("the TLS handshake with {server} failed ({outcome})"),
     };
     let message = format!("{what}: {} — {}", report.server_response, report.hint);
     let meta: std::collections::HashMap<String, String> = [

@@ -25,10 +25,11 @@ pub struct ProbeRequest<'a> {
     pub code: &'a AuthCode,
 }
 
-/// Tries a login and reports what happened. Never fails: every failure is an outcome.
+/// Tries a login and reports what happened: every failure to log in is an outcome. `Err` only
+/// when the probe slots shared by the replicas cannot be read (then no login was tried).
 #[tonic::async_trait]
 pub trait Prober: Send + Sync + 'static {
-    async fn probe(&self, req: ProbeRequest<'_>) -> ProbeReport;
+    async fn probe(&self, req: ProbeRequest<'_>) -> Result<ProbeReport, crate::store::StoreError>;
 }
 
 /// The IMAP probe alone on `stream` (the fuzz target's way in): its outcome and raw text.

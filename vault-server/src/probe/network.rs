@@ -2,6 +2,7 @@
 //! overall timeout and a per-host concurrency cap.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -10,6 +11,7 @@ use tokio::sync::Semaphore;
 use super::connect::Connector;
 use super::{ProbeOutcome, ProbeReport, ProbeRequest, Prober, Step, imap, sanitize, smtp};
 use crate::provider::Endpoint;
+use crate::store::StoreError;
 
 /// How long a shared host slot outlives the probe's overall timeout (no probe holds one longer),
 /// so a slot left behind (a replica that died mid-probe or stopped, a release lost to a
@@ -104,63 +106,76 @@ impl NetworkProber {
     }
 
     /// One endpoint, with its host's slot held for the duration (this process's, then the
-    /// shared one).
-    async fn step(&self, endpoint: &Endpoint, req: &ProbeRequest<'_>, smtp: bool) -> Step {
+    /// shared one). `Err` when the shared slots cannot be read: nothing was tried.
+    async fn step(
+        &self,
+        endpoint: &Endpoint,
+        req: &ProbeRequest<'_>,
+        smtp: bool,
+    ) -> Result<Step, crate::store::StoreError> {
         let slots = self.host_slots(&endpoint.host);
         let Ok(_slot) = slots.acquire_owned().await else {
-            return Step::new(ProbeOutcome::ProtocolError, "probe slots closed");
+            return Ok(Step::new(ProbeOutcome::ProtocolError, "probe slots closed"));
         };
-        let _shared = match self.shared_slot(&endpoint.host).await {
-            Ok(slot) => slot,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot take a shared probe slot; not probing");
-                return Step::new(ProbeOutcome::Unreachable, "the probe slots shared by the replicas cannot be read");
-            }
-        };
+        let _shared = self.shared_slot(&endpoint.host).await.inspect_err(|e| {
+            tracing::warn!(error = %e, "cannot take a shared probe slot; not probing");
+        })?;
         let stream = match self.connector.connect(endpoint).await {
             Ok(s) => s,
-            Err(step) => return step,
+            Err(step) => return Ok(step),
         };
-        if smtp {
+        Ok(if smtp {
             smtp::probe(stream, req.provider, req.login, req.code).await
         } else {
             imap::probe(stream, req.provider, req.login, req.code).await
-        }
+        })
     }
 
-    async fn run(&self, req: &ProbeRequest<'_>) -> (Step, String) {
+    /// IMAP, then SMTP when asked for: the step that decided, the server(s) it ran against, and
+    /// whether that was SMTP. `at_smtp` is set once the SMTP step starts.
+    async fn run(&self, req: &ProbeRequest<'_>, at_smtp: &AtomicBool) -> Result<(Step, String), StoreError> {
         let p = req.provider;
-        let imap = self.step(&p.imap, req, false).await;
+        let imap = self.step(&p.imap, req, false).await?;
         if imap.outcome != ProbeOutcome::Accepted || !(p.smtp_probe || self.settings.smtp_for_all) {
-            return (imap, p.imap.to_string());
+            let hint = imap.hint.clone().unwrap_or_else(|| p.hint_at(imap.outcome, &p.imap, "IMAP"));
+            return Ok((Step { hint: Some(hint), ..imap }, p.imap.to_string()));
         }
-        let smtp = self.step(&p.smtp, req, true).await;
+        at_smtp.store(true, Ordering::Relaxed);
+        let smtp = self.step(&p.smtp, req, true).await?;
         if smtp.outcome != ProbeOutcome::Accepted {
-            return (smtp, p.smtp.to_string());
+            let hint = smtp.hint.clone().unwrap_or_else(|| p.hint_at(smtp.outcome, &p.smtp, "SMTP"));
+            return Ok((Step { hint: Some(hint), ..smtp }, p.smtp.to_string()));
         }
         let text = format!("IMAP: {}; SMTP: {}", imap.text, smtp.text);
-        (Step::new(ProbeOutcome::Accepted, text), format!("{}, {}", p.imap, p.smtp))
+        Ok((Step::new(ProbeOutcome::Accepted, text), format!("{}, {}", p.imap, p.smtp)))
     }
 }
 
 #[tonic::async_trait]
 impl Prober for NetworkProber {
-    async fn probe(&self, req: ProbeRequest<'_>) -> ProbeReport {
+    async fn probe(&self, req: ProbeRequest<'_>) -> Result<ProbeReport, StoreError> {
         let started = Instant::now();
         let timeout = self.settings.overall_timeout;
-        let (step, server) = match tokio::time::timeout(timeout, self.run(&req)).await {
-            Ok(r) => r,
-            Err(_) => (
-                Step::new(ProbeOutcome::TimedOut, format!("no answer within {timeout:?}")),
-                req.provider.imap.to_string(),
-            ),
+        let at_smtp = AtomicBool::new(false);
+        let (step, server) = if let Ok(r) = tokio::time::timeout(timeout, self.run(&req, &at_smtp)).await {
+            r?
+        } else {
+            // Named after the step that did not finish in time.
+            let p = req.provider;
+            let (server, protocol) =
+                if at_smtp.load(Ordering::Relaxed) { (&p.smtp, "SMTP") } else { (&p.imap, "IMAP") };
+            let step = Step {
+                hint: Some(p.hint_at(ProbeOutcome::TimedOut, server, protocol)),
+                ..Step::new(ProbeOutcome::TimedOut, format!("no answer within {timeout:?}"))
+            };
+            (step, server.to_string())
         };
-        ProbeReport {
+        Ok(ProbeReport {
             outcome: step.outcome,
             server,
             server_response: sanitize(&step.text, req.code.expose()),
             hint: step.hint.unwrap_or_else(|| req.provider.hint(step.outcome)),
             latency: started.elapsed(),
-        }
+        })
     }
 }

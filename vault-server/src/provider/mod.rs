@@ -135,8 +135,14 @@ pub struct Provider {
 }
 
 impl Provider {
-    /// The hint for a probe outcome of a new or stored code, in the provider's own terms.
+    /// The hint for a probe outcome of a new or stored code, in the provider's own terms (an
+    /// IMAP step's).
     pub fn hint(&self, outcome: ProbeOutcome) -> String {
+        self.hint_at(outcome, &self.imap, "IMAP")
+    }
+
+    /// The hint for an outcome of the step against `server`, which speaks `protocol`.
+    pub fn hint_at(&self, outcome: ProbeOutcome, server: &Endpoint, protocol: &str) -> String {
         match outcome {
             ProbeOutcome::Accepted => format!("{} accepted the code.", self.name),
             ProbeOutcome::Rejected => format!(
@@ -146,14 +152,16 @@ impl Provider {
                 self.name, self.settings_path
             ),
             ProbeOutcome::Unreachable => {
-                format!("Could not reach {}; check DNS, routing and firewalls, then retry.", self.imap)
+                format!(
+                    "Could not reach {server}, or it closed the connection; check DNS, routing and firewalls, then retry."
+                )
             }
             ProbeOutcome::TlsFailed => {
-                format!("The TLS handshake with {} failed; check the certificate and the probe CA settings.", self.imap)
+                format!("The TLS handshake with {server} failed; check the certificate and the probe CA settings.")
             }
-            ProbeOutcome::TimedOut => format!("{} did not answer in time; retry later.", self.imap),
+            ProbeOutcome::TimedOut => format!("{server} did not answer in time; retry later."),
             ProbeOutcome::ProtocolError => {
-                format!("{} answered unexpectedly; check that it is an IMAP server with implicit TLS.", self.imap)
+                format!("{server} answered unexpectedly; check that it is an {protocol} server with implicit TLS.")
             }
         }
     }

@@ -331,9 +331,11 @@ impl Vault {
         let provider = self.provider_of_row(&row)?;
         let mut report = self.probe_leaving(&provider, mailbox, &code, keep).await?;
         drop(code);
-        // A stored code that worked before and is refused now: say what most likely happened
-        // (a more specific hint, such as NetEase's "Unsafe Login", stays).
-        if report.outcome == ProbeOutcome::Rejected && report.hint == provider.hint(ProbeOutcome::Rejected) {
+        // A stored code that worked before and is refused now, by IMAP LOGIN or SMTP AUTH: say
+        // what most likely happened (a more specific hint, such as NetEase's "Unsafe Login", stays).
+        if report.outcome == ProbeOutcome::Rejected
+            && (report.hint == provider.hint(ProbeOutcome::Rejected) || report.hint == provider.smtp_rejected_hint())
+        {
             report.hint = provider.stored_code_rejected_hint();
         }
         let outcome = report.outcome;

@@ -290,7 +290,7 @@ impl Vault {
         shared
             .unwrap_or_else(|| self.budget.take_leaving(mailbox.as_str(), std::time::Instant::now(), keep))
             .map_err(|retry_after| VaultError::RateLimited { retry_after })?;
-        let report = self.prober.probe(ProbeRequest { provider, login: mailbox.as_str(), code }).await;
+        let report = self.prober.probe(ProbeRequest { provider, login: mailbox.as_str(), code }).await?;
         self.metrics.observe_probe(&provider.id, report.outcome.as_str());
         tracing::info!(
             outcome = report.outcome.as_str(),
@@ -312,9 +312,12 @@ impl Vault {
         change: &AuditEvent,
     ) -> Option<ProbeReport> {
         let code = code?;
-        let Ok(mut report) = self.probe(provider, mailbox, &code).await else {
-            tracing::info!("probe budget spent; previous code not probed");
-            return None;
+        let mut report = match self.probe(provider, mailbox, &code).await {
+            Ok(report) => report,
+            Err(e) => {
+                tracing::info!(error = %e, "previous code not probed");
+                return None;
+            }
         };
         // Deleting a code another client of the mailbox still uses would break that client.
         // No client is left out: a Rotate of this pair since may have given it this code back.

@@ -201,18 +201,21 @@ struct Outage {
 
 #[tonic::async_trait]
 impl crate::probe::Prober for Outage {
-    async fn probe(&self, req: crate::probe::ProbeRequest<'_>) -> crate::probe::ProbeReport {
+    async fn probe(
+        &self,
+        req: crate::probe::ProbeRequest<'_>,
+    ) -> Result<crate::probe::ProbeReport, crate::store::StoreError> {
         let host = req.provider.imap.host.clone();
         *self.probes.lock().unwrap().entry(host.clone()).or_default() += 1;
         let down = self.down.load(std::sync::atomic::Ordering::Relaxed) && host == self.host;
         let outcome = if down { crate::outcome::ProbeOutcome::Unreachable } else { Accepted };
-        crate::probe::ProbeReport {
+        Ok(crate::probe::ProbeReport {
             outcome,
             server: req.provider.imap.to_string(),
             server_response: String::new(),
             hint: String::new(),
             latency: std::time::Duration::ZERO,
-        }
+        })
     }
 }
 

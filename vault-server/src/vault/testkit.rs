@@ -15,6 +15,7 @@ use crate::metrics::Metrics;
 use crate::outcome::ProbeOutcome;
 use crate::probe::{ProbeReport, ProbeRequest, Prober};
 use crate::provider::Registry;
+use crate::store::StoreError;
 use crate::store::{SqliteStore, UnlockMaterial};
 
 pub const DAY: i64 = 24 * 3600 * 1000;
@@ -41,14 +42,14 @@ pub struct AcceptAll;
 
 #[tonic::async_trait]
 impl Prober for AcceptAll {
-    async fn probe(&self, req: ProbeRequest<'_>) -> ProbeReport {
-        ProbeReport {
+    async fn probe(&self, req: ProbeRequest<'_>) -> Result<ProbeReport, StoreError> {
+        Ok(ProbeReport {
             outcome: ProbeOutcome::Accepted,
             server: req.provider.imap.to_string(),
             server_response: "OK scripted".into(),
             hint: String::new(),
             latency: Duration::ZERO,
-        }
+        })
     }
 }
 
@@ -78,7 +79,7 @@ impl Scripted {
 
 #[tonic::async_trait]
 impl Prober for Scripted {
-    async fn probe(&self, req: ProbeRequest<'_>) -> ProbeReport {
+    async fn probe(&self, req: ProbeRequest<'_>) -> Result<ProbeReport, StoreError> {
         self.tried.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(req.code.expose().to_owned());
         let outcome = self
             .script
@@ -86,13 +87,13 @@ impl Prober for Scripted {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .pop_front()
             .unwrap_or(ProbeOutcome::Accepted);
-        ProbeReport {
+        Ok(ProbeReport {
             outcome,
             server: req.provider.imap.to_string(),
             server_response: format!("scripted {}", outcome.as_str()),
             hint: req.provider.hint(outcome),
             latency: Duration::ZERO,
-        }
+        })
     }
 }
 
