@@ -4,8 +4,8 @@
 //!
 //! Which codes are due lives in the rows (`last_verified_at`, else the binding time), so a
 //! restart resumes where the sweep was, with no burst. Probe starts are spaced `every / active
-//! codes` apart (±25% jitter), so a period's probes spread over the period; one probe runs at a
-//! time; at most `rate_per_host` per second go to one provider host; and each takes a probe from
+//! codes` apart (±25% jitter), so a period's probes spread over the period, and half that while
+//! more than one code is due (a backlog, after the vault was down); one probe runs at a time; at most `rate_per_host` per second go to one provider host; and each takes a probe from
 //! the mailbox's budget only if the admins' reserve is left (see
 //! [`ProbeBudget::sweep_reserve`](super::ProbeBudget)).
 
@@ -172,6 +172,9 @@ impl Sweep {
         }
         let (active, _) = self.vault.store.count_by_state().await?;
         let spacing = self.settings.every / u32::try_from(active.max(1)).unwrap_or(u32::MAX);
+        // Behind (more due than the one that just fell due: the vault was down, say): twice the
+        // pace until caught up. On pace, a backlog would never shrink.
+        let spacing = if due.len() > 1 { spacing / 2 } else { spacing };
         for row in due {
             let host = self.vault.registry.by_id(&row.provider).map_or_else(String::new, |p| p.imap.host.clone());
             if let Some(&(until, _)) = self.hosts_down.get(&host).filter(|(until, _)| *until > self.timer.now()) {

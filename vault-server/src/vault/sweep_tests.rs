@@ -162,16 +162,26 @@ async fn rows_that_cannot_be_probed_never_keep_the_sweep_from_the_others() {
     }
 }
 
-/// Simulated time: a wait ends at once, with the clock moved on to its end.
+/// Simulated time: a wait ends at once, with the clock moved on to its end (and the vault's
+/// clock too, when it drives one).
 #[derive(Debug)]
 struct SimTimer {
     start: std::time::Instant,
     elapsed: std::sync::Mutex<std::time::Duration>,
+    vault_clock: Option<(Arc<FakeClock>, crate::store::Millis)>,
 }
 
 impl Default for SimTimer {
     fn default() -> Self {
-        Self { start: std::time::Instant::now(), elapsed: std::sync::Mutex::default() }
+        Self { start: std::time::Instant::now(), elapsed: std::sync::Mutex::default(), vault_clock: None }
+    }
+}
+
+impl SimTimer {
+    /// Moves `clock` on with it, from `at` now.
+    fn driving(clock: Arc<FakeClock>, at: crate::store::Millis) -> Self {
+        clock.set(at);
+        Self { vault_clock: Some((clock, at)), ..Self::default() }
     }
 }
 
@@ -186,6 +196,9 @@ impl super::sweep::Timer for SimTimer {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
         let mut elapsed = self.elapsed.lock().unwrap();
         *elapsed = (*elapsed).max(deadline.saturating_duration_since(self.start));
+        if let Some((clock, at)) = &self.vault_clock {
+            clock.set(at + i64::try_from(elapsed.as_millis()).unwrap());
+        }
         Box::pin(std::future::ready(()))
     }
 }
@@ -286,4 +299,37 @@ async fn a_result_that_cannot_be_saved_still_spaces_the_logins_at_the_host_rate(
     }
     // Ten logins at one a second take nine seconds at least; they went back to back.
     assert!(timer.now() - started >= std::time::Duration::from_secs(9), "{:?}", timer.now() - started);
+}
+
+#[tokio::test]
+async fn a_backlog_left_by_downtime_is_worked_off() {
+    use super::Clock as _;
+    use super::sweep::{Sweep, SweepSettings};
+    const SPACING: i64 = 60_000;
+    const CODES: i64 = 600;
+    let clock = Arc::new(FakeClock::default());
+    let prober = Arc::new(Outage { host: "none", down: false.into(), probes: std::sync::Mutex::default() });
+    let (_tmp, vault) = testkit::vault_with(clock.clone(), prober, ProbeBudget::new(100, 100));
+    // Codes bound a spacing apart over a period: on pace, one falls due at a time.
+    let (start, every) = (1000 * DAY, CODES * SPACING);
+    for i in 0..CODES {
+        clock.set(start + i * SPACING);
+        bind(&vault, &format!("s{i:03}@sina.com")).await;
+    }
+    // The vault was down for the first three quarters of the next period.
+    let timer = Arc::new(SimTimer::driving(clock.clone(), start + every + 450 * SPACING));
+    let settings =
+        SweepSettings { every: std::time::Duration::from_millis(u64::try_from(every).unwrap()), rate_per_host: 1000.0 };
+    let mut sweep = Sweep::with_timer(vault.clone(), settings, timer.clone());
+    let late = |now: i64| vault.store.due_for_verification(now - every - 2 * SPACING, None, 1000);
+    assert_eq!(late(clock.now_millis()).await.unwrap().len(), 448);
+    // Within six tenths of a period, none is late by more than two spacings. (On pace, each
+    // probe was met by one more code falling due until the period's last: 240 were late then.)
+    let ended = timer.now() + settings.every * 6 / 10;
+    while timer.now() < ended {
+        let wait = sweep.pass().await.unwrap();
+        timer.sleep_until(timer.now() + wait).await;
+    }
+    let still = late(clock.now_millis()).await.unwrap().len();
+    assert!(still == 0, "{still} codes still late by more than two spacings");
 }
