@@ -48,6 +48,15 @@ pub fn peer_key(ip: IpAddr) -> IpAddr {
 }
 
 impl FailureThrottle {
+    /// Whether a failure of `ip`'s now would be refused (its bucket is empty), spending nothing.
+    pub fn refuses(&self, ip: IpAddr, now: Instant) -> bool {
+        let peers = self.peers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match peers.get(&peer_key(ip)) {
+            Some(b) => b.refilled(now) < 1.0,
+            None => peers.len() >= MAX_PEERS && peers.values().all(|b| b.refilled(now) < FAILURE_BURST),
+        }
+    }
+
     /// Spends one failure for `ip`; `Err(retry_after)` if its bucket is empty.
     pub fn fail(&self, ip: IpAddr, now: Instant) -> Result<(), Duration> {
         let mut peers = self.peers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);

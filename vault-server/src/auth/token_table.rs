@@ -283,14 +283,17 @@ impl Tokens {
             tracing::trace!(token_id = %id, role = %caller.role, "caller authenticated");
             return Ok(caller);
         }
-        // A throttled peer gets no re-read of the table.
-        let error = self.failed(peer, AuthError::InvalidToken);
-        if error == AuthError::InvalidToken
+        // A token minted since the last re-read is valid: the table is re-read (at most
+        // MISS_RELOADS_PER_SEC times a second) before the call counts as a failure. A throttled
+        // peer gets no re-read.
+        let throttled = peer.is_some_and(|ip| self.throttle.refuses(ip, Instant::now()));
+        if !throttled
             && self.reload_on_miss(arrived, now).await
             && let Some(caller) = self.lookup(id, &digest, now)
         {
             return Ok(caller);
         }
+        let error = self.failed(peer, AuthError::InvalidToken);
         tracing::debug!(token_id = %id, reason = error.reason(), "token refused");
         Err(error)
     }
@@ -429,6 +432,31 @@ mod tests {
         assert!(tokens.authenticate(Some(&bearer(&token)), peer, 2).await.is_ok(), "a valid token is never throttled");
         let other = Some(IpAddr::from([127, 0, 0, 10]));
         assert_eq!(tokens.authenticate(Some(&bearer(&garbage)), other, 2).await.unwrap_err(), AuthError::InvalidToken);
+    }
+
+    #[tokio::test]
+    async fn a_token_minted_since_the_last_reread_spends_no_failure() {
+        let (_tmp, _store, tokens) = setup();
+        tokens.reload(1).await.unwrap();
+        let garbage = Token::generate();
+        // Minted elsewhere (`token create`) after the last re-read: found by a re-read, and its
+        // first call spends no failure (the peer with one failure left keeps it).
+        let near = Some(IpAddr::from([127, 0, 0, 11]));
+        for _ in 0..19 {
+            tokens.authenticate(Some(&bearer(&garbage)), near, 2).await.unwrap_err();
+        }
+        let (new, _) = tokens.mint(&Role::Admin, 3).await.unwrap();
+        assert!(tokens.authenticate(Some(&bearer(&new)), near, 3).await.is_ok());
+        assert_eq!(tokens.authenticate(Some(&bearer(&garbage)), near, 3).await.unwrap_err(), AuthError::InvalidToken);
+        // From a throttled peer, it waits for the next periodic re-read (every 250 ms).
+        let peer = Some(IpAddr::from([127, 0, 0, 9]));
+        for _ in 0..21 {
+            tokens.authenticate(Some(&bearer(&garbage)), peer, 4).await.unwrap_err();
+        }
+        let (newer, _) = tokens.mint(&Role::Admin, 4).await.unwrap();
+        assert!(matches!(tokens.authenticate(Some(&bearer(&newer)), peer, 4).await, Err(AuthError::Throttled { .. })));
+        tokens.reload(5).await.unwrap();
+        assert!(tokens.authenticate(Some(&bearer(&newer)), peer, 5).await.is_ok());
     }
 
     #[tokio::test]
