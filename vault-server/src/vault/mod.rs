@@ -352,10 +352,12 @@ impl Vault {
     /// does not open, more bindings than are looked at).
     pub(super) async fn also_held_by(&self, mailbox: &Mailbox, besides: Option<&str>, code: &AuthCode) -> Holder {
         const LOOKED_AT: usize = 500;
-        let query = ListQuery { mailbox: Some(mailbox.as_str().to_owned()), limit: LOOKED_AT, ..ListQuery::default() };
+        // One more than is looked at, to tell "500" from "over 500".
+        let query =
+            ListQuery { mailbox: Some(mailbox.as_str().to_owned()), limit: LOOKED_AT + 1, ..ListQuery::default() };
         let Ok(rows) = self.store.list(query).await else { return Holder::Unknown };
-        let mut unsure = rows.len() >= LOOKED_AT;
-        for row in rows.into_iter().filter(|r| Some(r.client.as_str()) != besides) {
+        let mut unsure = rows.len() > LOOKED_AT;
+        for row in rows.into_iter().take(LOOKED_AT).filter(|r| Some(r.client.as_str()) != besides) {
             let client = row.client.clone();
             match self.decrypt(Arc::new(row)).await {
                 Ok((held, _)) if held.same_as(code) => {
