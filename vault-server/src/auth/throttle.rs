@@ -1,7 +1,7 @@
 //! Failed authentications per peer address, as a token bucket: a peer may fail
 //! [`FAILURE_BURST`] times at once, refilled by [`FAILURES_PER_SEC`]. Past that its failing
-//! calls are refused as throttled, before any table re-read. A valid token is checked first and
-//! is never throttled, so callers behind the same address keep working.
+//! calls are refused as throttled, before any table re-read. A valid token the server has read is
+//! checked first and is never throttled, so callers behind the same address keep working.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -48,12 +48,11 @@ pub fn peer_key(ip: IpAddr) -> IpAddr {
 }
 
 impl FailureThrottle {
-    /// Whether a failure of `ip`'s now would be refused (its bucket is empty), spending nothing.
-    pub fn refuses(&self, ip: IpAddr, now: Instant) -> bool {
-        let peers = self.peers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        match peers.get(&peer_key(ip)) {
-            Some(b) => b.refilled(now) < 1.0,
-            None => peers.len() >= MAX_PEERS && peers.values().all(|b| b.refilled(now) < FAILURE_BURST),
+    /// Gives back a failure spent by a call that turned out to hold a valid token.
+    pub fn refund(&self, ip: IpAddr, now: Instant) {
+        let mut peers = self.peers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(b) = peers.get_mut(&peer_key(ip)) {
+            *b = Bucket { left: (b.refilled(now) + 1.0).min(FAILURE_BURST), at: now };
         }
     }
 

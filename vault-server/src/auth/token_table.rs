@@ -283,17 +283,19 @@ impl Tokens {
             tracing::trace!(token_id = %id, role = %caller.role, "caller authenticated");
             return Ok(caller);
         }
-        // A token minted since the last re-read is valid: the table is re-read (at most
-        // MISS_RELOADS_PER_SEC times a second) before the call counts as a failure. A throttled
-        // peer gets no re-read.
-        let throttled = peer.is_some_and(|ip| self.throttle.refuses(ip, Instant::now()));
-        if !throttled
+        // Counted as a failure before the wait for a re-read (a call cancelled meanwhile is
+        // counted all the same), and given back if a token minted since the last re-read is
+        // found. A throttled peer gets no re-read.
+        let error = self.failed(peer, AuthError::InvalidToken);
+        if error == AuthError::InvalidToken
             && self.reload_on_miss(arrived, now).await
             && let Some(caller) = self.lookup(id, &digest, now)
         {
+            if let Some(ip) = peer {
+                self.throttle.refund(ip, Instant::now());
+            }
             return Ok(caller);
         }
-        let error = self.failed(peer, AuthError::InvalidToken);
         tracing::debug!(token_id = %id, reason = error.reason(), "token refused");
         Err(error)
     }
