@@ -110,26 +110,22 @@ async fn commit(tx: Transaction<'_>) -> Result<(), StoreError> {
 }
 
 impl PgStore {
-    /// Whether a usage batch whose commit went unanswered was committed: its first window's row
-    /// is there (a window's caller, pair, first and last use and count single it out).
-    async fn reveals_landed(&self, first: &AuditEvent) -> Result<bool, StoreError> {
-        let conn = self.pool.get().await?;
-        let found = conn
-            .query_opt(
-                "SELECT 1 FROM audit_events WHERE mailbox = $1 AND client = $2 AND at = $3 AND caller = $4 \
-                 AND rpc = $5 AND first_at = $6 AND count = $7",
-                &[
-                    &first.mailbox,
-                    &first.client,
-                    &first.at,
-                    &first.caller,
-                    &first.rpc,
-                    &first.first_at,
-                    &to_i64(first.count),
-                ],
-            )
-            .await?;
-        Ok(found.is_some())
+    /// Whether the transaction `xid` (from `pg_current_xact_id()`), whose COMMIT went
+    /// unanswered, was committed; asked on another connection until it is no longer in progress
+    /// (a COMMIT that reached the server finishes). `None` if the server cannot tell.
+    async fn committed(&self, xid: &str) -> Result<Option<bool>, StoreError> {
+        const ASKS: u32 = 50;
+        for _ in 0..ASKS {
+            let conn = self.pool.get().await?;
+            let row = conn.query_one("SELECT pg_xact_status($1::text::xid8)", &[&xid]).await?;
+            match row.try_get::<_, Option<String>>(0)?.as_deref() {
+                Some("committed") => return Ok(Some(true)),
+                Some("aborted") => return Ok(Some(false)),
+                Some(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+                None => return Ok(None),
+            }
+        }
+        Ok(None)
     }
 
     /// One transaction on an existing, locked row: `change` sees it as it is, writes, and the row
@@ -684,6 +680,8 @@ impl CredentialStore for PgStore {
         }
         let mut conn = self.pool.get().await?;
         let tx = conn.transaction().await?;
+        // Asked for after a lost COMMIT: written twice, the batch's Reveals would count twice.
+        let xid: String = tx.query_one("SELECT pg_current_xact_id()::text", &[]).await?.try_get(0)?;
         let c = &columns;
         tx.execute(
             "INSERT INTO audit_events (at, caller, caller_role, rpc, mailbox, client, outcome, probe_outcome, count, \
@@ -706,16 +704,12 @@ impl CredentialStore for PgStore {
         )
         .await?;
         match commit(tx).await {
-            Err(StoreError::OutcomeUnknown(m)) => {
-                // The batch is put back and written again unless it is known to have landed:
-                // written twice, its Reveals would be counted twice.
-                let first = events.first().ok_or(StoreError::OutcomeUnknown(m))?;
-                if self.reveals_landed(first).await? {
-                    Ok(())
-                } else {
-                    Err(StoreError::Unavailable("the usage flush was not committed".into()))
-                }
-            }
+            // The batch is put back, to be written again, unless it was committed.
+            Err(StoreError::OutcomeUnknown(m)) => match self.committed(&xid).await? {
+                Some(true) => Ok(()),
+                Some(false) => Err(StoreError::Unavailable("the usage flush was not committed".into())),
+                None => Err(StoreError::OutcomeUnknown(m)),
+            },
             other => other,
         }
     }
