@@ -475,7 +475,9 @@ async fn a_replica_that_stops_answering_is_passed_over_by_a_client_with_a_timeou
 struct CommitCutter {
     addr: std::net::SocketAddr,
     armed: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    marker: std::sync::Arc<std::sync::Mutex<&'static [u8]>>,
+    /// The marker, and how many times the cutter was armed (a marker seen before the latest
+    /// arming does not count).
+    marker: std::sync::Arc<std::sync::Mutex<(usize, &'static [u8])>>,
     cuts: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
@@ -485,7 +487,7 @@ impl CommitCutter {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (armed, cuts) = (std::sync::Arc::new(AtomicBool::new(false)), std::sync::Arc::new(AtomicUsize::new(0)));
-        let marker: std::sync::Arc<std::sync::Mutex<&'static [u8]>> = std::sync::Arc::default();
+        let marker: std::sync::Arc<std::sync::Mutex<(usize, &'static [u8])>> = std::sync::Arc::default();
         let (a, c, m) = (armed.clone(), cuts.clone(), marker.clone());
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
@@ -498,7 +500,8 @@ impl CommitCutter {
 
     /// Cuts the next COMMIT of a connection that sends `marker` from now on.
     fn arm(&self, marker: &'static [u8]) {
-        *self.marker.lock().unwrap() = marker;
+        let mut current = self.marker.lock().unwrap();
+        *current = (current.0 + 1, marker);
         self.armed.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
@@ -507,7 +510,7 @@ impl CommitCutter {
         server: tokio::net::TcpStream,
         armed: std::sync::Arc<std::sync::atomic::AtomicBool>,
         cuts: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-        marker: std::sync::Arc<std::sync::Mutex<&'static [u8]>>,
+        marker: std::sync::Arc<std::sync::Mutex<(usize, &'static [u8])>>,
     ) {
         use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -525,13 +528,17 @@ impl CommitCutter {
                 }
             }
         });
-        let mut seen = false;
+        // The arming under which this connection sent the marker.
+        let mut seen = None;
         let mut buf = vec![0u8; 64 * 1024];
         while let Ok(n @ 1..) = from_client.read(&mut buf).await {
             let chunk = &buf[..n];
             if armed.load(SeqCst) {
-                seen |= holds(chunk, *marker.lock().unwrap());
-                if seen && holds(chunk, b"COMMIT") && armed.swap(false, SeqCst) {
+                let (arming, wanted) = *marker.lock().unwrap();
+                if holds(chunk, wanted) {
+                    seen = Some(arming);
+                }
+                if seen == Some(arming) && holds(chunk, b"COMMIT") && armed.swap(false, SeqCst) {
                     hold.store(true, SeqCst);
                     let _ = to_server.write_all(chunk).await;
                     // The database commits and answers; the answer is dropped, then the
