@@ -128,7 +128,7 @@ async fn smtp_auth_535_is_rejected_with_the_advice_users_need() {
         "--probe-resolve".into(),
         resolve,
         "--probe-timeout".into(),
-        "1".into(),
+        "3".into(),
     ]);
     let status = bob_bound_again_refused(&stack).await;
     let info = status.get_details_error_info().unwrap();

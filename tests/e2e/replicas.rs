@@ -57,9 +57,15 @@ impl Replicas {
     }
 
     fn replica(url: &str, pf: &std::path::Path, pki: &TestPki, dovecot: &Dovecot, burst: &str) -> VaultServer {
+        Self::replica_with(url, pf, pki, dovecot, &["--probe-burst", burst])
+    }
+
+    /// A replica with `extra` flags.
+    fn replica_with(url: &str, pf: &std::path::Path, pki: &TestPki, dovecot: &Dovecot, extra: &[&str]) -> VaultServer {
         let mut args: Vec<String> = ["serve", "--database", url, "--passphrase-file", path_str(pf)]
             .into_iter()
-            .chain(["--listen", "127.0.0.1:0", "--probe-burst", burst])
+            .chain(["--listen", "127.0.0.1:0"])
+            .chain(extra.iter().copied())
             .map(String::from)
             .collect();
         args.extend(Stack::probe_args(pki, dovecot));
@@ -303,7 +309,8 @@ async fn two_binds_of_one_pair_on_two_replicas_give_one_ok_one_already_exists_an
     assert_eq!(r.dovecot.login_times(ALICE).len(), 1, "the waiting replica probed too:\n{}", r.dovecot.log());
 }
 
-#[tokio::test]
+// Multi-threaded: a replica is started while the test runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_probe_budget_is_one_for_all_replicas() {
     // Burst 3, full again after the Bind (its bucket dropped): of four Verifies spread over both
     // replicas, three run and one is refused. Per-replica buckets would run all four.
@@ -341,6 +348,22 @@ async fn the_probe_budget_is_one_for_all_replicas() {
     assert!(!reason.starts_with("PROBE_") && !status.message().contains("reach"), "{status:?}");
     r.sql("ALTER TABLE host_slots_away RENAME TO host_slots").await;
     assert_eq!(r.dovecot.login_times(ALICE).len(), 4, "no login was tried");
+
+    // Every slot to the host held (by a replica that died mid-probe): the probe times out
+    // waiting for one, and says so (it said the server did not answer).
+    r.sql(
+        "DELETE FROM probe_budget; INSERT INTO host_slots (host, slot, holder, expires_at) SELECT 'imap.sina.com', s, \
+         'dead', (extract(epoch FROM now()) * 1000)::bigint + 600000 FROM generate_series(0, 3) AS s",
+    )
+    .await;
+    let c = tokio::task::block_in_place(|| {
+        Replicas::replica_with(&r.url, &r.passphrase_file, &r.pki, &r.dovecot, &["--probe-timeout", "1"])
+    });
+    let verify = vault_client::proto::VerifyRequest { mailbox: ALICE.into(), client: "sender".into() };
+    let probe = c.client_with(Some(&r.admin)).await.raw().verify(verify).await.unwrap().into_inner().probe.unwrap();
+    assert_eq!(probe.outcome(), vault_client::proto::ProbeOutcome::TimedOut);
+    assert!(probe.server_response.starts_with("no free probe slot to imap.sina.com"), "{probe:?}");
+    assert!(probe.hint.contains("--probe-host-concurrency"), "{probe:?}");
 }
 
 #[tokio::test]

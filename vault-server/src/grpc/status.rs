@@ -171,7 +171,9 @@ fn storage(err: &StoreError) -> Status {
         ),
         StoreError::Unavailable(_) => error_info(
             Code::Unavailable,
-            "the vault cannot write its database (read-only, missing or failing disk); nothing was changed".into(),
+            "the vault cannot use its database (a data dir: read-only, missing or failing disk; PostgreSQL: \
+             unreachable or refusing writes); nothing was changed"
+                .into(),
             "STORAGE_UNAVAILABLE",
             vec![],
         ),

@@ -26,7 +26,8 @@ pub struct ProbeRequest<'a> {
 }
 
 /// Tries a login and reports what happened: every failure to log in is an outcome. `Err` only
-/// when the probe slots shared by the replicas cannot be read (then no login was tried).
+/// when the probe slots shared by the replicas cannot be read: before the IMAP login, or (when
+/// SMTP is probed too) after it.
 #[tonic::async_trait]
 pub trait Prober: Send + Sync + 'static {
     async fn probe(&self, req: ProbeRequest<'_>) -> Result<ProbeReport, crate::store::StoreError>;

@@ -2,7 +2,7 @@
 //! overall timeout and a per-host concurrency cap.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,6 +21,12 @@ const SLOT_GRACE: Duration = Duration::from_secs(5);
 const SLOT_POLL: Duration = Duration::from_millis(50);
 /// This process, among replicas holding slots.
 static PROCESS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| format!("{:016x}", rand::random::<u64>()));
+/// Where a probe is, so that its overall timeout says what it waited for: a free slot to the
+/// IMAP host, the IMAP server, a slot to the SMTP host, the SMTP server.
+const AT_IMAP_SLOT: u8 = 0;
+const AT_IMAP: u8 = 1;
+const AT_SMTP_SLOT: u8 = 2;
+const AT_SMTP: u8 = 3;
 /// Slots taken by this process so far: each holder is unique.
 static SLOTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
@@ -112,7 +118,9 @@ impl NetworkProber {
         endpoint: &Endpoint,
         req: &ProbeRequest<'_>,
         smtp: bool,
+        phase: &AtomicU8,
     ) -> Result<Step, crate::store::StoreError> {
+        phase.store(if smtp { AT_SMTP_SLOT } else { AT_IMAP_SLOT }, Ordering::Relaxed);
         let slots = self.host_slots(&endpoint.host);
         let Ok(_slot) = slots.acquire_owned().await else {
             return Ok(Step::new(ProbeOutcome::ProtocolError, "probe slots closed"));
@@ -120,6 +128,7 @@ impl NetworkProber {
         let _shared = self.shared_slot(&endpoint.host).await.inspect_err(|e| {
             tracing::warn!(error = %e, "cannot take a shared probe slot; not probing");
         })?;
+        phase.store(if smtp { AT_SMTP } else { AT_IMAP }, Ordering::Relaxed);
         let stream = match self.connector.connect(endpoint).await {
             Ok(s) => s,
             Err(step) => return Ok(step),
@@ -131,17 +140,16 @@ impl NetworkProber {
         })
     }
 
-    /// IMAP, then SMTP when asked for: the step that decided, the server(s) it ran against, and
-    /// whether that was SMTP. `at_smtp` is set once the SMTP step starts.
-    async fn run(&self, req: &ProbeRequest<'_>, at_smtp: &AtomicBool) -> Result<(Step, String), StoreError> {
+    /// IMAP, then SMTP when asked for: the step that decided, and the server(s) it ran against.
+    /// `phase` follows where the probe is.
+    async fn run(&self, req: &ProbeRequest<'_>, phase: &AtomicU8) -> Result<(Step, String), StoreError> {
         let p = req.provider;
-        let imap = self.step(&p.imap, req, false).await?;
+        let imap = self.step(&p.imap, req, false, phase).await?;
         if imap.outcome != ProbeOutcome::Accepted || !(p.smtp_probe || self.settings.smtp_for_all) {
             let hint = imap.hint.clone().unwrap_or_else(|| p.hint_at(imap.outcome, &p.imap, "IMAP"));
             return Ok((Step { hint: Some(hint), ..imap }, p.imap.to_string()));
         }
-        at_smtp.store(true, Ordering::Relaxed);
-        let smtp = self.step(&p.smtp, req, true).await?;
+        let smtp = self.step(&p.smtp, req, true, phase).await?;
         if smtp.outcome != ProbeOutcome::Accepted {
             let hint = smtp.hint.clone().unwrap_or_else(|| p.hint_at(smtp.outcome, &p.smtp, "SMTP"));
             return Ok((Step { hint: Some(hint), ..smtp }, p.smtp.to_string()));
@@ -156,17 +164,31 @@ impl Prober for NetworkProber {
     async fn probe(&self, req: ProbeRequest<'_>) -> Result<ProbeReport, StoreError> {
         let started = Instant::now();
         let timeout = self.settings.overall_timeout;
-        let at_smtp = AtomicBool::new(false);
-        let (step, server) = if let Ok(r) = tokio::time::timeout(timeout, self.run(&req, &at_smtp)).await {
+        let phase = AtomicU8::new(AT_IMAP_SLOT);
+        let (step, server) = if let Ok(r) = tokio::time::timeout(timeout, self.run(&req, &phase)).await {
             r?
         } else {
-            // Named after the step that did not finish in time.
+            // Said of what the probe was waiting for when time ran out.
             let p = req.provider;
-            let (server, protocol) =
-                if at_smtp.load(Ordering::Relaxed) { (&p.smtp, "SMTP") } else { (&p.imap, "IMAP") };
-            let step = Step {
-                hint: Some(p.hint_at(ProbeOutcome::TimedOut, server, protocol)),
-                ..Step::new(ProbeOutcome::TimedOut, format!("no answer within {timeout:?}"))
+            let at = phase.load(Ordering::Relaxed);
+            let (server, protocol) = if at >= AT_SMTP_SLOT { (&p.smtp, "SMTP") } else { (&p.imap, "IMAP") };
+            let step = if at == AT_IMAP_SLOT || at == AT_SMTP_SLOT {
+                Step {
+                    hint: Some(format!(
+                        "Every probe slot to {} stayed taken for the probe's whole timeout \
+                         (--probe-host-concurrency, shared by the replicas); retry later.",
+                        server.host
+                    )),
+                    ..Step::new(
+                        ProbeOutcome::TimedOut,
+                        format!("no free probe slot to {} within {timeout:?}", server.host),
+                    )
+                }
+            } else {
+                Step {
+                    hint: Some(p.hint_at(ProbeOutcome::TimedOut, server, protocol)),
+                    ..Step::new(ProbeOutcome::TimedOut, format!("no answer within {timeout:?}"))
+                }
             };
             (step, server.to_string())
         };

@@ -253,8 +253,11 @@ impl Sweep {
                 // Errors before any login (no provider, a code that does not open) cost no wait.
                 tracing::warn!(mailbox = %pair.0, client = %pair.1, error = %e, "scheduled verify failed");
                 self.vault.metrics.observe_sweep("SKIPPED_ERROR");
-                self.skipped.insert(pair, self.timer.now() + self.settings.every);
-                if matches!(e, VaultError::Store(_) | VaultError::Internal(_)) && !host.is_empty() {
+                // A storage error passes (the database comes back): tried again like an outage.
+                let storage = matches!(e, VaultError::Store(_) | VaultError::Internal(_));
+                let wait = if storage { self.settings.every.min(OUTAGE_RETRY) } else { self.settings.every };
+                self.skipped.insert(pair, self.timer.now() + wait);
+                if storage && !host.is_empty() {
                     self.host_free_at.insert(host, self.timer.now() + gap);
                 }
                 false
