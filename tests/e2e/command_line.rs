@@ -340,18 +340,22 @@ fn a_restore_that_fails_leaves_nothing_behind_and_a_retry_works() {
     std::fs::write(&empty, b"").unwrap();
     std::fs::write(&garbage, vec![7u8; 8192]).unwrap();
     // A copy of a live vault.db, its latest change still in the WAL beside it (the writer is
-    // open): restoring the file alone dropped that change.
+    // open): restoring the file alone dropped that change. So did a vault.db copied without its
+    // -wal.
     let live = tmp.path().join("live.db");
     std::fs::copy(&good, &live).unwrap();
     let writer = rusqlite::Connection::open(&live).unwrap();
     writer.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE latest (change);").unwrap();
     assert!(std::fs::metadata(tmp.path().join("live.db-wal")).unwrap().len() > 0);
+    let copied = tmp.path().join("copied.db");
+    std::fs::copy(tmp.path().join("data/vault.db"), &copied).unwrap();
     let target = tmp.path().join("restored");
     for (bad, says) in [
         (&empty, "holds no vault"),
         (&garbage, "restore"),
         (&tmp.path().join("missing.bak"), "cannot read"),
         (&live, "vault-server backup"),
+        (&copied, "vault-server backup"),
     ] {
         let out = run(&["restore", "--data-dir", path_str(&target), path_str(bad)], &[]);
         assert!(!out.status.success(), "{bad:?} was restored");

@@ -56,7 +56,7 @@ pub enum Command {
         #[arg(long, env = "VAULT_DATA_DIR", value_name = "DIR")]
         data_dir: PathBuf,
         /// The file `backup` wrote (or a pipe: `/dev/stdin`); not a directory, a device, or a
-        /// live vault.db with a non-empty -wal beside it.
+        /// copy of a data dir's vault.db (its latest changes may sit in a -wal beside it).
         file: PathBuf,
     },
 }

@@ -103,6 +103,10 @@ fn about_backup(file: &Path, e: BackupError) -> BackupError {
 
 /// The first bytes of every SQLite database file.
 const SQLITE_HEADER: &[u8; 16] = b"SQLite format 3\0";
+/// The header bytes read before anything is made: the magic, then the file format versions.
+const HEADER_READ: usize = 20;
+/// The header's write version: 2 in WAL mode.
+const WAL_MODE_AT: usize = 18;
 
 /// Makes `dir` (which must be missing or empty) a data dir holding the backup `file`.
 pub fn restore(dir: &Path, file: &Path) -> Result<(), BackupError> {
@@ -117,25 +121,24 @@ pub fn restore(dir: &Path, file: &Path) -> Result<(), BackupError> {
             BackupError::Io(format!("backup {} is {e}; give the file `backup` wrote", file.display()))
         }
     })?;
-    // A data dir's vault.db copied while it served: its latest changes sit in the WAL beside it,
-    // and restoring the file alone would quietly drop them.
-    let mut wal = file.as_os_str().to_owned();
-    wal.push("-wal");
-    if fs::metadata(&wal).is_ok_and(|m| m.len() > 0) {
-        return Err(BackupError::Io(format!(
-            "{} has a non-empty -wal beside it: it is a live database whose latest changes are in that WAL, not a backup; \
-             run `vault-server backup` on its data dir and restore that file; nothing was restored",
-            file.display()
-        )));
-    }
-    let mut head = Vec::with_capacity(SQLITE_HEADER.len());
-    (&mut source).take(SQLITE_HEADER.len() as u64).read_to_end(&mut head).map_err(cannot_read)?;
+    let mut head = Vec::with_capacity(HEADER_READ);
+    (&mut source).take(HEADER_READ as u64).read_to_end(&mut head).map_err(cannot_read)?;
     if head.is_empty() {
         return Err(BackupError::Io(format!("backup {} {NO_VAULT}", file.display())));
     }
-    if head != SQLITE_HEADER {
+    if !head.starts_with(SQLITE_HEADER) {
         return Err(BackupError::Io(format!(
             "backup {} is not an SQLite database, so no file `backup` wrote; nothing was restored",
+            file.display()
+        )));
+    }
+    // A data dir's own vault.db (WAL mode; `backup` writes rollback mode): copied on its own, it
+    // lacks the latest changes, which sit in the -wal beside the original.
+    if head.get(WAL_MODE_AT).is_some_and(|v| *v == 2) {
+        return Err(BackupError::Io(format!(
+            "{} is a copy of a data dir's vault.db, not a file `backup` wrote: its latest changes may sit in the \
+             -wal beside the original. Run `vault-server backup --data-dir DIR FILE` on that data dir (a server may \
+             be running) and restore FILE; nothing was restored",
             file.display()
         )));
     }
