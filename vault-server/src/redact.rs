@@ -119,7 +119,8 @@ const MIN_BASE64_RUN: usize = 4;
 /// The runs of `text` that may be encoded, each with what it decodes to (lossily, as text):
 /// base64 runs (either alphabet, padded or not, decoded from each of the four offsets, since an
 /// echo may be cut at its start), whitespace-free runs holding a `%XX` escape, and hex runs
-/// (in either case, byte pairs possibly split by a space, `:` or `-`, as in a dump).
+/// (in either case, as in a dump: bytes maybe prefixed `0x` or `\x`, split by a space, `:`,
+/// `-`, `,` or `, `).
 fn encoded_runs(text: &str) -> impl Iterator<Item = (Range<usize>, String)> + '_ {
     base64_runs(text).chain(percent_runs(text)).chain(hex_runs(text))
 }
@@ -129,26 +130,39 @@ const MIN_HEX_DIGITS: usize = 2 * MIN_RUN;
 
 fn hex_runs(text: &str) -> impl Iterator<Item = (Range<usize>, String)> + '_ {
     let bytes = text.as_bytes();
+    let digit_at = |i: usize| bytes.get(i).is_some_and(u8::is_ascii_hexdigit);
+    // The length of a byte's prefix (`0x`, `\x`) at `i` that a digit follows; 0 if none.
+    let prefix_at = |i: usize| match bytes.get(i..i + 2) {
+        Some([b'0' | b'\\', b'x' | b'X']) if digit_at(i + 2) => 2,
+        _ => 0,
+    };
     let mut runs = Vec::new();
     let mut i = 0;
     while i < bytes.len() {
-        if !bytes[i].is_ascii_hexdigit() {
+        if prefix_at(i) == 0 && !digit_at(i) {
             i += 1;
             continue;
         }
         let (start, mut end) = (i, i);
         let mut digits = Vec::new();
-        // Digits, and single separators between them.
-        while i < bytes.len() {
-            if bytes[i].is_ascii_hexdigit() {
+        // Digits, each maybe prefixed, and up to two separators between them.
+        loop {
+            i += prefix_at(i);
+            if digit_at(i) {
                 digits.push(bytes[i]);
                 i += 1;
                 end = i;
-            } else if matches!(bytes[i], b' ' | b':' | b'-') && bytes.get(i + 1).is_some_and(u8::is_ascii_hexdigit) {
-                i += 1;
-            } else {
-                break;
+                continue;
             }
+            let gap = match bytes.get(i..i + 2) {
+                Some(b", ") => 2,
+                _ => usize::from(bytes.get(i).is_some_and(|b| matches!(b, b' ' | b':' | b'-' | b','))),
+            };
+            if gap > 0 && (digit_at(i + gap) || prefix_at(i + gap) > 0) {
+                i += gap;
+                continue;
+            }
+            break;
         }
         if digits.len() >= MIN_HEX_DIGITS {
             runs.push((start..end, digits));
@@ -344,6 +358,8 @@ mod tests {
             CODE.bytes().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" "),
             CODE.bytes().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":"),
             hex::encode(format!("x{CODE}"))[1..].to_owned(),
+            CODE.bytes().map(|b| format!("0x{b:02x}")).collect::<Vec<_>>().join(", "),
+            CODE.bytes().map(|b| format!("\\x{b:02X}")).collect::<String>(),
         ] {
             let out = redact(&format!("535 5.7.8 Error: authentication failed: {echoed} (try again)"), CODE);
             // Only the run that holds it is redacted: text before it in the word is kept.
