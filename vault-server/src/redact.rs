@@ -359,7 +359,10 @@ mod tests {
             CODE.bytes().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":"),
             hex::encode(format!("x{CODE}"))[1..].to_owned(),
             CODE.bytes().map(|b| format!("0x{b:02x}")).collect::<Vec<_>>().join(", "),
-            CODE.bytes().map(|b| format!("\\x{b:02X}")).collect::<String>(),
+            CODE.bytes().fold(String::new(), |mut s, b| {
+                let _ = std::fmt::Write::write_fmt(&mut s, format_args!("\\x{b:02X}"));
+                s
+            }),
         ] {
             let out = redact(&format!("535 5.7.8 Error: authentication failed: {echoed} (try again)"), CODE);
             // Only the run that holds it is redacted: text before it in the word is kept.
