@@ -352,12 +352,13 @@ impl Vault {
     /// does not open, more bindings than are looked at).
     pub(super) async fn also_held_by(&self, mailbox: &Mailbox, besides: Option<&str>, code: &AuthCode) -> Holder {
         const LOOKED_AT: usize = 500;
-        // One more than is looked at, to tell "500" from "over 500".
+        // Enough to tell whether the others are over 500 (`besides` may be among them).
         let query =
-            ListQuery { mailbox: Some(mailbox.as_str().to_owned()), limit: LOOKED_AT + 1, ..ListQuery::default() };
+            ListQuery { mailbox: Some(mailbox.as_str().to_owned()), limit: LOOKED_AT + 2, ..ListQuery::default() };
         let Ok(rows) = self.store.list(query).await else { return Holder::Unknown };
-        let mut unsure = rows.len() > LOOKED_AT;
-        for row in rows.into_iter().take(LOOKED_AT).filter(|r| Some(r.client.as_str()) != besides) {
+        let others: Vec<CredentialRow> = rows.into_iter().filter(|r| Some(r.client.as_str()) != besides).collect();
+        let mut unsure = others.len() > LOOKED_AT;
+        for row in others.into_iter().take(LOOKED_AT) {
             let client = row.client.clone();
             match self.decrypt(Arc::new(row)).await {
                 Ok((held, _)) if held.same_as(code) => {
