@@ -268,7 +268,8 @@ pub struct ServeArgs {
 
     /// Connect probes for HOST:PORT to ADDR:PORT instead, still verifying the certificate
     /// for HOST (like curl --resolve). Repeatable; comma-separated in the env var. One that
-    /// matches no provider's IMAP or SMTP server is warned about at start.
+    /// matches no server a provider is probed at (IMAP, or SMTP where it is probed) is warned
+    /// about at start.
     #[arg(long, env = "VAULT_PROBE_RESOLVE", value_name = "HOST:PORT=ADDR:PORT", value_delimiter = ',')]
     pub probe_resolve: Vec<ResolveOverride>,
 

@@ -54,10 +54,16 @@ impl Registry {
         self.by_domain.get(domain)
     }
 
-    /// The ports any provider probes `host` (canonical, lower case) on, IMAP or SMTP; sorted.
-    pub fn ports_of(&self, host: &str) -> Vec<u16> {
-        let mut ports: Vec<u16> =
-            self.providers().flat_map(|p| [&p.imap, &p.smtp]).filter(|e| e.host == host).map(|e| e.port).collect();
+    /// The ports any provider probes `host` (canonical, lower case) on: IMAP, and SMTP where it
+    /// is probed (`smtp_for_all`, or the provider's `smtp_probe`); sorted.
+    pub fn ports_of(&self, host: &str, smtp_for_all: bool) -> Vec<u16> {
+        let mut ports: Vec<u16> = self
+            .providers()
+            .flat_map(|p| [Some(&p.imap), Some(&p.smtp).filter(|_| smtp_for_all || p.smtp_probe)])
+            .flatten()
+            .filter(|e| e.host == host)
+            .map(|e| e.port)
+            .collect();
         ports.sort_unstable();
         ports.dedup();
         ports

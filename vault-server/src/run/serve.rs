@@ -157,9 +157,12 @@ pub async fn serve(args: ServeArgs, env_passphrase: Option<Passphrase>) -> Resul
     };
     // A typo here (a port, a host) would leave probes going to the real host, silently.
     for o in &args.probe_resolve {
-        let ports = registry.ports_of(&o.host);
+        let ports = registry.ports_of(&o.host, args.probe_smtp);
         if !ports.contains(&o.port) {
             let probed = match ports.as_slice() {
+                [] if registry.ports_of(&o.host, true).contains(&o.port) => {
+                    "SMTP is not probed there: --probe-smtp, or smtp_probe in the providers file".to_owned()
+                }
                 [] => "no provider probes that host".to_owned(),
                 ports => {
                     let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
@@ -167,7 +170,7 @@ pub async fn serve(args: ServeArgs, env_passphrase: Option<Passphrase>) -> Resul
                 }
             };
             tracing::warn!(
-                "--probe-resolve {}:{} matches no provider's IMAP or SMTP server, so it changes nothing ({probed})",
+                "--probe-resolve {}:{} matches no server a provider is probed at, so it changes nothing ({probed})",
                 o.host,
                 o.port
             );
