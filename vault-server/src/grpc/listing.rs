@@ -389,6 +389,21 @@ mod tests {
             .await
             .unwrap();
         assert!(by_admin.events.iter().all(|e| e.rpc == "Bind") && by_admin.events.len() == 2);
+        // Only events before `until`: the Binds, not the later Reveals.
+        let until = prost_types::Timestamp { seconds: (NOW - 150 * DAY) / 1000, nanos: 0 };
+        let before =
+            audit(&vault, proto::ListAuditEventsRequest { until: Some(until), ..Default::default() }).await.unwrap();
+        assert_eq!(before.events.iter().map(|e| e.rpc.as_str()).collect::<Vec<_>>(), ["Bind", "Bind"]);
+        // A review page token is for the mailbox filter that made it.
+        let first =
+            unused(&vault, proto::ListUnusedClientsRequest { page_size: 1, ..Default::default() }).await.unwrap();
+        assert!(!first.next_page_token.is_empty());
+        let moved = proto::ListUnusedClientsRequest {
+            mailbox: "a@sina.com".into(),
+            page_token: first.next_page_token,
+            ..Default::default()
+        };
+        assert!(matches!(unused(&vault, moved).await, Err(VaultError::InvalidField { field: "page_token", .. })));
     }
 
     #[tokio::test]

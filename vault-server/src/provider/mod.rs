@@ -291,6 +291,22 @@ mod tests {
     }
 
     #[test]
+    fn a_stored_code_refused_is_explained_in_each_provider_s_terms() {
+        let registry = crate::provider::Registry::builtin();
+        let hint = |id: &str| registry.by_id(id).map(|p| p.stored_code_rejected_hint()).unwrap_or_default();
+        for (id, says) in [
+            ("sina", "the mailbox password was changed (which voids every client code)"),
+            ("qq", "the mailbox password was changed (which voids every client code)"),
+            ("163", "\"Unsafe Login\" refusal instead means the client must send IMAP ID"),
+            ("126", "\"Unsafe Login\" refusal instead means the client must send IMAP ID"),
+            ("gmail", "Google revokes every app password when the account password changes"),
+        ] {
+            let hint = hint(id);
+            assert!(hint.contains(says) && hint.contains("Rotate it in"), "{id}: {hint}");
+        }
+    }
+
+    #[test]
     fn endpoints_parse() {
         let e: Endpoint = "IMAP.corp.example:993".parse().unwrap();
         assert_eq!(e.to_string(), "imap.corp.example:993");
