@@ -193,6 +193,56 @@ async fn a_token_row_inserted_by_hand_is_refused() {
 }
 
 #[tokio::test]
+async fn sighup_reads_the_tls_files_again_and_files_that_do_not_load_keep_the_old() {
+    let mut stack = Stack::start();
+    let dir = stack.data.dir.parent().unwrap().to_owned();
+    let (old_ca, new_ca) = (TestCa::new(&dir, "old-ca"), TestCa::new(&dir, "new-ca"));
+    let (old, new) = (old_ca.issue(&dir, "old", &["localhost"]), new_ca.issue(&dir, "new", &["localhost"]));
+    // The paths the server reads; a renewal writes new files over them.
+    let (cert, key) = (dir.join("served.pem"), dir.join("served.key"));
+    let install = |issued: &crate::harness::pki::Issued| {
+        std::fs::copy(&issued.cert, &cert).unwrap();
+        std::fs::copy(&issued.key, &key).unwrap();
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    };
+    install(&old);
+    stack.restart_with(&["--tls-cert".into(), path_str(&cert).into(), "--tls-key".into(), path_str(&key).into()]);
+    let https = format!("https://localhost:{}", stack.server.addr.port());
+    let lists_trusting = |ca: std::path::PathBuf| {
+        let options = ConnectOptions {
+            token: Some(SecretString::from(stack.admin_token.clone())),
+            tls: Some(TlsOptions { ca_pem: Some(std::fs::read(ca).unwrap()), domain: None, identity: None }),
+            ..Default::default()
+        };
+        let https = https.clone();
+        async move {
+            match VaultClient::connect(https, options).await {
+                Ok(mut c) => c.list(&Default::default(), "").await.is_ok(),
+                Err(_) => false,
+            }
+        }
+    };
+    assert!(lists_trusting(old_ca.cert.clone()).await && !lists_trusting(new_ca.cert.clone()).await);
+    let hangup = || {
+        let sent = std::process::Command::new("kill").args(["-HUP", &stack.server.pid().to_string()]).status();
+        assert!(sent.unwrap().success());
+    };
+
+    // Renewed: new connections get the new certificate, and the server keeps serving.
+    install(&new);
+    hangup();
+    stack.server.wait_for_log("SIGHUP: TLS files read again");
+    assert!(lists_trusting(new_ca.cert.clone()).await, "the renewed certificate was not served");
+    assert!(!lists_trusting(old_ca.cert.clone()).await);
+
+    // A key that does not load: logged, and the renewed certificate stays.
+    std::fs::write(&key, "not a key").unwrap();
+    hangup();
+    stack.server.wait_for_log("SIGHUP: TLS files not reloaded");
+    assert!(lists_trusting(new_ca.cert.clone()).await);
+}
+
+#[tokio::test]
 async fn tls_and_mtls_on_the_listener() {
     let mut stack = Stack::start();
     let dir = stack.data.dir.parent().unwrap().to_owned();

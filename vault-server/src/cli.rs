@@ -250,7 +250,8 @@ pub struct ServeArgs {
     #[arg(long, env = "VAULT_ALLOW_PLAINTEXT")]
     pub allow_plaintext: bool,
 
-    /// PEM certificate chain for TLS on the gRPC listener.
+    /// PEM certificate chain for TLS on the gRPC listener. SIGHUP reads it, --tls-key and
+    /// --tls-client-ca again (for connections opened after).
     #[arg(long, env = "VAULT_TLS_CERT", value_name = "FILE", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
 

@@ -38,26 +38,64 @@ const LEASE_COMMIT_GRACE: Duration = Duration::from_secs(30);
 pub const DEV_DATA_DIR: &str = "vault-dev";
 const DEV_PASSPHRASE_FILE: &str = "passphrase";
 
-/// The listener's TLS settings from `--tls-cert`, `--tls-key` and `--tls-client-ca`.
-fn server_tls(args: &ServeArgs) -> Result<Option<Arc<rustls::ServerConfig>>, RunError> {
-    let read = |flag: &str, path: &Path| {
-        fs::read(path).map_err(|e| RunError::Tls(format!("cannot read {flag} {}: {e}", path.display())))
-    };
-    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
-        return Ok(None);
-    };
-    let (cert_pem, key_pem) = (read("--tls-cert", cert)?, zeroize::Zeroizing::new(read("--tls-key", key)?));
-    if let Ok(meta) = fs::metadata(key)
-        && meta.permissions().mode() & 0o077 != 0
-    {
-        tracing::warn!(
-            key = %key.display(),
-            mode = format!("{:o}", meta.permissions().mode() & 0o777),
-            "the --tls-key file is readable by group or others; chmod 600 it"
-        );
+/// The listener's TLS files: `--tls-cert`, `--tls-key` and `--tls-client-ca`.
+#[derive(Debug, Clone)]
+struct TlsFiles {
+    cert: PathBuf,
+    key: PathBuf,
+    client_ca: Option<PathBuf>,
+}
+
+impl TlsFiles {
+    fn of(args: &ServeArgs) -> Option<Self> {
+        let (cert, key) = (args.tls_cert.clone()?, args.tls_key.clone()?);
+        Some(Self { cert, key, client_ca: args.tls_client_ca.clone() })
     }
-    let ca_pem = args.tls_client_ca.as_deref().map(|ca| read("--tls-client-ca", ca)).transpose()?;
-    server::tls_config(&cert_pem, &key_pem, ca_pem.as_deref()).map(Some).map_err(RunError::Tls)
+
+    /// Reads them into a server config.
+    fn load(&self) -> Result<Arc<rustls::ServerConfig>, RunError> {
+        let read = |flag: &str, path: &Path| {
+            fs::read(path).map_err(|e| RunError::Tls(format!("cannot read {flag} {}: {e}", path.display())))
+        };
+        let (cert_pem, key_pem) =
+            (read("--tls-cert", &self.cert)?, zeroize::Zeroizing::new(read("--tls-key", &self.key)?));
+        if let Ok(meta) = fs::metadata(&self.key)
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            tracing::warn!(
+                key = %self.key.display(),
+                mode = format!("{:o}", meta.permissions().mode() & 0o777),
+                "the --tls-key file is readable by group or others; chmod 600 it"
+            );
+        }
+        let ca_pem = self.client_ca.as_deref().map(|ca| read("--tls-client-ca", ca)).transpose()?;
+        server::tls_config(&cert_pem, &key_pem, ca_pem.as_deref()).map_err(RunError::Tls)
+    }
+}
+
+/// On each SIGHUP, reads the TLS files again (a renewed certificate) for the connections that
+/// follow; files that do not load leave the current ones in place. Nothing else is re-read.
+fn tls_reloads(
+    files: Option<TlsFiles>,
+    live: Option<server::LiveTls>,
+) -> Result<tokio::task::JoinHandle<()>, RunError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups = signal(SignalKind::hangup()).map_err(RunError::Signals)?;
+    Ok(tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            let (Some(files), Some(live)) = (&files, &live) else {
+                tracing::info!("SIGHUP: no TLS files to read again (other settings are read at start only)");
+                continue;
+            };
+            match files.load() {
+                Ok(config) => {
+                    live.replace(config);
+                    tracing::info!("SIGHUP: TLS files read again; new connections use them");
+                }
+                Err(e) => tracing::error!(error = %e, "SIGHUP: TLS files not reloaded; serving the previous ones"),
+            }
+        }
+    }))
 }
 
 /// Dev mode: makes the data dir and a random passphrase file (0600) on first run, then inits.
@@ -146,7 +184,7 @@ pub async fn serve(args: ServeArgs, env_passphrase: Option<Passphrase>) -> Resul
     }
     // Every flag is checked before --dev creates a vault: one made by a run that then stopped
     // would never print its admin token.
-    let listener_tls = server_tls(&args)?;
+    let listener_tls = TlsFiles::of(&args).map(|f| f.load()).transpose()?;
     if listener_tls.is_none() && !args.listen.ip().is_loopback() && !args.allow_plaintext {
         return Err(RunError::PlaintextNotLoopback(args.listen));
     }
@@ -296,6 +334,8 @@ async fn run_vault<S: Store>(
         None => None,
     };
     let shutdown = shutdown_signal()?;
+    let listener_tls = listener_tls.map(server::LiveTls::new);
+    let reloads = tls_reloads(TlsFiles::of(&args), listener_tls.clone())?;
     let scheme = if args.tls_cert.is_some() { "TLS" } else { "plaintext" };
     tracing::info!(database = %described, "listening on {addr} ({scheme})");
     server::serve(
@@ -312,7 +352,7 @@ async fn run_vault<S: Store>(
     )
     .await?;
     follower.abort();
-    for task in [metrics_task, auto_rotation, sweep].into_iter().flatten() {
+    for task in [metrics_task, auto_rotation, sweep, Some(reloads)].into_iter().flatten() {
         task.abort();
     }
     Ok(store)

@@ -289,7 +289,7 @@ async fn take_slot(permits: &Arc<Semaphore>, evictable: &Evictable, metrics: &Me
 /// Accepts on `listener` until the returned stream is dropped, which closes the listen socket.
 pub fn admit(
     listener: TcpListener,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    tls: Option<super::LiveTls>,
     limits: ConnectionLimits,
     metrics: Arc<Metrics>,
 ) -> tokio_stream::wrappers::ReceiverStream<io::Result<Admitted>> {
@@ -297,7 +297,6 @@ pub fn admit(
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let peers = Arc::new(PeerCounts::default());
     let evictable = Arc::new(Evictable::default());
-    let tls = tls.map(tokio_rustls::TlsAcceptor::from);
     tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
@@ -328,7 +327,8 @@ pub fn admit(
             // A connection holding its slot joins the queue now, in accept order; one waiting,
             // once its slot arrives (choosing a waiter would free nothing).
             let held = matches!(taken, Permit::Held(_)).then(|| evictable.admit(limits.max_connections));
-            let (tx, tls, evictable) = (tx.clone(), tls.clone(), evictable.clone());
+            let tls = tls.as_ref().map(|t| tokio_rustls::TlsAcceptor::from(t.current()));
+            let (tx, evictable) = (tx.clone(), evictable.clone());
             tokio::spawn(async move {
                 let permit = match taken {
                     Permit::Held(permit) => permit,

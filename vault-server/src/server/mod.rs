@@ -25,7 +25,7 @@ use accounting::Accounting;
 use guard::Guarded;
 pub use guard::PUBLIC_TIMEOUT;
 pub use listener::ConnectionLimits;
-pub use tls::server_config as tls_config;
+pub use tls::{LiveTls, server_config as tls_config};
 
 /// Largest request accepted; the biggest legitimate one is a few hundred bytes.
 const MAX_REQUEST_BYTES: usize = 16 * 1024;
@@ -62,7 +62,7 @@ pub struct Limits {
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
     /// TLS (and, with a client CA, mTLS); plaintext when `None`.
-    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub tls: Option<LiveTls>,
     pub limits: Limits,
     /// How often coalesced Reveal usage is written.
     pub usage_flush: Duration,

@@ -1,12 +1,31 @@
 //! The listener's TLS (rustls, ring): our accept loop does the handshake itself, so that the
 //! handshake and the HTTP/2 preface after it share one deadline. ALPN offers `h2` only.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use rustls::RootCertStore;
 use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+/// The listener's TLS config, replaced whole when its files are read again (SIGHUP); each new
+/// connection takes the one current at its accept.
+#[derive(Debug, Clone)]
+pub struct LiveTls(Arc<RwLock<Arc<rustls::ServerConfig>>>);
+
+impl LiveTls {
+    pub fn new(config: Arc<rustls::ServerConfig>) -> Self {
+        Self(Arc::new(RwLock::new(config)))
+    }
+
+    pub fn current(&self) -> Arc<rustls::ServerConfig> {
+        self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    pub fn replace(&self, config: Arc<rustls::ServerConfig>) {
+        *self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner) = config;
+    }
+}
 
 /// A server config from PEM: the certificate chain, its key, and (for mTLS) the CA whose
 /// certificates clients must present. Errors name what is wrong, never the key.
