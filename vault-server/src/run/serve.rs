@@ -73,15 +73,22 @@ impl TlsFiles {
     }
 }
 
+/// What `serve` set up before the vault was opened.
+struct Started {
+    /// `serve --dev` made the vault just now (its admin token is to be printed).
+    new_dev_vault: bool,
+    listener_tls: Option<Arc<rustls::ServerConfig>>,
+    hangups: tokio::signal::unix::Signal,
+}
+
 /// On each SIGHUP, reads the TLS files again (a renewed certificate) for the connections that
 /// follow; files that do not load leave the current ones in place. Nothing else is re-read.
 fn tls_reloads(
+    mut hangups: tokio::signal::unix::Signal,
     files: Option<TlsFiles>,
     live: Option<server::LiveTls>,
-) -> Result<tokio::task::JoinHandle<()>, RunError> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut hangups = signal(SignalKind::hangup()).map_err(RunError::Signals)?;
-    Ok(tokio::spawn(async move {
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
         while hangups.recv().await.is_some() {
             let (Some(files), Some(live)) = (&files, &live) else {
                 tracing::info!("SIGHUP: no TLS files to read again (other settings are read at start only)");
@@ -95,7 +102,7 @@ fn tls_reloads(
                 Err(e) => tracing::error!(error = %e, "SIGHUP: TLS files not reloaded; serving the previous ones"),
             }
         }
-    }))
+    })
 }
 
 /// Dev mode: makes the data dir and a random passphrase file (0600) on first run, then inits.
@@ -178,6 +185,9 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, RunError> 
 }
 
 pub async fn serve(args: ServeArgs, env_passphrase: Option<Passphrase>) -> Result<(), RunError> {
+    // Taken over first: SIGHUP's default would end the process during start-up (the unlock, a
+    // rotation resumed). One that comes before serving is handled once serving starts.
+    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).map_err(RunError::Signals)?;
     if args.dev && !matches!(Database::from_args(&args.database, Some(Path::new(DEV_DATA_DIR)))?, Database::DataDir(_))
     {
         return Err(RunError::Dev("--dev keeps its vault in a data dir; it takes no PostgreSQL --database".into()));
@@ -231,7 +241,8 @@ pub async fn serve(args: ServeArgs, env_passphrase: Option<Passphrase>) -> Resul
             drop(passphrase);
             store.check_schema().await.map_err(|e| RunError::Database(format!("PostgreSQL --database: {e}")))?;
             let described = store.describe().to_owned();
-            run_vault(args, store, keyring, kek, false, registry, tls, listener_tls, &described).await?;
+            let started = Started { new_dev_vault: false, listener_tls, hangups };
+            run_vault(args, store, keyring, kek, started, registry, tls, &described).await?;
             tracing::info!("stopped");
             return Ok(());
         }
@@ -244,7 +255,8 @@ pub async fn serve(args: ServeArgs, env_passphrase: Option<Passphrase>) -> Resul
     drop(passphrase);
     datadir::upgrade_seals(&dir, &store, &keyring)?;
     let described = format!("data dir {}", dir.display());
-    let store = run_vault(args, store, keyring, kek, new_dev_vault, registry, tls, listener_tls, &described).await?;
+    let started = Started { new_dev_vault, listener_tls, hangups };
+    let store = run_vault(args, store, keyring, kek, started, registry, tls, &described).await?;
     match store.inner().sync().checkpoint() {
         Ok(true) => {}
         Ok(false) => {
@@ -268,12 +280,12 @@ async fn run_vault<S: Store>(
     store: S,
     keyring: Keyring,
     kek: Kek,
-    new_dev_vault: bool,
+    started: Started,
     registry: Registry,
     tls: ProbeTls,
-    listener_tls: Option<Arc<rustls::ServerConfig>>,
     described: &str,
 ) -> Result<Arc<CachedStore<S>>, RunError> {
+    let Started { new_dev_vault, listener_tls, hangups } = started;
     if store.shared() && args.data_key_max_age.is_some() {
         return Err(RunError::Database(
             "--data-key-max-age is not available with a PostgreSQL --database: replicas would not know the new key"
@@ -335,7 +347,7 @@ async fn run_vault<S: Store>(
     };
     let shutdown = shutdown_signal()?;
     let listener_tls = listener_tls.map(server::LiveTls::new);
-    let reloads = tls_reloads(TlsFiles::of(&args), listener_tls.clone())?;
+    let reloads = tls_reloads(hangups, TlsFiles::of(&args), listener_tls.clone());
     let scheme = if args.tls_cert.is_some() { "TLS" } else { "plaintext" };
     tracing::info!(database = %described, "listening on {addr} ({scheme})");
     server::serve(

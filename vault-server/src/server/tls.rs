@@ -41,8 +41,10 @@ pub fn server_config(
     if certs.is_empty() {
         return Err("--tls-cert holds no PEM CERTIFICATE".into());
     }
-    let key =
-        PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| format!("--tls-key: no usable PEM PRIVATE KEY ({e})"))?;
+    // The parser's error may quote the key's bytes (a key on one line is read as a label).
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|_| {
+        "--tls-key: no usable PEM PRIVATE KEY (each BEGIN and END line on a line of its own)".to_owned()
+    })?;
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS setup failed: {e}"))?;
@@ -68,4 +70,19 @@ pub fn server_config(
         .map_err(|e| format!("--tls-cert/--tls-key do not make a usable identity: {e}"))?;
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_key_that_does_not_parse_is_never_quoted() {
+        // A key pasted on one line (`echo $KEY > key.pem`): the parser's error held its body.
+        let body = "MC4CAQAwBQYDK2VwBCIEIAbcdefghijklmnopqrstuvwxyz0123456789ABCDEFGH";
+        let key = format!("-----BEGIN PRIVATE KEY----- {body} -----END PRIVATE KEY-----");
+        let cert = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        let e = super::server_config(cert.as_bytes(), key.as_bytes(), None).unwrap_err();
+        let bytes: Vec<String> = body.bytes().map(|b| b.to_string()).collect();
+        assert!(!e.contains(body) && !e.contains(&bytes[..8].join(", ")), "{e}");
+        assert!(e.contains("--tls-key"), "{e}");
+    }
 }
