@@ -111,18 +111,24 @@ async fn commit(tx: Transaction<'_>) -> Result<(), StoreError> {
 
 impl PgStore {
     /// Whether the transaction `xid` (from `pg_current_xact_id()`), whose COMMIT went
-    /// unanswered, was committed; asked on another connection until it is no longer in progress
-    /// (a COMMIT that reached the server finishes). `None` if the server cannot tell.
+    /// unanswered, was committed: asked on another connection, again while it is in progress
+    /// (a COMMIT that reached the server finishes) or the server cannot be reached (it may be
+    /// restarting), for about 5 s. `None` if it cannot tell by then.
     async fn committed(&self, xid: &str) -> Result<Option<bool>, StoreError> {
-        const ASKS: u32 = 50;
-        for _ in 0..ASKS {
-            let conn = self.pool.get().await?;
-            let row = conn.query_one("SELECT pg_xact_status($1::text::xid8)", &[&xid]).await?;
-            match row.try_get::<_, Option<String>>(0)?.as_deref() {
-                Some("committed") => return Ok(Some(true)),
-                Some("aborted") => return Ok(Some(false)),
-                Some(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
-                None => return Ok(None),
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while tokio::time::Instant::now() < deadline {
+            let status = async {
+                let conn = self.pool.get().await?;
+                let row = conn.query_one("SELECT pg_xact_status($1::text::xid8)", &[&xid]).await?;
+                Ok::<_, StoreError>(row.try_get::<_, Option<String>>(0)?)
+            };
+            match tokio::time::timeout_at(deadline, status).await {
+                Ok(Ok(Some(s))) if s == "committed" => return Ok(Some(true)),
+                Ok(Ok(Some(s))) if s == "aborted" => return Ok(Some(false)),
+                Ok(Ok(None)) => return Ok(None),
+                Ok(Err(e)) if !matches!(e, StoreError::Unavailable(_)) => return Err(e),
+                // In progress, or unreachable: ask again.
+                _ => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
             }
         }
         Ok(None)
