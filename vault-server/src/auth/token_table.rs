@@ -285,13 +285,17 @@ impl Tokens {
         }
         // Counted as a failure before the wait for a re-read (a call cancelled meanwhile is
         // counted all the same), and given back if a token minted since the last re-read is
-        // found. A throttled peer gets no re-read.
+        // found. A throttled peer starts no re-read, but waits for one under way (many calls
+        // at once with a new token: the first ones' re-read finds it for all).
         let error = self.failed(peer, AuthError::InvalidToken);
-        if error == AuthError::InvalidToken
-            && self.reload_on_miss(arrived, now).await
-            && let Some(caller) = self.lookup(id, &digest, now)
-        {
-            if let Some(ip) = peer {
+        let reread = if error == AuthError::InvalidToken {
+            self.reload_on_miss(arrived, now).await
+        } else {
+            drop(self.reloads.lock().await);
+            true
+        };
+        if reread && let Some(caller) = self.lookup(id, &digest, now) {
+            if let (Some(ip), AuthError::InvalidToken) = (peer, &error) {
                 self.throttle.refund(ip, Instant::now());
             }
             return Ok(caller);
@@ -434,6 +438,31 @@ mod tests {
         assert!(tokens.authenticate(Some(&bearer(&token)), peer, 2).await.is_ok(), "a valid token is never throttled");
         let other = Some(IpAddr::from([127, 0, 0, 10]));
         assert_eq!(tokens.authenticate(Some(&bearer(&garbage)), other, 2).await.unwrap_err(), AuthError::InvalidToken);
+    }
+
+    #[tokio::test]
+    async fn many_calls_at_once_with_a_token_minted_since_the_last_reread_all_pass() {
+        let (_tmp, _store, tokens) = setup();
+        tokens.reload(1).await.unwrap();
+        let tokens = Arc::new(tokens);
+        let (new, _) = tokens.mint(&Role::Admin, 2).await.unwrap();
+        // 30 workers behind one address start at once: past the first 20, the address is out of
+        // failures before the first re-read ends; they wait for it instead of being refused.
+        let peer = Some(IpAddr::from([127, 0, 0, 12]));
+        // A re-read under way while they arrive (held here until all have reached it).
+        let mut reread = tokens.reloads.lock().await;
+        let mut calls = tokio::task::JoinSet::new();
+        for _ in 0..30 {
+            let (tokens, header) = (tokens.clone(), bearer(&new));
+            calls.spawn(async move { tokens.authenticate(Some(&header), peer, 2).await.map(|_| ()) });
+        }
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        tokens.reload_locked(&mut reread, 2).await.unwrap();
+        drop(reread);
+        let answers: Vec<_> = calls.join_all().await;
+        assert!(answers.iter().all(Result::is_ok), "{answers:?}");
     }
 
     #[tokio::test]
