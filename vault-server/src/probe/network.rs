@@ -175,7 +175,7 @@ impl Prober for NetworkProber {
             let step = if at == AT_IMAP_SLOT || at == AT_SMTP_SLOT {
                 Step {
                     hint: Some(format!(
-                        "Every probe slot to {} stayed taken for the probe's whole timeout \
+                        "Every probe slot to {} stayed taken until the probe's timeout ran out \
                          (--probe-host-concurrency, shared by the replicas); retry later.",
                         server.host
                     )),
