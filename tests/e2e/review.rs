@@ -180,4 +180,18 @@ async fn json_logs_and_prometheus_metrics() {
     ] {
         assert!(text.contains(needle), "{needle} missing from:\n{text}");
     }
+    // No label names a mailbox, a client, a token or a code.
+    for secretish in [ALICE, "alice", "\"sender\"", "tk_", "avt_", ALICE_CODE] {
+        assert!(!text.contains(secretish), "{secretish} in the metrics:\n{text}");
+    }
+    // Only GET /metrics is served.
+    for request in
+        ["GET / HTTP/1.1\r\nHost: x\r\n\r\n", "POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"]
+    {
+        let mut conn = std::net::TcpStream::connect(addr).unwrap();
+        conn.write_all(request.as_bytes()).unwrap();
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 404"), "{request:?}: {answer}");
+    }
 }
