@@ -515,7 +515,14 @@ fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
 #[tokio::test]
 async fn connections_without_a_token_give_way_at_the_cap_to_callers_with_one() {
     let mut stack = Stack::start();
-    stack.restart_with(&["--max-connections".into(), "6".into(), "--max-connections-per-peer".into(), "2".into()]);
+    stack.restart_with(&[
+        "--max-connections".into(),
+        "6".into(),
+        "--max-connections-per-peer".into(),
+        "2".into(),
+        "--metrics-listen".into(),
+        "127.0.0.1:0".into(),
+    ]);
     stack.admin().await.bind(ALICE, "sender", SecretString::from(ALICE_CODE)).await.unwrap();
     let addr = stack.server.addr;
     // A caller with a token, connected before the flood.
@@ -563,6 +570,15 @@ async fn connections_without_a_token_give_way_at_the_cap_to_callers_with_one() {
     for c in &mut callers {
         c.reveal(ALICE, "sender").await.expect("a caller with a token lost its connection");
     }
+    // Counted as README says: two gave way (more, if a dropped connection's close was not seen
+    // yet when the callers reconnected), one was closed on accept.
+    let metrics = stack.server.metrics_text();
+    let count = |name: &str| {
+        let line = metrics.lines().find(|l| l.starts_with(&format!("{name} ")));
+        line.and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok()).unwrap_or_else(|| panic!("no {name}:\n{metrics}"))
+    };
+    assert!(count("vault_connections_given_way_total") >= 2, "{metrics}");
+    assert_eq!(count("vault_connections_refused_total"), 1, "{metrics}");
 }
 
 /// Sends, on a fresh raw connection, one Reveal stream whose header list carries `pad` bytes of
