@@ -194,7 +194,14 @@ pub fn main(cli: Cli, env: EnvPassphrases) -> Result<(), RunError> {
                 .max_blocking_threads(serve::MAX_BLOCKING_THREADS)
                 .build()
                 .map_err(RunError::Runtime)?;
-            runtime.block_on(serve::serve(*args, env_passphrase))
+            // Taken over before anything else: SIGHUP's default would end the process during
+            // start-up (the unlock, a rotation resumed). One that comes early is handled once
+            // serving starts (it re-reads the TLS files).
+            let hangups = {
+                let _in_runtime = runtime.enter();
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).map_err(RunError::Signals)?
+            };
+            runtime.block_on(serve::serve(*args, env_passphrase, hangups))
         }
     }
 }

@@ -184,10 +184,13 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, RunError> 
     })
 }
 
-pub async fn serve(args: ServeArgs, env_passphrase: Option<Passphrase>) -> Result<(), RunError> {
-    // Taken over first: SIGHUP's default would end the process during start-up (the unlock, a
-    // rotation resumed). One that comes before serving is handled once serving starts.
-    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).map_err(RunError::Signals)?;
+/// Serves until SIGTERM or SIGINT; `hangups` (SIGHUP, taken over by the caller) re-read the TLS
+/// files.
+pub async fn serve(
+    args: ServeArgs,
+    env_passphrase: Option<Passphrase>,
+    hangups: tokio::signal::unix::Signal,
+) -> Result<(), RunError> {
     if args.dev && !matches!(Database::from_args(&args.database, Some(Path::new(DEV_DATA_DIR)))?, Database::DataDir(_))
     {
         return Err(RunError::Dev("--dev keeps its vault in a data dir; it takes no PostgreSQL --database".into()));
