@@ -146,17 +146,22 @@ impl NetworkProber {
         let p = req.provider;
         let imap = self.step(&p.imap, req, false, phase).await?;
         if imap.outcome != ProbeOutcome::Accepted || !(p.smtp_probe || self.settings.smtp_for_all) {
-            let hint = imap.hint.clone().unwrap_or_else(|| p.hint_at(imap.outcome, &p.imap, "IMAP"));
-            return Ok((Step { hint: Some(hint), ..imap }, p.imap.to_string()));
+            return Ok(decided(p, imap, &p.imap, "IMAP"));
         }
         let smtp = self.step(&p.smtp, req, true, phase).await?;
         if smtp.outcome != ProbeOutcome::Accepted {
-            let hint = smtp.hint.clone().unwrap_or_else(|| p.hint_at(smtp.outcome, &p.smtp, "SMTP"));
-            return Ok((Step { hint: Some(hint), ..smtp }, p.smtp.to_string()));
+            return Ok(decided(p, smtp, &p.smtp, "SMTP"));
         }
         let text = format!("IMAP: {}; SMTP: {}", imap.text, smtp.text);
         Ok((Step::new(ProbeOutcome::Accepted, text), format!("{}, {}", p.imap, p.smtp)))
     }
+}
+
+/// The step that decided a probe, with a hint for the server it ran against (a step's own, more
+/// specific one stays), and that server.
+fn decided(p: &crate::provider::Provider, mut step: Step, server: &Endpoint, protocol: &str) -> (Step, String) {
+    let hint = step.hint.take().unwrap_or_else(|| p.hint_at(step.outcome, server, protocol));
+    (Step { hint: Some(hint), ..step }, server.to_string())
 }
 
 #[tonic::async_trait]
@@ -185,12 +190,9 @@ impl Prober for NetworkProber {
                     )
                 }
             } else {
-                Step {
-                    hint: Some(p.hint_at(ProbeOutcome::TimedOut, server, protocol)),
-                    ..Step::new(ProbeOutcome::TimedOut, format!("no answer within {timeout:?}"))
-                }
+                Step::new(ProbeOutcome::TimedOut, format!("no answer within {timeout:?}"))
             };
-            (step, server.to_string())
+            decided(p, step, server, protocol)
         };
         Ok(ProbeReport {
             outcome: step.outcome,
