@@ -357,7 +357,8 @@ pub struct ServeArgs {
     pub max_public_rpcs: u32,
 
     /// Serve Prometheus metrics at http://ADDR/metrics (off by default; give a loopback address
-    /// unless the scraper is elsewhere). At most 8 connections, 10 s each.
+    /// unless the scraper is elsewhere). At most 8 connections, 10 s each; at the cap a new one
+    /// closes the oldest that has not sent its request yet.
     #[arg(long, env = "VAULT_METRICS_LISTEN", value_name = "ADDR:PORT")]
     pub metrics_listen: Option<SocketAddr>,
 
