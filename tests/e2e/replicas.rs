@@ -492,15 +492,29 @@ async fn a_replica_that_stops_answering_is_passed_over_by_a_client_with_a_timeou
     assert!(started.elapsed() < Duration::from_secs(5), "{:?} for 6 Reveals", started.elapsed());
 }
 
+/// How the armed COMMIT is lost to the client.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Cut {
+    /// It reaches the database, which commits; the answer never comes back.
+    AnswerLost,
+    /// The connection is cut first; the COMMIT reaches the database this much later, so until
+    /// then the transaction is in progress.
+    Late(Duration),
+    /// It never reaches the database, which aborts the transaction.
+    Never,
+    /// As `AnswerLost`, then the database cannot be reached through the proxy for this long
+    /// (every connection cut, new ones closed).
+    Outage(Duration),
+}
+
 /// A TCP proxy in front of PostgreSQL that, once armed, cuts the first connection whose traffic
-/// since arming holds the marker it was armed with, right after that connection's next COMMIT
-/// has reached the database: the change is made, its answer never comes back.
+/// since arming holds the marker it was armed with, at that connection's next COMMIT.
 struct CommitCutter {
     addr: std::net::SocketAddr,
     armed: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    /// The marker, and how many times the cutter was armed (a marker seen before the latest
-    /// arming does not count).
-    marker: std::sync::Arc<std::sync::Mutex<(usize, &'static [u8])>>,
+    /// The marker and the cut, and how many times the cutter was armed (a marker seen before
+    /// the latest arming does not count).
+    marker: std::sync::Arc<std::sync::Mutex<(usize, &'static [u8], Cut)>>,
     cuts: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
@@ -510,22 +524,32 @@ impl CommitCutter {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (armed, cuts) = (std::sync::Arc::new(AtomicBool::new(false)), std::sync::Arc::new(AtomicUsize::new(0)));
-        let marker: std::sync::Arc<std::sync::Mutex<(usize, &'static [u8])>> = std::sync::Arc::default();
+        let marker: std::sync::Arc<std::sync::Mutex<(usize, &'static [u8], Cut)>> =
+            std::sync::Arc::new(std::sync::Mutex::new((0, b"", Cut::AnswerLost)));
+        // Bumped when an outage starts (every pump ends); new connections are closed while set.
+        let o = std::sync::Arc::new(tokio::sync::watch::channel((0, false)).0);
         let (a, c, m) = (armed.clone(), cuts.clone(), marker.clone());
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
+                if o.borrow().1 {
+                    continue;
+                }
                 let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else { continue };
-                tokio::spawn(Self::pump(client, server, a.clone(), c.clone(), m.clone()));
+                tokio::spawn(Self::pump(client, server, a.clone(), c.clone(), m.clone(), o.clone()));
             }
         });
         Self { addr, armed, marker, cuts }
     }
 
-    /// Cuts the next COMMIT of a connection that sends `marker` from now on.
-    fn arm(&self, marker: &'static [u8]) {
+    /// Loses, as `cut` says, the next COMMIT of a connection that sends `marker` from now on.
+    fn arm(&self, marker: &'static [u8], cut: Cut) {
         let mut current = self.marker.lock().unwrap();
-        *current = (current.0 + 1, marker);
+        *current = (current.0 + 1, marker, cut);
         self.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn cuts(&self) -> usize {
+        self.cuts.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     async fn pump(
@@ -533,14 +557,16 @@ impl CommitCutter {
         server: tokio::net::TcpStream,
         armed: std::sync::Arc<std::sync::atomic::AtomicBool>,
         cuts: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-        marker: std::sync::Arc<std::sync::Mutex<(usize, &'static [u8])>>,
+        marker: std::sync::Arc<std::sync::Mutex<(usize, &'static [u8], Cut)>>,
+        outage: std::sync::Arc<tokio::sync::watch::Sender<(u64, bool)>>,
     ) {
         use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
         let holds = |chunk: &[u8], what: &[u8]| chunk.windows(what.len()).any(|w| w == what);
         let (mut from_client, mut to_client) = client.into_split();
         let (mut from_server, mut to_server) = server.into_split();
-        // Set once the COMMIT to lose is sent: what the database answers is dropped.
+        let mut outages = outage.subscribe();
+        // Set once the COMMIT to lose is taken: what the database answers is dropped.
         let hold = std::sync::Arc::new(AtomicBool::new(false));
         let held = hold.clone();
         let back = tokio::spawn(async move {
@@ -553,21 +579,25 @@ impl CommitCutter {
         });
         // The arming under which this connection sent the marker.
         let mut seen = None;
+        let mut lost = None;
         let mut buf = vec![0u8; 64 * 1024];
-        while let Ok(n @ 1..) = from_client.read(&mut buf).await {
+        loop {
+            let n = tokio::select! {
+                read = from_client.read(&mut buf) => match read {
+                    Ok(n @ 1..) => n,
+                    _ => break,
+                },
+                _ = outages.changed() => break,
+            };
             let chunk = &buf[..n];
             if armed.load(SeqCst) {
-                let (arming, wanted) = *marker.lock().unwrap();
+                let (arming, wanted, cut) = *marker.lock().unwrap();
                 if holds(chunk, wanted) {
                     seen = Some(arming);
                 }
                 if seen == Some(arming) && holds(chunk, b"COMMIT") && armed.swap(false, SeqCst) {
                     hold.store(true, SeqCst);
-                    let _ = to_server.write_all(chunk).await;
-                    // The database commits and answers; the answer is dropped, then the
-                    // connection is cut.
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    cuts.fetch_add(1, SeqCst);
+                    lost = Some((cut, chunk.to_vec()));
                     break;
                 }
             }
@@ -575,7 +605,33 @@ impl CommitCutter {
                 break;
             }
         }
+        let Some((cut, commit)) = lost else {
+            back.abort();
+            return;
+        };
+        if matches!(cut, Cut::AnswerLost | Cut::Outage(_)) {
+            // The database commits and answers; the answer is dropped.
+            let _ = to_server.write_all(&commit).await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        // The client's side is cut.
         back.abort();
+        let _ = back.await;
+        drop(from_client);
+        cuts.fetch_add(1, SeqCst);
+        match cut {
+            Cut::Late(after) => {
+                tokio::time::sleep(after).await;
+                let _ = to_server.write_all(&commit).await;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Cut::Outage(lasting) => {
+                outage.send_modify(|(n, down)| (*n, *down) = (*n + 1, true));
+                tokio::time::sleep(lasting).await;
+                outage.send_modify(|(_, down)| *down = false);
+            }
+            Cut::AnswerLost | Cut::Never => {}
+        }
     }
 
     /// `url` with its host and port replaced by this proxy's.
@@ -599,15 +655,15 @@ async fn a_commit_whose_answer_is_lost_is_never_reported_as_not_made_and_the_cli
 
     // vault-client resends with the request id, and is answered what was made: one rotation.
     // (The marker is in the Rotate's UPDATE only.)
-    cutter.arm(b"SET version");
+    cutter.arm(b"SET version", Cut::AnswerLost);
     let rotated = admin.rotate(ALICE, "sender", code(ALICE_CODE), 0).await.unwrap();
-    assert_eq!(cutter.cuts.load(std::sync::atomic::Ordering::SeqCst), 1, "no COMMIT was cut");
+    assert_eq!(cutter.cuts(), 1, "no COMMIT was cut");
     assert_eq!(rotated.credential.version, 2);
     assert_eq!(admin.get(ALICE, "sender").await.unwrap().version, 2, "rotated twice");
 
     // Without a request id: UNAVAILABLE, saying the change may have been made (it was), not
     // "nothing was changed".
-    cutter.arm(b"SET version");
+    cutter.arm(b"SET version", Cut::AnswerLost);
     let rotate = vault_client::proto::RotateRequest {
         mailbox: ALICE.into(),
         client: "sender".into(),
@@ -615,27 +671,33 @@ async fn a_commit_whose_answer_is_lost_is_never_reported_as_not_made_and_the_cli
         ..Default::default()
     };
     let status = admin.raw().rotate(rotate).await.unwrap_err();
-    assert_eq!(cutter.cuts.load(std::sync::atomic::Ordering::SeqCst), 2, "no COMMIT was cut");
+    assert_eq!(cutter.cuts(), 2, "no COMMIT was cut");
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert!(status.message().contains("may have been made"), "{}", status.message());
     assert_eq!(admin.get(ALICE, "sender").await.unwrap().version, 3);
 
-    // A usage flush whose answer is lost (the audit listing flushes first): its Reveals are
-    // counted once, never written again by the next flush (they were counted twice).
+    // A usage flush whose COMMIT is lost (the audit listing flushes first): its Reveals are
+    // counted once, whether the COMMIT was made (its answer lost; the database then out of
+    // reach for a while), was still in progress when asked about, or never arrived.
     let mut sender = c.client_with(Some(&r.sender)).await;
-    for _ in 0..3 {
-        sender.reveal(ALICE, "sender").await.unwrap();
-    }
-    cutter.arm(b"unnest($1::bigint[]");
     let pair = vault_client::AuditFilter { mailbox: ALICE.into(), client: "sender".into(), ..Default::default() };
-    let mut listed = admin.audit_all(&pair, usize::MAX).await;
-    for _ in 0..3 {
-        if listed.is_ok() {
-            break;
+    let cuts =
+        [Cut::AnswerLost, Cut::Late(Duration::from_millis(1500)), Cut::Never, Cut::Outage(Duration::from_millis(1500))];
+    for (i, cut) in cuts.into_iter().enumerate() {
+        for _ in 0..3 {
+            sender.reveal(ALICE, "sender").await.unwrap();
         }
-        listed = admin.audit_all(&pair, usize::MAX).await;
+        cutter.arm(b"unnest($1::bigint[]", cut);
+        let mut listed = admin.audit_all(&pair, usize::MAX).await;
+        for _ in 0..4 {
+            if listed.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            listed = admin.audit_all(&pair, usize::MAX).await;
+        }
+        assert_eq!(cutter.cuts(), 3 + i, "{cut:?}: no flush's COMMIT was cut");
+        let reveals: Vec<u64> = listed.unwrap().iter().filter(|e| e.rpc == "Reveal").map(|e| e.count).collect();
+        assert_eq!(reveals, vec![3; i + 1], "{cut:?}: three Reveals a window, each window once");
     }
-    assert_eq!(cutter.cuts.load(std::sync::atomic::Ordering::SeqCst), 3, "no flush's COMMIT was cut");
-    let reveals: Vec<u64> = listed.unwrap().iter().filter(|e| e.rpc == "Reveal").map(|e| e.count).collect();
-    assert_eq!(reveals, [3], "three Reveals, one window");
 }
