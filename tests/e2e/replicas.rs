@@ -661,20 +661,43 @@ async fn a_commit_whose_answer_is_lost_is_never_reported_as_not_made_and_the_cli
     assert_eq!(rotated.credential.version, 2);
     assert_eq!(admin.get(ALICE, "sender").await.unwrap().version, 2, "rotated twice");
 
-    // Without a request id: UNAVAILABLE, saying the change may have been made (it was), not
-    // "nothing was changed".
-    cutter.arm(b"SET version", Cut::AnswerLost);
+    // Without a request id the replica asks the database whether its COMMIT was made, and
+    // answers as if the COMMIT had answered.
     let rotate = vault_client::proto::RotateRequest {
         mailbox: ALICE.into(),
         client: "sender".into(),
         new_auth_code: ALICE_CODE.into(),
         ..Default::default()
     };
-    let status = admin.raw().rotate(rotate).await.unwrap_err();
+    cutter.arm(b"SET version", Cut::AnswerLost);
+    let answered = admin.raw().rotate(rotate.clone()).await.expect("a COMMIT made is answered as made");
     assert_eq!(cutter.cuts(), 2, "no COMMIT was cut");
+    assert_eq!(answered.into_inner().credential.unwrap().version, 3);
+    // When it cannot tell (the COMMIT reaches the database only after its 5 s of asking):
+    // UNAVAILABLE, saying the change may have been made (it was), not "nothing was changed".
+    cutter.arm(b"SET version", Cut::Late(Duration::from_secs(7)));
+    let status = admin.raw().rotate(rotate).await.unwrap_err();
+    assert_eq!(cutter.cuts(), 3, "no COMMIT was cut");
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert!(status.message().contains("may have been made"), "{}", status.message());
-    assert_eq!(admin.get(ALICE, "sender").await.unwrap().version, 3);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(admin.get(ALICE, "sender").await.unwrap().version, 4);
+
+    // The token commands: a token whose COMMIT went unanswered is printed, and made once.
+    let pf = path_str(&r.passphrase_file).to_owned();
+    cutter.arm(b"INSERT INTO tokens", Cut::AnswerLost);
+    let out = tokio::task::block_in_place(|| {
+        run(&["token", "create", "--database", &url, "--passphrase-file", &pf, "--client", "late"], &[])
+    });
+    assert_eq!(cutter.cuts(), 4, "no COMMIT was cut");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let minted = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let mut late = c.client_with(Some(&minted)).await;
+    assert!(matches!(late.reveal(ALICE, "late").await, Err(vault_client::Error::NotFound)), "token refused");
+    let list =
+        tokio::task::block_in_place(|| run(&["token", "list", "--database", &url, "--passphrase-file", &pf], &[]));
+    let list = String::from_utf8_lossy(&list.stdout).into_owned();
+    assert_eq!(list.lines().filter(|l| l.contains("client:late")).count(), 1, "{list}");
 
     // A usage flush whose COMMIT is lost (the audit listing flushes first): its Reveals are
     // counted once, whether the COMMIT was made (its answer lost; the database then out of
@@ -696,7 +719,7 @@ async fn a_commit_whose_answer_is_lost_is_never_reported_as_not_made_and_the_cli
             tokio::time::sleep(Duration::from_secs(1)).await;
             listed = admin.audit_all(&pair, usize::MAX).await;
         }
-        assert_eq!(cutter.cuts(), 3 + i, "{cut:?}: no flush's COMMIT was cut");
+        assert_eq!(cutter.cuts(), 5 + i, "{cut:?}: no flush's COMMIT was cut");
         let reveals: Vec<u64> = listed.unwrap().iter().filter(|e| e.rpc == "Reveal").map(|e| e.count).collect();
         assert_eq!(reveals, vec![3; i + 1], "{cut:?}: three Reveals a window, each window once");
     }

@@ -123,7 +123,7 @@ impl PgStore {
                 }
             }
         }
-        tx.commit().await?;
+        self.finish(tx).await?;
         Ok(moved)
     }
 }

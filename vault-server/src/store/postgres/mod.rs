@@ -182,8 +182,7 @@ impl PgStore {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         create_in(&tx, material, now).await?;
-        tx.commit().await?;
-        Ok(())
+        self.finish(tx).await
     }
 
     async fn read_unlock_material(&self) -> Result<UnlockMaterial, StoreError> {

@@ -100,15 +100,6 @@ async fn insert_request(tx: &Transaction<'_>, r: Option<RequestRecord>, row: &Cr
     Ok(())
 }
 
-/// Commits a change a caller is answered about. A connection lost during the COMMIT leaves its
-/// outcome unknown: said so, never "nothing was written".
-async fn commit(tx: Transaction<'_>) -> Result<(), StoreError> {
-    tx.commit().await.map_err(|e| match StoreError::from(e) {
-        StoreError::Unavailable(m) => StoreError::OutcomeUnknown(m),
-        other => other,
-    })
-}
-
 impl PgStore {
     /// Whether the transaction `xid` (from `pg_current_xact_id()`), whose COMMIT went
     /// unanswered, was committed: asked on another connection, again while it is in progress
@@ -134,6 +125,22 @@ impl PgStore {
         Ok(None)
     }
 
+    /// Commits a change. When the COMMIT goes unanswered (the connection was lost), asks the
+    /// database whether it was made ([`Self::committed`]): made is `Ok`, not made is
+    /// `Unavailable` (nothing was written), and only what it cannot tell is `OutcomeUnknown`.
+    pub(super) async fn finish(&self, tx: Transaction<'_>) -> Result<(), StoreError> {
+        let xid: String = tx.query_one("SELECT pg_current_xact_id()::text", &[]).await?.try_get(0)?;
+        let lost = match tx.commit().await.map_err(StoreError::from) {
+            Err(StoreError::Unavailable(m)) => m,
+            other => return other,
+        };
+        match self.committed(&xid).await? {
+            Some(true) => Ok(()),
+            Some(false) => Err(StoreError::Unavailable("the change was not committed".into())),
+            None => Err(StoreError::OutcomeUnknown(lost)),
+        }
+    }
+
     /// One transaction on an existing, locked row: `change` sees it as it is, writes, and the row
     /// is read back before commit, when `request` (if any) is remembered with it.
     async fn write<F>(
@@ -152,7 +159,7 @@ impl PgStore {
         change(&tx, row).await?;
         let row = get_row(&tx, mailbox, client, false).await?.ok_or(StoreError::NotFound)?;
         insert_request(&tx, request, &row).await?;
-        commit(tx).await?;
+        self.finish(tx).await?;
         Ok(row)
     }
 }
@@ -192,7 +199,7 @@ impl KeyMaterialStore for PgStore {
         if inserted != 1 {
             return Err(StoreError::AlreadyExists);
         }
-        tx.commit().await?;
+        self.finish(tx).await?;
         Ok(())
     }
 
@@ -212,7 +219,7 @@ impl KeyMaterialStore for PgStore {
         let pending_tokens: i64 =
             tx.query_one("SELECT count(*) FROM tokens WHERE key_id < $1", &[&active]).await?.try_get(0)?;
         if pending_codes > 0 || pending_tokens > 0 {
-            tx.commit().await?;
+            self.finish(tx).await?;
             return Ok(Retirement {
                 retired: Vec::new(),
                 pending_codes: u64::try_from(pending_codes).unwrap_or(0),
@@ -225,7 +232,7 @@ impl KeyMaterialStore for PgStore {
             retired.push(u32::try_from(r.try_get::<_, i64>(0)?).unwrap_or(u32::MAX));
         }
         retired.sort_unstable();
-        tx.commit().await?;
+        self.finish(tx).await?;
         // PostgreSQL keeps deleted tuples until vacuumed, and WAL until recycled: the vault
         // cannot vouch for its files (see `destroy_freed`).
         let destroyed = retired.is_empty();
@@ -542,7 +549,7 @@ impl CredentialStore for PgStore {
         insert_audit(&tx, &audit).await?;
         let row = get_row(&tx, mailbox, client, false).await?.ok_or(StoreError::NotFound)?;
         insert_request(&tx, request, &row).await?;
-        commit(tx).await?;
+        self.finish(tx).await?;
         Ok(row)
     }
 
@@ -553,7 +560,7 @@ impl CredentialStore for PgStore {
             insert_binding(&tx, new).await?;
         }
         insert_audit(&tx, &audit).await?;
-        tx.commit().await?;
+        self.finish(tx).await?;
         Ok(())
     }
 
@@ -686,8 +693,6 @@ impl CredentialStore for PgStore {
         }
         let mut conn = self.pool.get().await?;
         let tx = conn.transaction().await?;
-        // Asked for after a lost COMMIT: written twice, the batch's Reveals would count twice.
-        let xid: String = tx.query_one("SELECT pg_current_xact_id()::text", &[]).await?.try_get(0)?;
         let c = &columns;
         tx.execute(
             "INSERT INTO audit_events (at, caller, caller_role, rpc, mailbox, client, outcome, probe_outcome, count, \
@@ -709,15 +714,9 @@ impl CredentialStore for PgStore {
             &[&c.mailbox, &c.client, &c.at],
         )
         .await?;
-        match commit(tx).await {
-            // The batch is put back, to be written again, unless it was committed.
-            Err(StoreError::OutcomeUnknown(m)) => match self.committed(&xid).await? {
-                Some(true) => Ok(()),
-                Some(false) => Err(StoreError::Unavailable("the usage flush was not committed".into())),
-                None => Err(StoreError::OutcomeUnknown(m)),
-            },
-            other => other,
-        }
+        // After a lost COMMIT, asked whether it was made: written twice, the batch's Reveals
+        // would count twice. Put back unless it was.
+        self.finish(tx).await
     }
 
     async fn count_by_state(&self) -> Result<(u64, u64), StoreError> {
@@ -785,7 +784,7 @@ impl CredentialStore for PgStore {
                 )
                 .await?;
         }
-        tx.commit().await?;
+        self.finish(tx).await?;
         Ok(usize::try_from(done).unwrap_or(usize::MAX))
     }
 }
@@ -862,13 +861,15 @@ fn token_row(r: &tokio_postgres::Row) -> Result<TokenRow, UnreadableToken> {
 #[tonic::async_trait]
 impl TokenStore for PgStore {
     async fn insert_token(&self, t: TokenRow) -> Result<(), StoreError> {
-        let conn = self.pool.get().await?;
-        conn.execute(
+        let mut conn = self.pool.get().await?;
+        // A transaction, so that a lost answer can be asked about.
+        let tx = conn.transaction().await?;
+        tx.execute(
             "INSERT INTO tokens (id, role, digest, key_id, mac, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
             &[&t.id, &t.role, &t.digest, &i64::from(t.key_id), &t.mac, &t.created_at],
         )
         .await?;
-        Ok(())
+        self.finish(tx).await
     }
 
     async fn tokens(&self) -> Result<Vec<Result<TokenRow, UnreadableToken>>, StoreError> {
@@ -892,7 +893,7 @@ impl TokenStore for PgStore {
             Some(None) => {}
         }
         tx.execute("UPDATE tokens SET revoked_at = $2, mac = ''::bytea WHERE id = $1", &[&id, &now]).await?;
-        tx.commit().await?;
+        self.finish(tx).await?;
         Ok(())
     }
 
@@ -923,7 +924,7 @@ impl TokenStore for PgStore {
             done +=
                 tx.execute(&stmt, &[&i64::from(t.key_id), &t.mac, &t.id, &i64::from(t.old_key_id), &t.old_mac]).await?;
         }
-        tx.commit().await?;
+        self.finish(tx).await?;
         Ok(usize::try_from(done).unwrap_or(usize::MAX))
     }
 }
