@@ -86,13 +86,15 @@ fn parse_url(url: &str) -> Result<tokio_postgres::Config, StoreError> {
         config.connect_timeout(WAIT);
     }
     // `prefer` (the driver's default) falls back to plaintext when the server (or anyone on the
-    // path) declines TLS: off loopback, only `sslmode=require` is accepted.
-    let loopback = config.get_hosts().iter().all(|h| match h {
-        tokio_postgres::config::Host::Tcp(name) => {
-            name == "localhost" || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
-        }
-        tokio_postgres::config::Host::Unix(_) => true,
-    });
+    // path) declines TLS: off loopback, only `sslmode=require` is accepted. The driver connects
+    // to `hostaddr` when one is given, whatever the host says.
+    let loopback = config.get_hostaddrs().iter().all(std::net::IpAddr::is_loopback)
+        && config.get_hosts().iter().all(|h| match h {
+            tokio_postgres::config::Host::Tcp(name) => {
+                name == "localhost" || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+            }
+            tokio_postgres::config::Host::Unix(_) => true,
+        });
     if !loopback && config.get_ssl_mode() != tokio_postgres::config::SslMode::Require {
         return Err(StoreError::Unavailable(
             "the database is not on loopback: add sslmode=require to the URL (TLS, certificate verified)".into(),
@@ -539,9 +541,13 @@ mod tests {
 
     #[test]
     fn a_database_off_loopback_needs_tls_required_and_errors_never_repeat_the_url() {
-        for url in
-            ["postgres://vault:s3cretpw@db.example:5432/vault", "postgres://vault:s3cretpw@10.0.0.5/v?sslmode=prefer"]
-        {
+        for url in [
+            "postgres://vault:s3cretpw@db.example:5432/vault",
+            "postgres://vault:s3cretpw@10.0.0.5/v?sslmode=prefer",
+            // The driver connects to hostaddr, not to the host named.
+            "postgres://vault:s3cretpw@localhost/vault?hostaddr=192.0.2.10",
+            "postgres://vault:s3cretpw@/vault?hostaddr=192.0.2.10",
+        ] {
             let err = parse_url(url).map(|_| ()).unwrap_err().to_string();
             assert!(err.contains("sslmode=require") && !err.contains("s3cretpw"), "{err}");
         }
@@ -549,6 +555,7 @@ mod tests {
             "postgres://vault:s3cretpw@db.example:5432/vault?sslmode=require",
             "postgres://vault:s3cretpw@127.0.0.1:5432/vault",
             "postgres://vault:s3cretpw@localhost/vault",
+            "postgres://vault:s3cretpw@localhost/vault?hostaddr=127.0.0.1",
         ] {
             assert!(parse_url(url).is_ok(), "{url}");
         }
