@@ -103,6 +103,44 @@ fn vaultctl_binds_from_stdin_reviews_audits_and_says_what_failed_by_exit_code() 
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(7), "{}", String::from_utf8_lossy(&out.stderr));
+    // Found by an attack: a code typed after the pair was repeated by clap's error; a token
+    // in $VAULT_ADDR was repeated by the address error; --help showed $VAULT_ADDR's value.
+    let typed = vaultctl(&stack, &admin, &["bind", ALICE, "x", "Typed1Code2Here3"], None);
+    assert_eq!(typed.status.code(), Some(2));
+    assert!(!String::from_utf8_lossy(&typed.stderr).contains("Typed1Code2Here3"), "{typed:?}");
+    let flag = vaultctl(&stack, &admin, &["list", "--no-such-flag"], None);
+    assert!(flag.status.code() == Some(2) && String::from_utf8_lossy(&flag.stderr).contains("--no-such-flag"));
+    for (addr, args) in [(admin.as_str(), &["list"][..]), ("http://u:p4ss@127.0.0.1:1", &["--help"])] {
+        let out = Command::new(vaultctl_bin())
+            .args(args)
+            .env("VAULT_ADDR", addr)
+            .env("VAULT_TOKEN", &admin)
+            .output()
+            .unwrap();
+        let shown = format!("{}{}", stdout(&out), String::from_utf8_lossy(&out.stderr));
+        assert!(!shown.contains(&admin[8..]) && !shown.contains("p4ss"), "{shown}");
+    }
+    // A token file that holds no token, a CA file that holds no certificate: bad arguments (2),
+    // not "not authenticated" (7) or "cannot connect" (1).
+    let empty = stack.data.dir.parent().unwrap().join("empty-token");
+    std::fs::write(&empty, "\n").unwrap();
+    let args = ["list", "--token-file", empty.to_str().unwrap()];
+    assert_eq!(code(vaultctl(&stack, &admin, &args, None)), Some(2), "empty token file");
+    let https = format!("https://{}", stack.server.endpoint().trim_start_matches("http://"));
+    let args = ["list", "--addr", &https, "--ca-file", file.to_str().unwrap()];
+    assert_eq!(code(vaultctl(&stack, &admin, &args, None)), Some(2), "a CA file with no certificate");
+    // A closed stdout is an error (1), not a panic (101).
+    let mut child = Command::new(vaultctl_bin())
+        .args(["list"])
+        .env("VAULT_ADDR", stack.server.endpoint())
+        .env("VAULT_TOKEN", &admin)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
     // Another scheme, or TLS options on http://, would send the token in the clear.
     for args in [&["list", "--addr", "grpcs://127.0.0.1:1"][..], &["list", "--ca-file", "/dev/null"]] {
         assert_eq!(code(vaultctl(&stack, &admin, args, None)), Some(2), "{args:?}");
@@ -110,9 +148,11 @@ fn vaultctl_binds_from_stdin_reviews_audits_and_says_what_failed_by_exit_code() 
 
     // Bob changed his password; Verify finds it, and the review shows it in every format.
     stack.dovecot.set_codes(&[(ALICE, ALICE_CODE)]);
+    // The verdict is the exit code (it was 0 whatever the provider said).
     let verify = vaultctl(&stack, &admin, &["verify", BOB, "sender"], None);
-    ok(&verify);
-    assert!(stdout(&verify).contains("PROBE_OUTCOME_REJECTED"), "{}", stdout(&verify));
+    assert_eq!(verify.status.code(), Some(5), "{}", String::from_utf8_lossy(&verify.stderr));
+    assert!(stdout(&verify).contains("probe: REJECTED at imap.sina.com"), "{}", stdout(&verify));
+    ok(&vaultctl(&stack, &admin, &["verify", ALICE, "sender"], None));
     let table = vaultctl(&stack, &admin, &["review"], None);
     ok(&table);
     let text = stdout(&table);
@@ -129,11 +169,18 @@ fn vaultctl_binds_from_stdin_reviews_audits_and_says_what_failed_by_exit_code() 
         csv.lines().any(|l| l.starts_with("refused by the provider at the last probe,bob@sina.com,sender,")),
         "{csv}"
     );
+    // One header for all three sections: every row has its fields, each under its name.
+    let header: Vec<&str> = csv.lines().next().unwrap_or_default().split(',').collect();
+    assert!(csv.lines().all(|l| l.split(',').count() == header.len()), "{csv}");
+    let bob = csv.lines().find(|l| l.starts_with("refused by the provider")).unwrap_or_default();
+    let state = header.iter().position(|c| *c == "state").expect("a state column");
+    assert_eq!(bob.split(',').nth(state), Some("ACTIVE"), "{csv}");
 
     // The audit trail, newest first; reveal with the client's token prints the code alone.
     let audit = stdout(&vaultctl(&stack, &admin, &["audit", "--limit", "2"], None));
-    let first = audit.lines().nth(1).unwrap_or_default();
-    assert!(first.contains("Verify") && first.contains(BOB), "{audit}");
+    let (first, second) = (audit.lines().nth(1).unwrap_or_default(), audit.lines().nth(2).unwrap_or_default());
+    assert!(first.contains("Verify") && first.contains(ALICE), "{audit}");
+    assert!(second.contains("Verify") && second.contains(BOB), "{audit}");
     let reveal = vaultctl(&stack, &stack.client_token("sender"), &["reveal", ALICE, "sender"], None);
     ok(&reveal);
     assert_eq!(stdout(&reveal), format!("{ALICE_CODE}\n"));

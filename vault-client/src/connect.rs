@@ -15,8 +15,8 @@ const MANY_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const KEEPALIVE_EVERY: Duration = Duration::from_secs(5);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// TLS for the connection to the vault.
-#[derive(Debug, Clone, Default)]
+/// TLS for the connection to the vault. Debug shows which parts are set, never the key.
+#[derive(Clone, Default)]
 pub struct TlsOptions {
     /// PEM CA that signed the server's certificate; the public roots are used when `None`.
     pub ca_pem: Option<Vec<u8>>,
@@ -25,6 +25,19 @@ pub struct TlsOptions {
     /// PEM certificate and key presented to a server that requires mTLS.
     pub identity: Option<(Vec<u8>, Vec<u8>)>,
 }
+
+impl std::fmt::Debug for TlsOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsOptions")
+            .field("ca_pem", &self.ca_pem.as_ref().map(|_| "[set]"))
+            .field("domain", &self.domain)
+            .field("identity", &self.identity.as_ref().map(|_| "[certificate and key, redacted]"))
+            .finish()
+    }
+}
+
+/// Largest token file read: a token is 48 bytes; a file this long is not one.
+const MAX_TOKEN_FILE: u64 = 64 * 1024;
 
 /// How to reach and authenticate to the vault.
 #[derive(Debug, Clone, Default)]
@@ -53,28 +66,40 @@ impl ConnectOptions {
     }
 
     /// Plaintext with the token from `$VAULT_TOKEN`, or else from the file `$VAULT_TOKEN_FILE`
-    /// names (trimmed); no token if neither is set.
+    /// names (both trimmed); no token if neither is set (an empty variable is not set).
     pub fn from_env() -> Result<Self, Error> {
-        if let Some(t) = std::env::var("VAULT_TOKEN").ok().filter(|t| !t.is_empty()) {
+        if let Some(t) = std::env::var("VAULT_TOKEN").ok().map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()) {
             return Ok(Self::with_token(SecretString::from(t)));
         }
-        match std::env::var_os("VAULT_TOKEN_FILE") {
+        match std::env::var_os("VAULT_TOKEN_FILE").filter(|p| !p.is_empty()) {
             Some(path) => Self::with_token_file(std::path::Path::new(&path)),
             None => Ok(Self::default()),
         }
     }
 
-    /// Plaintext with the token read from `path` (trimmed), e.g. a mounted secret.
+    /// Plaintext with the token read from `path` (trimmed), e.g. a mounted secret. A file that
+    /// is empty, longer than 64 KiB or not UTF-8 is an `InvalidArgument`.
     pub fn with_token_file(path: &std::path::Path) -> Result<Self, Error> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::InvalidArgument {
-            message: format!("cannot read the token file {}: {e}", path.display()),
-        })?;
-        Ok(Self::with_token(SecretString::from(text.trim().to_owned())))
+        use std::io::Read as _;
+        let bad = |why: String| Error::InvalidArgument { message: format!("the token file {}: {why}", path.display()) };
+        let mut raw = Vec::new();
+        std::fs::File::open(path)
+            .and_then(|f| f.take(MAX_TOKEN_FILE + 1).read_to_end(&mut raw))
+            .map_err(|e| bad(format!("cannot be read: {e}")))?;
+        if raw.len() as u64 > MAX_TOKEN_FILE {
+            return Err(bad("is longer than 64 KiB, so it holds no token".into()));
+        }
+        let text = String::from_utf8(raw).map_err(|_| bad("is not UTF-8 text".into()))?;
+        let token = text.trim();
+        if token.is_empty() {
+            return Err(bad("is empty".into()));
+        }
+        Ok(Self::with_token(SecretString::from(token.to_owned())))
     }
 
     pub(crate) async fn channel(self, endpoint: String) -> Result<(Channel, BearerToken), Error> {
         let ep = self.endpoint(&endpoint)?;
-        let channel = ep.connect().await.map_err(|source| Error::Connect { endpoint: endpoint.clone(), source })?;
+        let channel = ep.connect().await.map_err(|source| Error::Connect { endpoint: shown(&endpoint), source })?;
         Ok((channel, self.bearer_token()?))
     }
 
@@ -128,9 +153,10 @@ impl ConnectOptions {
                     .into(),
             });
         }
+        let shown = shown(endpoint);
         let bad = |e: &dyn std::fmt::Display| Error::InvalidArgument {
             message: format!(
-                "bad endpoint {endpoint:?}: {e} (write e.g. http://127.0.0.1:50051 or https://vault.example.net)"
+                "bad endpoint {shown}: {e} (write e.g. http://127.0.0.1:50051 or https://vault.example.net)"
             ),
         };
         let Some((scheme, rest)) = endpoint.split_once("://") else {
@@ -153,6 +179,7 @@ impl ConnectOptions {
             ep = ep.connect_timeout(t);
         }
         if let Some(tls) = &self.tls {
+            check_pem(tls)?;
             let mut cfg = ClientTlsConfig::new();
             cfg = match &tls.ca_pem {
                 Some(ca) => cfg.ca_certificate(Certificate::from_pem(ca)),
@@ -164,10 +191,45 @@ impl ConnectOptions {
             if let Some((cert, key)) = &tls.identity {
                 cfg = cfg.identity(Identity::from_pem(cert, key));
             }
-            ep = ep.tls_config(cfg).map_err(|source| Error::Connect { endpoint: endpoint.to_owned(), source })?;
+            ep = ep.tls_config(cfg).map_err(|source| Error::Connect { endpoint: shown.clone(), source })?;
         }
         Ok(ep)
     }
+}
+
+/// An endpoint as errors show it: its scheme and authority only, so a token pasted into the
+/// address, or one in a query, is never repeated; nothing of a value that is not a URL.
+pub(crate) fn shown(endpoint: &str) -> String {
+    match endpoint.split_once("://") {
+        Some((scheme, rest)) if !scheme.is_empty() && scheme.chars().all(|c| c.is_ascii_alphanumeric()) => {
+            let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+            format!("{scheme}://{authority}")
+        }
+        _ => "(not shown: it is not a URL)".into(),
+    }
+}
+
+/// The CA and the client identity are PEM that parses, checked before connecting so a bad file
+/// is an `InvalidArgument`; the messages are fixed text (a parser's error may quote the key).
+fn check_pem(tls: &TlsOptions) -> Result<(), Error> {
+    use rustls_pki_types::pem::PemObject as _;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let bad = |message: &str| Error::InvalidArgument { message: message.to_owned() };
+    let certificates = |pem: &[u8]| CertificateDer::pem_slice_iter(pem).collect::<Result<Vec<_>, _>>().ok();
+    if let Some(ca) = &tls.ca_pem
+        && certificates(ca).is_none_or(|c| c.is_empty())
+    {
+        return Err(bad("the CA holds no PEM certificate (-----BEGIN CERTIFICATE-----), or it does not parse"));
+    }
+    if let Some((cert, key)) = &tls.identity {
+        if certificates(cert).is_none_or(|c| c.is_empty()) {
+            return Err(bad("the client certificate holds no PEM certificate, or it does not parse"));
+        }
+        if PrivateKeyDer::from_pem_slice(key).is_err() {
+            return Err(bad("the client key holds no PEM private key, or it does not parse"));
+        }
+    }
+    Ok(())
 }
 
 /// The `authorization` header value for `token`, marked sensitive.
@@ -260,5 +322,49 @@ mod tests {
         assert!(!format!("{options:?}").contains("avt_secret"));
         let missing = ConnectOptions::with_token_file(std::path::Path::new("/nonexistent/token")).unwrap_err();
         assert!(missing.to_string().contains("/nonexistent/token"), "{missing}");
+        // An empty file, or one far longer than a token, is a bad argument, not an empty token.
+        let empty = std::env::temp_dir().join(format!("vault-client-empty-{}", std::process::id()));
+        for content in [String::new(), " \n".to_owned(), "x".repeat(70_000)] {
+            std::fs::write(&empty, &content).unwrap();
+            let e = ConnectOptions::with_token_file(&empty).unwrap_err();
+            assert!(matches!(&e, Error::InvalidArgument { .. }), "{e}");
+        }
+        std::fs::remove_file(&empty).unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_address_is_shown_without_what_follows_its_authority_and_a_non_url_not_at_all() {
+        let token = "avt_0123456789abcdef0123456789abcdef0123456789ab";
+        // A token pasted as the address (swapped variables).
+        let e = ConnectOptions::default().channel(token.into()).await.unwrap_err();
+        assert!(matches!(&e, Error::InvalidArgument { .. }) && !e.to_string().contains("0123456789"), "{e}");
+        // A secret in the path or query, refused for TLS options on http://, and at connect.
+        let addr = format!("http://127.0.0.1:9/x?token={token}");
+        let tls = ConnectOptions { tls: Some(TlsOptions::default()), ..ConnectOptions::default() };
+        let e = tls.channel(addr.clone()).await.unwrap_err();
+        assert!(!e.to_string().contains("0123456789"), "{e}");
+        let e = ConnectOptions::default().channel(addr).await.unwrap_err();
+        assert!(e.to_string().contains("http://127.0.0.1:9") && !e.to_string().contains("0123456789"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn tls_files_that_do_not_parse_are_bad_arguments_and_debug_never_shows_the_key() {
+        let key =
+            b"-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\n".to_vec();
+        let identity =
+            TlsOptions { identity: Some((b"not a certificate".to_vec(), key.clone())), ..TlsOptions::default() };
+        let options = ConnectOptions { tls: Some(identity), ..ConnectOptions::default() };
+        let shown = format!("{options:?}");
+        assert!(!shown.contains("PRIVATE") && !shown.contains("80, 82, 73") && !shown.contains("MC4CAQ"), "{shown}");
+        let e = options.channel("https://127.0.0.1:9".into()).await.unwrap_err();
+        assert!(matches!(&e, Error::InvalidArgument { .. }) && !e.to_string().contains("MC4CAQ"), "{e}");
+        for ca in [b"hello".to_vec(), b"-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n".to_vec()] {
+            let tls = TlsOptions { ca_pem: Some(ca), ..TlsOptions::default() };
+            let e = ConnectOptions { tls: Some(tls), ..ConnectOptions::default() }
+                .channel("https://127.0.0.1:9".into())
+                .await
+                .unwrap_err();
+            assert!(matches!(&e, Error::InvalidArgument { message } if message.contains("CA")), "{e}");
+        }
     }
 }

@@ -73,7 +73,7 @@ pub enum Error {
         retry_after: Option<Duration>,
     },
     /// The mailbox's probe budget is spent; retry after the delay, if the server gave one.
-    #[error("probe budget exhausted; retry after {retry_after:?}")]
+    #[error("probe budget exhausted; retry {}", after(.retry_after.as_ref()))]
     RateLimited {
         /// How long until a probe is available again.
         retry_after: Option<Duration>,
@@ -97,7 +97,7 @@ pub enum Error {
         message: String,
     },
     /// This address failed to authenticate too often; calls with a valid token still work.
-    #[error("too many failed authentications from this address; retry after {retry_after:?}")]
+    #[error("too many failed authentications from this address; retry {}", after(.retry_after.as_ref()))]
     AuthThrottled {
         /// When the next attempt will be looked at.
         retry_after: Option<Duration>,
@@ -131,6 +131,15 @@ pub enum Error {
 }
 
 /// An error and its sources, joined with ": ".
+/// "after 360 s", or "later" when the server gave no delay.
+fn after(retry_after: Option<&Duration>) -> String {
+    match retry_after {
+        // Whole seconds: a delay is never given finer.
+        Some(d) => format!("after {} s", d.as_secs().max(1)),
+        None => "later".into(),
+    }
+}
+
 fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
     let mut next = e.source();
@@ -187,6 +196,10 @@ impl From<tonic::Status> for Error {
             (Code::Aborted, _) => Self::VersionConflict { message },
             (Code::Unauthenticated, _) => Self::Unauthenticated { message },
             (Code::PermissionDenied, _) => Self::PermissionDenied { message },
+            // A damaged request record is not a code that failed authentication.
+            (Code::DataLoss, Some((r, _))) if r == "REQUEST_RECORD_DAMAGED" => {
+                Self::Other { code: Code::DataLoss, message }
+            }
             (Code::DataLoss, _) => Self::Tampered,
             (code, _) => Self::Other { code, message },
         }
@@ -222,7 +235,10 @@ mod tests {
         let mut details = ErrorDetails::with_retry_info(Some(Duration::from_secs(360)));
         details.set_error_info("PROBE_BUDGET_EXHAUSTED", "authcode-vault", HashMap::new());
         let limited = tonic::Status::with_error_details(Code::ResourceExhausted, "slow down", details);
-        assert!(matches!(Error::from(limited), Error::RateLimited { retry_after: Some(d) } if d.as_secs() == 360));
+        let limited = Error::from(limited);
+        assert!(matches!(limited, Error::RateLimited { retry_after: Some(d) } if d.as_secs() == 360));
+        assert_eq!(limited.to_string(), "probe budget exhausted; retry after 360 s");
+        assert!(Error::AuthThrottled { retry_after: None }.to_string().ends_with("retry later"));
         let mut details = ErrorDetails::with_retry_info(Some(Duration::from_millis(800)));
         details.set_error_info("AUTH_THROTTLED", "authcode-vault", HashMap::new());
         let throttled = tonic::Status::with_error_details(Code::ResourceExhausted, "slow down", details);
@@ -257,6 +273,8 @@ mod tests {
             Error::Other { code: Code::DeadlineExceeded, .. }
         ));
         assert!(matches!(Error::from(tonic::Status::data_loss("x")), Error::Tampered));
+        let damaged = Error::from(with_reason(Code::DataLoss, "REQUEST_RECORD_DAMAGED", &[]));
+        assert!(matches!(damaged, Error::Other { code: Code::DataLoss, .. }), "{damaged}");
         assert!(matches!(Error::from(tonic::Status::aborted("x")), Error::VersionConflict { .. }));
         assert!(matches!(Error::from(tonic::Status::unauthenticated("x")), Error::Unauthenticated { .. }));
         assert!(matches!(Error::from(tonic::Status::permission_denied("x")), Error::PermissionDenied { .. }));

@@ -11,15 +11,16 @@
 //!
 //! The channel reconnects by itself after a dropped connection; set per-call and connect
 //! timeouts and TLS in [`ConnectOptions`]. `bind`, `rotate` and `revoke` send a fresh
-//! `request_id` and, when the connection fails before an answer arrives, send the same call again
-//! (at most 3 sends in all): the vault answers a repeated id once, so a retry never binds or
-//! rotates twice.
+//! `request_id` and, when the connection fails before an answer arrives or the vault answers
+//! `STORAGE_OUTCOME_UNKNOWN` (its COMMIT went unanswered), send the same call again (at most 3
+//! sends in all): the vault answers a repeated id once, so a retry never binds or rotates twice.
 //!
 //! [`VaultClient::connect_many`] takes every replica of a vault that share one database. Calls
 //! go to them in turn; a call that finds its replica unreachable or unable to serve
 //! (`UNAVAILABLE`, after the `RetryInfo` delay if the vault sent one, or its per-call timeout
 //! expired) goes to the next one: Reveal, Get and the listings try each replica once; writes are
-//! resent with their request id only as above (a lost connection, not an answer or a timeout),
+//! resent with their request id only as above (a lost connection or an unknown outcome, not
+//! another answer or a timeout),
 //! and Verify (which probes the provider) is never resent.
 //! Without a connect timeout in the options, `connect_many` sets 2 s, and its connections send
 //! HTTP/2 keepalive pings, so a replica that stopped answering is given up on.

@@ -4,7 +4,7 @@
 
 mod output;
 
-use std::io::{IsTerminal as _, Read as _};
+use std::io::{IsTerminal as _, Read as _, Write as _};
 use std::os::fd::AsFd as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -19,21 +19,22 @@ use vault_client::{
 use output::{Format, Table};
 
 const EXIT_CODES: &str = "Exit codes: 0 done; 1 cannot reach the vault or other error; 2 bad usage or argument; \
-3 no such binding; 4 conflict (already bound, revoked, version moved); 5 the provider refused the code; \
-6 try again later (provider unreachable, rate limited, vault unavailable); 7 not authenticated or not allowed; \
-8 data loss or internal error.";
+3 no such binding; 4 conflict (already bound, revoked, version moved); 5 the provider refused the code (verify: \
+the stored one); 6 try again later (provider unreachable, rate limited, vault unavailable; verify: the probe could \
+not tell); 7 not authenticated or not allowed; 8 data loss or internal error; 9 the change may have been made \
+(the vault lost its database while committing: get the binding to see).";
 
 #[derive(Parser)]
 #[command(name = "vaultctl", version, about = "Admin CLI for authcode-vault", after_help = EXIT_CODES)]
 struct Cli {
     /// The vault's address: `http://...`, or `https://...` with TLS (no other scheme).
-    #[arg(long, env = "VAULT_ADDR", default_value = "http://127.0.0.1:50051", global = true)]
+    #[arg(long, env = "VAULT_ADDR", default_value = "http://127.0.0.1:50051", global = true, hide_env_values = true)]
     addr: String,
     /// A file holding the bearer token; else $VAULT_TOKEN, else the file $VAULT_TOKEN_FILE names.
     #[arg(long, value_name = "PATH", global = true)]
     token_file: Option<PathBuf>,
     /// PEM CA that signed the vault's certificate (default: the public roots).
-    #[arg(long, env = "VAULT_CACERT", value_name = "PATH", global = true)]
+    #[arg(long, env = "VAULT_CACERT", value_name = "PATH", global = true, hide_env_values = true)]
     ca_file: Option<PathBuf>,
     /// Seconds a call may take (at least 1).
     #[arg(long, default_value_t = 60, value_name = "SECS", global = true,
@@ -112,14 +113,37 @@ enum Command {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(&e),
+    };
     match run(cli).await {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("vaultctl: {e}");
+            let _ = writeln!(std::io::stderr(), "vaultctl: {e}");
             ExitCode::from(exit_code(&e))
         }
     }
+}
+
+/// clap's message, except for an unexpected word that is not a flag: that may be a code typed
+/// after the pair, which clap would repeat (into a terminal's scrollback or a CI log).
+fn usage_error(e: &clap::Error) -> ExitCode {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    let word = match e.get(ContextKind::InvalidArg) {
+        Some(ContextValue::String(arg)) => Some(arg.as_str()),
+        _ => None,
+    };
+    if e.kind() == ErrorKind::UnknownArgument && word.is_some_and(|w| !w.starts_with('-')) {
+        let _ = writeln!(
+            std::io::stderr(),
+            "vaultctl: an unexpected argument after the command's own (not shown: codes are read from the terminal \
+             or stdin, never from the command line); see vaultctl --help"
+        );
+        return ExitCode::from(2);
+    }
+    let _ = e.print();
+    ExitCode::from(if e.use_stderr() { 2 } else { 0 })
 }
 
 fn exit_code(e: &Error) -> u8 {
@@ -134,6 +158,7 @@ fn exit_code(e: &Error) -> u8 {
         | Error::AuthThrottled { .. } => 6,
         Error::Unauthenticated { .. } | Error::PermissionDenied { .. } => 7,
         Error::Tampered => 8,
+        Error::OutcomeUnknown { .. } => 9,
         Error::Other { code, .. } if *code == tonic::Code::Internal || *code == tonic::Code::DataLoss => 8,
         Error::Other { code, .. } if *code == tonic::Code::FailedPrecondition => 4,
         _ => 1,
@@ -143,20 +168,9 @@ fn exit_code(e: &Error) -> u8 {
 /// The token: `--token-file`, else `$VAULT_TOKEN`, else the file `$VAULT_TOKEN_FILE` names (the
 /// library's `ConnectOptions::from_env` order).
 fn token(cli: &Cli) -> Result<Option<SecretString>, Error> {
-    let config = |message: String| Error::InvalidArgument { message };
-    let read = |path: &std::path::Path| {
-        let text = std::fs::read_to_string(path).map_err(|e| config(format!("cannot read {}: {e}", path.display())))?;
-        Ok(Some(SecretString::from(text.trim().to_owned())))
-    };
-    if let Some(path) = &cli.token_file {
-        return read(path);
-    }
-    if let Some(token) = std::env::var("VAULT_TOKEN").ok().filter(|t| !t.is_empty()) {
-        return Ok(Some(SecretString::from(token)));
-    }
-    match std::env::var_os("VAULT_TOKEN_FILE").filter(|p| !p.is_empty()) {
-        Some(path) => read(std::path::Path::new(&path)),
-        None => Ok(None),
+    match &cli.token_file {
+        Some(path) => Ok(ConnectOptions::with_token_file(path)?.token),
+        None => Ok(ConnectOptions::from_env()?.token),
     }
 }
 
@@ -230,40 +244,64 @@ fn read_stdin_line() -> std::io::Result<String> {
     String::from_utf8(line).map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8"))
 }
 
-fn probe_line(what: &str, p: Option<&ProbeReport>) {
-    if let Some(p) = p {
-        println!("{what}: {} at {} — {}", p.outcome.as_str_name(), p.server, p.hint);
+/// Writes to stdout; a closed or full stdout is an error (exit 1), not a panic.
+fn emit(text: std::fmt::Arguments<'_>) -> Result<(), Error> {
+    let mut out = std::io::stdout().lock();
+    out.write_fmt(text)
+        .and_then(|()| out.flush())
+        .map_err(|e| Error::Other { code: tonic::Code::Unknown, message: format!("cannot write the output: {e}") })
+}
+
+fn probe_line(what: &str, p: Option<&ProbeReport>) -> Result<(), Error> {
+    match p {
+        Some(p) => emit(format_args!("{what}: {} at {} — {}\n", outcome_name(p.outcome), p.server, p.hint)),
+        None => Ok(()),
     }
 }
 
-async fn run(cli: Cli) -> Result<(), Error> {
+fn outcome_name(o: ProbeOutcome) -> &'static str {
+    o.as_str_name().trim_start_matches("PROBE_OUTCOME_")
+}
+
+/// Runs the command; the exit code (0, or verify's verdict).
+async fn run(cli: Cli) -> Result<u8, Error> {
     let mut vault = connect(&cli).await?;
     match &cli.command {
         Command::Bind { mailbox, client } => {
             let code = read_code(&format!("auth code for {mailbox} / {client}: "))?;
             let r = vault.bind(mailbox, client, code).await?;
-            println!("bound {mailbox} / {client}, version {}", r.credential.version);
-            probe_line("probe", Some(&r.probe));
+            emit(format_args!("bound {mailbox} / {client}, version {}\n", r.credential.version))?;
+            probe_line("probe", Some(&r.probe))?;
         }
         Command::Rotate { mailbox, client, expected_version } => {
             let code = read_code(&format!("new auth code for {mailbox} / {client}: "))?;
             let r = vault.rotate(mailbox, client, code, *expected_version).await?;
-            println!("rotated {mailbox} / {client} to version {}", r.credential.version);
-            probe_line("probe", Some(&r.probe));
-            probe_line("previous code", r.previous_code_probe.as_ref());
+            emit(format_args!("rotated {mailbox} / {client} to version {}\n", r.credential.version))?;
+            probe_line("probe", Some(&r.probe))?;
+            probe_line("previous code", r.previous_code_probe.as_ref())?;
         }
         Command::Revoke { mailbox, client, reason } => {
             let r = vault.revoke(mailbox, client, reason).await?;
-            println!("revoked {mailbox} / {client}");
-            probe_line("revoked code", r.probe.as_ref());
+            emit(format_args!("revoked {mailbox} / {client}\n"))?;
+            probe_line("revoked code", r.probe.as_ref())?;
         }
         Command::Verify { mailbox, client } => {
             let r = vault.verify(mailbox, client).await?;
-            probe_line("probe", Some(&r.probe));
+            probe_line("probe", Some(&r.probe))?;
+            // The verdict is the exit code, so that `vaultctl verify ... || alert` works.
+            let (code, verdict) = match r.probe.outcome {
+                ProbeOutcome::Accepted => (0, ""),
+                ProbeOutcome::Rejected => (5, "the provider refused the stored code"),
+                _ => (6, "the probe could not tell whether the stored code works"),
+            };
+            if code != 0 {
+                let _ = writeln!(std::io::stderr(), "vaultctl: {verdict}");
+            }
+            return Ok(code);
         }
         Command::Get { mailbox, client } => {
             let c = vault.get(mailbox, client).await?;
-            print!("{}", Table::credentials(std::slice::from_ref(&c)).render(cli.format));
+            emit(format_args!("{}", Table::credentials(std::slice::from_ref(&c)).render(cli.format)))?;
         }
         Command::List { mailbox, client, include_revoked, rejected, not_verified_for } => {
             let filter = CredentialFilter {
@@ -273,7 +311,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
                 last_probe_outcome: rejected.then_some(ProbeOutcome::Rejected),
                 not_verified_for: *not_verified_for,
             };
-            print!("{}", Table::credentials(&vault.list_all(&filter).await?).render(cli.format));
+            emit(format_args!("{}", Table::credentials(&vault.list_all(&filter).await?).render(cli.format)))?;
         }
         Command::Review { unused_for, not_verified_for } => {
             review(&mut vault, cli.format, *unused_for, *not_verified_for).await?;
@@ -285,14 +323,14 @@ async fn run(cli: Cli) -> Result<(), Error> {
                 caller: caller.clone(),
                 ..Default::default()
             };
-            print!("{}", Table::audit(&vault.audit_all(&filter, *limit).await?).render(cli.format));
+            emit(format_args!("{}", Table::audit(&vault.audit_all(&filter, *limit).await?).render(cli.format)))?;
         }
         Command::Reveal { mailbox, client } => {
             use secrecy::ExposeSecret as _;
-            println!("{}", vault.reveal(mailbox, client).await?.code.expose_secret());
+            emit(format_args!("{}\n", vault.reveal(mailbox, client).await?.code.expose_secret()))?;
         }
     }
-    Ok(())
+    Ok(0)
 }
 
 async fn review(
@@ -310,6 +348,5 @@ async fn review(
         ("refused by the provider at the last probe".to_owned(), Table::credentials(&rejected)),
         (format!("not verified for {}", humantime::format_duration(unchecked)), Table::credentials(&stale)),
     ];
-    print!("{}", output::sections(&sections, format));
-    Ok(())
+    emit(format_args!("{}", output::sections(&sections, format)))
 }

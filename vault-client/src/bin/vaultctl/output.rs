@@ -99,7 +99,7 @@ impl Table {
         match format {
             Format::Table => self.text(),
             Format::Json => format!("{}\n", self.json()),
-            Format::Csv => self.csv(None, true),
+            Format::Csv => self.csv(),
         }
     }
 
@@ -133,22 +133,40 @@ impl Table {
         format!("[{}]", objects.join(","))
     }
 
-    fn csv(&self, section: Option<&str>, header: bool) -> String {
+    fn csv(&self) -> String {
         let mut out = String::new();
-        let lead = |v: &str| section.map(|s| format!("{},", csv_field(s))).unwrap_or_default() + v;
-        if header {
-            let names: Vec<&str> = self.columns.to_vec();
-            let _ = writeln!(
-                out,
-                "{}",
-                if section.is_some() { format!("section,{}", names.join(",")) } else { names.join(",") }
-            );
-        }
+        let _ = writeln!(out, "{}", self.columns.join(","));
         for r in &self.rows {
-            let _ = writeln!(out, "{}", lead(&r.iter().map(|v| csv_field(v)).collect::<Vec<_>>().join(",")));
+            let _ = writeln!(out, "{}", r.iter().map(|v| csv_field(v)).collect::<Vec<_>>().join(","));
         }
         out
     }
+}
+
+/// One CSV of several tables: a `section` column, then every column any table has (in first
+/// seen order), a table's row left empty in the columns it does not have.
+fn csv_sections(sections: &[(String, Table)]) -> String {
+    let mut columns: Vec<&str> = Vec::new();
+    for (_, t) in sections {
+        for c in t.columns {
+            if !columns.contains(c) {
+                columns.push(c);
+            }
+        }
+    }
+    let mut out = format!("section,{}\n", columns.join(","));
+    for (title, t) in sections {
+        for r in &t.rows {
+            let mut cells = vec![csv_field(title)];
+            cells.extend(
+                columns
+                    .iter()
+                    .map(|c| t.columns.iter().position(|own| own == c).map(|i| csv_field(&r[i])).unwrap_or_default()),
+            );
+            let _ = writeln!(out, "{}", cells.join(","));
+        }
+    }
+    out
 }
 
 /// Several titled tables: headed blocks of text, one JSON object, or CSV with a section column.
@@ -166,7 +184,7 @@ pub fn sections(sections: &[(String, Table)], format: Format) -> String {
                 sections.iter().map(|(title, t)| format!("{}:{}", json_string(title), t.json())).collect();
             format!("{{{}}}\n", parts.join(","))
         }
-        Format::Csv => sections.iter().enumerate().map(|(i, (title, t))| t.csv(Some(title), i == 0)).collect(),
+        Format::Csv => csv_sections(sections),
     }
 }
 
@@ -195,7 +213,34 @@ fn csv_field(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::csv_field;
+    use super::{Format, Table, csv_field, sections};
+
+    #[test]
+    fn every_row_of_a_sectioned_csv_has_the_header_s_columns_under_their_names() {
+        let unused = Table {
+            columns: &["mailbox", "client", "last_used", "bound"],
+            rows: vec![vec![
+                "a@sina.com".into(),
+                "x".into(),
+                "2026-01-01T00:00:00Z".into(),
+                "2025-01-01T00:00:00Z".into(),
+            ]],
+        };
+        let refused = Table {
+            columns: &["mailbox", "client", "state", "last_used"],
+            rows: vec![vec!["b@sina.com".into(), "y".into(), "ACTIVE".into(), String::new()]],
+        };
+        let csv = sections(&[("unused".into(), unused), ("refused".into(), refused)], Format::Csv);
+        let lines: Vec<&str> = csv.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "section,mailbox,client,last_used,bound,state",
+                "unused,a@sina.com,x,2026-01-01T00:00:00Z,2025-01-01T00:00:00Z,",
+                "refused,b@sina.com,y,,,ACTIVE",
+            ]
+        );
+    }
 
     #[test]
     fn a_cell_that_looks_like_a_formula_stays_text() {
