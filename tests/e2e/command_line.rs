@@ -200,6 +200,22 @@ fn a_token_that_cannot_be_written_out_is_not_left_valid() {
         rows.lines().filter(|l| l.starts_with("tk_")).all(|l| l.ends_with(" revoked")),
         "a token nobody saw is still valid:\n{rows}"
     );
+    // A stderr nobody reads any more: the note before the token failed with a panic (exit 101,
+    // the token minted and never shown). The token is shown, and works.
+    let mut child = std::process::Command::new(BIN)
+        .args(&create)
+        .env_remove("VAULT_PASSPHRASE")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stderr.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let shown = String::from_utf8(out.stdout).unwrap();
+    assert!(shown.trim().starts_with("avt_"), "{shown:?}");
+    let rows = list();
+    assert_eq!(rows.lines().filter(|l| l.starts_with("tk_") && !l.ends_with(" revoked")).count(), 1, "{rows}");
     // A closed stdout: refused before anything is minted.
     let script = "exec \"$0\" \"$@\" >&-";
     let out = std::process::Command::new("sh").arg("-c").arg(script).arg(BIN).args(&create).output().unwrap();
@@ -215,7 +231,15 @@ fn a_token_that_cannot_be_written_out_is_not_left_valid() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{out:?}");
-    assert_eq!(list().lines().filter(|l| l.starts_with("tk_")).count(), 1, "a token was minted");
+    assert_eq!(list().lines().filter(|l| l.starts_with("tk_")).count(), 2, "a token was minted");
+    // A bad --client or token id is a bad flag (2), as README says, not another failure (1).
+    let dir = path_str(&data.dir);
+    let pf = path_str(&data.passphrase_file);
+    let bad_client =
+        run(&["token", "create", "--data-dir", dir, "--passphrase-file", pf, "--client", "no spaces"], &[]);
+    assert_eq!(bad_client.status.code(), Some(2), "{bad_client:?}");
+    let bad_id = run(&["token", "revoke", "--data-dir", dir, "nonsense"], &[]);
+    assert_eq!(bad_id.status.code(), Some(2), "{bad_id:?}");
 }
 
 /// Makes a data dir's `vault.db` at the given path.

@@ -1,5 +1,6 @@
 //! `vault-server`: see `vault_server::cli` for the command line.
 
+use std::io::Write as _;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -12,7 +13,8 @@ fn main() -> ExitCode {
     match vault_server::run::main(cli, env_passphrases) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("vault-server: error: {e}");
+            // A closed stderr must not turn the exit code into a panic's.
+            let _ = writeln!(std::io::stderr(), "vault-server: error: {e}");
             ExitCode::from(e.exit_code())
         }
     }

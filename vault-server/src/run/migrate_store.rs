@@ -3,7 +3,7 @@
 //! before the command says it is done.
 
 use super::database::{Database, unlock_postgres};
-use super::{RunError, emit, now, read_passphrase};
+use super::{RunError, emit, note, now, read_passphrase};
 use crate::cli::MigrateStoreArgs;
 use crate::datadir;
 use crate::secret::Passphrase;
@@ -113,7 +113,7 @@ async fn copy(source: &SqliteStore, target: &PgStore) -> Result<Moved, StoreErro
         match token {
             Ok(t) => readable.push(t),
             // The server refuses it anyway; a copy could not make it valid.
-            Err(bad) => eprintln!("warning: token row {} is unreadable ({}); not moved", bad.id, bad.reason),
+            Err(bad) => note(format_args!("warning: token row {} is unreadable ({}); not moved", bad.id, bad.reason)),
         }
     }
     let mut tokens = Some(readable);

@@ -101,6 +101,13 @@ pub(crate) fn emit(text: impl std::fmt::Display) -> Result<(), RunError> {
     writeln!(out, "{text}").and_then(|()| out.flush()).map_err(|e| RunError::Output(e.to_string()))
 }
 
+/// Writes a line to stderr, ignoring a failure: a closed stderr must not panic a command
+/// midway (after a token is minted, before it is shown).
+pub(crate) fn note(text: impl std::fmt::Display) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "{text}");
+}
+
 /// Fails when stdout goes nowhere: a secret shown there once (a new token) would be lost. A
 /// device that is not a terminal (`/dev/null`, `/dev/zero`; the runtime reopens a closed stdout
 /// on `/dev/null`) is refused; a terminal, a file or a pipe is not.

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::database::Database;
-use super::{RunError, emit, now, read_passphrase};
+use super::{RunError, emit, note, now, read_passphrase};
 use crate::auth::{Role, Tokens};
 use crate::cli::{TokenArgs, TokenCommand};
 use crate::ids::ClientId;
@@ -50,9 +50,9 @@ pub fn run(args: TokenArgs, env_passphrase: Option<Passphrase>) -> Result<(), Ru
             let role = match (admin, client) {
                 (true, None) => Role::Admin,
                 (false, Some(id)) => Role::Client(
-                    ClientId::parse(&id).map_err(|e| RunError::Token(format!("invalid --client: {}", e.reason)))?,
+                    ClientId::parse(&id).map_err(|e| RunError::Usage(format!("invalid --client: {}", e.reason)))?,
                 ),
-                _ => return Err(RunError::Token("give exactly one of --admin or --client ID".into())),
+                _ => return Err(RunError::Usage("give exactly one of --admin or --client ID".into())),
             };
             // The token is shown once, on stdout: minted only if it can be.
             super::require_stdout()?;
@@ -63,7 +63,7 @@ pub fn run(args: TokenArgs, env_passphrase: Option<Passphrase>) -> Result<(), Ru
                 let tokens = Tokens::new(store, Arc::new(crate::crypto::LiveKeyring::new(keyring)));
                 Ok::<_, RunError>(tokens.mint(&role, now()).await?)
             })?;
-            eprintln!("created token {id} ({role}); it is shown once, below");
+            note(format_args!("created token {id} ({role}); it is shown once, below"));
             if let Err(e) = emit(token.expose()) {
                 // Nobody saw it: a token nobody holds must not stay valid.
                 let undone = runtime()?.block_on(async {
@@ -71,7 +71,10 @@ pub fn run(args: TokenArgs, env_passphrase: Option<Passphrase>) -> Result<(), Ru
                 });
                 let what = match undone {
                     Ok(()) => format!("token {id} was revoked again"),
-                    Err(_) => format!("token {id} stays valid: revoke it with `vault-server token revoke {id}`"),
+                    Err(_) => format!(
+                        "token {id} stays valid: revoke it with `vault-server token revoke {id}` and the same \
+                         --data-dir or --database"
+                    ),
                 };
                 return Err(RunError::Token(format!("{e}; {what}")));
             }
@@ -90,10 +93,10 @@ pub fn run(args: TokenArgs, env_passphrase: Option<Passphrase>) -> Result<(), Ru
                 Ok::<_, RunError>((store.tokens().await?, keyring))
             })?;
             if keyring.is_none() {
-                eprintln!(
+                note(format_args!(
                     "note: MACs not checked (no passphrase: pass --passphrase-file FILE or set VAULT_PASSPHRASE), so \
                      a row written into the database by hand cannot be told from a minted one"
-                );
+                ));
             }
             emit(format_args!("{:<16} {:<28} {:>12} {:>12} STATE", "ID", "ROLE", "CREATED", "LAST USED"))?;
             for read in rows {
@@ -105,10 +108,10 @@ pub fn run(args: TokenArgs, env_passphrase: Option<Passphrase>) -> Result<(), Ru
                             None => "unchecked",
                             Some(ring) if crate::auth::authentic(ring, &t) => "active",
                             Some(_) => {
-                                eprintln!(
+                                note(format_args!(
                                     "warning: token row {} has no valid MAC; the server refuses it",
                                     shown(&t.id)
-                                );
+                                ));
                                 "unreadable"
                             }
                         };
@@ -121,11 +124,11 @@ pub fn run(args: TokenArgs, env_passphrase: Option<Passphrase>) -> Result<(), Ru
                         ))?;
                     }
                     Err(bad) => {
-                        eprintln!(
+                        note(format_args!(
                             "warning: token row {} is unreadable ({}); the server refuses it",
                             shown(&bad.id),
                             bad.reason
-                        );
+                        ));
                         emit(format_args!("{:<16} {:<28} {:>12} {:>12} unreadable", shown(&bad.id), "-", "-", "-"))?;
                     }
                 }
@@ -133,13 +136,13 @@ pub fn run(args: TokenArgs, env_passphrase: Option<Passphrase>) -> Result<(), Ru
             Ok(())
         }
         TokenCommand::Revoke { data_dir, database, id } => {
-            let id = token_id_arg(&id).map_err(RunError::Token)?;
+            let id = token_id_arg(&id).map_err(RunError::Usage)?;
             let database = Database::from_args(&database, data_dir.as_deref())?;
             let revoked = runtime()?
                 .block_on(async { Ok::<_, RunError>(database.open().await?.revoke_token(id.clone(), now()).await) })?;
             match revoked {
                 Ok(()) => {
-                    eprintln!("revoked token {id}; a running server refuses it within a second");
+                    note(format_args!("revoked token {id}; a running server refuses it within a second"));
                     Ok(())
                 }
                 Err(StoreError::NotFound) => Err(RunError::Token(format!("no token with id {id}"))),
