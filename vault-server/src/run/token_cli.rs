@@ -43,17 +43,22 @@ fn token_id_arg(arg: &str) -> Result<String, String> {
     }
 }
 
+/// The role `--admin` or `--client ID` asks for.
+fn role_of(admin: bool, client: Option<String>) -> Result<Role, RunError> {
+    match (admin, client) {
+        (true, None) => Ok(Role::Admin),
+        (false, Some(id)) => ClientId::parse(&id)
+            .map(Role::Client)
+            .map_err(|e| RunError::Usage(format!("invalid --client: {}", e.reason))),
+        _ => Err(RunError::Usage("give exactly one of --admin or --client ID".into())),
+    }
+}
+
 pub fn run(args: TokenArgs, env_passphrase: Option<Passphrase>) -> Result<(), RunError> {
     match args.command {
         TokenCommand::Create { data_dir, database, passphrase, admin, client } => {
             let database = Database::from_args(&database, data_dir.as_deref())?;
-            let role = match (admin, client) {
-                (true, None) => Role::Admin,
-                (false, Some(id)) => Role::Client(
-                    ClientId::parse(&id).map_err(|e| RunError::Usage(format!("invalid --client: {}", e.reason)))?,
-                ),
-                _ => return Err(RunError::Usage("give exactly one of --admin or --client ID".into())),
-            };
+            let role = role_of(admin, client)?;
             // The token is shown once, on stdout: minted only if it can be.
             super::require_stdout()?;
             // Minting needs the keyring (token rows are MAC'd under a key derived from it).
