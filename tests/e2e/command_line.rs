@@ -358,6 +358,55 @@ fn a_good_backup() -> (tempfile::TempDir, std::path::PathBuf) {
 }
 
 #[test]
+fn a_backup_killed_midway_leaves_no_file_under_its_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = DataDir::init(tmp.path(), PASSPHRASE);
+    // About 60 MB of audit trail, so the copy takes a while.
+    let db = rusqlite::Connection::open(data.dir.join("vault.db")).unwrap();
+    db.execute_batch(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 30000) \
+         INSERT INTO audit_events (at, caller, caller_role, rpc, mailbox, client, outcome, count, first_at, reason) \
+         SELECT i, 'tk_0', 'admin', 'Revoke', 'a@sina.com', 'x', 'OK', 1, i, hex(randomblob(1000)) FROM n; \
+         PRAGMA wal_checkpoint(TRUNCATE);",
+    )
+    .unwrap();
+    drop(db);
+    let target = tmp.path().join("nightly.bak");
+    let mut child = std::process::Command::new(crate::harness::vault::BIN)
+        .args(["backup", "--data-dir", path_str(&data.dir), path_str(&target)])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Killed once its copy is under way (a file beside the target, or the target, appeared).
+    let partial = |dir: &std::path::Path| {
+        std::fs::read_dir(dir).unwrap().flatten().any(|e| e.file_name().to_string_lossy().contains("nightly.bak"))
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !partial(tmp.path()) && child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let _ = child.kill();
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "the backup finished before it could be killed; make the vault bigger");
+    assert!(
+        !target.exists(),
+        "a killed backup left a file under its name ({} bytes)",
+        target.metadata().unwrap().len()
+    );
+    // Run again, it writes the whole copy, and restore takes it.
+    let out = run(&["backup", "--data-dir", path_str(&data.dir), path_str(&target)], &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let restored = tmp.path().join("restored");
+    let out = run(&["restore", "--data-dir", path_str(&restored), path_str(&target)], &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // And a second backup under the same name is refused, the first one kept.
+    let out = run(&["backup", "--data-dir", path_str(&data.dir), path_str(&target)], &[]);
+    assert!(!out.status.success() && one_line_error(&out).contains("exists"), "{out:?}");
+}
+
+#[test]
 fn a_restore_that_fails_leaves_nothing_behind_and_a_retry_works() {
     let (tmp, good) = a_good_backup();
     let (empty, garbage) = (tmp.path().join("empty.bak"), tmp.path().join("garbage.bak"));

@@ -10,33 +10,57 @@ use crate::store::{CredentialRow, StoreError};
 
 impl Db {
     /// A consistent online copy into `target`, which must not exist: `VACUUM INTO` from one read
-    /// snapshot, so the copy holds live rows only (no free pages, no WAL), created 0600.
+    /// snapshot, so the copy holds live rows only (no free pages, no WAL), created 0600. It is
+    /// written beside `target` under a hidden name, synced, and only then linked to `target`, so
+    /// a backup that fails or is killed never leaves a partial file under the name asked for.
     pub fn backup_into(&self, target: &Path) -> Result<(), StoreError> {
-        OpenOptions::new()
+        let fail = |what: &str, e: &dyn std::fmt::Display| {
+            StoreError::Unavailable(format!("{what} {}: {e}", target.display()))
+        };
+        let name = target.file_name().and_then(|n| n.to_str()).filter(|n| !n.is_empty());
+        let (Some(name), Some(_)) = (name, target.to_str()) else {
+            return Err(StoreError::Unavailable("the backup path is not a UTF-8 file name".into()));
+        };
+        if target.symlink_metadata().is_ok() {
+            return Err(fail("cannot create", &"it exists"));
+        }
+        let partial = target.with_file_name(format!(".{name}.partial-{:016x}", rand::random::<u64>()));
+        let file = OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
-            .open(target)
-            .map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", target.display())))?;
-        let text = target.to_str().ok_or_else(|| StoreError::Unavailable("the backup path is not UTF-8".into()))?;
-        let done = self.with_reader(|conn| Ok(conn.execute("VACUUM INTO ?1", [text])?));
-        if done.is_err() {
-            let _ = std::fs::remove_file(target);
+            .open(&partial)
+            .map_err(|e| fail("cannot create a file beside", &e))?;
+        let written = self.copy_into(&partial, &file);
+        // Linking fails if `target` appeared meanwhile: never replaced.
+        let linked = written.and_then(|()| std::fs::hard_link(&partial, target).map_err(|e| fail("cannot create", &e)));
+        let _ = std::fs::remove_file(&partial);
+        linked?;
+        if let Some(dir) = target.parent().map(|d| if d.as_os_str().is_empty() { Path::new(".") } else { d }) {
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| fail("cannot sync the directory of", &e))?;
         }
-        done?;
+        Ok(())
+    }
+
+    /// `VACUUM INTO` the empty, private `path` (open as `file`), then synced to disk.
+    fn copy_into(&self, path: &Path, file: &std::fs::File) -> Result<(), StoreError> {
+        let text = path.to_str().ok_or_else(|| StoreError::Unavailable("the backup path is not UTF-8".into()))?;
+        self.with_reader(|conn| Ok(conn.execute("VACUUM INTO ?1", [text])?))?;
         // The file was opened again by name: check that what is there now is the copy, private.
-        let meta = std::fs::symlink_metadata(target)
-            .map_err(|e| StoreError::Unavailable(format!("the backup {} vanished: {e}", target.display())))?;
+        let meta = std::fs::symlink_metadata(path)
+            .map_err(|e| StoreError::Unavailable(format!("the backup {} vanished: {e}", path.display())))?;
         if !meta.is_file()
             || meta.len() == 0
             || std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o077 != 0
         {
             return Err(StoreError::Unavailable(format!(
                 "the backup {} was replaced or opened up while it was written; do not trust it",
-                target.display()
+                path.display()
             )));
         }
-        Ok(())
+        file.sync_all().map_err(|e| StoreError::Unavailable(format!("cannot sync the backup: {e}")))
     }
 }
 
