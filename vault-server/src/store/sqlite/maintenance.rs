@@ -133,12 +133,36 @@ impl Db {
         }
         let done = matches!(busy, Ok(0));
         self.shred_owed.store(!done, std::sync::atomic::Ordering::Relaxed);
+        self.mark_owed(!done);
         Ok(busy? == 0)
     }
 
-    /// Whether a WAL truncation is owed: the last one did not finish, or the WAL was not empty
-    /// when the file was opened (a crash between a destroying commit and its truncation).
+    /// Whether a WAL truncation is owed: the last one did not finish, the WAL was not empty
+    /// when the file was opened (a crash between a destroying commit and its truncation), or
+    /// another process (a `token` or `passphrase` command) left one owed ([`owed_marker`]).
     pub fn shred_owed(&self) -> bool {
-        self.shred_owed.load(std::sync::atomic::Ordering::Relaxed)
+        self.shred_owed.load(std::sync::atomic::Ordering::Relaxed) || owed_marker(&self.path).exists()
     }
+
+    /// Records an owed truncation beside the database, for whichever process opens it next or
+    /// has it open (a command's own flag ends with it); a finished one removes the record.
+    fn mark_owed(&self, owed: bool) {
+        let marker = owed_marker(&self.path);
+        let result = if owed {
+            std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&marker).map(drop)
+        } else {
+            std::fs::remove_file(&marker)
+                .or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) })
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, marker = %marker.display(), "cannot record whether a WAL truncation is owed");
+        }
+    }
+}
+
+/// The file whose presence says a WAL truncation is owed: `vault.db-owed` beside `vault.db`.
+pub(super) fn owed_marker(db: &Path) -> std::path::PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push("-owed");
+    std::path::PathBuf::from(name)
 }

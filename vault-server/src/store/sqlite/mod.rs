@@ -638,6 +638,26 @@ mod tests {
     }
 
     #[test]
+    fn a_truncation_another_process_left_owed_is_owed_here_until_one_finishes() {
+        let (tmp, server) = fresh();
+        // A `token revoke` beside the running server: its own handle on the file.
+        let command = Db::open(&tmp.path().join("v.db")).unwrap();
+        assert!(server.shred_wal_now().unwrap() && !server.shred_owed());
+        lock(&command.writer).execute("UPDATE vault_meta SET created_at = 7", []).unwrap();
+        let reader = server.acquire_reader().unwrap();
+        reader.execute_batch("BEGIN; SELECT count(*) FROM vault_meta;").unwrap();
+        assert!(!command.shred_wal_now().unwrap(), "truncated under a reader");
+        drop(command);
+        // The command has ended; the server learns it owes the truncation, and pays it.
+        assert!(server.shred_owed(), "the command's failed truncation was forgotten with it");
+        reader.execute_batch("COMMIT").unwrap();
+        assert!(server.shred_wal_now().unwrap());
+        assert!(!server.shred_owed());
+        assert!(!maintenance::owed_marker(&tmp.path().join("v.db")).exists());
+        assert_eq!(std::fs::metadata(tmp.path().join("v.db-wal")).unwrap().len(), 0);
+    }
+
+    #[test]
     fn the_token_table_is_read_while_every_pooled_reader_is_busy() {
         let (_tmp, db) = fresh();
         let db = std::sync::Arc::new(db);
