@@ -64,6 +64,19 @@ fn init_refuses_an_initialised_dir_and_a_missing_passphrase() {
     let out = run(&["init", "--data-dir", path_str(&tmp.path().join("other"))], &[]);
     assert!(!out.status.success());
     assert!(one_line_error(&out).contains("VAULT_PASSPHRASE"));
+    // A directory that holds other things (say /var/lib) was made 0700 and given a vault.db.
+    let shared = tmp.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::write(shared.join("notes.txt"), "x").unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for args in [&["init", "--data-dir", path_str(&shared)][..], &["serve", "--dev", "--data-dir", path_str(&shared)]] {
+        let out = run(args, &[("VAULT_PASSPHRASE", PASSPHRASE)]);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(one_line_error(&out).contains("not empty") && one_line_error(&out).contains("notes.txt"), "{args:?}");
+        assert_eq!(std::fs::metadata(&shared).unwrap().permissions().mode() & 0o777, 0o755, "{args:?}");
+        let names: Vec<_> = std::fs::read_dir(&shared).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert_eq!(names, ["notes.txt"], "{args:?}");
+    }
 }
 
 #[test]

@@ -211,8 +211,8 @@ pub struct MigrateStoreArgs {
 
 #[derive(Debug, Args)]
 pub struct InitArgs {
-    /// Data dir to create (mode 0700); must not hold a vault yet. Not with a PostgreSQL
-    /// --database.
+    /// Data dir to create (mode 0700); must not hold a vault yet, nor anything else. Not with a
+    /// PostgreSQL --database.
     #[arg(long, env = "VAULT_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
 

@@ -51,6 +51,10 @@ pub enum DataDirError {
     ChangedMeanwhile(PathBuf),
     #[error("cannot create data dir {0}: {1}")]
     Create(PathBuf, std::io::Error),
+    #[error(
+        "{0} is not empty (it holds {1}, which is no vault's): give a new or empty directory for the data dir (init makes it private, mode 0700)"
+    )]
+    NotEmpty(PathBuf, String),
     #[error("data dir {0}: {1}")]
     Store(PathBuf, StoreError),
     #[error("data dir {0}: {1}")]
@@ -96,13 +100,46 @@ fn create_private_dir(dir: &Path) -> Result<(), DataDirError> {
         .map_err(|e| DataDirError::Create(dir.to_owned(), e))
 }
 
+/// The first entry of an existing `dir` that no vault or cut-off init leaves there (`vault.db`
+/// and its `-wal`, `-shm`, `-owed`, a set-aside `vault.db.replaced-*`, `serve.lock`), nor is
+/// named in `also`: init must not take over, and make private, a directory that holds other
+/// things (`/var/lib`).
+pub fn foreign_entry(dir: &Path, also: &[&str]) -> Result<Option<String>, DataDirError> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(DataDirError::Create(dir.to_owned(), e)),
+    };
+    for entry in entries {
+        let name = entry.map_err(|e| DataDirError::Create(dir.to_owned(), e))?.file_name();
+        let name = name.to_string_lossy();
+        let ours = name == LOCK_FILE
+            || also.contains(&name.as_ref())
+            || name
+                .strip_prefix(DB_FILE)
+                .is_some_and(|rest| ["", "-wal", "-shm", "-owed"].contains(&rest) || rest.starts_with(".replaced-"));
+        if !ours {
+            return Ok(Some(format!("{name:?}")));
+        }
+    }
+    Ok(None)
+}
+
 /// Creates the dir (0700) and a database with a fresh keyring sealed under the passphrase.
 pub fn init(dir: &Path, passphrase: &Passphrase, now: i64) -> Result<(), DataDirError> {
+    init_keeping(dir, passphrase, now, &[])
+}
+
+/// [`init`] into a dir that may also hold the files named in `keep` (dev mode's passphrase).
+pub fn init_keeping(dir: &Path, passphrase: &Passphrase, now: i64, keep: &[&str]) -> Result<(), DataDirError> {
     if too_short(passphrase) {
         return Err(DataDirError::WeakPassphrase);
     }
     if is_initialised(dir) {
         return Err(DataDirError::AlreadyInitialised(dir.to_owned()));
+    }
+    if let Some(other) = foreign_entry(dir, keep)? {
+        return Err(DataDirError::NotEmpty(dir.to_owned(), other));
     }
     create_private_dir(dir)?;
     let _lock = lock::lock_for_init(dir)?;

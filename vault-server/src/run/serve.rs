@@ -115,6 +115,9 @@ fn prepare_dev(dir: &Path, passphrase_file: Option<PathBuf>) -> Result<(PathBuf,
         if let Err(e @ datadir::DataDirError::DatabaseMissing(_)) = datadir::check_present(dir) {
             return Err(e.into());
         }
+        if let Some(other) = datadir::foreign_entry(dir, &[DEV_PASSPHRASE_FILE])? {
+            return Err(datadir::DataDirError::NotEmpty(dir.to_owned(), other).into());
+        }
         fs::create_dir_all(dir).map_err(|e| dev_err("create the data dir", e))?;
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|e| dev_err("chmod the data dir", e))?;
         if !file.exists() {
@@ -130,7 +133,7 @@ fn prepare_dev(dir: &Path, passphrase_file: Option<PathBuf>) -> Result<(PathBuf,
             f.write_all(text.as_bytes()).map_err(|e| dev_err("write the passphrase file", e))?;
         }
         let passphrase = read_passphrase(&PassphraseArgs { passphrase_file: Some(file.clone()) }, None)?;
-        datadir::init(dir, &passphrase, now())?;
+        datadir::init_keeping(dir, &passphrase, now(), &[DEV_PASSPHRASE_FILE])?;
         tracing::info!(data_dir = %dir.display(), passphrase_file = %file.display(), "dev mode: initialised a new vault");
         return Ok((file, true));
     }
