@@ -653,8 +653,9 @@ async fn a_commit_whose_answer_is_lost_is_never_reported_as_not_made_and_the_cli
     let mut admin = c.client_with(Some(&r.admin)).await;
     admin.bind(ALICE, "sender", code(ALICE_CODE)).await.unwrap();
 
-    // vault-client resends with the request id, and is answered what was made: one rotation.
-    // (The marker is in the Rotate's UPDATE only.)
+    // The replica asks whether its COMMIT was made, and answers what was made: one rotation
+    // (vault-client's resend with the request id is for when it cannot tell, below; its rule
+    // has unit tests in vault-client's retry.rs). The marker is in the Rotate's UPDATE only.
     cutter.arm(b"SET version", Cut::AnswerLost);
     let rotated = admin.rotate(ALICE, "sender", code(ALICE_CODE), 0).await.unwrap();
     assert_eq!(cutter.cuts(), 1, "no COMMIT was cut");

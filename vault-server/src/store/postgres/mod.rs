@@ -36,6 +36,9 @@ const WAIT: Duration = Duration::from_secs(5);
 #[derive(Clone)]
 pub struct PgStore {
     pool: Pool,
+    /// How to open a connection outside the pool: a lost COMMIT is asked about on one, so the
+    /// check never waits for (or starves) the pool when every pooled connection broke at once.
+    direct: Arc<(tokio_postgres::Config, MakeRustlsConnect)>,
     /// What a log line may say of the database: host, port and name, never the password.
     describe: Arc<str>,
     /// Reads of the change log so far (it is trimmed every few hundred).
@@ -151,8 +154,9 @@ impl PgStore {
     pub async fn connect(url: &str, ca_file: Option<&Path>) -> Result<Self, StoreError> {
         let config = parse_url(url)?;
         let describe: Arc<str> = describe(&config).into();
-        let manager =
-            Manager::from_config(config, tls(ca_file)?, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let tls = tls(ca_file)?;
+        let direct = Arc::new((config.clone(), tls.clone()));
+        let manager = Manager::from_config(config, tls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
             .max_size(POOL_SIZE)
             .wait_timeout(Some(WAIT))
@@ -161,7 +165,8 @@ impl PgStore {
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
             .map_err(|e| StoreError::Unavailable(format!("PostgreSQL pool: {e}")))?;
-        let store = Self { pool, describe, polls: Arc::default(), trim: Arc::default(), guarded: Arc::default() };
+        let store =
+            Self { pool, direct, describe, polls: Arc::default(), trim: Arc::default(), guarded: Arc::default() };
         let mut client = store.pool.get().await?;
         migrate::apply(&mut client).await?;
         Ok(store)

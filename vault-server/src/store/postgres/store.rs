@@ -105,24 +105,34 @@ impl PgStore {
     /// unanswered, was committed: asked on another connection, again while it is in progress
     /// (a COMMIT that reached the server finishes) or the server cannot be reached (it may be
     /// restarting), for about 5 s. `None` if it cannot tell by then.
-    async fn committed(&self, xid: &str) -> Result<Option<bool>, StoreError> {
+    async fn committed(&self, xid: &str) -> Option<bool> {
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        // Outside the pool (see `PgStore::direct`), opened again after an error.
+        let mut conn: Option<tokio_postgres::Client> = None;
         while tokio::time::Instant::now() < deadline {
             let status = async {
-                let conn = self.pool.get().await?;
-                let row = conn.query_one("SELECT pg_xact_status($1::text::xid8)", &[&xid]).await?;
+                if conn.as_ref().is_none_or(tokio_postgres::Client::is_closed) {
+                    let (config, tls) = &*self.direct;
+                    let (client, connection) = config.connect(tls.clone()).await?;
+                    tokio::spawn(connection);
+                    conn = Some(client);
+                }
+                let client = conn.as_ref().ok_or_else(|| StoreError::Unavailable("no connection".into()))?;
+                let row = client.query_one("SELECT pg_xact_status($1::text::xid8)", &[&xid]).await?;
                 Ok::<_, StoreError>(row.try_get::<_, Option<String>>(0)?)
             };
             match tokio::time::timeout_at(deadline, status).await {
-                Ok(Ok(Some(s))) if s == "committed" => return Ok(Some(true)),
-                Ok(Ok(Some(s))) if s == "aborted" => return Ok(Some(false)),
-                Ok(Ok(None)) => return Ok(None),
-                Ok(Err(e)) if !matches!(e, StoreError::Unavailable(_)) => return Err(e),
-                // In progress, or unreachable: ask again.
+                Ok(Ok(Some(s))) if s == "committed" => return Some(true),
+                Ok(Ok(Some(s))) if s == "aborted" => return Some(false),
+                // Too old to know: never the case seconds after the COMMIT.
+                Ok(Ok(None)) => return None,
+                // In progress, unreachable, or an error (a server that has not seen the id yet,
+                // after a failover, says it is "in the future"): ask again, and at the end say
+                // it cannot tell rather than fail otherwise.
                 _ => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
             }
         }
-        Ok(None)
+        None
     }
 
     /// Commits a change. When the COMMIT goes unanswered (the connection was lost), asks the
@@ -134,7 +144,7 @@ impl PgStore {
             Err(StoreError::Unavailable(m)) => m,
             other => return other,
         };
-        match self.committed(&xid).await? {
+        match self.committed(&xid).await {
             Some(true) => Ok(()),
             Some(false) => Err(StoreError::Unavailable("the change was not committed".into())),
             None => Err(StoreError::OutcomeUnknown(lost)),
@@ -822,11 +832,13 @@ impl RevealColumns {
 #[tonic::async_trait]
 impl AuditStore for PgStore {
     async fn audit(&self, event: AuditEvent) -> Result<(), StoreError> {
-        let conn = self.pool.get().await?;
-        let stmt = conn.prepare_cached(INSERT_AUDIT).await?;
+        let mut conn = self.pool.get().await?;
+        // A transaction, so that a lost answer can be asked about.
+        let tx = conn.transaction().await?;
+        let stmt = tx.prepare_cached(INSERT_AUDIT).await?;
         let values = audit_values(&event);
-        conn.execute(&stmt, &refs(&values)).await?;
-        Ok(())
+        tx.execute(&stmt, &refs(&values)).await?;
+        self.finish(tx).await
     }
 
     async fn audit_events(&self, query: AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {
