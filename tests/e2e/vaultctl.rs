@@ -105,9 +105,16 @@ fn vaultctl_binds_from_stdin_reviews_audits_and_says_what_failed_by_exit_code() 
     assert_eq!(out.status.code(), Some(7), "{}", String::from_utf8_lossy(&out.stderr));
     // Found by an attack: a code typed after the pair was repeated by clap's error; a token
     // in $VAULT_ADDR was repeated by the address error; --help showed $VAULT_ADDR's value.
-    let typed = vaultctl(&stack, &admin, &["bind", ALICE, "x", "Typed1Code2Here3"], None);
-    assert_eq!(typed.status.code(), Some(2));
-    assert!(!String::from_utf8_lossy(&typed.stderr).contains("Typed1Code2Here3"), "{typed:?}");
+    for args in [
+        &["bind", ALICE, "x", "Typed1Code2Here3"][..],
+        &["Typed1Code2Here3"],
+        &["rotate", ALICE, "x", "--expected-version", "Typed1Code2Here3"],
+        &["bind", ALICE, "x", "-Typed1Code2Here3"],
+    ] {
+        let typed = vaultctl(&stack, &admin, args, None);
+        assert_eq!(typed.status.code(), Some(2), "{args:?}");
+        assert!(!String::from_utf8_lossy(&typed.stderr).contains("Typed1Code2Here3"), "{typed:?}");
+    }
     let flag = vaultctl(&stack, &admin, &["list", "--no-such-flag"], None);
     assert!(flag.status.code() == Some(2) && String::from_utf8_lossy(&flag.stderr).contains("--no-such-flag"));
     for (addr, args) in [(admin.as_str(), &["list"][..]), ("http://u:p4ss@127.0.0.1:1", &["--help"])] {

@@ -127,7 +127,7 @@ impl ConnectOptions {
                     channels.push(channel);
                 }
                 Err(source) => {
-                    first_failure.get_or_insert(Error::Connect { endpoint: endpoint.clone(), source });
+                    first_failure.get_or_insert(Error::Connect { endpoint: shown(endpoint), source });
                     channels.push(ep.connect_lazy());
                 }
             }
@@ -197,15 +197,32 @@ impl ConnectOptions {
     }
 }
 
-/// An endpoint as errors show it: its scheme and authority only, so a token pasted into the
-/// address, or one in a query, is never repeated; nothing of a value that is not a URL.
+/// An endpoint as errors show it: its scheme, host and port only, so a token pasted into the
+/// address, or one in a path or query, is never repeated; a host or port that is not one (a
+/// token has an `_`, which no host name has) and a value that is not a URL are not shown.
 pub(crate) fn shown(endpoint: &str) -> String {
-    match endpoint.split_once("://") {
-        Some((scheme, rest)) if !scheme.is_empty() && scheme.chars().all(|c| c.is_ascii_alphanumeric()) => {
-            let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-            format!("{scheme}://{authority}")
+    let Some((scheme, rest)) = endpoint
+        .split_once("://")
+        .filter(|(scheme, _)| !scheme.is_empty() && scheme.chars().all(|c| c.is_ascii_alphanumeric()))
+    else {
+        return "(not shown: it is not a URL)".into();
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    // The port is what follows the last `:` outside an IPv6 literal's brackets.
+    let (host, port) = match authority.rfind(':') {
+        Some(i) if !authority[i..].contains(']') => (&authority[..i], Some(&authority[i + 1..])),
+        _ => (authority, None),
+    };
+    let host_ok = !host.is_empty()
+        && host.len() <= 255
+        && host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '[' | ']' | ':'));
+    let host = if host_ok { host } else { "(host not shown)" };
+    match port {
+        Some(p) if !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()) => {
+            format!("{scheme}://{host}:{p}")
         }
-        _ => "(not shown: it is not a URL)".into(),
+        Some(_) => format!("{scheme}://{host}:(port not shown)"),
+        None => format!("{scheme}://{host}"),
     }
 }
 
@@ -345,6 +362,16 @@ mod tests {
         assert!(!e.to_string().contains("0123456789"), "{e}");
         let e = ConnectOptions::default().channel(addr).await.unwrap_err();
         assert!(e.to_string().contains("http://127.0.0.1:9") && !e.to_string().contains("0123456789"), "{e}");
+        // In the host or the port; and through connect_many.
+        for addr in [format!("https://h:{token}"), format!("https://{token}:1"), format!("http://127.0.0.1:9/{token}")]
+        {
+            let e = ConnectOptions::default().channel(addr.clone()).await.unwrap_err();
+            assert!(!e.to_string().contains("0123456789"), "{addr}: {e}");
+            let e = ConnectOptions::default().channels(vec![addr.clone()]).await.map(|_| ()).unwrap_err();
+            assert!(!e.to_string().contains("0123456789"), "{addr}: {e}");
+        }
+        assert_eq!(shown("https://[::1]:50051/x"), "https://[::1]:50051");
+        assert_eq!(shown("http://vault.example.net"), "http://vault.example.net");
     }
 
     #[tokio::test]

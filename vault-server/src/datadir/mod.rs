@@ -101,7 +101,8 @@ fn create_private_dir(dir: &Path) -> Result<(), DataDirError> {
 }
 
 /// The first entry of an existing `dir` that no vault or cut-off init leaves there (`vault.db`
-/// and its `-wal`, `-shm`, `-owed`, a set-aside `vault.db.replaced-*`, `serve.lock`), nor is
+/// and its `-wal`, `-shm`, `-owed`, a set-aside `vault.db.replaced-*`, `serve.lock`, a volume's
+/// `lost+found`), nor is
 /// named in `also`: init must not take over, and make private, a directory that holds other
 /// things (`/var/lib`).
 pub fn foreign_entry(dir: &Path, also: &[&str]) -> Result<Option<String>, DataDirError> {
@@ -113,7 +114,9 @@ pub fn foreign_entry(dir: &Path, also: &[&str]) -> Result<Option<String>, DataDi
     for entry in entries {
         let name = entry.map_err(|e| DataDirError::Create(dir.to_owned(), e))?.file_name();
         let name = name.to_string_lossy();
+        // A volume mounted as the data dir holds `lost+found`.
         let ours = name == LOCK_FILE
+            || name == "lost+found"
             || also.contains(&name.as_ref())
             || name
                 .strip_prefix(DB_FILE)

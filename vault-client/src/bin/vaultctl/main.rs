@@ -126,24 +126,56 @@ async fn main() -> ExitCode {
     }
 }
 
-/// clap's message, except for an unexpected word that is not a flag: that may be a code typed
-/// after the pair, which clap would repeat (into a terminal's scrollback or a CI log).
+/// clap's message, except where it would repeat a word typed on the command line that may be a
+/// code (after the pair, as a command, or as a flag's value): those say what was wrong without
+/// the word, since clap would print it into a terminal's scrollback or a CI log.
 fn usage_error(e: &clap::Error) -> ExitCode {
     use clap::error::{ContextKind, ContextValue, ErrorKind};
-    let word = match e.get(ContextKind::InvalidArg) {
-        Some(ContextValue::String(arg)) => Some(arg.as_str()),
+    let context = |kind| match e.get(kind) {
+        Some(ContextValue::String(s)) => Some(s.as_str()),
         _ => None,
     };
-    if e.kind() == ErrorKind::UnknownArgument && word.is_some_and(|w| !w.starts_with('-')) {
-        let _ = writeln!(
-            std::io::stderr(),
-            "vaultctl: an unexpected argument after the command's own (not shown: codes are read from the terminal \
-             or stdin, never from the command line); see vaultctl --help"
-        );
-        return ExitCode::from(2);
-    }
-    let _ = e.print();
-    ExitCode::from(if e.use_stderr() { 2 } else { 0 })
+    // A flag's name is shown: it is no code.
+    let flag_like = |w: &str| {
+        let name = w.strip_prefix("--").or_else(|| w.strip_prefix('-')).unwrap_or_default();
+        name.len() <= 30
+            && name.starts_with(|c: char| c.is_ascii_lowercase())
+            && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    };
+    let arg = context(ContextKind::InvalidArg).unwrap_or("an argument");
+    let said = match e.kind() {
+        ErrorKind::UnknownArgument if !context(ContextKind::InvalidArg).is_some_and(flag_like) => {
+            "an unexpected argument after the command's own".to_owned()
+        }
+        ErrorKind::InvalidSubcommand => {
+            "an unknown command (bind, rotate, revoke, verify, get, list, review, audit, reveal)".to_owned()
+        }
+        ErrorKind::InvalidValue | ErrorKind::ValueValidation => {
+            // The validator's reason, unless it repeats the value.
+            let value = context(ContextKind::InvalidValue).unwrap_or_default();
+            let why = std::error::Error::source(e)
+                .map(ToString::to_string)
+                .filter(|why| value.is_empty() || !why.contains(value));
+            let valid = match e.get(ContextKind::ValidValue) {
+                Some(ContextValue::Strings(v)) => Some(format!("one of {}", v.join(", "))),
+                _ => None,
+            };
+            match why.or(valid) {
+                Some(why) => format!("an invalid value for {arg}: {why}"),
+                None => format!("an invalid value for {arg}"),
+            }
+        }
+        _ => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    let _ = writeln!(
+        std::io::stderr(),
+        "vaultctl: {said} (the word itself is not shown: codes are read from the terminal or stdin, never from the \
+         command line); see vaultctl --help"
+    );
+    ExitCode::from(2)
 }
 
 fn exit_code(e: &Error) -> u8 {

@@ -11,8 +11,9 @@ use crate::store::{CredentialRow, StoreError};
 impl Db {
     /// A consistent online copy into `target`, which must not exist: `VACUUM INTO` from one read
     /// snapshot, so the copy holds live rows only (no free pages, no WAL), created 0600. It is
-    /// written beside `target` under a hidden name, synced, and only then linked to `target`, so
-    /// a backup that fails or is killed never leaves a partial file under the name asked for.
+    /// written beside `target` under a hidden name, synced, and only then given `target`'s name
+    /// (a hard link, or a rename that never replaces), so a backup that fails or is killed never
+    /// leaves a partial file under the name asked for.
     pub fn backup_into(&self, target: &Path) -> Result<(), StoreError> {
         let fail = |what: &str, e: &dyn std::fmt::Display| {
             StoreError::Unavailable(format!("{what} {}: {e}", target.display()))
@@ -31,36 +32,65 @@ impl Db {
             .mode(0o600)
             .open(&partial)
             .map_err(|e| fail("cannot create a file beside", &e))?;
-        let written = self.copy_into(&partial, &file);
-        // Linking fails if `target` appeared meanwhile: never replaced.
-        let linked = written.and_then(|()| std::fs::hard_link(&partial, target).map_err(|e| fail("cannot create", &e)));
-        let _ = std::fs::remove_file(&partial);
-        linked?;
-        if let Some(dir) = target.parent().map(|d| if d.as_os_str().is_empty() { Path::new(".") } else { d }) {
-            std::fs::File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| fail("cannot sync the directory of", &e))?;
+        let published = self.copy_into(&partial, &file).and_then(|()| publish(&partial, target));
+        // After a hard link the hidden name is a second name of the backup: removed, or said.
+        if let Err(e) = std::fs::remove_file(&partial)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(error = %e, file = %partial.display(), "cannot remove the backup's hidden copy; delete it");
+        }
+        published?;
+        // The copy is complete under its name; only its directory entry may not be on disk yet.
+        let dir = target.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        if let Err(e) = std::fs::File::open(dir).and_then(|d| d.sync_all()) {
+            tracing::warn!(error = %e, "the backup is written, but its directory could not be synced");
         }
         Ok(())
     }
 
     /// `VACUUM INTO` the empty, private `path` (open as `file`), then synced to disk.
     fn copy_into(&self, path: &Path, file: &std::fs::File) -> Result<(), StoreError> {
+        use std::os::unix::fs::MetadataExt as _;
         let text = path.to_str().ok_or_else(|| StoreError::Unavailable("the backup path is not UTF-8".into()))?;
         self.with_reader(|conn| Ok(conn.execute("VACUUM INTO ?1", [text])?))?;
-        // The file was opened again by name: check that what is there now is the copy, private.
-        let meta = std::fs::symlink_metadata(path)
-            .map_err(|e| StoreError::Unavailable(format!("the backup {} vanished: {e}", path.display())))?;
-        if !meta.is_file()
-            || meta.len() == 0
-            || std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o077 != 0
-        {
-            return Err(StoreError::Unavailable(format!(
+        // SQLite opened the file again by name: check that it is still the one made above, and
+        // private.
+        let replaced = || {
+            StoreError::Unavailable(format!(
                 "the backup {} was replaced or opened up while it was written; do not trust it",
                 path.display()
-            )));
+            ))
+        };
+        let (named, opened) =
+            (std::fs::symlink_metadata(path).map_err(|_| replaced())?, file.metadata().map_err(|_| replaced())?);
+        if !named.is_file()
+            || (named.dev(), named.ino()) != (opened.dev(), opened.ino())
+            || named.len() == 0
+            || named.mode() & 0o077 != 0
+        {
+            return Err(replaced());
         }
         file.sync_all().map_err(|e| StoreError::Unavailable(format!("cannot sync the backup: {e}")))
+    }
+}
+
+/// Gives `partial` the name `target`, never replacing a file there: a hard link, or on a file
+/// system without hard links (vfat, some network mounts) a rename that refuses to replace.
+fn publish(partial: &Path, target: &Path) -> Result<(), StoreError> {
+    let fail = |e: &dyn std::fmt::Display| StoreError::Unavailable(format!("cannot create {}: {e}", target.display()));
+    match std::fs::hard_link(partial, target) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Err(fail(&"it exists")),
+        Err(_) => {}
+    }
+    let cwd = nix::fcntl::AT_FDCWD;
+    match nix::fcntl::renameat2(cwd, partial, cwd, target, nix::fcntl::RenameFlags::RENAME_NOREPLACE) {
+        Ok(()) => Ok(()),
+        Err(nix::errno::Errno::EEXIST) => Err(fail(&"it exists")),
+        Err(e) => Err(fail(&format!(
+            "{e}; this file system takes neither a hard link nor a rename that cannot replace a file, so the \
+             backup cannot be put there safely: write it to another file system and copy it"
+        ))),
     }
 }
 
@@ -127,37 +157,55 @@ impl Db {
             // Not zero: under steady reads some reader is always at work at any one instant.
             conn.busy_timeout(RETRY_WAIT)?;
         }
+        // A record another process made before this checkpoint is paid by it; one made while it
+        // ran may be for a commit after it, and stays.
+        let recorded_before = marker_identity(&self.path);
         let busy = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get::<_, i64>(0));
         if !wait_for_readers {
             conn.busy_timeout(super::BUSY_TIMEOUT)?;
         }
         let done = matches!(busy, Ok(0));
         self.shred_owed.store(!done, std::sync::atomic::Ordering::Relaxed);
-        self.mark_owed(!done);
+        self.mark_owed(!done, recorded_before);
         Ok(busy? == 0)
     }
 
     /// Whether a WAL truncation is owed: the last one did not finish, the WAL was not empty
     /// when the file was opened (a crash between a destroying commit and its truncation), or
-    /// another process (a `token` or `passphrase` command) left one owed ([`owed_marker`]).
+    /// another process (a `token` or `passphrase` command) left one owed (`vault.db-owed`).
     pub fn shred_owed(&self) -> bool {
         self.shred_owed.load(std::sync::atomic::Ordering::Relaxed) || owed_marker(&self.path).exists()
     }
 
     /// Records an owed truncation beside the database, for whichever process opens it next or
-    /// has it open (a command's own flag ends with it); a finished one removes the record.
-    fn mark_owed(&self, owed: bool) {
+    /// has it open (a command's own flag ends with it); a finished one removes the record if it
+    /// is the one `recorded_before` the checkpoint.
+    pub(super) fn mark_owed(&self, owed: bool, recorded_before: Option<(u64, u64)>) {
         let marker = owed_marker(&self.path);
         let result = if owed {
-            std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&marker).map(drop)
-        } else {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .mode(0o600)
+                .custom_flags(nix::libc::O_NOFOLLOW)
+                .open(&marker)
+                .map(drop)
+        } else if recorded_before.is_some() && marker_identity(&self.path) == recorded_before {
             std::fs::remove_file(&marker)
                 .or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) })
+        } else {
+            Ok(())
         };
         if let Err(e) = result {
             tracing::warn!(error = %e, marker = %marker.display(), "cannot record whether a WAL truncation is owed");
         }
     }
+}
+
+/// (device, inode) of the owed-truncation record, if there is one.
+fn marker_identity(db: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::symlink_metadata(owed_marker(db)).ok().map(|m| (m.dev(), m.ino()))
 }
 
 /// The file whose presence says a WAL truncation is owed: `vault.db-owed` beside `vault.db`.

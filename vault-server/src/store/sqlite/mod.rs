@@ -653,8 +653,14 @@ mod tests {
         reader.execute_batch("COMMIT").unwrap();
         assert!(server.shred_wal_now().unwrap());
         assert!(!server.shred_owed());
-        assert!(!maintenance::owed_marker(&tmp.path().join("v.db")).exists());
+        let marker = maintenance::owed_marker(&tmp.path().join("v.db"));
+        assert!(!marker.exists());
         assert_eq!(std::fs::metadata(tmp.path().join("v.db-wal")).unwrap().len(), 0);
+        // A record made while a checkpoint ran (none was there before it) may be for a commit
+        // after it: a finished truncation leaves it.
+        std::fs::write(&marker, "").unwrap();
+        server.mark_owed(false, None);
+        assert!(marker.exists(), "a record made during the checkpoint was erased");
     }
 
     #[test]
