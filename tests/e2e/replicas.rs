@@ -422,6 +422,11 @@ async fn a_data_dir_moved_into_postgres_serves_its_codes_tokens_and_audit_trail(
     std::fs::set_permissions(&wrong, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let refused = migrate(&url, path_str(&wrong));
     assert!(!refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains("wrong passphrase"));
+    // A database that cannot be reached: refused before the data dir is changed.
+    let before = std::fs::read(stack.data.db()).unwrap();
+    let unreachable = migrate("postgres://vault:pw@127.0.0.1:1/vault", &pf);
+    assert!(!unreachable.status.success() && String::from_utf8_lossy(&unreachable.stderr).contains("PostgreSQL"));
+    assert!(std::fs::read(stack.data.db()).unwrap() == before, "the data dir was changed");
 
     let out = migrate(&url, &pf);
     let stdout = String::from_utf8_lossy(&out.stdout);

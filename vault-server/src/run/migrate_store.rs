@@ -27,6 +27,20 @@ pub fn run(args: &MigrateStoreArgs, env_passphrase: Option<Passphrase>) -> Resul
     let _owner = datadir::lock_for_serve(dir)?;
     let passphrase = read_passphrase(&args.passphrase, env_passphrase)?;
     let (source, keyring) = datadir::unlock(dir, &passphrase)?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(RunError::Runtime)?;
+    // The database is reached, and found empty, before anything in the data dir is changed.
+    let target = runtime.block_on(async {
+        let target = PgStore::connect(&url, ca_file.as_deref())
+            .await
+            .map_err(|e| RunError::Database(format!("PostgreSQL --database: {e}")))?;
+        match target.unlock_material().await {
+            Err(StoreError::NotInitialised) => Ok(target),
+            Ok(_) => {
+                Err(RunError::Database("the PostgreSQL database already holds a vault; nothing was copied".into()))
+            }
+            Err(e) => Err(e.into()),
+        }
+    })?;
     // As `serve` does at start: rows sealed before generations are re-sealed with one. A serving
     // vault refuses any row still without one (DATA_LOSS), so none may be moved as if it opened.
     datadir::upgrade_seals(dir, &source, &keyring)?;
@@ -37,20 +51,7 @@ pub fn run(args: &MigrateStoreArgs, env_passphrase: Option<Passphrase>) -> Resul
             row.mailbox, row.client
         )));
     }
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(RunError::Runtime)?;
     let moved = runtime.block_on(async {
-        let target = PgStore::connect(&url, ca_file.as_deref())
-            .await
-            .map_err(|e| RunError::Database(format!("PostgreSQL --database: {e}")))?;
-        match target.unlock_material().await {
-            Err(StoreError::NotInitialised) => {}
-            Ok(_) => {
-                return Err(RunError::Database(
-                    "the PostgreSQL database already holds a vault; nothing was copied".into(),
-                ));
-            }
-            Err(e) => return Err(e.into()),
-        }
         let moved = copy(&source, &target).await.map_err(|e| {
             match e {
             StoreError::AlreadyExists => RunError::Database(
