@@ -107,6 +107,12 @@ fn bad_flags_busy_ports_and_public_plaintext_each_fail_with_one_line() {
         assert!(one_line_error(&out).contains(says), "{args:?}");
     }
 
+    // --dev with $VAULT_DATABASE set was told that --data-dir and --database exclude each other.
+    let out = run(&["serve", "--dev"], &[("VAULT_DATABASE", "postgres://vault:pw@127.0.0.1:1/vault")]);
+    assert_eq!(out.status.code(), Some(1));
+    let line = one_line_error(&out);
+    assert!(line.contains("--dev keeps its vault in a data dir") && line.contains("VAULT_DATABASE"), "{line}");
+
     let busy = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = busy.local_addr().unwrap().to_string();
     let out = run(&["serve", "--data-dir", dir, "--passphrase-file", pf, "--listen", &addr], &[]);
@@ -129,6 +135,15 @@ fn serve_dev_initialises_once_and_answers_health_and_reflection() {
         assert!(!out.status.success(), "{bad:?} started");
         assert!(!dev_dir.exists(), "{bad:?} left a dev vault behind");
     }
+    // Nor is one made whose admin token would go to /dev/null.
+    let out = std::process::Command::new(crate::harness::vault::BIN)
+        .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--data-dir", path_str(&dev_dir)])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(!out.status.success() && one_line_error(&out).contains("nobody would see the token"), "{out:?}");
+    assert!(!dev_dir.exists(), "a dev vault was made whose admin token nobody saw");
     let args: Vec<String> = ["serve", "--dev", "--listen", "127.0.0.1:0"].iter().map(|s| (*s).to_owned()).collect();
     let mut server = VaultServer::spawn(&args, Some(tmp.path())).expect("dev server starts");
     let pf = tmp.path().join("vault-dev/passphrase");

@@ -194,10 +194,14 @@ pub async fn serve(
     env_passphrase: Option<Passphrase>,
     hangups: tokio::signal::unix::Signal,
 ) -> Result<(), RunError> {
-    if args.dev && !matches!(Database::from_args(&args.database, Some(Path::new(DEV_DATA_DIR)))?, Database::DataDir(_))
-    {
-        return Err(RunError::Dev("--dev keeps its vault in a data dir; it takes no PostgreSQL --database".into()));
+    // Asked first: a --database from $VAULT_DATABASE met the default data dir and was refused as
+    // if --data-dir had been given.
+    if args.dev && Database::from_args(&args.database, None).is_ok_and(|d| matches!(d, Database::Postgres { .. })) {
+        return Err(RunError::Dev(
+            "--dev keeps its vault in a data dir; it takes no PostgreSQL --database (unset VAULT_DATABASE)".into(),
+        ));
     }
+
     // Every flag is checked before --dev creates a vault: one made by a run that then stopped
     // would never print its admin token.
     let listener_tls = TlsFiles::of(&args).map(|f| f.load()).transpose()?;
@@ -232,6 +236,10 @@ pub async fn serve(
     }
     let (database, passphrase_args, new_dev_vault) = if args.dev {
         let dir = args.data_dir.clone().unwrap_or_else(|| PathBuf::from(DEV_DATA_DIR));
+        if !datadir::is_initialised(&dir) {
+            // A new dev vault's admin token is shown once, on stdout: not made if it would be lost.
+            super::require_stdout()?;
+        }
         let (file, new) = prepare_dev(&dir, args.passphrase.passphrase_file.clone())?;
         (Database::DataDir(dir), PassphraseArgs { passphrase_file: Some(file) }, new)
     } else {
