@@ -387,7 +387,8 @@ async fn idle_connections_cannot_keep_a_scrape_out_of_the_metrics_endpoint() {
         let _ = conn.read_to_string(&mut text);
         assert!(text.starts_with("HTTP/1.1 200") && text.contains("vault_bindings"), "scrape kept out: {text:?}");
     }
-    // The first scrape closed the oldest idle socket; the next ones took the slot it gave back.
+    // The first scrape closed the oldest idle socket; the next ones took the slot it gave back,
+    // or (when the scrape before had not given its slot back yet) closed the next oldest.
     let mut byte = [0u8; 1];
     let closed: Vec<bool> = held
         .iter_mut()
@@ -396,7 +397,11 @@ async fn idle_connections_cannot_keep_a_scrape_out_of_the_metrics_endpoint() {
             matches!(s.read(&mut byte), Ok(0))
         })
         .collect();
-    assert_eq!(closed, [true, false, false, false, false, false, false, false]);
+    let given_way = closed.iter().take_while(|c| **c).count();
+    assert!(
+        (1..=3).contains(&given_way) && !closed[given_way..].contains(&true),
+        "oldest first, one a scrape: {closed:?}"
+    );
 }
 
 #[tokio::test]
