@@ -146,6 +146,87 @@ async fn smtp_auth_535_is_rejected_with_the_advice_users_need() {
     );
 }
 
+/// An implicit-TLS SMTP server with smtp.sina.com's test certificate that answers AUTH with
+/// `auth` and never answers QUIT.
+async fn fake_smtps(stack: &Stack, auth: &'static str) -> std::net::SocketAddr {
+    use rustls_pki_types::pem::PemObject as _;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
+    let certs: Vec<_> =
+        CertificateDer::pem_file_iter(&stack.pki.server_cert).unwrap().collect::<Result<_, _>>().unwrap();
+    let key = PrivateKeyDer::from_pem_file(&stack.pki.server_key).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let (read, mut write) = tokio::io::split(tls);
+                let mut lines = tokio::io::BufReader::new(read).lines();
+                let _ = write.write_all(b"220 smtp.sina.com ESMTP\r\n").await;
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let command = line.to_ascii_uppercase();
+                    let reply = if command.starts_with("EHLO") {
+                        "250-smtp.sina.com\r\n250 AUTH PLAIN LOGIN\r\n".to_owned()
+                    } else if command.starts_with("AUTH") {
+                        format!("{auth}\r\n")
+                    } else if command.starts_with("QUIT") {
+                        std::future::pending::<()>().await;
+                        String::new()
+                    } else {
+                        "250 OK\r\n".to_owned()
+                    };
+                    let _ = write.write_all(reply.as_bytes()).await;
+                    let _ = write.flush().await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn an_smtp_verdict_stands_when_quit_stalls_and_a_refusal_not_about_the_code_is_no_verdict() {
+    let mut stack = Stack::start();
+    let file = write(&stack, "providers.toml", "[sina]\nsmtp_probe = true\n");
+    let with_smtp_at = |addr: std::net::SocketAddr| {
+        let resolve = format!("smtp.sina.com:465={addr}");
+        vec![
+            "--providers".into(),
+            file.clone(),
+            "--probe-resolve".into(),
+            resolve,
+            "--probe-timeout".into(),
+            "3".into(),
+        ]
+    };
+    // AUTH accepted, then QUIT never answered: it was TIMED_OUT, and the good code refused.
+    stack.restart_with(&with_smtp_at(fake_smtps(&stack, "235 2.7.0 Authentication successful").await));
+    let bound = stack.admin().await.bind(ALICE, "sender", SecretString::from(ALICE_CODE)).await.unwrap();
+    assert_eq!(bound.probe.outcome, ProbeOutcome::Accepted, "{:?}", bound.probe);
+    // A refusal that is not about the code ("IP blocked"): it was REJECTED, with "not the login
+    // password" advice, and on Verify recorded as the provider refusing the code.
+    stack.restart_with(&with_smtp_at(fake_smtps(&stack, "554 5.7.1 IP address blocked").await));
+    let status = bob_bound_again_refused(&stack).await;
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    let info = status.get_details_error_info().unwrap();
+    assert_eq!(info.reason, "PROBE_PROTOCOL_ERROR", "{info:?}");
+    assert!(info.metadata["hint"].contains("nothing is concluded about the code"), "{:?}", info.metadata);
+    let verified = stack.admin().await.verify(ALICE, "sender").await.unwrap();
+    assert_eq!(verified.probe.outcome, ProbeOutcome::ProtocolError);
+    let row = stack.admin().await.get(ALICE, "sender").await.unwrap();
+    assert_eq!(row.last_probe_outcome, ProbeOutcome::Accepted, "an outage was recorded as a verdict");
+}
+
 /// A Bind of Bob's code for another client of his (IMAP takes it): its refusal.
 async fn bob_bound_again_refused(stack: &Stack) -> tonic::Status {
     let req = proto::BindRequest {

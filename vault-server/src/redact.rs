@@ -25,9 +25,10 @@ fn fold(c: char) -> char {
 /// The byte ranges of `text` that echo `secret`: every run of at least [`MIN_RUN`] of the
 /// secret's letters and digits, in order and in any case, that `text` holds in order with
 /// anything but letters and digits between them; and every base64, hex or percent-encoded run that
-/// decodes to such an echo (as an SMTP server may echo `AUTH PLAIN`'s argument). A secret with
-/// fewer than [`MIN_RUN`] letters and digits is matched exactly as it is, and not in encoded
-/// runs (loosely, a few characters would match everywhere). Ranges are sorted and do not overlap. Only the first
+/// decodes to such an echo (as an SMTP server may echo `AUTH PLAIN`'s argument); the secret's
+/// punctuation before and after its letters and digits goes with the echo. A secret with
+/// fewer than [`MIN_RUN`] letters and digits is matched whole (in any ASCII case), and not cut
+/// short or in encoded runs (loosely, a few characters would match everywhere). Ranges are sorted and do not overlap. Only the first
 /// [`MAX_SEARCHED`] bytes of `text` are searched; the time is linear in both lengths.
 pub fn echoes(text: &str, secret: &str) -> Vec<Range<usize>> {
     let text = &text[..floor_char_boundary(text, MAX_SEARCHED)];
@@ -85,18 +86,37 @@ impl<'a> Matcher<'a> {
                 _ => ranges.push(f.at.clone()),
             }
         }
+        // The secret's own punctuation before its first letter or digit, and after its last,
+        // where the text has it right there.
+        let lead = self.secret.chars().take_while(|c| !c.is_alphanumeric()).collect::<String>();
+        let trail = self.secret.chars().rev().take_while(|c| !c.is_alphanumeric()).collect::<Vec<_>>();
+        let trail: String = trail.into_iter().rev().collect();
+        for r in &mut ranges {
+            if !lead.is_empty() && text[..r.start].ends_with(lead.as_str()) {
+                r.start -= lead.len();
+            }
+            if !trail.is_empty() && text[r.end..].starts_with(trail.as_str()) {
+                r.end += trail.len();
+            }
+        }
         ranges
     }
 }
 
-/// Where `text` holds `secret` as it is, or as the quoted IMAP string it was sent as.
+/// Where `text` holds `secret` as it is, or as the quoted IMAP string it was sent as, in any
+/// ASCII case.
 fn exactly(text: &str, secret: &str) -> Vec<Range<usize>> {
     if secret.is_empty() {
         return Vec::new();
     }
+    // ASCII case folding keeps every byte where it was, so the ranges hold for `text`.
+    let (text, secret) = (text.to_ascii_lowercase(), secret.to_ascii_lowercase());
     let escaped = secret.replace('\\', "\\\\").replace('"', "\\\"");
     merged(
-        [secret, escaped.as_str()].iter().flat_map(|s| text.match_indices(*s).map(|(i, m)| i..i + m.len())).collect(),
+        [secret.as_str(), escaped.as_str()]
+            .iter()
+            .flat_map(|s| text.match_indices(*s).map(|(i, m)| i..i + m.len()))
+            .collect(),
     )
 }
 
@@ -295,6 +315,15 @@ mod tests {
     use super::*;
 
     const CODE: &str = "SinaCode12345678";
+
+    #[test]
+    fn a_code_s_punctuation_before_and_after_its_letters_goes_with_the_echo() {
+        let code = "!!!!Abcd1234efgh";
+        assert_eq!(redact("V1 NO bad \"!!!!Abcd1234efgh\"", code), "V1 NO bad \"[redacted]\"");
+        assert_eq!(redact("NO abcd1234efgh##, try again", "Abcd1234efgh##"), "NO [redacted], try again");
+        // A code with few letters and digits, in another case.
+        assert_eq!(redact("NO AB#$%^&*12 refused", "ab#$%^&*12"), "NO [redacted] refused");
+    }
 
     #[test]
     fn an_exact_echo_is_found() {

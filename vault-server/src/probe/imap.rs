@@ -97,11 +97,30 @@ where
         let text = wire_text(code.as_ref(), information.as_deref());
         return match status {
             Status::Ok => Ok(format!("OK {text}")),
-            Status::No => Err(Step::new(ProbeOutcome::Rejected, format!("{name}: NO {text}"))),
+            Status::No => Err(refusal(name, &text)),
             _ => Err(Step::new(ProbeOutcome::ProtocolError, format!("{name}: BAD {text}"))),
         };
     }
     Err(Step::new(ProbeOutcome::ProtocolError, format!("{name}: no completion after {MAX_RESPONSES} responses")))
+}
+
+/// Response codes (RFC 5530) with which a server says it could not do the command now, for
+/// reasons of its own: no verdict on the code.
+const NOT_NOW: [&str; 4] = ["[UNAVAILABLE]", "[INUSE]", "[SERVERBUG]", "[LIMIT]"];
+
+/// A NO: a refusal of the code (REJECTED), unless the server says it could not check it now.
+fn refusal(name: &str, text: &str) -> Step {
+    let upper = text.to_ascii_uppercase();
+    match NOT_NOW.iter().find(|code| upper.starts_with(*code)) {
+        Some(code) => {
+            let mut step = Step::new(ProbeOutcome::ProtocolError, format!("{name}: NO {text}"));
+            step.hint = Some(format!(
+                "the server could not check the code now ({code}); nothing is concluded about the code: try again later"
+            ));
+            step
+        }
+        None => Step::new(ProbeOutcome::Rejected, format!("{name}: NO {text}")),
+    }
 }
 
 fn wire_failure(name: &str, e: WireError) -> Step {
@@ -276,6 +295,42 @@ mod tests {
         let step = tokio::time::timeout(std::time::Duration::from_secs(5), probing).await.expect("the probe hung");
         assert_eq!((step.outcome, step.text.as_str()), (ProbeOutcome::Accepted, "OK Logged in"));
         assert!(started.elapsed() < std::time::Duration::from_secs(3));
+    }
+
+    /// A server that answers LOGIN with `reply` (after its tag).
+    async fn answering_login(reply: &'static str) -> std::net::SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (read, mut write) = stream.into_split();
+            let mut lines = BufReader::new(read).lines();
+            write.write_all(b"* OK ready\r\n").await.unwrap();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let tag = line.split(' ').next().unwrap_or("*").to_owned();
+                let _ = write.write_all(format!("{tag} {reply}\r\n").as_bytes()).await;
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_server_that_cannot_check_now_gives_no_verdict_and_a_plain_no_is_a_refusal() {
+        let registry = Registry::builtin();
+        let sina = registry.lookup("sina.com").unwrap();
+        let code = AuthCode::new("ABCDEFGH12345678");
+        for (reply, outcome) in [
+            ("NO [UNAVAILABLE] Temporary authentication failure", ProbeOutcome::ProtocolError),
+            ("NO [inuse] mailbox in use", ProbeOutcome::ProtocolError),
+            ("NO [SERVERBUG] internal error", ProbeOutcome::ProtocolError),
+            ("NO [AUTHENTICATIONFAILED] Authentication failed.", ProbeOutcome::Rejected),
+            ("NO LOGIN failed", ProbeOutcome::Rejected),
+        ] {
+            let stream = TcpStream::connect(answering_login(reply).await).await.unwrap();
+            let step = probe(stream, sina, "a@sina.com", &code).await;
+            assert_eq!(step.outcome, outcome, "{reply}: {}", step.text);
+            assert_eq!(step.hint.is_some(), outcome == ProbeOutcome::ProtocolError, "{reply}");
+        }
     }
 
     #[tokio::test]

@@ -51,7 +51,7 @@ impl FailedProbe {
 const MAX_RESPONSE_CHARS: usize = 200;
 
 /// Makes server text safe to show: no control characters, bounded length, and the secret
-/// replaced wherever a server echoes it (in any case or spacing, escaped, cut short, or encoded).
+/// replaced wherever a server echoes it (see `redact::echoes` for how).
 pub fn sanitize(text: &str, secret: &str) -> String {
     let cleaned: String = text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
     let redacted = crate::redact::redact(&cleaned, secret);

@@ -65,15 +65,34 @@ pub async fn probe(stream: TlsStream<TcpStream>, provider: &Provider, login: &st
     let credentials = Credentials::new(login.to_owned(), code.expose().to_owned());
     let step = match conn.auth(&[Mechanism::Plain, Mechanism::Login], &credentials).await {
         Ok(resp) => Step::new(ProbeOutcome::Accepted, format!("AUTH: {}", resp.code())),
-        Err(e) if e.status().is_some_and(|c| c.to_string() == "535") => {
-            let mut s = Step::new(ProbeOutcome::Rejected, format!("AUTH: {e}"));
+        Err(e) => auth_refused(provider, e.status().map(|c| c.to_string()).as_deref(), format!("AUTH: {e}")),
+    };
+    drop(credentials);
+    // The answer is already known: a QUIT that stalls must not turn it into a timeout.
+    let _ = tokio::time::timeout(QUIT_WAIT, conn.quit()).await;
+    step
+}
+
+/// How long a finished probe waits for the server's answer to QUIT.
+const QUIT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A refused AUTH: 535 (credentials invalid) and 534 (Gmail: an app password is required) are
+/// refusals of the code; any other reply (530, 554 "IP blocked", 4xx "try later") is no verdict.
+fn auth_refused(provider: &Provider, status: Option<&str>, text: String) -> Step {
+    match status {
+        Some("535" | "534") => {
+            let mut s = Step::new(ProbeOutcome::Rejected, text);
             s.hint = Some(provider.smtp_rejected_hint());
             s
         }
-        Err(e) if e.is_permanent() => Step::new(ProbeOutcome::Rejected, format!("AUTH: {e}")),
-        Err(e) => Step::new(ProbeOutcome::ProtocolError, format!("AUTH: {e}")),
-    };
-    drop(credentials);
-    let _ = conn.quit().await;
-    step
+        _ => {
+            let mut s = Step::new(ProbeOutcome::ProtocolError, text);
+            s.hint = Some(
+                "the SMTP server refused AUTH for a reason other than the code (see its reply); nothing is \
+                 concluded about the code"
+                    .into(),
+            );
+            s
+        }
+    }
 }
