@@ -79,20 +79,16 @@ const QUIT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 /// A refused AUTH: 535 (credentials invalid) and 534 (Gmail: an app password is required) are
 /// refusals of the code; any other reply (530, 554 "IP blocked", 4xx "try later") is no verdict.
 fn auth_refused(provider: &Provider, status: Option<&str>, text: String) -> Step {
-    match status {
-        Some("535" | "534") => {
-            let mut s = Step::new(ProbeOutcome::Rejected, text);
-            s.hint = Some(provider.smtp_rejected_hint());
-            s
-        }
-        _ => {
-            let mut s = Step::new(ProbeOutcome::ProtocolError, text);
-            s.hint = Some(
-                "the SMTP server refused AUTH for a reason other than the code (see its reply); nothing is \
-                 concluded about the code"
-                    .into(),
-            );
-            s
-        }
+    if let Some("535" | "534") = status {
+        let mut s = Step::new(ProbeOutcome::Rejected, text);
+        s.hint = Some(provider.smtp_rejected_hint());
+        return s;
     }
+    let mut s = Step::new(ProbeOutcome::ProtocolError, text);
+    s.hint = Some(
+        "the SMTP server refused AUTH for a reason other than the code (see its reply); nothing is concluded \
+         about the code"
+            .into(),
+    );
+    s
 }
