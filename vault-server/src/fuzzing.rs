@@ -134,14 +134,14 @@ pub fn bearer_tokens(data: &[u8]) {
 }
 
 /// The `--providers` file: an error is one line; an accepted file gives a registry in which
-/// every domain belongs to exactly the provider that lists it.
+/// every domain belongs to exactly the provider that lists it. (A built-in provider whose
+/// domains all moved to another table is left with none, and probes nothing: valid.)
 pub fn providers_toml(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else { return };
     match Registry::from_toml(text) {
         Err(e) => assert!(!e.contains('\n') && !e.is_empty(), "{e:?}"),
         Ok(registry) => {
             for p in registry.providers() {
-                assert!(!p.domains.is_empty(), "[{}] has no domain", p.id);
                 for d in &p.domains {
                     assert_eq!(registry.lookup(d).map(|q| q.id.as_str()), Some(p.id.as_str()), "{d}");
                 }

@@ -58,15 +58,20 @@ fn endpoint(id: &str, field: &str, v: Option<String>) -> Result<Option<Endpoint>
     v.map(|s| s.parse::<Endpoint>().map_err(|e| format!("[{id}] {field}: {e}"))).transpose()
 }
 
+/// The table's domains, lower-cased, each once.
 fn domains(id: &str, v: Vec<String>) -> Result<Vec<String>, String> {
-    v.into_iter()
-        .map(|d| {
-            let d = d.trim().to_ascii_lowercase();
-            let ok = d.contains('.') && super::is_host_name(&d);
+    let mut out: Vec<String> = Vec::new();
+    for d in v {
+        let d = d.trim().to_ascii_lowercase();
+        if !super::is_host_name(&d) {
             // Echoed escaped: a value with a line break must not break the one-line error.
-            if ok { Ok(d) } else { Err(format!("[{id}] domains: '{}' is not a domain name", d.escape_debug())) }
-        })
-        .collect()
+            return Err(format!("[{id}] domains: '{}' is not a domain name", d.escape_debug()));
+        }
+        if !out.contains(&d) {
+            out.push(d);
+        }
+    }
+    Ok(out)
 }
 
 fn valid_id(id: &str) -> bool {
@@ -127,7 +132,9 @@ fn apply_patch(id: &str, patch: Patch, existing: Option<Provider>) -> Result<Pro
 pub(super) fn parse_into(text: &str, providers: &mut Vec<Provider>) -> Result<(), String> {
     let patches: BTreeMap<String, Patch> = toml::from_str(text).map_err(|e| {
         let line = e.span().map_or(0, |span| text[..span.start.min(text.len())].matches('\n').count() + 1);
-        format!("invalid TOML at line {line}: {}", e.message().trim().replace(['\r', '\n'], " "))
+        // Escaped as every other error here: a control character in a key must not reach the
+        // terminal.
+        format!("invalid TOML at line {line}: {}", e.message().trim().replace(['\r', '\n'], " ").escape_debug())
     })?;
     // A domain in two tables would go to the one whose id sorts last: refused as ambiguous.
     let mut named: BTreeMap<String, &str> = BTreeMap::new();
@@ -248,6 +255,10 @@ mod tests {
             ("[sina]\nname = \"\"\n", "[sina] name"),
             ("[sina]\nsettings_path = \"a\\u001b[31mb\"\n", "[sina] settings_path"),
             ("[sina]\nname = \"nul\\u0000\"\n", "[sina] name"),
+            // Found by an attack: IP addresses the resolver reads, not caught as such.
+            ("[sina]\nimap = \"0x7f000001:993\"\n", "[sina] imap"),
+            ("[sina]\nimap = \"127.0.0.0x1:993\"\n", "[sina] imap"),
+            ("[sina]\nimap = \"127.1:993\"\n", "[sina] imap"),
             // Which would win is no order a reader sees (tables are applied by id).
             (
                 "[zmail]\ndomains = [\"x.example\"]\n[sina]\ndomains = [\"X.example\"]\n",
@@ -258,5 +269,19 @@ mod tests {
             assert!(e.contains(needle), "{text}: {e}");
             assert!(!e.contains('\n'), "one line: {e}");
         }
+        // A control character in a key TOML names reaches no terminal.
+        let e = parse("[sina]\n\"\\u001b[2J\" = 1\n").expect_err("unknown key");
+        assert!(!e.chars().any(char::is_control), "{e:?}");
+    }
+
+    #[test]
+    fn a_new_provider_may_name_a_domain_twice() {
+        let ps = parse(
+            "[corp]\nname = \"Corp\"\ndomains = [\"corp.example\", \"Corp.Example\"]\nimap = \"imap.corp.example:993\"\n\
+             smtp = \"smtp.corp.example:465\"\ncode_format = { kind = \"letters\", len = 16 }\nsettings_path = \"x\"\n",
+        )
+        .unwrap();
+        assert_eq!(find(&ps, "corp").domains, ["corp.example"]);
+        assert!(crate::provider::Registry::from_providers(ps).is_ok(), "refused as claimed by [corp] and [corp]");
     }
 }

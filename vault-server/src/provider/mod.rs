@@ -44,9 +44,10 @@ impl std::str::FromStr for Endpoint {
     }
 }
 
-/// Whether `s` is a DNS host name: at most 253 characters of dot-separated labels, each 1-63
-/// ASCII letters, digits or `-` and not starting or ending with `-`, the last not all digits (an
-/// IP address is no provider's name).
+/// Whether `s` is a DNS host name: at most 253 characters of at least two dot-separated labels,
+/// each 1-63 ASCII letters, digits or `-` and not starting or ending with `-`, the last (the
+/// top-level domain) letters only or `xn--` punycode. An IP address in any form the resolver
+/// reads (`127.1`, `0x7f000001`, `127.0.0.0x1`) is no provider's name.
 pub(crate) fn is_host_name(s: &str) -> bool {
     let label_ok = |l: &str| {
         (1..=63).contains(&l.len())
@@ -54,9 +55,8 @@ pub(crate) fn is_host_name(s: &str) -> bool {
             && !l.starts_with('-')
             && !l.ends_with('-')
     };
-    s.len() <= 253
-        && s.split('.').all(label_ok)
-        && s.rsplit('.').next().is_some_and(|last| !last.bytes().all(|b| b.is_ascii_digit()))
+    let top_level_ok = |l: &str| l.bytes().all(|b| b.is_ascii_alphabetic()) || l.starts_with("xn--");
+    s.len() <= 253 && s.contains('.') && s.split('.').all(label_ok) && s.rsplit('.').next().is_some_and(top_level_ok)
 }
 
 impl fmt::Display for Endpoint {

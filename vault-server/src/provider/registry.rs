@@ -34,7 +34,7 @@ impl Registry {
         Self::from_providers(providers)
     }
 
-    fn from_providers(providers: Vec<Provider>) -> Result<Self, String> {
+    pub(super) fn from_providers(providers: Vec<Provider>) -> Result<Self, String> {
         let mut by_id = HashMap::new();
         let mut by_domain: HashMap<String, Arc<Provider>> = HashMap::new();
         for p in providers {
