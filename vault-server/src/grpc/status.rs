@@ -114,6 +114,10 @@ impl From<VaultError> for Status {
                 tracing::error!(error = %msg, "internal error");
                 Status::internal("internal error; see the server log")
             }
+            e @ VaultError::ProviderGone(_) => {
+                tracing::error!(error = %e, "internal error");
+                Status::internal("internal error; see the server log")
+            }
         }
     }
 }

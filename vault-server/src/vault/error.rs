@@ -54,6 +54,9 @@ pub enum VaultError {
     /// new key.
     #[error("data-key rotation is not available on a shared database")]
     RotationShared,
+    /// A binding whose provider is no longer in the registry (removed from the providers file).
+    #[error("the binding's provider {0} is no longer configured (--providers)")]
+    ProviderGone(String),
     #[error("internal error: {0}")]
     Internal(String),
 }

@@ -250,9 +250,7 @@ impl Vault {
     }
 
     fn provider_of_row(&self, row: &CredentialRow) -> Result<Arc<Provider>, VaultError> {
-        self.registry.by_id(&row.provider).cloned().ok_or_else(|| {
-            VaultError::Internal(format!("binding refers to provider {} that is no longer configured", row.provider))
-        })
+        self.registry.by_id(&row.provider).cloned().ok_or_else(|| VaultError::ProviderGone(row.provider.clone()))
     }
 
     /// Rejects a code that cannot be this provider's, before any network.

@@ -162,6 +162,32 @@ async fn rows_that_cannot_be_probed_never_keep_the_sweep_from_the_others() {
     }
 }
 
+#[tokio::test]
+async fn a_binding_whose_provider_was_removed_is_reported_once_a_period() {
+    use super::sweep::{Sweep, SweepSettings};
+    let timer = Arc::new(SimTimer::default());
+    let clock = Arc::new(FakeClock::default());
+    clock.set(1000 * DAY);
+    let (tmp, vault) = testkit::vault_with(clock.clone(), Scripted::new(&[Accepted]), ProbeBudget::new(10, 10));
+    bind(&vault, "old@sina.com").await;
+    // Its provider since removed from the providers file.
+    let db = rusqlite::Connection::open(tmp.path().join("vault.db")).unwrap();
+    assert_eq!(db.execute("UPDATE credentials SET provider = 'gonemail'", []).unwrap(), 1);
+    drop(db);
+    clock.set(1002 * DAY);
+    let settings = SweepSettings { every: std::time::Duration::from_secs(86_400), rate_per_host: 1.0 };
+    let mut sweep = Sweep::with_timer(vault.clone(), settings, timer.clone());
+    let started = timer.now();
+    while timer.now() - started < std::time::Duration::from_secs(6 * 3600) {
+        let wait = sweep.pass().await.unwrap();
+        timer.sleep_until(timer.now() + wait).await;
+    }
+    let text = vault.metrics.render(&crate::metrics::Scraped::default()).unwrap();
+    let line = text.lines().find(|l| l.starts_with("vault_scheduled_verifications_total{outcome=\"SKIPPED_ERROR\"}"));
+    let line = line.unwrap_or_default().to_owned();
+    assert!(line.ends_with(" 1"), "reported more than once in 6 hours of a 24-hour period: {line}");
+}
+
 /// Simulated time: a wait ends at once, with the clock moved on to its end (and the vault's
 /// clock too, when it drives one).
 #[derive(Debug)]
