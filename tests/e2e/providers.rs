@@ -141,7 +141,7 @@ async fn smtp_auth_535_is_rejected_with_the_advice_users_need() {
     let mut c = stack.admin().await;
     let err = c.bind(ALICE, "sender", SecretString::from(ALICE_CODE)).await.unwrap_err();
     assert!(
-        matches!(err, vault_client::Error::ProbeRejected { ref hint, .. } if hint.contains("SMTP AUTH (535)")),
+        matches!(err, vault_client::Error::ProbeRejected { ref hint, .. } if hint.contains("refused SMTP AUTH: use the")),
         "{err:?}"
     );
 }

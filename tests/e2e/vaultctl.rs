@@ -110,6 +110,9 @@ fn vaultctl_binds_from_stdin_reviews_audits_and_says_what_failed_by_exit_code() 
         &["Typed1Code2Here3"],
         &["rotate", ALICE, "x", "--expected-version", "Typed1Code2Here3"],
         &["bind", ALICE, "x", "-Typed1Code2Here3"],
+        // Found by the review: a value given to a flag that takes none, and a time unit.
+        &["list", "--rejected=Typed1Code2Here3"],
+        &["review", "--not-verified-for", "9Typed1Code2Here3"],
     ] {
         let typed = vaultctl(&stack, &admin, args, None);
         assert_eq!(typed.status.code(), Some(2), "{args:?}");

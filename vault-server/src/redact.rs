@@ -91,12 +91,18 @@ impl<'a> Matcher<'a> {
         let lead = self.secret.chars().take_while(|c| !c.is_alphanumeric()).collect::<String>();
         let trail = self.secret.chars().rev().take_while(|c| !c.is_alphanumeric()).collect::<Vec<_>>();
         let trail: String = trail.into_iter().rev().collect();
+        // As sent, or as the IMAP LOGIN string escaped it (the longer form first).
+        let forms = |p: &str| {
+            let escaped = imap_escaped(p);
+            if escaped.len() > p.len() { [escaped, p.to_owned()] } else { [p.to_owned(), String::new()] }
+        };
+        let (leads, trails) = (forms(&lead), forms(&trail));
         for r in &mut ranges {
-            if !lead.is_empty() && text[..r.start].ends_with(lead.as_str()) {
-                r.start -= lead.len();
+            if let Some(l) = leads.iter().find(|l| !l.is_empty() && text[..r.start].ends_with(l.as_str())) {
+                r.start -= l.len();
             }
-            if !trail.is_empty() && text[r.end..].starts_with(trail.as_str()) {
-                r.end += trail.len();
+            if let Some(t) = trails.iter().find(|t| !t.is_empty() && text[r.end..].starts_with(t.as_str())) {
+                r.end += t.len();
             }
         }
         ranges
@@ -111,13 +117,18 @@ fn exactly(text: &str, secret: &str) -> Vec<Range<usize>> {
     }
     // ASCII case folding keeps every byte where it was, so the ranges hold for `text`.
     let (text, secret) = (text.to_ascii_lowercase(), secret.to_ascii_lowercase());
-    let escaped = secret.replace('\\', "\\\\").replace('"', "\\\"");
+    let escaped = imap_escaped(&secret);
     merged(
         [secret.as_str(), escaped.as_str()]
             .iter()
             .flat_map(|s| text.match_indices(*s).map(|(i, m)| i..i + m.len()))
             .collect(),
     )
+}
+
+/// `s` as the inside of an IMAP quoted string.
+fn imap_escaped(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"")
 }
 
 /// `ranges` sorted, overlapping ones joined.
@@ -321,6 +332,9 @@ mod tests {
         let code = "!!!!Abcd1234efgh";
         assert_eq!(redact("V1 NO bad \"!!!!Abcd1234efgh\"", code), "V1 NO bad \"[redacted]\"");
         assert_eq!(redact("NO abcd1234efgh##, try again", "Abcd1234efgh##"), "NO [redacted], try again");
+        // As IMAP LOGIN quoted it, its `"` escaped.
+        assert_eq!(redact("BAD \"!\\\"Abcd1234efgh\"", "!\"Abcd1234efgh"), "BAD \"[redacted]\"");
+        assert_eq!(redact("NO \"Abcd1234efgh\\\"\" x", "Abcd1234efgh\""), "NO \"[redacted]\" x");
         // A code with few letters and digits, in another case.
         assert_eq!(redact("NO AB#$%^&*12 refused", "ab#$%^&*12"), "NO [redacted] refused");
     }

@@ -41,7 +41,7 @@ pub(crate) async fn imap_outcome<S>(
     code: &AuthCode,
 ) -> (ProbeOutcome, String)
 where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let step = imap::probe(stream, provider, login, code).await;
     (step.outcome, step.text)

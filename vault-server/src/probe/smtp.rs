@@ -1,4 +1,6 @@
-//! The SMTP AUTH probe (lettre) on implicit TLS: EHLO, AUTH, QUIT. A `535` is a refused code.
+//! The SMTP AUTH probe (lettre) on implicit TLS: EHLO, AUTH, QUIT. A `535` (or Gmail's `534
+//! 5.7.9`, "application-specific password required") is a refused code; another refusal is no
+//! verdict on it.
 
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{AsyncSmtpConnection, AsyncTokioStream};
@@ -65,21 +67,31 @@ pub async fn probe(stream: TlsStream<TcpStream>, provider: &Provider, login: &st
     let credentials = Credentials::new(login.to_owned(), code.expose().to_owned());
     let step = match conn.auth(&[Mechanism::Plain, Mechanism::Login], &credentials).await {
         Ok(resp) => Step::new(ProbeOutcome::Accepted, format!("AUTH: {}", resp.code())),
+        Err(e) if e.status().is_none() => {
+            // No reply to judge: the connection failed, or the reply did not parse.
+            let outcome = if e.is_response() { ProbeOutcome::ProtocolError } else { ProbeOutcome::Unreachable };
+            Step::new(outcome, format!("AUTH: {e}"))
+        }
         Err(e) => auth_refused(provider, e.status().map(|c| c.to_string()).as_deref(), format!("AUTH: {e}")),
     };
     drop(credentials);
-    // The answer is already known: a QUIT that stalls must not turn it into a timeout.
-    let _ = tokio::time::timeout(QUIT_WAIT, conn.quit()).await;
+    // The answer is already known: QUIT is sent on the side, so a QUIT that stalls (past the
+    // probe's own deadline too) cannot turn it into a timeout.
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(QUIT_WAIT, conn.quit()).await;
+    });
     step
 }
 
 /// How long a finished probe waits for the server's answer to QUIT.
 const QUIT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// A refused AUTH: 535 (credentials invalid) and 534 (Gmail: an app password is required) are
-/// refusals of the code; any other reply (530, 554 "IP blocked", 4xx "try later") is no verdict.
+/// A refused AUTH: 535 (credentials invalid) and Gmail's 534 5.7.9 (an application-specific
+/// password is required, so a login password was given) are refusals of the code; any other
+/// reply (534 "too weak" or "log in via your web browser", 530, 554 "IP blocked", 4xx "try
+/// later") is no verdict.
 fn auth_refused(provider: &Provider, status: Option<&str>, text: String) -> Step {
-    if let Some("535" | "534") = status {
+    if status == Some("535") || (status == Some("534") && text.contains("5.7.9")) {
         let mut s = Step::new(ProbeOutcome::Rejected, text);
         s.hint = Some(provider.smtp_rejected_hint());
         return s;
@@ -91,4 +103,35 @@ fn auth_refused(provider: &Provider, status: Option<&str>, text: String) -> Step
             .into(),
     );
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::auth_refused;
+    use crate::outcome::ProbeOutcome;
+    use crate::provider::Registry;
+
+    #[test]
+    fn only_535_and_gmail_s_app_password_534_are_refusals_of_the_code() {
+        let registry = Registry::builtin();
+        let p = registry.lookup("sina.com").unwrap();
+        for (status, text, outcome) in [
+            ("535", "AUTH: permanent error (535): 5.7.8 Username and Password not accepted", ProbeOutcome::Rejected),
+            (
+                "534",
+                "AUTH: permanent error (534): 5.7.9 Application-specific password required",
+                ProbeOutcome::Rejected,
+            ),
+            (
+                "534",
+                "AUTH: permanent error (534): 5.7.14 Please log in via your web browser",
+                ProbeOutcome::ProtocolError,
+            ),
+            ("534", "AUTH: permanent error (534): Authentication mechanism is too weak", ProbeOutcome::ProtocolError),
+            ("554", "AUTH: permanent error (554): 5.7.1 IP address blocked", ProbeOutcome::ProtocolError),
+            ("454", "AUTH: transient error (454): try again later", ProbeOutcome::ProtocolError),
+        ] {
+            assert_eq!(auth_refused(p, Some(status), text.into()).outcome, outcome, "{text}");
+        }
+    }
 }

@@ -258,7 +258,7 @@ mod tests {
             // Found by an attack: IP addresses the resolver reads, not caught as such.
             ("[sina]\nimap = \"0x7f000001:993\"\n", "[sina] imap"),
             ("[sina]\nimap = \"127.0.0.0x1:993\"\n", "[sina] imap"),
-            ("[sina]\nimap = \"127.1:993\"\n", "[sina] imap"),
+            ("[sina]\nimap = \"localhost:993\"\n", "[sina] imap"),
             // Which would win is no order a reader sees (tables are applied by id).
             (
                 "[zmail]\ndomains = [\"x.example\"]\n[sina]\ndomains = [\"X.example\"]\n",

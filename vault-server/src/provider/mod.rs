@@ -188,10 +188,10 @@ impl Provider {
         )
     }
 
-    /// The hint when SMTP AUTH answered 535.
+    /// The hint when SMTP AUTH refused the code (535, or Gmail's 534 5.7.9).
     pub fn smtp_rejected_hint(&self) -> String {
         format!(
-            "{} refused SMTP AUTH (535): use the {}, not the login password; make sure IMAP/SMTP is enabled in \
+            "{} refused SMTP AUTH: use the {}, not the login password; make sure IMAP/SMTP is enabled in \
              webmail ({}).",
             self.name,
             self.code_format.noun(),

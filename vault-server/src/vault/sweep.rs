@@ -19,6 +19,7 @@ use rand::Rng as _;
 
 use super::{Vault, VaultError};
 use crate::ids::{ClientId, Mailbox};
+use crate::outcome::ProbeOutcome;
 use crate::store::{CredentialRow, DuePosition, Millis};
 
 /// Due rows read per pass, on from where the previous pass stopped: rows it skips stay the
@@ -219,7 +220,7 @@ impl Sweep {
         match self.vault.verify_due(mailbox, client, due_before).await {
             Ok(Some(report)) => {
                 self.host_free_at.insert(host.clone(), self.timer.now() + gap);
-                if report.outcome == crate::outcome::ProbeOutcome::Accepted {
+                if report.outcome == ProbeOutcome::Accepted {
                     tracing::info!(mailbox = %pair.0, client = %pair.1, outcome = "ACCEPTED", "scheduled verify");
                 } else {
                     let outcome = report.outcome.as_str();
@@ -227,14 +228,22 @@ impl Sweep {
                 }
                 self.vault.metrics.observe_sweep(report.outcome.as_str());
                 let longest = self.settings.every.min(OUTAGE_RETRY);
-                if report.outcome.is_verdict() {
+                // The host answered (a verdict, or a reply about this mailbox such as NO [INUSE]):
+                // it is up, whatever this code's fate.
+                let answered = !matches!(
+                    report.outcome,
+                    ProbeOutcome::Unreachable | ProbeOutcome::TimedOut | ProbeOutcome::TlsFailed
+                );
+                if answered {
                     self.hosts_down.remove(&host);
                 } else {
-                    // Still due (an outage checked nothing): this code waits long, so that a
-                    // mailbox the provider never answers does not hold its host back; the host
-                    // waits a while, longer while its outages go on.
+                    // The host waits a while, longer while its outages go on.
                     let wait = self.hosts_down.get(&host).map_or(HOST_FIRST_RETRY, |&(_, next)| next).min(longest);
                     self.hosts_down.insert(host, (self.timer.now() + wait, (wait * 2).min(longest)));
+                }
+                if !report.outcome.is_verdict() {
+                    // Still due (nothing was checked): this code waits long, so that a mailbox
+                    // the provider never answers does not hold its host back.
                     self.skipped.insert(pair, self.timer.now() + longest);
                 }
                 true

@@ -163,6 +163,38 @@ async fn rows_that_cannot_be_probed_never_keep_the_sweep_from_the_others() {
 }
 
 #[tokio::test]
+async fn a_mailbox_the_server_cannot_check_now_does_not_hold_its_host_back() {
+    use super::sweep::{Sweep, SweepSettings};
+    let timer = Arc::new(SimTimer::default());
+    let clock = Arc::new(FakeClock::default());
+    clock.set(1000 * DAY);
+    let prober = Scripted::new(&[Accepted; 10]);
+    let (_tmp, vault) = testkit::vault_with(clock.clone(), prober.clone(), ProbeBudget::new(10, 10));
+    for i in 0..10 {
+        bind(&vault, &format!("m{i}@sina.com")).await;
+    }
+    clock.set(1002 * DAY);
+    // The oldest gets NO [INUSE] (no verdict, but the server answered); the others are fine.
+    prober.then(&[crate::outcome::ProbeOutcome::ProtocolError]);
+    prober.then(&[Accepted; 9]);
+    // A short period, so that the sweep's pace (a probe every few seconds) is quicker than an
+    // outage's first wait (60 s).
+    let settings = SweepSettings { every: std::time::Duration::from_secs(200), rate_per_host: 1.0 };
+    let mut sweep = Sweep::with_timer(vault.clone(), settings, timer.clone());
+    let started = timer.now();
+    let (last, c) = ids("m9@sina.com");
+    while vault.get(&last, &c).await.unwrap().last_verified_at != Some(1002 * DAY) {
+        assert!(timer.now() - started < std::time::Duration::from_secs(600), "never reached");
+        let wait = sweep.pass().await.unwrap();
+        timer.sleep_until(timer.now() + wait).await;
+    }
+    // The host was not taken for down: the pace alone (nine jittered probes about 10 s apart:
+    // 82-100 s in 12 runs), not an outage's wait on top of it (137-147 s in 12 runs when
+    // NO [INUSE] counted as the host down).
+    assert!(timer.now() - started < std::time::Duration::from_secs(118), "{:?}", timer.now() - started);
+}
+
+#[tokio::test]
 async fn a_binding_whose_provider_was_removed_is_reported_once_a_period() {
     use super::sweep::{Sweep, SweepSettings};
     let timer = Arc::new(SimTimer::default());

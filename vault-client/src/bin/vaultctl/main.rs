@@ -126,9 +126,9 @@ async fn main() -> ExitCode {
     }
 }
 
-/// clap's message, except where it would repeat a word typed on the command line that may be a
-/// code (after the pair, as a command, or as a flag's value): those say what was wrong without
-/// the word, since clap would print it into a terminal's scrollback or a CI log.
+/// clap's message where it names only flags and commands; otherwise what was wrong without the
+/// word typed (a code typed after the pair, as a command, or as a flag's value), which clap
+/// would print into a terminal's scrollback or a CI log.
 fn usage_error(e: &clap::Error) -> ExitCode {
     use clap::error::{ContextKind, ContextValue, ErrorKind};
     let context = |kind| match e.get(kind) {
@@ -144,31 +144,37 @@ fn usage_error(e: &clap::Error) -> ExitCode {
     };
     let arg = context(ContextKind::InvalidArg).unwrap_or("an argument");
     let said = match e.kind() {
-        ErrorKind::UnknownArgument if !context(ContextKind::InvalidArg).is_some_and(flag_like) => {
-            "an unexpected argument after the command's own".to_owned()
-        }
+        // These repeat nothing typed but flag and command names.
+        ErrorKind::DisplayHelp
+        | ErrorKind::DisplayVersion
+        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+        | ErrorKind::MissingRequiredArgument
+        | ErrorKind::MissingSubcommand
+        | ErrorKind::ArgumentConflict => None,
+        ErrorKind::UnknownArgument if context(ContextKind::InvalidArg).is_some_and(flag_like) => None,
+        ErrorKind::UnknownArgument => Some("an unexpected argument after the command's own".to_owned()),
         ErrorKind::InvalidSubcommand => {
-            "an unknown command (bind, rotate, revoke, verify, get, list, review, audit, reveal)".to_owned()
+            Some("an unknown command (bind, rotate, revoke, verify, get, list, review, audit, reveal)".to_owned())
         }
         ErrorKind::InvalidValue | ErrorKind::ValueValidation => {
-            // The validator's reason, unless it repeats the value.
+            // The validator's reason, unless it repeats any of the value (humantime quotes the
+            // unit it could not read).
             let value = context(ContextKind::InvalidValue).unwrap_or_default();
-            let why = std::error::Error::source(e)
-                .map(ToString::to_string)
-                .filter(|why| value.is_empty() || !why.contains(value));
+            let why = std::error::Error::source(e).map(ToString::to_string).filter(|why| !shares_a_run(why, value));
             let valid = match e.get(ContextKind::ValidValue) {
                 Some(ContextValue::Strings(v)) => Some(format!("one of {}", v.join(", "))),
                 _ => None,
             };
-            match why.or(valid) {
+            Some(match why.or(valid) {
                 Some(why) => format!("an invalid value for {arg}: {why}"),
                 None => format!("an invalid value for {arg}"),
-            }
+            })
         }
-        _ => {
-            let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
-        }
+        _ => Some(format!("a usage error at {arg}")),
+    };
+    let Some(said) = said else {
+        let _ = e.print();
+        return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
     };
     let _ = writeln!(
         std::io::stderr(),
@@ -176,6 +182,13 @@ fn usage_error(e: &clap::Error) -> ExitCode {
          command line); see vaultctl --help"
     );
     ExitCode::from(2)
+}
+
+/// Whether `text` holds any 4 characters in a row of `value`.
+fn shares_a_run(text: &str, value: &str) -> bool {
+    let value: Vec<char> = value.chars().collect();
+    value.windows(4).any(|w| text.contains(&w.iter().collect::<String>()))
+        || (value.len() < 4 && !value.is_empty() && text.contains(&value.iter().collect::<String>()))
 }
 
 fn exit_code(e: &Error) -> u8 {
