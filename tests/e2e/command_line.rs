@@ -208,17 +208,25 @@ fn a_token_that_cannot_be_written_out_is_not_left_valid() {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap()
     };
-    // A pipe nobody reads any more: the write fails after the mint, and the token is revoked
-    // again. (The reader is gone long before the passphrase is stretched and the token made.)
-    let mut child = std::process::Command::new(BIN)
-        .args(&create)
-        .env_remove("VAULT_PASSPHRASE")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    drop(child.stdout.take());
-    let out = child.wait_with_output().unwrap();
+    // `create`, with its stdout (or stderr) a pipe whose reader is gone long before the
+    // passphrase is stretched and the token made.
+    let closing = |stdout: bool| {
+        let mut child = std::process::Command::new(BIN)
+            .args(&create)
+            .env_remove("VAULT_PASSPHRASE")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        if stdout {
+            drop(child.stdout.take());
+        } else {
+            drop(child.stderr.take());
+        }
+        child.wait_with_output().unwrap()
+    };
+    // A stdout nobody reads: the write fails after the mint, and the token is revoked again.
+    let out = closing(true);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let err = one_line_error(&out);
     assert!(err.contains("cannot write to standard output") && err.contains("revoked again"), "{err}");
@@ -230,15 +238,7 @@ fn a_token_that_cannot_be_written_out_is_not_left_valid() {
     );
     // A stderr nobody reads any more: the note before the token failed with a panic (exit 101,
     // the token minted and never shown). The token is shown, and works.
-    let mut child = std::process::Command::new(BIN)
-        .args(&create)
-        .env_remove("VAULT_PASSPHRASE")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    drop(child.stderr.take());
-    let out = child.wait_with_output().unwrap();
+    let out = closing(false);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let shown = String::from_utf8(out.stdout).unwrap();
     assert!(shown.trim().starts_with("avt_"), "{shown:?}");

@@ -278,8 +278,9 @@ mod tests {
         assert_eq!(seen, ["LOGIN", "ID", "EXAMINE", "LOGOUT"]);
     }
 
-    /// A server that accepts LOGIN and then never answers, holding the connection open.
-    async fn silent_after_login() -> std::net::SocketAddr {
+    /// A server that answers LOGIN with `reply` (after its tag), and then every other command
+    /// too, or (`then_silent`) nothing more, holding the connection open.
+    async fn answering_login(reply: &'static str, then_silent: bool) -> std::net::SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
@@ -287,10 +288,15 @@ mod tests {
             let (read, mut write) = stream.into_split();
             let mut lines = BufReader::new(read).lines();
             write.write_all(b"* OK ready\r\n").await.unwrap();
-            let login = lines.next_line().await.unwrap().unwrap();
-            let tag = login.split(' ').next().unwrap().to_owned();
-            write.write_all(format!("{tag} OK Logged in\r\n").as_bytes()).await.unwrap();
-            while let Ok(Some(_)) = lines.next_line().await {}
+            let mut answered = 0;
+            while let Ok(Some(line)) = lines.next_line().await {
+                if then_silent && answered == 1 {
+                    continue;
+                }
+                let tag = line.split(' ').next().unwrap_or("*").to_owned();
+                let _ = write.write_all(format!("{tag} {reply}\r\n").as_bytes()).await;
+                answered += 1;
+            }
         });
         addr
     }
@@ -298,30 +304,13 @@ mod tests {
     #[tokio::test]
     async fn a_logout_that_never_completes_does_not_undo_an_accepted_login() {
         let registry = Registry::builtin();
-        let stream = TcpStream::connect(silent_after_login().await).await.unwrap();
+        let stream = TcpStream::connect(answering_login("OK Logged in", true).await).await.unwrap();
         let started = std::time::Instant::now();
         let code = AuthCode::new("ABCDEFGH12345678");
         let probing = probe(stream, registry.lookup("sina.com").unwrap(), "a@sina.com", &code);
         let step = tokio::time::timeout(std::time::Duration::from_secs(5), probing).await.expect("the probe hung");
         assert_eq!((step.outcome, step.text.as_str()), (ProbeOutcome::Accepted, "OK Logged in"));
         assert!(started.elapsed() < std::time::Duration::from_secs(3));
-    }
-
-    /// A server that answers LOGIN with `reply` (after its tag).
-    async fn answering_login(reply: &'static str) -> std::net::SocketAddr {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            let (stream, _) = listener.accept().await.unwrap();
-            let (read, mut write) = stream.into_split();
-            let mut lines = BufReader::new(read).lines();
-            write.write_all(b"* OK ready\r\n").await.unwrap();
-            while let Ok(Some(line)) = lines.next_line().await {
-                let tag = line.split(' ').next().unwrap_or("*").to_owned();
-                let _ = write.write_all(format!("{tag} {reply}\r\n").as_bytes()).await;
-            }
-        });
-        addr
     }
 
     #[tokio::test]
@@ -336,7 +325,7 @@ mod tests {
             ("NO [AUTHENTICATIONFAILED] Authentication failed.", ProbeOutcome::Rejected),
             ("NO LOGIN failed", ProbeOutcome::Rejected),
         ] {
-            let stream = TcpStream::connect(answering_login(reply).await).await.unwrap();
+            let stream = TcpStream::connect(answering_login(reply, false).await).await.unwrap();
             let step = probe(stream, sina, "a@sina.com", &code).await;
             assert_eq!(step.outcome, outcome, "{reply}: {}", step.text);
             assert_eq!(step.hint.is_some(), outcome == ProbeOutcome::ProtocolError, "{reply}");
