@@ -91,11 +91,8 @@ impl<'a> Matcher<'a> {
         let lead = self.secret.chars().take_while(|c| !c.is_alphanumeric()).collect::<String>();
         let trail = self.secret.chars().rev().take_while(|c| !c.is_alphanumeric()).collect::<Vec<_>>();
         let trail: String = trail.into_iter().rev().collect();
-        // As sent, or as the IMAP LOGIN string escaped it (the longer form first).
-        let forms = |p: &str| {
-            let escaped = imap_escaped(p);
-            if escaped.len() > p.len() { [escaped, p.to_owned()] } else { [p.to_owned(), String::new()] }
-        };
+        // As the IMAP LOGIN string escaped it, or as sent (the escaped form is never shorter).
+        let forms = |p: &str| [imap_escaped(p), p.to_owned()];
         let (leads, trails) = (forms(&lead), forms(&trail));
         for r in &mut ranges {
             if let Some(l) = leads.iter().find(|l| !l.is_empty() && text[..r.start].ends_with(l.as_str())) {

@@ -184,11 +184,11 @@ fn usage_error(e: &clap::Error) -> ExitCode {
     ExitCode::from(2)
 }
 
-/// Whether `text` holds any 4 characters in a row of `value`.
+/// Whether `text` holds any 4 characters in a row of `value` (all of a shorter one).
 fn shares_a_run(text: &str, value: &str) -> bool {
     let value: Vec<char> = value.chars().collect();
-    value.windows(4).any(|w| text.contains(&w.iter().collect::<String>()))
-        || (value.len() < 4 && !value.is_empty() && text.contains(&value.iter().collect::<String>()))
+    // A shorter value, whole.
+    value.windows(value.len().clamp(1, 4)).any(|w| text.contains(&w.iter().collect::<String>()))
 }
 
 fn exit_code(e: &Error) -> u8 {
